@@ -1,1 +1,24 @@
+//! Use-cases of orderly and the ports they need. No technology is named here: adapters implement the
+//! ports (`orderly-local` for the standalone profile).
+//!
+//! # Layout
+//! - [`ports`]: the traits — [`ports::StockCache`], [`ports::Store`], [`ports::Bus`], [`ports::Payments`],
+//!   [`ports::Clock`], [`ports::IdGen`] — and the one error type infrastructure failures map to.
+//! - [`model`]: what the ports exchange: orders, tokens, stock levels, messages, outbox events.
+//! - [`flow`]: the entry (place orders) and the buyer's actions (query, pay, cancel).
+//! - [`workers`]: steppable consumers of the bus, the outbox relay and the payment reconciler.
+//! - [`ids`]: the leased snowflake generator that stays unique across restarts.
+//! - [`audit`]: the invariants I1–I5 checked over a store and a cache.
+//! - [`config`]: bounds and delays of the flow, each with a default.
 
+pub mod audit;
+pub mod config;
+pub mod flow;
+pub mod ids;
+pub mod model;
+pub mod ports;
+pub mod workers;
+
+pub use config::FlowConfig;
+pub use flow::{OrderError, Orderly, PayOutcome, PlaceError};
+pub use ports::{Bus, Clock, IdGen, Payments, PortError, StockCache, Store};

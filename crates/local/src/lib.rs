@@ -1,1 +1,42 @@
+//! The standalone profile: every port in one process, durable on one embedded LSM-tree (fjall).
+//!
+//! # Layout
+//! - [`db`]: the fjall database, its keyspaces, and group commit (one fsync serves every writer that
+//!   wrote before it started).
+//! - [`store`]: [`LocalStore`], the `Store` port — catalog, stock ledger, orders, outbox, safe-pay set,
+//!   idempotency keys. The seed's wish: the LSM-tree as inventory persistence.
+//! - [`bus`]: [`LocalBus`], a durable queue with delayed delivery in the same database.
+//! - [`cache`]: [`LocalStockCache`], the stock cache in memory, rebuilt from the store at start.
+//! - [`payments`]: [`LocalPayments`], the payment service in process with its own ledger, in front of a
+//!   [`payments::SimulatedAcquirer`].
+//! - [`clock`]: the system clock and a manual clock for tests.
 
+pub mod bus;
+pub mod cache;
+pub mod clock;
+pub mod db;
+pub mod payments;
+pub mod profile;
+pub mod store;
+
+pub use bus::LocalBus;
+pub use cache::LocalStockCache;
+pub use clock::{ManualClock, SystemClock};
+pub use db::{Durability, LocalDb};
+pub use payments::{AcquirerConfig, LocalPayments, SimulatedAcquirer};
+pub use profile::{LocalConfig, open};
+pub use store::LocalStore;
+
+use orderly_app::PortError;
+
+pub(crate) fn storage_error(error: impl std::fmt::Display) -> PortError {
+    PortError::unavailable("local store", error)
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, PortError> {
+    serde_json::from_slice(bytes).map_err(|e| PortError::corrupt("local store", format!("undecodable record: {e}")))
+}
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, PortError> {
+    serde_json::to_vec(value).map_err(|e| PortError::corrupt("local store", format!("unencodable record: {e}")))
+}

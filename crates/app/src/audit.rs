@@ -1,0 +1,125 @@
+//! The invariants of ARCHITECTURE.md checked over a store, a cache, a bus and the payment service.
+//!
+//! I1 no oversell, I2 no leak (once quiet), I3 exactly once, I4 forced completion, I5 payments.
+//! Used by the tests and by `orderly audit`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use orderly_domain::{CommodityId, OrderNo, OrderState};
+use serde::Serialize;
+
+use crate::flow::Orderly;
+use crate::ports::PortError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "invariant", rename_all = "snake_case")]
+pub enum Violation {
+    /// I1: more sold than ever added, or the ledger below zero.
+    Oversold { commodity_id: CommodityId, initial: u64, sold: u64 },
+    /// I2: initial ≠ available + sold in live orders.
+    Leaked { commodity_id: CommodityId, initial: u64, available: u64, sold: u64 },
+    /// I2: the cache would sell a different amount than the store holds (only checked when quiet).
+    CacheDisagrees { commodity_id: CommodityId, cache: Option<u64>, store: u64 },
+    /// I4: still pending (or paying) past its deadline.
+    NotDefinite { order_no: OrderNo, state: OrderState, age_ms: u64 },
+    /// I5: paid without a successful charge, or a successful charge on an order not paid.
+    PaymentMismatch { order_no: OrderNo, state: Option<OrderState>, charged: bool },
+    /// I5: two successful charges for one order.
+    ChargedTwice { order_no: OrderNo },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StockRow {
+    pub commodity_id: CommodityId,
+    pub initial: u64,
+    pub available: u64,
+    pub sold: u64,
+    pub cache: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    pub quiet: bool,
+    pub orders_by_state: BTreeMap<&'static str, usize>,
+    pub stock: Vec<StockRow>,
+    pub violations: Vec<Violation>,
+}
+
+impl Orderly {
+    /// Checks I1–I5. `quiet`: no traffic, queues drained, timers fired — only then are I2's equalities
+    /// owed. `deadline_ms`: how long an order may take to become definite.
+    pub async fn audit(&self, quiet: bool, deadline_ms: u64) -> Result<AuditReport, PortError> {
+        let now_ms = self.clock.now_ms();
+        let orders = self.store.all_orders().await?;
+        let stock = self.store.all_stock().await?;
+        let ids: Vec<CommodityId> = stock.iter().map(|(id, _)| *id).collect();
+        let cache = self.cache.available(&ids).await?;
+        let charges = self.payments.succeeded().await?;
+        let mut violations = Vec::new();
+
+        let mut sold: HashMap<CommodityId, u64> = HashMap::new();
+        let mut orders_by_state = BTreeMap::new();
+        for order in &orders {
+            *orders_by_state.entry(order.state.as_str()).or_insert(0) += 1;
+            if order.state.holds_stock() {
+                for line in &order.lines {
+                    *sold.entry(line.commodity_id).or_insert(0) += u64::from(line.quantity);
+                }
+            }
+            let age_ms = now_ms.saturating_sub(order.created_ms);
+            let unsettled = order.state == OrderState::Pending || order.payment_attempt.is_some();
+            if unsettled && age_ms > deadline_ms {
+                violations.push(Violation::NotDefinite { order_no: order.order_no, state: order.state, age_ms });
+            }
+        }
+
+        let mut rows = Vec::with_capacity(stock.len());
+        for ((commodity_id, level), cache) in stock.into_iter().zip(cache) {
+            let sold = sold.get(&commodity_id).copied().unwrap_or(0);
+            if sold > level.initial {
+                violations.push(Violation::Oversold { commodity_id, initial: level.initial, sold });
+            }
+            if level.available + sold != level.initial {
+                violations.push(Violation::Leaked {
+                    commodity_id,
+                    initial: level.initial,
+                    available: level.available,
+                    sold,
+                });
+            }
+            if quiet && cache.is_some_and(|c| c != level.available) {
+                violations.push(Violation::CacheDisagrees { commodity_id, cache, store: level.available });
+            }
+            rows.push(StockRow { commodity_id, initial: level.initial, available: level.available, sold, cache });
+        }
+
+        let mut charged: HashMap<OrderNo, usize> = HashMap::new();
+        for (order_no, _) in &charges {
+            *charged.entry(*order_no).or_insert(0) += 1;
+        }
+        for (order_no, count) in &charged {
+            if *count > 1 {
+                violations.push(Violation::ChargedTwice { order_no: *order_no });
+            }
+        }
+        let by_no: HashMap<OrderNo, OrderState> = orders.iter().map(|o| (o.order_no, o.state)).collect();
+        for order in &orders {
+            let is_charged = charged.contains_key(&order.order_no);
+            let paid = order.state == OrderState::Paid;
+            // A charge may succeed before the order shows it; that gap closes when quiet.
+            if paid != is_charged && (paid || quiet) {
+                violations.push(Violation::PaymentMismatch {
+                    order_no: order.order_no,
+                    state: Some(order.state),
+                    charged: is_charged,
+                });
+            }
+        }
+        for order_no in charged.keys() {
+            if !by_no.contains_key(order_no) {
+                violations.push(Violation::PaymentMismatch { order_no: *order_no, state: None, charged: true });
+            }
+        }
+        Ok(AuditReport { quiet, orders_by_state, stock: rows, violations })
+    }
+}

@@ -1,0 +1,48 @@
+//! Bounds and delays of the flow. Every bound has a default that suits one small machine.
+
+use orderly_domain::CartLimits;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowConfig {
+    pub cart: CartLimits,
+    /// Delay of the reservation check armed before each reservation (the seed's 10 s).
+    pub reservation_check_delay_ms: u64,
+    /// An order still unpaid this long after creation is closed and its stock returned.
+    pub unpaid_timeout_ms: u64,
+    /// Deadline of one call to the payment service.
+    pub payment_call_timeout_ms: u64,
+    /// First wait before the reconciler asks again about a payment without a definite answer.
+    pub reconcile_backoff_ms: u64,
+    /// Longest wait between two questions about the same payment.
+    pub reconcile_backoff_ms_max: u64,
+    /// Messages taken from the bus in one step of a worker.
+    pub worker_batch_max: usize,
+    /// Deliveries of one message before it goes to the dead-letter queue.
+    pub delivery_attempts_max: u32,
+    /// Wait before a failed message is delivered again.
+    pub redelivery_delay_ms: u64,
+    /// How long an unpaid timeout waits again when a payment for the order is still in flight.
+    pub unpaid_timeout_retry_ms: u64,
+    /// Orders listed per page, at most.
+    pub page_size_max: usize,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            cart: CartLimits::default(),
+            reservation_check_delay_ms: 10_000,
+            unpaid_timeout_ms: 15 * 60 * 1000,
+            payment_call_timeout_ms: 2_000,
+            reconcile_backoff_ms: 1_000,
+            reconcile_backoff_ms_max: 60_000,
+            worker_batch_max: 256,
+            delivery_attempts_max: 10,
+            redelivery_delay_ms: 1_000,
+            unpaid_timeout_retry_ms: 5_000,
+            page_size_max: 100,
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The entry and the buyer's actions. The workers that finish the flow live in [`crate::workers`].
+
+use std::sync::Arc;
+
+use orderly_domain::{
+    CartRejection, CatalogEntry, CommodityId, OrderAction, OrderNo, OrderState, PlaceOrderBody, TransitionRejection,
+    Uid, price_and_split,
+};
+
+use crate::config::FlowConfig;
+use crate::model::{IdempotencyRecord, Message, Order, Outgoing, PaymentAttempt, StockLevel, StoredAnswer, Token};
+use crate::ports::{
+    Bus, ChangeRejection, ChargeOutcome, ChargeRequest, Clock, IdGen, IdempotencyBegin, PaymentResult, Payments,
+    PortError, Reserve, StockCache, Store,
+};
+
+/// The ports of one profile, wired together.
+#[derive(Debug, Clone)]
+pub struct Orderly {
+    pub cache: Arc<dyn StockCache>,
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub payments: Arc<dyn Payments>,
+    pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn IdGen>,
+    pub config: FlowConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error(transparent)]
+    Cart(#[from] CartRejection),
+    #[error("commodity {commodity_id} is sold out")]
+    SoldOut { commodity_id: CommodityId },
+    #[error("this Idempotency-Key was used with another request")]
+    IdempotencyKeyReused,
+    #[error(transparent)]
+    Unavailable(#[from] PortError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error("no such order")]
+    NotFound,
+    #[error(transparent)]
+    Transition(#[from] TransitionRejection),
+    #[error("a payment for this order is in flight")]
+    PaymentInFlight,
+    #[error(transparent)]
+    Unavailable(#[from] PortError),
+}
+
+impl From<ChangeRejection> for OrderError {
+    fn from(rejection: ChangeRejection) -> Self {
+        match rejection {
+            ChangeRejection::NotFound => OrderError::NotFound,
+            ChangeRejection::Transition(t) => OrderError::Transition(t),
+            ChangeRejection::PaymentInFlight => OrderError::PaymentInFlight,
+        }
+    }
+}
+
+/// How a pay request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayOutcome {
+    Paid(Box<Order>),
+    Declined {
+        order: Box<Order>,
+        reason: String,
+    },
+    /// No definite answer yet: the order is in the safe-pay set and the reconciler will settle it.
+    Pending(Box<Order>),
+}
+
+/// Who asks: a buyer sees and touches only their own orders; the system acts on any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    Buyer(Uid),
+    System,
+}
+
+impl Orderly {
+    /// The entry: price, split by shop, number, arm the reservation checks, reserve, publish.
+    ///
+    /// With an `idempotency_key`, the order numbers are pinned to the key before anything else, so a
+    /// retry (even racing the first attempt) re-runs the same idempotent steps on the same numbers.
+    pub async fn place_orders(
+        &self,
+        body: &PlaceOrderBody,
+        idempotency_key: Option<&str>,
+    ) -> Result<Vec<OrderNo>, PlaceError> {
+        let drafts = self.price(body).await?;
+        let order_nos = match idempotency_key {
+            None => self.new_order_nos(body.uid, drafts.len())?,
+            Some(key) => {
+                let request = serde_json::to_string(body)
+                    .map_err(|e| PortError::corrupt("idempotency", format!("cannot encode the request: {e}")))?;
+                let fresh =
+                    IdempotencyRecord { request, order_nos: self.new_order_nos(body.uid, drafts.len())?, answer: None };
+                match self.store.idempotency_begin(body.uid, key, &fresh).await? {
+                    IdempotencyBegin::Started => fresh.order_nos,
+                    IdempotencyBegin::Mismatch => return Err(PlaceError::IdempotencyKeyReused),
+                    IdempotencyBegin::Seen(seen) => match seen.answer {
+                        Some(StoredAnswer::Accepted) => return Ok(seen.order_nos),
+                        Some(StoredAnswer::SoldOut { commodity_id }) => {
+                            return Err(PlaceError::SoldOut { commodity_id });
+                        }
+                        // Same body, so the same split: the pinned numbers fit the drafts one to one.
+                        None if seen.order_nos.len() == drafts.len() => seen.order_nos,
+                        None => return Err(PlaceError::IdempotencyKeyReused),
+                    },
+                }
+            }
+        };
+        let now_ms = self.clock.now_ms();
+        let orders: Vec<Order> = drafts
+            .into_iter()
+            .zip(&order_nos)
+            .map(|(draft, &order_no)| Order {
+                order_no,
+                buyer: draft.buyer,
+                to_uid: draft.to_uid,
+                shop_id: draft.shop_id,
+                pay_at_once: draft.pay_at_once,
+                lines: draft.lines,
+                total: draft.total,
+                state: OrderState::Pending,
+                created_ms: now_ms,
+                updated_ms: now_ms,
+                payment_attempt: None,
+                payment_id: None,
+                last_decline: None,
+                rejected_for: None,
+                token_generation: None,
+            })
+            .collect();
+
+        // Remark 1: the check is armed before the reservation, so a crash right after reserving still
+        // gets the stock back.
+        let check_at_ms = now_ms + self.config.reservation_check_delay_ms;
+        let checks = orders
+            .iter()
+            .map(|o| Outgoing {
+                message: Message::ReservationCheck { token: Token::entry(o.order_no) },
+                deliver_at_ms: check_at_ms,
+            })
+            .collect();
+        self.bus.publish(checks).await?;
+
+        // Remark 2: fail early on stock. All orders of the cart or none.
+        for (index, order) in orders.iter().enumerate() {
+            match self.reserve(Token::entry(order.order_no), &order.stock_lines(), false).await {
+                Ok(Reserve::Reserved | Reserve::AlreadyHeld(_)) => {}
+                Ok(Reserve::Insufficient { commodity_id, .. }) => {
+                    self.release_all(&orders[..index]).await;
+                    if let Some(key) = idempotency_key {
+                        self.store.idempotency_answer(body.uid, key, StoredAnswer::SoldOut { commodity_id }).await?;
+                    }
+                    return Err(PlaceError::SoldOut { commodity_id });
+                }
+                Ok(Reserve::NotLoaded(ids)) => {
+                    self.release_all(&orders[..index]).await;
+                    return Err(PortError::corrupt("stock cache", format!("commodities {ids:?} did not load")).into());
+                }
+                Err(error) => {
+                    self.release_all(&orders[..index]).await;
+                    return Err(error.into());
+                }
+            }
+        }
+
+        let creates = orders
+            .iter()
+            .map(|o| Outgoing { message: Message::CreateOrder(Box::new(o.clone())), deliver_at_ms: now_ms })
+            .collect();
+        if let Err(error) = self.bus.publish(creates).await {
+            self.release_all(&orders).await;
+            return Err(error.into());
+        }
+        // After the publish: a crash here loses only the early `pending` view, never the order.
+        self.store.insert_pending(&orders).await?;
+        if let Some(key) = idempotency_key {
+            self.store.idempotency_answer(body.uid, key, StoredAnswer::Accepted).await?;
+        }
+        Ok(order_nos)
+    }
+
+    async fn price(&self, body: &PlaceOrderBody) -> Result<Vec<orderly_domain::OrderDraft>, PlaceError> {
+        let mut entries: Vec<CatalogEntry> = Vec::with_capacity(body.commodity_details.len());
+        // Bounded before any lookup: a huge cart costs nothing.
+        if body.commodity_details.len() <= self.config.cart.lines_max {
+            for line in &body.commodity_details {
+                if let Some(entry) = self.store.commodity(line.commodity_id).await? {
+                    entries.push(entry);
+                }
+            }
+        }
+        let drafts =
+            price_and_split(body, self.config.cart, |id| entries.iter().find(|e| e.commodity_id == id).copied())?;
+        Ok(drafts)
+    }
+
+    fn new_order_nos(&self, buyer: Uid, count: usize) -> Result<Vec<OrderNo>, PortError> {
+        (0..count).map(|_| Ok(OrderNo::new(self.ids.next_id()?, buyer))).collect()
+    }
+
+    /// Reserves, loading commodities the cache does not hold yet from the store (the seed's init).
+    pub(crate) async fn reserve(
+        &self,
+        token: Token,
+        lines: &[(CommodityId, u32)],
+        claimed: bool,
+    ) -> Result<Reserve, PortError> {
+        match self.cache.reserve(token, lines, claimed).await? {
+            Reserve::NotLoaded(ids) => {
+                self.load_into_cache(&ids).await?;
+                self.cache.reserve(token, lines, claimed).await
+            }
+            other => Ok(other),
+        }
+    }
+
+    pub(crate) async fn load_into_cache(&self, ids: &[CommodityId]) -> Result<(), PortError> {
+        let levels = self.store.stock(ids).await?;
+        let present: Vec<(CommodityId, StockLevel)> =
+            ids.iter().zip(levels).filter_map(|(id, level)| level.map(|l| (*id, l))).collect();
+        self.cache.init(&present).await
+    }
+
+    /// Best effort: a release that fails here is done by the reservation check instead.
+    async fn release_all(&self, orders: &[Order]) {
+        for order in orders {
+            if let Err(error) = self.cache.release(Token::entry(order.order_no)).await {
+                tracing::warn!(order_no = %order.order_no, %error, "release failed; the reservation check will do it");
+            }
+        }
+    }
+
+    /// An order as the caller may see it. Another buyer's order is "not found", not "forbidden".
+    pub async fn order(&self, actor: Actor, order_no: OrderNo) -> Result<Order, OrderError> {
+        let order = self.store.order(order_no).await?.ok_or(OrderError::NotFound)?;
+        match actor {
+            Actor::Buyer(uid) if uid != order.buyer => Err(OrderError::NotFound),
+            _ => Ok(order),
+        }
+    }
+
+    pub async fn orders_of(&self, buyer: Uid, before: Option<OrderNo>, limit: usize) -> Result<Vec<Order>, PortError> {
+        self.store.orders_of(buyer, before, limit.clamp(1, self.config.page_size_max)).await
+    }
+
+    pub async fn cancel(&self, actor: Actor, order_no: OrderNo) -> Result<Order, OrderError> {
+        self.order(actor, order_no).await?;
+        let order = self.store.transition(order_no, OrderAction::Cancel, self.clock.now_ms()).await??;
+        tracing::info!(%order_no, buyer = %order.buyer, "order cancelled; buyer notified");
+        Ok(order)
+    }
+
+    /// Pays through the FSM: the attempt is recorded in the safe-pay set *before* the charge is sent,
+    /// so a crash or a lost answer leaves a trace the reconciler settles (remark 6, forced completion).
+    pub async fn pay(&self, actor: Actor, order_no: OrderNo) -> Result<PayOutcome, OrderError> {
+        self.order(actor, order_no).await?;
+        let now_ms = self.clock.now_ms();
+        let attempt =
+            PaymentAttempt { started_ms: now_ms, charge_deadline_ms: now_ms + self.config.payment_call_timeout_ms };
+        let order = self.store.begin_payment(order_no, attempt).await??;
+        let request = ChargeRequest {
+            order_no,
+            amount: order.total,
+            idempotency_key: order_no.to_string(),
+            deadline_ms: attempt.charge_deadline_ms,
+        };
+        let timeout = std::time::Duration::from_millis(self.config.payment_call_timeout_ms);
+        let answer = match tokio::time::timeout(timeout, self.payments.charge(request)).await {
+            Ok(answer) => answer,
+            Err(_elapsed) => Err(PortError::unavailable("payments", "charge timed out")),
+        };
+        let result = match answer {
+            Ok(ChargeOutcome::Succeeded { payment_id }) => PaymentResult::Succeeded { payment_id },
+            Ok(ChargeOutcome::Declined { reason }) => PaymentResult::Declined { reason },
+            Err(error) => {
+                tracing::warn!(%order_no, %error, "charge without a definite answer; left to the reconciler");
+                let later = self.clock.now_ms() + self.config.reconcile_backoff_ms;
+                self.store.postpone_payment_check(order_no, later).await?;
+                return Ok(PayOutcome::Pending(Box::new(order)));
+            }
+        };
+        self.settle_payment(order_no, result).await
+    }
+
+    pub(crate) async fn settle_payment(
+        &self,
+        order_no: OrderNo,
+        result: PaymentResult,
+    ) -> Result<PayOutcome, OrderError> {
+        let declined = match &result {
+            PaymentResult::Declined { reason } => Some(reason.clone()),
+            PaymentResult::NeverCharged => Some("the charge never reached the payment service".to_owned()),
+            PaymentResult::Succeeded { .. } => None,
+        };
+        let order = self.store.finish_payment(order_no, result, self.clock.now_ms()).await??;
+        Ok(match declined {
+            None => {
+                tracing::info!(%order_no, buyer = %order.buyer, "order paid; buyer notified");
+                PayOutcome::Paid(Box::new(order))
+            }
+            Some(reason) => PayOutcome::Declined { order: Box::new(order), reason },
+        })
+    }
+
+    /// Price and stock of a commodity: the cache's view (what can still be sold), loaded if needed.
+    pub async fn commodity(&self, id: CommodityId) -> Result<Option<(CatalogEntry, u64)>, PortError> {
+        let Some(entry) = self.store.commodity(id).await? else { return Ok(None) };
+        let mut available = self.cache.available(&[id]).await?;
+        if available.first().copied().flatten().is_none() {
+            self.load_into_cache(&[id]).await?;
+            available = self.cache.available(&[id]).await?;
+        }
+        Ok(Some((entry, available.first().copied().flatten().unwrap_or(0))))
+    }
+
+    /// Admin: catalog entries and stock to add. Stock reaches the cache as a versioned restock, so it
+    /// is counted once whether or not the cache had loaded the commodity.
+    pub async fn load_catalog(&self, entries: &[CatalogEntry], stock: &[(CommodityId, u32)]) -> Result<(), PortError> {
+        self.store.put_commodities(entries).await?;
+        for &(id, quantity) in stock {
+            let level = self.store.add_stock(id, u64::from(quantity)).await?;
+            let restock = crate::model::Restock {
+                key: format!("add-stock:{id}:{}", level.version),
+                lines: vec![(id, quantity, level.version)],
+            };
+            self.cache.restock(&restock).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,178 @@
+//! What the ports exchange.
+
+use orderly_domain::{CommodityId, Money, OrderLine, OrderNo, OrderState, ShopId, Uid};
+use serde::{Deserialize, Serialize};
+
+/// One order, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub order_no: OrderNo,
+    pub buyer: Uid,
+    pub to_uid: Uid,
+    pub shop_id: ShopId,
+    pub pay_at_once: bool,
+    pub lines: Vec<OrderLine>,
+    pub total: Money,
+    pub state: OrderState,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// Set while a charge is in flight or without a definite answer; cancel waits for it.
+    pub payment_attempt: Option<PaymentAttempt>,
+    /// The payment service's id for the successful charge.
+    pub payment_id: Option<String>,
+    /// Why the last charge was declined, for the buyer.
+    pub last_decline: Option<String>,
+    /// Why the order was rejected after acceptance.
+    pub rejected_for: Option<CommodityId>,
+    /// Generation of the cache reservation its creation consumed, so the other can be released.
+    pub token_generation: Option<u8>,
+}
+
+impl Order {
+    pub fn stock_lines(&self) -> Vec<(CommodityId, u32)> {
+        self.lines.iter().map(|l| (l.commodity_id, l.quantity)).collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentAttempt {
+    pub started_ms: u64,
+    /// The payment service refuses to start this charge after this time, so after it a "not found"
+    /// from the service is definite.
+    pub charge_deadline_ms: u64,
+}
+
+/// A cache reservation: the order number plus a generation. Generation 0 is reserved at the entry; a
+/// worker that finds it released or lost reserves generation 1 instead (the seed's token carried a
+/// timestamp for the same purpose: to tell a retried reservation from the first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Token {
+    pub order_no: OrderNo,
+    pub generation: u8,
+}
+
+impl Token {
+    pub fn entry(order_no: OrderNo) -> Token {
+        Token { order_no, generation: 0 }
+    }
+    pub fn worker(order_no: OrderNo) -> Token {
+        Token { order_no, generation: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    Reserved,
+    Claimed,
+    Confirmed,
+    Released,
+}
+
+/// Durable stock of one commodity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockLevel {
+    /// Everything ever added by the admin.
+    pub initial: u64,
+    /// Not deducted by any live order.
+    pub available: u64,
+    /// Bumped on every increase of `available` (stock added, stock returned), so the cache can tell
+    /// whether a restock event is already part of what it loaded.
+    pub version: u64,
+}
+
+/// A stock return for the cache, one per (order, reason).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restock {
+    /// Idempotency key of the event.
+    pub key: String,
+    /// (commodity, quantity, store version after the return).
+    pub lines: Vec<(CommodityId, u32, u64)>,
+}
+
+/// Work the store records in the same atomic write as a state change, carried out by the relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxEvent {
+    RestockCache(Restock),
+    ScheduleUnpaidTimeout { order_no: OrderNo, at_ms: u64 },
+    Charge { order_no: OrderNo },
+}
+
+/// Messages on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Message {
+    CreateOrder(Box<Order>),
+    ReservationCheck { token: Token },
+    UnpaidTimeout { order_no: OrderNo },
+    Charge { order_no: OrderNo },
+}
+
+/// Queues, one per kind of message, so a backlog of one kind never delays another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Topic {
+    CreateOrder,
+    ReservationCheck,
+    UnpaidTimeout,
+    Charge,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 4] = [Topic::CreateOrder, Topic::ReservationCheck, Topic::UnpaidTimeout, Topic::Charge];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topic::CreateOrder => "create_order",
+            Topic::ReservationCheck => "reservation_check",
+            Topic::UnpaidTimeout => "unpaid_timeout",
+            Topic::Charge => "charge",
+        }
+    }
+}
+
+impl Message {
+    pub fn topic(&self) -> Topic {
+        match self {
+            Message::CreateOrder(_) => Topic::CreateOrder,
+            Message::ReservationCheck { .. } => Topic::ReservationCheck,
+            Message::UnpaidTimeout { .. } => Topic::UnpaidTimeout,
+            Message::Charge { .. } => Topic::Charge,
+        }
+    }
+}
+
+/// A message to publish, due at `deliver_at_ms` (now, or later for a delayed message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub message: Message,
+    pub deliver_at_ms: u64,
+}
+
+/// A message handed to a consumer. It comes back unless acked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Bus-specific handle for ack and retry.
+    pub receipt: Vec<u8>,
+    pub message: Message,
+    /// 1 on the first delivery.
+    pub attempt: u32,
+}
+
+/// What the entry answered to an `Idempotency-Key`, kept so a retry gets the same answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// The request body, canonical JSON: the same key with another body is refused.
+    pub request: String,
+    /// Order numbers pinned to this key before anything else happened.
+    pub order_nos: Vec<OrderNo>,
+    pub answer: Option<StoredAnswer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoredAnswer {
+    Accepted,
+    SoldOut { commodity_id: CommodityId },
+}

@@ -1,0 +1,276 @@
+//! The ports: what the flow needs from the outside world, named by role, never by technology.
+//!
+//! Business outcomes are typed results (`Reserve::Insufficient`); infrastructure failures are a
+//! [`PortError`]. Every adapter of a port passes the same contract suite.
+
+use async_trait::async_trait;
+use orderly_domain::{CatalogEntry, CommodityId, OrderAction, OrderNo, SnowflakeId, TransitionRejection, Uid};
+
+use crate::model::{
+    Delivery, IdempotencyRecord, Order, OutboxEvent, Outgoing, PaymentAttempt, Restock, StockLevel, StoredAnswer,
+    Token, TokenState, Topic,
+};
+
+/// An infrastructure failure. `retryable`: the same call may succeed later (unavailable, timed out).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {detail}")]
+pub struct PortError {
+    pub what: &'static str,
+    pub detail: String,
+    pub retryable: bool,
+}
+
+impl PortError {
+    pub fn unavailable(what: &'static str, detail: impl ToString) -> PortError {
+        PortError { what, detail: detail.to_string(), retryable: true }
+    }
+    pub fn corrupt(what: &'static str, detail: impl ToString) -> PortError {
+        PortError { what, detail: detail.to_string(), retryable: false }
+    }
+}
+
+pub type PortResult<T> = Result<T, PortError>;
+
+/// Milliseconds since the Unix epoch. Injected so tests and simulations control time.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now_ms(&self) -> u64;
+}
+
+pub trait IdGen: Send + Sync + std::fmt::Debug {
+    fn next_id(&self) -> PortResult<SnowflakeId>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserve {
+    Reserved,
+    /// The token exists already (a retry): nothing changed.
+    AlreadyHeld(TokenState),
+    /// Nothing changed; this is the first commodity that lacks stock.
+    Insufficient {
+        commodity_id: CommodityId,
+        available: u64,
+    },
+    /// These commodities are not in the cache yet: load them from the store and try again.
+    NotLoaded(Vec<CommodityId>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Now (or already) claimed by the worker.
+    Claimed,
+    Confirmed,
+    /// Released (by the reservation check or the entry): reserve again or reject.
+    Released,
+    /// Unknown to the cache (lost, expired): reserve again or reject. Never assume it was reserved.
+    Missing,
+}
+
+/// The stock cache: the seed's Redis + Lua role. Every operation is atomic and idempotent per token.
+#[async_trait]
+pub trait StockCache: Send + Sync + std::fmt::Debug {
+    /// Loads levels that are absent; present ones are left alone (the seed's init script).
+    async fn init(&self, levels: &[(CommodityId, StockLevel)]) -> PortResult<()>;
+    /// All lines or none. With `claimed`, the token starts CLAIMED (the worker's own reservation).
+    /// A token the cache remembers as RELEASED is refused as `AlreadyHeld(Released)` (no hanging reserve).
+    async fn reserve(&self, token: Token, lines: &[(CommodityId, u32)], claimed: bool) -> PortResult<Reserve>;
+    /// RESERVED → CLAIMED.
+    async fn claim(&self, token: Token) -> PortResult<Claim>;
+    /// RESERVED or CLAIMED → CONFIRMED: the stock now lives in the store as sold.
+    async fn confirm(&self, token: Token) -> PortResult<()>;
+    /// RESERVED or CLAIMED → RELEASED, returning the stock. Unknown token: remembered as RELEASED, returns
+    /// nothing (empty rollback). Answers the state found.
+    async fn release(&self, token: Token) -> PortResult<Option<TokenState>>;
+    /// Like [`StockCache::release`], but only from RESERVED: a CLAIMED token belongs to a worker.
+    async fn release_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>>;
+    /// Returns stock once per `restock.key`; lines whose version the cache already loaded are skipped.
+    async fn restock(&self, restock: &Restock) -> PortResult<()>;
+    /// What the cache would still sell, per commodity (None: not loaded).
+    async fn available(&self, ids: &[CommodityId]) -> PortResult<Vec<Option<u64>>>;
+}
+
+/// Why a change to an order was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeRejection {
+    #[error("no such order")]
+    NotFound,
+    #[error(transparent)]
+    Transition(#[from] TransitionRejection),
+    #[error("a payment for this order is in flight")]
+    PaymentInFlight,
+}
+
+/// What happened to one order of a create batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created,
+    /// Not enough durable stock for this commodity: the order is `rejected`, nothing deducted.
+    Rejected {
+        commodity_id: CommodityId,
+    },
+    /// A redelivery: the order had already left `pending`; nothing changed.
+    AlreadyDone(Box<Order>),
+}
+
+/// One order of a create batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateRequest {
+    pub order: Order,
+    /// The cache reservation this creation consumes; `None` when the cache had no stock for it, and
+    /// the store rejects the order without deducting.
+    pub token: Option<Token>,
+    pub unpaid_deadline_ms: u64,
+}
+
+/// How a payment attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentResult {
+    Succeeded {
+        payment_id: String,
+    },
+    Declined {
+        reason: String,
+    },
+    /// The service never started the charge (its deadline passed): back to `to_pay`.
+    NeverCharged,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyBegin {
+    /// No record: this one is now stored, with these order numbers.
+    Started,
+    /// The key was seen with this same request.
+    Seen(IdempotencyRecord),
+    /// The key was seen with another request body.
+    Mismatch,
+}
+
+/// The durable store: catalog, stock ledger, orders, outbox, safe-pay set, idempotency keys.
+///
+/// Every method that returns has made its writes durable unless its doc says otherwise.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    async fn put_commodities(&self, entries: &[CatalogEntry]) -> PortResult<()>;
+    async fn commodity(&self, id: CommodityId) -> PortResult<Option<CatalogEntry>>;
+    /// Adds stock: `initial` and `available` grow by `quantity`, `version` is bumped.
+    async fn add_stock(&self, id: CommodityId, quantity: u64) -> PortResult<StockLevel>;
+    async fn stock(&self, ids: &[CommodityId]) -> PortResult<Vec<Option<StockLevel>>>;
+    async fn all_stock(&self) -> PortResult<Vec<(CommodityId, StockLevel)>>;
+
+    /// Records accepted orders as `pending`, if absent. Need not be durable: the create message is.
+    async fn insert_pending(&self, orders: &[Order]) -> PortResult<()>;
+    /// One atomic write for the batch: each pending (or absent) order becomes `to_pay` with its stock
+    /// deducted (never below zero) and its outbox events, or `rejected`. Already-created orders are left
+    /// alone (redelivery).
+    async fn create_orders(&self, batch: &[CreateRequest], now_ms: u64) -> PortResult<Vec<CreateOutcome>>;
+    async fn order(&self, order_no: OrderNo) -> PortResult<Option<Order>>;
+    /// The buyer's orders, newest first, strictly older than `before` when given.
+    async fn orders_of(&self, buyer: Uid, before: Option<OrderNo>, limit: usize) -> PortResult<Vec<Order>>;
+    /// Every order, for the audit.
+    async fn all_orders(&self) -> PortResult<Vec<Order>>;
+    /// Applies `action` through the order FSM atomically with its effects (stock return, outbox).
+    /// Cancel and auto-cancel are refused while a payment is in flight.
+    async fn transition(
+        &self,
+        order_no: OrderNo,
+        action: OrderAction,
+        now_ms: u64,
+    ) -> PortResult<Result<Order, ChangeRejection>>;
+
+    /// `to_pay` with no attempt in flight → attempt recorded and put in the safe-pay set.
+    async fn begin_payment(
+        &self,
+        order_no: OrderNo,
+        attempt: PaymentAttempt,
+    ) -> PortResult<Result<Order, ChangeRejection>>;
+    /// Ends the attempt: success → `paid` (FSM pay); otherwise back to `to_pay`. Leaves the safe-pay set.
+    async fn finish_payment(
+        &self,
+        order_no: OrderNo,
+        result: PaymentResult,
+        now_ms: u64,
+    ) -> PortResult<Result<Order, ChangeRejection>>;
+    /// Safe-pay entries due at `now_ms`, earliest first.
+    async fn payments_due(&self, now_ms: u64, limit: usize) -> PortResult<Vec<OrderNo>>;
+    /// Moves a safe-pay entry to a later check.
+    async fn postpone_payment_check(&self, order_no: OrderNo, at_ms: u64) -> PortResult<()>;
+    /// Number of entries in the safe-pay set.
+    async fn payments_pending(&self) -> PortResult<usize>;
+
+    /// Oldest outbox events first, with their ids.
+    async fn outbox(&self, limit: usize) -> PortResult<Vec<(u64, OutboxEvent)>>;
+    /// Need not be durable: a replayed event is idempotent.
+    async fn outbox_done(&self, ids: &[u64]) -> PortResult<()>;
+
+    async fn idempotency_begin(
+        &self,
+        buyer: Uid,
+        key: &str,
+        record: &IdempotencyRecord,
+    ) -> PortResult<IdempotencyBegin>;
+    /// Need not be durable: a lost answer makes a retry re-run the idempotent flow.
+    async fn idempotency_answer(&self, buyer: Uid, key: &str, answer: StoredAnswer) -> PortResult<()>;
+
+    /// Small named values (the id generator's lease).
+    async fn meta(&self, key: &str) -> PortResult<Option<u64>>;
+    async fn set_meta(&self, key: &str, value: u64) -> PortResult<()>;
+}
+
+/// The message bus: durable publish, at-least-once delivery, delayed delivery.
+#[async_trait]
+pub trait Bus: Send + Sync + std::fmt::Debug {
+    /// Durable when it returns.
+    async fn publish(&self, messages: Vec<Outgoing>) -> PortResult<()>;
+    /// Up to `max` messages of `topic` that are due; each comes back unless acked or retried.
+    async fn receive(&self, topic: Topic, max: usize) -> PortResult<Vec<Delivery>>;
+    async fn ack(&self, receipts: &[Vec<u8>]) -> PortResult<()>;
+    /// Delivers the message again at `at_ms`.
+    async fn retry(&self, receipt: &[u8], at_ms: u64) -> PortResult<()>;
+    /// Moves the message to the dead-letter queue with its reason, for an operator.
+    async fn dead_letter(&self, receipt: &[u8], reason: &str) -> PortResult<()>;
+    /// Messages waiting (due or not) per topic, and dead letters.
+    async fn depth(&self) -> PortResult<BusDepth>;
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BusDepth {
+    pub queued: Vec<(Topic, usize)>,
+    pub dead_letters: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChargeRequest {
+    pub order_no: OrderNo,
+    pub amount: orderly_domain::Money,
+    /// One per order: a retry never charges twice.
+    pub idempotency_key: String,
+    /// The service must not start the charge after this time.
+    pub deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    Succeeded { payment_id: String },
+    Declined { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentStatus {
+    Succeeded {
+        payment_id: String,
+    },
+    Declined {
+        reason: String,
+    },
+    /// Started, no definite answer yet.
+    Processing,
+    NotFound,
+}
+
+/// The payment service. An `Err` from `charge` means *unknown outcome*: the charge may have happened.
+#[async_trait]
+pub trait Payments: Send + Sync + std::fmt::Debug {
+    async fn charge(&self, request: ChargeRequest) -> PortResult<ChargeOutcome>;
+    async fn query(&self, order_no: OrderNo) -> PortResult<PaymentStatus>;
+    /// Every successful charge, for the audit (I5).
+    async fn succeeded(&self) -> PortResult<Vec<(OrderNo, String)>>;
+}

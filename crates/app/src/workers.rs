@@ -1,0 +1,350 @@
+//! The consumers that finish the flow. Each is steppable: `try_execute` does one bounded step and says
+//! what it did, so tests drive them without sleeping; [`run`] loops a step until shutdown.
+
+use std::time::Duration;
+
+use orderly_domain::{OrderAction, OrderState};
+
+use crate::flow::{OrderError, Orderly, PayOutcome};
+use crate::model::{Delivery, Message, Order, OutboxEvent, Outgoing, Token, Topic};
+use crate::ports::{Claim, CreateOutcome, CreateRequest, PaymentResult, PaymentStatus, PortError, Reserve};
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outcome {
+    /// Messages, events or payments handled to completion.
+    pub done: usize,
+    /// Handed back for a later try.
+    pub retried: usize,
+}
+
+impl Outcome {
+    pub fn is_idle(self) -> bool {
+        self.done == 0 && self.retried == 0
+    }
+}
+
+/// Every step the system needs, in one place, so a runner or a test can drive them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    CreateOrders,
+    ReservationChecks,
+    UnpaidTimeouts,
+    Charges,
+    Outbox,
+    Reconcile,
+}
+
+impl Step {
+    pub const ALL: [Step; 6] = [
+        Step::CreateOrders,
+        Step::ReservationChecks,
+        Step::UnpaidTimeouts,
+        Step::Charges,
+        Step::Outbox,
+        Step::Reconcile,
+    ];
+}
+
+impl Orderly {
+    pub async fn try_execute(&self, step: Step) -> Result<Outcome, PortError> {
+        match step {
+            Step::CreateOrders => self.create_orders_step().await,
+            Step::ReservationChecks => self.consume(Topic::ReservationCheck).await,
+            Step::UnpaidTimeouts => self.consume(Topic::UnpaidTimeout).await,
+            Step::Charges => self.consume(Topic::Charge).await,
+            Step::Outbox => self.relay_outbox_step().await,
+            Step::Reconcile => self.reconcile_step().await,
+        }
+    }
+
+    /// Runs every step until nothing is left to do now (timers not yet due stay). Bounded.
+    pub async fn drain(&self) -> Result<Outcome, PortError> {
+        let mut total = Outcome::default();
+        for _ in 0..10_000 {
+            let mut round = Outcome::default();
+            for step in Step::ALL {
+                let outcome = self.try_execute(step).await?;
+                round.done += outcome.done;
+                round.retried += outcome.retried;
+            }
+            total.done += round.done;
+            total.retried += round.retried;
+            if round.done == 0 {
+                return Ok(total);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Worker: create orders, a batch per step (remarks 3–5).
+    async fn create_orders_step(&self) -> Result<Outcome, PortError> {
+        let deliveries = self.bus.receive(Topic::CreateOrder, self.config.worker_batch_max).await?;
+        if deliveries.is_empty() {
+            return Ok(Outcome::default());
+        }
+        let mut outcome = Outcome::default();
+        let mut batch = Vec::with_capacity(deliveries.len());
+        let mut receipts = Vec::with_capacity(deliveries.len());
+        let now_ms = self.clock.now_ms();
+        for delivery in deliveries {
+            let Message::CreateOrder(order) = &delivery.message else {
+                self.bus.dead_letter(&delivery.receipt, "not a create-order message").await?;
+                continue;
+            };
+            let order = (**order).clone();
+            match self.hold_stock_for(&order).await {
+                Ok(token) => {
+                    batch.push(CreateRequest {
+                        token,
+                        unpaid_deadline_ms: now_ms + self.config.unpaid_timeout_ms,
+                        order,
+                    });
+                    receipts.push(delivery.receipt);
+                }
+                Err(error) => {
+                    outcome.retried += 1;
+                    self.retry_or_dead_letter(&delivery, &error).await?;
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(outcome);
+        }
+        let results = match self.store.create_orders(&batch, now_ms).await {
+            Ok(results) => results,
+            Err(error) => {
+                // Tokens stay CLAIMED: the redelivery finds them so and carries on.
+                tracing::warn!(%error, orders = batch.len(), "create batch failed; will be redelivered");
+                let at_ms = self.clock.now_ms() + self.config.redelivery_delay_ms;
+                for receipt in &receipts {
+                    self.bus.retry(receipt, at_ms).await?;
+                }
+                outcome.retried += receipts.len();
+                return Ok(outcome);
+            }
+        };
+        for (request, result) in batch.iter().zip(results) {
+            let order_no = request.order.order_no;
+            let token = request.token;
+            match result {
+                CreateOutcome::Created => {
+                    if let Some(token) = token {
+                        self.cache.confirm(token).await?;
+                    }
+                    tracing::debug!(%order_no, "order created; buyer notified");
+                }
+                CreateOutcome::Rejected { commodity_id } => {
+                    if let Some(token) = token {
+                        self.cache.release(token).await?;
+                    }
+                    tracing::info!(%order_no, %commodity_id, "order rejected: stock ran out after acceptance");
+                }
+                CreateOutcome::AlreadyDone(existing) => self.settle_tokens(&existing).await?,
+            }
+        }
+        self.bus.ack(&receipts).await?;
+        outcome.done += receipts.len();
+        Ok(outcome)
+    }
+
+    /// The reservation this order's creation will consume: its entry token claimed, or a fresh one if
+    /// that was released or lost. `None`: no stock in the cache, the order will be rejected.
+    async fn hold_stock_for(&self, order: &Order) -> Result<Option<Token>, PortError> {
+        let existing = self.store.order(order.order_no).await?;
+        if existing.is_some_and(|o| o.state != OrderState::Pending) {
+            // A redelivery of a finished creation: the store reports it as already done.
+            return Ok(None);
+        }
+        match self.cache.claim(Token::entry(order.order_no)).await? {
+            Claim::Claimed | Claim::Confirmed => return Ok(Some(Token::entry(order.order_no))),
+            Claim::Released | Claim::Missing => {}
+        }
+        let token = Token::worker(order.order_no);
+        match self.reserve(token, &order.stock_lines(), true).await? {
+            Reserve::Reserved | Reserve::AlreadyHeld(_) => Ok(Some(token)),
+            Reserve::Insufficient { .. } | Reserve::NotLoaded(_) => Ok(None),
+        }
+    }
+
+    /// For an order past `pending`: the reservation its creation consumed is confirmed, any other is
+    /// released (a rejected order consumed none). Idempotent.
+    async fn settle_tokens(&self, order: &Order) -> Result<(), PortError> {
+        for token in [Token::entry(order.order_no), Token::worker(order.order_no)] {
+            if order.state != OrderState::Rejected && order.token_generation == Some(token.generation) {
+                self.cache.confirm(token).await?;
+            } else {
+                self.cache.release(token).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn retry_or_dead_letter(&self, delivery: &Delivery, error: &dyn std::fmt::Display) -> Result<(), PortError> {
+        if delivery.attempt >= self.config.delivery_attempts_max {
+            tracing::error!(attempt = delivery.attempt, %error, "message failed too often; dead-lettered");
+            self.bus.dead_letter(&delivery.receipt, &error.to_string()).await
+        } else {
+            self.bus.retry(&delivery.receipt, self.clock.now_ms() + self.config.redelivery_delay_ms).await
+        }
+    }
+
+    /// Consumers of the one-message-at-a-time topics.
+    async fn consume(&self, topic: Topic) -> Result<Outcome, PortError> {
+        let deliveries = self.bus.receive(topic, self.config.worker_batch_max).await?;
+        let mut outcome = Outcome::default();
+        for delivery in deliveries {
+            match self.handle(&delivery.message).await {
+                Ok(Handled::Done) => {
+                    self.bus.ack(std::slice::from_ref(&delivery.receipt)).await?;
+                    outcome.done += 1;
+                }
+                Ok(Handled::Later(at_ms)) => {
+                    self.bus.retry(&delivery.receipt, at_ms).await?;
+                    outcome.retried += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(topic = topic.as_str(), %error, "message handling failed");
+                    self.retry_or_dead_letter(&delivery, &error).await?;
+                    outcome.retried += 1;
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn handle(&self, message: &Message) -> Result<Handled, PortError> {
+        match message {
+            Message::ReservationCheck { token } => self.check_reservation(*token).await,
+            Message::UnpaidTimeout { order_no } => {
+                let now_ms = self.clock.now_ms();
+                match self.store.transition(*order_no, OrderAction::AutoCancel, now_ms).await? {
+                    Ok(order) => {
+                        tracing::info!(%order_no, buyer = %order.buyer, "unpaid order closed; buyer notified");
+                        Ok(Handled::Done)
+                    }
+                    Err(crate::ports::ChangeRejection::PaymentInFlight) => {
+                        Ok(Handled::Later(now_ms + self.config.unpaid_timeout_retry_ms))
+                    }
+                    // Paid, cancelled, already closed, or gone: nothing to do.
+                    Err(_) => Ok(Handled::Done),
+                }
+            }
+            Message::Charge { order_no } => match self.pay(crate::flow::Actor::System, *order_no).await {
+                Ok(PayOutcome::Paid(_) | PayOutcome::Declined { .. } | PayOutcome::Pending(_)) => Ok(Handled::Done),
+                // Already paid, cancelled, or a payment in flight: the buyer's own action won.
+                Err(OrderError::Transition(_) | OrderError::PaymentInFlight | OrderError::NotFound) => {
+                    Ok(Handled::Done)
+                }
+                Err(OrderError::Unavailable(error)) => Err(error),
+            },
+            Message::CreateOrder(_) => Err(PortError::corrupt("bus", "create-order message on a single-message topic")),
+        }
+    }
+
+    /// Remark 1's recovery: order created → the reservation is the order's; still RESERVED → give the
+    /// stock back. A CLAIMED token belongs to a worker that will finish it (its message is redelivered).
+    async fn check_reservation(&self, token: Token) -> Result<Handled, PortError> {
+        match self.store.order(token.order_no).await? {
+            Some(order) if order.state != OrderState::Pending => self.settle_tokens(&order).await?,
+            _ => {
+                let found = self.cache.release_if_reserved(token).await?;
+                if found == Some(crate::model::TokenState::Reserved) {
+                    tracing::info!(order_no = %token.order_no, "reservation not consumed in time; stock returned");
+                }
+            }
+        }
+        Ok(Handled::Done)
+    }
+
+    /// Relay: carries out outbox events, oldest first, then marks them done. At least once; every
+    /// event's handler is idempotent.
+    async fn relay_outbox_step(&self) -> Result<Outcome, PortError> {
+        let events = self.store.outbox(self.config.worker_batch_max).await?;
+        if events.is_empty() {
+            return Ok(Outcome::default());
+        }
+        let now_ms = self.clock.now_ms();
+        let mut publish = Vec::new();
+        for (_, event) in &events {
+            match event {
+                OutboxEvent::RestockCache(restock) => self.cache.restock(restock).await?,
+                OutboxEvent::ScheduleUnpaidTimeout { order_no, at_ms } => publish
+                    .push(Outgoing { message: Message::UnpaidTimeout { order_no: *order_no }, deliver_at_ms: *at_ms }),
+                OutboxEvent::Charge { order_no } => {
+                    publish.push(Outgoing { message: Message::Charge { order_no: *order_no }, deliver_at_ms: now_ms })
+                }
+            }
+        }
+        if !publish.is_empty() {
+            self.bus.publish(publish).await?;
+        }
+        let ids: Vec<u64> = events.iter().map(|(id, _)| *id).collect();
+        self.store.outbox_done(&ids).await?;
+        Ok(Outcome { done: ids.len(), retried: 0 })
+    }
+
+    /// Safe pay: asks the payment service about every attempt without a definite answer, until it has one.
+    /// Service down → the entry waits for a later round, with backoff.
+    async fn reconcile_step(&self) -> Result<Outcome, PortError> {
+        let now_ms = self.clock.now_ms();
+        let due = self.store.payments_due(now_ms, self.config.worker_batch_max).await?;
+        let mut outcome = Outcome::default();
+        for order_no in due {
+            let Some(order) = self.store.order(order_no).await? else { continue };
+            let Some(attempt) = order.payment_attempt else { continue };
+            let status = self.payments.query(order_no).await;
+            let result = match status {
+                Ok(PaymentStatus::Succeeded { payment_id }) => Some(PaymentResult::Succeeded { payment_id }),
+                Ok(PaymentStatus::Declined { reason }) => Some(PaymentResult::Declined { reason }),
+                Ok(PaymentStatus::NotFound) if now_ms > attempt.charge_deadline_ms => Some(PaymentResult::NeverCharged),
+                Ok(PaymentStatus::NotFound | PaymentStatus::Processing) | Err(_) => None,
+            };
+            match result {
+                Some(result) => {
+                    match self.settle_payment(order_no, result).await {
+                        Ok(_) | Err(OrderError::Transition(_) | OrderError::NotFound | OrderError::PaymentInFlight) => {
+                        }
+                        Err(OrderError::Unavailable(error)) => return Err(error),
+                    }
+                    outcome.done += 1;
+                }
+                None => {
+                    let waited_ms = now_ms.saturating_sub(attempt.started_ms);
+                    let backoff_ms =
+                        waited_ms.clamp(self.config.reconcile_backoff_ms, self.config.reconcile_backoff_ms_max);
+                    self.store.postpone_payment_check(order_no, now_ms + backoff_ms).await?;
+                    outcome.retried += 1;
+                }
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+enum Handled {
+    Done,
+    Later(u64),
+}
+
+/// Loops `step` until `shutdown` flips, pausing `idle` when a step found nothing. Errors are logged
+/// where they are handled (here) and retried after `idle`.
+pub async fn run(orderly: Orderly, step: Step, idle: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let pause = match orderly.try_execute(step).await {
+            Ok(outcome) if !outcome.is_idle() => continue,
+            Ok(_) => idle,
+            Err(error) => {
+                tracing::warn!(?step, %error, "worker step failed");
+                idle
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}

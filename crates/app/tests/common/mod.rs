@@ -1,0 +1,96 @@
+//! Shared set-up for the flow tests: the standalone profile on a temporary directory, a manual clock,
+//! and the seed's catalog (commodity 1 from shop 100001 at 29.99, commodity 2 from shop 100002 at 49.99).
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use orderly_app::model::Order;
+use orderly_app::{FlowConfig, Orderly};
+use orderly_domain::{CatalogEntry, CommodityId, Money, OrderNo, OrderState, PlaceOrderBody, ShopId};
+use orderly_local::{AcquirerConfig, Durability, LocalConfig, ManualClock};
+
+pub const T0_MS: u64 = 1_800_000_000_000;
+
+pub struct Harness {
+    pub orderly: Orderly,
+    pub clock: Arc<ManualClock>,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn local_config(acquirer: AcquirerConfig) -> LocalConfig {
+    LocalConfig { durability: Durability::Os, acquirer, ..LocalConfig::default() }
+}
+
+pub async fn open_at(dir: &Path, clock: Arc<ManualClock>, acquirer: AcquirerConfig) -> Orderly {
+    orderly_local::open(dir, clock, FlowConfig::default(), &local_config(acquirer)).await.expect("profile opens")
+}
+
+pub async fn harness_with(stock: u32, acquirer: AcquirerConfig) -> Harness {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let orderly = open_at(dir.path(), Arc::clone(&clock), acquirer).await;
+    let catalog = [
+        CatalogEntry { commodity_id: CommodityId(1), shop_id: ShopId(100_001), unit_price: Money::from_cents(2999) },
+        CatalogEntry { commodity_id: CommodityId(2), shop_id: ShopId(100_002), unit_price: Money::from_cents(4999) },
+    ];
+    orderly.load_catalog(&catalog, &[(CommodityId(1), stock), (CommodityId(2), stock)]).await.expect("catalog loads");
+    Harness { orderly, clock, dir }
+}
+
+pub async fn harness(stock: u32) -> Harness {
+    harness_with(stock, AcquirerConfig::default()).await
+}
+
+/// The seed's example request, verbatim.
+pub fn seed_body() -> PlaceOrderBody {
+    serde_json::from_str(
+        r#"{"uid":1,"to_uid":2,"origin_price":29.99,"actual_price":29.99,"pay_at_once":true,
+        "commodity_details":[
+          {"actual_price":29.99,"commodity_id":1,"good_type":1,"page_type":0,"prices":29.99,"user_id":100001,"num":1},
+          {"actual_price":49.99,"commodity_id":2,"good_type":1,"page_type":0,"prices":49.99,"user_id":100002,"num":1}]}"#,
+    )
+    .expect("seed body parses")
+}
+
+pub fn body(uid: u64, pay_at_once: bool, lines: &[(u64, i64)]) -> PlaceOrderBody {
+    let mut body = seed_body();
+    body.uid = orderly_domain::Uid(uid);
+    body.pay_at_once = pay_at_once;
+    let template = body.commodity_details.clone();
+    body.commodity_details = lines
+        .iter()
+        .map(|&(commodity, num)| {
+            let mut line = template[usize::from(commodity == 2)].clone();
+            line.num = num;
+            line
+        })
+        .collect();
+    body
+}
+
+pub async fn state(orderly: &Orderly, order_no: OrderNo) -> OrderState {
+    order(orderly, order_no).await.state
+}
+
+pub async fn order(orderly: &Orderly, order_no: OrderNo) -> Order {
+    orderly.store.order(order_no).await.expect("store answers").expect("order exists")
+}
+
+/// Store available and cache available for a commodity.
+pub async fn stock(orderly: &Orderly, id: u64) -> (u64, Option<u64>) {
+    let store = orderly.store.stock(&[CommodityId(id)]).await.expect("store answers")[0].expect("stocked").available;
+    let cache = orderly.cache.available(&[CommodityId(id)]).await.expect("cache answers")[0];
+    (store, cache)
+}
+
+/// Runs every timer to its end and drains every queue, then requires a clean audit.
+pub async fn settle_and_audit(orderly: &Orderly, clock: &ManualClock) {
+    for _ in 0..4 {
+        orderly.drain().await.expect("drain");
+        clock.advance_ms(FlowConfig::default().unpaid_timeout_ms + 60_000);
+    }
+    orderly.drain().await.expect("drain");
+    let report = orderly.audit(true, 60 * 60 * 1000).await.expect("audit runs");
+    assert!(report.violations.is_empty(), "violations: {:#?}", report.violations);
+}

@@ -1,0 +1,207 @@
+//! [`LocalStockCache`]: the stock cache in process — the seed's Redis + Lua role, same semantics.
+//!
+//! One mutex guards all counters and tokens: a multi-commodity reservation checks every line, then
+//! decrements all, with nothing in between, exactly like the seed's Lua script. Critical sections are
+//! a few hash lookups; on two cores one lock beats sharding (measured by `orderly bench`).
+//! Tokens expire after `token_ttl_ms`: past that, a token is "missing", and every reader of a missing
+//! token re-reserves or releases, never assumes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use orderly_app::model::{Restock, StockLevel, Token, TokenState};
+use orderly_app::ports::{Claim, PortResult, Reserve, StockCache};
+use orderly_app::{Clock, PortError};
+use orderly_domain::CommodityId;
+
+#[derive(Debug)]
+pub struct LocalStockCache {
+    inner: Mutex<Inner>,
+    clock: Arc<dyn Clock>,
+    token_ttl_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    stock: HashMap<CommodityId, Counter>,
+    tokens: HashMap<Token, TokenRecord>,
+    restocks_applied: HashSet<String>,
+    /// (expiry, what) in insertion order; the TTL is constant, so the front expires first.
+    expiries: VecDeque<(u64, Expiring)>,
+}
+
+#[derive(Debug)]
+enum Expiring {
+    Token(Token),
+    Restock(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Counter {
+    available: u64,
+    /// Store version at load: restock events up to it are already counted.
+    loaded_version: u64,
+}
+
+#[derive(Debug, Clone)]
+struct TokenRecord {
+    state: TokenState,
+    lines: Vec<(CommodityId, u32)>,
+    expires_ms: u64,
+}
+
+impl LocalStockCache {
+    pub fn new(clock: Arc<dyn Clock>, token_ttl_ms: u64) -> LocalStockCache {
+        LocalStockCache { inner: Mutex::new(Inner::default()), clock, token_ttl_ms }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner, u64, u64) -> T) -> PortResult<T> {
+        let now_ms = self.clock.now_ms();
+        let mut inner = self.inner.lock().map_err(|_| PortError::corrupt("stock cache", "lock poisoned"))?;
+        inner.expire(now_ms);
+        Ok(f(&mut inner, now_ms, now_ms + self.token_ttl_ms))
+    }
+}
+
+impl Inner {
+    fn expire(&mut self, now_ms: u64) {
+        while let Some((expires_ms, _)) = self.expiries.front() {
+            if *expires_ms > now_ms {
+                break;
+            }
+            let Some((_, what)) = self.expiries.pop_front() else { break };
+            match what {
+                // Only if not rewritten since: a rewrite pushed a later expiry.
+                Expiring::Token(token) => {
+                    if self.tokens.get(&token).is_some_and(|t| t.expires_ms <= now_ms) {
+                        self.tokens.remove(&token);
+                    }
+                }
+                Expiring::Restock(key) => {
+                    self.restocks_applied.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn set_token(&mut self, token: Token, state: TokenState, lines: Vec<(CommodityId, u32)>, expires_ms: u64) {
+        self.tokens.insert(token, TokenRecord { state, lines, expires_ms });
+        self.expiries.push_back((expires_ms, Expiring::Token(token)));
+    }
+
+    fn give_back(&mut self, lines: &[(CommodityId, u32)]) {
+        for (id, quantity) in lines {
+            if let Some(counter) = self.stock.get_mut(id) {
+                counter.available += u64::from(*quantity);
+            }
+        }
+    }
+
+    /// Releases from the states `from` allows; unknown tokens are remembered as RELEASED.
+    fn release(&mut self, token: Token, expires_ms: u64, allowed: &[TokenState]) -> Option<TokenState> {
+        match self.tokens.get(&token).map(|t| (t.state, t.lines.clone())) {
+            Some((state, lines)) if allowed.contains(&state) => {
+                self.give_back(&lines);
+                self.set_token(token, TokenState::Released, lines, expires_ms);
+                Some(state)
+            }
+            Some((state, _)) => Some(state),
+            None => {
+                self.set_token(token, TokenState::Released, Vec::new(), expires_ms);
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl StockCache for LocalStockCache {
+    async fn init(&self, levels: &[(CommodityId, StockLevel)]) -> PortResult<()> {
+        self.with(|inner, _, _| {
+            for (id, level) in levels {
+                inner.stock.entry(*id).or_insert(Counter { available: level.available, loaded_version: level.version });
+            }
+        })
+    }
+
+    async fn reserve(&self, token: Token, lines: &[(CommodityId, u32)], claimed: bool) -> PortResult<Reserve> {
+        self.with(|inner, _, expires_ms| {
+            if let Some(existing) = inner.tokens.get(&token) {
+                return Reserve::AlreadyHeld(existing.state);
+            }
+            let missing: Vec<CommodityId> =
+                lines.iter().map(|(id, _)| *id).filter(|id| !inner.stock.contains_key(id)).collect();
+            if !missing.is_empty() {
+                return Reserve::NotLoaded(missing);
+            }
+            // Check every line first, then write: no rollback needed (the Lua rule).
+            for (id, quantity) in lines {
+                let available = inner.stock.get(id).map_or(0, |c| c.available);
+                if available < u64::from(*quantity) {
+                    return Reserve::Insufficient { commodity_id: *id, available };
+                }
+            }
+            for (id, quantity) in lines {
+                if let Some(counter) = inner.stock.get_mut(id) {
+                    counter.available -= u64::from(*quantity);
+                }
+            }
+            let state = if claimed { TokenState::Claimed } else { TokenState::Reserved };
+            inner.set_token(token, state, lines.to_vec(), expires_ms);
+            Reserve::Reserved
+        })
+    }
+
+    async fn claim(&self, token: Token) -> PortResult<Claim> {
+        self.with(|inner, _, _| match inner.tokens.get_mut(&token) {
+            None => Claim::Missing,
+            Some(record) => match record.state {
+                TokenState::Reserved | TokenState::Claimed => {
+                    record.state = TokenState::Claimed;
+                    Claim::Claimed
+                }
+                TokenState::Confirmed => Claim::Confirmed,
+                TokenState::Released => Claim::Released,
+            },
+        })
+    }
+
+    async fn confirm(&self, token: Token) -> PortResult<()> {
+        self.with(|inner, _, _| {
+            if let Some(record) = inner.tokens.get_mut(&token) {
+                if matches!(record.state, TokenState::Reserved | TokenState::Claimed) {
+                    record.state = TokenState::Confirmed;
+                }
+            }
+        })
+    }
+
+    async fn release(&self, token: Token) -> PortResult<Option<TokenState>> {
+        self.with(|inner, _, expires_ms| inner.release(token, expires_ms, &[TokenState::Reserved, TokenState::Claimed]))
+    }
+
+    async fn release_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>> {
+        self.with(|inner, _, expires_ms| inner.release(token, expires_ms, &[TokenState::Reserved]))
+    }
+
+    async fn restock(&self, restock: &Restock) -> PortResult<()> {
+        self.with(|inner, _, expires_ms| {
+            if !inner.restocks_applied.insert(restock.key.clone()) {
+                return;
+            }
+            inner.expiries.push_back((expires_ms, Expiring::Restock(restock.key.clone())));
+            for (id, quantity, version) in &restock.lines {
+                // Not loaded: the load will read the store, which has it. Loaded at or after this
+                // version: already counted.
+                if let Some(counter) = inner.stock.get_mut(id).filter(|c| c.loaded_version < *version) {
+                    counter.available += u64::from(*quantity);
+                }
+            }
+        })
+    }
+
+    async fn available(&self, ids: &[CommodityId]) -> PortResult<Vec<Option<u64>>> {
+        self.with(|inner, _, _| ids.iter().map(|id| inner.stock.get(id).map(|c| c.available)).collect())
+    }
+}

@@ -1,0 +1,64 @@
+//! Wiring of the standalone profile: every port on one fjall database under a data directory.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use orderly_app::ids::LeasedSnowflake;
+use orderly_app::{Clock, FlowConfig, Orderly, PortError, StockCache, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    AcquirerConfig, Durability, LocalBus, LocalDb, LocalPayments, LocalStockCache, LocalStore, SimulatedAcquirer,
+};
+
+/// Settings of the standalone adapters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalConfig {
+    pub durability: Durability,
+    /// Snowflake worker id of this process (0–1023).
+    pub worker_id: u16,
+    /// How far ahead the id generator leases time.
+    pub id_lease_ms: u64,
+    /// How long the cache remembers a token.
+    pub token_ttl_ms: u64,
+    /// How long a handed-out message stays hidden before it is delivered again.
+    pub bus_lease_ms: u64,
+    pub acquirer: AcquirerConfig,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            durability: Durability::Fsync,
+            worker_id: 0,
+            id_lease_ms: 10_000,
+            token_ttl_ms: 60 * 60 * 1000,
+            bus_lease_ms: 30_000,
+            acquirer: AcquirerConfig::default(),
+        }
+    }
+}
+
+/// Opens (or recovers) the standalone profile under `data_dir` and rebuilds the cache from the store:
+/// after a crash the store is the authority, and in-flight orders re-reserve against it.
+pub async fn open(
+    data_dir: &Path,
+    clock: Arc<dyn Clock>,
+    flow: FlowConfig,
+    local: &LocalConfig,
+) -> Result<Orderly, PortError> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| PortError::corrupt("local store", format!("{}: {e}", data_dir.display())))?;
+    let db = LocalDb::open(data_dir, local.durability)?;
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(db.clone())?);
+    let cache: Arc<dyn StockCache> = Arc::new(LocalStockCache::new(Arc::clone(&clock), local.token_ttl_ms));
+    cache.init(&store.all_stock().await?).await?;
+    let bus = Arc::new(LocalBus::new(db.clone(), Arc::clone(&clock), local.bus_lease_ms)?);
+    let acquirer = SimulatedAcquirer::new(db.clone(), local.acquirer.clone());
+    let payments = Arc::new(LocalPayments::new(db, acquirer, Arc::clone(&clock)));
+    let ids = Arc::new(
+        LeasedSnowflake::start(Arc::clone(&store), Arc::clone(&clock), local.worker_id, local.id_lease_ms).await?,
+    );
+    Ok(Orderly { cache, store, bus, payments, clock, ids, config: flow })
+}

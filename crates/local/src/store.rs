@@ -1,0 +1,474 @@
+//! [`LocalStore`]: the `Store` port on fjall.
+//!
+//! Read-check-write sections (stock decrements, transitions, payments, idempotency) run under one
+//! writer lock, so a check and its write are atomic; each section ends in one atomic batch, and the
+//! caller is answered after a group-commit sync that covers it.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use orderly_app::PortError;
+use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, PaymentAttempt, Restock, StockLevel, StoredAnswer};
+use orderly_app::ports::{
+    ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, PaymentResult, PortResult, Store,
+};
+use orderly_domain::{CatalogEntry, CommodityId, Effect, OrderAction, OrderNo, OrderState, Uid, transition};
+
+use crate::db::{LocalDb, key_u64, last_sequence, u64_key};
+use crate::{decode, encode, storage_error};
+
+#[derive(Debug)]
+pub struct LocalStore {
+    db: LocalDb,
+    /// Serialises read-check-write sections; reads outside them see committed batches only.
+    writer: Mutex<()>,
+    outbox_sequence: AtomicU64,
+}
+
+fn buyer_key(buyer: Uid, order_no: OrderNo) -> Vec<u8> {
+    let mut key = buyer.0.to_be_bytes().to_vec();
+    key.extend_from_slice(&order_no.to_key());
+    key
+}
+
+fn due_key(due_ms: u64, order_no: OrderNo) -> Vec<u8> {
+    let mut key = due_ms.to_be_bytes().to_vec();
+    key.extend_from_slice(&order_no.to_key());
+    key
+}
+
+fn idempotency_key(buyer: Uid, key: &str) -> Vec<u8> {
+    let mut bytes = buyer.0.to_be_bytes().to_vec();
+    bytes.extend_from_slice(key.as_bytes());
+    bytes
+}
+
+impl LocalStore {
+    pub fn new(db: LocalDb) -> Result<LocalStore, PortError> {
+        let outbox_sequence = AtomicU64::new(last_sequence(&db.outbox)?);
+        Ok(LocalStore { db, writer: Mutex::new(()), outbox_sequence })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, PortError> {
+        self.writer.lock().map_err(|_| PortError::corrupt("local store", "writer lock poisoned"))
+    }
+
+    fn read_order(&self, order_no: OrderNo) -> PortResult<Option<Order>> {
+        self.db.orders.get(order_no.to_key()).map_err(storage_error)?.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    fn read_stock(&self, id: CommodityId) -> PortResult<Option<StockLevel>> {
+        self.db.stock.get(u64_key(id.0)).map_err(storage_error)?.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    fn put_order(&self, batch: &mut fjall::OwnedWriteBatch, order: &Order) -> PortResult<()> {
+        batch.insert(&self.db.orders, order.order_no.to_key(), encode(order)?);
+        batch.insert(&self.db.orders_by_buyer, buyer_key(order.buyer, order.order_no), []);
+        Ok(())
+    }
+
+    fn put_outbox(&self, batch: &mut fjall::OwnedWriteBatch, event: &OutboxEvent) -> PortResult<()> {
+        let id = self.outbox_sequence.fetch_add(1, Ordering::SeqCst) + 1;
+        batch.insert(&self.db.outbox, u64_key(id), encode(event)?);
+        Ok(())
+    }
+
+    fn remove_safe_pay(&self, batch: &mut fjall::OwnedWriteBatch, order_no: OrderNo) -> PortResult<()> {
+        if let Some(due) = self.db.safe_pay.get(order_no.to_key()).map_err(storage_error)? {
+            let due_ms = key_u64(&due).unwrap_or(0);
+            batch.remove(&self.db.safe_pay_due, due_key(due_ms, order_no));
+            batch.remove(&self.db.safe_pay, order_no.to_key());
+        }
+        Ok(())
+    }
+
+    /// Applies an allowed FSM transition and its store-side effects into `batch`.
+    fn apply(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        mut order: Order,
+        action: OrderAction,
+        now_ms: u64,
+    ) -> PortResult<Result<Order, ChangeRejection>> {
+        let step = match transition(order.state, action) {
+            Ok(step) => step,
+            Err(rejection) => return Ok(Err(rejection.into())),
+        };
+        if step.effects.contains(&Effect::ReturnStock) {
+            let mut lines = Vec::with_capacity(order.lines.len());
+            for line in &order.lines {
+                let mut level = self.read_stock(line.commodity_id)?.ok_or_else(|| {
+                    PortError::corrupt(
+                        "local store",
+                        format!("order {} sold unknown {}", order.order_no, line.commodity_id),
+                    )
+                })?;
+                level.available += u64::from(line.quantity);
+                level.version += 1;
+                assert!(level.available <= level.initial, "returned more than was ever added");
+                batch.insert(&self.db.stock, u64_key(line.commodity_id.0), encode(&level)?);
+                lines.push((line.commodity_id, line.quantity, level.version));
+            }
+            let key = format!("return:{}:{}", order.order_no, action_name(action));
+            self.put_outbox(batch, &OutboxEvent::RestockCache(Restock { key, lines }))?;
+        }
+        order.state = step.next;
+        order.updated_ms = now_ms;
+        self.put_order(batch, &order)?;
+        Ok(Ok(order))
+    }
+}
+
+fn action_name(action: OrderAction) -> &'static str {
+    match action {
+        OrderAction::Create => "create",
+        OrderAction::Pay => "pay",
+        OrderAction::Cancel => "cancel",
+        OrderAction::AutoCancel => "auto_cancel",
+        OrderAction::Reject => "reject",
+    }
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    async fn put_commodities(&self, entries: &[CatalogEntry]) -> PortResult<()> {
+        let mut batch = self.db.batch();
+        for entry in entries {
+            batch.insert(&self.db.catalog, u64_key(entry.commodity_id.0), encode(entry)?);
+        }
+        batch.commit().map_err(storage_error)?;
+        self.db.sync().await
+    }
+
+    async fn commodity(&self, id: CommodityId) -> PortResult<Option<CatalogEntry>> {
+        self.db.catalog.get(u64_key(id.0)).map_err(storage_error)?.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    async fn add_stock(&self, id: CommodityId, quantity: u64) -> PortResult<StockLevel> {
+        let level = {
+            let _writer = self.lock()?;
+            let mut level = self.read_stock(id)?.unwrap_or(StockLevel { initial: 0, available: 0, version: 0 });
+            level.initial += quantity;
+            level.available += quantity;
+            level.version += 1;
+            self.db.stock.insert(u64_key(id.0), encode(&level)?).map_err(storage_error)?;
+            level
+        };
+        self.db.sync().await?;
+        Ok(level)
+    }
+
+    async fn stock(&self, ids: &[CommodityId]) -> PortResult<Vec<Option<StockLevel>>> {
+        ids.iter().map(|id| self.read_stock(*id)).collect()
+    }
+
+    async fn all_stock(&self) -> PortResult<Vec<(CommodityId, StockLevel)>> {
+        let mut all = Vec::new();
+        for guard in self.db.stock.iter() {
+            let (key, value) = guard.into_inner().map_err(storage_error)?;
+            let id = key_u64(&key).ok_or_else(|| PortError::corrupt("local store", "bad stock key"))?;
+            all.push((CommodityId(id), decode(&value)?));
+        }
+        Ok(all)
+    }
+
+    async fn insert_pending(&self, orders: &[Order]) -> PortResult<()> {
+        let _writer = self.lock()?;
+        let mut batch = self.db.batch();
+        for order in orders {
+            // If absent only: a fast worker may have created it already.
+            if !self.db.orders.contains_key(order.order_no.to_key()).map_err(storage_error)? {
+                self.put_order(&mut batch, order)?;
+            }
+        }
+        batch.commit().map_err(storage_error)
+    }
+
+    async fn create_orders(&self, requests: &[CreateRequest], now_ms: u64) -> PortResult<Vec<CreateOutcome>> {
+        let outcomes = {
+            let _writer = self.lock()?;
+            let mut batch = self.db.batch();
+            // Stock as this batch leaves it: one read and one write per commodity per batch.
+            let mut levels: std::collections::HashMap<CommodityId, StockLevel> = std::collections::HashMap::new();
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for request in requests {
+                let order_no = request.order.order_no;
+                let current = self.read_order(order_no)?;
+                if let Some(existing) = current.filter(|o| o.state != OrderState::Pending) {
+                    outcomes.push(CreateOutcome::AlreadyDone(Box::new(existing)));
+                    continue;
+                }
+                let mut order = request.order.clone();
+                for line in &order.lines {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = levels.entry(line.commodity_id) {
+                        let level = self.read_stock(line.commodity_id)?.unwrap_or(StockLevel {
+                            initial: 0,
+                            available: 0,
+                            version: 0,
+                        });
+                        slot.insert(level);
+                    }
+                }
+                // The final oversell guard: every line must fit in the durable stock, or none is taken.
+                let short = match request.token {
+                    None => order.lines.first().map(|l| l.commodity_id),
+                    Some(_) => order
+                        .lines
+                        .iter()
+                        .find(|l| levels.get(&l.commodity_id).is_none_or(|s| s.available < u64::from(l.quantity)))
+                        .map(|l| l.commodity_id),
+                };
+                order.updated_ms = now_ms;
+                match short {
+                    Some(commodity_id) => {
+                        order.state = transition(order.state, OrderAction::Reject)
+                            .map_err(|e| PortError::corrupt("local store", e))?
+                            .next;
+                        order.rejected_for = Some(commodity_id);
+                        self.put_order(&mut batch, &order)?;
+                        outcomes.push(CreateOutcome::Rejected { commodity_id });
+                    }
+                    None => {
+                        for line in &order.lines {
+                            if let Some(level) = levels.get_mut(&line.commodity_id) {
+                                level.available -= u64::from(line.quantity);
+                            }
+                        }
+                        order.state = transition(order.state, OrderAction::Create)
+                            .map_err(|e| PortError::corrupt("local store", e))?
+                            .next;
+                        order.token_generation = request.token.map(|t| t.generation);
+                        self.put_order(&mut batch, &order)?;
+                        self.put_outbox(
+                            &mut batch,
+                            &OutboxEvent::ScheduleUnpaidTimeout { order_no, at_ms: request.unpaid_deadline_ms },
+                        )?;
+                        if order.pay_at_once {
+                            self.put_outbox(&mut batch, &OutboxEvent::Charge { order_no })?;
+                        }
+                        outcomes.push(CreateOutcome::Created);
+                    }
+                }
+            }
+            for (id, level) in &levels {
+                batch.insert(&self.db.stock, u64_key(id.0), encode(level)?);
+            }
+            batch.commit().map_err(storage_error)?;
+            outcomes
+        };
+        self.db.sync().await?;
+        Ok(outcomes)
+    }
+
+    async fn order(&self, order_no: OrderNo) -> PortResult<Option<Order>> {
+        self.read_order(order_no)
+    }
+
+    async fn orders_of(&self, buyer: Uid, before: Option<OrderNo>, limit: usize) -> PortResult<Vec<Order>> {
+        let start = buyer_key(
+            buyer,
+            OrderNo::from_key(&[0; 10]).unwrap_or(OrderNo { id: orderly_domain::SnowflakeId(0), buyer_shard: 0 }),
+        );
+        let end = match before {
+            Some(before) => buyer_key(buyer, before),
+            None => {
+                let mut end = (buyer.0 + 1).to_be_bytes().to_vec();
+                end.extend_from_slice(&[0; 10]);
+                end
+            }
+        };
+        let mut orders = Vec::new();
+        for guard in self.db.orders_by_buyer.range(start..end).rev().take(limit) {
+            let (key, _) = guard.into_inner().map_err(storage_error)?;
+            let order_no = key
+                .get(8..)
+                .and_then(OrderNo::from_key)
+                .ok_or_else(|| PortError::corrupt("local store", "bad index key"))?;
+            if let Some(order) = self.read_order(order_no)? {
+                orders.push(order);
+            }
+        }
+        Ok(orders)
+    }
+
+    async fn all_orders(&self) -> PortResult<Vec<Order>> {
+        self.db.orders.iter().map(|guard| decode(&guard.into_inner().map_err(storage_error)?.1)).collect()
+    }
+
+    async fn transition(
+        &self,
+        order_no: OrderNo,
+        action: OrderAction,
+        now_ms: u64,
+    ) -> PortResult<Result<Order, ChangeRejection>> {
+        let result = {
+            let _writer = self.lock()?;
+            let Some(order) = self.read_order(order_no)? else { return Ok(Err(ChangeRejection::NotFound)) };
+            if matches!(action, OrderAction::Cancel | OrderAction::AutoCancel) && order.payment_attempt.is_some() {
+                return Ok(Err(ChangeRejection::PaymentInFlight));
+            }
+            let mut batch = self.db.batch();
+            let result = self.apply(&mut batch, order, action, now_ms)?;
+            if result.is_ok() {
+                batch.commit().map_err(storage_error)?;
+            }
+            result
+        };
+        self.db.sync().await?;
+        Ok(result)
+    }
+
+    async fn begin_payment(
+        &self,
+        order_no: OrderNo,
+        attempt: PaymentAttempt,
+    ) -> PortResult<Result<Order, ChangeRejection>> {
+        let result = {
+            let _writer = self.lock()?;
+            let Some(mut order) = self.read_order(order_no)? else { return Ok(Err(ChangeRejection::NotFound)) };
+            if order.payment_attempt.is_some() {
+                return Ok(Err(ChangeRejection::PaymentInFlight));
+            }
+            if let Err(rejection) = transition(order.state, OrderAction::Pay) {
+                return Ok(Err(rejection.into()));
+            }
+            order.payment_attempt = Some(attempt);
+            let mut batch = self.db.batch();
+            self.put_order(&mut batch, &order)?;
+            batch.insert(&self.db.safe_pay, order_no.to_key(), u64_key(attempt.charge_deadline_ms));
+            batch.insert(&self.db.safe_pay_due, due_key(attempt.charge_deadline_ms, order_no), []);
+            batch.commit().map_err(storage_error)?;
+            order
+        };
+        self.db.sync().await?;
+        Ok(Ok(result))
+    }
+
+    async fn finish_payment(
+        &self,
+        order_no: OrderNo,
+        result: PaymentResult,
+        now_ms: u64,
+    ) -> PortResult<Result<Order, ChangeRejection>> {
+        let outcome = {
+            let _writer = self.lock()?;
+            let Some(mut order) = self.read_order(order_no)? else { return Ok(Err(ChangeRejection::NotFound)) };
+            let mut batch = self.db.batch();
+            self.remove_safe_pay(&mut batch, order_no)?;
+            order.payment_attempt = None;
+            let outcome = match result {
+                PaymentResult::Succeeded { payment_id } => {
+                    order.payment_id = Some(payment_id);
+                    self.apply(&mut batch, order, OrderAction::Pay, now_ms)?
+                }
+                PaymentResult::Declined { reason } => {
+                    order.last_decline = Some(reason);
+                    order.updated_ms = now_ms;
+                    self.put_order(&mut batch, &order)?;
+                    Ok(order)
+                }
+                PaymentResult::NeverCharged => {
+                    order.updated_ms = now_ms;
+                    self.put_order(&mut batch, &order)?;
+                    Ok(order)
+                }
+            };
+            if outcome.is_ok() {
+                batch.commit().map_err(storage_error)?;
+            }
+            outcome
+        };
+        self.db.sync().await?;
+        Ok(outcome)
+    }
+
+    async fn payments_due(&self, now_ms: u64, limit: usize) -> PortResult<Vec<OrderNo>> {
+        let mut due = Vec::new();
+        for guard in self.db.safe_pay_due.range(..u64_key(now_ms.saturating_add(1)).to_vec()).take(limit) {
+            let (key, _) = guard.into_inner().map_err(storage_error)?;
+            due.push(
+                key.get(8..)
+                    .and_then(OrderNo::from_key)
+                    .ok_or_else(|| PortError::corrupt("local store", "bad safe-pay key"))?,
+            );
+        }
+        Ok(due)
+    }
+
+    async fn postpone_payment_check(&self, order_no: OrderNo, at_ms: u64) -> PortResult<()> {
+        let _writer = self.lock()?;
+        if self.db.safe_pay.get(order_no.to_key()).map_err(storage_error)?.is_none() {
+            return Ok(());
+        }
+        let mut batch = self.db.batch();
+        self.remove_safe_pay(&mut batch, order_no)?;
+        batch.insert(&self.db.safe_pay, order_no.to_key(), u64_key(at_ms));
+        batch.insert(&self.db.safe_pay_due, due_key(at_ms, order_no), []);
+        // Not synced: a lost postponement only makes the check come sooner.
+        batch.commit().map_err(storage_error)
+    }
+
+    async fn payments_pending(&self) -> PortResult<usize> {
+        self.db.safe_pay.len().map_err(storage_error)
+    }
+
+    async fn outbox(&self, limit: usize) -> PortResult<Vec<(u64, OutboxEvent)>> {
+        let mut events = Vec::new();
+        for guard in self.db.outbox.iter().take(limit) {
+            let (key, value) = guard.into_inner().map_err(storage_error)?;
+            let id = key_u64(&key).ok_or_else(|| PortError::corrupt("local store", "bad outbox key"))?;
+            events.push((id, decode(&value)?));
+        }
+        Ok(events)
+    }
+
+    async fn outbox_done(&self, ids: &[u64]) -> PortResult<()> {
+        let mut batch = self.db.batch();
+        for id in ids {
+            batch.remove(&self.db.outbox, u64_key(*id));
+        }
+        batch.commit().map_err(storage_error)
+    }
+
+    async fn idempotency_begin(
+        &self,
+        buyer: Uid,
+        key: &str,
+        record: &IdempotencyRecord,
+    ) -> PortResult<IdempotencyBegin> {
+        {
+            let _writer = self.lock()?;
+            let storage_key = idempotency_key(buyer, key);
+            if let Some(bytes) = self.db.idempotency.get(&storage_key).map_err(storage_error)? {
+                let seen: IdempotencyRecord = decode(&bytes)?;
+                return Ok(if seen.request == record.request {
+                    IdempotencyBegin::Seen(seen)
+                } else {
+                    IdempotencyBegin::Mismatch
+                });
+            }
+            self.db.idempotency.insert(storage_key, encode(record)?).map_err(storage_error)?;
+        }
+        self.db.sync().await?;
+        Ok(IdempotencyBegin::Started)
+    }
+
+    async fn idempotency_answer(&self, buyer: Uid, key: &str, answer: StoredAnswer) -> PortResult<()> {
+        let _writer = self.lock()?;
+        let storage_key = idempotency_key(buyer, key);
+        let Some(bytes) = self.db.idempotency.get(&storage_key).map_err(storage_error)? else { return Ok(()) };
+        let mut record: IdempotencyRecord = decode(&bytes)?;
+        record.answer = Some(answer);
+        self.db.idempotency.insert(storage_key, encode(&record)?).map_err(storage_error)
+    }
+
+    async fn meta(&self, key: &str) -> PortResult<Option<u64>> {
+        Ok(self.db.meta.get(key).map_err(storage_error)?.and_then(|bytes| key_u64(&bytes)))
+    }
+
+    async fn set_meta(&self, key: &str, value: u64) -> PortResult<()> {
+        self.db.meta.insert(key, u64_key(value)).map_err(storage_error)?;
+        self.db.sync().await
+    }
+}
