@@ -91,12 +91,15 @@ impl Orderly {
     ) -> Result<Vec<OrderNo>, PlaceError> {
         let drafts = self.price(body).await?;
         let order_nos = match idempotency_key {
-            None => self.new_order_nos(body.uid, drafts.len())?,
+            None => self.new_order_nos(body.uid, drafts.len()).await?,
             Some(key) => {
                 let request = serde_json::to_string(body)
                     .map_err(|e| PortError::corrupt("idempotency", format!("cannot encode the request: {e}")))?;
-                let fresh =
-                    IdempotencyRecord { request, order_nos: self.new_order_nos(body.uid, drafts.len())?, answer: None };
+                let fresh = IdempotencyRecord {
+                    request,
+                    order_nos: self.new_order_nos(body.uid, drafts.len()).await?,
+                    answer: None,
+                };
                 match self.store.idempotency_begin(body.uid, key, &fresh).await? {
                     IdempotencyBegin::Started => fresh.order_nos,
                     IdempotencyBegin::Mismatch => return Err(PlaceError::IdempotencyKeyReused),
@@ -200,8 +203,12 @@ impl Orderly {
         Ok(drafts)
     }
 
-    fn new_order_nos(&self, buyer: Uid, count: usize) -> Result<Vec<OrderNo>, PortError> {
-        (0..count).map(|_| Ok(OrderNo::new(self.ids.next_id()?, buyer))).collect()
+    async fn new_order_nos(&self, buyer: Uid, count: usize) -> Result<Vec<OrderNo>, PortError> {
+        let mut order_nos = Vec::with_capacity(count);
+        for _ in 0..count {
+            order_nos.push(OrderNo::new(self.ids.next_id().await?, buyer));
+        }
+        Ok(order_nos)
     }
 
     /// Reserves, loading commodities the cache does not hold yet from the store (the seed's init).
@@ -267,7 +274,9 @@ impl Orderly {
         let request = ChargeRequest {
             order_no,
             amount: order.total,
-            idempotency_key: order_no.to_string(),
+            // One key per attempt: a retry of this attempt is idempotent, a new attempt after a decline
+            // may charge, and the service never charges an order that already has a success.
+            idempotency_key: format!("{order_no}-{}", attempt.started_ms),
             deadline_ms: attempt.charge_deadline_ms,
         };
         let timeout = std::time::Duration::from_millis(self.config.payment_call_timeout_ms);

@@ -36,8 +36,9 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now_ms(&self) -> u64;
 }
 
+#[async_trait]
 pub trait IdGen: Send + Sync + std::fmt::Debug {
-    fn next_id(&self) -> PortResult<SnowflakeId>;
+    async fn next_id(&self) -> PortResult<SnowflakeId>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,7 +242,7 @@ pub struct BusDepth {
 pub struct ChargeRequest {
     pub order_no: OrderNo,
     pub amount: orderly_domain::Money,
-    /// One per order: a retry never charges twice.
+    /// One per payment attempt: a retry of the attempt never charges twice.
     pub idempotency_key: String,
     /// The service must not start the charge after this time.
     pub deadline_ms: u64,
@@ -267,6 +268,7 @@ pub enum PaymentStatus {
 }
 
 /// The payment service. An `Err` from `charge` means *unknown outcome*: the charge may have happened.
+/// An order with a successful charge is never charged again, whatever the key.
 #[async_trait]
 pub trait Payments: Send + Sync + std::fmt::Debug {
     async fn charge(&self, request: ChargeRequest) -> PortResult<ChargeOutcome>;

@@ -2,9 +2,10 @@
 //! [`SimulatedAcquirer`] (the bank side) whose latency, declines, timeouts and lost answers are set by
 //! configuration, so every payment path of the flow can run.
 //!
-//! Charge is idempotent per order: the ledger entry is written PROCESSING before the acquirer is asked,
-//! and the acquirer captures at most once per idempotency key. A retry returns the first result; a retry
-//! racing a PROCESSING charge gets "no definite answer" and the reconciler asks again later.
+//! The ledger holds one entry per order, written PROCESSING before the acquirer is asked; the acquirer
+//! captures at most once per idempotency key (one per attempt). A retry of an attempt returns its first
+//! result; a new attempt is allowed only after a decline; an order with a success is never charged again;
+//! a call racing a PROCESSING charge gets "no definite answer" and the reconciler asks again later.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -193,10 +194,22 @@ impl Payments for LocalPayments {
         {
             let _ledger = self.lock()?;
             if let Some(entry) = self.read(order_no)? {
-                return match Self::definite(&entry.state) {
-                    Some(outcome) => Ok(outcome),
-                    None => Err(PortError::unavailable("payments", "a charge for this order is in progress")),
-                };
+                match &entry.state {
+                    // Never a second charge for a paid order.
+                    LedgerState::Succeeded { .. } => {
+                        return Self::definite(&entry.state)
+                            .ok_or_else(|| PortError::corrupt("payments", "unreachable"));
+                    }
+                    LedgerState::Processing => {
+                        return Err(PortError::unavailable("payments", "a charge for this order is in progress"));
+                    }
+                    // The same attempt again: its answer. A new attempt after a decline: charge anew.
+                    LedgerState::Declined { .. } if entry.idempotency_key == request.idempotency_key => {
+                        return Self::definite(&entry.state)
+                            .ok_or_else(|| PortError::corrupt("payments", "unreachable"));
+                    }
+                    LedgerState::Declined { .. } => {}
+                }
             }
             if self.clock.now_ms() > request.deadline_ms {
                 return Err(PortError::unavailable("payments", "charge deadline passed; not started"));

@@ -18,7 +18,8 @@ pub struct LocalConfig {
     pub durability: Durability,
     /// Snowflake worker id of this process (0–1023).
     pub worker_id: u16,
-    /// How far ahead the id generator leases time.
+    /// How far ahead the id generator leases time; below the snowflake's drift bound (5 s), since after
+    /// a restart ids start at the last lease.
     pub id_lease_ms: u64,
     /// How long the cache remembers a token.
     pub token_ttl_ms: u64,
@@ -32,7 +33,7 @@ impl Default for LocalConfig {
         LocalConfig {
             durability: Durability::Fsync,
             worker_id: 0,
-            id_lease_ms: 10_000,
+            id_lease_ms: 2_000,
             token_ttl_ms: 60 * 60 * 1000,
             bus_lease_ms: 30_000,
             acquirer: AcquirerConfig::default(),

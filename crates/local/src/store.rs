@@ -192,9 +192,14 @@ impl Store for LocalStore {
             // Stock as this batch leaves it: one read and one write per commodity per batch.
             let mut levels: std::collections::HashMap<CommodityId, StockLevel> = std::collections::HashMap::new();
             let mut outcomes = Vec::with_capacity(requests.len());
+            // Orders decided earlier in this batch: a duplicate message in the same batch must see them.
+            let mut decided: std::collections::HashMap<OrderNo, Order> = std::collections::HashMap::new();
             for request in requests {
                 let order_no = request.order.order_no;
-                let current = self.read_order(order_no)?;
+                let current = match decided.get(&order_no) {
+                    Some(order) => Some(order.clone()),
+                    None => self.read_order(order_no)?,
+                };
                 if let Some(existing) = current.filter(|o| o.state != OrderState::Pending) {
                     outcomes.push(CreateOutcome::AlreadyDone(Box::new(existing)));
                     continue;
@@ -227,6 +232,7 @@ impl Store for LocalStore {
                             .next;
                         order.rejected_for = Some(commodity_id);
                         self.put_order(&mut batch, &order)?;
+                        decided.insert(order_no, order);
                         outcomes.push(CreateOutcome::Rejected { commodity_id });
                     }
                     None => {
@@ -247,6 +253,7 @@ impl Store for LocalStore {
                         if order.pay_at_once {
                             self.put_outbox(&mut batch, &OutboxEvent::Charge { order_no })?;
                         }
+                        decided.insert(order_no, order);
                         outcomes.push(CreateOutcome::Created);
                     }
                 }

@@ -1,0 +1,104 @@
+//! Retries, duplicates and redeliveries never create an order twice or deduct stock twice.
+
+mod common;
+
+use common::*;
+use orderly_app::PlaceError;
+use orderly_app::model::{Message, Outgoing, Token};
+use orderly_domain::OrderState;
+
+#[tokio::test]
+async fn a_retry_with_the_same_key_returns_the_first_answer_and_creates_nothing() {
+    let Harness { orderly, clock, .. } = harness(10).await;
+    let first = orderly.place_orders(&seed_body(), Some("key-1")).await.expect("accepted");
+    let retry = orderly.place_orders(&seed_body(), Some("key-1")).await.expect("replayed");
+    assert_eq!(first, retry);
+    assert_eq!(stock(&orderly, 1).await, (10, Some(9)), "reserved once");
+    let mut other = seed_body();
+    other.commodity_details[0].num = 2;
+    assert!(matches!(orderly.place_orders(&other, Some("key-1")).await, Err(PlaceError::IdempotencyKeyReused)));
+    // Another buyer's key of the same name is another key.
+    let mut someone_else = seed_body();
+    someone_else.uid = orderly_domain::Uid(99);
+    assert_ne!(orderly.place_orders(&someone_else, Some("key-1")).await.expect("accepted"), first);
+    orderly.drain().await.expect("workers run");
+    let report = orderly.audit(true, u64::MAX).await.expect("audit");
+    assert_eq!(report.orders_by_state.get("paid"), Some(&4));
+    settle_and_audit(&orderly, &clock).await;
+}
+
+#[tokio::test]
+async fn racing_retries_with_one_key_create_each_order_once() {
+    let Harness { orderly, clock, .. } = harness(10).await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let orderly = orderly.clone();
+        tasks.push(tokio::spawn(async move { orderly.place_orders(&seed_body(), Some("race")).await }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.expect("task runs").expect("accepted"));
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "every retry got the same order numbers");
+    orderly.drain().await.expect("workers run");
+    assert_eq!(stock(&orderly, 1).await, (9, Some(9)));
+    settle_and_audit(&orderly, &clock).await;
+}
+
+#[tokio::test]
+async fn a_redelivered_create_message_changes_nothing() {
+    let Harness { orderly, clock, .. } = harness(10).await;
+    let order_no = orderly.place_orders(&body(5, false, &[(1, 2)]), None).await.expect("accepted")[0];
+    orderly.drain().await.expect("workers run");
+    let created = order(&orderly, order_no).await;
+    // The same message again, as a broker would redeliver it.
+    let mut pending = created.clone();
+    pending.state = OrderState::Pending;
+    let now_ms = orderly_app::Clock::now_ms(clock.as_ref());
+    for _ in 0..3 {
+        orderly
+            .bus
+            .publish(vec![Outgoing { message: Message::CreateOrder(Box::new(pending.clone())), deliver_at_ms: now_ms }])
+            .await
+            .expect("publishes");
+    }
+    orderly.drain().await.expect("workers run");
+    assert_eq!(state(&orderly, order_no).await, OrderState::ToPay);
+    assert_eq!(stock(&orderly, 1).await, (8, Some(8)), "deducted once");
+    settle_and_audit(&orderly, &clock).await;
+}
+
+#[tokio::test]
+async fn a_reservation_not_consumed_in_time_is_released_and_the_worker_reserves_again() {
+    let Harness { orderly, clock, .. } = harness(10).await;
+    let order_no = orderly.place_orders(&body(5, false, &[(1, 2)]), None).await.expect("accepted")[0];
+    // The check fires before any worker took the create message (a backlog).
+    clock.advance_ms(orderly.config.reservation_check_delay_ms);
+    orderly.try_execute(orderly_app::workers::Step::ReservationChecks).await.expect("check runs");
+    assert_eq!(stock(&orderly, 1).await, (10, Some(10)), "the unclaimed reservation was returned");
+    // A hanging reserve of the released token is refused.
+    let again = orderly.cache.reserve(Token::entry(order_no), &[(orderly_domain::CommodityId(1), 2)], false).await;
+    assert_eq!(again, Ok(orderly_app::ports::Reserve::AlreadyHeld(orderly_app::model::TokenState::Released)));
+    // The worker then finds it released, reserves again, and creates the order.
+    orderly.drain().await.expect("workers run");
+    assert_eq!(state(&orderly, order_no).await, OrderState::ToPay);
+    assert_eq!(stock(&orderly, 1).await, (8, Some(8)));
+    settle_and_audit(&orderly, &clock).await;
+}
+
+#[tokio::test]
+async fn a_worker_that_finds_no_stock_left_rejects_the_order() {
+    let Harness { orderly, clock, .. } = harness(2).await;
+    let late = orderly.place_orders(&body(5, false, &[(1, 2)]), None).await.expect("accepted")[0];
+    clock.advance_ms(orderly.config.reservation_check_delay_ms);
+    orderly.try_execute(orderly_app::workers::Step::ReservationChecks).await.expect("check runs");
+    // Meanwhile someone else buys the stock the released reservation gave back.
+    let other = orderly.place_orders(&body(6, false, &[(1, 2)]), None).await.expect("accepted")[0];
+    orderly.drain().await.expect("workers run");
+    assert_eq!(state(&orderly, other).await, OrderState::ToPay);
+    let rejected = order(&orderly, late).await;
+    assert_eq!(rejected.state, OrderState::Rejected);
+    assert_eq!(rejected.rejected_for, Some(orderly_domain::CommodityId(1)));
+    assert_eq!(stock(&orderly, 1).await, (0, Some(0)));
+    settle_and_audit(&orderly, &clock).await;
+}

@@ -1,0 +1,101 @@
+//! Safe pay: declines, timeouts, lost answers and a charge cut off mid-flight all end definite, and an
+//! order is `paid` iff the acquirer captured it, exactly once (I5).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use orderly_app::flow::Actor;
+use orderly_app::{FlowConfig, OrderError, PayOutcome};
+use orderly_domain::{OrderState, Uid};
+use orderly_local::{AcquirerConfig, ManualClock};
+
+fn acquirer(decline: f64, timeout: f64, lost: f64) -> AcquirerConfig {
+    AcquirerConfig { decline_rate: decline, timeout_rate: timeout, lost_answer_rate: lost, ..AcquirerConfig::default() }
+}
+
+#[tokio::test]
+async fn a_declined_card_leaves_the_order_to_pay_and_uncharged() {
+    let Harness { orderly, clock, .. } = harness_with(10, acquirer(1.0, 0.0, 0.0)).await;
+    let order_no = orderly.place_orders(&body(5, true, &[(1, 1)]), None).await.expect("accepted")[0];
+    orderly.drain().await.expect("workers run");
+    let declined = order(&orderly, order_no).await;
+    assert_eq!(declined.state, OrderState::ToPay);
+    assert_eq!(declined.last_decline.as_deref(), Some("insufficient_funds"));
+    assert!(declined.payment_attempt.is_none());
+    assert!(orderly.payments.succeeded().await.expect("ledger").is_empty());
+    // Unpaid, it closes in time and the stock returns.
+    settle_and_audit(&orderly, &clock).await;
+    assert_eq!(state(&orderly, order_no).await, OrderState::Closed);
+    assert_eq!(stock(&orderly, 1).await, (10, Some(10)));
+}
+
+#[tokio::test]
+async fn a_lost_answer_is_settled_as_paid_by_the_reconciler() {
+    let Harness { orderly, clock, .. } = harness_with(10, acquirer(0.0, 0.0, 1.0)).await;
+    let order_no = orderly.place_orders(&body(5, false, &[(1, 1)]), None).await.expect("accepted")[0];
+    orderly.drain().await.expect("workers run");
+    let pending = orderly.pay(Actor::Buyer(Uid(5)), order_no).await.expect("no definite answer is not an error");
+    assert!(matches!(pending, PayOutcome::Pending(_)));
+    assert_eq!(orderly.store.payments_pending().await.expect("count"), 1, "in the safe-pay set");
+    // While the outcome is unknown, neither the buyer nor the timeout may cancel (the money may be taken).
+    assert!(matches!(orderly.cancel(Actor::Buyer(Uid(5)), order_no).await, Err(OrderError::PaymentInFlight)));
+    assert!(matches!(orderly.pay(Actor::Buyer(Uid(5)), order_no).await, Err(OrderError::PaymentInFlight)));
+
+    clock.advance_ms(FlowConfig::default().reconcile_backoff_ms_max);
+    orderly.drain().await.expect("reconciler runs");
+    let paid = order(&orderly, order_no).await;
+    assert_eq!(paid.state, OrderState::Paid);
+    assert_eq!(orderly.store.payments_pending().await.expect("count"), 0);
+    assert_eq!(orderly.payments.succeeded().await.expect("ledger").len(), 1, "captured exactly once");
+    settle_and_audit(&orderly, &clock).await;
+}
+
+#[tokio::test]
+async fn an_acquirer_timeout_is_settled_back_to_to_pay() {
+    let Harness { orderly, clock, .. } = harness_with(10, acquirer(0.0, 1.0, 0.0)).await;
+    let order_no = orderly.place_orders(&body(5, true, &[(1, 1)]), None).await.expect("accepted")[0];
+    orderly.drain().await.expect("workers run");
+    assert!(order(&orderly, order_no).await.payment_attempt.is_some());
+    clock.advance_ms(FlowConfig::default().reconcile_backoff_ms_max);
+    orderly.drain().await.expect("reconciler runs");
+    let settled = order(&orderly, order_no).await;
+    assert_eq!(settled.state, OrderState::ToPay);
+    assert!(settled.payment_attempt.is_none());
+    assert!(orderly.payments.succeeded().await.expect("ledger").is_empty());
+    settle_and_audit(&orderly, &clock).await;
+}
+
+#[tokio::test]
+async fn a_charge_cut_off_by_its_deadline_is_settled_and_never_charged_twice() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    // The acquirer takes 200 ms (real time); the caller gives up after 20 ms and drops the call.
+    let flow = FlowConfig { payment_call_timeout_ms: 20, ..FlowConfig::default() };
+    let config = local_config(AcquirerConfig { latency_ms: 200, ..AcquirerConfig::default() });
+    let orderly = orderly_local::open(dir.path(), Arc::clone(&clock) as _, flow, &config).await.expect("opens");
+    let catalog = [orderly_domain::CatalogEntry {
+        commodity_id: orderly_domain::CommodityId(1),
+        shop_id: orderly_domain::ShopId(100_001),
+        unit_price: orderly_domain::Money::from_cents(2999),
+    }];
+    orderly.load_catalog(&catalog, &[(orderly_domain::CommodityId(1), 5)]).await.expect("loads");
+    let order_no = orderly.place_orders(&body(5, false, &[(1, 1)]), None).await.expect("accepted")[0];
+    orderly.drain().await.expect("workers run");
+    assert!(matches!(orderly.pay(Actor::Buyer(Uid(5)), order_no).await, Ok(PayOutcome::Pending(_))));
+    clock.advance_ms(FlowConfig::default().reconcile_backoff_ms_max);
+    orderly.drain().await.expect("reconciler runs");
+    assert_eq!(state(&orderly, order_no).await, OrderState::ToPay, "the dropped charge never captured");
+    // Paying again now works and captures once.
+    assert!(matches!(
+        orderly.pay(Actor::Buyer(Uid(5)), order_no).await,
+        Ok(PayOutcome::Pending(_)) | Ok(PayOutcome::Paid(_))
+    ));
+    clock.advance_ms(FlowConfig::default().reconcile_backoff_ms_max);
+    orderly.drain().await.expect("reconciler runs");
+    let captures = orderly.payments.succeeded().await.expect("ledger");
+    let paid = state(&orderly, order_no).await == OrderState::Paid;
+    assert_eq!(paid, captures.len() == 1, "paid iff captured");
+    assert!(captures.len() <= 1);
+}
