@@ -1,1 +1,19 @@
+//! The HTTP API of orderly (axum). Every answer is the seed's envelope `{status, message, data}`;
+//! errors add a stable `code`.
+//!
+//! # Layout
+//! - [`routes`]: the router and the handlers.
+//! - [`error`]: [`error::ApiError`], the one place domain and port errors become HTTP answers.
+//! - [`auth`]: bearer tokens (HMAC-signed `uid` + expiry) and the admin token.
+//! - [`limit`]: the token-bucket rate limit at the entry.
+//! - [`views`]: what the API shows of orders and commodities.
 
+pub mod auth;
+pub mod error;
+pub mod limit;
+pub mod routes;
+pub mod views;
+
+pub use auth::TokenAuth;
+pub use limit::RateLimitConfig;
+pub use routes::{ApiState, router};

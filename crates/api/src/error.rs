@@ -1,0 +1,149 @@
+//! [`ApiError`]: where domain and port errors become HTTP answers, each with a stable `code`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use orderly_app::{OrderError, PlaceError, PortError};
+use orderly_domain::{CartRejection, TransitionRejection};
+use serde_json::{Value, json};
+
+use crate::auth::AuthRejection;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable, documented in docs/API.md; clients branch on it, never on `message`.
+    pub code: &'static str,
+    pub message: String,
+    pub data: Value,
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), data: Value::Null, retry_after_s: None }
+    }
+
+    pub fn with_data(mut self, data: Value) -> ApiError {
+        self.data = data;
+        self
+    }
+
+    pub fn not_found() -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such order")
+    }
+
+    pub fn rate_limited(wait: std::time::Duration) -> ApiError {
+        let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; retry later");
+        error.retry_after_s = Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+        error
+    }
+
+    fn unavailable(error: &PortError) -> ApiError {
+        // Logged here, where it is handled; the client gets no internals.
+        if error.retryable {
+            tracing::warn!(%error, "dependency unavailable");
+            let mut answer =
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "temporarily unavailable; retry");
+            answer.retry_after_s = Some(1);
+            answer
+        } else {
+            tracing::error!(%error, "internal failure");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        }
+    }
+}
+
+impl From<AuthRejection> for ApiError {
+    fn from(rejection: AuthRejection) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", rejection.to_string())
+    }
+}
+
+impl From<PortError> for ApiError {
+    fn from(error: PortError) -> Self {
+        ApiError::unavailable(&error)
+    }
+}
+
+impl From<CartRejection> for ApiError {
+    fn from(rejection: CartRejection) -> Self {
+        use CartRejection as C;
+        let (code, line) = match &rejection {
+            C::Empty => ("empty_cart", None),
+            C::TooManyLines { .. } => ("too_many_lines", None),
+            C::QuantityOutOfRange { line, .. } => ("quantity_out_of_range", Some(*line)),
+            C::DuplicateCommodity { line, .. } => ("duplicate_commodity", Some(*line)),
+            C::UnknownCommodity { line, .. } => ("unknown_commodity", Some(*line)),
+            C::WrongShop { line, .. } => ("wrong_shop", Some(*line)),
+            C::PriceMismatch { line, .. } => ("price_mismatch", Some(*line)),
+            C::TotalTooLarge => ("total_too_large", None),
+            C::BuyingFromSelf { line, .. } => ("buying_from_self", Some(*line)),
+        };
+        let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, rejection.to_string());
+        match line {
+            Some(line) => error.with_data(json!({ "line": line })),
+            None => error,
+        }
+    }
+}
+
+impl From<PlaceError> for ApiError {
+    fn from(error: PlaceError) -> Self {
+        match error {
+            PlaceError::Cart(rejection) => rejection.into(),
+            PlaceError::SoldOut { commodity_id } => {
+                ApiError::new(StatusCode::CONFLICT, "sold_out", format!("commodity {commodity_id} is sold out"))
+                    .with_data(json!({ "commodity_id": commodity_id }))
+            }
+            PlaceError::IdempotencyKeyReused => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with another request",
+            ),
+            PlaceError::Unavailable(error) => error.into(),
+        }
+    }
+}
+
+impl From<OrderError> for ApiError {
+    fn from(error: OrderError) -> Self {
+        match error {
+            OrderError::NotFound => ApiError::not_found(),
+            OrderError::Transition(rejection) => {
+                let code = match rejection {
+                    TransitionRejection::AlreadyFinal { .. } => "order_already_final",
+                    TransitionRejection::NotCreatedYet { .. } => "order_not_created_yet",
+                    TransitionRejection::AlreadyCreated { .. } => "order_already_created",
+                };
+                ApiError::new(StatusCode::CONFLICT, code, rejection.to_string())
+            }
+            OrderError::PaymentInFlight => {
+                ApiError::new(StatusCode::CONFLICT, "payment_in_flight", "a payment for this order is in flight")
+            }
+            OrderError::Unavailable(error) => error.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "status": self.status.as_u16(),
+            "message": self.message,
+            "code": self.code,
+            "data": self.data,
+        });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+/// The seed's success envelope.
+pub fn ok(status: StatusCode, data: Value) -> Response {
+    (status, axum::Json(json!({ "status": status.as_u16(), "message": "OK", "data": data }))).into_response()
+}

@@ -1,0 +1,289 @@
+//! The router and its handlers. Order of work at the entry (ARCHITECTURE.md): limit → auth → validate
+//! → the use-case; answers in the seed's envelope.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use orderly_app::flow::Actor;
+use orderly_app::{Orderly, PayOutcome};
+use orderly_domain::{CatalogEntry, CommodityId, Money, OrderNo, PlaceOrderBody, ShopId, Uid};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::TokenAuth;
+use crate::error::{ApiError, ok};
+use crate::limit::{EntryLimiter, RateLimitConfig};
+use crate::views;
+
+/// Largest request body accepted.
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+/// Longest `Idempotency-Key` accepted.
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
+
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    orderly: Orderly,
+    auth: TokenAuth,
+    limiter: EntryLimiter,
+}
+
+impl ApiState {
+    pub fn new(orderly: Orderly, auth: TokenAuth, limits: &RateLimitConfig) -> ApiState {
+        ApiState { inner: Arc::new(Inner { orderly, auth, limiter: EntryLimiter::new(limits) }) }
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/orders", post(place_orders).get(list_orders))
+        .route("/api/orders/{order_no}", get(get_order))
+        .route("/api/orders/{order_no}/pay", post(pay_order))
+        .route("/api/orders/{order_no}/cancel", post(cancel_order))
+        .route("/api/commodities/{id}", get(get_commodity))
+        .route("/api/admin/catalog", post(admin_catalog))
+        .route("/api/admin/stock", post(admin_stock))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "no such route") })
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+}
+
+impl ApiState {
+    fn orderly(&self) -> &Orderly {
+        &self.inner.orderly
+    }
+
+    fn buyer(&self, headers: &HeaderMap) -> Result<Uid, ApiError> {
+        let token = bearer(headers).ok_or(crate::auth::AuthRejection::Missing)?;
+        let now_s = orderly_app::Clock::now_ms(self.inner.orderly.clock.as_ref()) / 1000;
+        Ok(self.inner.auth.verify(token, now_s)?)
+    }
+
+    fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match bearer(headers) {
+            Some(token) if self.inner.auth.is_admin(token) => Ok(()),
+            _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "admin token required")),
+        }
+    }
+}
+
+/// Parses a JSON body into the envelope's error shape: bad JSON is 400, a wrong shape is 422.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|error| match error.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", error.to_string())
+        }
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", error.to_string()),
+    })
+}
+
+/// The request body, or an enveloped error (too large, unreadable).
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "unreadable_body" };
+        ApiError::new(status, code, rejection.body_text())
+    })
+}
+
+fn order_no(path: Result<Path<String>, PathRejection>) -> Result<OrderNo, ApiError> {
+    let Path(text) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text()))?;
+    // A malformed number cannot name an order: same answer as an unknown one.
+    text.parse().map_err(|_| ApiError::not_found())
+}
+
+async fn healthz() -> Response {
+    ok(StatusCode::OK, json!({ "ok": true }))
+}
+
+async fn place_orders(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    state.inner.limiter.admit().map_err(ApiError::rate_limited)?;
+    let uid = state.buyer(&headers)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => {
+            let key = value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_LEN_MAX);
+            Some(key.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_idempotency_key",
+                    format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_LEN_MAX} visible ASCII characters"),
+                )
+            })?)
+        }
+    };
+    let body: PlaceOrderBody = parse_json(&body_bytes(body)?)?;
+    if body.uid != uid {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "uid_mismatch", "the body's uid is not the caller"));
+    }
+    let order_nos = state.orderly().place_orders(&body, key).await?;
+    Ok(ok(StatusCode::OK, json!({ "order_no": order_nos })))
+}
+
+async fn get_order(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let uid = state.buyer(&headers)?;
+    let order = state.orderly().order(Actor::Buyer(uid), order_no(path)?).await?;
+    Ok(ok(StatusCode::OK, views::order(&order)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    before: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_orders(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let uid = state.buyer(&headers)?;
+    let Query(params) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let before =
+        match params.before {
+            None => None,
+            Some(text) => Some(text.parse::<OrderNo>().map_err(|_| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "before must be an order number")
+            })?),
+        };
+    let orders = state.orderly().orders_of(uid, before, params.limit.unwrap_or(20)).await?;
+    let next_before = orders.last().map(|o| o.order_no);
+    let orders: Vec<_> = orders.iter().map(views::order).collect();
+    Ok(ok(StatusCode::OK, json!({ "orders": orders, "next_before": next_before })))
+}
+
+async fn pay_order(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let uid = state.buyer(&headers)?;
+    match state.orderly().pay(Actor::Buyer(uid), order_no(path)?).await? {
+        PayOutcome::Paid(order) => Ok(ok(StatusCode::OK, views::order(&order))),
+        // Accepted, not settled: the reconciler will settle it; poll the order.
+        PayOutcome::Pending(order) => Ok(ok(StatusCode::ACCEPTED, views::order(&order))),
+        PayOutcome::Declined { order, reason } => {
+            Err(ApiError::new(StatusCode::PAYMENT_REQUIRED, "payment_declined", format!("payment declined: {reason}"))
+                .with_data(views::order(&order)))
+        }
+    }
+}
+
+async fn cancel_order(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let uid = state.buyer(&headers)?;
+    let order = state.orderly().cancel(Actor::Buyer(uid), order_no(path)?).await?;
+    Ok(ok(StatusCode::OK, views::order(&order)))
+}
+
+async fn get_commodity(
+    State(state): State<ApiState>,
+    path: Result<Path<u64>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = path.map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "unknown_commodity", "no such commodity"))?;
+    let (entry, stock) = state
+        .orderly()
+        .commodity(CommodityId(id))
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_commodity", "no such commodity"))?;
+    Ok(ok(
+        StatusCode::OK,
+        json!({ "commodity_id": entry.commodity_id, "shop_id": entry.shop_id, "price": entry.unit_price, "stock": stock }),
+    ))
+}
+
+/// One commodity of the admin catalog (also the format of the catalog file loaded at start).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogItem {
+    pub commodity_id: CommodityId,
+    /// The shop selling it (the seed's line `user_id`).
+    pub shop_id: ShopId,
+    pub price: Money,
+    /// Stock to add.
+    #[serde(default)]
+    pub add_stock: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogBody {
+    pub commodities: Vec<CatalogItem>,
+}
+
+/// Commodities in one request, at most.
+pub const CATALOG_ITEMS_MAX: usize = 1_000;
+
+async fn admin_catalog(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    state.admin(&headers)?;
+    let body: CatalogBody = parse_json(&body_bytes(body)?)?;
+    if body.commodities.len() > CATALOG_ITEMS_MAX {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_items",
+            format!("at most {CATALOG_ITEMS_MAX} commodities"),
+        ));
+    }
+    let entries: Vec<CatalogEntry> = body
+        .commodities
+        .iter()
+        .map(|c| CatalogEntry { commodity_id: c.commodity_id, shop_id: c.shop_id, unit_price: c.price })
+        .collect();
+    let stock: Vec<(CommodityId, u32)> =
+        body.commodities.iter().filter(|c| c.add_stock > 0).map(|c| (c.commodity_id, c.add_stock)).collect();
+    state.orderly().load_catalog(&entries, &stock).await?;
+    Ok(ok(StatusCode::OK, json!({ "commodities": entries.len() })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StockBody {
+    commodity_id: CommodityId,
+    add: u32,
+}
+
+async fn admin_stock(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    state.admin(&headers)?;
+    let body: StockBody = parse_json(&body_bytes(body)?)?;
+    if state.orderly().store.commodity(body.commodity_id).await?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_commodity", "no such commodity"));
+    }
+    state.orderly().load_catalog(&[], &[(body.commodity_id, body.add)]).await?;
+    let level = state.orderly().store.stock(&[body.commodity_id]).await?.first().copied().flatten();
+    Ok(ok(StatusCode::OK, json!({ "commodity_id": body.commodity_id, "available": level.map(|l| l.available) })))
+}

@@ -1,0 +1,288 @@
+//! The API through the router (no socket): the seed's walk-through, auth, bad input, limits.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use orderly_api::{ApiState, RateLimitConfig, TokenAuth, router};
+use orderly_app::{FlowConfig, Orderly};
+use orderly_domain::Uid;
+use orderly_local::{Durability, LocalConfig, ManualClock};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const T0_MS: u64 = 1_800_000_000_000;
+const ADMIN: &str = "admin-token-for-tests";
+
+struct App {
+    router: Router,
+    orderly: Orderly,
+    auth: TokenAuth,
+    _dir: tempfile::TempDir,
+}
+
+async fn app_with(limits: RateLimitConfig) -> App {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let local = LocalConfig { durability: Durability::Os, ..LocalConfig::default() };
+    let orderly = orderly_local::open(dir.path(), clock, FlowConfig::default(), &local).await.expect("opens");
+    let auth = TokenAuth::new(b"test-secret-0123456789".to_vec(), ADMIN.to_owned());
+    let router = router(ApiState::new(orderly.clone(), auth.clone(), &limits));
+    let app = App { router, orderly, auth, _dir: dir };
+    let catalog = json!({"commodities": [
+        {"commodity_id": 1, "shop_id": 100001, "price": 29.99, "add_stock": 10},
+        {"commodity_id": 2, "shop_id": 100002, "price": 49.99, "add_stock": 10}
+    ]});
+    let (status, _) = app.call("POST", "/api/admin/catalog", Some(ADMIN), Some(catalog.to_string())).await;
+    assert_eq!(status, StatusCode::OK);
+    app
+}
+
+async fn app() -> App {
+    app_with(RateLimitConfig::default()).await
+}
+
+impl App {
+    fn token(&self, uid: u64) -> String {
+        self.auth.mint(Uid(uid), T0_MS / 1000 + 3600)
+    }
+
+    async fn call(&self, method: &str, uri: &str, token: Option<&str>, body: Option<String>) -> (StatusCode, Value) {
+        self.call_with(method, uri, token, body, &[]).await
+    }
+
+    async fn call_with(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(body.map(Body::from).unwrap_or_else(Body::empty)).expect("request");
+        let response = self.router.clone().oneshot(request).await.expect("router answers");
+        let status = response.status();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).expect("every answer is JSON");
+        assert_eq!(value["status"], json!(status.as_u16()), "envelope status matches: {value}");
+        (status, value)
+    }
+}
+
+fn seed_body() -> Value {
+    json!({
+        "uid": 1, "to_uid": 2, "origin_price": 29.99, "actual_price": 29.99, "pay_at_once": true,
+        "commodity_details": [
+            {"actual_price": 29.99, "commodity_id": 1, "good_type": 1, "page_type": 0, "prices": 29.99, "user_id": 100001, "num": 1},
+            {"actual_price": 49.99, "commodity_id": 2, "good_type": 1, "page_type": 0, "prices": 49.99, "user_id": 100002, "num": 1}
+        ]
+    })
+}
+
+#[tokio::test]
+async fn seed_walk_through_accepts_polls_pending_then_paid() {
+    let app = app().await;
+    let token = app.token(1);
+    let (status, answer) = app.call("POST", "/api/orders", Some(&token), Some(seed_body().to_string())).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["message"], "OK");
+    let order_nos = answer["data"]["order_no"].as_array().expect("numbers").clone();
+    assert_eq!(order_nos.len(), 2);
+    let first = order_nos[0].as_str().expect("string order number");
+    let (status, polled) = app.call("GET", &format!("/api/orders/{first}"), Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(polled["data"]["state"], "pending");
+    app.orderly.drain().await.expect("workers run");
+    let (_, polled) = app.call("GET", &format!("/api/orders/{first}"), Some(&token), None).await;
+    assert_eq!(polled["data"]["state"], "paid");
+    assert_eq!(polled["data"]["total"], json!(29.99));
+    let (_, listed) = app.call("GET", "/api/orders?limit=10", Some(&token), None).await;
+    assert_eq!(listed["data"]["orders"].as_array().map(Vec::len), Some(2));
+    let (_, commodity) = app.call("GET", "/api/commodities/1", None, None).await;
+    assert_eq!(commodity["data"], json!({"commodity_id": 1, "shop_id": 100001, "price": 29.99, "stock": 9}));
+}
+
+#[tokio::test]
+async fn auth_is_required_and_a_buyer_sees_only_their_orders() {
+    let app = app().await;
+    let body = seed_body().to_string();
+    let (status, answer) = app.call("POST", "/api/orders", None, Some(body.clone())).await;
+    assert_eq!((status, answer["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    let (status, answer) = app.call("POST", "/api/orders", Some("forged.token"), Some(body.clone())).await;
+    assert_eq!((status, answer["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    let (status, answer) = app.call("POST", "/api/orders", Some(&app.token(2)), Some(body.clone())).await;
+    assert_eq!((status, answer["code"].as_str()), (StatusCode::FORBIDDEN, Some("uid_mismatch")));
+    let (_, answer) = app.call("POST", "/api/orders", Some(&app.token(1)), Some(body)).await;
+    let first = answer["data"]["order_no"][0].as_str().expect("number").to_owned();
+    let (status, answer) = app.call("GET", &format!("/api/orders/{first}"), Some(&app.token(2)), None).await;
+    assert_eq!((status, answer["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    let (status, _) = app.call("POST", &format!("/api/orders/{first}/cancel"), Some(&app.token(2)), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, answer) = app.call("POST", "/api/admin/catalog", Some(&app.token(1)), Some("{}".into())).await;
+    assert_eq!((status, answer["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_with_a_stable_code() {
+    let app = app().await;
+    let token = app.token(1);
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut body = seed_body();
+        edit(&mut body);
+        body.to_string()
+    };
+    let cases: Vec<(String, StatusCode, &str)> = vec![
+        ("{not json".into(), StatusCode::BAD_REQUEST, "malformed_json"),
+        ("".into(), StatusCode::BAD_REQUEST, "malformed_json"),
+        ("[]".into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        (with(&|b| b["commodity_details"] = json!([])), StatusCode::UNPROCESSABLE_ENTITY, "empty_cart"),
+        (
+            with(&|b| b["commodity_details"][0]["num"] = json!(0)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "quantity_out_of_range",
+        ),
+        (
+            with(&|b| b["commodity_details"][0]["num"] = json!(-3)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "quantity_out_of_range",
+        ),
+        (
+            with(&|b| b["commodity_details"][0]["num"] = json!(1_000_000_000)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "quantity_out_of_range",
+        ),
+        (with(&|b| b["commodity_details"][0]["num"] = json!(1e30)), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        (with(&|b| b["commodity_details"][0]["num"] = json!("1")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        (
+            with(&|b| b["commodity_details"][1]["commodity_id"] = json!(999)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_commodity",
+        ),
+        (
+            with(&|b| b["commodity_details"][1]["prices"] = json!(0.01)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "price_mismatch",
+        ),
+        (
+            with(&|b| b["commodity_details"][1]["actual_price"] = json!(49.999)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            with(&|b| b["commodity_details"][1]["actual_price"] = json!(-49.99)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            with(&|b| b["commodity_details"][1]["user_id"] = json!(100001)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "wrong_shop",
+        ),
+        (
+            with(&|b| b["commodity_details"][1] = b["commodity_details"][0].clone()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "duplicate_commodity",
+        ),
+        (with(&|b| b["surprise"] = json!(1)), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        (
+            with(&|b| b["commodity_details"] = json!(vec![b["commodity_details"][0].clone(); 51])),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_lines",
+        ),
+        (with(&|b| b["commodity_details"][0]["num"] = json!(11)), StatusCode::CONFLICT, "sold_out"),
+    ];
+    for (body, status, code) in cases {
+        let (got, answer) = app.call("POST", "/api/orders", Some(&token), Some(body.clone())).await;
+        assert_eq!((got, answer["code"].as_str()), (status, Some(code)), "{body} → {answer}");
+    }
+    let price = with(&|b| b["commodity_details"][1]["prices"] = json!(0.01));
+    let (_, answer) = app.call("POST", "/api/orders", Some(&token), Some(price)).await;
+    assert_eq!(answer["data"]["line"], 1, "the line is named");
+    let huge = "x".repeat(orderly_api::routes::BODY_BYTES_MAX + 1);
+    let (status, answer) = app.call("POST", "/api/orders", Some(&token), Some(huge)).await;
+    assert_eq!((status, answer["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large")));
+    for uri in ["/api/orders/abc", "/api/orders/1", "/api/orders/99999999999999999999999999"] {
+        let (status, answer) = app.call("GET", uri, Some(&token), None).await;
+        assert_eq!((status, answer["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{uri}");
+    }
+    let (status, answer) = app.call("GET", "/api/orders?limit=abc", Some(&token), None).await;
+    assert_eq!((status, answer["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_query")));
+    let (status, _) = app.call("GET", "/api/commodities/nope", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Nothing was reserved by any refused request.
+    let (_, commodity) = app.call("GET", "/api/commodities/1", None, None).await;
+    assert_eq!(commodity["data"]["stock"], 10);
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_the_first_answer() {
+    let app = app().await;
+    let token = app.token(1);
+    let key = [("idempotency-key", "order-attempt-1")];
+    let (_, first) = app.call_with("POST", "/api/orders", Some(&token), Some(seed_body().to_string()), &key).await;
+    let (status, retry) = app.call_with("POST", "/api/orders", Some(&token), Some(seed_body().to_string()), &key).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(first["data"], retry["data"]);
+    let mut other = seed_body();
+    other["pay_at_once"] = json!(false);
+    let (status, answer) = app.call_with("POST", "/api/orders", Some(&token), Some(other.to_string()), &key).await;
+    assert_eq!((status, answer["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("idempotency_key_reused")));
+    let (_, commodity) = app.call("GET", "/api/commodities/1", None, None).await;
+    assert_eq!(commodity["data"]["stock"], 9, "reserved once");
+}
+
+#[tokio::test]
+async fn the_entry_sheds_load_with_429_and_retry_after() {
+    let app = app_with(RateLimitConfig { orders_per_second: 1, burst: 2 }).await;
+    let token = app.token(1);
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let mut body = seed_body();
+        body["commodity_details"] = json!([body["commodity_details"][0].clone()]);
+        let request = Request::builder()
+            .method("POST")
+            .uri("/api/orders")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        let response = app.router.clone().oneshot(request).await.expect("answers");
+        statuses.push((response.status(), response.headers().get("retry-after").cloned()));
+    }
+    assert_eq!(statuses[0].0, StatusCode::OK);
+    assert_eq!(statuses[1].0, StatusCode::OK);
+    assert_eq!(statuses[2].0, StatusCode::TOO_MANY_REQUESTS);
+    assert!(statuses[2].1.is_some(), "Retry-After is set");
+}
+
+#[tokio::test]
+async fn pay_later_and_cancel_through_http() {
+    let app = app().await;
+    let token = app.token(1);
+    let mut body = seed_body();
+    body["pay_at_once"] = json!(false);
+    let (_, answer) = app.call("POST", "/api/orders", Some(&token), Some(body.to_string())).await;
+    let first = answer["data"]["order_no"][0].as_str().expect("number").to_owned();
+    let second = answer["data"]["order_no"][1].as_str().expect("number").to_owned();
+    let (status, answer) = app.call("POST", &format!("/api/orders/{first}/pay"), Some(&token), None).await;
+    assert_eq!((status, answer["code"].as_str()), (StatusCode::CONFLICT, Some("order_not_created_yet")));
+    app.orderly.drain().await.expect("workers run");
+    let (status, answer) = app.call("POST", &format!("/api/orders/{first}/pay"), Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["data"]["state"], "paid");
+    let (status, answer) = app.call("POST", &format!("/api/orders/{second}/cancel"), Some(&token), None).await;
+    assert_eq!((status, answer["data"]["state"].as_str()), (StatusCode::OK, Some("cancelled")));
+    let (status, answer) = app.call("POST", &format!("/api/orders/{second}/cancel"), Some(&token), None).await;
+    assert_eq!((status, answer["code"].as_str()), (StatusCode::CONFLICT, Some("order_already_final")));
+    app.orderly.drain().await.expect("relay runs");
+    let (_, commodity) = app.call("GET", "/api/commodities/2", None, None).await;
+    assert_eq!(commodity["data"]["stock"], 10, "the cancelled order's stock is back");
+}
