@@ -54,6 +54,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/commodities/{id}", get(get_commodity))
         .route("/api/admin/catalog", post(admin_catalog))
         .route("/api/admin/stock", post(admin_stock))
+        .route("/api/admin/audit", get(admin_audit))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "no such route") })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)
@@ -286,4 +287,33 @@ async fn admin_stock(
     state.orderly().load_catalog(&[], &[(body.commodity_id, body.add)]).await?;
     let level = state.orderly().store.stock(&[body.commodity_id]).await?.first().copied().flatten();
     Ok(ok(StatusCode::OK, json!({ "commodity_id": body.commodity_id, "available": level.map(|l| l.available) })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    /// The caller vouches that traffic stopped and queues drained: I2's equalities are owed.
+    #[serde(default)]
+    quiet: bool,
+    /// How long an order may take to become definite.
+    #[serde(default = "default_deadline_ms")]
+    deadline_ms: u64,
+}
+
+fn default_deadline_ms() -> u64 {
+    60_000
+}
+
+/// I1–I5 over the live store and cache (the store is locked by this process, so the CLI cannot read it).
+async fn admin_audit(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<AuditParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    state.admin(&headers)?;
+    let Query(params) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let report = state.orderly().audit(params.quiet, params.deadline_ms).await?;
+    let depth = state.orderly().bus.depth().await?;
+    let report = serde_json::to_value(&report).unwrap_or_default();
+    Ok(ok(StatusCode::OK, json!({ "report": report, "bus": depth })))
 }

@@ -180,7 +180,11 @@ impl Orderly {
         Ok(())
     }
 
-    async fn retry_or_dead_letter(&self, delivery: &Delivery, error: &dyn std::fmt::Display) -> Result<(), PortError> {
+    async fn retry_or_dead_letter(
+        &self,
+        delivery: &Delivery,
+        error: &(dyn std::fmt::Display + Sync),
+    ) -> Result<(), PortError> {
         if delivery.attempt >= self.config.delivery_attempts_max {
             tracing::error!(attempt = delivery.attempt, %error, "message failed too often; dead-lettered");
             self.bus.dead_letter(&delivery.receipt, &error.to_string()).await

@@ -1,1 +1,121 @@
-fn main() {}
+//! `orderly`: one binary, roles as subcommands.
+//!
+//! # Layout
+//! - [`config`]: defaults, TOML file, `ORDERLY_*` environment.
+//! - [`serve`]: the standalone profile — HTTP API and every worker in one process.
+//! - `token`, `audit`: small tools over the same configuration.
+
+mod config;
+mod serve;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orderly_domain::Uid;
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "orderly", version, about = "A high-concurrency order system")]
+struct Cli {
+    /// TOML configuration file (also `ORDERLY_CONFIG`).
+    #[arg(long, global = true, env = "ORDERLY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the standalone profile: HTTP API and all workers, data under `data_dir`.
+    Serve {
+        /// Catalog file to load at start (commodities already known are skipped).
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+    /// Prints a bearer token for a buyer (development), or the admin token.
+    Token {
+        #[arg(long, required_unless_present = "admin")]
+        uid: Option<u64>,
+        /// Lifetime of the token.
+        #[arg(long, default_value_t = 24 * 3600)]
+        ttl_s: u64,
+        /// Print the admin token instead.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Checks invariants I1–I5 on a stopped standalone data directory; exits 1 on any violation.
+    Audit {
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// How long an order may take to become definite.
+        #[arg(long, default_value_t = 60_000)]
+        deadline_ms: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.config.as_deref())?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ORDERLY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    match cli.command {
+        Command::Serve { catalog } => {
+            if catalog.is_some() {
+                config.catalog_file = catalog;
+            }
+            runtime.block_on(serve::serve(config))
+        }
+        Command::Token { uid, ttl_s, admin } => {
+            let secrets = config::secrets(&config)?;
+            if admin {
+                println!("{}", secrets.admin_token);
+            } else {
+                let auth = orderly_api::TokenAuth::new(secrets.token_secret.into_bytes(), secrets.admin_token);
+                let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+                println!("{}", auth.mint(Uid(uid.unwrap_or_default()), now_s + ttl_s));
+            }
+            Ok(())
+        }
+        Command::Audit { json, deadline_ms } => runtime.block_on(audit(config, json, deadline_ms)),
+    }
+}
+
+async fn audit(config: Config, json: Option<PathBuf>, deadline_ms: u64) -> anyhow::Result<()> {
+    let clock = Arc::new(orderly_local::SystemClock);
+    let orderly = orderly_local::open(&config.data_dir, clock, config.flow.clone(), &config.local)
+        .await
+        .with_context(|| format!("opening {} (is a server still running on it?)", config.data_dir.display()))?;
+    // Opening rebuilt the cache from the store; draining finishes what was in flight, so the store is quiet.
+    orderly.drain().await.context("finishing in-flight work")?;
+    let report = orderly.audit(true, deadline_ms).await.context("auditing")?;
+    println!("{:<14} {:>10} {:>10} {:>10} {:>10}", "commodity", "initial", "available", "sold", "cache");
+    for row in &report.stock {
+        let cache = row.cache.map_or("-".to_owned(), |c| c.to_string());
+        println!("{:<14} {:>10} {:>10} {:>10} {:>10}", row.commodity_id.0, row.initial, row.available, row.sold, cache);
+    }
+    println!("orders: {:?}", report.orders_by_state);
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if report.violations.is_empty() {
+        println!("audit: no violations");
+        Ok(())
+    } else {
+        for violation in &report.violations {
+            println!("violation: {}", serde_json::to_string(violation)?);
+        }
+        println!("audit: {} violations", report.violations.len());
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,112 @@
+//! `orderly serve`: the standalone profile in one process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use orderly_api::routes::CatalogBody;
+use orderly_api::{ApiState, TokenAuth};
+use orderly_app::workers::{self, Step};
+use orderly_domain::{CatalogEntry, CommodityId};
+
+use crate::config::{self, Config};
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let secrets = config::secrets(&config)?;
+    let clock = Arc::new(orderly_local::SystemClock);
+    let orderly = orderly_local::open(&config.data_dir, clock, config.flow.clone(), &config.local)
+        .await
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    if let Some(path) = &config.catalog_file {
+        load_catalog_file(&orderly, path).await?;
+    }
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for step in Step::ALL {
+        let idle_ms = if step == Step::CreateOrders { config.workers.create_idle_ms } else { config.workers.idle_ms };
+        tasks.push(tokio::spawn(workers::run(
+            orderly.clone(),
+            step,
+            Duration::from_millis(idle_ms),
+            shutdown_rx.clone(),
+        )));
+    }
+
+    let auth = TokenAuth::new(secrets.token_secret.into_bytes(), secrets.admin_token);
+    let app = orderly_api::router(ApiState::new(orderly.clone(), auth, &config.rate_limit));
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding {}", config.http_addr))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, data_dir = %config.data_dir.display(), "orderly serving (standalone profile)");
+    // Scripts and tests read this line to find the port.
+    println!("listening on {address}");
+
+    let mut stop = shutdown_rx.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = stop.changed() => {}
+        }
+        tracing::info!("shutting down: finishing in-flight requests");
+    });
+    let result = server.await;
+    // Stop workers after the last request: whatever they leave unacked is redelivered at the next start.
+    let _ = shutdown_tx.send(true);
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    for task in tasks {
+        if tokio::time::timeout(grace, task).await.is_err() {
+            tracing::warn!("a worker did not stop in time");
+        }
+    }
+    result.context("HTTP server failed")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+/// Loads commodities the store does not know yet, with their stock. Known ones are skipped, so a restart
+/// with the same file adds nothing.
+async fn load_catalog_file(orderly: &orderly_app::Orderly, path: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let catalog: CatalogBody = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+    let mut entries = Vec::new();
+    let mut stock: Vec<(CommodityId, u32)> = Vec::new();
+    for item in catalog.commodities {
+        if orderly.store.commodity(item.commodity_id).await?.is_some() {
+            continue;
+        }
+        entries.push(CatalogEntry { commodity_id: item.commodity_id, shop_id: item.shop_id, unit_price: item.price });
+        if item.add_stock > 0 {
+            stock.push((item.commodity_id, item.add_stock));
+        }
+    }
+    orderly.load_catalog(&entries, &stock).await?;
+    tracing::info!(file = %path.display(), new_commodities = entries.len(), "catalog file loaded");
+    Ok(())
+}
