@@ -169,10 +169,10 @@ impl StockCache for LocalStockCache {
 
     async fn confirm(&self, token: Token) -> PortResult<()> {
         self.with(|inner, _, _| {
-            if let Some(record) = inner.tokens.get_mut(&token) {
-                if matches!(record.state, TokenState::Reserved | TokenState::Claimed) {
-                    record.state = TokenState::Confirmed;
-                }
+            if let Some(record) = inner.tokens.get_mut(&token)
+                && matches!(record.state, TokenState::Reserved | TokenState::Claimed)
+            {
+                record.state = TokenState::Confirmed;
             }
         })
     }

@@ -78,7 +78,9 @@ impl Config {
             anyhow::ensure!(file.exists(), "config file {} does not exist", file.display());
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment.merge(Env::prefixed("ORDERLY_").split("__"));
+        // ORDERLY_LOG and ORDERLY_CONFIG steer the binary itself, not the configuration.
+        let env = Env::prefixed("ORDERLY_").filter(|key| !(key == "log" || key == "config")).split("__");
+        figment = figment.merge(env);
         figment.extract().context("invalid configuration")
     }
 }
