@@ -57,13 +57,16 @@ enum Command {
     },
 }
 
+/// Our own events at info; the storage engine's recovery chatter only when it warns.
+const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut config = Config::load(cli.config.as_deref())?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ORDERLY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .with_writer(std::io::stderr)
         .init();
