@@ -38,6 +38,13 @@ impl ApiError {
         error
     }
 
+    /// Load shedding: more buyer requests in flight than the configured bound.
+    pub fn overloaded() -> ApiError {
+        let mut error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "overloaded; retry later");
+        error.retry_after_s = Some(1);
+        error
+    }
+
     fn unavailable(error: &PortError) -> ApiError {
         // Logged here, where it is handled; the client gets no internals.
         if error.retryable {

@@ -1,5 +1,7 @@
-//! The entry's static rate limit: a token bucket (GCRA, `governor`) shared by the whole process.
-//! A refused request gets 429 with `Retry-After`, and costs nothing else (early fail).
+//! The entry's limits. A static rate limit: a token bucket (GCRA, `governor`) shared by the whole
+//! process; a refused request gets 429 with `Retry-After` and costs nothing else (early fail). And load
+//! shedding: at most `in_flight_max` buyer requests are served at once; one more is answered 503 at
+//! once instead of queueing, so under overload the accepted requests keep a bounded latency.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -15,11 +17,13 @@ pub struct RateLimitConfig {
     pub orders_per_second: u32,
     /// Order requests admitted at once after a quiet spell.
     pub burst: u32,
+    /// Buyer requests (`/api/orders…`, `/api/commodities…`) served at once; more are shed with 503.
+    pub in_flight_max: usize,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        RateLimitConfig { orders_per_second: 20_000, burst: 2_000 }
+        RateLimitConfig { orders_per_second: 20_000, burst: 2_000, in_flight_max: 512 }
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -15,6 +16,8 @@ use orderly_app::{Orderly, PayOutcome};
 use orderly_domain::{CatalogEntry, CommodityId, Money, OrderNo, PlaceOrderBody, ShopId, Uid};
 use serde::Deserialize;
 use serde_json::json;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::{BoxError, ServiceBuilder};
 
 use crate::auth::TokenAuth;
 use crate::error::{ApiError, ok};
@@ -36,25 +39,42 @@ struct Inner {
     orderly: Orderly,
     auth: TokenAuth,
     limiter: EntryLimiter,
+    in_flight_max: usize,
 }
 
 impl ApiState {
     pub fn new(orderly: Orderly, auth: TokenAuth, limits: &RateLimitConfig) -> ApiState {
-        ApiState { inner: Arc::new(Inner { orderly, auth, limiter: EntryLimiter::new(limits) }) }
+        ApiState {
+            inner: Arc::new(Inner {
+                orderly,
+                auth,
+                limiter: EntryLimiter::new(limits),
+                in_flight_max: limits.in_flight_max.max(1),
+            }),
+        }
     }
 }
 
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
+    // One semaphore for every buyer route (a per-route limit would multiply the bound).
+    let shed = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: BoxError| async { ApiError::overloaded() }))
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::new(state.inner.in_flight_max));
+    let buyer = Router::new()
         .route("/api/orders", post(place_orders).get(list_orders))
         .route("/api/orders/{order_no}", get(get_order))
         .route("/api/orders/{order_no}/pay", post(pay_order))
         .route("/api/orders/{order_no}/cancel", post(cancel_order))
         .route("/api/commodities/{id}", get(get_commodity))
+        .route_layer(shed);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(buyer)
         .route("/api/admin/catalog", post(admin_catalog))
         .route("/api/admin/stock", post(admin_stock))
         .route("/api/admin/audit", get(admin_audit))
+        .route("/api/admin/bus", get(admin_bus))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "no such route") })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)
@@ -287,6 +307,13 @@ async fn admin_stock(
     state.orderly().load_catalog(&[], &[(body.commodity_id, body.add)]).await?;
     let level = state.orderly().store.stock(&[body.commodity_id]).await?.first().copied().flatten();
     Ok(ok(StatusCode::OK, json!({ "commodity_id": body.commodity_id, "available": level.map(|l| l.available) })))
+}
+
+/// Messages waiting per topic (delayed ones included) and dead letters: zero everywhere means quiet.
+async fn admin_bus(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    state.admin(&headers)?;
+    let depth = state.orderly().bus.depth().await?;
+    Ok(ok(StatusCode::OK, json!(depth)))
 }
 
 #[derive(Debug, Deserialize)]

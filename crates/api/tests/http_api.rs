@@ -242,7 +242,7 @@ async fn idempotency_key_replays_the_first_answer() {
 
 #[tokio::test]
 async fn the_entry_sheds_load_with_429_and_retry_after() {
-    let app = app_with(RateLimitConfig { orders_per_second: 1, burst: 2 }).await;
+    let app = app_with(RateLimitConfig { orders_per_second: 1, burst: 2, ..RateLimitConfig::default() }).await;
     let token = app.token(1);
     let mut statuses = Vec::new();
     for _ in 0..4 {
@@ -263,26 +263,37 @@ async fn the_entry_sheds_load_with_429_and_retry_after() {
     assert!(statuses[2].1.is_some(), "Retry-After is set");
 }
 
+/// Over `in_flight_max` buyer requests at once, one more is shed at once with 503 `overloaded`; the held
+/// one still completes, and once it did the next request is served again. Healthz is never shed.
 #[tokio::test]
-async fn pay_later_and_cancel_through_http() {
-    let app = app().await;
+async fn requests_beyond_the_in_flight_bound_are_shed_with_503() {
+    let app = app_with(RateLimitConfig { in_flight_max: 1, ..RateLimitConfig::default() }).await;
     let token = app.token(1);
-    let mut body = seed_body();
-    body["pay_at_once"] = json!(false);
-    let (_, answer) = app.call("POST", "/api/orders", Some(&token), Some(body.to_string())).await;
-    let first = answer["data"]["order_no"][0].as_str().expect("number").to_owned();
-    let second = answer["data"]["order_no"][1].as_str().expect("number").to_owned();
-    let (status, answer) = app.call("POST", &format!("/api/orders/{first}/pay"), Some(&token), None).await;
-    assert_eq!((status, answer["code"].as_str()), (StatusCode::CONFLICT, Some("order_not_created_yet")));
-    app.orderly.drain().await.expect("workers run");
-    let (status, answer) = app.call("POST", &format!("/api/orders/{first}/pay"), Some(&token), None).await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer["data"]["state"], "paid");
-    let (status, answer) = app.call("POST", &format!("/api/orders/{second}/cancel"), Some(&token), None).await;
-    assert_eq!((status, answer["data"]["state"].as_str()), (StatusCode::OK, Some("cancelled")));
-    let (status, answer) = app.call("POST", &format!("/api/orders/{second}/cancel"), Some(&token), None).await;
-    assert_eq!((status, answer["code"].as_str()), (StatusCode::CONFLICT, Some("order_already_final")));
-    app.orderly.drain().await.expect("relay runs");
-    let (_, commodity) = app.call("GET", "/api/commodities/2", None, None).await;
-    assert_eq!(commodity["data"]["stock"], 10, "the cancelled order's stock is back");
+    // A request whose body is still arriving holds the only slot.
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let stream = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
+    let held = Request::builder()
+        .method("POST")
+        .uri("/api/orders")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .expect("request");
+    let router = app.router.clone();
+    let held = tokio::spawn(async move { router.oneshot(held).await.expect("answers").status() });
+    tokio::task::yield_now().await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    let (status, body) = app.call("GET", "/api/orders", Some(&token), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "overloaded");
+    let (status, _) = app.call("GET", "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    sender.send(Ok(seed_body().to_string().into_bytes())).await.expect("body sent");
+    drop(sender);
+    assert_eq!(held.await.expect("held request"), StatusCode::OK);
+    let (status, body) = app.call("GET", "/api/orders", Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["orders"].as_array().map(Vec::len), Some(2), "the held request placed its orders");
 }

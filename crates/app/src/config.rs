@@ -19,6 +19,8 @@ pub struct FlowConfig {
     pub reconcile_backoff_ms_max: u64,
     /// Messages taken from the bus in one step of a worker.
     pub worker_batch_max: usize,
+    /// Messages of one batch handled at once (timeouts, charges, checks).
+    pub worker_concurrency_max: usize,
     /// Deliveries of one message before it goes to the dead-letter queue.
     pub delivery_attempts_max: u32,
     /// Wait before a failed message is delivered again.
@@ -39,6 +41,7 @@ impl Default for FlowConfig {
             reconcile_backoff_ms: 1_000,
             reconcile_backoff_ms_max: 60_000,
             worker_batch_max: 256,
+            worker_concurrency_max: 64,
             delivery_attempts_max: 10,
             redelivery_delay_ms: 1_000,
             unpaid_timeout_retry_ms: 5_000,

@@ -148,7 +148,7 @@ impl Orderly {
                 deliver_at_ms: check_at_ms,
             })
             .collect();
-        self.bus.publish(checks).await?;
+        self.bus.publish_guards(checks).await?;
 
         // Remark 2: fail early on stock. All orders of the cart or none.
         for (index, order) in orders.iter().enumerate() {

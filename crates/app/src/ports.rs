@@ -166,8 +166,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn order(&self, order_no: OrderNo) -> PortResult<Option<Order>>;
     /// The buyer's orders, newest first, strictly older than `before` when given.
     async fn orders_of(&self, buyer: Uid, before: Option<OrderNo>, limit: usize) -> PortResult<Vec<Order>>;
-    /// Every order, for the audit.
-    async fn all_orders(&self) -> PortResult<Vec<Order>>;
+    /// Every order and every stock level as of one moment, for the audit: an order read before a
+    /// transition and stock read after it would show stock that is not there.
+    async fn audit_view(&self) -> PortResult<(Vec<Order>, Vec<(CommodityId, StockLevel)>)>;
     /// Applies `action` through the order FSM atomically with its effects (stock return, outbox).
     /// Cancel and auto-cancel are refused while a payment is in flight.
     async fn transition(
@@ -221,6 +222,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 pub trait Bus: Send + Sync + std::fmt::Debug {
     /// Durable when it returns.
     async fn publish(&self, messages: Vec<Outgoing>) -> PortResult<()>;
+    /// Publishes messages that guard state held only in the stock cache (the reservation checks). They
+    /// must be exactly as durable as the cache's reservations: a profile whose cache dies with the
+    /// process may lose them in the same crash. By default as durable as [`Bus::publish`].
+    async fn publish_guards(&self, messages: Vec<Outgoing>) -> PortResult<()> {
+        self.publish(messages).await
+    }
     /// Up to `max` messages of `topic` that are due; each comes back unless acked or retried.
     async fn receive(&self, topic: Topic, max: usize) -> PortResult<Vec<Delivery>>;
     async fn ack(&self, receipts: &[Vec<u8>]) -> PortResult<()>;

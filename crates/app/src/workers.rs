@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use orderly_domain::{OrderAction, OrderState};
 
 use crate::flow::{OrderError, Orderly, PayOutcome};
@@ -193,14 +195,25 @@ impl Orderly {
         }
     }
 
-    /// Consumers of the one-message-at-a-time topics.
+    /// Consumers of the one-message-at-a-time topics. The messages of a batch are handled concurrently
+    /// (each is about one order; the store serialises what touches the same one), so their commits
+    /// share group-commit syncs, and the done ones are acked together.
     async fn consume(&self, topic: Topic) -> Result<Outcome, PortError> {
         let deliveries = self.bus.receive(topic, self.config.worker_batch_max).await?;
+        let handled: Vec<(Delivery, Result<Handled, PortError>)> = futures_util::stream::iter(deliveries)
+            .map(|delivery| async move {
+                let result = self.handle(&delivery.message).await;
+                (delivery, result)
+            })
+            .buffer_unordered(self.config.worker_concurrency_max.max(1))
+            .collect()
+            .await;
         let mut outcome = Outcome::default();
-        for delivery in deliveries {
-            match self.handle(&delivery.message).await {
+        let mut done = Vec::new();
+        for (delivery, result) in handled {
+            match result {
                 Ok(Handled::Done) => {
-                    self.bus.ack(std::slice::from_ref(&delivery.receipt)).await?;
+                    done.push(delivery.receipt);
                     outcome.done += 1;
                 }
                 Ok(Handled::Later(at_ms)) => {
@@ -213,6 +226,9 @@ impl Orderly {
                     outcome.retried += 1;
                 }
             }
+        }
+        if !done.is_empty() {
+            self.bus.ack(&done).await?;
         }
         Ok(outcome)
     }

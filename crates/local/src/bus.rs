@@ -4,6 +4,11 @@
 //! until acked, so after `kill -9` every unacked message is delivered again. Handed-out messages are
 //! hidden for a lease (in memory) so two consumers never hold the same one; an expired lease (a
 //! consumer that died without answering) makes it visible again.
+//!
+//! An acked message leaves a tombstone that an LSM-tree keeps until compaction, and a scan walks over
+//! every one of them: a queue that always scanned from the topic's first key would cost more with
+//! every message it ever carried. So each topic keeps a *low water* key — no message sorts below it —
+//! and scans start there.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,9 +28,26 @@ pub struct LocalBus {
     db: LocalDb,
     clock: Arc<dyn Clock>,
     sequence: AtomicU64,
-    /// Receipt → time its lease ends.
-    leases: Mutex<HashMap<Vec<u8>, u64>>,
+    cursor: Mutex<Cursor>,
     lease_ms: u64,
+}
+
+#[derive(Debug)]
+struct Cursor {
+    /// Receipt → time its lease ends.
+    leases: HashMap<Vec<u8>, u64>,
+    /// Per topic (index [`topic_byte`]): no message key sorts below this one.
+    low_water: [Vec<u8>; 5],
+}
+
+impl Cursor {
+    /// A message was written at `key`: the low water must not be above it.
+    fn lower_to(&mut self, key: &[u8]) {
+        let low = &mut self.low_water[usize::from(key[0])];
+        if key < low.as_slice() {
+            *low = key.to_vec();
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -61,6 +83,24 @@ fn message_key(topic: Topic, due_ms: u64, sequence: u64) -> Vec<u8> {
 }
 
 impl LocalBus {
+    fn write(&self, messages: Vec<Outgoing>) -> PortResult<()> {
+        let mut batch = self.db.batch();
+        let mut keys = Vec::with_capacity(messages.len());
+        for outgoing in messages {
+            let key = message_key(outgoing.message.topic(), outgoing.deliver_at_ms, self.next_sequence());
+            batch.insert(&self.db.bus, key.clone(), encode(&Stored { message: outgoing.message, retries: 0 })?);
+            keys.push(key);
+        }
+        batch.commit().map_err(storage_error)?;
+        // After the commit, under the cursor lock: a scan running now either saw these keys or will
+        // have its low water lowered to them when it is done.
+        let mut cursor = self.cursor()?;
+        for key in &keys {
+            cursor.lower_to(key);
+        }
+        Ok(())
+    }
+
     pub fn new(db: LocalDb, clock: Arc<dyn Clock>, lease_ms: u64) -> Result<LocalBus, PortError> {
         // Keys end in the sequence, but sort by topic and due time first: scan for the largest.
         let mut sequence = last_sequence(&db.bus)?.max(last_sequence(&db.dead_letters)?);
@@ -68,15 +108,16 @@ impl LocalBus {
             let (key, _) = guard.into_inner().map_err(storage_error)?;
             sequence = sequence.max(crate::db::key_u64(&key[9..]).unwrap_or(0));
         }
-        Ok(LocalBus { db, clock, sequence: AtomicU64::new(sequence), leases: Mutex::new(HashMap::new()), lease_ms })
+        let cursor = Cursor { leases: HashMap::new(), low_water: [0u8, 1, 2, 3, 4].map(|topic| vec![topic]) };
+        Ok(LocalBus { db, clock, sequence: AtomicU64::new(sequence), cursor: Mutex::new(cursor), lease_ms })
     }
 
     fn next_sequence(&self) -> u64 {
         self.sequence.fetch_add(1, Ordering::SeqCst) + 1
     }
 
-    fn leases(&self) -> PortResult<std::sync::MutexGuard<'_, HashMap<Vec<u8>, u64>>> {
-        self.leases.lock().map_err(|_| PortError::corrupt("local bus", "lease lock poisoned"))
+    fn cursor(&self) -> PortResult<std::sync::MutexGuard<'_, Cursor>> {
+        self.cursor.lock().map_err(|_| PortError::corrupt("local bus", "cursor lock poisoned"))
     }
 
     fn read(&self, receipt: &[u8]) -> PortResult<Option<Stored>> {
@@ -87,34 +128,40 @@ impl LocalBus {
 #[async_trait]
 impl Bus for LocalBus {
     async fn publish(&self, messages: Vec<Outgoing>) -> PortResult<()> {
-        let mut batch = self.db.batch();
-        for outgoing in messages {
-            let key = message_key(outgoing.message.topic(), outgoing.deliver_at_ms, self.next_sequence());
-            batch.insert(&self.db.bus, key, encode(&Stored { message: outgoing.message, retries: 0 })?);
-        }
-        batch.commit().map_err(storage_error)?;
+        self.write(messages)?;
         self.db.sync().await
+    }
+
+    /// The standalone cache lives in this process and is rebuilt from the store after a crash, so a
+    /// reservation never outlives the process: its check needs no fsync (one less per order).
+    async fn publish_guards(&self, messages: Vec<Outgoing>) -> PortResult<()> {
+        self.write(messages)
     }
 
     async fn receive(&self, topic: Topic, max: usize) -> PortResult<Vec<Delivery>> {
         let now_ms = self.clock.now_ms();
-        let mut leases = self.leases()?;
+        let mut cursor = self.cursor()?;
         let mut deliveries = Vec::new();
-        let start = vec![topic_byte(topic)];
+        let start = cursor.low_water[usize::from(topic_byte(topic))].clone();
         let end = message_key(topic, now_ms.saturating_add(1), 0);
-        for guard in self.db.bus.range(start..end) {
+        let mut first_seen: Option<Vec<u8>> = None;
+        for guard in self.db.bus.range(start..end.clone()) {
             if deliveries.len() >= max {
                 break;
             }
             let (key, value) = guard.into_inner().map_err(storage_error)?;
             let key = key.to_vec();
-            if leases.get(&key).is_some_and(|until_ms| *until_ms > now_ms) {
+            first_seen.get_or_insert_with(|| key.clone());
+            if cursor.leases.get(&key).is_some_and(|until_ms| *until_ms > now_ms) {
                 continue;
             }
             let stored: Stored = decode(&value)?;
-            leases.insert(key.clone(), now_ms + self.lease_ms);
+            cursor.leases.insert(key.clone(), now_ms + self.lease_ms);
             deliveries.push(Delivery { receipt: key, message: stored.message, attempt: stored.retries + 1 });
         }
+        // Nothing sorts below the first key seen (or below `end`, when none was): writers lower it
+        // again after this lock is released.
+        cursor.low_water[usize::from(topic_byte(topic))] = first_seen.unwrap_or(end);
         Ok(deliveries)
     }
 
@@ -125,9 +172,9 @@ impl Bus for LocalBus {
         }
         // Not synced: a lost ack only means a redelivery, which every consumer handles.
         batch.commit().map_err(storage_error)?;
-        let mut leases = self.leases()?;
+        let mut cursor = self.cursor()?;
         for receipt in receipts {
-            leases.remove(receipt);
+            cursor.leases.remove(receipt);
         }
         Ok(())
     }
@@ -137,10 +184,13 @@ impl Bus for LocalBus {
         stored.retries += 1;
         let topic = stored.message.topic();
         let mut batch = self.db.batch();
+        let key = message_key(topic, at_ms, self.next_sequence());
         batch.remove(&self.db.bus, receipt.to_vec());
-        batch.insert(&self.db.bus, message_key(topic, at_ms, self.next_sequence()), encode(&stored)?);
+        batch.insert(&self.db.bus, key.clone(), encode(&stored)?);
         batch.commit().map_err(storage_error)?;
-        self.leases()?.remove(receipt);
+        let mut cursor = self.cursor()?;
+        cursor.leases.remove(receipt);
+        cursor.lower_to(&key);
         Ok(())
     }
 
@@ -156,14 +206,15 @@ impl Bus for LocalBus {
         batch.remove(&self.db.bus, receipt.to_vec());
         batch.insert(&self.db.dead_letters, u64_key(self.next_sequence()), encode(&dead)?);
         batch.commit().map_err(storage_error)?;
-        self.leases()?.remove(receipt);
+        self.cursor()?.leases.remove(receipt);
         self.db.sync().await
     }
 
     async fn depth(&self) -> PortResult<BusDepth> {
         let mut queued = Vec::new();
         for topic in Topic::ALL {
-            queued.push((topic, self.db.bus.prefix([topic_byte(topic)]).count()));
+            let start = self.cursor()?.low_water[usize::from(topic_byte(topic))].clone();
+            queued.push((topic, self.db.bus.range(start..vec![topic_byte(topic) + 1]).count()));
         }
         Ok(BusDepth { queued, dead_letters: self.db.dead_letters.len().map_err(storage_error)? })
     }

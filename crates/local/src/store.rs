@@ -24,6 +24,11 @@ pub struct LocalStore {
     /// Serialises read-check-write sections; reads outside them see committed batches only.
     writer: Mutex<()>,
     outbox_sequence: AtomicU64,
+    /// No outbox event has a smaller id: scans start here instead of walking the tombstones of every
+    /// event ever relayed (ids grow in commit order, under the writer lock).
+    outbox_low_water: AtomicU64,
+    /// No safe-pay entry is due before this (ms); read and written under the writer lock.
+    safe_pay_low_water_ms: AtomicU64,
 }
 
 fn buyer_key(buyer: Uid, order_no: OrderNo) -> Vec<u8> {
@@ -47,7 +52,13 @@ fn idempotency_key(buyer: Uid, key: &str) -> Vec<u8> {
 impl LocalStore {
     pub fn new(db: LocalDb) -> Result<LocalStore, PortError> {
         let outbox_sequence = AtomicU64::new(last_sequence(&db.outbox)?);
-        Ok(LocalStore { db, writer: Mutex::new(()), outbox_sequence })
+        Ok(LocalStore {
+            db,
+            writer: Mutex::new(()),
+            outbox_sequence,
+            outbox_low_water: AtomicU64::new(0),
+            safe_pay_low_water_ms: AtomicU64::new(0),
+        })
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, PortError> {
@@ -60,6 +71,16 @@ impl LocalStore {
 
     fn read_stock(&self, id: CommodityId) -> PortResult<Option<StockLevel>> {
         self.db.stock.get(u64_key(id.0)).map_err(storage_error)?.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    fn read_all_stock(&self) -> PortResult<Vec<(CommodityId, StockLevel)>> {
+        let mut all = Vec::new();
+        for guard in self.db.stock.iter() {
+            let (key, value) = guard.into_inner().map_err(storage_error)?;
+            let id = key_u64(&key).ok_or_else(|| PortError::corrupt("local store", "bad stock key"))?;
+            all.push((CommodityId(id), decode(&value)?));
+        }
+        Ok(all)
     }
 
     fn put_order(&self, batch: &mut fjall::OwnedWriteBatch, order: &Order) -> PortResult<()> {
@@ -164,13 +185,7 @@ impl Store for LocalStore {
     }
 
     async fn all_stock(&self) -> PortResult<Vec<(CommodityId, StockLevel)>> {
-        let mut all = Vec::new();
-        for guard in self.db.stock.iter() {
-            let (key, value) = guard.into_inner().map_err(storage_error)?;
-            let id = key_u64(&key).ok_or_else(|| PortError::corrupt("local store", "bad stock key"))?;
-            all.push((CommodityId(id), decode(&value)?));
-        }
-        Ok(all)
+        self.read_all_stock()
     }
 
     async fn insert_pending(&self, orders: &[Order]) -> PortResult<()> {
@@ -299,8 +314,16 @@ impl Store for LocalStore {
         Ok(orders)
     }
 
-    async fn all_orders(&self) -> PortResult<Vec<Order>> {
-        self.db.orders.iter().map(|guard| decode(&guard.into_inner().map_err(storage_error)?.1)).collect()
+    async fn audit_view(&self) -> PortResult<(Vec<Order>, Vec<(CommodityId, StockLevel)>)> {
+        // Every write section commits under the writer lock, so holding it gives one moment's view.
+        let _writer = self.lock()?;
+        let orders = self
+            .db
+            .orders
+            .iter()
+            .map(|guard| decode(&guard.into_inner().map_err(storage_error)?.1))
+            .collect::<PortResult<Vec<Order>>>()?;
+        Ok((orders, self.read_all_stock()?))
     }
 
     async fn transition(
@@ -345,6 +368,7 @@ impl Store for LocalStore {
             self.put_order(&mut batch, &order)?;
             batch.insert(&self.db.safe_pay, order_no.to_key(), u64_key(attempt.charge_deadline_ms));
             batch.insert(&self.db.safe_pay_due, due_key(attempt.charge_deadline_ms, order_no), []);
+            self.safe_pay_low_water_ms.fetch_min(attempt.charge_deadline_ms, Ordering::SeqCst);
             batch.commit().map_err(storage_error)?;
             order
         };
@@ -391,15 +415,23 @@ impl Store for LocalStore {
     }
 
     async fn payments_due(&self, now_ms: u64, limit: usize) -> PortResult<Vec<OrderNo>> {
+        // Under the writer lock, so no entry is added while the low water moves: scans then skip the
+        // tombstones of settled payments.
+        let _writer = self.lock()?;
+        let low_ms = self.safe_pay_low_water_ms.load(Ordering::SeqCst);
+        let end_ms = now_ms.saturating_add(1);
         let mut due = Vec::new();
-        for guard in self.db.safe_pay_due.range(..u64_key(now_ms.saturating_add(1)).to_vec()).take(limit) {
+        let mut first_ms = None;
+        for guard in self.db.safe_pay_due.range(u64_key(low_ms).to_vec()..u64_key(end_ms).to_vec()).take(limit) {
             let (key, _) = guard.into_inner().map_err(storage_error)?;
+            first_ms.get_or_insert_with(|| key_u64(&key).unwrap_or(0));
             due.push(
                 key.get(8..)
                     .and_then(OrderNo::from_key)
                     .ok_or_else(|| PortError::corrupt("local store", "bad safe-pay key"))?,
             );
         }
+        self.safe_pay_low_water_ms.store(first_ms.unwrap_or(end_ms), Ordering::SeqCst);
         Ok(due)
     }
 
@@ -412,6 +444,7 @@ impl Store for LocalStore {
         self.remove_safe_pay(&mut batch, order_no)?;
         batch.insert(&self.db.safe_pay, order_no.to_key(), u64_key(at_ms));
         batch.insert(&self.db.safe_pay_due, due_key(at_ms, order_no), []);
+        self.safe_pay_low_water_ms.fetch_min(at_ms, Ordering::SeqCst);
         // Not synced: a lost postponement only makes the check come sooner.
         batch.commit().map_err(storage_error)
     }
@@ -422,10 +455,14 @@ impl Store for LocalStore {
 
     async fn outbox(&self, limit: usize) -> PortResult<Vec<(u64, OutboxEvent)>> {
         let mut events = Vec::new();
-        for guard in self.db.outbox.iter().take(limit) {
+        let low = self.outbox_low_water.load(Ordering::SeqCst);
+        for guard in self.db.outbox.range(u64_key(low)..).take(limit) {
             let (key, value) = guard.into_inner().map_err(storage_error)?;
             let id = key_u64(&key).ok_or_else(|| PortError::corrupt("local store", "bad outbox key"))?;
             events.push((id, decode(&value)?));
+        }
+        if let Some((first, _)) = events.first() {
+            self.outbox_low_water.fetch_max(*first, Ordering::SeqCst);
         }
         Ok(events)
     }
