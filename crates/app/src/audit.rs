@@ -20,6 +20,11 @@ pub enum Violation {
     Leaked { commodity_id: CommodityId, initial: u64, available: u64, sold: u64 },
     /// I2: the cache would sell a different amount than the store holds (only checked when quiet).
     CacheDisagrees { commodity_id: CommodityId, cache: Option<u64>, store: u64 },
+    /// I3: two order numbers with one snowflake id — the id generator repeated itself.
+    DuplicateId { order_nos: Vec<OrderNo> },
+    /// I3: an order the flow cannot have made: created without a reservation, without lines, or
+    /// naming a commodity the store has no stock ledger for.
+    Orphan { order_no: OrderNo, reason: &'static str },
     /// I4: still pending (or paying) past its deadline.
     NotDefinite { order_no: OrderNo, state: OrderState, age_ms: u64 },
     /// I5: paid without a successful charge, or a successful charge on an order not paid.
@@ -50,8 +55,7 @@ impl Orderly {
     /// owed. `deadline_ms`: how long an order may take to become definite.
     pub async fn audit(&self, quiet: bool, deadline_ms: u64) -> Result<AuditReport, PortError> {
         let now_ms = self.clock.now_ms();
-        let orders = self.store.all_orders().await?;
-        let stock = self.store.all_stock().await?;
+        let (orders, stock) = self.store.audit_view().await?;
         let ids: Vec<CommodityId> = stock.iter().map(|(id, _)| *id).collect();
         let cache = self.cache.available(&ids).await?;
         let charges = self.payments.succeeded().await?;
@@ -59,7 +63,23 @@ impl Orderly {
 
         let mut sold: HashMap<CommodityId, u64> = HashMap::new();
         let mut orders_by_state = BTreeMap::new();
+        let ledger: std::collections::HashSet<CommodityId> = stock.iter().map(|(id, _)| *id).collect();
+        let mut by_id: HashMap<u64, Vec<OrderNo>> = HashMap::new();
         for order in &orders {
+            by_id.entry(order.order_no.id.0).or_default().push(order.order_no);
+            let created = !matches!(order.state, OrderState::Pending | OrderState::Rejected);
+            let orphan = if order.lines.is_empty() {
+                Some("no lines")
+            } else if order.lines.iter().any(|l| !ledger.contains(&l.commodity_id)) {
+                Some("a commodity without a stock ledger")
+            } else if created && order.token_generation.is_none() {
+                Some("created without a reservation")
+            } else {
+                None
+            };
+            if let Some(reason) = orphan {
+                violations.push(Violation::Orphan { order_no: order.order_no, reason });
+            }
             *orders_by_state.entry(order.state.as_str()).or_insert(0) += 1;
             if order.state.holds_stock() {
                 for line in &order.lines {
@@ -72,6 +92,10 @@ impl Orderly {
                 violations.push(Violation::NotDefinite { order_no: order.order_no, state: order.state, age_ms });
             }
         }
+
+        let mut duplicates: Vec<Vec<OrderNo>> = by_id.into_values().filter(|nos| nos.len() > 1).collect();
+        duplicates.sort();
+        violations.extend(duplicates.into_iter().map(|order_nos| Violation::DuplicateId { order_nos }));
 
         let mut rows = Vec::with_capacity(stock.len());
         for ((commodity_id, level), cache) in stock.into_iter().zip(cache) {

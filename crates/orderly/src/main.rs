@@ -3,8 +3,10 @@
 //! # Layout
 //! - [`config`]: defaults, TOML file, `ORDERLY_*` environment.
 //! - [`serve`]: the standalone profile — HTTP API and every worker in one process.
+//! - [`bench`]: the flash-sale load generator, its baseline, the audit's verdict, the report.
 //! - `token`, `audit`: small tools over the same configuration.
 
+mod bench;
 mod config;
 mod serve;
 
@@ -46,6 +48,9 @@ enum Command {
         #[arg(long)]
         admin: bool,
     },
+    /// Load generator: a fresh server (or `--url`), a scenario, a report, the audit's verdict; exits 1
+    /// when a correctness check fails.
+    Bench(bench::BenchArgs),
     /// Checks invariants I1–I5 on a stopped standalone data directory; exits 1 on any violation.
     Audit {
         /// Also write the report as JSON here.
@@ -90,6 +95,13 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit { json, deadline_ms } => runtime.block_on(audit(config, json, deadline_ms)),
+        Command::Bench(args) => {
+            if !runtime.block_on(bench::bench(args, config))? {
+                eprintln!("bench: a correctness check failed (see the report)");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,402 @@
+//! The load generator: closed loop (N connections, each sends its next request when the last one is
+//! answered) or fixed rate (requests started on a schedule, latency measured from the *scheduled* start,
+//! so a slow server cannot hide its queueing — no coordinated omission).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use super::workload::{FollowUp, Workload};
+use super::{Target, lock};
+
+/// What one phase sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// `GET /healthz`: the same server's trivial endpoint, the HTTP ceiling.
+    Healthz,
+    /// `POST /api/orders` with a cart of the workload.
+    Order,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Mode {
+    Closed { connections: usize },
+    Rate { per_second: u64, in_flight_max: usize },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseSpec {
+    pub name: String,
+    pub kind: Kind,
+    #[serde(flatten)]
+    pub mode: Mode,
+    pub duration: Duration,
+    /// Stop after this many requests, if sooner than `duration`.
+    pub requests_max: Option<u64>,
+}
+
+/// Outcome class of one answer; `code` is the API's stable error code.
+fn outcome_of(status: u16, body: &Value) -> String {
+    if status == 200 {
+        return "ok".to_owned();
+    }
+    match body.get("code").and_then(Value::as_str) {
+        Some(code) => code.to_owned(),
+        None => format!("http_{status}"),
+    }
+}
+
+fn is_shed(outcome: &str) -> bool {
+    matches!(outcome, "rate_limited" | "overloaded" | "unavailable")
+}
+
+/// One second of a phase.
+#[derive(Debug)]
+pub struct Second {
+    pub accepted: u64,
+    pub sold_out: u64,
+    pub shed: u64,
+    pub other: u64,
+    pub latency_us: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 10 min, 3 significant digits; auto-resize never needed within the bounds.
+    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|e| unreachable!("constant bounds: {e}"))
+}
+
+impl Second {
+    fn new() -> Second {
+        Second {
+            accepted: 0,
+            sold_out: 0,
+            shed: 0,
+            other: 0,
+            latency_us: Histogram::new_with_bounds(1, 600_000_000, 2)
+                .unwrap_or_else(|e| unreachable!("constant bounds: {e}")),
+        }
+    }
+}
+
+/// An accepted order: who owns it, and what its buyer will do next.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub order_no: String,
+    pub uid: u64,
+    pub follow_up: Option<FollowUp>,
+    pub at: Instant,
+}
+
+/// Everything one phase measured.
+#[derive(Debug)]
+pub struct Recorder {
+    pub seconds: Vec<Second>,
+    /// Latency of accepted orders (or of every healthz answer).
+    pub accept_us: Histogram<u64>,
+    /// Latency of sold-out answers (a flash sale answers most buyers this way: it must be fast).
+    pub sold_out_us: Histogram<u64>,
+    /// Latency of every answer.
+    pub all_us: Histogram<u64>,
+    pub outcomes: BTreeMap<String, u64>,
+    pub accepted: Vec<Accepted>,
+    /// Fixed rate only: requests the schedule called for but the client had no free slot for.
+    pub client_dropped: u64,
+    pub elapsed: Duration,
+}
+
+impl Recorder {
+    fn new() -> Recorder {
+        Recorder {
+            seconds: Vec::new(),
+            accept_us: histogram(),
+            sold_out_us: histogram(),
+            all_us: histogram(),
+            outcomes: BTreeMap::new(),
+            accepted: Vec::new(),
+            client_dropped: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn record(&mut self, at: Duration, latency: Duration, outcome: &str) {
+        let second = at.as_secs() as usize;
+        while self.seconds.len() <= second {
+            self.seconds.push(Second::new());
+        }
+        let latency_us = (latency.as_micros() as u64).clamp(1, 600_000_000);
+        let bucket = &mut self.seconds[second];
+        match outcome {
+            "ok" => {
+                bucket.accepted += 1;
+                bucket.latency_us.saturating_record(latency_us);
+                self.accept_us.saturating_record(latency_us);
+            }
+            "sold_out" => {
+                bucket.sold_out += 1;
+                self.sold_out_us.saturating_record(latency_us);
+            }
+            shed if is_shed(shed) => bucket.shed += 1,
+            _ => bucket.other += 1,
+        }
+        self.all_us.saturating_record(latency_us);
+        *self.outcomes.entry(outcome.to_owned()).or_insert(0) += 1;
+    }
+
+    pub fn answered(&self) -> u64 {
+        self.outcomes.values().sum()
+    }
+}
+
+/// Live counters for the progress bar.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub answered: AtomicU64,
+    pub accepted: AtomicU64,
+}
+
+struct Shared {
+    target: Target,
+    workload: Arc<Workload>,
+    kind: Kind,
+    start: Instant,
+    recorder: Mutex<Recorder>,
+    live: Arc<Live>,
+    /// Requests started so far (the `requests_max` budget).
+    started: AtomicU64,
+    requests_max: u64,
+    follow_ups: FollowUps,
+}
+
+impl Shared {
+    /// Sends one request and records it against `scheduled` (its intended start).
+    async fn one(&self, rng: &mut SmallRng, scheduled: Instant) {
+        let (outcome, accepted) = match self.kind {
+            Kind::Healthz => {
+                let answer = self.target.http.get(format!("{}/healthz", self.target.base)).send().await;
+                (classify(answer).await.0, None)
+            }
+            Kind::Order => {
+                let (uid, body, pay_at_once) = self.workload.cart(rng);
+                let answer = self
+                    .target
+                    .http
+                    .post(format!("{}/api/orders", self.target.base))
+                    .bearer_auth(self.target.buyer_token(uid))
+                    .json(&body)
+                    .send()
+                    .await;
+                let (outcome, body) = classify(answer).await;
+                let accepted = (outcome == "ok").then(|| {
+                    let order_nos: Vec<String> = body["data"]["order_no"]
+                        .as_array()
+                        .map(|nos| nos.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+                        .unwrap_or_default();
+                    let follow_up = (!pay_at_once).then(|| self.workload.follow_up(rng));
+                    let at = Instant::now();
+                    order_nos.into_iter().map(|order_no| Accepted { order_no, uid, follow_up, at }).collect::<Vec<_>>()
+                });
+                (outcome, accepted)
+            }
+        };
+        if outcome == "transport_error" {
+            // The server is down (restarting under chaos): do not spin on refused connections.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let now = Instant::now();
+        let at = scheduled.saturating_duration_since(self.start);
+        let latency = now.saturating_duration_since(scheduled);
+        self.live.answered.fetch_add(1, Ordering::Relaxed);
+        if outcome == "ok" {
+            self.live.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(accepted) = &accepted {
+            for order in accepted.iter().filter(|a| a.follow_up.is_some_and(|f| f != FollowUp::Abandon)) {
+                self.follow_ups.send(order.clone());
+            }
+        }
+        let mut recorder = lock(&self.recorder);
+        recorder.record(at, latency, &outcome);
+        if let Some(accepted) = accepted {
+            recorder.accepted.extend(accepted);
+        }
+    }
+
+    fn budget_left(&self) -> bool {
+        self.started.fetch_add(1, Ordering::Relaxed) < self.requests_max
+    }
+}
+
+/// The outcome class and the JSON body (Null when there was none).
+async fn classify(answer: reqwest::Result<reqwest::Response>) -> (String, Value) {
+    match answer {
+        Err(error) if error.is_timeout() => ("client_timeout".to_owned(), Value::Null),
+        Err(_) => ("transport_error".to_owned(), Value::Null),
+        Ok(response) => {
+            let status = response.status().as_u16();
+            match response.json::<Value>().await {
+                Ok(body) => (outcome_of(status, &body), body),
+                Err(_) => (format!("http_{status}_unreadable"), Value::Null),
+            }
+        }
+    }
+}
+
+/// Runs one phase to its end and returns what it measured.
+pub async fn run_phase(
+    spec: &PhaseSpec,
+    target: &Target,
+    workload: &Arc<Workload>,
+    seed: u64,
+    live: Arc<Live>,
+    follow_ups: FollowUps,
+) -> Recorder {
+    let start = Instant::now();
+    let shared = Arc::new(Shared {
+        target: target.clone(),
+        workload: Arc::clone(workload),
+        kind: spec.kind,
+        start,
+        recorder: Mutex::new(Recorder::new()),
+        live,
+        started: AtomicU64::new(0),
+        requests_max: spec.requests_max.unwrap_or(u64::MAX),
+        follow_ups,
+    });
+    let deadline = start + spec.duration;
+    match spec.mode {
+        Mode::Closed { connections } => {
+            let mut tasks = Vec::with_capacity(connections);
+            for connection in 0..connections {
+                let shared = Arc::clone(&shared);
+                tasks.push(tokio::spawn(async move {
+                    let mut rng =
+                        SmallRng::seed_from_u64(seed ^ (connection as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    while Instant::now() < deadline && shared.budget_left() {
+                        shared.one(&mut rng, Instant::now()).await;
+                    }
+                }));
+            }
+            for task in tasks {
+                let _ = task.await;
+            }
+        }
+        Mode::Rate { per_second, in_flight_max } => {
+            let slots = Arc::new(Semaphore::new(in_flight_max));
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let interval = Duration::from_secs_f64(1.0 / per_second.max(1) as f64);
+            let mut sent: u64 = 0;
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut ticker = tokio::time::interval(Duration::from_millis(1));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            'schedule: while Instant::now() < deadline {
+                ticker.tick().await;
+                // Start every request whose scheduled time has come.
+                let due = (start.elapsed().as_secs_f64() * per_second as f64) as u64;
+                while sent < due {
+                    let scheduled = start + interval.mul_f64(sent as f64);
+                    sent += 1;
+                    if scheduled >= deadline || !shared.budget_left() {
+                        break 'schedule;
+                    }
+                    let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                        lock(&shared.recorder).client_dropped += 1;
+                        continue;
+                    };
+                    let shared = Arc::clone(&shared);
+                    let mut task_rng = SmallRng::seed_from_u64(rand::Rng::random(&mut rng));
+                    tasks.spawn(async move {
+                        shared.one(&mut task_rng, scheduled).await;
+                        drop(permit);
+                    });
+                }
+                while tasks.try_join_next().is_some() {}
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+    let mut recorder = std::mem::replace(&mut *lock(&shared.recorder), Recorder::new());
+    recorder.elapsed = start.elapsed();
+    recorder
+}
+
+/// How long a buyer takes to pay or cancel after the order was accepted.
+const FOLLOW_UP_DELAY: Duration = Duration::from_millis(500);
+
+/// Buyers' later actions on accepted orders, sent during the load by their own pool of connections:
+/// pay or cancel [`FOLLOW_UP_DELAY`] after acceptance, asking again while the order is still being
+/// created. Outcomes are counted by `"action:outcome"`.
+#[derive(Debug, Clone)]
+pub struct FollowUps {
+    sender: tokio::sync::mpsc::UnboundedSender<Accepted>,
+}
+
+impl FollowUps {
+    fn send(&self, order: Accepted) {
+        // The pool outlives every phase; a closed pool only means the bench is ending.
+        let _ = self.sender.send(order);
+    }
+}
+
+/// The running pool; [`FollowUpPool::finish`] waits for every queued action.
+#[derive(Debug)]
+pub struct FollowUpPool {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    counts: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+pub fn follow_up_pool(target: &Target, connections: usize) -> (FollowUps, FollowUpPool) {
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
+    let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+    let counts = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..connections.max(1) {
+        let (receiver, counts, target) = (Arc::clone(&receiver), Arc::clone(&counts), target.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some(order) = receiver.lock().await.recv().await else { return };
+                let action = match order.follow_up {
+                    Some(FollowUp::PayLater) => "pay",
+                    Some(FollowUp::Cancel) => "cancel",
+                    Some(FollowUp::Abandon) | None => continue,
+                };
+                tokio::time::sleep_until((order.at + FOLLOW_UP_DELAY).into()).await;
+                let mut outcome = String::new();
+                for _ in 0..50 {
+                    let answer = target
+                        .http
+                        .post(format!("{}/api/orders/{}/{action}", target.base, order.order_no))
+                        .bearer_auth(target.buyer_token(order.uid))
+                        .send()
+                        .await;
+                    outcome = classify(answer).await.0;
+                    if outcome != "order_not_created_yet" {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                *lock(&counts).entry(format!("{action}:{outcome}")).or_insert(0) += 1;
+            }
+        }));
+    }
+    (FollowUps { sender }, FollowUpPool { tasks, counts })
+}
+
+impl FollowUpPool {
+    pub async fn finish(self, follow_ups: FollowUps) -> BTreeMap<String, u64> {
+        drop(follow_ups);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        std::mem::take(&mut *lock(&self.counts))
+    }
+}

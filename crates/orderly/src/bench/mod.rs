@@ -1,0 +1,427 @@
+//! `orderly bench`: a flash-sale load generator over HTTP, with its baseline in the same run and the
+//! audit's verdict at the end.
+//!
+//! A run: start a fresh standalone server (or use `--url`), load a catalog, measure the same server's
+//! trivial endpoint (the HTTP ceiling), run the scenario's phases, let buyers pay and cancel, wait until
+//! everything accepted is persisted, check every accepted order number reached a definite state, wait
+//! for quiet, run the audit (I1–I5), and write the report (JSON, Markdown, SVG charts).
+//!
+//! # Layout
+//! - [`workload`]: the catalog and the carts (seeded).
+//! - [`load`]: closed-loop and fixed-rate drivers, the recorder, buyers' follow-ups.
+//! - [`report`]: figures, ratios and targets; JSON, Markdown and charts.
+
+mod load;
+mod report;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use orderly_api::TokenAuth;
+use orderly_domain::Uid;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde_json::Value;
+
+use self::load::{Kind, Live, Mode, PhaseSpec, Recorder};
+use self::report::{Checks, PhaseReport, Report};
+pub use self::workload::Scenario;
+use self::workload::Workload;
+use crate::config::{self, Config};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "mixed")]
+    scenario: Scenario,
+    /// Bench a running server at this URL instead of starting one; its data directory (`ORDERLY_DATA_DIR`
+    /// or the config) must be readable here, for the token secrets.
+    #[arg(long)]
+    url: Option<String>,
+    /// Concurrent connections of closed-loop phases.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Length of each measured phase.
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Stop each order phase after this many requests (flash default: twice the stock).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Stock of the flash SKU.
+    #[arg(long, default_value_t = 10_000)]
+    flash_stock: u32,
+    /// Skip the healthz baseline phase.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Where the report goes (`<out>/<scenario>/`).
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Unpaid timeout and reservation-check delay of a server the bench starts: short, so the run ends quiet.
+    #[arg(long, default_value_t = 3_000)]
+    timers_ms: u64,
+    /// How long to wait for persistence and for quiet after the load.
+    #[arg(long, default_value_t = 120)]
+    settle_timeout_s: u64,
+}
+
+/// The server under test, and how to talk to it.
+#[derive(Clone)]
+pub struct Target {
+    pub http: reqwest::Client,
+    pub base: String,
+    auth: Arc<TokenAuth>,
+    admin_token: String,
+    expires_s: u64,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    pub fn buyer_token(&self, uid: u64) -> String {
+        self.auth.mint(Uid(uid), self.expires_s)
+    }
+
+    async fn admin_get(&self, path: &str) -> anyhow::Result<Value> {
+        let answer = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.admin_token).send().await?;
+        let status = answer.status();
+        let body: Value = answer.json().await?;
+        anyhow::ensure!(status.is_success(), "GET {path}: {status} {body}");
+        Ok(body["data"].clone())
+    }
+
+    async fn admin_post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let answer =
+            self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.admin_token).json(body).send().await?;
+        let status = answer.status();
+        let body: Value = answer.json().await?;
+        anyhow::ensure!(status.is_success(), "POST {path}: {status} {body}");
+        Ok(body["data"].clone())
+    }
+}
+
+/// A mutex whose holder panicked still holds plain counters: keep going with them.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A standalone server the bench started; killed when dropped.
+struct Spawned {
+    child: Child,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_server(args: &BenchArgs, data_dir: &Path, log: &Path) -> anyhow::Result<(Child, String)> {
+    let exe = std::env::current_exe().context("finding the orderly binary")?;
+    let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut child = Command::new(exe)
+        .arg("serve")
+        .env("ORDERLY_DATA_DIR", data_dir)
+        .env("ORDERLY_HTTP_ADDR", "127.0.0.1:0")
+        .env("ORDERLY_FLOW__UNPAID_TIMEOUT_MS", args.timers_ms.to_string())
+        .env("ORDERLY_FLOW__RESERVATION_CHECK_DELAY_MS", args.timers_ms.to_string())
+        .env("ORDERLY_LOG", "warn")
+        .env_remove("ORDERLY_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .context("starting orderly serve")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).context("reading the server's first line")?;
+    let Some(address) = line.trim().strip_prefix("listening on ") else {
+        let _ = child.kill();
+        bail!("the server did not start (first line {line:?}); see its log");
+    };
+    Ok((child, format!("http://{address}")))
+}
+
+fn machine() -> BTreeMap<&'static str, String> {
+    let mut machine = BTreeMap::new();
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    machine.insert("cpus", cpus.to_string());
+    if let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo")
+        && let Some(model) =
+            cpuinfo.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':'])))
+    {
+        machine.insert("cpu", model.to_owned());
+    }
+    if let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+        machine.insert("kernel", release.trim().to_owned());
+    }
+    machine.insert("profile", if cfg!(debug_assertions) { "debug build" } else { "release build" }.to_owned());
+    machine
+}
+
+/// Runs the bench; `Ok(false)` when a check failed (the report says which).
+pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
+    let out = args.out.join(args.scenario.as_str());
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+
+    let (base, secrets, spawned) = match &args.url {
+        Some(url) => (url.trim_end_matches('/').to_owned(), config::secrets(&config)?, None),
+        None => {
+            let data = tempfile::Builder::new().prefix("orderly-bench-").tempdir().context("temp dir")?;
+            let data_dir = data.path().join("data");
+            let secrets = config::secrets(&Config { data_dir: data_dir.clone(), ..Config::default() })?;
+            let (child, base) = spawn_server(&args, &data_dir, &out.join("server.log"))?;
+            (base, secrets, Some(Spawned { child, _data: data }))
+        }
+    };
+    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("HTTP client")?;
+    let target = Target {
+        http,
+        base,
+        auth: Arc::new(TokenAuth::new(secrets.token_secret.into_bytes(), secrets.admin_token.clone())),
+        admin_token: secrets.admin_token,
+        expires_s: now_s + 24 * 3600,
+    };
+
+    let mut rng = SmallRng::seed_from_u64(args.seed);
+    // Ids of this run stay apart from earlier runs on the same server.
+    let id_base = (now_s % 1_000_000) * 10_000 + 1;
+    let workload = Arc::new(Workload::new(args.scenario, id_base, args.flash_stock, &mut rng));
+    for body in workload.catalog_bodies() {
+        target.admin_post("/api/admin/catalog", &body).await.context("loading the catalog")?;
+    }
+    eprintln!(
+        "orderly bench {}: {} SKUs over {} shops on {}",
+        args.scenario.as_str(),
+        workload.sku_count,
+        workload.shop_count,
+        target.base
+    );
+
+    let (follow_ups, follow_up_pool) = load::follow_up_pool(&target, (args.connections / 4).max(4));
+    let mut settles: BTreeMap<String, Option<u64>> = BTreeMap::new();
+    let bench_start = Instant::now();
+    let duration = Duration::from_secs(args.duration_s);
+    let settle = Duration::from_secs(args.settle_timeout_s);
+    let closed = Mode::Closed { connections: args.connections };
+    let mut phases: Vec<(PhaseSpec, Recorder)> = Vec::new();
+    if !args.no_baseline {
+        let spec =
+            PhaseSpec { name: "healthz".into(), kind: Kind::Healthz, mode: closed, duration, requests_max: None };
+        let recorder = run_with_progress(&spec, &target, &workload, args.seed, &follow_ups).await;
+        phases.push((spec, recorder));
+    }
+    let order_phase = |name: &str, mode: Mode, requests_max: Option<u64>| PhaseSpec {
+        name: name.into(),
+        kind: Kind::Order,
+        mode,
+        duration,
+        requests_max,
+    };
+    match args.scenario {
+        Scenario::Flash => {
+            let requests = args.requests.unwrap_or(u64::from(args.flash_stock) * 2);
+            let spec = order_phase("flash", closed, Some(requests));
+            let recorder = run_with_progress(&spec, &target, &workload, args.seed, &follow_ups).await;
+            phases.push((spec, recorder));
+        }
+        Scenario::Mixed | Scenario::Overload => {
+            let spec = order_phase("capacity", closed, args.requests);
+            let recorder = run_with_progress(&spec, &target, &workload, args.seed, &follow_ups).await;
+            let capacity = recorder.answered() as f64 / recorder.elapsed.as_secs_f64().max(0.001);
+            phases.push((spec, recorder));
+            // The next phase starts from quiet, not with this one's backlog of creates and timers.
+            let since = Instant::now();
+            let settled = wait_for(&target, since, settle, |depth| queued(depth, None) == 0).await;
+            settles.insert("capacity".into(), settled.map(|d| d.as_millis() as u64));
+            let (name, factor) =
+                if args.scenario == Scenario::Mixed { ("at_70_percent", 0.7) } else { ("overload_3x", 3.0) };
+            let per_second = ((capacity * factor) as u64).max(1);
+            // The client must not be the bottleneck: room for half a second of the offered load in flight.
+            let in_flight_max = (per_second as usize / 2).clamp(args.connections, 4_096);
+            let spec = order_phase(name, Mode::Rate { per_second, in_flight_max }, args.requests);
+            let recorder = run_with_progress(&spec, &target, &workload, args.seed + 1, &follow_ups).await;
+            phases.push((spec, recorder));
+        }
+    }
+    let load_end = Instant::now();
+
+    let accepted: Vec<load::Accepted> = phases.iter().flat_map(|(_, r)| r.accepted.iter().cloned()).collect();
+    eprintln!("load done: {} orders accepted; waiting for buyers' last actions and for quiet", accepted.len());
+    let follow_ups = follow_up_pool.finish(follow_ups).await;
+
+    let persisted_after = wait_for(&target, load_end, settle, |depth| queued(depth, Some("create_order")) == 0).await;
+    let verified = verify_orders(&target, &accepted, args.connections).await;
+    let quiet_after = wait_for(&target, load_end, settle, |depth| queued(depth, None) == 0).await;
+    let audit = target
+        .admin_get(&format!(
+            "/api/admin/audit?quiet={}&deadline_ms={}",
+            quiet_after.is_some(),
+            bench_start.elapsed().as_millis() + 60_000
+        ))
+        .await
+        .context("auditing")?;
+
+    let phase_reports: Vec<PhaseReport> =
+        phases.iter().map(|(spec, recorder)| PhaseReport::new(spec, recorder)).collect();
+    let checks = Checks::new(args.scenario, &workload, &accepted, &verified, &audit, persisted_after, quiet_after);
+    let report = Report {
+        scenario: args.scenario,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        server: if spawned.is_some() { "standalone, started by the bench".into() } else { target.base.clone() },
+        machine: machine(),
+        workload: (*workload).clone(),
+        targets: report::targets(&phase_reports),
+        phases: phase_reports,
+        follow_ups,
+        settled_between_phases_ms: settles,
+        persisted_after_ms: persisted_after.map(|d| d.as_millis() as u64),
+        quiet_after_ms: quiet_after.map(|d| d.as_millis() as u64),
+        verified,
+        audit_violations: audit["report"]["violations"].as_array().cloned().unwrap_or_default(),
+        orders_by_state: audit["report"]["orders_by_state"].clone(),
+        checks,
+    };
+    report.write(&out, &phases)?;
+    println!("{}", report.markdown());
+    println!("report: {}", out.display());
+    drop(spawned);
+    Ok(report.checks.passed())
+}
+
+async fn run_with_progress(
+    spec: &PhaseSpec,
+    target: &Target,
+    workload: &Arc<Workload>,
+    seed: u64,
+    follow_ups: &load::FollowUps,
+) -> Recorder {
+    let live = Arc::new(Live::default());
+    let bar = indicatif::ProgressBar::new(spec.duration.as_millis() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>14} [{bar:30}] {elapsed:>3} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(spec.name.clone());
+    let ticker = {
+        let (bar, live) = (bar.clone(), Arc::clone(&live));
+        tokio::spawn(async move {
+            let start = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let answered = live.answered.load(std::sync::atomic::Ordering::Relaxed);
+                let accepted = live.accepted.load(std::sync::atomic::Ordering::Relaxed);
+                let rate = answered as f64 / start.elapsed().as_secs_f64();
+                bar.set_position(start.elapsed().as_millis() as u64);
+                bar.set_message(format!("{answered} answered ({rate:.0}/s), {accepted} ok"));
+            }
+        })
+    };
+    let recorder = load::run_phase(spec, target, workload, seed, live, follow_ups.clone()).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    eprintln!(
+        "{:>14}: {} answered in {:.1} s ({:.0}/s), {} ok",
+        spec.name,
+        recorder.answered(),
+        recorder.elapsed.as_secs_f64(),
+        recorder.answered() as f64 / recorder.elapsed.as_secs_f64().max(0.001),
+        recorder.outcomes.get("ok").copied().unwrap_or(0)
+    );
+    recorder
+}
+
+/// Messages waiting on `topic` (all topics when `None`) in a `/api/admin/bus` answer.
+fn queued(depth: &Value, topic: Option<&str>) -> u64 {
+    depth["queued"]
+        .as_array()
+        .map(|topics| {
+            topics
+                .iter()
+                .filter(|entry| topic.is_none_or(|t| entry[0].as_str() == Some(t)))
+                .filter_map(|entry| entry[1].as_u64())
+                .sum()
+        })
+        .unwrap_or(u64::MAX)
+}
+
+/// Polls the bus until `done`; the time since `since`, or `None` at the timeout. A server that does not
+/// answer for a moment (restarting under chaos) is asked again.
+async fn wait_for(
+    target: &Target,
+    since: Instant,
+    timeout: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Option<Duration> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(depth) = target.admin_get("/api/admin/bus").await
+            && done(&depth)
+        {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Every accepted order number, asked for by its buyer: how many are in which state, and how many are
+/// missing or still pending (each one a broken promise).
+async fn verify_orders(target: &Target, accepted: &[load::Accepted], connections: usize) -> BTreeMap<String, u64> {
+    let queue = Arc::new(Mutex::new(accepted.to_vec()));
+    let counts = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..connections.max(1) {
+        let (queue, counts, target) = (Arc::clone(&queue), Arc::clone(&counts), target.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some(order) = lock(&queue).pop() else { return };
+                let mut state = String::from("unanswered");
+                for _ in 0..20 {
+                    let answer = target
+                        .http
+                        .get(format!("{}/api/orders/{}", target.base, order.order_no))
+                        .bearer_auth(target.buyer_token(order.uid))
+                        .send()
+                        .await;
+                    let Ok(answer) = answer else {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        continue;
+                    };
+                    let status = answer.status().as_u16();
+                    let body: Value = answer.json().await.unwrap_or_default();
+                    state = match status {
+                        200 => body["data"]["state"].as_str().unwrap_or("unreadable").to_owned(),
+                        404 => "missing".to_owned(),
+                        other => format!("http_{other}"),
+                    };
+                    if !state.starts_with("http_") {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                *lock(&counts).entry(state).or_insert(0) += 1;
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    std::mem::take(&mut *lock(&counts))
+}

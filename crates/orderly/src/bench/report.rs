@@ -1,0 +1,361 @@
+//! The bench's report: figures per phase, ratios against the baseline of the same run, correctness
+//! checks (which fail the run) and performance targets (which are reported, met or not).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::load::{Accepted, Kind, Mode, PhaseSpec, Recorder};
+use super::workload::{Scenario, Workload};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    fn of(histogram: &Histogram<u64>) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            count: histogram.len(),
+            p50_ms: ms(histogram.value_at_quantile(0.50)),
+            p95_ms: ms(histogram.value_at_quantile(0.95)),
+            p99_ms: ms(histogram.value_at_quantile(0.99)),
+            max_ms: ms(histogram.max()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    pub name: String,
+    pub kind: Kind,
+    pub mode: Mode,
+    pub elapsed_s: f64,
+    pub answered: u64,
+    pub answered_per_s: f64,
+    /// 200 answers: accepted orders (or healthz answers).
+    pub ok_per_s: f64,
+    pub sold_out_per_s: f64,
+    /// Answers by outcome: "ok" or the API's error code (or a client-side class).
+    pub outcomes: BTreeMap<String, u64>,
+    pub client_dropped: u64,
+    pub ok_latency: Latency,
+    pub sold_out_latency: Latency,
+    pub all_latency: Latency,
+}
+
+impl PhaseReport {
+    pub fn new(spec: &PhaseSpec, recorder: &Recorder) -> PhaseReport {
+        let seconds = recorder.elapsed.as_secs_f64().max(0.001);
+        let count = |outcome: &str| recorder.outcomes.get(outcome).copied().unwrap_or(0);
+        PhaseReport {
+            name: spec.name.clone(),
+            kind: spec.kind,
+            mode: spec.mode,
+            elapsed_s: seconds,
+            answered: recorder.answered(),
+            answered_per_s: recorder.answered() as f64 / seconds,
+            ok_per_s: count("ok") as f64 / seconds,
+            sold_out_per_s: count("sold_out") as f64 / seconds,
+            outcomes: recorder.outcomes.clone(),
+            client_dropped: recorder.client_dropped,
+            ok_latency: Latency::of(&recorder.accept_us),
+            sold_out_latency: Latency::of(&recorder.sold_out_us),
+            all_latency: Latency::of(&recorder.all_us),
+        }
+    }
+}
+
+/// A correctness check: a failed one fails the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub passed: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Checks(pub Vec<Check>);
+
+impl Checks {
+    pub fn new(
+        scenario: Scenario,
+        workload: &Workload,
+        accepted: &[Accepted],
+        verified: &BTreeMap<String, u64>,
+        audit: &Value,
+        persisted_after: Option<Duration>,
+        quiet_after: Option<Duration>,
+    ) -> Checks {
+        let mut checks = Vec::new();
+        let definite = ["to_pay", "paid", "cancelled", "closed", "rejected"];
+        let broken: u64 =
+            verified.iter().filter(|(state, _)| !definite.contains(&state.as_str())).map(|(_, n)| n).sum();
+        checks.push(Check {
+            name: "every accepted order is definite",
+            passed: broken == 0 && verified.values().sum::<u64>() == accepted.len() as u64,
+            detail: format!("{} accepted order numbers asked for: {verified:?}", accepted.len()),
+        });
+        checks.push(Check {
+            name: "everything accepted is persisted",
+            passed: persisted_after.is_some(),
+            detail: persisted_after
+                .map_or("create queue not empty at the timeout".into(), |d| format!("{d:?} after the load")),
+        });
+        let violations = audit["report"]["violations"].as_array().map_or(usize::MAX, Vec::len);
+        checks.push(Check {
+            name: "audit: I1–I5 hold",
+            passed: violations == 0,
+            detail: format!(
+                "{violations} violations ({})",
+                if quiet_after.is_some() { "quiet: cache = store checked too" } else { "not quiet at the timeout" }
+            ),
+        });
+        if scenario == Scenario::Flash
+            && let Some(sku) = workload.skus.first()
+        {
+            let row = audit["report"]["stock"]
+                .as_array()
+                .and_then(|rows| rows.iter().find(|r| r["commodity_id"].as_u64() == Some(sku.commodity_id)));
+            let sold = row.and_then(|r| r["sold"].as_u64());
+            let offered = verified.values().sum::<u64>();
+            checks.push(Check {
+                name: "flash: exactly the stock sold",
+                // Every line is one unit, nobody cancels: sold = accepted orders = stock.
+                passed: sold == Some(u64::from(sku.stock)) && offered == u64::from(sku.stock),
+                detail: format!("stock {}, sold {sold:?}, accepted orders {offered}", sku.stock),
+            });
+        }
+        Checks(checks)
+    }
+
+    pub fn passed(&self) -> bool {
+        self.0.iter().all(|c| c.passed)
+    }
+}
+
+/// A performance target of the issue: reported with how far the run is from it, never enforced.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetResult {
+    pub name: &'static str,
+    pub goal: &'static str,
+    pub measured: String,
+    pub met: bool,
+}
+
+pub fn targets(phases: &[PhaseReport]) -> Vec<TargetResult> {
+    let find = |name: &str| phases.iter().find(|p| p.name == name);
+    let mut targets = Vec::new();
+    if let (Some(healthz), Some(capacity)) = (find("healthz"), find("capacity")) {
+        let ratio = capacity.ok_per_s / healthz.answered_per_s.max(0.001);
+        targets.push(TargetResult {
+            name: "accepted orders/s vs trivial endpoint req/s",
+            goal: ">= 0.50",
+            measured: format!("{ratio:.2} ({:.0} / {:.0})", capacity.ok_per_s, healthz.answered_per_s),
+            met: ratio >= 0.5,
+        });
+    }
+    if let Some(at_70) = find("at_70_percent") {
+        targets.push(TargetResult {
+            name: "p99 accept latency at 70% of max load",
+            goal: "<= 10 ms",
+            measured: format!("{:.2} ms", at_70.ok_latency.p99_ms),
+            met: at_70.ok_latency.p99_ms <= 10.0,
+        });
+    }
+    if let (Some(capacity), Some(overload)) = (find("capacity"), find("overload_3x")) {
+        let goodput = overload.ok_per_s / capacity.ok_per_s.max(0.001);
+        targets.push(TargetResult {
+            name: "goodput at 3x offered load vs capacity",
+            goal: ">= 0.80",
+            measured: format!("{goodput:.2} ({:.0} / {:.0})", overload.ok_per_s, capacity.ok_per_s),
+            met: goodput >= 0.8,
+        });
+        targets.push(TargetResult {
+            name: "p99 accept latency at 3x offered load",
+            goal: "<= 100 ms",
+            measured: format!("{:.2} ms", overload.ok_latency.p99_ms),
+            met: overload.ok_latency.p99_ms <= 100.0,
+        });
+    }
+    targets
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub command: String,
+    pub server: String,
+    pub machine: BTreeMap<&'static str, String>,
+    pub workload: Workload,
+    pub phases: Vec<PhaseReport>,
+    pub follow_ups: BTreeMap<String, u64>,
+    /// Time the system took to become quiet after a phase, before the next one started.
+    pub settled_between_phases_ms: BTreeMap<String, Option<u64>>,
+    pub persisted_after_ms: Option<u64>,
+    pub quiet_after_ms: Option<u64>,
+    pub verified: BTreeMap<String, u64>,
+    pub audit_violations: Vec<Value>,
+    pub orders_by_state: Value,
+    pub targets: Vec<TargetResult>,
+    pub checks: Checks,
+}
+
+impl Report {
+    pub fn write(&self, out: &Path, phases: &[(PhaseSpec, Recorder)]) -> anyhow::Result<()> {
+        let json = out.join("report.json");
+        std::fs::write(&json, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", json.display()))?;
+        let markdown = out.join("report.md");
+        std::fs::write(&markdown, self.markdown()).with_context(|| format!("writing {}", markdown.display()))?;
+        charts(out, phases)
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "## orderly bench: {}\n", self.scenario.as_str());
+        let _ = writeln!(md, "`{}` against {}; machine: {:?}\n", self.command, self.server, self.machine);
+        let _ = writeln!(
+            md,
+            "| phase | load | answered/s | ok/s | sold out/s | ok p50 / p95 / p99 / max (ms) | sold-out p99 (ms) | other outcomes |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        for phase in &self.phases {
+            let load = match phase.mode {
+                Mode::Closed { connections } => format!("closed, {connections} conns"),
+                Mode::Rate { per_second, .. } => format!("{per_second}/s offered"),
+            };
+            let other: Vec<String> = phase
+                .outcomes
+                .iter()
+                .filter(|(k, _)| k.as_str() != "ok" && k.as_str() != "sold_out")
+                .map(|(k, v)| format!("{k} {v}"))
+                .chain((phase.client_dropped > 0).then(|| format!("client_dropped {}", phase.client_dropped)))
+                .collect();
+            let l = &phase.ok_latency;
+            let _ = writeln!(
+                md,
+                "| {} | {load} | {:.0} | {:.0} | {:.0} | {:.2} / {:.2} / {:.2} / {:.1} | {:.2} | {} |",
+                phase.name,
+                phase.answered_per_s,
+                phase.ok_per_s,
+                phase.sold_out_per_s,
+                l.p50_ms,
+                l.p95_ms,
+                l.p99_ms,
+                l.max_ms,
+                phase.sold_out_latency.p99_ms,
+                if other.is_empty() { "-".to_owned() } else { other.join(", ") }
+            );
+        }
+        let ms = |v: Option<u64>| v.map_or("not reached".to_owned(), |ms| format!("{ms} ms"));
+        let _ = writeln!(
+            md,
+            "\nAfter the load: persisted after {}, quiet after {}. Buyers' follow-ups: {:?}. Orders by state: {}.\n",
+            ms(self.persisted_after_ms),
+            ms(self.quiet_after_ms),
+            self.follow_ups,
+            self.orders_by_state
+        );
+        if !self.targets.is_empty() {
+            let _ = writeln!(md, "| target | goal | measured | met |\n|---|---|---|---|");
+            for t in &self.targets {
+                let _ =
+                    writeln!(md, "| {} | {} | {} | {} |", t.name, t.goal, t.measured, if t.met { "yes" } else { "no" });
+            }
+            md.push('\n');
+        }
+        let _ = writeln!(md, "| check | result | detail |\n|---|---|---|");
+        for c in &self.checks.0 {
+            let _ = writeln!(md, "| {} | {} | {} |", c.name, if c.passed { "pass" } else { "FAIL" }, c.detail);
+        }
+        md
+    }
+}
+
+/// One line of a chart: label, points, colour.
+type Series<'a> = (&'a str, &'a [(f64, f64)], plotters::style::RGBColor);
+
+/// Throughput and latency over time, every phase one after the other.
+fn charts(out: &Path, phases: &[(PhaseSpec, Recorder)]) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+
+    let mut accepted = Vec::new();
+    let mut sold_out = Vec::new();
+    let mut shed = Vec::new();
+    let mut other = Vec::new();
+    let mut p50 = Vec::new();
+    let mut p99 = Vec::new();
+    let mut offset = 0.0;
+    // Order phases only: the healthz baseline answers ten times as fast and would flatten them (its
+    // figures are in the table).
+    for (_, recorder) in phases.iter().filter(|(spec, _)| spec.kind == Kind::Order) {
+        for (index, second) in recorder.seconds.iter().enumerate() {
+            let x = offset + index as f64 + 0.5;
+            accepted.push((x, second.accepted as f64));
+            sold_out.push((x, second.sold_out as f64));
+            shed.push((x, second.shed as f64));
+            other.push((x, second.other as f64));
+            if !second.latency_us.is_empty() {
+                p50.push((x, second.latency_us.value_at_quantile(0.5) as f64 / 1000.0));
+                p99.push((x, second.latency_us.value_at_quantile(0.99) as f64 / 1000.0));
+            }
+        }
+        offset += recorder.elapsed.as_secs_f64().ceil();
+    }
+    let x_max = offset.max(1.0);
+    let draw = |file: &str, caption: &str, y_desc: &str, series: &[Series<'_>]| {
+        let path = out.join(file);
+        let y_max = series.iter().flat_map(|(_, points, _)| points.iter().map(|p| p.1)).fold(1.0_f64, f64::max) * 1.1;
+        let root = SVGBackend::new(&path, (960, 420)).into_drawing_area();
+        let result: Result<(), Box<dyn std::error::Error>> = (|| {
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(caption, ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(70)
+                .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+            chart.configure_mesh().x_desc("seconds of load").y_desc(y_desc).draw()?;
+            for (label, points, color) in series {
+                let color = *color;
+                chart
+                    .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
+                    .label(*label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            }
+            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+            root.present()?;
+            Ok(())
+        })();
+        result.map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))
+    };
+    draw(
+        "throughput.svg",
+        "order requests answered per second, by outcome (phases one after the other)",
+        "answers / s",
+        &[
+            ("ok", &accepted, RGBColor(31, 119, 180)),
+            ("sold out", &sold_out, RGBColor(255, 127, 14)),
+            ("shed (429/503)", &shed, RGBColor(214, 39, 40)),
+            ("other", &other, RGBColor(127, 127, 127)),
+        ],
+    )?;
+    draw(
+        "latency.svg",
+        "accepted-order latency per second",
+        "ms",
+        &[("p50", &p50, RGBColor(44, 160, 44)), ("p99", &p99, RGBColor(148, 103, 189))],
+    )
+}

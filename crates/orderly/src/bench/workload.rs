@@ -1,0 +1,226 @@
+//! What the bench sends: a catalog of SKUs over shops with a few hot ones, and buyers' carts drawn from
+//! it with a fixed seed, so two runs with the same arguments send the same requests.
+
+use rand::Rng;
+use rand::rngs::SmallRng;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// The load shapes of ARCHITECTURE.md's benchmark plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// One hot SKU with a small stock and many buyers: exactly the stock is sold, the rest is sold out.
+    Flash,
+    /// A long tail plus hot SKUs, carts across shops, pay now / later / cancel / abandon.
+    Mixed,
+    /// `mixed` offered at three times the measured capacity: the service must shed, not collapse.
+    Overload,
+}
+
+impl Scenario {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scenario::Flash => "flash",
+            Scenario::Mixed => "mixed",
+            Scenario::Overload => "overload",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sku {
+    pub commodity_id: u64,
+    pub shop_id: u64,
+    pub price_cents: i64,
+    pub stock: u32,
+}
+
+impl Sku {
+    /// The JSON number of the price: `cents / 100` is the double nearest the decimal, the same the
+    /// server gets when it parses "29.99".
+    fn price(&self) -> f64 {
+        self.price_cents as f64 / 100.0
+    }
+}
+
+/// What a buyer does with an accepted order that was not paid at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FollowUp {
+    PayLater,
+    Cancel,
+    Abandon,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Workload {
+    #[serde(skip)]
+    pub skus: Vec<Sku>,
+    pub sku_count: usize,
+    pub shop_count: u64,
+    /// The first `hot` SKUs are hot.
+    pub hot: usize,
+    /// Chance that a cart line picks a hot SKU.
+    pub hot_share: f64,
+    pub lines_max: usize,
+    pub quantity_max: u32,
+    pub pay_at_once_share: f64,
+    /// Of the orders not paid at once: paid later, cancelled; the rest are abandoned (closed by timeout).
+    pub pay_later_share: f64,
+    pub cancel_share: f64,
+    pub buyers: u64,
+}
+
+/// Shop ids start here; buyer ids stay below, so no buyer buys from their own shop.
+const SHOP_ID_BASE: u64 = 1_000_000;
+
+impl Workload {
+    /// `id_base` keeps the commodity ids of this run apart from any earlier run on the same server.
+    pub fn new(scenario: Scenario, id_base: u64, flash_stock: u32, rng: &mut SmallRng) -> Workload {
+        match scenario {
+            Scenario::Flash => Workload {
+                skus: vec![Sku {
+                    commodity_id: id_base,
+                    shop_id: SHOP_ID_BASE,
+                    price_cents: 9_900,
+                    stock: flash_stock,
+                }],
+                sku_count: 1,
+                shop_count: 1,
+                hot: 1,
+                hot_share: 1.0,
+                lines_max: 1,
+                quantity_max: 1,
+                pay_at_once_share: 1.0,
+                pay_later_share: 0.0,
+                cancel_share: 0.0,
+                buyers: 100_000,
+            },
+            Scenario::Mixed | Scenario::Overload => {
+                let (sku_count, shop_count, hot) = (1_000usize, 50u64, 10usize);
+                let skus = (0..sku_count)
+                    .map(|index| Sku {
+                        commodity_id: id_base + index as u64,
+                        shop_id: SHOP_ID_BASE + (index as u64 % shop_count),
+                        price_cents: rng.random_range(100..=99_999),
+                        // Hot SKUs sell out during a run, so the sold-out path is exercised too.
+                        stock: if index < hot { 2_000 } else { 1_000_000 },
+                    })
+                    .collect();
+                Workload {
+                    skus,
+                    sku_count,
+                    shop_count,
+                    hot,
+                    hot_share: 0.3,
+                    lines_max: 3,
+                    quantity_max: 3,
+                    pay_at_once_share: 0.3,
+                    pay_later_share: 0.4,
+                    cancel_share: 0.15,
+                    buyers: 20_000,
+                }
+            }
+        }
+    }
+
+    /// The admin catalog bodies, in chunks the endpoint accepts (items and body size).
+    pub fn catalog_bodies(&self) -> Vec<Value> {
+        self.skus
+            .chunks(orderly_api::routes::CATALOG_ITEMS_MAX.min(250))
+            .map(|chunk| {
+                let commodities: Vec<Value> = chunk
+                    .iter()
+                    .map(|sku| {
+                        json!({"commodity_id": sku.commodity_id, "shop_id": sku.shop_id, "price": sku.price(),
+                               "add_stock": sku.stock})
+                    })
+                    .collect();
+                json!({ "commodities": commodities })
+            })
+            .collect()
+    }
+
+    fn pick_sku(&self, rng: &mut SmallRng) -> usize {
+        if self.hot >= self.skus.len() || rng.random_bool(self.hot_share) {
+            rng.random_range(0..self.hot.min(self.skus.len()))
+        } else {
+            rng.random_range(self.hot..self.skus.len())
+        }
+    }
+
+    /// A buyer and the seed's request body for one cart; whether it pays at once.
+    pub fn cart(&self, rng: &mut SmallRng) -> (u64, Value, bool) {
+        let uid = rng.random_range(1..=self.buyers);
+        let lines = rng.random_range(1..=self.lines_max);
+        let mut picked: Vec<usize> = Vec::with_capacity(lines);
+        for _ in 0..lines {
+            let index = self.pick_sku(rng);
+            if !picked.contains(&index) {
+                picked.push(index);
+            }
+        }
+        let pay_at_once = rng.random_bool(self.pay_at_once_share);
+        let details: Vec<Value> = picked
+            .iter()
+            .map(|&index| {
+                let sku = &self.skus[index];
+                json!({"actual_price": sku.price(), "commodity_id": sku.commodity_id, "good_type": 1, "page_type": 0,
+                       "prices": sku.price(), "user_id": sku.shop_id, "num": rng.random_range(1..=self.quantity_max)})
+            })
+            .collect();
+        let body = json!({"uid": uid, "to_uid": uid, "origin_price": 0, "actual_price": 0, "pay_at_once": pay_at_once,
+                          "commodity_details": details});
+        (uid, body, pay_at_once)
+    }
+
+    pub fn follow_up(&self, rng: &mut SmallRng) -> FollowUp {
+        let draw: f64 = rng.random();
+        if draw < self.pay_later_share {
+            FollowUp::PayLater
+        } else if draw < self.pay_later_share + self.cancel_share {
+            FollowUp::Cancel
+        } else {
+            FollowUp::Abandon
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn carts_are_valid_and_reproducible() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let workload = Workload::new(Scenario::Mixed, 5_000_000, 10, &mut rng);
+        let draw = |seed| {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            (0..200).map(|_| workload.cart(&mut rng)).collect::<Vec<_>>()
+        };
+        let carts = draw(1);
+        assert_eq!(carts, draw(1), "the same seed sends the same requests");
+        for (uid, body, _) in &carts {
+            assert!(*uid < SHOP_ID_BASE);
+            let lines = body["commodity_details"].as_array().expect("lines");
+            assert!((1..=workload.lines_max).contains(&lines.len()));
+            for line in lines {
+                let id = line["commodity_id"].as_u64().expect("id");
+                let sku = workload.skus.iter().find(|s| s.commodity_id == id).expect("a catalog SKU");
+                assert_eq!(line["user_id"].as_u64(), Some(sku.shop_id));
+                // The price the server will parse is the catalog's, to the cent.
+                let price: orderly_domain::Money = serde_json::from_value(line["prices"].clone()).expect("money");
+                assert_eq!(price, orderly_domain::Money::from_cents(sku.price_cents));
+            }
+        }
+        let hot = carts
+            .iter()
+            .flat_map(|(_, body, _)| body["commodity_details"].as_array().cloned().unwrap_or_default())
+            .filter(|line| line["commodity_id"].as_u64().is_some_and(|id| id < 5_000_000 + workload.hot as u64))
+            .count();
+        assert!(hot > 0, "hot SKUs are drawn");
+    }
+}
