@@ -214,7 +214,8 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
         target.base
     );
 
-    let (follow_ups, follow_up_pool) = load::follow_up_pool(&target, (args.connections / 4).max(4));
+    // As many buyers acting on their orders as placing them: pay-later must beat the unpaid timeout.
+    let (follow_ups, follow_up_pool) = load::follow_up_pool(&target, args.connections.max(4));
     let mut settles: BTreeMap<String, Option<u64>> = BTreeMap::new();
     let bench_start = Instant::now();
     let duration = Duration::from_secs(args.duration_s);
