@@ -1,0 +1,157 @@
+//! The `StockCache` contract (the seed's Redis + Lua role). Each case takes a fresh, empty cache.
+
+use std::sync::Arc;
+
+use orderly_app::model::{Restock, StockLevel, Token, TokenState};
+use orderly_app::ports::{Claim, Reserve, StockCache};
+use orderly_domain::{CommodityId, OrderNo, SnowflakeId, Uid};
+
+const A: CommodityId = CommodityId(1);
+const B: CommodityId = CommodityId(2);
+
+fn token(n: u64) -> Token {
+    Token::entry(OrderNo::new(SnowflakeId(n), Uid(7)))
+}
+
+fn level(available: u64, version: u64) -> StockLevel {
+    StockLevel { initial: available, available, version }
+}
+
+async fn available(cache: &Arc<dyn StockCache>, ids: &[CommodityId]) -> Vec<Option<u64>> {
+    cache.available(ids).await.expect("available")
+}
+
+async fn loaded(cache: &Arc<dyn StockCache>, levels: &[(CommodityId, u64)]) {
+    let levels: Vec<(CommodityId, StockLevel)> = levels.iter().map(|(id, n)| (*id, level(*n, 1))).collect();
+    cache.init(&levels).await.expect("init");
+}
+
+pub async fn init_sets_only_absent_levels(cache: Arc<dyn StockCache>) {
+    cache.init(&[(A, level(10, 1))]).await.expect("init");
+    // The seed's init: a present counter is never overwritten (it may hold live reservations).
+    cache.init(&[(A, level(99, 5)), (B, level(3, 1))]).await.expect("init");
+    assert_eq!(available(&cache, &[A, B, CommodityId(3)]).await, vec![Some(10), Some(3), None]);
+}
+
+pub async fn reserve_is_all_or_nothing(cache: Arc<dyn StockCache>) {
+    loaded(&cache, &[(A, 10), (B, 1)]).await;
+    let refused = cache.reserve(token(1), &[(A, 5), (B, 2)], false).await.expect("reserve");
+    assert_eq!(refused, Reserve::Insufficient { commodity_id: B, available: 1 });
+    assert_eq!(available(&cache, &[A, B]).await, vec![Some(10), Some(1)], "nothing taken from A either");
+    assert_eq!(cache.reserve(token(2), &[(A, 5), (B, 1)], false).await.expect("reserve"), Reserve::Reserved);
+    assert_eq!(available(&cache, &[A, B]).await, vec![Some(5), Some(0)]);
+    // The refused token left nothing behind: it can reserve later.
+    assert_eq!(cache.reserve(token(1), &[(A, 5)], false).await.expect("reserve"), Reserve::Reserved);
+}
+
+pub async fn reserve_of_an_unloaded_commodity_changes_nothing(cache: Arc<dyn StockCache>) {
+    loaded(&cache, &[(A, 10)]).await;
+    let answer = cache.reserve(token(1), &[(A, 1), (CommodityId(3), 1)], false).await.expect("reserve");
+    assert_eq!(answer, Reserve::NotLoaded(vec![CommodityId(3)]));
+    assert_eq!(available(&cache, &[A]).await, vec![Some(10)]);
+    assert_eq!(cache.claim(token(1)).await.expect("claim"), Claim::Missing, "no token was recorded");
+}
+
+pub async fn reserve_is_idempotent_per_token(cache: Arc<dyn StockCache>) {
+    loaded(&cache, &[(A, 10)]).await;
+    assert_eq!(cache.reserve(token(1), &[(A, 4)], false).await.expect("reserve"), Reserve::Reserved);
+    let again = cache.reserve(token(1), &[(A, 4)], false).await.expect("reserve");
+    assert_eq!(again, Reserve::AlreadyHeld(TokenState::Reserved));
+    assert_eq!(available(&cache, &[A]).await, vec![Some(6)], "taken once");
+}
+
+pub async fn token_moves_reserved_claimed_confirmed(cache: Arc<dyn StockCache>) {
+    loaded(&cache, &[(A, 10)]).await;
+    cache.reserve(token(1), &[(A, 3)], false).await.expect("reserve");
+    assert_eq!(cache.claim(token(1)).await.expect("claim"), Claim::Claimed);
+    assert_eq!(cache.claim(token(1)).await.expect("claim"), Claim::Claimed, "a redelivered claim is fine");
+    cache.confirm(token(1)).await.expect("confirm");
+    cache.confirm(token(1)).await.expect("confirm twice");
+    assert_eq!(cache.claim(token(1)).await.expect("claim"), Claim::Confirmed);
+    // Confirmed stock belongs to a created order: a late release finds it confirmed and returns nothing.
+    assert_eq!(cache.release(token(1)).await.expect("release"), Some(TokenState::Confirmed));
+    assert_eq!(available(&cache, &[A]).await, vec![Some(7)]);
+    assert_eq!(cache.claim(token(99)).await.expect("claim"), Claim::Missing);
+}
+
+pub async fn release_returns_stock_exactly_once(cache: Arc<dyn StockCache>) {
+    loaded(&cache, &[(A, 10), (B, 10)]).await;
+    cache.reserve(token(1), &[(A, 3), (B, 2)], false).await.expect("reserve");
+    assert_eq!(cache.release(token(1)).await.expect("release"), Some(TokenState::Reserved));
+    assert_eq!(cache.release(token(1)).await.expect("release again"), Some(TokenState::Released));
+    assert_eq!(available(&cache, &[A, B]).await, vec![Some(10), Some(10)]);
+    assert_eq!(cache.claim(token(1)).await.expect("claim"), Claim::Released);
+    cache.confirm(token(1)).await.expect("confirm after release");
+    assert_eq!(cache.claim(token(1)).await.expect("claim"), Claim::Released, "a released token stays released");
+}
+
+pub async fn release_of_an_unknown_token_is_an_empty_rollback_and_blocks_a_late_reserve(cache: Arc<dyn StockCache>) {
+    loaded(&cache, &[(A, 10)]).await;
+    assert_eq!(cache.release(token(1)).await.expect("release"), None, "nothing to give back");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(10)]);
+    // The reservation arrives after its release (hanging reserve): refused, nothing taken.
+    let late = cache.reserve(token(1), &[(A, 4)], false).await.expect("reserve");
+    assert_eq!(late, Reserve::AlreadyHeld(TokenState::Released));
+    assert_eq!(available(&cache, &[A]).await, vec![Some(10)]);
+}
+
+pub async fn release_if_reserved_leaves_a_claimed_token_to_its_worker(cache: Arc<dyn StockCache>) {
+    loaded(&cache, &[(A, 10)]).await;
+    cache.reserve(token(1), &[(A, 3)], false).await.expect("reserve");
+    cache.reserve(token(2), &[(A, 2)], false).await.expect("reserve");
+    cache.claim(token(1)).await.expect("claim");
+    assert_eq!(cache.release_if_reserved(token(1)).await.expect("check"), Some(TokenState::Claimed));
+    assert_eq!(cache.release_if_reserved(token(2)).await.expect("check"), Some(TokenState::Reserved));
+    assert_eq!(available(&cache, &[A]).await, vec![Some(7)], "only the reserved one came back");
+    assert_eq!(cache.release_if_reserved(token(3)).await.expect("check"), None, "unknown: empty rollback");
+    assert_eq!(
+        cache.reserve(token(3), &[(A, 1)], false).await.expect("reserve"),
+        Reserve::AlreadyHeld(TokenState::Released)
+    );
+}
+
+pub async fn a_claimed_reservation_starts_claimed(cache: Arc<dyn StockCache>) {
+    loaded(&cache, &[(A, 10)]).await;
+    let worker = Token::worker(OrderNo::new(SnowflakeId(1), Uid(7)));
+    assert_eq!(cache.reserve(worker, &[(A, 3)], true).await.expect("reserve"), Reserve::Reserved);
+    assert_eq!(cache.release_if_reserved(worker).await.expect("check"), Some(TokenState::Claimed));
+    assert_eq!(available(&cache, &[A]).await, vec![Some(7)]);
+    // The entry's token of the same order is a different reservation.
+    assert_eq!(cache.claim(Token::entry(OrderNo::new(SnowflakeId(1), Uid(7)))).await.expect("claim"), Claim::Missing);
+}
+
+pub async fn restock_counts_once_per_key_and_skips_loaded_versions(cache: Arc<dyn StockCache>) {
+    cache.init(&[(A, level(10, 3))]).await.expect("init");
+    // Version 3 was loaded: this return is already part of the 10.
+    cache.restock(&Restock { key: "r-3".into(), lines: vec![(A, 5, 3)] }).await.expect("restock");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(10)]);
+    cache.restock(&Restock { key: "r-4".into(), lines: vec![(A, 5, 4)] }).await.expect("restock");
+    cache.restock(&Restock { key: "r-4".into(), lines: vec![(A, 5, 4)] }).await.expect("restock redelivered");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(15)]);
+}
+
+pub async fn restock_of_an_unloaded_commodity_waits_for_the_load(cache: Arc<dyn StockCache>) {
+    cache.restock(&Restock { key: "r-1".into(), lines: vec![(A, 5, 2)] }).await.expect("restock");
+    assert_eq!(available(&cache, &[A]).await, vec![None], "the load will read the store, which has it");
+    cache.init(&[(A, level(15, 2))]).await.expect("init");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(15)]);
+}
+
+pub async fn racing_buyers_never_get_more_than_the_stock(cache: Arc<dyn StockCache>) {
+    loaded(&cache, &[(A, 50), (B, 1_000)]).await;
+    let mut buyers = Vec::new();
+    for n in 0..200u64 {
+        let cache = Arc::clone(&cache);
+        buyers.push(tokio::spawn(async move { cache.reserve(token(n + 1), &[(B, 1), (A, 1)], false).await }));
+    }
+    let mut reserved = 0;
+    for buyer in buyers {
+        match buyer.await.expect("buyer task").expect("reserve") {
+            Reserve::Reserved => reserved += 1,
+            Reserve::Insufficient { commodity_id, .. } => assert_eq!(commodity_id, A),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(reserved, 50);
+    assert_eq!(available(&cache, &[A, B]).await, vec![Some(0), Some(950)], "B taken only with A");
+}
