@@ -274,12 +274,36 @@ pub enum PaymentStatus {
     NotFound,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundOutcome {
+    /// Everything refunded on this order so far, this refund included (a retry of the same refund key
+    /// answers the same and refunds nothing more).
+    Refunded { total: orderly_domain::Money },
+    /// Nothing refunded.
+    Refused { reason: RefundRefusal },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundRefusal {
+    /// The order has no successful charge.
+    NotCharged,
+    /// Zero, negative, or more than what is left to refund.
+    AmountOutOfRange,
+}
+
 /// The payment service. An `Err` from `charge` means *unknown outcome*: the charge may have happened.
 /// An order with a successful charge is never charged again, whatever the key.
 #[async_trait]
 pub trait Payments: Send + Sync + std::fmt::Debug {
     async fn charge(&self, request: ChargeRequest) -> PortResult<ChargeOutcome>;
     async fn query(&self, order_no: OrderNo) -> PortResult<PaymentStatus>;
+    /// Refunds `amount` of a successful charge; idempotent per `refund_key`; never more than was charged.
+    async fn refund(
+        &self,
+        order_no: OrderNo,
+        amount: orderly_domain::Money,
+        refund_key: &str,
+    ) -> PortResult<RefundOutcome>;
     /// Every successful charge, for the audit (I5).
     async fn succeeded(&self) -> PortResult<Vec<(OrderNo, String)>>;
 }

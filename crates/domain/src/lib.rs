@@ -18,5 +18,5 @@ pub use cart::{
 };
 pub use fsm::{Effect, OrderAction, OrderState, Transition, TransitionRejection, transition};
 pub use ids::{CommodityId, OrderNo, OrderNoParseError, ShopId, Uid};
-pub use money::{Money, MoneyParseError};
+pub use money::{MONEY_CENTS_MAX, Money, MoneyParseError};
 pub use snowflake::{ClockBehind, Snowflake, SnowflakeId};

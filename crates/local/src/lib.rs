@@ -24,7 +24,7 @@ pub use cache::LocalStockCache;
 pub use clock::{ManualClock, SystemClock};
 pub use db::{Durability, LocalDb};
 pub use payments::{AcquirerConfig, LocalPayments, SimulatedAcquirer};
-pub use profile::{LocalConfig, open};
+pub use profile::{LocalConfig, open, open_payment_ledger, open_with_payments};
 pub use store::LocalStore;
 
 use orderly_app::PortError;

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orderly_app::ports::{ChargeOutcome, ChargeRequest, PaymentStatus, Payments, PortResult};
+use orderly_app::ports::{
+    ChargeOutcome, ChargeRequest, PaymentStatus, Payments, PortResult, RefundOutcome, RefundRefusal,
+};
 use orderly_app::{Clock, PortError};
 use orderly_domain::{Money, OrderNo};
 use rand::rngs::SmallRng;
@@ -56,6 +58,9 @@ struct LedgerEntry {
     amount: Money,
     idempotency_key: String,
     state: LedgerState,
+    /// Refunds of a successful charge: (refund key, amount).
+    #[serde(default)]
+    refunds: Vec<(String, Money)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -218,6 +223,7 @@ impl Payments for LocalPayments {
                 amount: request.amount,
                 idempotency_key: request.idempotency_key.clone(),
                 state: LedgerState::Processing,
+                refunds: Vec::new(),
             };
             self.write(order_no, &entry)?;
             self.in_flight.lock().map_err(|_| PortError::corrupt("payments", "lock poisoned"))?.insert(order_no);
@@ -236,7 +242,12 @@ impl Payments for LocalPayments {
             let _ledger = self.lock()?;
             self.write(
                 order_no,
-                &LedgerEntry { amount: request.amount, idempotency_key: request.idempotency_key, state: state.clone() },
+                &LedgerEntry {
+                    amount: request.amount,
+                    idempotency_key: request.idempotency_key,
+                    state: state.clone(),
+                    refunds: Vec::new(),
+                },
             )?;
         }
         self.db.sync().await?;
@@ -256,6 +267,35 @@ impl Payments for LocalPayments {
         };
         self.db.sync().await?;
         Ok(status)
+    }
+
+    async fn refund(&self, order_no: OrderNo, amount: Money, refund_key: &str) -> PortResult<RefundOutcome> {
+        let outcome = {
+            let _ledger = self.lock()?;
+            let Some(mut entry) = self.read(order_no)? else {
+                return Ok(RefundOutcome::Refused { reason: RefundRefusal::NotCharged });
+            };
+            self.resolve(order_no, &mut entry)?;
+            if !matches!(entry.state, LedgerState::Succeeded { .. }) {
+                return Ok(RefundOutcome::Refused { reason: RefundRefusal::NotCharged });
+            }
+            let total = |refunds: &[(String, Money)]| {
+                refunds.iter().try_fold(Money::ZERO, |sum, (_, amount)| sum.plus(*amount))
+            };
+            if entry.refunds.iter().any(|(key, _)| key == refund_key) {
+                let total = total(&entry.refunds).ok_or_else(|| PortError::corrupt("payments", "refund overflow"))?;
+                return Ok(RefundOutcome::Refunded { total });
+            }
+            let after = total(&entry.refunds).and_then(|sum| sum.plus(amount));
+            if amount.cents() <= 0 || after.is_none_or(|after| after.cents() > entry.amount.cents()) {
+                return Ok(RefundOutcome::Refused { reason: RefundRefusal::AmountOutOfRange });
+            }
+            entry.refunds.push((refund_key.to_owned(), amount));
+            self.write(order_no, &entry)?;
+            RefundOutcome::Refunded { total: after.unwrap_or(amount) }
+        };
+        self.db.sync().await?;
+        Ok(outcome)
     }
 
     async fn succeeded(&self) -> PortResult<Vec<(OrderNo, String)>> {

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use orderly_app::ids::LeasedSnowflake;
+use orderly_app::ports::Payments;
 use orderly_app::{Clock, FlowConfig, Orderly, PortError, StockCache, Store};
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,31 @@ pub async fn open(
     flow: FlowConfig,
     local: &LocalConfig,
 ) -> Result<Orderly, PortError> {
+    open_with_payments(data_dir, clock, flow, local, None).await
+}
+
+/// The payment service's own ledger (and its simulated acquirer) on a data directory of its own: what
+/// `orderly payment` serves over gRPC.
+pub fn open_payment_ledger(
+    data_dir: &Path,
+    clock: Arc<dyn Clock>,
+    local: &LocalConfig,
+) -> Result<LocalPayments, PortError> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| PortError::corrupt("payment ledger", format!("{}: {e}", data_dir.display())))?;
+    let db = LocalDb::open(data_dir, local.durability)?;
+    let acquirer = SimulatedAcquirer::new(db.clone(), local.acquirer.clone());
+    Ok(LocalPayments::new(db, acquirer, clock))
+}
+
+/// Like [`open`], with the payment service elsewhere (`Some`: over gRPC) instead of in process.
+pub async fn open_with_payments(
+    data_dir: &Path,
+    clock: Arc<dyn Clock>,
+    flow: FlowConfig,
+    local: &LocalConfig,
+    payments: Option<Arc<dyn Payments>>,
+) -> Result<Orderly, PortError> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| PortError::corrupt("local store", format!("{}: {e}", data_dir.display())))?;
     let db = LocalDb::open(data_dir, local.durability)?;
@@ -56,8 +82,13 @@ pub async fn open(
     let cache: Arc<dyn StockCache> = Arc::new(LocalStockCache::new(Arc::clone(&clock), local.token_ttl_ms));
     cache.init(&store.all_stock().await?).await?;
     let bus = Arc::new(LocalBus::new(db.clone(), Arc::clone(&clock), local.bus_lease_ms)?);
-    let acquirer = SimulatedAcquirer::new(db.clone(), local.acquirer.clone());
-    let payments = Arc::new(LocalPayments::new(db, acquirer, Arc::clone(&clock)));
+    let payments = match payments {
+        Some(payments) => payments,
+        None => {
+            let acquirer = SimulatedAcquirer::new(db.clone(), local.acquirer.clone());
+            Arc::new(LocalPayments::new(db, acquirer, Arc::clone(&clock)))
+        }
+    };
     let ids = Arc::new(
         LeasedSnowflake::start(Arc::clone(&store), Arc::clone(&clock), local.worker_id, local.id_lease_ms).await?,
     );

@@ -27,8 +27,30 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub auth: AuthConfig,
     pub workers: WorkerConfig,
+    /// Where `serve` and `audit` find the payment service: no endpoints = in process.
+    pub payments: orderly_payment::ClientConfig,
+    /// `orderly payment`: the payment service as its own process.
+    pub payment_service: PaymentServiceConfig,
     /// Graceful shutdown waits this long for in-flight requests.
     pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentServiceConfig {
+    /// `ORDERLY_PAYMENT_SERVICE__LISTEN_ADDR`.
+    pub listen_addr: SocketAddr,
+    /// Its own ledger (and the simulated acquirer's captures); never the order store's directory.
+    pub data_dir: PathBuf,
+}
+
+impl Default for PaymentServiceConfig {
+    fn default() -> Self {
+        PaymentServiceConfig {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 50_051)),
+            data_dir: PathBuf::from("./data-payment"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -66,6 +88,8 @@ impl Default for Config {
             rate_limit: RateLimitConfig::default(),
             auth: AuthConfig::default(),
             workers: WorkerConfig::default(),
+            payments: orderly_payment::ClientConfig::default(),
+            payment_service: PaymentServiceConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }

@@ -11,7 +11,6 @@ mod config;
 mod serve;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -37,6 +36,8 @@ enum Command {
         #[arg(long)]
         catalog: Option<PathBuf>,
     },
+    /// Runs the payment service (gRPC) as its own process, its ledger under `payment_service.data_dir`.
+    Payment,
     /// Prints a bearer token for a buyer (development), or the admin token.
     Token {
         #[arg(long, required_unless_present = "admin")]
@@ -95,6 +96,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit { json, deadline_ms } => runtime.block_on(audit(config, json, deadline_ms)),
+        Command::Payment => runtime.block_on(serve::payment_service(config)),
         Command::Bench(args) => {
             if !runtime.block_on(bench::bench(args, config))? {
                 eprintln!("bench: a correctness check failed (see the report)");
@@ -106,10 +108,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn audit(config: Config, json: Option<PathBuf>, deadline_ms: u64) -> anyhow::Result<()> {
-    let clock = Arc::new(orderly_local::SystemClock);
-    let orderly = orderly_local::open(&config.data_dir, clock, config.flow.clone(), &config.local)
-        .await
-        .with_context(|| format!("opening {} (is a server still running on it?)", config.data_dir.display()))?;
+    let orderly = serve::open(&config).await?;
     // Opening rebuilt the cache from the store; draining finishes what was in flight, so the store is quiet.
     orderly.drain().await.context("finishing in-flight work")?;
     let report = orderly.audit(true, deadline_ms).await.context("auditing")?;

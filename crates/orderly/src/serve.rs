@@ -13,10 +13,7 @@ use crate::config::{self, Config};
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let secrets = config::secrets(&config)?;
-    let clock = Arc::new(orderly_local::SystemClock);
-    let orderly = orderly_local::open(&config.data_dir, clock, config.flow.clone(), &config.local)
-        .await
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let orderly = open(&config).await?;
     if let Some(path) = &config.catalog_file {
         load_catalog_file(&orderly, path).await?;
     }
@@ -88,6 +85,44 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = terminate => {}
     }
+}
+
+/// The standalone profile on `config.data_dir`, with the payment service in process or, when endpoints
+/// are configured, over gRPC.
+pub async fn open(config: &Config) -> anyhow::Result<orderly_app::Orderly> {
+    let clock = Arc::new(orderly_local::SystemClock);
+    let payments: Option<Arc<dyn orderly_app::ports::Payments>> = if config.payments.endpoints.is_empty() {
+        None
+    } else {
+        tracing::info!(endpoints = ?config.payments.endpoints, "payment service over gRPC");
+        Some(Arc::new(orderly_payment::GrpcPayments::new(config.payments.clone())?))
+    };
+    orderly_local::open_with_payments(&config.data_dir, clock, config.flow.clone(), &config.local, payments)
+        .await
+        .with_context(|| {
+            format!("opening the store in {} (is a server still running on it?)", config.data_dir.display())
+        })
+}
+
+/// `orderly payment`: the payment service as its own process, its ledger under its own directory.
+pub async fn payment_service(config: Config) -> anyhow::Result<()> {
+    let service = &config.payment_service;
+    let clock = Arc::new(orderly_local::SystemClock);
+    let ledger = orderly_local::open_payment_ledger(&service.data_dir, clock, &config.local)
+        .with_context(|| format!("opening the payment ledger in {}", service.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(service.listen_addr)
+        .await
+        .with_context(|| format!("binding {}", service.listen_addr))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, data_dir = %service.data_dir.display(), "payment service serving (gRPC)");
+    // Scripts and tests read this line to find the port.
+    println!("listening on {address}");
+    orderly_payment::serve(listener, Arc::new(ledger), async {
+        shutdown_signal().await;
+        tracing::info!("payment service shutting down: finishing in-flight calls");
+    })
+    .await
+    .context("payment service failed")
 }
 
 /// Loads commodities the store does not know yet, with their stock. Known ones are skipped, so a restart

@@ -1,0 +1,178 @@
+//! `orderly payment` as its own process: killed with SIGKILL in the middle of a charge, restarted, and the
+//! charge settles to a definite answer without ever charging twice; then the standalone flow pays
+//! through it over gRPC and the audit (which asks the service for its charges) is clean.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orderly_app::Clock;
+use orderly_app::ports::{ChargeOutcome, ChargeRequest, PaymentStatus, Payments};
+use orderly_domain::{Money, OrderNo, SnowflakeId, Uid};
+use orderly_payment::{ClientConfig, GrpcPayments};
+use serde_json::{Value, json};
+
+struct Process {
+    child: Child,
+    address: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(args: &[&str], envs: &[(&str, String)]) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orderly"));
+    command.args(args).env("ORDERLY_LOG", "warn").env_remove("ORDERLY_CONFIG");
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("orderly starts");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("reads the listening line");
+    let address = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("first line: {line}")).to_owned();
+    Process { child, address }
+}
+
+fn payment_service(dir: &Path, listen: &str, latency_ms: u64) -> Process {
+    start(
+        &["payment"],
+        &[
+            ("ORDERLY_PAYMENT_SERVICE__DATA_DIR", dir.display().to_string()),
+            ("ORDERLY_PAYMENT_SERVICE__LISTEN_ADDR", listen.to_owned()),
+            ("ORDERLY_LOCAL__ACQUIRER__LATENCY_MS", latency_ms.to_string()),
+        ],
+    )
+}
+
+fn charge(key: &str) -> ChargeRequest {
+    ChargeRequest {
+        order_no: OrderNo::new(SnowflakeId(99), Uid(1)),
+        amount: Money::from_cents(2999),
+        idempotency_key: key.to_owned(),
+        deadline_ms: orderly_local::SystemClock.now_ms() + 60_000,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_charge_then_restarted_settles_without_charging_twice() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = dir.path().join("ledger");
+    // The acquirer takes 600 ms: the kill lands while the charge is in flight.
+    let mut service = payment_service(&ledger, "127.0.0.1:0", 600);
+    let address = service.address.clone();
+    let payments = GrpcPayments::new(ClientConfig {
+        endpoints: vec![format!("http://{address}")],
+        call_timeout_ms: 2_000,
+        attempts_max: 1,
+        ..ClientConfig::default()
+    })
+    .expect("client");
+    let in_flight = {
+        let payments = payments.clone();
+        tokio::spawn(async move { payments.charge(charge("attempt-1")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    service.child.kill().expect("SIGKILL");
+    service.child.wait().expect("reaped");
+    let cut = in_flight.await.expect("task");
+    assert!(cut.as_ref().is_err_and(|e| e.retryable), "no answer is an unknown outcome: {cut:?}");
+    drop(service);
+
+    // Restarted on the same ledger and port: the question safe pay asks gets a definite answer.
+    let _service = payment_service(&ledger, &address, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match payments.query(charge("attempt-1").order_no).await {
+            Ok(status) => break status,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "service did not come back: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // Killed before the acquirer captured: the attempt is declined, and a new attempt may charge.
+    assert!(matches!(status, PaymentStatus::Declined { .. }), "{status:?}");
+    assert!(matches!(payments.charge(charge("attempt-2")).await.expect("charge"), ChargeOutcome::Succeeded { .. }));
+    assert!(matches!(payments.charge(charge("attempt-3")).await.expect("charge"), ChargeOutcome::Succeeded { .. }));
+    assert_eq!(payments.succeeded().await.expect("list").len(), 1, "one success, never two");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standalone_flow_pays_through_the_payment_service() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let service = payment_service(&dir.path().join("ledger"), "127.0.0.1:0", 0);
+    let config = dir.path().join("orderly.toml");
+    std::fs::write(&config, format!("[payments]\nendpoints = [\"http://{}\"]\n", service.address)).expect("config");
+    let data = dir.path().join("data");
+    let server = start(
+        &["serve", "--config", &config.display().to_string()],
+        &[("ORDERLY_DATA_DIR", data.display().to_string()), ("ORDERLY_HTTP_ADDR", "127.0.0.1:0".to_owned())],
+    );
+    let token = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_orderly"))
+            .arg("token")
+            .args(args)
+            .env("ORDERLY_DATA_DIR", &data)
+            .env_remove("ORDERLY_CONFIG")
+            .output()
+            .expect("token runs");
+        String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
+    };
+    let (admin, buyer) = (token(&["--admin"]), token(&["--uid", "1"]));
+    let base = format!("http://{}", server.address);
+    let http = reqwest::Client::new();
+    let catalog = json!({"commodities": [{"commodity_id": 1, "shop_id": 100001, "price": 29.99, "add_stock": 10}]});
+    let loaded = http.post(format!("{base}/api/admin/catalog")).bearer_auth(&admin).json(&catalog).send().await;
+    assert_eq!(loaded.expect("catalog").status(), 200);
+
+    let body = json!({"uid": 1, "to_uid": 2, "origin_price": 29.99, "actual_price": 29.99, "pay_at_once": true,
+        "commodity_details": [{"actual_price": 29.99, "commodity_id": 1, "good_type": 1, "page_type": 0,
+                               "prices": 29.99, "user_id": 100001, "num": 1}]});
+    let placed: Value = http
+        .post(format!("{base}/api/orders"))
+        .bearer_auth(&buyer)
+        .json(&body)
+        .send()
+        .await
+        .expect("place")
+        .json()
+        .await
+        .expect("json");
+    let order_no = placed["data"]["order_no"][0].as_str().expect("an order number").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let order: Value = http
+            .get(format!("{base}/api/orders/{order_no}"))
+            .bearer_auth(&buyer)
+            .send()
+            .await
+            .expect("poll")
+            .json()
+            .await
+            .expect("json");
+        if order["data"]["state"] == "paid" {
+            assert_eq!(order["data"]["payment"]["state"], "succeeded");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not paid: {order}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The audit asks the payment service for its charges: paid ⇔ charged holds across the process line.
+    let audit: Value = http
+        .get(format!("{base}/api/admin/audit?quiet=false"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(audit["data"]["report"]["violations"], json!([]), "{audit:#}");
+    assert_eq!(audit["data"]["report"]["orders_by_state"]["paid"], 1);
+}

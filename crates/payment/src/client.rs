@@ -1,0 +1,204 @@
+//! [`GrpcPayments`]: the `Payments` port over gRPC.
+//!
+//! Every call carries a deadline. Every call is idempotent (a charge per idempotency key, a refund per
+//! refund key, queries trivially), so an `UNAVAILABLE` or a transport failure is retried with
+//! exponential backoff and full jitter, a bounded number of times. A charge that still has no answer
+//! is reported as a retryable error — *unknown outcome* — and the flow leaves it to the reconciler.
+//! Instances are balanced client-side (tower's power-of-two-choices over a static list); they must
+//! share one ledger (the cluster profile's database), or idempotency would not span them.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orderly_app::PortError;
+use orderly_app::ports::{
+    ChargeOutcome, ChargeRequest, PaymentStatus, Payments, PortResult, RefundOutcome, RefundRefusal,
+};
+use orderly_domain::{Money, OrderNo};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::proto;
+use crate::proto::payment_client::PaymentClient;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Payment service instances (`http://host:port`). Empty: the payment service runs in process.
+    pub endpoints: Vec<String>,
+    /// Deadline of one call.
+    pub call_timeout_ms: u64,
+    /// Calls per request, first included.
+    pub attempts_max: u32,
+    /// First backoff; doubles per retry, with full jitter.
+    pub backoff_ms: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig { endpoints: Vec::new(), call_timeout_ms: 1_000, attempts_max: 3, backoff_ms: 20 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GrpcPayments {
+    client: PaymentClient<Channel>,
+    config: ClientConfig,
+}
+
+fn unavailable(status: &Status) -> PortError {
+    PortError::unavailable("payment service", format!("{:?}: {}", status.code(), status.message()))
+}
+
+/// Whether another call may help: the service was unreachable, overloaded, or too slow.
+fn retryable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::ResourceExhausted)
+}
+
+impl GrpcPayments {
+    /// Connects lazily (the first call connects): a payment service that is down at start is only a
+    /// failed call, settled later like any other. Must run inside a tokio runtime.
+    pub fn new(config: ClientConfig) -> Result<GrpcPayments, PortError> {
+        if config.endpoints.is_empty() {
+            return Err(PortError::corrupt("payment client", "no payment service endpoint configured"));
+        }
+        let timeout = Duration::from_millis(config.call_timeout_ms.max(1));
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|uri| {
+                Endpoint::from_shared(uri.clone())
+                    .map(|endpoint| endpoint.connect_timeout(timeout).timeout(timeout).tcp_nodelay(true))
+                    .map_err(|e| PortError::corrupt("payment client", format!("endpoint {uri}: {e}")))
+            })
+            .collect::<Result<Vec<Endpoint>, PortError>>()?;
+        let channel = match endpoints.as_slice() {
+            [one] => one.connect_lazy(),
+            _ => Channel::balance_list(endpoints.into_iter()),
+        };
+        Ok(GrpcPayments { client: PaymentClient::new(channel), config })
+    }
+
+    /// Calls `call` until it answers, fails for good, or the attempts run out.
+    async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(PaymentClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let attempts_max = self.config.attempts_max.max(1);
+        let mut attempt = 1;
+        loop {
+            match call(self.client.clone()).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if retryable(&status) && attempt < attempts_max => {
+                    let ceiling_ms = self.config.backoff_ms.saturating_mul(1 << (attempt - 1).min(16));
+                    let pause_ms = SmallRng::from_os_rng().random_range(0..=ceiling_ms);
+                    tracing::debug!(attempt, code = ?status.code(), pause_ms, "payment call failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                    attempt += 1;
+                }
+                Err(status) => return Err(status),
+            }
+        }
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(Duration::from_millis(self.config.call_timeout_ms.max(1)));
+        request
+    }
+}
+
+#[async_trait]
+impl Payments for GrpcPayments {
+    async fn charge(&self, request: ChargeRequest) -> PortResult<ChargeOutcome> {
+        let message = proto::ChargeRequest {
+            order_no: request.order_no.to_string(),
+            amount_cents: request.amount.cents(),
+            currency: crate::CURRENCY.to_owned(),
+            idempotency_key: request.idempotency_key,
+            deadline_ms: request.deadline_ms,
+        };
+        let reply = self
+            .with_retries(|mut client| {
+                let message = self.request(message.clone());
+                async move { client.charge(message).await }
+            })
+            .await
+            .map_err(|status| unavailable(&status))?;
+        match reply.outcome {
+            Some(proto::charge_reply::Outcome::Succeeded(s)) => {
+                Ok(ChargeOutcome::Succeeded { payment_id: s.payment_id })
+            }
+            Some(proto::charge_reply::Outcome::Declined(d)) => Ok(ChargeOutcome::Declined { reason: d.reason }),
+            // A reply without an outcome is not an answer: unknown, like no reply.
+            None => Err(PortError::unavailable("payment service", "charge reply without an outcome")),
+        }
+    }
+
+    async fn query(&self, order_no: OrderNo) -> PortResult<PaymentStatus> {
+        let message = proto::QueryRequest { order_no: order_no.to_string() };
+        let reply = self
+            .with_retries(|mut client| {
+                let message = self.request(message.clone());
+                async move { client.query(message).await }
+            })
+            .await
+            .map_err(|status| unavailable(&status))?;
+        use proto::query_reply::Status as S;
+        match reply.status {
+            Some(S::Succeeded(s)) => Ok(PaymentStatus::Succeeded { payment_id: s.payment_id }),
+            Some(S::Declined(d)) => Ok(PaymentStatus::Declined { reason: d.reason }),
+            Some(S::Processing(_)) => Ok(PaymentStatus::Processing),
+            Some(S::NotFound(_)) => Ok(PaymentStatus::NotFound),
+            None => Err(PortError::unavailable("payment service", "query reply without a status")),
+        }
+    }
+
+    async fn refund(&self, order_no: OrderNo, amount: Money, refund_key: &str) -> PortResult<RefundOutcome> {
+        let message = proto::RefundRequest {
+            order_no: order_no.to_string(),
+            amount_cents: amount.cents(),
+            refund_key: refund_key.to_owned(),
+        };
+        let answer = self
+            .with_retries(|mut client| {
+                let message = self.request(message.clone());
+                async move { client.refund(message).await }
+            })
+            .await;
+        match answer {
+            Ok(reply) => Ok(RefundOutcome::Refunded { total: Money::from_cents(reply.refunded_cents) }),
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                Ok(RefundOutcome::Refused { reason: RefundRefusal::NotCharged })
+            }
+            Err(status) if status.code() == Code::OutOfRange => {
+                Ok(RefundOutcome::Refused { reason: RefundRefusal::AmountOutOfRange })
+            }
+            Err(status) => Err(unavailable(&status)),
+        }
+    }
+
+    async fn succeeded(&self) -> PortResult<Vec<(OrderNo, String)>> {
+        let reply = self
+            .with_retries(|mut client| {
+                let message = self.request(proto::ListSucceededRequest {});
+                async move { client.list_succeeded(message).await }
+            })
+            .await
+            .map_err(|status| unavailable(&status))?;
+        reply
+            .charges
+            .into_iter()
+            .map(|charge| {
+                let order_no = charge.order_no.parse().map_err(|_| {
+                    PortError::corrupt("payment service", format!("bad order number {}", charge.order_no))
+                })?;
+                Ok((order_no, charge.payment_id))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,23 @@
+//! The payment service over gRPC (the seed's payment system, called over RPC).
+//!
+//! # Layout
+//! - [`proto`]: generated from `proto/payment.proto` (compiled by protox at build time: no `protoc`).
+//! - [`server`]: the gRPC service around any ledger behind the `Payments` port (the embedded
+//!   `LocalPayments` in standalone), and [`server::serve`].
+//! - [`client`]: [`client::GrpcPayments`], the `Payments` port over gRPC: a deadline on every call,
+//!   retries with backoff and jitter (every call is idempotent), client-side balancing over a static
+//!   list of instances.
+
+pub mod client;
+pub mod server;
+
+#[allow(clippy::all, missing_debug_implementations, unreachable_pub)]
+pub mod proto {
+    tonic::include_proto!("orderly.payment.v1");
+}
+
+pub use client::{ClientConfig, GrpcPayments};
+pub use server::{PaymentService, serve};
+
+/// The only currency the ledger keeps (the seed's prices are yuan).
+pub const CURRENCY: &str = "CNY";

@@ -1,0 +1,139 @@
+//! The gRPC service: validates each request, hands it to the ledger behind the `Payments` port, and
+//! maps the answer. A ledger failure becomes `UNAVAILABLE` (retry; outcome unknown) or `INTERNAL`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use orderly_app::PortError;
+use orderly_app::ports::{ChargeOutcome, ChargeRequest, PaymentStatus, Payments, RefundOutcome, RefundRefusal};
+use orderly_domain::{MONEY_CENTS_MAX, Money, OrderNo};
+use tonic::{Request, Response, Status};
+
+use crate::proto;
+use crate::proto::payment_server::{Payment, PaymentServer};
+
+/// Longest idempotency or refund key accepted.
+pub const KEY_LEN_MAX: usize = 200;
+
+#[derive(Debug, Clone)]
+pub struct PaymentService {
+    ledger: Arc<dyn Payments>,
+}
+
+impl PaymentService {
+    pub fn new(ledger: Arc<dyn Payments>) -> PaymentService {
+        PaymentService { ledger }
+    }
+
+    pub fn into_server(self) -> PaymentServer<PaymentService> {
+        PaymentServer::new(self)
+    }
+}
+
+/// Serves the service on `listener` until `shutdown` completes; in-flight calls finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ledger: Arc<dyn Payments>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(PaymentService::new(ledger).into_server())
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .await
+}
+
+fn status_of(error: PortError) -> Status {
+    if error.retryable {
+        Status::unavailable(error.to_string())
+    } else {
+        tracing::error!(%error, "payment ledger failure");
+        Status::internal("ledger failure")
+    }
+}
+
+fn order_no(text: &str) -> Result<OrderNo, Status> {
+    text.parse().map_err(|_| Status::invalid_argument("order_no must be an order number"))
+}
+
+fn amount(cents: i64) -> Result<Money, Status> {
+    if cents <= 0 || cents > MONEY_CENTS_MAX {
+        return Err(Status::invalid_argument(format!("amount_cents must be in 1..={MONEY_CENTS_MAX}")));
+    }
+    Ok(Money::from_cents(cents))
+}
+
+fn key(text: &str, what: &str) -> Result<(), Status> {
+    if text.is_empty() || text.len() > KEY_LEN_MAX {
+        return Err(Status::invalid_argument(format!("{what} must be 1 to {KEY_LEN_MAX} bytes")));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Payment for PaymentService {
+    async fn charge(&self, request: Request<proto::ChargeRequest>) -> Result<Response<proto::ChargeReply>, Status> {
+        let request = request.into_inner();
+        if request.currency != crate::CURRENCY {
+            return Err(Status::invalid_argument(format!("currency must be {}", crate::CURRENCY)));
+        }
+        key(&request.idempotency_key, "idempotency_key")?;
+        let charge = ChargeRequest {
+            order_no: order_no(&request.order_no)?,
+            amount: amount(request.amount_cents)?,
+            idempotency_key: request.idempotency_key,
+            deadline_ms: request.deadline_ms,
+        };
+        let outcome = match self.ledger.charge(charge).await.map_err(status_of)? {
+            ChargeOutcome::Succeeded { payment_id } => {
+                proto::charge_reply::Outcome::Succeeded(proto::Succeeded { payment_id })
+            }
+            ChargeOutcome::Declined { reason } => proto::charge_reply::Outcome::Declined(proto::Declined { reason }),
+        };
+        Ok(Response::new(proto::ChargeReply { outcome: Some(outcome) }))
+    }
+
+    async fn query(&self, request: Request<proto::QueryRequest>) -> Result<Response<proto::QueryReply>, Status> {
+        let order_no = order_no(&request.into_inner().order_no)?;
+        use proto::query_reply::Status as S;
+        let status = match self.ledger.query(order_no).await.map_err(status_of)? {
+            PaymentStatus::Succeeded { payment_id } => S::Succeeded(proto::Succeeded { payment_id }),
+            PaymentStatus::Declined { reason } => S::Declined(proto::Declined { reason }),
+            PaymentStatus::Processing => S::Processing(proto::Processing {}),
+            PaymentStatus::NotFound => S::NotFound(proto::NotFound {}),
+        };
+        Ok(Response::new(proto::QueryReply { status: Some(status) }))
+    }
+
+    async fn refund(&self, request: Request<proto::RefundRequest>) -> Result<Response<proto::RefundReply>, Status> {
+        let request = request.into_inner();
+        key(&request.refund_key, "refund_key")?;
+        let order_no = order_no(&request.order_no)?;
+        let amount = amount(request.amount_cents)?;
+        match self.ledger.refund(order_no, amount, &request.refund_key).await.map_err(status_of)? {
+            RefundOutcome::Refunded { total } => {
+                Ok(Response::new(proto::RefundReply { refunded_cents: total.cents() }))
+            }
+            RefundOutcome::Refused { reason: RefundRefusal::NotCharged } => {
+                Err(Status::failed_precondition("the order has no successful charge"))
+            }
+            RefundOutcome::Refused { reason: RefundRefusal::AmountOutOfRange } => {
+                Err(Status::out_of_range("more than what is left to refund"))
+            }
+        }
+    }
+
+    async fn list_succeeded(
+        &self,
+        _request: Request<proto::ListSucceededRequest>,
+    ) -> Result<Response<proto::ListSucceededReply>, Status> {
+        let charges = self
+            .ledger
+            .succeeded()
+            .await
+            .map_err(status_of)?
+            .into_iter()
+            .map(|(order_no, payment_id)| proto::Charge { order_no: order_no.to_string(), payment_id })
+            .collect();
+        Ok(Response::new(proto::ListSucceededReply { charges }))
+    }
+}
