@@ -52,6 +52,8 @@ enum Command {
     /// Load generator: a fresh server (or `--url`), a scenario, a report, the audit's verdict; exits 1
     /// when a correctness check fails.
     Bench(bench::BenchArgs),
+    /// Charge latency and throughput of the payment service over gRPC (starts its own `orderly payment`).
+    BenchPayment(bench::payment::PaymentBenchArgs),
     /// Checks invariants I1–I5 on a stopped standalone data directory; exits 1 on any violation.
     Audit {
         /// Also write the report as JSON here.
@@ -97,6 +99,13 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Audit { json, deadline_ms } => runtime.block_on(audit(config, json, deadline_ms)),
         Command::Payment => runtime.block_on(serve::payment_service(config)),
+        Command::BenchPayment(args) => {
+            if !runtime.block_on(bench::payment::bench(args))? {
+                eprintln!("bench-payment: a correctness check failed (see the report)");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Bench(args) => {
             if !runtime.block_on(bench::bench(args, config))? {
                 eprintln!("bench: a correctness check failed (see the report)");

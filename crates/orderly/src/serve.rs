@@ -36,6 +36,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.http_addr))?;
     let address = listener.local_addr()?;
+    // No Nagle: small answers must not wait for the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     tracing::info!(%address, data_dir = %config.data_dir.display(), "orderly serving (standalone profile)");
     // Scripts and tests read this line to find the port.
     println!("listening on {address}");

@@ -10,8 +10,10 @@
 //! - [`workload`]: the catalog and the carts (seeded).
 //! - [`load`]: closed-loop and fixed-rate drivers, the recorder, buyers' follow-ups.
 //! - [`report`]: figures, ratios and targets; JSON, Markdown and charts.
+//! - [`payment`]: `orderly bench-payment`, the payment service's latency over gRPC.
 
 mod load;
+pub mod payment;
 mod report;
 mod workload;
 
