@@ -94,15 +94,17 @@ impl SimulatedAcquirer {
         self.dice.lock().map_or(1.0, |mut rng| rng.random::<f64>())
     }
 
-    fn capture_id(key: &str) -> String {
-        format!("cap-{key}")
+    /// Scoped to the order: a key reused for another order is another capture, never "already done"
+    /// (which would report a success for money never taken).
+    fn capture_id(order_no: OrderNo, key: &str) -> String {
+        format!("cap-{order_no}-{key}")
     }
 
     async fn capture(&self, order_no: OrderNo, key: &str, amount: Money) -> PortResult<AcquirerAnswer> {
         if self.config.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.config.latency_ms)).await;
         }
-        let capture_id = Self::capture_id(key);
+        let capture_id = Self::capture_id(order_no, key);
         if self.db.captures.contains_key(&capture_id).map_err(storage_error)? {
             return Ok(AcquirerAnswer::Captured(capture_id));
         }
@@ -121,8 +123,8 @@ impl SimulatedAcquirer {
         Ok(AcquirerAnswer::Captured(capture_id))
     }
 
-    fn captured(&self, key: &str) -> PortResult<Option<String>> {
-        let capture_id = Self::capture_id(key);
+    fn captured(&self, order_no: OrderNo, key: &str) -> PortResult<Option<String>> {
+        let capture_id = Self::capture_id(order_no, key);
         Ok(self.db.captures.contains_key(&capture_id).map_err(storage_error)?.then_some(capture_id))
     }
 }
@@ -182,7 +184,7 @@ impl LocalPayments {
     fn resolve(&self, order_no: OrderNo, entry: &mut LedgerEntry) -> PortResult<()> {
         let running = self.in_flight.lock().map_or(true, |set| set.contains(&order_no));
         if entry.state == LedgerState::Processing && !running {
-            entry.state = match self.acquirer.captured(&entry.idempotency_key)? {
+            entry.state = match self.acquirer.captured(order_no, &entry.idempotency_key)? {
                 Some(payment_id) => LedgerState::Succeeded { payment_id },
                 None => LedgerState::Declined { reason: "acquirer_timeout".to_owned() },
             };

@@ -187,3 +187,28 @@ async fn bad_input_is_refused_with_invalid_argument() {
     assert!(raw.charge(good).await.is_ok());
     service.stop().await;
 }
+
+/// Client-side balancing over a static list: calls spread over the live instances, and a dead one in
+/// the list does not fail the calls. (Instances here have separate ledgers, so each order is charged on
+/// one of them; in production they share one ledger.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_balanced_over_instances_and_a_dead_one_is_avoided() {
+    let (a, b) = (start(AcquirerConfig::default()).await, start(AcquirerConfig::default()).await);
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+    let balanced = GrpcPayments::new(ClientConfig {
+        endpoints: [a.address, b.address, dead].iter().map(|addr| format!("http://{addr}")).collect(),
+        attempts_max: 5,
+        ..ClientConfig::default()
+    })
+    .expect("client");
+    for n in 100..140 {
+        let outcome = balanced.charge(charge(n, "k")).await.expect("a live instance answers");
+        assert!(matches!(outcome, ChargeOutcome::Succeeded { .. }), "{outcome:?}");
+    }
+    let on_a = client(a.address).succeeded().await.expect("list").len();
+    let on_b = client(b.address).succeeded().await.expect("list").len();
+    assert_eq!(on_a + on_b, 40, "every order charged once, somewhere");
+    assert!(on_a > 0 && on_b > 0, "both instances served calls ({on_a} / {on_b})");
+    a.stop().await;
+    b.stop().await;
+}
