@@ -176,3 +176,104 @@ async fn the_standalone_flow_pays_through_the_payment_service() {
     assert_eq!(audit["data"]["report"]["violations"], json!([]), "{audit:#}");
     assert_eq!(audit["data"]["report"]["orders_by_state"]["paid"], 1);
 }
+
+/// The flow under a payment-service kill: pay-at-once orders whose charges are in flight when the service
+/// dies end definite once it is back — paid exactly when the ledger holds their capture (I5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_paying_when_the_service_dies_settle_after_it_returns() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = dir.path().join("ledger");
+    let mut service = payment_service(&ledger, "127.0.0.1:0", 300);
+    let address = service.address.clone();
+    let config = dir.path().join("orderly.toml");
+    std::fs::write(&config, format!("[payments]\nendpoints = [\"http://{address}\"]\nattempts_max = 1\n"))
+        .expect("config");
+    let data = dir.path().join("data");
+    let server = start(
+        &["serve", "--config", &config.display().to_string()],
+        &[
+            ("ORDERLY_DATA_DIR", data.display().to_string()),
+            ("ORDERLY_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            ("ORDERLY_FLOW__RECONCILE_BACKOFF_MS", "200".to_owned()),
+        ],
+    );
+    let token = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_orderly"))
+            .arg("token")
+            .args(args)
+            .env("ORDERLY_DATA_DIR", &data)
+            .env_remove("ORDERLY_CONFIG")
+            .output()
+            .expect("token runs");
+        String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
+    };
+    let (admin, buyer) = (token(&["--admin"]), token(&["--uid", "1"]));
+    let base = format!("http://{}", server.address);
+    let http = reqwest::Client::new();
+    let catalog = json!({"commodities": [{"commodity_id": 1, "shop_id": 100001, "price": 29.99, "add_stock": 100}]});
+    let loaded = http.post(format!("{base}/api/admin/catalog")).bearer_auth(&admin).json(&catalog).send().await;
+    assert_eq!(loaded.expect("catalog").status(), 200);
+    let body = json!({"uid": 1, "to_uid": 2, "origin_price": 29.99, "actual_price": 29.99, "pay_at_once": true,
+        "commodity_details": [{"actual_price": 29.99, "commodity_id": 1, "good_type": 1, "page_type": 0,
+                               "prices": 29.99, "user_id": 100001, "num": 1}]});
+    let mut order_nos = Vec::new();
+    for _ in 0..10 {
+        let placed: Value = http
+            .post(format!("{base}/api/orders"))
+            .bearer_auth(&buyer)
+            .json(&body)
+            .send()
+            .await
+            .expect("place")
+            .json()
+            .await
+            .expect("json");
+        order_nos.push(placed["data"]["order_no"][0].as_str().expect("an order number").to_owned());
+    }
+    // Charges take 300 ms at the acquirer: kill the service while they are in flight.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    service.child.kill().expect("SIGKILL");
+    service.child.wait().expect("reaped");
+    drop(service);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _service = payment_service(&ledger, &address, 0);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut paid: u64 = 0;
+    for order_no in &order_nos {
+        loop {
+            let order: Value = http
+                .get(format!("{base}/api/orders/{order_no}"))
+                .bearer_auth(&buyer)
+                .send()
+                .await
+                .expect("poll")
+                .json()
+                .await
+                .expect("json");
+            let state = order["data"]["state"].as_str().unwrap_or_default().to_owned();
+            let settled = order["data"]["payment"]["state"] != "pending";
+            if settled && state == "paid" {
+                paid += 1;
+                break;
+            }
+            if settled && state == "to_pay" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{order_no} not settled: {order}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(paid < order_nos.len() as u64, "the kill landed while charges were in flight ({paid} paid)");
+    let audit: Value = http
+        .get(format!("{base}/api/admin/audit?quiet=true"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(audit["data"]["report"]["violations"], json!([]), "paid ⇔ charged: {audit:#}");
+    assert_eq!(audit["data"]["report"]["orders_by_state"]["paid"].as_u64().unwrap_or(0), paid);
+}
