@@ -144,7 +144,7 @@ impl Orderly {
         let checks = orders
             .iter()
             .map(|o| Outgoing {
-                message: Message::ReservationCheck { token: Token::entry(o.order_no) },
+                message: Message::ReservationCheck { token: o.entry_token() },
                 deliver_at_ms: check_at_ms,
             })
             .collect();
@@ -152,7 +152,7 @@ impl Orderly {
 
         // Remark 2: fail early on stock. All orders of the cart or none.
         for (index, order) in orders.iter().enumerate() {
-            match self.reserve(Token::entry(order.order_no), &order.stock_lines(), false).await {
+            match self.reserve(order.entry_token(), &order.stock_lines(), false).await {
                 Ok(Reserve::Reserved | Reserve::AlreadyHeld(_)) => {}
                 Ok(Reserve::Insufficient { commodity_id, .. }) => {
                     self.release_all(&orders[..index]).await;
@@ -237,7 +237,7 @@ impl Orderly {
     /// Best effort: a release that fails here is done by the reservation check instead.
     async fn release_all(&self, orders: &[Order]) {
         for order in orders {
-            if let Err(error) = self.cache.release(Token::entry(order.order_no)).await {
+            if let Err(error) = self.cache.release(order.entry_token()).await {
                 tracing::warn!(order_no = %order.order_no, %error, "release failed; the reservation check will do it");
             }
         }
@@ -336,6 +336,7 @@ impl Orderly {
             let level = self.store.add_stock(id, u64::from(quantity)).await?;
             let restock = crate::model::Restock {
                 key: format!("add-stock:{id}:{}", level.version),
+                shop_id: level.shop_id,
                 lines: vec![(id, quantity, level.version)],
             };
             self.cache.restock(&restock).await?;

@@ -32,6 +32,16 @@ impl Order {
     pub fn stock_lines(&self) -> Vec<(CommodityId, u32)> {
         self.lines.iter().map(|l| (l.commodity_id, l.quantity)).collect()
     }
+
+    /// The reservation made at the entry.
+    pub fn entry_token(&self) -> Token {
+        Token::entry(self.order_no, self.shop_id)
+    }
+
+    /// The reservation a worker makes when the entry's was released or lost.
+    pub fn worker_token(&self) -> Token {
+        Token::worker(self.order_no, self.shop_id)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,19 +54,21 @@ pub struct PaymentAttempt {
 
 /// A cache reservation: the order number plus a generation. Generation 0 is reserved at the entry; a
 /// worker that finds it released or lost reserves generation 1 instead (the seed's token carried a
-/// timestamp for the same purpose: to tell a retried reservation from the first).
+/// timestamp for the same purpose: to tell a retried reservation from the first). It names the order's
+/// shop, whose commodities it reserves: a cache sharded by shop keeps the token beside that stock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Token {
     pub order_no: OrderNo,
+    pub shop_id: ShopId,
     pub generation: u8,
 }
 
 impl Token {
-    pub fn entry(order_no: OrderNo) -> Token {
-        Token { order_no, generation: 0 }
+    pub fn entry(order_no: OrderNo, shop_id: ShopId) -> Token {
+        Token { order_no, shop_id, generation: 0 }
     }
-    pub fn worker(order_no: OrderNo) -> Token {
-        Token { order_no, generation: 1 }
+    pub fn worker(order_no: OrderNo, shop_id: ShopId) -> Token {
+        Token { order_no, shop_id, generation: 1 }
     }
 }
 
@@ -72,6 +84,8 @@ pub enum TokenState {
 /// Durable stock of one commodity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StockLevel {
+    /// The shop selling it: a cache sharded by shop keeps its counter there.
+    pub shop_id: ShopId,
     /// Everything ever added by the admin.
     pub initial: u64,
     /// Not deducted by any live order.
@@ -86,6 +100,8 @@ pub struct StockLevel {
 pub struct Restock {
     /// Idempotency key of the event.
     pub key: String,
+    /// Every line's commodity is sold by this shop (a restock never spans shops).
+    pub shop_id: ShopId,
     /// (commodity, quantity, store version after the return).
     pub lines: Vec<(CommodityId, u32, u64)>,
 }

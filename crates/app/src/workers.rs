@@ -158,11 +158,11 @@ impl Orderly {
             // A redelivery of a finished creation: the store reports it as already done.
             return Ok(None);
         }
-        match self.cache.claim(Token::entry(order.order_no)).await? {
-            Claim::Claimed | Claim::Confirmed => return Ok(Some(Token::entry(order.order_no))),
+        match self.cache.claim(order.entry_token()).await? {
+            Claim::Claimed | Claim::Confirmed => return Ok(Some(order.entry_token())),
             Claim::Released | Claim::Missing => {}
         }
-        let token = Token::worker(order.order_no);
+        let token = order.worker_token();
         match self.reserve(token, &order.stock_lines(), true).await? {
             Reserve::Reserved | Reserve::AlreadyHeld(_) => Ok(Some(token)),
             Reserve::Insufficient { .. } | Reserve::NotLoaded(_) => Ok(None),
@@ -172,7 +172,7 @@ impl Orderly {
     /// For an order past `pending`: the reservation its creation consumed is confirmed, any other is
     /// released (a rejected order consumed none). Idempotent.
     async fn settle_tokens(&self, order: &Order) -> Result<(), PortError> {
-        for token in [Token::entry(order.order_no), Token::worker(order.order_no)] {
+        for token in [order.entry_token(), order.worker_token()] {
             if order.state != OrderState::Rejected && order.token_generation == Some(token.generation) {
                 self.cache.confirm(token).await?;
             } else {

@@ -70,7 +70,7 @@ async fn leaked_stock_and_a_cache_that_disagrees_are_named() {
     let h = harness(10).await;
     // Stock added to the cache only (a restock the store never made): the cache would sell 5 more.
     h.orderly.commodity(CommodityId(1)).await.expect("loads commodity 1 into the cache");
-    let restock = Restock { key: "planted".into(), lines: vec![(CommodityId(1), 5, 99)] };
+    let restock = Restock { key: "planted".into(), shop_id: ShopId(100_001), lines: vec![(CommodityId(1), 5, 99)] };
     h.orderly.cache.restock(&restock).await.expect("planted");
     let report = h.orderly.audit(true, 60_000).await.expect("audit");
     assert!(

@@ -77,7 +77,10 @@ async fn a_reservation_not_consumed_in_time_is_released_and_the_worker_reserves_
     orderly.try_execute(orderly_app::workers::Step::ReservationChecks).await.expect("check runs");
     assert_eq!(stock(&orderly, 1).await, (10, Some(10)), "the unclaimed reservation was returned");
     // A hanging reserve of the released token is refused.
-    let again = orderly.cache.reserve(Token::entry(order_no), &[(orderly_domain::CommodityId(1), 2)], false).await;
+    let again = orderly
+        .cache
+        .reserve(Token::entry(order_no, orderly_domain::ShopId(100_001)), &[(orderly_domain::CommodityId(1), 2)], false)
+        .await;
     assert_eq!(again, Ok(orderly_app::ports::Reserve::AlreadyHeld(orderly_app::model::TokenState::Released)));
     // The worker then finds it released, reserves again, and creates the order.
     orderly.drain().await.expect("workers run");

@@ -32,6 +32,7 @@ macro_rules! stock_cache_contract {
             restock_counts_once_per_key_and_skips_loaded_versions,
             restock_of_an_unloaded_commodity_waits_for_the_load,
             racing_buyers_never_get_more_than_the_stock,
+            shops_are_kept_apart,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

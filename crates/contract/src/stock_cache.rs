@@ -4,17 +4,21 @@ use std::sync::Arc;
 
 use orderly_app::model::{Restock, StockLevel, Token, TokenState};
 use orderly_app::ports::{Claim, Reserve, StockCache};
-use orderly_domain::{CommodityId, OrderNo, SnowflakeId, Uid};
+use orderly_domain::{CommodityId, OrderNo, ShopId, SnowflakeId, Uid};
 
+/// Commodities A and B are sold by `SHOP`; C by `OTHER_SHOP`.
 const A: CommodityId = CommodityId(1);
 const B: CommodityId = CommodityId(2);
+const C: CommodityId = CommodityId(3);
+const SHOP: ShopId = ShopId(100_001);
+const OTHER_SHOP: ShopId = ShopId(100_002);
 
 fn token(n: u64) -> Token {
-    Token::entry(OrderNo::new(SnowflakeId(n), Uid(7)))
+    Token::entry(OrderNo::new(SnowflakeId(n), Uid(7)), SHOP)
 }
 
 fn level(available: u64, version: u64) -> StockLevel {
-    StockLevel { initial: available, available, version }
+    StockLevel { shop_id: SHOP, initial: available, available, version }
 }
 
 async fn available(cache: &Arc<dyn StockCache>, ids: &[CommodityId]) -> Vec<Option<u64>> {
@@ -30,7 +34,7 @@ pub async fn init_sets_only_absent_levels(cache: Arc<dyn StockCache>) {
     cache.init(&[(A, level(10, 1))]).await.expect("init");
     // The seed's init: a present counter is never overwritten (it may hold live reservations).
     cache.init(&[(A, level(99, 5)), (B, level(3, 1))]).await.expect("init");
-    assert_eq!(available(&cache, &[A, B, CommodityId(3)]).await, vec![Some(10), Some(3), None]);
+    assert_eq!(available(&cache, &[A, B, C]).await, vec![Some(10), Some(3), None]);
 }
 
 pub async fn reserve_is_all_or_nothing(cache: Arc<dyn StockCache>) {
@@ -46,8 +50,8 @@ pub async fn reserve_is_all_or_nothing(cache: Arc<dyn StockCache>) {
 
 pub async fn reserve_of_an_unloaded_commodity_changes_nothing(cache: Arc<dyn StockCache>) {
     loaded(&cache, &[(A, 10)]).await;
-    let answer = cache.reserve(token(1), &[(A, 1), (CommodityId(3), 1)], false).await.expect("reserve");
-    assert_eq!(answer, Reserve::NotLoaded(vec![CommodityId(3)]));
+    let answer = cache.reserve(token(1), &[(A, 1), (B, 1)], false).await.expect("reserve");
+    assert_eq!(answer, Reserve::NotLoaded(vec![B]));
     assert_eq!(available(&cache, &[A]).await, vec![Some(10)]);
     assert_eq!(cache.claim(token(1)).await.expect("claim"), Claim::Missing, "no token was recorded");
 }
@@ -112,26 +116,32 @@ pub async fn release_if_reserved_leaves_a_claimed_token_to_its_worker(cache: Arc
 
 pub async fn a_claimed_reservation_starts_claimed(cache: Arc<dyn StockCache>) {
     loaded(&cache, &[(A, 10)]).await;
-    let worker = Token::worker(OrderNo::new(SnowflakeId(1), Uid(7)));
+    let worker = Token::worker(OrderNo::new(SnowflakeId(1), Uid(7)), SHOP);
     assert_eq!(cache.reserve(worker, &[(A, 3)], true).await.expect("reserve"), Reserve::Reserved);
     assert_eq!(cache.release_if_reserved(worker).await.expect("check"), Some(TokenState::Claimed));
     assert_eq!(available(&cache, &[A]).await, vec![Some(7)]);
     // The entry's token of the same order is a different reservation.
-    assert_eq!(cache.claim(Token::entry(OrderNo::new(SnowflakeId(1), Uid(7)))).await.expect("claim"), Claim::Missing);
+    assert_eq!(
+        cache.claim(Token::entry(OrderNo::new(SnowflakeId(1), Uid(7)), SHOP)).await.expect("claim"),
+        Claim::Missing
+    );
 }
 
 pub async fn restock_counts_once_per_key_and_skips_loaded_versions(cache: Arc<dyn StockCache>) {
     cache.init(&[(A, level(10, 3))]).await.expect("init");
     // Version 3 was loaded: this return is already part of the 10.
-    cache.restock(&Restock { key: "r-3".into(), lines: vec![(A, 5, 3)] }).await.expect("restock");
+    cache.restock(&Restock { key: "r-3".into(), shop_id: SHOP, lines: vec![(A, 5, 3)] }).await.expect("restock");
     assert_eq!(available(&cache, &[A]).await, vec![Some(10)]);
-    cache.restock(&Restock { key: "r-4".into(), lines: vec![(A, 5, 4)] }).await.expect("restock");
-    cache.restock(&Restock { key: "r-4".into(), lines: vec![(A, 5, 4)] }).await.expect("restock redelivered");
+    cache.restock(&Restock { key: "r-4".into(), shop_id: SHOP, lines: vec![(A, 5, 4)] }).await.expect("restock");
+    cache
+        .restock(&Restock { key: "r-4".into(), shop_id: SHOP, lines: vec![(A, 5, 4)] })
+        .await
+        .expect("restock redelivered");
     assert_eq!(available(&cache, &[A]).await, vec![Some(15)]);
 }
 
 pub async fn restock_of_an_unloaded_commodity_waits_for_the_load(cache: Arc<dyn StockCache>) {
-    cache.restock(&Restock { key: "r-1".into(), lines: vec![(A, 5, 2)] }).await.expect("restock");
+    cache.restock(&Restock { key: "r-1".into(), shop_id: SHOP, lines: vec![(A, 5, 2)] }).await.expect("restock");
     assert_eq!(available(&cache, &[A]).await, vec![None], "the load will read the store, which has it");
     cache.init(&[(A, level(15, 2))]).await.expect("init");
     assert_eq!(available(&cache, &[A]).await, vec![Some(15)]);
@@ -154,4 +164,21 @@ pub async fn racing_buyers_never_get_more_than_the_stock(cache: Arc<dyn StockCac
     }
     assert_eq!(reserved, 50);
     assert_eq!(available(&cache, &[A, B]).await, vec![Some(0), Some(950)], "B taken only with A");
+}
+
+pub async fn shops_are_kept_apart(cache: Arc<dyn StockCache>) {
+    let other = StockLevel { shop_id: OTHER_SHOP, initial: 5, available: 5, version: 1 };
+    cache.init(&[(A, level(10, 1)), (C, other)]).await.expect("init");
+    // The same order number in two shops is two reservations (a cart split into one order per shop
+    // gets distinct numbers anyway; the token names its shop).
+    let in_other = Token::entry(OrderNo::new(SnowflakeId(1), Uid(7)), OTHER_SHOP);
+    assert_eq!(cache.reserve(in_other, &[(C, 2)], false).await.expect("reserve"), Reserve::Reserved);
+    assert_eq!(cache.reserve(token(1), &[(A, 4)], false).await.expect("reserve"), Reserve::Reserved);
+    assert_eq!(available(&cache, &[A, C]).await, vec![Some(6), Some(3)]);
+    assert_eq!(cache.release(in_other).await.expect("release"), Some(TokenState::Reserved));
+    assert_eq!(available(&cache, &[A, C]).await, vec![Some(6), Some(5)]);
+    let back = Restock { key: "other-1".into(), shop_id: OTHER_SHOP, lines: vec![(C, 1, 2)] };
+    cache.restock(&back).await.expect("restock");
+    assert_eq!(available(&cache, &[C]).await, vec![Some(6)]);
+    assert_eq!(cache.claim(token(1)).await.expect("claim"), Claim::Claimed);
 }

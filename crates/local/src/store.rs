@@ -132,7 +132,7 @@ impl LocalStore {
                 lines.push((line.commodity_id, line.quantity, level.version));
             }
             let key = format!("return:{}:{}", order.order_no, action_name(action));
-            self.put_outbox(batch, &OutboxEvent::RestockCache(Restock { key, lines }))?;
+            self.put_outbox(batch, &OutboxEvent::RestockCache(Restock { key, shop_id: order.shop_id, lines }))?;
         }
         order.state = step.next;
         order.updated_ms = now_ms;
@@ -169,7 +169,21 @@ impl Store for LocalStore {
     async fn add_stock(&self, id: CommodityId, quantity: u64) -> PortResult<StockLevel> {
         let level = {
             let _writer = self.lock()?;
-            let mut level = self.read_stock(id)?.unwrap_or(StockLevel { initial: 0, available: 0, version: 0 });
+            let mut level = match self.read_stock(id)? {
+                Some(level) => level,
+                None => {
+                    // Stock belongs to a commodity of the catalog: its shop comes from there.
+                    let entry: CatalogEntry = self
+                        .db
+                        .catalog
+                        .get(u64_key(id.0))
+                        .map_err(storage_error)?
+                        .map(|bytes| decode::<CatalogEntry>(&bytes))
+                        .transpose()?
+                        .ok_or_else(|| PortError::corrupt("local store", format!("stock for unknown {id}")))?;
+                    StockLevel { shop_id: entry.shop_id, initial: 0, available: 0, version: 0 }
+                }
+            };
             level.initial += quantity;
             level.available += quantity;
             level.version += 1;
@@ -222,7 +236,9 @@ impl Store for LocalStore {
                 let mut order = request.order.clone();
                 for line in &order.lines {
                     if let std::collections::hash_map::Entry::Vacant(slot) = levels.entry(line.commodity_id) {
+                        // No ledger: nothing to sell (the order's own shop, for the record).
                         let level = self.read_stock(line.commodity_id)?.unwrap_or(StockLevel {
+                            shop_id: order.shop_id,
                             initial: 0,
                             available: 0,
                             version: 0,
