@@ -1,0 +1,287 @@
+//! [`RedisStockCache`]: the stock cache on Redis, the seed's way — Lua scripts, each atomic, each
+//! idempotent per token.
+//!
+//! Keys carry the shop as a hash tag, `<ns>:{s:<shop>}:…`, so a shop's counters, tokens and restock
+//! markers share one Redis Cluster slot and a per-shop order is one script call on a cluster too:
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `<ns>:{s:<shop>}:stock:<commodity>` | hash `available`, `version` | what can still be sold, and the store version it was loaded at |
+//! | `<ns>:{s:<shop>}:token:<order_no>:<generation>` | hash `state`, `lines` | a reservation, with a time to live |
+//! | `<ns>:{s:<shop>}:restock:<event key>` | string | a restock already applied, with a time to live |
+//! | `<ns>:sku-shop` | hash commodity → shop | where to find a commodity's counter (for `available` only) |
+//!
+//! Redis here keeps nothing on disk. Losing it loses counters and tokens, never correctness: an absent
+//! counter answers `NotLoaded` (the flow reloads it from the store), an absent token answers `Missing`
+//! (the flow reserves again), never "assume reserved".
+
+use async_trait::async_trait;
+use orderly_app::PortError;
+use orderly_app::model::{Restock, StockLevel, Token, TokenState};
+use orderly_app::ports::{Claim, PortResult, Reserve, StockCache};
+use orderly_domain::{CommodityId, ShopId};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+use crate::port_error;
+
+#[derive(Debug, Clone)]
+pub struct RedisCacheConfig {
+    pub url: String,
+    /// Prefix of every key (no braces): several systems or test runs can share one Redis.
+    pub namespace: String,
+    /// How long a token (and a restock marker) is remembered.
+    pub token_ttl_ms: u64,
+}
+
+struct Scripts {
+    init: Script,
+    reserve: Script,
+    claim: Script,
+    confirm: Script,
+    release: Script,
+    restock: Script,
+}
+
+pub struct RedisStockCache {
+    connection: ConnectionManager,
+    config: RedisCacheConfig,
+    scripts: Scripts,
+}
+
+impl std::fmt::Debug for RedisStockCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStockCache").field("namespace", &self.config.namespace).finish_non_exhaustive()
+    }
+}
+
+fn state_name(state: TokenState) -> &'static str {
+    match state {
+        TokenState::Reserved => "reserved",
+        TokenState::Claimed => "claimed",
+        TokenState::Confirmed => "confirmed",
+        TokenState::Released => "released",
+    }
+}
+
+fn state_of(name: &str) -> PortResult<TokenState> {
+    match name {
+        "reserved" => Ok(TokenState::Reserved),
+        "claimed" => Ok(TokenState::Claimed),
+        "confirmed" => Ok(TokenState::Confirmed),
+        "released" => Ok(TokenState::Released),
+        other => Err(PortError::corrupt("redis", format!("unknown token state {other:?}"))),
+    }
+}
+
+/// `id:qty;id:qty`, in the order of the reservation.
+fn encode_lines(lines: &[(CommodityId, u32)]) -> String {
+    lines.iter().map(|(id, quantity)| format!("{}:{quantity}", id.0)).collect::<Vec<_>>().join(";")
+}
+
+fn decode_lines(text: &str) -> PortResult<Vec<(CommodityId, u32)>> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(';')
+        .map(|line| {
+            let (id, quantity) = line.split_once(':').ok_or_else(|| PortError::corrupt("redis", "bad token lines"))?;
+            let id = id.parse().map_err(|_| PortError::corrupt("redis", "bad commodity in token lines"))?;
+            let quantity = quantity.parse().map_err(|_| PortError::corrupt("redis", "bad quantity in token lines"))?;
+            Ok((CommodityId(id), quantity))
+        })
+        .collect()
+}
+
+impl RedisStockCache {
+    pub async fn connect(config: RedisCacheConfig) -> PortResult<RedisStockCache> {
+        assert!(!config.namespace.contains(['{', '}']), "the namespace must not contain a hash tag");
+        let client = redis::Client::open(config.url.as_str()).map_err(port_error)?;
+        let connection = ConnectionManager::new(client).await.map_err(port_error)?;
+        let scripts = Scripts {
+            init: Script::new(include_str!("../lua/init.lua")),
+            reserve: Script::new(include_str!("../lua/reserve.lua")),
+            claim: Script::new(include_str!("../lua/claim.lua")),
+            confirm: Script::new(include_str!("../lua/confirm.lua")),
+            release: Script::new(include_str!("../lua/release.lua")),
+            restock: Script::new(include_str!("../lua/restock.lua")),
+        };
+        Ok(RedisStockCache { connection, config, scripts })
+    }
+
+    fn stock_key(&self, shop: ShopId, id: CommodityId) -> String {
+        format!("{}:{{s:{}}}:stock:{}", self.config.namespace, shop.0, id.0)
+    }
+
+    fn token_key(&self, token: Token) -> String {
+        format!("{}:{{s:{}}}:token:{}:{}", self.config.namespace, token.shop_id.0, token.order_no, token.generation)
+    }
+
+    fn restock_key(&self, shop: ShopId, key: &str) -> String {
+        format!("{}:{{s:{}}}:restock:{key}", self.config.namespace, shop.0)
+    }
+
+    fn directory_key(&self) -> String {
+        format!("{}:sku-shop", self.config.namespace)
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    /// Releases from `allowed` states. The token's lines are read first (the script must name every key
+    /// it touches); the script checks they are still the token's and otherwise asks to read again.
+    async fn release_from(&self, token: Token, allowed: &[TokenState]) -> PortResult<Option<TokenState>> {
+        let token_key = self.token_key(token);
+        let allowed = allowed.iter().map(|s| state_name(*s)).collect::<Vec<_>>().join(",");
+        for _ in 0..8 {
+            let lines_text: Option<String> = self.connection().hget(&token_key, "lines").await.map_err(port_error)?;
+            let lines_text = lines_text.unwrap_or_default();
+            let lines = decode_lines(&lines_text)?;
+            let mut invocation = self.scripts.release.key(&token_key);
+            for (id, _) in &lines {
+                invocation.key(self.stock_key(token.shop_id, *id));
+            }
+            invocation.arg(&lines_text).arg(&allowed).arg(self.config.token_ttl_ms);
+            for (_, quantity) in &lines {
+                invocation.arg(*quantity);
+            }
+            let answer: Vec<String> = invocation.invoke_async(&mut self.connection()).await.map_err(port_error)?;
+            match answer.first().map(String::as_str) {
+                Some("none") => return Ok(None),
+                Some("was") => {
+                    let state = answer.get(1).ok_or_else(|| PortError::corrupt("redis", "release without state"))?;
+                    return Ok(Some(state_of(state)?));
+                }
+                Some("retry") => continue,
+                other => return Err(PortError::corrupt("redis", format!("release answered {other:?}"))),
+            }
+        }
+        Err(PortError::unavailable("redis", "token kept changing under release"))
+    }
+}
+
+#[async_trait]
+impl StockCache for RedisStockCache {
+    async fn init(&self, levels: &[(CommodityId, StockLevel)]) -> PortResult<()> {
+        if levels.is_empty() {
+            return Ok(());
+        }
+        // One script call per shop: each touches one slot.
+        let mut by_shop: std::collections::BTreeMap<ShopId, Vec<(CommodityId, StockLevel)>> = Default::default();
+        for (id, level) in levels {
+            by_shop.entry(level.shop_id).or_default().push((*id, *level));
+        }
+        let directory: Vec<(u64, u64)> = levels.iter().map(|(id, level)| (id.0, level.shop_id.0)).collect();
+        let _: () = self.connection().hset_multiple(self.directory_key(), &directory).await.map_err(port_error)?;
+        for (shop, levels) in by_shop {
+            let mut invocation = self.scripts.init.prepare_invoke();
+            for (id, level) in &levels {
+                invocation.key(self.stock_key(shop, *id)).arg(level.available).arg(level.version);
+            }
+            let _: String = invocation.invoke_async(&mut self.connection()).await.map_err(port_error)?;
+        }
+        Ok(())
+    }
+
+    async fn reserve(&self, token: Token, lines: &[(CommodityId, u32)], claimed: bool) -> PortResult<Reserve> {
+        let mut invocation = self.scripts.reserve.key(self.token_key(token));
+        for (id, _) in lines {
+            invocation.key(self.stock_key(token.shop_id, *id));
+        }
+        let state = if claimed { TokenState::Claimed } else { TokenState::Reserved };
+        invocation.arg(state_name(state)).arg(self.config.token_ttl_ms).arg(encode_lines(lines));
+        for (_, quantity) in lines {
+            invocation.arg(*quantity);
+        }
+        let answer: Vec<String> = invocation.invoke_async(&mut self.connection()).await.map_err(port_error)?;
+        let line = |index: &str| -> PortResult<CommodityId> {
+            let index: usize = index.parse().map_err(|_| PortError::corrupt("redis", "bad line index"))?;
+            lines.get(index.wrapping_sub(1)).map(|(id, _)| *id).ok_or_else(|| PortError::corrupt("redis", "line index"))
+        };
+        match answer.first().map(String::as_str) {
+            Some("reserved") => Ok(Reserve::Reserved),
+            Some("held") => Ok(Reserve::AlreadyHeld(state_of(answer.get(1).map_or("", String::as_str))?)),
+            Some("not_loaded") => {
+                Ok(Reserve::NotLoaded(answer[1..].iter().map(|i| line(i)).collect::<PortResult<_>>()?))
+            }
+            Some("insufficient") => {
+                let commodity_id = line(answer.get(1).map_or("", String::as_str))?;
+                let available = answer.get(2).and_then(|a| a.parse().ok()).unwrap_or(0);
+                Ok(Reserve::Insufficient { commodity_id, available })
+            }
+            other => Err(PortError::corrupt("redis", format!("reserve answered {other:?}"))),
+        }
+    }
+
+    async fn claim(&self, token: Token) -> PortResult<Claim> {
+        let answer: String = self
+            .scripts
+            .claim
+            .key(self.token_key(token))
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(port_error)?;
+        match answer.as_str() {
+            "missing" => Ok(Claim::Missing),
+            "claimed" => Ok(Claim::Claimed),
+            "confirmed" => Ok(Claim::Confirmed),
+            "released" => Ok(Claim::Released),
+            other => Err(PortError::corrupt("redis", format!("claim answered {other:?}"))),
+        }
+    }
+
+    async fn confirm(&self, token: Token) -> PortResult<()> {
+        let _: String = self
+            .scripts
+            .confirm
+            .key(self.token_key(token))
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(port_error)?;
+        Ok(())
+    }
+
+    async fn release(&self, token: Token) -> PortResult<Option<TokenState>> {
+        self.release_from(token, &[TokenState::Reserved, TokenState::Claimed]).await
+    }
+
+    async fn release_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>> {
+        self.release_from(token, &[TokenState::Reserved]).await
+    }
+
+    async fn restock(&self, restock: &Restock) -> PortResult<()> {
+        let mut invocation = self.scripts.restock.key(self.restock_key(restock.shop_id, &restock.key));
+        for (id, _, _) in &restock.lines {
+            invocation.key(self.stock_key(restock.shop_id, *id));
+        }
+        invocation.arg(self.config.token_ttl_ms);
+        for (_, quantity, version) in &restock.lines {
+            invocation.arg(*quantity).arg(*version);
+        }
+        let _: String = invocation.invoke_async(&mut self.connection()).await.map_err(port_error)?;
+        Ok(())
+    }
+
+    async fn available(&self, ids: &[CommodityId]) -> PortResult<Vec<Option<u64>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<u64> = ids.iter().map(|id| id.0).collect();
+        let shops: Vec<Option<u64>> = redis::cmd("HMGET")
+            .arg(self.directory_key())
+            .arg(&raw)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(port_error)?;
+        let mut pipeline = redis::pipe();
+        for (id, shop) in ids.iter().zip(&shops) {
+            // No shop known: never loaded. Ask for a key that cannot exist, to keep positions aligned.
+            let key = shop
+                .map_or_else(|| format!("{}:never", self.config.namespace), |shop| self.stock_key(ShopId(shop), *id));
+            pipeline.hget(key, "available");
+        }
+        let levels: Vec<Option<u64>> = pipeline.query_async(&mut self.connection()).await.map_err(port_error)?;
+        Ok(levels)
+    }
+}

@@ -1,0 +1,62 @@
+//! The `StockCache` contract suite against Redis (`ORDERLY_TEST_REDIS_URL`, default database 15 of the
+//! local server), each case in a namespace of its own; and what losing Redis does.
+
+use std::sync::Arc;
+
+use orderly_app::StockCache;
+use orderly_app::model::{StockLevel, Token, TokenState};
+use orderly_app::ports::{Claim, Reserve};
+use orderly_domain::{CommodityId, OrderNo, ShopId, SnowflakeId, Uid};
+use orderly_redis::{RedisCacheConfig, RedisStockCache};
+use rand::TryRngCore;
+
+fn url() -> String {
+    std::env::var("ORDERLY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".to_owned())
+}
+
+fn namespace() -> String {
+    let mut bytes = [0u8; 8];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("randomness");
+    format!("orderly-test-{}", u64::from_le_bytes(bytes))
+}
+
+async fn cache(namespace: String) -> RedisStockCache {
+    RedisStockCache::connect(RedisCacheConfig { url: url(), namespace, token_ttl_ms: 10 * 60 * 1000 })
+        .await
+        .expect("Redis is up (CI starts it; see .ci/run)")
+}
+
+orderly_contract::stock_cache_contract!(|| async { Arc::new(cache(namespace()).await) as Arc<dyn StockCache> });
+
+/// Redis keeps nothing on disk here: after FLUSHALL (or a restart) counters and tokens are gone. The cache
+/// must then say so — not loaded, missing — so the flow reloads from the store and reserves again.
+#[tokio::test]
+async fn a_flushed_redis_answers_not_loaded_and_missing_never_reserved() {
+    let namespace = namespace();
+    let cache = cache(namespace.clone()).await;
+    let shop = ShopId(100_001);
+    let level = StockLevel { shop_id: shop, initial: 10, available: 10, version: 1 };
+    cache.init(&[(CommodityId(1), level)]).await.expect("init");
+    let token = Token::entry(OrderNo::new(SnowflakeId(1), Uid(7)), shop);
+    assert_eq!(cache.reserve(token, &[(CommodityId(1), 3)], false).await.expect("reserve"), Reserve::Reserved);
+
+    // Lose everything of this namespace (FLUSHALL would also hit the other tests running now).
+    let client = redis::Client::open(url()).expect("client");
+    let mut connection = client.get_multiplexed_async_connection().await.expect("connect");
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{namespace}:*")).query_async(&mut connection).await.expect("keys");
+    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut connection).await.expect("flush");
+
+    assert_eq!(cache.claim(token).await.expect("claim"), Claim::Missing, "a lost token is missing, not reserved");
+    assert_eq!(cache.available(&[CommodityId(1)]).await.expect("available"), vec![None]);
+    let again = Token::worker(OrderNo::new(SnowflakeId(1), Uid(7)), shop);
+    assert_eq!(
+        cache.reserve(again, &[(CommodityId(1), 3)], true).await.expect("reserve"),
+        Reserve::NotLoaded(vec![CommodityId(1)]),
+        "the counter must be reloaded from the store first"
+    );
+    // A release of the lost token is an empty rollback.
+    assert_eq!(cache.release(token).await.expect("release"), None);
+    assert_eq!(cache.claim(token).await.expect("claim"), Claim::Released);
+    assert_eq!(cache.release(token).await.expect("release"), Some(TokenState::Released));
+}
