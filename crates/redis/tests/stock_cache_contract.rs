@@ -1,4 +1,4 @@
-//! The `StockCache` contract suite against Redis (`ORDERLY_TEST_REDIS_URL`, default database 15 of the
+//! The `StockCache` contract suite against Redis (`TEST_REDIS_URL`, default database 15 of the
 //! local server), each case in a namespace of its own; and what losing Redis does.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use orderly_redis::{RedisCacheConfig, RedisStockCache};
 use rand::TryRngCore;
 
 fn url() -> String {
-    std::env::var("ORDERLY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".to_owned())
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".to_owned())
 }
 
 fn namespace() -> String {
