@@ -8,11 +8,14 @@
 //! The factory is called once per case and must return a fresh, empty adapter.
 //!
 //! # Layout
+//! - [`bus`]: delivery, acks, retries with attempt counts, delays, dead letters, topics, depth.
 //! - [`stock_cache`]: the reservation token lifecycle, all-or-nothing reserve, empty rollback, hanging
 //!   reserve, versioned restock, init-if-absent, and a race for the last units.
 
+pub mod bus;
 pub mod stock_cache;
 
+pub use bus::BusFixture;
 pub use orderly_app::StockCache;
 
 /// One `#[tokio::test]` per case of [`stock_cache`], each on a fresh adapter from `$factory`.
@@ -41,6 +44,31 @@ macro_rules! stock_cache_contract {
             async fn $case() {
                 let cache: ::std::sync::Arc<dyn $crate::StockCache> = ($factory)().await;
                 $crate::stock_cache::$case(cache).await;
+            }
+        )*
+    };
+}
+
+/// One `#[tokio::test]` per case of [`bus`], each on a fresh fixture from `$factory`.
+#[macro_export]
+macro_rules! bus_contract {
+    ($factory:expr) => {
+        $crate::bus_contract!(@cases $factory;
+            published_messages_are_delivered_then_gone_once_acked,
+            receive_hands_out_at_most_max,
+            topics_are_separate_queues,
+            delayed_messages_wait_until_due,
+            a_retry_comes_back_later_with_its_attempt_count,
+            a_dead_letter_leaves_the_queue_and_is_counted,
+            depth_counts_waiting_and_delayed_messages,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fixture: ::std::sync::Arc<dyn $crate::BusFixture> = ($factory)().await;
+                $crate::bus::$case(fixture).await;
             }
         )*
     };
