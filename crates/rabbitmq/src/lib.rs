@@ -1,0 +1,344 @@
+//! [`RabbitBus`]: the `Bus` port on RabbitMQ, the seed's way.
+//!
+//! - One durable **quorum queue** per topic (`<ns>.<topic>`), fed through the default exchange.
+//! - **Publisher confirms**: `publish` returns once the broker confirmed every message (the API answers
+//!   only after that).
+//! - **Manual acks**: a delivery stays unacked (and invisible to others) until the consumer acks,
+//!   retries or dead-letters it; if the consumer's connection dies, the broker delivers it again and
+//!   the quorum queue counts the redelivery (`x-delivery-count`), which becomes the attempt number.
+//! - **Delays without a plugin**: Debian's RabbitMQ has no delayed-message plugin, and a per-message TTL
+//!   only expires at the head of a queue, so delays use fixed-TTL tier queues
+//!   (`<ns>.<topic>.delay.<ms>`) that dead-letter into the topic's queue. A message carries its due
+//!   time; one that arrives early goes round the largest tier that fits again (so it is never
+//!   delivered early, and late by at most the smallest tier).
+//! - **Dead letters** go to `<ns>.dead` with their topic and reason, for an operator.
+//!
+//! `receive` pulls with `basic.get` (one round trip per message): simple and exact about `max`;
+//! a prefetching consumer is the next step when the cluster bench asks for it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use lapin::Confirmation;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use orderly_app::model::{Delivery, Message, Outgoing, Topic};
+use orderly_app::ports::{Bus, BusDepth, PortResult};
+use orderly_app::{Clock, PortError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone)]
+pub struct RabbitBusConfig {
+    /// `amqp://user:pass@host:port/vhost`.
+    pub url: String,
+    /// Prefix of every queue: several systems or test runs can share one broker.
+    pub namespace: String,
+    /// TTLs of the delay queues, ascending. The smallest bounds how late a delayed message may be.
+    pub delay_tiers_ms: Vec<u64>,
+    /// Idle queues are deleted after this long (tests); `None` in production.
+    pub queue_expires_ms: Option<u64>,
+}
+
+impl RabbitBusConfig {
+    pub fn new(url: impl Into<String>, namespace: impl Into<String>) -> RabbitBusConfig {
+        RabbitBusConfig {
+            url: url.into(),
+            namespace: namespace.into(),
+            delay_tiers_ms: vec![100, 1_000, 10_000, 60_000, 600_000],
+            queue_expires_ms: None,
+        }
+    }
+}
+
+/// The body of every message: the flow's message and what the bus needs to know about it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Envelope {
+    message: Message,
+    /// Deliveries that ended in a retry.
+    retries: u32,
+    due_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DeadLetter {
+    topic: Topic,
+    message: Option<Message>,
+    reason: String,
+    at_ms: u64,
+}
+
+pub struct RabbitBus {
+    _connection: Connection,
+    /// Publisher-confirm channel.
+    publisher: Channel,
+    /// The channel deliveries are taken and acked on (a delivery tag belongs to its channel).
+    consumer: Channel,
+    clock: Arc<dyn Clock>,
+    /// Unacked deliveries of this process: tag → (topic, envelope), to retry or dead-letter them.
+    pending: Mutex<HashMap<u64, (Topic, Envelope)>>,
+    config: RabbitBusConfig,
+}
+
+impl std::fmt::Debug for RabbitBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitBus").field("namespace", &self.config.namespace).finish_non_exhaustive()
+    }
+}
+
+fn unavailable(error: lapin::Error) -> PortError {
+    PortError::unavailable("rabbitmq", error)
+}
+
+fn receipt_of(tag: u64) -> Vec<u8> {
+    tag.to_be_bytes().to_vec()
+}
+
+fn tag_of(receipt: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(receipt.try_into().ok()?))
+}
+
+fn delivery_count(properties: &BasicProperties) -> u32 {
+    let Some(headers) = properties.headers() else { return 0 };
+    match headers.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+impl RabbitBus {
+    /// Connects, opens the channels, and declares every queue (idempotent).
+    pub async fn connect(config: RabbitBusConfig, clock: Arc<dyn Clock>) -> PortResult<RabbitBus> {
+        assert!(!config.delay_tiers_ms.is_empty(), "at least one delay tier");
+        let connection =
+            Connection::connect(&config.url, ConnectionProperties::default()).await.map_err(unavailable)?;
+        let publisher = connection.create_channel().await.map_err(unavailable)?;
+        publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
+        let consumer = connection.create_channel().await.map_err(unavailable)?;
+        let bus = RabbitBus {
+            _connection: connection,
+            publisher,
+            consumer,
+            clock,
+            pending: Mutex::new(HashMap::new()),
+            config,
+        };
+        bus.declare().await?;
+        Ok(bus)
+    }
+
+    fn work_queue(&self, topic: Topic) -> String {
+        format!("{}.{}", self.config.namespace, topic.as_str())
+    }
+
+    fn delay_queue(&self, topic: Topic, tier_ms: u64) -> String {
+        format!("{}.{}.delay.{tier_ms}", self.config.namespace, topic.as_str())
+    }
+
+    fn dead_queue(&self) -> String {
+        format!("{}.dead", self.config.namespace)
+    }
+
+    fn arguments(&self, quorum: bool) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        if quorum {
+            arguments.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+        }
+        if let Some(expires_ms) = self.config.queue_expires_ms {
+            arguments.insert("x-expires".into(), AMQPValue::LongLongInt(i64::try_from(expires_ms).unwrap_or(i64::MAX)));
+        }
+        arguments
+    }
+
+    async fn declare(&self) -> PortResult<()> {
+        let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        for topic in Topic::ALL {
+            let work = self.work_queue(topic);
+            self.consumer
+                .queue_declare(work.as_str().into(), durable, self.arguments(true))
+                .await
+                .map_err(unavailable)?;
+            for &tier_ms in &self.config.delay_tiers_ms {
+                let mut arguments = self.arguments(false);
+                arguments
+                    .insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::try_from(tier_ms).unwrap_or(i64::MAX)));
+                arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from("")));
+                arguments
+                    .insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(work.as_str())));
+                let queue = self.delay_queue(topic, tier_ms);
+                self.consumer.queue_declare(queue.as_str().into(), durable, arguments).await.map_err(unavailable)?;
+            }
+        }
+        let dead = self.dead_queue();
+        self.consumer.queue_declare(dead.as_str().into(), durable, self.arguments(true)).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Where a message due at `due_ms` goes now: its topic's queue, or the largest delay tier that does
+    /// not overshoot (the smallest, when even that does).
+    fn route(&self, topic: Topic, due_ms: u64) -> String {
+        let now_ms = self.clock.now_ms();
+        if due_ms <= now_ms {
+            return self.work_queue(topic);
+        }
+        let remaining_ms = due_ms - now_ms;
+        let tiers = &self.config.delay_tiers_ms;
+        let tier = tiers.iter().rev().find(|tier| **tier <= remaining_ms).or(tiers.first()).copied().unwrap_or(0);
+        self.delay_queue(topic, tier)
+    }
+
+    /// Publishes and waits for every confirm.
+    async fn send(&self, items: Vec<(String, Vec<u8>)>) -> PortResult<()> {
+        let properties =
+            BasicProperties::default().with_delivery_mode(2).with_content_type(ShortString::from("application/json"));
+        let mut confirms = Vec::with_capacity(items.len());
+        for (queue, body) in items {
+            let confirm = self
+                .publisher
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties.clone(),
+                )
+                .await
+                .map_err(unavailable)?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            match confirm.await.map_err(unavailable)? {
+                Confirmation::Ack(_) => {}
+                other => return Err(PortError::unavailable("rabbitmq", format!("publish not confirmed: {other:?}"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn envelope_bytes(envelope: &Envelope) -> PortResult<Vec<u8>> {
+        serde_json::to_vec(envelope).map_err(|e| PortError::corrupt("rabbitmq", format!("unencodable message: {e}")))
+    }
+
+    async fn ack_tag(&self, tag: u64) -> PortResult<()> {
+        self.consumer.basic_ack(tag, BasicAckOptions::default()).await.map_err(unavailable)
+    }
+
+    fn take_pending(&self, receipt: &[u8]) -> PortResult<Option<(u64, Topic, Envelope)>> {
+        let Some(tag) = tag_of(receipt) else { return Ok(None) };
+        let mut pending = self.pending.lock().map_err(|_| PortError::corrupt("rabbitmq", "pending lock poisoned"))?;
+        Ok(pending.remove(&tag).map(|(topic, envelope)| (tag, topic, envelope)))
+    }
+}
+
+#[async_trait]
+impl Bus for RabbitBus {
+    async fn publish(&self, messages: Vec<Outgoing>) -> PortResult<()> {
+        let mut items = Vec::with_capacity(messages.len());
+        for outgoing in messages {
+            let topic = outgoing.message.topic();
+            let envelope = Envelope { message: outgoing.message, retries: 0, due_ms: outgoing.deliver_at_ms };
+            items.push((self.route(topic, envelope.due_ms), Self::envelope_bytes(&envelope)?));
+        }
+        self.send(items).await
+    }
+
+    async fn receive(&self, topic: Topic, max: usize) -> PortResult<Vec<Delivery>> {
+        let queue = self.work_queue(topic);
+        let mut deliveries = Vec::new();
+        while deliveries.len() < max {
+            let got = self
+                .consumer
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(unavailable)?;
+            let Some(got) = got else { break };
+            let delivery = got.delivery;
+            let tag = delivery.delivery_tag;
+            let envelope: Envelope = match serde_json::from_slice(&delivery.data) {
+                Ok(envelope) => envelope,
+                Err(error) => {
+                    let dead = DeadLetter {
+                        topic,
+                        message: None,
+                        reason: format!("undecodable: {error}"),
+                        at_ms: self.clock.now_ms(),
+                    };
+                    let body = serde_json::to_vec(&dead).map_err(|e| PortError::corrupt("rabbitmq", e))?;
+                    self.send(vec![(self.dead_queue(), body)]).await?;
+                    self.ack_tag(tag).await?;
+                    continue;
+                }
+            };
+            if envelope.due_ms > self.clock.now_ms() {
+                // Early (a tier shorter than the wait, or a clock step): round again, then drop this copy.
+                self.send(vec![(self.route(topic, envelope.due_ms), Self::envelope_bytes(&envelope)?)]).await?;
+                self.ack_tag(tag).await?;
+                continue;
+            }
+            let attempt = 1 + envelope.retries + delivery_count(&delivery.properties);
+            deliveries.push(Delivery { receipt: receipt_of(tag), message: envelope.message.clone(), attempt });
+            self.pending
+                .lock()
+                .map_err(|_| PortError::corrupt("rabbitmq", "pending lock poisoned"))?
+                .insert(tag, (topic, envelope));
+        }
+        Ok(deliveries)
+    }
+
+    async fn ack(&self, receipts: &[Vec<u8>]) -> PortResult<()> {
+        for receipt in receipts {
+            // Only tags this process holds: acking an unknown tag would close the channel.
+            if let Some((tag, _, _)) = self.take_pending(receipt)? {
+                self.ack_tag(tag).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn retry(&self, receipt: &[u8], at_ms: u64) -> PortResult<()> {
+        let Some((tag, topic, mut envelope)) = self.take_pending(receipt)? else { return Ok(()) };
+        envelope.retries += 1;
+        envelope.due_ms = at_ms;
+        self.send(vec![(self.route(topic, at_ms), Self::envelope_bytes(&envelope)?)]).await?;
+        self.ack_tag(tag).await
+    }
+
+    async fn dead_letter(&self, receipt: &[u8], reason: &str) -> PortResult<()> {
+        let Some((tag, topic, envelope)) = self.take_pending(receipt)? else { return Ok(()) };
+        let dead = DeadLetter {
+            topic,
+            message: Some(envelope.message),
+            reason: reason.to_owned(),
+            at_ms: self.clock.now_ms(),
+        };
+        let body = serde_json::to_vec(&dead).map_err(|e| PortError::corrupt("rabbitmq", e))?;
+        self.send(vec![(self.dead_queue(), body)]).await?;
+        self.ack_tag(tag).await
+    }
+
+    async fn depth(&self) -> PortResult<BusDepth> {
+        let passive = QueueDeclareOptions { passive: true, durable: true, ..QueueDeclareOptions::default() };
+        let count = |queue: String| async move {
+            self.consumer
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+                .map(|q| q.message_count() as usize)
+                .map_err(unavailable)
+        };
+        let mut queued = Vec::new();
+        for topic in Topic::ALL {
+            let mut total = count(self.work_queue(topic)).await?;
+            for &tier_ms in &self.config.delay_tiers_ms {
+                total += count(self.delay_queue(topic, tier_ms)).await?;
+            }
+            queued.push((topic, total));
+        }
+        Ok(BusDepth { queued, dead_letters: count(self.dead_queue()).await? })
+    }
+}

@@ -1,0 +1,89 @@
+//! The `Bus` contract suite against RabbitMQ (`TEST_AMQP_URL`, default the local broker), each case on
+//! queues of its own that the broker deletes once idle.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orderly_app::{Bus, Clock};
+use orderly_contract::BusFixture;
+use orderly_rabbitmq::{RabbitBus, RabbitBusConfig};
+use rand::TryRngCore;
+
+#[derive(Debug)]
+struct WallClock;
+
+impl Clock for WallClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+struct Fixture {
+    bus: Arc<RabbitBus>,
+}
+
+#[async_trait]
+impl BusFixture for Fixture {
+    fn bus(&self) -> Arc<dyn Bus> {
+        Arc::clone(&self.bus) as Arc<dyn Bus>
+    }
+    fn now_ms(&self) -> u64 {
+        WallClock.now_ms()
+    }
+    async fn advance_ms(&self, ms: u64) {
+        // Real time, plus the broker's TTL timers and the smallest tier's lateness.
+        tokio::time::sleep(Duration::from_millis(ms + 300)).await;
+    }
+}
+
+fn url() -> String {
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+async fn fixture() -> Arc<dyn BusFixture> {
+    let mut bytes = [0u8; 8];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("randomness");
+    let mut config = RabbitBusConfig::new(url(), format!("orderly-test-{}", u64::from_le_bytes(bytes)));
+    config.queue_expires_ms = Some(120_000);
+    let bus =
+        RabbitBus::connect(config, Arc::new(WallClock)).await.expect("RabbitMQ is up (CI starts it; see .ci/run)");
+    Arc::new(Fixture { bus: Arc::new(bus) })
+}
+
+orderly_contract::bus_contract!(fixture);
+
+/// A consumer that dies holding a delivery (its connection drops, as under `kill -9`) loses nothing: the
+/// broker delivers the message again, and the quorum queue's delivery count makes it attempt 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacked_delivery_comes_back_when_its_consumer_dies() {
+    use orderly_app::model::{Message, Outgoing, Topic};
+    use orderly_domain::{OrderNo, SnowflakeId, Uid};
+
+    let mut bytes = [0u8; 8];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("randomness");
+    let mut config = RabbitBusConfig::new(url(), format!("orderly-test-{}", u64::from_le_bytes(bytes)));
+    config.queue_expires_ms = Some(120_000);
+    let message = Message::Charge { order_no: OrderNo::new(SnowflakeId(1), Uid(1)) };
+
+    let first = RabbitBus::connect(config.clone(), Arc::new(WallClock)).await.expect("connect");
+    first.publish(vec![Outgoing { message: message.clone(), deliver_at_ms: 0 }]).await.expect("publish");
+    let held = first.receive(Topic::Charge, 1).await.expect("receive");
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].attempt, 1);
+    drop(first);
+
+    let second = RabbitBus::connect(config, Arc::new(WallClock)).await.expect("connect");
+    let mut again = Vec::new();
+    for _ in 0..100 {
+        again = second.receive(Topic::Charge, 1).await.expect("receive");
+        if !again.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(again.len(), 1, "redelivered after the consumer died");
+    assert_eq!(again[0].message, message);
+    assert_eq!(again[0].attempt, 2, "the redelivery is counted");
+    second.ack(&[again[0].receipt.clone()]).await.expect("ack");
+}
