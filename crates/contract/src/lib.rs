@@ -9,14 +9,16 @@
 //!
 //! # Layout
 //! - [`bus`]: delivery, acks, retries with attempt counts, delays, dead letters, topics, depth.
+//! - [`store`]: catalog and ledger, batched create, transitions, payment attempts, outbox, idempotency.
 //! - [`stock_cache`]: the reservation token lifecycle, all-or-nothing reserve, empty rollback, hanging
 //!   reserve, versioned restock, init-if-absent, and a race for the last units.
 
 pub mod bus;
 pub mod stock_cache;
+pub mod store;
 
 pub use bus::BusFixture;
-pub use orderly_app::StockCache;
+pub use orderly_app::{StockCache, Store};
 
 /// One `#[tokio::test]` per case of [`stock_cache`], each on a fresh adapter from `$factory`.
 #[macro_export]
@@ -69,6 +71,36 @@ macro_rules! bus_contract {
             async fn $case() {
                 let fixture: ::std::sync::Arc<dyn $crate::BusFixture> = ($factory)().await;
                 $crate::bus::$case(fixture).await;
+            }
+        )*
+    };
+}
+
+/// One `#[tokio::test]` per case of [`store`], each on a fresh store from `$factory`.
+#[macro_export]
+macro_rules! store_contract {
+    ($factory:expr) => {
+        $crate::store_contract!(@cases $factory;
+            catalog_and_stock_ledger,
+            create_deducts_stock_once_and_a_redelivery_changes_nothing,
+            create_never_takes_stock_below_zero,
+            a_duplicate_in_one_batch_is_created_once,
+            cancel_returns_stock_once_with_a_restock_event,
+            a_payment_attempt_blocks_cancel_and_settles_through_the_safe_pay_set,
+            a_declined_payment_goes_back_to_to_pay,
+            outbox_events_come_oldest_first_until_done,
+            idempotency_keys_pin_the_first_request,
+            a_buyers_orders_page_newest_first,
+            meta_values_round_trip,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (store, _guard) = ($factory)().await;
+                let store: ::std::sync::Arc<dyn $crate::Store> = store;
+                $crate::store::$case(store).await;
             }
         )*
     };

@@ -1,0 +1,259 @@
+//! The `Store` contract: the catalog and stock ledger, the batched create (atomic, idempotent, never
+//! below zero), FSM transitions with their effects, the payment attempt and safe-pay set, the outbox,
+//! idempotency keys, pages of a buyer's orders. Each case takes a fresh, empty store.
+
+use std::sync::Arc;
+
+use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, PaymentAttempt, StoredAnswer, Token};
+use orderly_app::ports::{ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, PaymentResult, Store};
+use orderly_domain::{
+    CatalogEntry, CommodityId, Money, OrderAction, OrderLine, OrderNo, OrderState, ShopId, SnowflakeId,
+    TransitionRejection, Uid,
+};
+
+const A: CommodityId = CommodityId(1);
+const B: CommodityId = CommodityId(2);
+const SHOP: ShopId = ShopId(100_001);
+const BUYER: Uid = Uid(7);
+const T0_MS: u64 = 1_800_000_000_000;
+
+fn order_no(n: u64) -> OrderNo {
+    OrderNo::new(SnowflakeId(n), BUYER)
+}
+
+fn order(n: u64, lines: &[(CommodityId, u32)], pay_at_once: bool) -> Order {
+    let lines: Vec<OrderLine> = lines
+        .iter()
+        .map(|(id, quantity)| OrderLine { commodity_id: *id, quantity: *quantity, unit_price: Money::from_cents(100) })
+        .collect();
+    let total = Money::from_cents(lines.iter().map(|l| 100 * i64::from(l.quantity)).sum());
+    Order {
+        order_no: order_no(n),
+        buyer: BUYER,
+        to_uid: BUYER,
+        shop_id: SHOP,
+        pay_at_once,
+        lines,
+        total,
+        state: OrderState::Pending,
+        created_ms: T0_MS,
+        updated_ms: T0_MS,
+        payment_attempt: None,
+        payment_id: None,
+        last_decline: None,
+        rejected_for: None,
+        token_generation: None,
+    }
+}
+
+fn create(order: &Order) -> CreateRequest {
+    CreateRequest {
+        order: order.clone(),
+        token: Some(Token::entry(order.order_no, SHOP)),
+        unpaid_deadline_ms: T0_MS + 900_000,
+    }
+}
+
+async fn with_stock(store: &Arc<dyn Store>, stock: &[(CommodityId, u64)]) {
+    let entries: Vec<CatalogEntry> = stock
+        .iter()
+        .map(|(id, _)| CatalogEntry { commodity_id: *id, shop_id: SHOP, unit_price: Money::from_cents(100) })
+        .collect();
+    store.put_commodities(&entries).await.expect("catalog");
+    for (id, quantity) in stock {
+        store.add_stock(*id, *quantity).await.expect("stock");
+    }
+}
+
+async fn available(store: &Arc<dyn Store>, id: CommodityId) -> u64 {
+    store.stock(&[id]).await.expect("stock")[0].expect("a ledger").available
+}
+
+async fn created(store: &Arc<dyn Store>, order: &Order) -> Order {
+    let outcome = store.create_orders(&[create(order)], T0_MS).await.expect("create");
+    assert_eq!(outcome, vec![CreateOutcome::Created]);
+    store.order(order.order_no).await.expect("read").expect("exists")
+}
+
+pub async fn catalog_and_stock_ledger(store: Arc<dyn Store>) {
+    assert_eq!(store.commodity(A).await.expect("read"), None);
+    with_stock(&store, &[(A, 10)]).await;
+    let entry = store.commodity(A).await.expect("read").expect("entry");
+    assert_eq!((entry.shop_id, entry.unit_price), (SHOP, Money::from_cents(100)));
+    let level = store.add_stock(A, 5).await.expect("add");
+    assert_eq!((level.shop_id, level.initial, level.available), (SHOP, 15, 15));
+    assert!(level.version >= 2, "every increase bumps the version");
+    assert_eq!(store.stock(&[A, B]).await.expect("stock")[1], None);
+    assert_eq!(store.all_stock().await.expect("all").len(), 1);
+}
+
+pub async fn create_deducts_stock_once_and_a_redelivery_changes_nothing(store: Arc<dyn Store>) {
+    with_stock(&store, &[(A, 10), (B, 10)]).await;
+    let pending = order(1, &[(A, 3), (B, 1)], true);
+    store.insert_pending(std::slice::from_ref(&pending)).await.expect("pending");
+    assert_eq!(store.order(pending.order_no).await.expect("read").map(|o| o.state), Some(OrderState::Pending));
+    let order = created(&store, &pending).await;
+    assert_eq!(order.state, OrderState::ToPay);
+    assert_eq!(order.token_generation, Some(0), "the order remembers which reservation it consumed");
+    assert_eq!((available(&store, A).await, available(&store, B).await), (7, 9));
+    let events: Vec<OutboxEvent> = store.outbox(10).await.expect("outbox").into_iter().map(|(_, e)| e).collect();
+    assert!(events.contains(&OutboxEvent::ScheduleUnpaidTimeout { order_no: order.order_no, at_ms: T0_MS + 900_000 }));
+    assert!(events.contains(&OutboxEvent::Charge { order_no: order.order_no }), "pay at once");
+
+    let again = store.create_orders(&[create(&pending)], T0_MS).await.expect("redelivery");
+    assert!(matches!(again.as_slice(), [CreateOutcome::AlreadyDone(_)]), "{again:?}");
+    assert_eq!(available(&store, A).await, 7, "deducted once");
+    // A late pending view never overwrites a created order.
+    store.insert_pending(&[pending]).await.expect("late pending");
+    assert_eq!(store.order(order.order_no).await.expect("read").map(|o| o.state), Some(OrderState::ToPay));
+}
+
+pub async fn create_never_takes_stock_below_zero(store: Arc<dyn Store>) {
+    with_stock(&store, &[(A, 3)]).await;
+    let (first, second) = (order(1, &[(A, 2)], false), order(2, &[(A, 2)], false));
+    let outcomes = store.create_orders(&[create(&first), create(&second)], T0_MS).await.expect("create");
+    assert_eq!(outcomes, vec![CreateOutcome::Created, CreateOutcome::Rejected { commodity_id: A }]);
+    assert_eq!(available(&store, A).await, 1);
+    let rejected = store.order(second.order_no).await.expect("read").expect("exists");
+    assert_eq!((rejected.state, rejected.rejected_for), (OrderState::Rejected, Some(A)));
+    // Without a reservation (the cache had no stock) an order is rejected, whatever the ledger says.
+    let third = order(3, &[(A, 1)], false);
+    let request = CreateRequest { token: None, ..create(&third) };
+    assert_eq!(
+        store.create_orders(&[request], T0_MS).await.expect("create"),
+        vec![CreateOutcome::Rejected { commodity_id: A }]
+    );
+    assert_eq!(available(&store, A).await, 1);
+}
+
+pub async fn a_duplicate_in_one_batch_is_created_once(store: Arc<dyn Store>) {
+    with_stock(&store, &[(A, 10)]).await;
+    let twice = order(1, &[(A, 4)], false);
+    let outcomes = store.create_orders(&[create(&twice), create(&twice)], T0_MS).await.expect("create");
+    assert_eq!(outcomes[0], CreateOutcome::Created);
+    assert!(matches!(outcomes[1], CreateOutcome::AlreadyDone(_)), "{outcomes:?}");
+    assert_eq!(available(&store, A).await, 6);
+}
+
+pub async fn cancel_returns_stock_once_with_a_restock_event(store: Arc<dyn Store>) {
+    with_stock(&store, &[(A, 10)]).await;
+    let order = created(&store, &order(1, &[(A, 4)], false)).await;
+    let done: Vec<u64> = store.outbox(10).await.expect("outbox").into_iter().map(|(id, _)| id).collect();
+    store.outbox_done(&done).await.expect("relayed");
+    let cancelled =
+        store.transition(order.order_no, OrderAction::Cancel, T0_MS + 1).await.expect("io").expect("allowed");
+    assert_eq!(cancelled.state, OrderState::Cancelled);
+    assert_eq!(available(&store, A).await, 10);
+    let events = store.outbox(10).await.expect("outbox");
+    let restocks: Vec<&OutboxEvent> =
+        events.iter().map(|(_, e)| e).filter(|e| matches!(e, OutboxEvent::RestockCache(_))).collect();
+    assert_eq!(restocks.len(), 1);
+    if let OutboxEvent::RestockCache(restock) = restocks[0] {
+        assert_eq!(restock.shop_id, SHOP);
+        assert_eq!(restock.lines.iter().map(|(id, q, _)| (*id, *q)).collect::<Vec<_>>(), vec![(A, 4)]);
+    }
+    let again = store.transition(order.order_no, OrderAction::AutoCancel, T0_MS + 2).await.expect("io");
+    assert!(matches!(again, Err(ChangeRejection::Transition(TransitionRejection::AlreadyFinal { .. }))), "{again:?}");
+    assert_eq!(available(&store, A).await, 10, "returned once");
+    let missing = store.transition(order_no(99), OrderAction::Cancel, T0_MS).await.expect("io");
+    assert_eq!(missing, Err(ChangeRejection::NotFound));
+}
+
+pub async fn a_payment_attempt_blocks_cancel_and_settles_through_the_safe_pay_set(store: Arc<dyn Store>) {
+    with_stock(&store, &[(A, 10)]).await;
+    let order = created(&store, &order(1, &[(A, 1)], false)).await;
+    let attempt = PaymentAttempt { started_ms: T0_MS, charge_deadline_ms: T0_MS + 2_000 };
+    let paying = store.begin_payment(order.order_no, attempt).await.expect("io").expect("allowed");
+    assert_eq!(paying.payment_attempt, Some(attempt));
+    assert_eq!(store.begin_payment(order.order_no, attempt).await.expect("io"), Err(ChangeRejection::PaymentInFlight));
+    assert_eq!(
+        store.transition(order.order_no, OrderAction::Cancel, T0_MS).await.expect("io"),
+        Err(ChangeRejection::PaymentInFlight)
+    );
+    assert_eq!(store.payments_pending().await.expect("count"), 1);
+    assert!(store.payments_due(T0_MS + 1_999, 10).await.expect("due").is_empty(), "not due before the deadline");
+    assert_eq!(store.payments_due(T0_MS + 2_000, 10).await.expect("due"), vec![order.order_no]);
+    store.postpone_payment_check(order.order_no, T0_MS + 5_000).await.expect("postpone");
+    assert!(store.payments_due(T0_MS + 4_999, 10).await.expect("due").is_empty());
+    assert_eq!(store.payments_due(T0_MS + 5_000, 10).await.expect("due"), vec![order.order_no]);
+
+    let paid = store
+        .finish_payment(order.order_no, PaymentResult::Succeeded { payment_id: "pay-1".into() }, T0_MS + 10)
+        .await
+        .expect("io")
+        .expect("allowed");
+    assert_eq!((paid.state, paid.payment_id.as_deref(), paid.payment_attempt), (OrderState::Paid, Some("pay-1"), None));
+    assert_eq!(store.payments_pending().await.expect("count"), 0);
+    assert!(store.payments_due(T0_MS + 10_000, 10).await.expect("due").is_empty());
+    assert_eq!(available(&store, A).await, 9, "paid stock stays sold");
+}
+
+pub async fn a_declined_payment_goes_back_to_to_pay(store: Arc<dyn Store>) {
+    with_stock(&store, &[(A, 10)]).await;
+    let order = created(&store, &order(1, &[(A, 1)], false)).await;
+    let attempt = PaymentAttempt { started_ms: T0_MS, charge_deadline_ms: T0_MS + 2_000 };
+    store.begin_payment(order.order_no, attempt).await.expect("io").expect("allowed");
+    let declined = store
+        .finish_payment(order.order_no, PaymentResult::Declined { reason: "insufficient_funds".into() }, T0_MS + 1)
+        .await
+        .expect("io")
+        .expect("allowed");
+    assert_eq!(declined.state, OrderState::ToPay);
+    assert_eq!(declined.payment_attempt, None);
+    assert_eq!(declined.last_decline.as_deref(), Some("insufficient_funds"));
+    // Free to cancel again, and to try paying again.
+    store.begin_payment(order.order_no, attempt).await.expect("io").expect("a new attempt");
+}
+
+pub async fn outbox_events_come_oldest_first_until_done(store: Arc<dyn Store>) {
+    with_stock(&store, &[(A, 10)]).await;
+    for n in 1..=3 {
+        created(&store, &order(n, &[(A, 1)], false)).await;
+    }
+    let events = store.outbox(10).await.expect("outbox");
+    assert_eq!(events.len(), 3);
+    let ids: Vec<u64> = events.iter().map(|(id, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
+    let first_two = store.outbox(2).await.expect("outbox");
+    assert_eq!(first_two.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids[..2].to_vec());
+    store.outbox_done(&ids[..2]).await.expect("done");
+    assert_eq!(store.outbox(10).await.expect("outbox").iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![ids[2]]);
+}
+
+pub async fn idempotency_keys_pin_the_first_request(store: Arc<dyn Store>) {
+    let record =
+        IdempotencyRecord { request: "{\"a\":1}".into(), order_nos: vec![order_no(1), order_no(2)], answer: None };
+    assert_eq!(store.idempotency_begin(BUYER, "k", &record).await.expect("begin"), IdempotencyBegin::Started);
+    let retry = IdempotencyRecord { order_nos: vec![order_no(3), order_no(4)], ..record.clone() };
+    assert_eq!(
+        store.idempotency_begin(BUYER, "k", &retry).await.expect("begin"),
+        IdempotencyBegin::Seen(record.clone())
+    );
+    let other = IdempotencyRecord { request: "{\"a\":2}".into(), ..record.clone() };
+    assert_eq!(store.idempotency_begin(BUYER, "k", &other).await.expect("begin"), IdempotencyBegin::Mismatch);
+    store.idempotency_answer(BUYER, "k", StoredAnswer::Accepted).await.expect("answer");
+    let answered = IdempotencyRecord { answer: Some(StoredAnswer::Accepted), ..record.clone() };
+    assert_eq!(store.idempotency_begin(BUYER, "k", &retry).await.expect("begin"), IdempotencyBegin::Seen(answered));
+    // Keys are the caller's own.
+    assert_eq!(store.idempotency_begin(Uid(8), "k", &other).await.expect("begin"), IdempotencyBegin::Started);
+}
+
+pub async fn a_buyers_orders_page_newest_first(store: Arc<dyn Store>) {
+    with_stock(&store, &[(A, 10)]).await;
+    for n in 1..=5 {
+        store.insert_pending(&[order(n, &[(A, 1)], false)]).await.expect("pending");
+    }
+    let page: Vec<OrderNo> = store.orders_of(BUYER, None, 2).await.expect("page").iter().map(|o| o.order_no).collect();
+    assert_eq!(page, vec![order_no(5), order_no(4)]);
+    let next: Vec<OrderNo> =
+        store.orders_of(BUYER, Some(order_no(4)), 10).await.expect("page").iter().map(|o| o.order_no).collect();
+    assert_eq!(next, vec![order_no(3), order_no(2), order_no(1)]);
+    assert!(store.orders_of(Uid(8), None, 10).await.expect("page").is_empty(), "another buyer has none");
+}
+
+pub async fn meta_values_round_trip(store: Arc<dyn Store>) {
+    assert_eq!(store.meta("lease").await.expect("read"), None);
+    store.set_meta("lease", 42).await.expect("write");
+    store.set_meta("lease", 43).await.expect("overwrite");
+    assert_eq!(store.meta("lease").await.expect("read"), Some(43));
+}
