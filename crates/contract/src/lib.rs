@@ -92,6 +92,7 @@ macro_rules! store_contract {
             idempotency_keys_pin_the_first_request,
             a_buyers_orders_page_newest_first,
             meta_values_round_trip,
+            racing_batches_never_sell_more_than_the_stock,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

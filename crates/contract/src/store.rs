@@ -257,3 +257,28 @@ pub async fn meta_values_round_trip(store: Arc<dyn Store>) {
     store.set_meta("lease", 43).await.expect("overwrite");
     assert_eq!(store.meta("lease").await.expect("read"), Some(43));
 }
+
+pub async fn racing_batches_never_sell_more_than_the_stock(store: Arc<dyn Store>) {
+    with_stock(&store, &[(A, 50), (B, 1_000)]).await;
+    let mut workers = Vec::new();
+    for worker in 0..8u64 {
+        let store = Arc::clone(&store);
+        workers.push(tokio::spawn(async move {
+            let batch: Vec<CreateRequest> =
+                (0..10).map(|n| create(&order(1 + worker * 10 + n, &[(B, 1), (A, 1)], false))).collect();
+            store.create_orders(&batch, T0_MS).await.expect("create")
+        }));
+    }
+    let mut created_count = 0;
+    for worker in workers {
+        for outcome in worker.await.expect("worker") {
+            match outcome {
+                CreateOutcome::Created => created_count += 1,
+                CreateOutcome::Rejected { commodity_id } => assert_eq!(commodity_id, A),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(created_count, 50);
+    assert_eq!((available(&store, A).await, available(&store, B).await), (0, 950));
+}

@@ -1,0 +1,674 @@
+//! [`PgStore`]: the `Store` port on PostgreSQL (sqlx; migrations under `migrations/`, run at start).
+//!
+//! Every read-check-write is one transaction that locks what it checks (`SELECT … FOR UPDATE`), so two
+//! processes racing on an order or a commodity serialise on its rows. The batched create locks the
+//! batch's stock rows once, in commodity order (no deadlock between batches), decides every order in
+//! memory, and writes one update per commodity, the orders and their outbox events, in one commit.
+//! The stock table refuses `available < 0` itself: the last guard against an oversell.
+//!
+//! Queries are checked at run time, not compile time (no database is needed to build); the `Store`
+//! contract suite runs every one of them against PostgreSQL.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use orderly_app::PortError;
+use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, PaymentAttempt, Restock, StockLevel, StoredAnswer};
+use orderly_app::ports::{
+    ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, PaymentResult, PortResult, Store,
+};
+use orderly_domain::{
+    CatalogEntry, CommodityId, Effect, Money, OrderAction, OrderNo, OrderState, ShopId, SnowflakeId, Uid, transition,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+/// The schema's migrations, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+fn database_error(error: sqlx::Error) -> PortError {
+    match &error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+            PortError::unavailable("postgres", error)
+        }
+        // Serialization failures and deadlocks: the same transaction may succeed when run again.
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")) => {
+            PortError::unavailable("postgres", error)
+        }
+        _ => PortError::corrupt("postgres", error),
+    }
+}
+
+fn signed(value: u64) -> PortResult<i64> {
+    i64::try_from(value).map_err(|_| PortError::corrupt("postgres", format!("{value} does not fit a bigint")))
+}
+
+fn unsigned(value: i64) -> PortResult<u64> {
+    u64::try_from(value).map_err(|_| PortError::corrupt("postgres", format!("negative value {value}")))
+}
+
+fn key(order_no: OrderNo) -> PortResult<(i64, i16)> {
+    let shard = i16::try_from(order_no.buyer_shard).map_err(|_| PortError::corrupt("postgres", "buyer shard"))?;
+    Ok((signed(order_no.id.0)?, shard))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> PortResult<String> {
+    serde_json::to_string(value).map_err(|e| PortError::corrupt("postgres", format!("unencodable record: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(text: &str) -> PortResult<T> {
+    serde_json::from_str(text).map_err(|e| PortError::corrupt("postgres", format!("undecodable record: {e}")))
+}
+
+fn level_of(row: &sqlx::postgres::PgRow) -> PortResult<(CommodityId, StockLevel)> {
+    let get = |column: &str| row.try_get::<i64, _>(column).map_err(database_error);
+    Ok((
+        CommodityId(unsigned(get("commodity_id")?)?),
+        StockLevel {
+            shop_id: ShopId(unsigned(get("shop_id")?)?),
+            initial: unsigned(get("initial")?)?,
+            available: unsigned(get("available")?)?,
+            version: unsigned(get("version")?)?,
+        },
+    ))
+}
+
+fn action_name(action: OrderAction) -> &'static str {
+    match action {
+        OrderAction::Create => "create",
+        OrderAction::Pay => "pay",
+        OrderAction::Cancel => "cancel",
+        OrderAction::AutoCancel => "auto_cancel",
+        OrderAction::Reject => "reject",
+    }
+}
+
+type Tx = Transaction<'static, Postgres>;
+
+impl PgStore {
+    /// Connects (a pool of `connections_max`) and brings the schema up to date.
+    pub async fn connect(options: PgConnectOptions, connections_max: u32) -> PortResult<PgStore> {
+        let pool = PgPoolOptions::new()
+            .max_connections(connections_max)
+            .connect_with(options)
+            .await
+            .map_err(database_error)?;
+        MIGRATOR.run(&pool).await.map_err(|e| PortError::corrupt("postgres", format!("migrations: {e}")))?;
+        Ok(PgStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin(&self) -> PortResult<Tx> {
+        self.pool.begin().await.map_err(database_error)
+    }
+
+    async fn read_order(tx: &mut Tx, order_no: OrderNo, lock: bool) -> PortResult<Option<Order>> {
+        let (id, shard) = key(order_no)?;
+        let sql = if lock {
+            "SELECT body FROM orders WHERE order_id = $1 AND shard = $2 FOR UPDATE"
+        } else {
+            "SELECT body FROM orders WHERE order_id = $1 AND shard = $2"
+        };
+        let row = sqlx::query(sql).bind(id).bind(shard).fetch_optional(&mut **tx).await.map_err(database_error)?;
+        row.map(|row| decode(&row.try_get::<String, _>("body").map_err(database_error)?)).transpose()
+    }
+
+    async fn put_order(tx: &mut Tx, order: &Order) -> PortResult<()> {
+        let (id, shard) = key(order.order_no)?;
+        sqlx::query(
+            "INSERT INTO orders (order_id, shard, buyer, state, body) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (order_id, shard) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body",
+        )
+        .bind(id)
+        .bind(shard)
+        .bind(signed(order.buyer.0)?)
+        .bind(order.state.as_str())
+        .bind(encode(order)?)
+        .execute(&mut **tx)
+        .await
+        .map_err(database_error)?;
+        Ok(())
+    }
+
+    async fn put_outbox(tx: &mut Tx, event: &OutboxEvent) -> PortResult<()> {
+        sqlx::query("INSERT INTO outbox (event) VALUES ($1)")
+            .bind(encode(event)?)
+            .execute(&mut **tx)
+            .await
+            .map_err(database_error)?;
+        Ok(())
+    }
+
+    async fn lock_stock(tx: &mut Tx, ids: &[CommodityId]) -> PortResult<BTreeMap<CommodityId, StockLevel>> {
+        let mut raw: Vec<i64> = ids.iter().map(|id| signed(id.0)).collect::<PortResult<_>>()?;
+        raw.sort_unstable();
+        raw.dedup();
+        let rows = sqlx::query(
+            "SELECT commodity_id, shop_id, initial, available, version FROM stock
+             WHERE commodity_id = ANY($1) ORDER BY commodity_id FOR UPDATE",
+        )
+        .bind(&raw)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(database_error)?;
+        rows.iter().map(level_of).collect()
+    }
+
+    async fn write_stock(tx: &mut Tx, id: CommodityId, level: &StockLevel) -> PortResult<()> {
+        sqlx::query("UPDATE stock SET available = $2, version = $3 WHERE commodity_id = $1")
+            .bind(signed(id.0)?)
+            .bind(signed(level.available)?)
+            .bind(signed(level.version)?)
+            .execute(&mut **tx)
+            .await
+            .map_err(database_error)?;
+        Ok(())
+    }
+
+    async fn remove_safe_pay(tx: &mut Tx, order_no: OrderNo) -> PortResult<()> {
+        let (id, shard) = key(order_no)?;
+        sqlx::query("DELETE FROM safe_pay WHERE order_id = $1 AND shard = $2")
+            .bind(id)
+            .bind(shard)
+            .execute(&mut **tx)
+            .await
+            .map_err(database_error)?;
+        Ok(())
+    }
+
+    /// An allowed FSM transition and its store-side effects, inside `tx` (the order row is locked).
+    async fn apply(
+        tx: &mut Tx,
+        mut order: Order,
+        action: OrderAction,
+        now_ms: u64,
+    ) -> PortResult<Result<Order, ChangeRejection>> {
+        let step = match transition(order.state, action) {
+            Ok(step) => step,
+            Err(rejection) => return Ok(Err(rejection.into())),
+        };
+        if step.effects.contains(&Effect::ReturnStock) {
+            let ids: Vec<CommodityId> = order.lines.iter().map(|l| l.commodity_id).collect();
+            let mut levels = Self::lock_stock(tx, &ids).await?;
+            let mut lines = Vec::with_capacity(order.lines.len());
+            for line in &order.lines {
+                let level = levels.get_mut(&line.commodity_id).ok_or_else(|| {
+                    PortError::corrupt(
+                        "postgres",
+                        format!("order {} sold unknown {}", order.order_no, line.commodity_id),
+                    )
+                })?;
+                level.available += u64::from(line.quantity);
+                level.version += 1;
+                lines.push((line.commodity_id, line.quantity, level.version));
+            }
+            for (id, level) in &levels {
+                Self::write_stock(tx, *id, level).await?;
+            }
+            let key = format!("return:{}:{}", order.order_no, action_name(action));
+            Self::put_outbox(tx, &OutboxEvent::RestockCache(Restock { key, shop_id: order.shop_id, lines })).await?;
+        }
+        order.state = step.next;
+        order.updated_ms = now_ms;
+        Self::put_order(tx, &order).await?;
+        Ok(Ok(order))
+    }
+
+    async fn commit(tx: Tx) -> PortResult<()> {
+        tx.commit().await.map_err(database_error)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn put_commodities(&self, entries: &[CatalogEntry]) -> PortResult<()> {
+        let mut tx = self.begin().await?;
+        for entry in entries {
+            sqlx::query(
+                "INSERT INTO commodities (commodity_id, shop_id, unit_price_cents) VALUES ($1, $2, $3)
+                 ON CONFLICT (commodity_id) DO UPDATE SET shop_id = EXCLUDED.shop_id,
+                 unit_price_cents = EXCLUDED.unit_price_cents",
+            )
+            .bind(signed(entry.commodity_id.0)?)
+            .bind(signed(entry.shop_id.0)?)
+            .bind(entry.unit_price.cents())
+            .execute(&mut *tx)
+            .await
+            .map_err(database_error)?;
+        }
+        Self::commit(tx).await
+    }
+
+    async fn commodity(&self, id: CommodityId) -> PortResult<Option<CatalogEntry>> {
+        let row = sqlx::query("SELECT shop_id, unit_price_cents FROM commodities WHERE commodity_id = $1")
+            .bind(signed(id.0)?)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(database_error)?;
+        row.map(|row| {
+            Ok(CatalogEntry {
+                commodity_id: id,
+                shop_id: ShopId(unsigned(row.try_get("shop_id").map_err(database_error)?)?),
+                unit_price: Money::from_cents(row.try_get("unit_price_cents").map_err(database_error)?),
+            })
+        })
+        .transpose()
+    }
+
+    async fn add_stock(&self, id: CommodityId, quantity: u64) -> PortResult<StockLevel> {
+        let row = sqlx::query(
+            "INSERT INTO stock (commodity_id, shop_id, initial, available, version)
+             SELECT commodity_id, shop_id, $2, $2, 1 FROM commodities WHERE commodity_id = $1
+             ON CONFLICT (commodity_id) DO UPDATE SET initial = stock.initial + EXCLUDED.initial,
+                 available = stock.available + EXCLUDED.available, version = stock.version + 1
+             RETURNING commodity_id, shop_id, initial, available, version",
+        )
+        .bind(signed(id.0)?)
+        .bind(signed(quantity)?)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database_error)?
+        .ok_or_else(|| PortError::corrupt("postgres", format!("stock for unknown {id}")))?;
+        Ok(level_of(&row)?.1)
+    }
+
+    async fn stock(&self, ids: &[CommodityId]) -> PortResult<Vec<Option<StockLevel>>> {
+        let raw: Vec<i64> = ids.iter().map(|id| signed(id.0)).collect::<PortResult<_>>()?;
+        let rows = sqlx::query(
+            "SELECT commodity_id, shop_id, initial, available, version FROM stock WHERE commodity_id = ANY($1)",
+        )
+        .bind(&raw)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database_error)?;
+        let found: HashMap<CommodityId, StockLevel> = rows.iter().map(level_of).collect::<PortResult<_>>()?;
+        Ok(ids.iter().map(|id| found.get(id).copied()).collect())
+    }
+
+    async fn all_stock(&self) -> PortResult<Vec<(CommodityId, StockLevel)>> {
+        let rows =
+            sqlx::query("SELECT commodity_id, shop_id, initial, available, version FROM stock ORDER BY commodity_id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(database_error)?;
+        rows.iter().map(level_of).collect()
+    }
+
+    async fn insert_pending(&self, orders: &[Order]) -> PortResult<()> {
+        for order in orders {
+            let (id, shard) = key(order.order_no)?;
+            // If absent only: a fast worker may have created it already.
+            sqlx::query(
+                "INSERT INTO orders (order_id, shard, buyer, state, body) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (order_id, shard) DO NOTHING",
+            )
+            .bind(id)
+            .bind(shard)
+            .bind(signed(order.buyer.0)?)
+            .bind(order.state.as_str())
+            .bind(encode(order)?)
+            .execute(&self.pool)
+            .await
+            .map_err(database_error)?;
+        }
+        Ok(())
+    }
+
+    async fn create_orders(&self, requests: &[CreateRequest], now_ms: u64) -> PortResult<Vec<CreateOutcome>> {
+        let mut tx = self.begin().await?;
+        let ids: Vec<CommodityId> =
+            requests.iter().flat_map(|r| r.order.lines.iter().map(|l| l.commodity_id)).collect();
+        let mut levels = Self::lock_stock(&mut tx, &ids).await?;
+        let mut touched: Vec<CommodityId> = Vec::new();
+        let mut outcomes = Vec::with_capacity(requests.len());
+        // Orders decided earlier in this batch: a duplicate message in the same batch must see them.
+        let mut decided: HashMap<OrderNo, Order> = HashMap::new();
+        for request in requests {
+            let order_no = request.order.order_no;
+            let current = match decided.get(&order_no) {
+                Some(order) => Some(order.clone()),
+                None => Self::read_order(&mut tx, order_no, true).await?,
+            };
+            if let Some(existing) = current.filter(|o| o.state != OrderState::Pending) {
+                outcomes.push(CreateOutcome::AlreadyDone(Box::new(existing)));
+                continue;
+            }
+            let mut order = request.order.clone();
+            // The final oversell guard: every line must fit in the durable stock, or none is taken.
+            let short = match request.token {
+                None => order.lines.first().map(|l| l.commodity_id),
+                Some(_) => order
+                    .lines
+                    .iter()
+                    .find(|l| levels.get(&l.commodity_id).is_none_or(|s| s.available < u64::from(l.quantity)))
+                    .map(|l| l.commodity_id),
+            };
+            order.updated_ms = now_ms;
+            match short {
+                Some(commodity_id) => {
+                    order.state = transition(order.state, OrderAction::Reject)
+                        .map_err(|e| PortError::corrupt("postgres", e))?
+                        .next;
+                    order.rejected_for = Some(commodity_id);
+                    Self::put_order(&mut tx, &order).await?;
+                    decided.insert(order_no, order);
+                    outcomes.push(CreateOutcome::Rejected { commodity_id });
+                }
+                None => {
+                    for line in &order.lines {
+                        if let Some(level) = levels.get_mut(&line.commodity_id) {
+                            level.available -= u64::from(line.quantity);
+                            touched.push(line.commodity_id);
+                        }
+                    }
+                    order.state = transition(order.state, OrderAction::Create)
+                        .map_err(|e| PortError::corrupt("postgres", e))?
+                        .next;
+                    order.token_generation = request.token.map(|t| t.generation);
+                    Self::put_order(&mut tx, &order).await?;
+                    Self::put_outbox(
+                        &mut tx,
+                        &OutboxEvent::ScheduleUnpaidTimeout { order_no, at_ms: request.unpaid_deadline_ms },
+                    )
+                    .await?;
+                    if order.pay_at_once {
+                        Self::put_outbox(&mut tx, &OutboxEvent::Charge { order_no }).await?;
+                    }
+                    decided.insert(order_no, order);
+                    outcomes.push(CreateOutcome::Created);
+                }
+            }
+        }
+        // One write per commodity per batch: a hot SKU costs one update, not one per order.
+        touched.sort_unstable();
+        touched.dedup();
+        for id in touched {
+            if let Some(level) = levels.get(&id) {
+                Self::write_stock(&mut tx, id, level).await?;
+            }
+        }
+        Self::commit(tx).await?;
+        Ok(outcomes)
+    }
+
+    async fn order(&self, order_no: OrderNo) -> PortResult<Option<Order>> {
+        let (id, shard) = key(order_no)?;
+        let row = sqlx::query("SELECT body FROM orders WHERE order_id = $1 AND shard = $2")
+            .bind(id)
+            .bind(shard)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(database_error)?;
+        row.map(|row| decode(&row.try_get::<String, _>("body").map_err(database_error)?)).transpose()
+    }
+
+    async fn orders_of(&self, buyer: Uid, before: Option<OrderNo>, limit: usize) -> PortResult<Vec<Order>> {
+        let (before_id, before_shard) = match before {
+            Some(order_no) => key(order_no)?,
+            None => (i64::MAX, i16::MAX),
+        };
+        let rows = sqlx::query(
+            "SELECT body FROM orders WHERE buyer = $1 AND (order_id, shard) < ($2, $3)
+             ORDER BY order_id DESC, shard DESC LIMIT $4",
+        )
+        .bind(signed(buyer.0)?)
+        .bind(before_id)
+        .bind(before_shard)
+        .bind(signed(limit as u64)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database_error)?;
+        rows.iter().map(|row| decode(&row.try_get::<String, _>("body").map_err(database_error)?)).collect()
+    }
+
+    async fn audit_view(&self) -> PortResult<(Vec<Order>, Vec<(CommodityId, StockLevel)>)> {
+        let mut tx = self.begin().await?;
+        // One snapshot for both reads.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(database_error)?;
+        let rows = sqlx::query("SELECT body FROM orders").fetch_all(&mut *tx).await.map_err(database_error)?;
+        let orders = rows
+            .iter()
+            .map(|row| decode(&row.try_get::<String, _>("body").map_err(database_error)?))
+            .collect::<PortResult<Vec<Order>>>()?;
+        let rows =
+            sqlx::query("SELECT commodity_id, shop_id, initial, available, version FROM stock ORDER BY commodity_id")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(database_error)?;
+        let stock = rows.iter().map(level_of).collect::<PortResult<Vec<_>>>()?;
+        Self::commit(tx).await?;
+        Ok((orders, stock))
+    }
+
+    async fn transition(
+        &self,
+        order_no: OrderNo,
+        action: OrderAction,
+        now_ms: u64,
+    ) -> PortResult<Result<Order, ChangeRejection>> {
+        let mut tx = self.begin().await?;
+        let Some(order) = Self::read_order(&mut tx, order_no, true).await? else {
+            return Ok(Err(ChangeRejection::NotFound));
+        };
+        if matches!(action, OrderAction::Cancel | OrderAction::AutoCancel) && order.payment_attempt.is_some() {
+            return Ok(Err(ChangeRejection::PaymentInFlight));
+        }
+        let result = Self::apply(&mut tx, order, action, now_ms).await?;
+        if result.is_ok() {
+            Self::commit(tx).await?;
+        }
+        Ok(result)
+    }
+
+    async fn begin_payment(
+        &self,
+        order_no: OrderNo,
+        attempt: PaymentAttempt,
+    ) -> PortResult<Result<Order, ChangeRejection>> {
+        let mut tx = self.begin().await?;
+        let Some(mut order) = Self::read_order(&mut tx, order_no, true).await? else {
+            return Ok(Err(ChangeRejection::NotFound));
+        };
+        if order.payment_attempt.is_some() {
+            return Ok(Err(ChangeRejection::PaymentInFlight));
+        }
+        if let Err(rejection) = transition(order.state, OrderAction::Pay) {
+            return Ok(Err(rejection.into()));
+        }
+        order.payment_attempt = Some(attempt);
+        Self::put_order(&mut tx, &order).await?;
+        let (id, shard) = key(order_no)?;
+        sqlx::query(
+            "INSERT INTO safe_pay (order_id, shard, due_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (order_id, shard) DO UPDATE SET due_ms = EXCLUDED.due_ms",
+        )
+        .bind(id)
+        .bind(shard)
+        .bind(signed(attempt.charge_deadline_ms)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(database_error)?;
+        Self::commit(tx).await?;
+        Ok(Ok(order))
+    }
+
+    async fn finish_payment(
+        &self,
+        order_no: OrderNo,
+        result: PaymentResult,
+        now_ms: u64,
+    ) -> PortResult<Result<Order, ChangeRejection>> {
+        let mut tx = self.begin().await?;
+        let Some(mut order) = Self::read_order(&mut tx, order_no, true).await? else {
+            return Ok(Err(ChangeRejection::NotFound));
+        };
+        Self::remove_safe_pay(&mut tx, order_no).await?;
+        order.payment_attempt = None;
+        let outcome = match result {
+            PaymentResult::Succeeded { payment_id } => {
+                order.payment_id = Some(payment_id);
+                Self::apply(&mut tx, order, OrderAction::Pay, now_ms).await?
+            }
+            PaymentResult::Declined { reason } => {
+                order.last_decline = Some(reason);
+                order.updated_ms = now_ms;
+                Self::put_order(&mut tx, &order).await?;
+                Ok(order)
+            }
+            PaymentResult::NeverCharged => {
+                order.updated_ms = now_ms;
+                Self::put_order(&mut tx, &order).await?;
+                Ok(order)
+            }
+        };
+        if outcome.is_ok() {
+            Self::commit(tx).await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn payments_due(&self, now_ms: u64, limit: usize) -> PortResult<Vec<OrderNo>> {
+        let rows = sqlx::query("SELECT order_id, shard FROM safe_pay WHERE due_ms <= $1 ORDER BY due_ms LIMIT $2")
+            .bind(signed(now_ms)?)
+            .bind(signed(limit as u64)?)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database_error)?;
+        rows.iter()
+            .map(|row| {
+                let id: i64 = row.try_get("order_id").map_err(database_error)?;
+                let shard: i16 = row.try_get("shard").map_err(database_error)?;
+                Ok(OrderNo {
+                    id: SnowflakeId(unsigned(id)?),
+                    buyer_shard: u16::try_from(shard).map_err(|_| PortError::corrupt("postgres", "shard"))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn postpone_payment_check(&self, order_no: OrderNo, at_ms: u64) -> PortResult<()> {
+        let (id, shard) = key(order_no)?;
+        // Only an entry still there: a settled payment is not put back.
+        sqlx::query("UPDATE safe_pay SET due_ms = $3 WHERE order_id = $1 AND shard = $2")
+            .bind(id)
+            .bind(shard)
+            .bind(signed(at_ms)?)
+            .execute(&self.pool)
+            .await
+            .map_err(database_error)?;
+        Ok(())
+    }
+
+    async fn payments_pending(&self) -> PortResult<usize> {
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM safe_pay").fetch_one(&self.pool).await.map_err(database_error)?;
+        Ok(unsigned(count)? as usize)
+    }
+
+    async fn outbox(&self, limit: usize) -> PortResult<Vec<(u64, OutboxEvent)>> {
+        let rows = sqlx::query("SELECT id, event FROM outbox ORDER BY id LIMIT $1")
+            .bind(signed(limit as u64)?)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database_error)?;
+        rows.iter()
+            .map(|row| {
+                let id: i64 = row.try_get("id").map_err(database_error)?;
+                Ok((unsigned(id)?, decode(&row.try_get::<String, _>("event").map_err(database_error)?)?))
+            })
+            .collect()
+    }
+
+    async fn outbox_done(&self, ids: &[u64]) -> PortResult<()> {
+        let raw: Vec<i64> = ids.iter().map(|id| signed(*id)).collect::<PortResult<_>>()?;
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&raw)
+            .execute(&self.pool)
+            .await
+            .map_err(database_error)?;
+        Ok(())
+    }
+
+    async fn idempotency_begin(
+        &self,
+        buyer: Uid,
+        key: &str,
+        record: &IdempotencyRecord,
+    ) -> PortResult<IdempotencyBegin> {
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency (buyer, key, record) VALUES ($1, $2, $3) ON CONFLICT (buyer, key) DO NOTHING",
+        )
+        .bind(signed(buyer.0)?)
+        .bind(key)
+        .bind(encode(record)?)
+        .execute(&self.pool)
+        .await
+        .map_err(database_error)?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(IdempotencyBegin::Started);
+        }
+        let text: String = sqlx::query_scalar("SELECT record FROM idempotency WHERE buyer = $1 AND key = $2")
+            .bind(signed(buyer.0)?)
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(database_error)?;
+        let seen: IdempotencyRecord = decode(&text)?;
+        Ok(if seen.request == record.request { IdempotencyBegin::Seen(seen) } else { IdempotencyBegin::Mismatch })
+    }
+
+    async fn idempotency_answer(&self, buyer: Uid, key: &str, answer: StoredAnswer) -> PortResult<()> {
+        let mut tx = self.begin().await?;
+        let text: Option<String> =
+            sqlx::query_scalar("SELECT record FROM idempotency WHERE buyer = $1 AND key = $2 FOR UPDATE")
+                .bind(signed(buyer.0)?)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(database_error)?;
+        let Some(text) = text else { return Ok(()) };
+        let mut record: IdempotencyRecord = decode(&text)?;
+        record.answer = Some(answer);
+        sqlx::query("UPDATE idempotency SET record = $3 WHERE buyer = $1 AND key = $2")
+            .bind(signed(buyer.0)?)
+            .bind(key)
+            .bind(encode(&record)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(database_error)?;
+        Self::commit(tx).await
+    }
+
+    async fn meta(&self, key: &str) -> PortResult<Option<u64>> {
+        let value: Option<i64> = sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(database_error)?;
+        value.map(unsigned).transpose()
+    }
+
+    async fn set_meta(&self, key: &str, value: u64) -> PortResult<()> {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        )
+        .bind(key)
+        .bind(signed(value)?)
+        .execute(&self.pool)
+        .await
+        .map_err(database_error)?;
+        Ok(())
+    }
+}
