@@ -309,11 +309,23 @@ async fn admin_stock(
     Ok(ok(StatusCode::OK, json!({ "commodity_id": body.commodity_id, "available": level.map(|l| l.available) })))
 }
 
-/// Messages waiting per topic (delayed ones included) and dead letters: zero everywhere means quiet.
+/// Outbox events counted, at most (the answer only needs "none" or "some").
+const OUTBOX_COUNT_MAX: usize = 1_000;
+
+/// Work still to do: messages waiting per topic (delayed ones included), dead letters, outbox events
+/// not relayed yet (up to 1000), payments without a definite answer. Zero everywhere (dead letters
+/// aside) means quiet.
 async fn admin_bus(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     state.admin(&headers)?;
-    let depth = state.orderly().bus.depth().await?;
-    Ok(ok(StatusCode::OK, json!(depth)))
+    let orderly = state.orderly();
+    let depth = orderly.bus.depth().await?;
+    let outbox = orderly.store.outbox(OUTBOX_COUNT_MAX).await?.len();
+    let payments_pending = orderly.store.payments_pending().await?;
+    Ok(ok(
+        StatusCode::OK,
+        json!({ "queued": depth.queued, "dead_letters": depth.dead_letters, "outbox": outbox,
+                "payments_pending": payments_pending }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -31,6 +31,8 @@ pub struct Config {
     pub payments: orderly_payment::ClientConfig,
     /// `orderly payment`: the payment service as its own process.
     pub payment_service: PaymentServiceConfig,
+    /// `orderly api` and `orderly worker`: the cluster profile's servers.
+    pub cluster: crate::cluster::ClusterConfig,
     /// Graceful shutdown waits this long for in-flight requests.
     pub shutdown_grace_ms: u64,
 }
@@ -90,6 +92,7 @@ impl Default for Config {
             workers: WorkerConfig::default(),
             payments: orderly_payment::ClientConfig::default(),
             payment_service: PaymentServiceConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }

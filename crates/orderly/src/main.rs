@@ -7,6 +7,7 @@
 //! - `token`, `audit`: small tools over the same configuration.
 
 mod bench;
+mod cluster;
 mod config;
 mod serve;
 
@@ -36,6 +37,14 @@ enum Command {
         #[arg(long)]
         catalog: Option<PathBuf>,
     },
+    /// Cluster profile: the HTTP API only, on PostgreSQL, Redis and RabbitMQ (see `cluster` in the config).
+    Api {
+        /// Catalog file to load at start (commodities already known are skipped).
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+    /// Cluster profile: the workers only (create orders, checks, timeouts, charges, outbox, reconciler).
+    Worker,
     /// Runs the payment service (gRPC) as its own process, its ledger under `payment_service.data_dir`.
     Payment,
     /// Prints a bearer token for a buyer (development), or the admin token.
@@ -99,6 +108,17 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Audit { json, deadline_ms } => runtime.block_on(audit(config, json, deadline_ms)),
         Command::Payment => runtime.block_on(serve::payment_service(config)),
+        Command::Api { catalog } => runtime.block_on(async {
+            let orderly = cluster::open(&config).await?;
+            if let Some(path) = catalog {
+                serve::load_catalog_file(&orderly, &path).await?;
+            }
+            serve::run_roles(&config, orderly, serve::Roles { http: true, workers: false }, "cluster").await
+        }),
+        Command::Worker => runtime.block_on(async {
+            let orderly = cluster::open(&config).await?;
+            serve::run_roles(&config, orderly, serve::Roles { http: false, workers: true }, "cluster").await
+        }),
         Command::BenchPayment(args) => {
             if !runtime.block_on(bench::payment::bench(args))? {
                 eprintln!("bench-payment: a correctness check failed (see the report)");

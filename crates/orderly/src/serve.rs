@@ -12,15 +12,31 @@ use orderly_domain::{CatalogEntry, CommodityId};
 use crate::config::{self, Config};
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let secrets = config::secrets(&config)?;
     let orderly = open(&config).await?;
     if let Some(path) = &config.catalog_file {
         load_catalog_file(&orderly, path).await?;
     }
+    run_roles(&config, orderly, Roles { http: true, workers: true }, "standalone").await
+}
 
+/// What one process does: answer HTTP, run the workers, or both.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    pub http: bool,
+    pub workers: bool,
+}
+
+/// Runs `roles` on `orderly` until SIGTERM or Ctrl-C: in-flight requests finish, then the workers stop
+/// (what they leave unacked is delivered again, to this process or another).
+pub async fn run_roles(
+    config: &Config,
+    orderly: orderly_app::Orderly,
+    roles: Roles,
+    profile: &str,
+) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
-    for step in Step::ALL {
+    for step in Step::ALL.into_iter().filter(|_| roles.workers) {
         let idle_ms = if step == Step::CreateOrders { config.workers.create_idle_ms } else { config.workers.idle_ms };
         tasks.push(tokio::spawn(workers::run(
             orderly.clone(),
@@ -30,6 +46,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         )));
     }
 
+    if !roles.http {
+        tracing::info!(profile, "orderly worker running");
+        println!("worker running");
+        shutdown_signal().await;
+        tracing::info!("shutting down: stopping the workers");
+        let _ = shutdown_tx.send(true);
+        stop_workers(tasks, config.shutdown_grace_ms).await;
+        return Ok(());
+    }
+    let secrets = config::secrets(config)?;
     let auth = TokenAuth::new(secrets.token_secret.into_bytes(), secrets.admin_token);
     let app = orderly_api::router(ApiState::new(orderly.clone(), auth, &config.rate_limit));
     let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -42,7 +68,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
     });
-    tracing::info!(%address, data_dir = %config.data_dir.display(), "orderly serving (standalone profile)");
+    tracing::info!(%address, profile, workers = roles.workers, "orderly serving");
     // Scripts and tests read this line to find the port.
     println!("listening on {address}");
 
@@ -57,13 +83,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let result = server.await;
     // Stop workers after the last request: whatever they leave unacked is redelivered at the next start.
     let _ = shutdown_tx.send(true);
-    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    stop_workers(tasks, config.shutdown_grace_ms).await;
+    result.context("HTTP server failed")
+}
+
+async fn stop_workers(tasks: Vec<tokio::task::JoinHandle<()>>, grace_ms: u64) {
+    let grace = Duration::from_millis(grace_ms);
     for task in tasks {
         if tokio::time::timeout(grace, task).await.is_err() {
             tracing::warn!("a worker did not stop in time");
         }
     }
-    result.context("HTTP server failed")
 }
 
 async fn shutdown_signal() {
@@ -133,7 +163,7 @@ pub async fn payment_service(config: Config) -> anyhow::Result<()> {
 
 /// Loads commodities the store does not know yet, with their stock. Known ones are skipped, so a restart
 /// with the same file adds nothing.
-async fn load_catalog_file(orderly: &orderly_app::Orderly, path: &std::path::Path) -> anyhow::Result<()> {
+pub async fn load_catalog_file(orderly: &orderly_app::Orderly, path: &std::path::Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let catalog: CatalogBody = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
     let mut entries = Vec::new();

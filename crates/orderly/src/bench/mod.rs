@@ -251,7 +251,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
             phases.push((spec, recorder));
             // The next phase starts from quiet, not with this one's backlog of creates and timers.
             let since = Instant::now();
-            let settled = wait_for(&target, since, settle, |depth| queued(depth, None) == 0).await;
+            let settled = wait_for(&target, since, settle, quiet).await;
             settles.insert("capacity".into(), settled.map(|d| d.as_millis() as u64));
             let (name, factor) =
                 if args.scenario == Scenario::Mixed { ("at_70_percent", 0.7) } else { ("overload_3x", 3.0) };
@@ -269,9 +269,12 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     eprintln!("load done: {} orders accepted; waiting for buyers' last actions and for quiet", accepted.len());
     let follow_ups = follow_up_pool.finish(follow_ups).await;
 
+    // Persisted: the create queue looked empty twice in a row. Then every accepted order number is
+    // asked for, and one still `pending` is asked again until the settle timeout — a broker does not
+    // count the messages a worker holds unacked, so an empty queue is not the whole proof.
     let persisted_after = wait_for(&target, load_end, settle, |depth| queued(depth, Some("create_order")) == 0).await;
-    let verified = verify_orders(&target, &accepted, args.connections).await;
-    let quiet_after = wait_for(&target, load_end, settle, |depth| queued(depth, None) == 0).await;
+    let verified = verify_orders(&target, &accepted, args.connections, settle).await;
+    let quiet_after = wait_for(&target, load_end, settle, quiet).await;
     let audit = target
         .admin_get(&format!(
             "/api/admin/audit?quiet={}&deadline_ms={}",
@@ -350,6 +353,11 @@ async fn run_with_progress(
     recorder
 }
 
+/// Nothing left to do: no message waiting, no outbox event to relay, no payment to settle.
+fn quiet(depth: &Value) -> bool {
+    queued(depth, None) == 0 && depth["outbox"].as_u64() == Some(0) && depth["payments_pending"].as_u64() == Some(0)
+}
+
 /// Messages waiting on `topic` (all topics when `None`) in a `/api/admin/bus` answer.
 fn queued(depth: &Value, topic: Option<&str>) -> u64 {
     depth["queued"]
@@ -364,8 +372,10 @@ fn queued(depth: &Value, topic: Option<&str>) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// Polls the bus until `done`; the time since `since`, or `None` at the timeout. A server that does not
-/// answer for a moment (restarting under chaos) is asked again.
+/// Polls the bus until `done` holds twice in a row, 300 ms apart (a broker does not count what a worker
+/// holds unacked, so one empty look can fall between a take and its follow-up publish); the time since
+/// `since` of the first look, or `None` at the timeout. A server that does not answer for a moment
+/// (restarting under chaos) is asked again.
 async fn wait_for(
     target: &Target,
     since: Instant,
@@ -373,20 +383,33 @@ async fn wait_for(
     done: impl Fn(&Value) -> bool,
 ) -> Option<Duration> {
     let deadline = Instant::now() + timeout;
+    let mut first_seen: Option<Duration> = None;
     while Instant::now() < deadline {
-        if let Ok(depth) = target.admin_get("/api/admin/bus").await
-            && done(&depth)
-        {
-            return Some(since.elapsed());
+        match target.admin_get("/api/admin/bus").await {
+            Ok(depth) if done(&depth) => match first_seen {
+                Some(at) => return Some(at),
+                None => {
+                    first_seen = Some(since.elapsed());
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    continue;
+                }
+            },
+            _ => first_seen = None,
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     None
 }
 
-/// Every accepted order number, asked for by its buyer: how many are in which state, and how many are
-/// missing or still pending (each one a broken promise).
-async fn verify_orders(target: &Target, accepted: &[load::Accepted], connections: usize) -> BTreeMap<String, u64> {
+/// Every accepted order number, asked for by its buyer until it is past `pending` (or `timeout`):
+/// how many ended in which state — missing or still pending is a broken promise.
+async fn verify_orders(
+    target: &Target,
+    accepted: &[load::Accepted],
+    connections: usize,
+    timeout: Duration,
+) -> BTreeMap<String, u64> {
+    let deadline = Instant::now() + timeout;
     let queue = Arc::new(Mutex::new(accepted.to_vec()));
     let counts = Arc::new(Mutex::new(BTreeMap::new()));
     let mut tasks = Vec::new();
@@ -395,30 +418,13 @@ async fn verify_orders(target: &Target, accepted: &[load::Accepted], connections
         tasks.push(tokio::spawn(async move {
             loop {
                 let Some(order) = lock(&queue).pop() else { return };
-                let mut state = String::from("unanswered");
-                for _ in 0..20 {
-                    let answer = target
-                        .http
-                        .get(format!("{}/api/orders/{}", target.base, order.order_no))
-                        .bearer_auth(target.buyer_token(order.uid))
-                        .send()
-                        .await;
-                    let Ok(answer) = answer else {
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                        continue;
-                    };
-                    let status = answer.status().as_u16();
-                    let body: Value = answer.json().await.unwrap_or_default();
-                    state = match status {
-                        200 => body["data"]["state"].as_str().unwrap_or("unreadable").to_owned(),
-                        404 => "missing".to_owned(),
-                        other => format!("http_{other}"),
-                    };
-                    if !state.starts_with("http_") {
-                        break;
+                let state = loop {
+                    let state = ask_state(&target, &order).await;
+                    if state != "pending" || Instant::now() >= deadline {
+                        break state;
                     }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
                 *lock(&counts).entry(state).or_insert(0) += 1;
             }
         }));
@@ -427,4 +433,33 @@ async fn verify_orders(target: &Target, accepted: &[load::Accepted], connections
         let _ = task.await;
     }
     std::mem::take(&mut *lock(&counts))
+}
+
+/// The order's state as its buyer sees it; transport trouble is asked about again, a few times.
+async fn ask_state(target: &Target, order: &load::Accepted) -> String {
+    let mut state = String::from("unanswered");
+    for _ in 0..20 {
+        let answer = target
+            .http
+            .get(format!("{}/api/orders/{}", target.base, order.order_no))
+            .bearer_auth(target.buyer_token(order.uid))
+            .send()
+            .await;
+        let Ok(answer) = answer else {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        };
+        let status = answer.status().as_u16();
+        let body: Value = answer.json().await.unwrap_or_default();
+        state = match status {
+            200 => body["data"]["state"].as_str().unwrap_or("unreadable").to_owned(),
+            404 => "missing".to_owned(),
+            other => format!("http_{other}"),
+        };
+        if !state.starts_with("http_") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    state
 }
