@@ -9,6 +9,7 @@
 //! - [`workers`]: steppable consumers of the bus, the outbox relay and the payment reconciler.
 //! - [`ids`]: the leased snowflake generator that stays unique across restarts.
 //! - [`audit`]: the invariants I1–I5 checked over a store and a cache.
+//! - [`store_rules`]: what every store decides (the batched create, a transition's stock return).
 //! - [`config`]: bounds and delays of the flow, each with a default.
 
 pub mod audit;
@@ -17,6 +18,7 @@ pub mod flow;
 pub mod ids;
 pub mod model;
 pub mod ports;
+pub mod store_rules;
 pub mod workers;
 
 pub use config::FlowConfig;

@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use orderly_app::PortError;
-use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, PaymentAttempt, Restock, StockLevel, StoredAnswer};
+use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, PaymentAttempt, StockLevel, StoredAnswer};
 use orderly_app::ports::{
     ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, PaymentResult, PortResult, Store,
 };
-use orderly_domain::{CatalogEntry, CommodityId, Effect, OrderAction, OrderNo, OrderState, Uid, transition};
+use orderly_app::store_rules::{Levels, apply_transition, decide_create};
+use orderly_domain::{CatalogEntry, CommodityId, OrderAction, OrderNo, OrderState, Uid, transition};
 
 use crate::db::{LocalDb, key_u64, last_sequence, u64_key};
 use crate::{decode, encode, storage_error};
@@ -108,46 +109,28 @@ impl LocalStore {
     fn apply(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
-        mut order: Order,
+        order: Order,
         action: OrderAction,
         now_ms: u64,
     ) -> PortResult<Result<Order, ChangeRejection>> {
-        let step = match transition(order.state, action) {
-            Ok(step) => step,
-            Err(rejection) => return Ok(Err(rejection.into())),
-        };
-        if step.effects.contains(&Effect::ReturnStock) {
-            let mut lines = Vec::with_capacity(order.lines.len());
-            for line in &order.lines {
-                let mut level = self.read_stock(line.commodity_id)?.ok_or_else(|| {
-                    PortError::corrupt(
-                        "local store",
-                        format!("order {} sold unknown {}", order.order_no, line.commodity_id),
-                    )
-                })?;
-                level.available += u64::from(line.quantity);
-                level.version += 1;
-                assert!(level.available <= level.initial, "returned more than was ever added");
-                batch.insert(&self.db.stock, u64_key(line.commodity_id.0), encode(&level)?);
-                lines.push((line.commodity_id, line.quantity, level.version));
+        let mut levels = Levels::new();
+        for line in &order.lines {
+            if let Some(level) = self.read_stock(line.commodity_id)? {
+                levels.insert(line.commodity_id, level);
             }
-            let key = format!("return:{}:{}", order.order_no, action_name(action));
-            self.put_outbox(batch, &OutboxEvent::RestockCache(Restock { key, shop_id: order.shop_id, lines }))?;
         }
-        order.state = step.next;
-        order.updated_ms = now_ms;
+        let (order, event) = match apply_transition(order, action, &mut levels, now_ms)? {
+            Ok(applied) => applied,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        if let Some(event) = event {
+            for (id, level) in &levels {
+                batch.insert(&self.db.stock, u64_key(id.0), encode(level)?);
+            }
+            self.put_outbox(batch, &event)?;
+        }
         self.put_order(batch, &order)?;
         Ok(Ok(order))
-    }
-}
-
-fn action_name(action: OrderAction) -> &'static str {
-    match action {
-        OrderAction::Create => "create",
-        OrderAction::Pay => "pay",
-        OrderAction::Cancel => "cancel",
-        OrderAction::AutoCancel => "auto_cancel",
-        OrderAction::Reject => "reject",
     }
 }
 
@@ -219,7 +202,7 @@ impl Store for LocalStore {
             let _writer = self.lock()?;
             let mut batch = self.db.batch();
             // Stock as this batch leaves it: one read and one write per commodity per batch.
-            let mut levels: std::collections::HashMap<CommodityId, StockLevel> = std::collections::HashMap::new();
+            let mut levels = Levels::new();
             let mut outcomes = Vec::with_capacity(requests.len());
             // Orders decided earlier in this batch: a duplicate message in the same batch must see them.
             let mut decided: std::collections::HashMap<OrderNo, Order> = std::collections::HashMap::new();
@@ -233,61 +216,20 @@ impl Store for LocalStore {
                     outcomes.push(CreateOutcome::AlreadyDone(Box::new(existing)));
                     continue;
                 }
-                let mut order = request.order.clone();
-                for line in &order.lines {
-                    if let std::collections::hash_map::Entry::Vacant(slot) = levels.entry(line.commodity_id) {
-                        // No ledger: nothing to sell (the order's own shop, for the record).
-                        let level = self.read_stock(line.commodity_id)?.unwrap_or(StockLevel {
-                            shop_id: order.shop_id,
-                            initial: 0,
-                            available: 0,
-                            version: 0,
-                        });
+                for line in &request.order.lines {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = levels.entry(line.commodity_id)
+                        && let Some(level) = self.read_stock(line.commodity_id)?
+                    {
                         slot.insert(level);
                     }
                 }
-                // The final oversell guard: every line must fit in the durable stock, or none is taken.
-                let short = match request.token {
-                    None => order.lines.first().map(|l| l.commodity_id),
-                    Some(_) => order
-                        .lines
-                        .iter()
-                        .find(|l| levels.get(&l.commodity_id).is_none_or(|s| s.available < u64::from(l.quantity)))
-                        .map(|l| l.commodity_id),
-                };
-                order.updated_ms = now_ms;
-                match short {
-                    Some(commodity_id) => {
-                        order.state = transition(order.state, OrderAction::Reject)
-                            .map_err(|e| PortError::corrupt("local store", e))?
-                            .next;
-                        order.rejected_for = Some(commodity_id);
-                        self.put_order(&mut batch, &order)?;
-                        decided.insert(order_no, order);
-                        outcomes.push(CreateOutcome::Rejected { commodity_id });
-                    }
-                    None => {
-                        for line in &order.lines {
-                            if let Some(level) = levels.get_mut(&line.commodity_id) {
-                                level.available -= u64::from(line.quantity);
-                            }
-                        }
-                        order.state = transition(order.state, OrderAction::Create)
-                            .map_err(|e| PortError::corrupt("local store", e))?
-                            .next;
-                        order.token_generation = request.token.map(|t| t.generation);
-                        self.put_order(&mut batch, &order)?;
-                        self.put_outbox(
-                            &mut batch,
-                            &OutboxEvent::ScheduleUnpaidTimeout { order_no, at_ms: request.unpaid_deadline_ms },
-                        )?;
-                        if order.pay_at_once {
-                            self.put_outbox(&mut batch, &OutboxEvent::Charge { order_no })?;
-                        }
-                        decided.insert(order_no, order);
-                        outcomes.push(CreateOutcome::Created);
-                    }
+                let decision = decide_create(request, &mut levels, now_ms)?;
+                self.put_order(&mut batch, &decision.order)?;
+                for event in &decision.events {
+                    self.put_outbox(&mut batch, event)?;
                 }
+                decided.insert(order_no, decision.order);
+                outcomes.push(decision.outcome);
             }
             for (id, level) in &levels {
                 batch.insert(&self.db.stock, u64_key(id.0), encode(level)?);

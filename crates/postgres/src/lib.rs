@@ -9,14 +9,15 @@
 //! Queries are checked at run time, not compile time (no database is needed to build); the `Store`
 //! contract suite runs every one of them against PostgreSQL.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use orderly_app::PortError;
-use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, PaymentAttempt, Restock, StockLevel, StoredAnswer};
+use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, PaymentAttempt, StockLevel, StoredAnswer};
 use orderly_app::ports::{
     ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, PaymentResult, PortResult, Store,
 };
+use orderly_app::store_rules::{Levels, apply_transition, decide_create};
 use orderly_domain::{
     CatalogEntry, CommodityId, Effect, Money, OrderAction, OrderNo, OrderState, ShopId, SnowflakeId, Uid, transition,
 };
@@ -78,16 +79,6 @@ fn level_of(row: &sqlx::postgres::PgRow) -> PortResult<(CommodityId, StockLevel)
     ))
 }
 
-fn action_name(action: OrderAction) -> &'static str {
-    match action {
-        OrderAction::Create => "create",
-        OrderAction::Pay => "pay",
-        OrderAction::Cancel => "cancel",
-        OrderAction::AutoCancel => "auto_cancel",
-        OrderAction::Reject => "reject",
-    }
-}
-
 type Tx = Transaction<'static, Postgres>;
 
 impl PgStore {
@@ -147,7 +138,7 @@ impl PgStore {
         Ok(())
     }
 
-    async fn lock_stock(tx: &mut Tx, ids: &[CommodityId]) -> PortResult<BTreeMap<CommodityId, StockLevel>> {
+    async fn lock_stock(tx: &mut Tx, ids: &[CommodityId]) -> PortResult<Levels> {
         let mut raw: Vec<i64> = ids.iter().map(|id| signed(id.0)).collect::<PortResult<_>>()?;
         raw.sort_unstable();
         raw.dedup();
@@ -187,37 +178,27 @@ impl PgStore {
     /// An allowed FSM transition and its store-side effects, inside `tx` (the order row is locked).
     async fn apply(
         tx: &mut Tx,
-        mut order: Order,
+        order: Order,
         action: OrderAction,
         now_ms: u64,
     ) -> PortResult<Result<Order, ChangeRejection>> {
-        let step = match transition(order.state, action) {
-            Ok(step) => step,
-            Err(rejection) => return Ok(Err(rejection.into())),
+        let ids: Vec<CommodityId> = order.lines.iter().map(|l| l.commodity_id).collect();
+        // Locked only when stock moves; a pay or a refused action reads nothing.
+        let mut levels = if transition(order.state, action).is_ok_and(|t| t.effects.contains(&Effect::ReturnStock)) {
+            Self::lock_stock(tx, &ids).await?
+        } else {
+            Levels::new()
         };
-        if step.effects.contains(&Effect::ReturnStock) {
-            let ids: Vec<CommodityId> = order.lines.iter().map(|l| l.commodity_id).collect();
-            let mut levels = Self::lock_stock(tx, &ids).await?;
-            let mut lines = Vec::with_capacity(order.lines.len());
-            for line in &order.lines {
-                let level = levels.get_mut(&line.commodity_id).ok_or_else(|| {
-                    PortError::corrupt(
-                        "postgres",
-                        format!("order {} sold unknown {}", order.order_no, line.commodity_id),
-                    )
-                })?;
-                level.available += u64::from(line.quantity);
-                level.version += 1;
-                lines.push((line.commodity_id, line.quantity, level.version));
-            }
+        let (order, event) = match apply_transition(order, action, &mut levels, now_ms)? {
+            Ok(applied) => applied,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        if let Some(event) = event {
             for (id, level) in &levels {
                 Self::write_stock(tx, *id, level).await?;
             }
-            let key = format!("return:{}:{}", order.order_no, action_name(action));
-            Self::put_outbox(tx, &OutboxEvent::RestockCache(Restock { key, shop_id: order.shop_id, lines })).await?;
+            Self::put_outbox(tx, &event).await?;
         }
-        order.state = step.next;
-        order.updated_ms = now_ms;
         Self::put_order(tx, &order).await?;
         Ok(Ok(order))
     }
@@ -341,51 +322,14 @@ impl Store for PgStore {
                 outcomes.push(CreateOutcome::AlreadyDone(Box::new(existing)));
                 continue;
             }
-            let mut order = request.order.clone();
-            // The final oversell guard: every line must fit in the durable stock, or none is taken.
-            let short = match request.token {
-                None => order.lines.first().map(|l| l.commodity_id),
-                Some(_) => order
-                    .lines
-                    .iter()
-                    .find(|l| levels.get(&l.commodity_id).is_none_or(|s| s.available < u64::from(l.quantity)))
-                    .map(|l| l.commodity_id),
-            };
-            order.updated_ms = now_ms;
-            match short {
-                Some(commodity_id) => {
-                    order.state = transition(order.state, OrderAction::Reject)
-                        .map_err(|e| PortError::corrupt("postgres", e))?
-                        .next;
-                    order.rejected_for = Some(commodity_id);
-                    Self::put_order(&mut tx, &order).await?;
-                    decided.insert(order_no, order);
-                    outcomes.push(CreateOutcome::Rejected { commodity_id });
-                }
-                None => {
-                    for line in &order.lines {
-                        if let Some(level) = levels.get_mut(&line.commodity_id) {
-                            level.available -= u64::from(line.quantity);
-                            touched.push(line.commodity_id);
-                        }
-                    }
-                    order.state = transition(order.state, OrderAction::Create)
-                        .map_err(|e| PortError::corrupt("postgres", e))?
-                        .next;
-                    order.token_generation = request.token.map(|t| t.generation);
-                    Self::put_order(&mut tx, &order).await?;
-                    Self::put_outbox(
-                        &mut tx,
-                        &OutboxEvent::ScheduleUnpaidTimeout { order_no, at_ms: request.unpaid_deadline_ms },
-                    )
-                    .await?;
-                    if order.pay_at_once {
-                        Self::put_outbox(&mut tx, &OutboxEvent::Charge { order_no }).await?;
-                    }
-                    decided.insert(order_no, order);
-                    outcomes.push(CreateOutcome::Created);
-                }
+            let decision = decide_create(request, &mut levels, now_ms)?;
+            touched.extend(&decision.deducted);
+            Self::put_order(&mut tx, &decision.order).await?;
+            for event in &decision.events {
+                Self::put_outbox(&mut tx, event).await?;
             }
+            decided.insert(order_no, decision.order);
+            outcomes.push(decision.outcome);
         }
         // One write per commodity per batch: a hot SKU costs one update, not one per order.
         touched.sort_unstable();
