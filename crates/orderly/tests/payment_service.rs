@@ -103,78 +103,113 @@ async fn killed_mid_charge_then_restarted_settles_without_charging_twice() {
     assert_eq!(payments.succeeded().await.expect("list").len(), 1, "one success, never two");
 }
 
+/// `orderly serve` paying through the payment service at `payment_address`, with a catalog of one
+/// commodity (id 1, 29.99, 100 units), and a buyer's and the admin's tokens.
+struct Flow {
+    _server: Process,
+    base: String,
+    admin: String,
+    buyer: String,
+    http: reqwest::Client,
+}
+
+impl Flow {
+    async fn start(dir: &Path, payment_address: &str, client: &str, envs: &[(&str, String)]) -> Flow {
+        let config = dir.join("orderly.toml");
+        let toml = format!("[payments]\nendpoints = [\"http://{payment_address}\"]\n{client}");
+        std::fs::write(&config, toml).expect("config");
+        let data = dir.join("data");
+        let mut all_envs =
+            vec![("ORDERLY_DATA_DIR", data.display().to_string()), ("ORDERLY_HTTP_ADDR", "127.0.0.1:0".to_owned())];
+        all_envs.extend(envs.iter().cloned());
+        let server = start(&["serve", "--config", &config.display().to_string()], &all_envs);
+        let token = |args: &[&str]| {
+            let output = Command::new(env!("CARGO_BIN_EXE_orderly"))
+                .arg("token")
+                .args(args)
+                .env("ORDERLY_DATA_DIR", &data)
+                .env_remove("ORDERLY_CONFIG")
+                .output()
+                .expect("token runs");
+            String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
+        };
+        let flow = Flow {
+            base: format!("http://{}", server.address),
+            admin: token(&["--admin"]),
+            buyer: token(&["--uid", "1"]),
+            http: reqwest::Client::new(),
+            _server: server,
+        };
+        let catalog =
+            json!({"commodities": [{"commodity_id": 1, "shop_id": 100001, "price": 29.99, "add_stock": 100}]});
+        let loaded = flow
+            .http
+            .post(format!("{}/api/admin/catalog", flow.base))
+            .bearer_auth(&flow.admin)
+            .json(&catalog)
+            .send()
+            .await;
+        assert_eq!(loaded.expect("catalog").status(), 200);
+        flow
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Value {
+        let answer = self.http.get(format!("{}{path}", self.base)).bearer_auth(token).send().await.expect("request");
+        answer.json().await.expect("json")
+    }
+
+    /// Places a pay-at-once order of commodity 1; its number.
+    async fn place(&self) -> String {
+        let body = json!({"uid": 1, "to_uid": 2, "origin_price": 29.99, "actual_price": 29.99, "pay_at_once": true,
+            "commodity_details": [{"actual_price": 29.99, "commodity_id": 1, "good_type": 1, "page_type": 0,
+                                   "prices": 29.99, "user_id": 100001, "num": 1}]});
+        let answer =
+            self.http.post(format!("{}/api/orders", self.base)).bearer_auth(&self.buyer).json(&body).send().await;
+        let placed: Value = answer.expect("place").json().await.expect("json");
+        placed["data"]["order_no"][0].as_str().expect("an order number").to_owned()
+    }
+
+    /// Waits until no charge is queued, no outbox event waits and no payment lacks a definite answer
+    /// (seen twice, 200 ms apart): every payment the flow started has ended.
+    async fn payments_settled(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut calm = 0;
+        while calm < 2 {
+            let bus = self.get("/api/admin/bus", &self.admin).await["data"].clone();
+            let charges = bus["queued"]
+                .as_array()
+                .and_then(|topics| topics.iter().find(|t| t[0] == "charge").and_then(|t| t[1].as_u64()));
+            let idle = charges == Some(0) && bus["outbox"] == 0 && bus["payments_pending"] == 0;
+            calm = if idle { calm + 1 } else { 0 };
+            assert!(Instant::now() < deadline, "payments did not settle: {bus}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The order's state, and its payment's.
+    async fn state(&self, order_no: &str) -> (String, String) {
+        let order = self.get(&format!("/api/orders/{order_no}"), &self.buyer).await;
+        let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
+        (text(&order["data"]["state"]), text(&order["data"]["payment"]["state"]))
+    }
+
+    /// The audit asks the payment service for its charges: paid ⇔ charged holds across the process line.
+    async fn audit(&self, quiet: bool) -> Value {
+        let audit = self.get(&format!("/api/admin/audit?quiet={quiet}"), &self.admin).await;
+        assert_eq!(audit["data"]["report"]["violations"], json!([]), "{audit:#}");
+        audit["data"]["report"].clone()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standalone_flow_pays_through_the_payment_service() {
     let dir = tempfile::tempdir().expect("temp dir");
     let service = payment_service(&dir.path().join("ledger"), "127.0.0.1:0", 0);
-    let config = dir.path().join("orderly.toml");
-    std::fs::write(&config, format!("[payments]\nendpoints = [\"http://{}\"]\n", service.address)).expect("config");
-    let data = dir.path().join("data");
-    let server = start(
-        &["serve", "--config", &config.display().to_string()],
-        &[("ORDERLY_DATA_DIR", data.display().to_string()), ("ORDERLY_HTTP_ADDR", "127.0.0.1:0".to_owned())],
-    );
-    let token = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_orderly"))
-            .arg("token")
-            .args(args)
-            .env("ORDERLY_DATA_DIR", &data)
-            .env_remove("ORDERLY_CONFIG")
-            .output()
-            .expect("token runs");
-        String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
-    };
-    let (admin, buyer) = (token(&["--admin"]), token(&["--uid", "1"]));
-    let base = format!("http://{}", server.address);
-    let http = reqwest::Client::new();
-    let catalog = json!({"commodities": [{"commodity_id": 1, "shop_id": 100001, "price": 29.99, "add_stock": 10}]});
-    let loaded = http.post(format!("{base}/api/admin/catalog")).bearer_auth(&admin).json(&catalog).send().await;
-    assert_eq!(loaded.expect("catalog").status(), 200);
-
-    let body = json!({"uid": 1, "to_uid": 2, "origin_price": 29.99, "actual_price": 29.99, "pay_at_once": true,
-        "commodity_details": [{"actual_price": 29.99, "commodity_id": 1, "good_type": 1, "page_type": 0,
-                               "prices": 29.99, "user_id": 100001, "num": 1}]});
-    let placed: Value = http
-        .post(format!("{base}/api/orders"))
-        .bearer_auth(&buyer)
-        .json(&body)
-        .send()
-        .await
-        .expect("place")
-        .json()
-        .await
-        .expect("json");
-    let order_no = placed["data"]["order_no"][0].as_str().expect("an order number").to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let order: Value = http
-            .get(format!("{base}/api/orders/{order_no}"))
-            .bearer_auth(&buyer)
-            .send()
-            .await
-            .expect("poll")
-            .json()
-            .await
-            .expect("json");
-        if order["data"]["state"] == "paid" {
-            assert_eq!(order["data"]["payment"]["state"], "succeeded");
-            break;
-        }
-        assert!(Instant::now() < deadline, "not paid: {order}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The audit asks the payment service for its charges: paid ⇔ charged holds across the process line.
-    let audit: Value = http
-        .get(format!("{base}/api/admin/audit?quiet=false"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("audit")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(audit["data"]["report"]["violations"], json!([]), "{audit:#}");
-    assert_eq!(audit["data"]["report"]["orders_by_state"]["paid"], 1);
+    let flow = Flow::start(dir.path(), &service.address, "", &[]).await;
+    let order_no = flow.place().await;
+    flow.payments_settled().await;
+    assert_eq!(flow.state(&order_no).await, ("paid".to_owned(), "succeeded".to_owned()));
+    assert_eq!(flow.audit(false).await["orders_by_state"]["paid"], 1);
 }
 
 /// The flow under a payment-service kill: pay-at-once orders whose charges are in flight when the service
@@ -185,50 +220,16 @@ async fn orders_paying_when_the_service_dies_settle_after_it_returns() {
     let ledger = dir.path().join("ledger");
     let mut service = payment_service(&ledger, "127.0.0.1:0", 300);
     let address = service.address.clone();
-    let config = dir.path().join("orderly.toml");
-    std::fs::write(&config, format!("[payments]\nendpoints = [\"http://{address}\"]\nattempts_max = 1\n"))
-        .expect("config");
-    let data = dir.path().join("data");
-    let server = start(
-        &["serve", "--config", &config.display().to_string()],
-        &[
-            ("ORDERLY_DATA_DIR", data.display().to_string()),
-            ("ORDERLY_HTTP_ADDR", "127.0.0.1:0".to_owned()),
-            ("ORDERLY_FLOW__RECONCILE_BACKOFF_MS", "200".to_owned()),
-        ],
-    );
-    let token = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_orderly"))
-            .arg("token")
-            .args(args)
-            .env("ORDERLY_DATA_DIR", &data)
-            .env_remove("ORDERLY_CONFIG")
-            .output()
-            .expect("token runs");
-        String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
-    };
-    let (admin, buyer) = (token(&["--admin"]), token(&["--uid", "1"]));
-    let base = format!("http://{}", server.address);
-    let http = reqwest::Client::new();
-    let catalog = json!({"commodities": [{"commodity_id": 1, "shop_id": 100001, "price": 29.99, "add_stock": 100}]});
-    let loaded = http.post(format!("{base}/api/admin/catalog")).bearer_auth(&admin).json(&catalog).send().await;
-    assert_eq!(loaded.expect("catalog").status(), 200);
-    let body = json!({"uid": 1, "to_uid": 2, "origin_price": 29.99, "actual_price": 29.99, "pay_at_once": true,
-        "commodity_details": [{"actual_price": 29.99, "commodity_id": 1, "good_type": 1, "page_type": 0,
-                               "prices": 29.99, "user_id": 100001, "num": 1}]});
+    let flow = Flow::start(
+        dir.path(),
+        &address,
+        "attempts_max = 1\n",
+        &[("ORDERLY_FLOW__RECONCILE_BACKOFF_MS", "200".to_owned())],
+    )
+    .await;
     let mut order_nos = Vec::new();
     for _ in 0..10 {
-        let placed: Value = http
-            .post(format!("{base}/api/orders"))
-            .bearer_auth(&buyer)
-            .json(&body)
-            .send()
-            .await
-            .expect("place")
-            .json()
-            .await
-            .expect("json");
-        order_nos.push(placed["data"]["order_no"][0].as_str().expect("an order number").to_owned());
+        order_nos.push(flow.place().await);
     }
     // Charges take 300 ms at the acquirer: kill the service while they are in flight.
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -238,42 +239,15 @@ async fn orders_paying_when_the_service_dies_settle_after_it_returns() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _service = payment_service(&ledger, &address, 0);
 
-    let deadline = Instant::now() + Duration::from_secs(30);
+    flow.payments_settled().await;
     let mut paid: u64 = 0;
     for order_no in &order_nos {
-        loop {
-            let order: Value = http
-                .get(format!("{base}/api/orders/{order_no}"))
-                .bearer_auth(&buyer)
-                .send()
-                .await
-                .expect("poll")
-                .json()
-                .await
-                .expect("json");
-            let state = order["data"]["state"].as_str().unwrap_or_default().to_owned();
-            let settled = order["data"]["payment"]["state"] != "pending";
-            if settled && state == "paid" {
-                paid += 1;
-                break;
-            }
-            if settled && state == "to_pay" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{order_no} not settled: {order}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        match flow.state(order_no).await {
+            (state, payment) if state == "paid" && payment == "succeeded" => paid += 1,
+            (state, payment) => assert_eq!((state.as_str(), payment.as_str()), ("to_pay", "none"), "{order_no}"),
         }
     }
     assert!(paid < order_nos.len() as u64, "the kill landed while charges were in flight ({paid} paid)");
-    let audit: Value = http
-        .get(format!("{base}/api/admin/audit?quiet=true"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("audit")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(audit["data"]["report"]["violations"], json!([]), "paid ⇔ charged: {audit:#}");
-    assert_eq!(audit["data"]["report"]["orders_by_state"]["paid"].as_u64().unwrap_or(0), paid);
+    let report = flow.audit(true).await;
+    assert_eq!(report["orders_by_state"]["paid"].as_u64().unwrap_or(0), paid);
 }
