@@ -108,7 +108,18 @@ impl Config {
         // ORDERLY_LOG and ORDERLY_CONFIG steer the binary itself, not the configuration.
         let env = Env::prefixed("ORDERLY_").filter(|key| !(key == "log" || key == "config")).split("__");
         figment = figment.merge(env);
-        figment.extract().context("invalid configuration")
+        let config: Config = figment.extract().context("invalid configuration")?;
+        // A snowflake worker id must fit its bits; a wrong one is a configuration error, not a panic.
+        for (key, worker_id) in
+            [("local.worker_id", config.local.worker_id), ("cluster.worker_id", config.cluster.worker_id)]
+        {
+            anyhow::ensure!(
+                worker_id <= orderly_domain::snowflake::WORKER_ID_MAX,
+                "invalid configuration: {key} = {worker_id} must be at most {}",
+                orderly_domain::snowflake::WORKER_ID_MAX
+            );
+        }
+        Ok(config)
     }
 }
 
