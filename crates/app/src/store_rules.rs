@@ -1,13 +1,13 @@
-//! What a `Store` decides, written once for every store: the batched create (the final oversell guard)
-//! and an order transition with its stock return. Pure: a store reads (and locks) what these need,
-//! calls them, and writes what they return in one atomic write.
+//! What a `Store` decides, written once for every store: the batched create (the final oversell guard),
+//! an order's change by an action or a payment with its stock return. Pure: a store reads (and locks)
+//! what these need, calls them, and writes what they return in one atomic write.
 
 use std::collections::BTreeMap;
 
 use orderly_domain::{CommodityId, Effect, OrderAction, OrderState, transition};
 
-use crate::model::{Order, OutboxEvent, Restock, StockLevel};
-use crate::ports::{ChangeRejection, CreateOutcome, CreateRequest, PortError};
+use crate::model::{Order, OutboxEvent, PaymentAttempt, Restock, StockLevel};
+use crate::ports::{ChangeRejection, CreateOutcome, CreateRequest, PaymentResult, PortError};
 
 /// Stock as a write leaves it, by commodity.
 pub type Levels = BTreeMap<CommodityId, StockLevel>;
@@ -71,12 +71,12 @@ pub fn decide_create(request: &CreateRequest, levels: &mut Levels, now_ms: u64) 
 /// An order after `action`, through the FSM, with its store-side effect: stock returned to `levels`
 /// (which must hold every line's commodity) and the restock event telling the cache. A refused action
 /// changes nothing.
-pub fn apply_transition(
+fn apply_transition(
     mut order: Order,
     action: OrderAction,
     levels: &mut Levels,
     now_ms: u64,
-) -> Result<Result<(Order, Option<OutboxEvent>), ChangeRejection>, PortError> {
+) -> Result<Result<Changed, ChangeRejection>, PortError> {
     let step = match transition(order.state, action) {
         Ok(step) => step,
         Err(rejection) => return Ok(Err(rejection.into())),
@@ -108,6 +108,64 @@ pub fn apply_transition(
     order.updated_ms = now_ms;
     debug_assert!(order.state != OrderState::Pending, "no action leads back to pending");
     Ok(Ok((order, event)))
+}
+
+/// An order after a change, and the outbox event the change owes (a restock), if any.
+pub type Changed = (Order, Option<OutboxEvent>);
+
+/// Whether `action` on `order` would return stock: the store must then read (and lock) the levels of
+/// the order's lines for [`change`]. Anything else reads no stock.
+pub fn returns_stock(order: &Order, action: OrderAction) -> bool {
+    transition(order.state, action).is_ok_and(|t| t.effects.contains(&Effect::ReturnStock))
+}
+
+/// A buyer's or a timer's action on an order. Cancel and auto-cancel wait while a payment is in flight
+/// (its outcome decides whether the order is paid).
+pub fn change(
+    order: Order,
+    action: OrderAction,
+    levels: &mut Levels,
+    now_ms: u64,
+) -> Result<Result<Changed, ChangeRejection>, PortError> {
+    if matches!(action, OrderAction::Cancel | OrderAction::AutoCancel) && order.payment_attempt.is_some() {
+        return Ok(Err(ChangeRejection::PaymentInFlight));
+    }
+    apply_transition(order, action, levels, now_ms)
+}
+
+/// A payment attempt starts: only on an order that may be paid, one attempt at a time.
+pub fn begin_attempt(mut order: Order, attempt: PaymentAttempt) -> Result<Order, ChangeRejection> {
+    if order.payment_attempt.is_some() {
+        return Err(ChangeRejection::PaymentInFlight);
+    }
+    transition(order.state, OrderAction::Pay)?;
+    order.payment_attempt = Some(attempt);
+    Ok(order)
+}
+
+/// A payment attempt ends: a success pays the order (through the FSM); a decline, or a charge that never
+/// started, leaves it to pay, free to be paid again or cancelled. Paying returns no stock.
+pub fn finish_attempt(
+    mut order: Order,
+    result: PaymentResult,
+    now_ms: u64,
+) -> Result<Result<Changed, ChangeRejection>, PortError> {
+    order.payment_attempt = None;
+    match result {
+        PaymentResult::Succeeded { payment_id } => {
+            order.payment_id = Some(payment_id);
+            apply_transition(order, OrderAction::Pay, &mut Levels::new(), now_ms)
+        }
+        PaymentResult::Declined { reason } => {
+            order.last_decline = Some(reason);
+            order.updated_ms = now_ms;
+            Ok(Ok((order, None)))
+        }
+        PaymentResult::NeverCharged => {
+            order.updated_ms = now_ms;
+            Ok(Ok((order, None)))
+        }
+    }
 }
 
 fn action_name(action: OrderAction) -> &'static str {

@@ -13,8 +13,8 @@ use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, PaymentAttempt, 
 use orderly_app::ports::{
     ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, PaymentResult, PortResult, Store,
 };
-use orderly_app::store_rules::{Levels, apply_transition, decide_create};
-use orderly_domain::{CatalogEntry, CommodityId, OrderAction, OrderNo, OrderState, Uid, transition};
+use orderly_app::store_rules::{Changed, Levels, begin_attempt, change, decide_create, finish_attempt, returns_stock};
+use orderly_domain::{CatalogEntry, CommodityId, OrderAction, OrderNo, OrderState, Uid};
 
 use crate::db::{LocalDb, key_u64, last_sequence, u64_key};
 use crate::{decode, encode, storage_error};
@@ -105,32 +105,33 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Applies an allowed FSM transition and its store-side effects into `batch`.
-    fn apply(
+    /// The stock levels a change of `order` by `action` needs: those of its lines when it returns stock.
+    fn levels_for(&self, order: &Order, action: OrderAction) -> PortResult<Levels> {
+        let mut levels = Levels::new();
+        if returns_stock(order, action) {
+            for line in &order.lines {
+                if let Some(level) = self.read_stock(line.commodity_id)? {
+                    levels.insert(line.commodity_id, level);
+                }
+            }
+        }
+        Ok(levels)
+    }
+
+    /// Writes a change into `batch`: the order, and with a restock event the levels it returned stock to.
+    fn put_change(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
-        order: Order,
-        action: OrderAction,
-        now_ms: u64,
-    ) -> PortResult<Result<Order, ChangeRejection>> {
-        let mut levels = Levels::new();
-        for line in &order.lines {
-            if let Some(level) = self.read_stock(line.commodity_id)? {
-                levels.insert(line.commodity_id, level);
-            }
-        }
-        let (order, event) = match apply_transition(order, action, &mut levels, now_ms)? {
-            Ok(applied) => applied,
-            Err(rejection) => return Ok(Err(rejection)),
-        };
+        levels: &Levels,
+        (order, event): &Changed,
+    ) -> PortResult<()> {
         if let Some(event) = event {
-            for (id, level) in &levels {
+            for (id, level) in levels {
                 batch.insert(&self.db.stock, u64_key(id.0), encode(level)?);
             }
-            self.put_outbox(batch, &event)?;
+            self.put_outbox(batch, event)?;
         }
-        self.put_order(batch, &order)?;
-        Ok(Ok(order))
+        self.put_order(batch, order)
     }
 }
 
@@ -293,18 +294,18 @@ impl Store for LocalStore {
         let result = {
             let _writer = self.lock()?;
             let Some(order) = self.read_order(order_no)? else { return Ok(Err(ChangeRejection::NotFound)) };
-            if matches!(action, OrderAction::Cancel | OrderAction::AutoCancel) && order.payment_attempt.is_some() {
-                return Ok(Err(ChangeRejection::PaymentInFlight));
-            }
+            let mut levels = self.levels_for(&order, action)?;
+            let changed = match change(order, action, &mut levels, now_ms)? {
+                Ok(changed) => changed,
+                Err(rejection) => return Ok(Err(rejection)),
+            };
             let mut batch = self.db.batch();
-            let result = self.apply(&mut batch, order, action, now_ms)?;
-            if result.is_ok() {
-                batch.commit().map_err(storage_error)?;
-            }
-            result
+            self.put_change(&mut batch, &levels, &changed)?;
+            batch.commit().map_err(storage_error)?;
+            changed.0
         };
         self.db.sync().await?;
-        Ok(result)
+        Ok(Ok(result))
     }
 
     async fn begin_payment(
@@ -314,14 +315,11 @@ impl Store for LocalStore {
     ) -> PortResult<Result<Order, ChangeRejection>> {
         let result = {
             let _writer = self.lock()?;
-            let Some(mut order) = self.read_order(order_no)? else { return Ok(Err(ChangeRejection::NotFound)) };
-            if order.payment_attempt.is_some() {
-                return Ok(Err(ChangeRejection::PaymentInFlight));
-            }
-            if let Err(rejection) = transition(order.state, OrderAction::Pay) {
-                return Ok(Err(rejection.into()));
-            }
-            order.payment_attempt = Some(attempt);
+            let Some(order) = self.read_order(order_no)? else { return Ok(Err(ChangeRejection::NotFound)) };
+            let order = match begin_attempt(order, attempt) {
+                Ok(order) => order,
+                Err(rejection) => return Ok(Err(rejection)),
+            };
             let mut batch = self.db.batch();
             self.put_order(&mut batch, &order)?;
             batch.insert(&self.db.safe_pay, order_no.to_key(), u64_key(attempt.charge_deadline_ms));
@@ -342,34 +340,19 @@ impl Store for LocalStore {
     ) -> PortResult<Result<Order, ChangeRejection>> {
         let outcome = {
             let _writer = self.lock()?;
-            let Some(mut order) = self.read_order(order_no)? else { return Ok(Err(ChangeRejection::NotFound)) };
+            let Some(order) = self.read_order(order_no)? else { return Ok(Err(ChangeRejection::NotFound)) };
+            let changed = match finish_attempt(order, result, now_ms)? {
+                Ok(changed) => changed,
+                Err(rejection) => return Ok(Err(rejection)),
+            };
             let mut batch = self.db.batch();
             self.remove_safe_pay(&mut batch, order_no)?;
-            order.payment_attempt = None;
-            let outcome = match result {
-                PaymentResult::Succeeded { payment_id } => {
-                    order.payment_id = Some(payment_id);
-                    self.apply(&mut batch, order, OrderAction::Pay, now_ms)?
-                }
-                PaymentResult::Declined { reason } => {
-                    order.last_decline = Some(reason);
-                    order.updated_ms = now_ms;
-                    self.put_order(&mut batch, &order)?;
-                    Ok(order)
-                }
-                PaymentResult::NeverCharged => {
-                    order.updated_ms = now_ms;
-                    self.put_order(&mut batch, &order)?;
-                    Ok(order)
-                }
-            };
-            if outcome.is_ok() {
-                batch.commit().map_err(storage_error)?;
-            }
-            outcome
+            self.put_change(&mut batch, &Levels::new(), &changed)?;
+            batch.commit().map_err(storage_error)?;
+            changed.0
         };
         self.db.sync().await?;
-        Ok(outcome)
+        Ok(Ok(outcome))
     }
 
     async fn payments_due(&self, now_ms: u64, limit: usize) -> PortResult<Vec<OrderNo>> {

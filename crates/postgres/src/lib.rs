@@ -17,10 +17,8 @@ use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, PaymentAttempt, 
 use orderly_app::ports::{
     ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, PaymentResult, PortResult, Store,
 };
-use orderly_app::store_rules::{Levels, apply_transition, decide_create};
-use orderly_domain::{
-    CatalogEntry, CommodityId, Effect, Money, OrderAction, OrderNo, OrderState, ShopId, SnowflakeId, Uid, transition,
-};
+use orderly_app::store_rules::{Changed, Levels, begin_attempt, change, decide_create, finish_attempt, returns_stock};
+use orderly_domain::{CatalogEntry, CommodityId, Money, OrderAction, OrderNo, OrderState, ShopId, SnowflakeId, Uid};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
@@ -175,32 +173,15 @@ impl PgStore {
         Ok(())
     }
 
-    /// An allowed FSM transition and its store-side effects, inside `tx` (the order row is locked).
-    async fn apply(
-        tx: &mut Tx,
-        order: Order,
-        action: OrderAction,
-        now_ms: u64,
-    ) -> PortResult<Result<Order, ChangeRejection>> {
-        let ids: Vec<CommodityId> = order.lines.iter().map(|l| l.commodity_id).collect();
-        // Locked only when stock moves; a pay or a refused action reads nothing.
-        let mut levels = if transition(order.state, action).is_ok_and(|t| t.effects.contains(&Effect::ReturnStock)) {
-            Self::lock_stock(tx, &ids).await?
-        } else {
-            Levels::new()
-        };
-        let (order, event) = match apply_transition(order, action, &mut levels, now_ms)? {
-            Ok(applied) => applied,
-            Err(rejection) => return Ok(Err(rejection)),
-        };
+    /// Writes a change inside `tx`: the order, and with a restock event the levels it returned stock to.
+    async fn put_change(tx: &mut Tx, levels: &Levels, (order, event): &Changed) -> PortResult<()> {
         if let Some(event) = event {
-            for (id, level) in &levels {
+            for (id, level) in levels {
                 Self::write_stock(tx, *id, level).await?;
             }
-            Self::put_outbox(tx, &event).await?;
+            Self::put_outbox(tx, event).await?;
         }
-        Self::put_order(tx, &order).await?;
-        Ok(Ok(order))
+        Self::put_order(tx, order).await
     }
 
     async fn commit(tx: Tx) -> PortResult<()> {
@@ -405,14 +386,20 @@ impl Store for PgStore {
         let Some(order) = Self::read_order(&mut tx, order_no, true).await? else {
             return Ok(Err(ChangeRejection::NotFound));
         };
-        if matches!(action, OrderAction::Cancel | OrderAction::AutoCancel) && order.payment_attempt.is_some() {
-            return Ok(Err(ChangeRejection::PaymentInFlight));
-        }
-        let result = Self::apply(&mut tx, order, action, now_ms).await?;
-        if result.is_ok() {
-            Self::commit(tx).await?;
-        }
-        Ok(result)
+        // Stock rows are locked only when the change returns stock.
+        let mut levels = if returns_stock(&order, action) {
+            let ids: Vec<CommodityId> = order.lines.iter().map(|l| l.commodity_id).collect();
+            Self::lock_stock(&mut tx, &ids).await?
+        } else {
+            Levels::new()
+        };
+        let changed = match change(order, action, &mut levels, now_ms)? {
+            Ok(changed) => changed,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        Self::put_change(&mut tx, &levels, &changed).await?;
+        Self::commit(tx).await?;
+        Ok(Ok(changed.0))
     }
 
     async fn begin_payment(
@@ -421,16 +408,13 @@ impl Store for PgStore {
         attempt: PaymentAttempt,
     ) -> PortResult<Result<Order, ChangeRejection>> {
         let mut tx = self.begin().await?;
-        let Some(mut order) = Self::read_order(&mut tx, order_no, true).await? else {
+        let Some(order) = Self::read_order(&mut tx, order_no, true).await? else {
             return Ok(Err(ChangeRejection::NotFound));
         };
-        if order.payment_attempt.is_some() {
-            return Ok(Err(ChangeRejection::PaymentInFlight));
-        }
-        if let Err(rejection) = transition(order.state, OrderAction::Pay) {
-            return Ok(Err(rejection.into()));
-        }
-        order.payment_attempt = Some(attempt);
+        let order = match begin_attempt(order, attempt) {
+            Ok(order) => order,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
         Self::put_order(&mut tx, &order).await?;
         let (id, shard) = key(order_no)?;
         sqlx::query(
@@ -454,32 +438,17 @@ impl Store for PgStore {
         now_ms: u64,
     ) -> PortResult<Result<Order, ChangeRejection>> {
         let mut tx = self.begin().await?;
-        let Some(mut order) = Self::read_order(&mut tx, order_no, true).await? else {
+        let Some(order) = Self::read_order(&mut tx, order_no, true).await? else {
             return Ok(Err(ChangeRejection::NotFound));
         };
-        Self::remove_safe_pay(&mut tx, order_no).await?;
-        order.payment_attempt = None;
-        let outcome = match result {
-            PaymentResult::Succeeded { payment_id } => {
-                order.payment_id = Some(payment_id);
-                Self::apply(&mut tx, order, OrderAction::Pay, now_ms).await?
-            }
-            PaymentResult::Declined { reason } => {
-                order.last_decline = Some(reason);
-                order.updated_ms = now_ms;
-                Self::put_order(&mut tx, &order).await?;
-                Ok(order)
-            }
-            PaymentResult::NeverCharged => {
-                order.updated_ms = now_ms;
-                Self::put_order(&mut tx, &order).await?;
-                Ok(order)
-            }
+        let changed = match finish_attempt(order, result, now_ms)? {
+            Ok(changed) => changed,
+            Err(rejection) => return Ok(Err(rejection)),
         };
-        if outcome.is_ok() {
-            Self::commit(tx).await?;
-        }
-        Ok(outcome)
+        Self::remove_safe_pay(&mut tx, order_no).await?;
+        Self::put_change(&mut tx, &Levels::new(), &changed).await?;
+        Self::commit(tx).await?;
+        Ok(Ok(changed.0))
     }
 
     async fn payments_due(&self, now_ms: u64, limit: usize) -> PortResult<Vec<OrderNo>> {
