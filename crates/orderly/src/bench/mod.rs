@@ -117,8 +117,9 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A standalone server the bench started; killed when dropped.
-struct Spawned {
+/// A process of this binary the bench started, with the directory its data lives in; killed (and its
+/// data removed) when dropped.
+pub(crate) struct Spawned {
     child: Child,
     _data: tempfile::TempDir,
 }
@@ -130,29 +131,29 @@ impl Drop for Spawned {
     }
 }
 
-fn spawn_server(args: &BenchArgs, data_dir: &Path, log: &Path) -> anyhow::Result<(Child, String)> {
+/// Starts `orderly <role>` with `envs` (logging to `log`), and waits for its `listening on ADDR` line.
+pub(crate) fn spawn(
+    role: &str,
+    envs: &[(&str, String)],
+    data: tempfile::TempDir,
+    log: &Path,
+) -> anyhow::Result<(Spawned, String)> {
     let exe = std::env::current_exe().context("finding the orderly binary")?;
     let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut child = Command::new(exe)
-        .arg("serve")
-        .env("ORDERLY_DATA_DIR", data_dir)
-        .env("ORDERLY_HTTP_ADDR", "127.0.0.1:0")
-        .env("ORDERLY_FLOW__UNPAID_TIMEOUT_MS", args.timers_ms.to_string())
-        .env("ORDERLY_FLOW__RESERVATION_CHECK_DELAY_MS", args.timers_ms.to_string())
-        .env("ORDERLY_LOG", "warn")
-        .env_remove("ORDERLY_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .context("starting orderly serve")?;
+    let mut command = Command::new(exe);
+    command.arg(role).env("ORDERLY_LOG", "warn").env_remove("ORDERLY_CONFIG").stdout(Stdio::piped()).stderr(log);
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().with_context(|| format!("starting orderly {role}"))?;
     let stdout = child.stdout.take().context("no stdout")?;
+    let spawned = Spawned { child, _data: data };
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).context("reading the server's first line")?;
+    BufReader::new(stdout).read_line(&mut line).with_context(|| format!("reading orderly {role}'s first line"))?;
     let Some(address) = line.trim().strip_prefix("listening on ") else {
-        let _ = child.kill();
-        bail!("the server did not start (first line {line:?}); see its log");
+        bail!("orderly {role} did not start (first line {line:?}); see its log");
     };
-    Ok((child, format!("http://{address}")))
+    Ok((spawned, address.to_owned()))
 }
 
 fn machine() -> BTreeMap<&'static str, String> {
@@ -183,8 +184,14 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
             let data = tempfile::Builder::new().prefix("orderly-bench-").tempdir().context("temp dir")?;
             let data_dir = data.path().join("data");
             let secrets = config::secrets(&Config { data_dir: data_dir.clone(), ..Config::default() })?;
-            let (child, base) = spawn_server(&args, &data_dir, &out.join("server.log"))?;
-            (base, secrets, Some(Spawned { child, _data: data }))
+            let envs = [
+                ("ORDERLY_DATA_DIR", data_dir.display().to_string()),
+                ("ORDERLY_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+                ("ORDERLY_FLOW__UNPAID_TIMEOUT_MS", args.timers_ms.to_string()),
+                ("ORDERLY_FLOW__RESERVATION_CHECK_DELAY_MS", args.timers_ms.to_string()),
+            ];
+            let (server, address) = spawn("serve", &envs, data, &out.join("server.log"))?;
+            (format!("http://{address}"), secrets, Some(server))
         }
     };
     let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();

@@ -6,13 +6,11 @@
 //! answered `succeeded` is in the ledger exactly once.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use orderly_app::Clock;
 use orderly_app::ports::{ChargeOutcome, ChargeRequest, Payments};
@@ -20,8 +18,8 @@ use orderly_domain::{Money, OrderNo, SnowflakeId, Uid};
 use orderly_payment::{ClientConfig, GrpcPayments};
 use serde::Serialize;
 
-use super::lock;
 use super::report::Latency;
+use super::{lock, spawn};
 
 #[derive(Debug, clap::Args)]
 pub struct PaymentBenchArgs {
@@ -36,18 +34,6 @@ pub struct PaymentBenchArgs {
     acquirer_latency_ms: u64,
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
-}
-
-struct Service {
-    child: Child,
-    _ledger: tempfile::TempDir,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -138,26 +124,12 @@ pub async fn bench(args: PaymentBenchArgs) -> anyhow::Result<bool> {
     let out = args.out.join("payment");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let ledger = tempfile::Builder::new().prefix("orderly-bench-payment-").tempdir().context("temp dir")?;
-    let log = std::fs::File::create(out.join("payment.log")).context("log file")?;
-    let mut child = Command::new(std::env::current_exe().context("finding the orderly binary")?)
-        .arg("payment")
-        .env("ORDERLY_PAYMENT_SERVICE__DATA_DIR", ledger.path())
-        .env("ORDERLY_PAYMENT_SERVICE__LISTEN_ADDR", "127.0.0.1:0")
-        .env("ORDERLY_LOCAL__ACQUIRER__LATENCY_MS", args.acquirer_latency_ms.to_string())
-        .env("ORDERLY_LOG", "warn")
-        .env_remove("ORDERLY_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .context("starting orderly payment")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).context("reading the service's first line")?;
-    let Some(address) = line.trim().strip_prefix("listening on ").map(str::to_owned) else {
-        let _ = child.kill();
-        bail!("the payment service did not start (first line {line:?})");
-    };
-    let service = Service { child, _ledger: ledger };
+    let envs = [
+        ("ORDERLY_PAYMENT_SERVICE__DATA_DIR", ledger.path().display().to_string()),
+        ("ORDERLY_PAYMENT_SERVICE__LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("ORDERLY_LOCAL__ACQUIRER__LATENCY_MS", args.acquirer_latency_ms.to_string()),
+    ];
+    let (service, address) = spawn("payment", &envs, ledger, &out.join("payment.log"))?;
     let payments = GrpcPayments::new(ClientConfig {
         endpoints: vec![format!("http://{address}")],
         call_timeout_ms: 5_000,
