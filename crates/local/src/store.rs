@@ -204,6 +204,7 @@ impl Store for LocalStore {
             let mut batch = self.db.batch();
             // Stock as this batch leaves it: one read and one write per commodity per batch.
             let mut levels = Levels::new();
+            let mut deducted = std::collections::BTreeSet::new();
             let mut outcomes = Vec::with_capacity(requests.len());
             // Orders decided earlier in this batch: a duplicate message in the same batch must see them.
             let mut decided: std::collections::HashMap<OrderNo, Order> = std::collections::HashMap::new();
@@ -225,6 +226,7 @@ impl Store for LocalStore {
                     }
                 }
                 let decision = decide_create(request, &mut levels, now_ms)?;
+                deducted.extend(&decision.deducted);
                 self.put_order(&mut batch, &decision.order)?;
                 for event in &decision.events {
                     self.put_outbox(&mut batch, event)?;
@@ -232,8 +234,11 @@ impl Store for LocalStore {
                 decided.insert(order_no, decision.order);
                 outcomes.push(decision.outcome);
             }
-            for (id, level) in &levels {
-                batch.insert(&self.db.stock, u64_key(id.0), encode(level)?);
+            // One write per commodity the batch deducted from.
+            for id in &deducted {
+                if let Some(level) = levels.get(id) {
+                    batch.insert(&self.db.stock, u64_key(id.0), encode(level)?);
+                }
             }
             batch.commit().map_err(storage_error)?;
             outcomes
