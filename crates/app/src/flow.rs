@@ -135,6 +135,7 @@ impl Orderly {
                 last_decline: None,
                 rejected_for: None,
                 token_generation: None,
+                stock_versions: Vec::new(),
             })
             .collect();
 

@@ -26,6 +26,10 @@ pub struct Order {
     pub rejected_for: Option<CommodityId>,
     /// Generation of the cache reservation its creation consumed, so the other can be released.
     pub token_generation: Option<u8>,
+    /// Per line, the stock version its deduction made in the store; empty until created. A cache that
+    /// lost the reservation uses it to tell whether a counter it reloaded already counts the deduction.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stock_versions: Vec<u64>,
 }
 
 impl Order {
@@ -41,6 +45,15 @@ impl Order {
     /// The reservation a worker makes when the entry's was released or lost.
     pub fn worker_token(&self) -> Token {
         Token::worker(self.order_no, self.shop_id)
+    }
+
+    /// What its creation took from the store: (commodity, quantity, stock version after), per line.
+    /// Empty for an order not created (or created before versions were recorded).
+    pub fn deductions(&self) -> Vec<StockChange> {
+        if self.stock_versions.len() != self.lines.len() {
+            return Vec::new();
+        }
+        self.lines.iter().zip(&self.stock_versions).map(|(l, v)| (l.commodity_id, l.quantity, *v)).collect()
     }
 }
 
@@ -90,10 +103,14 @@ pub struct StockLevel {
     pub initial: u64,
     /// Not deducted by any live order.
     pub available: u64,
-    /// Bumped on every increase of `available` (stock added, stock returned), so the cache can tell
-    /// whether a restock event is already part of what it loaded.
+    /// Bumped on every change of `available` (stock added, deducted, returned), so the cache can tell
+    /// whether a change is already part of what it loaded.
     pub version: u64,
 }
+
+/// One change of a commodity's durable stock, for the cache to follow: (commodity, quantity, the
+/// stock version the change made).
+pub type StockChange = (CommodityId, u32, u64);
 
 /// A stock return for the cache, one per (order, reason).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,8 +119,8 @@ pub struct Restock {
     pub key: String,
     /// Every line's commodity is sold by this shop (a restock never spans shops).
     pub shop_id: ShopId,
-    /// (commodity, quantity, store version after the return).
-    pub lines: Vec<(CommodityId, u32, u64)>,
+    /// What came back, with the store version after the return.
+    pub lines: Vec<StockChange>,
 }
 
 /// Work the store records in the same atomic write as a state change, carried out by the relay.

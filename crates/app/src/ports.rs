@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use orderly_domain::{CatalogEntry, CommodityId, OrderAction, OrderNo, SnowflakeId, TransitionRejection, Uid};
 
 use crate::model::{
-    Delivery, IdempotencyRecord, Order, OutboxEvent, Outgoing, PaymentAttempt, Restock, StockLevel, StoredAnswer,
-    Token, TokenState, Topic,
+    Delivery, IdempotencyRecord, Order, OutboxEvent, Outgoing, PaymentAttempt, Restock, StockChange, StockLevel,
+    StoredAnswer, Token, TokenState, Topic,
 };
 
 /// An infrastructure failure. `retryable`: the same call may succeed later (unavailable, timed out).
@@ -69,7 +69,8 @@ pub enum Claim {
 /// The stock cache: the seed's Redis + Lua role. Every operation is atomic and idempotent per token.
 #[async_trait]
 pub trait StockCache: Send + Sync + std::fmt::Debug {
-    /// Loads levels that are absent; present ones are left alone (the seed's init script).
+    /// Loads levels that are absent, plus the changes kept for them that are newer than the level read;
+    /// present ones are left alone (the seed's init script).
     async fn init(&self, levels: &[(CommodityId, StockLevel)]) -> PortResult<()>;
     /// All lines or none. With `claimed`, the token starts CLAIMED (the worker's own reservation).
     /// A token the cache remembers as RELEASED is refused as `AlreadyHeld(Released)` (no hanging reserve).
@@ -77,13 +78,19 @@ pub trait StockCache: Send + Sync + std::fmt::Debug {
     /// RESERVED → CLAIMED.
     async fn claim(&self, token: Token) -> PortResult<Claim>;
     /// RESERVED or CLAIMED → CONFIRMED: the stock now lives in the store as sold.
-    async fn confirm(&self, token: Token) -> PortResult<()>;
+    ///
+    /// `deductions` are what the store took for it, with the versions they made. A token the cache lost
+    /// (missing, or remembered only as an empty release) was never counted by a counter loaded since: each
+    /// deduction is applied once to a counter loaded before its version, and kept for a counter not loaded
+    /// yet (its load applies those newer than what it read). Without deductions a lost token stays lost.
+    async fn confirm(&self, token: Token, deductions: &[StockChange]) -> PortResult<()>;
     /// RESERVED or CLAIMED → RELEASED, returning the stock. Unknown token: remembered as RELEASED, returns
     /// nothing (empty rollback). Answers the state found.
     async fn release(&self, token: Token) -> PortResult<Option<TokenState>>;
     /// Like [`StockCache::release`], but only from RESERVED: a CLAIMED token belongs to a worker.
     async fn release_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>>;
-    /// Returns stock once per `restock.key`; lines whose version the cache already loaded are skipped.
+    /// Returns stock once per `restock.key`; lines whose version the cache already loaded are skipped,
+    /// and lines of a counter not loaded yet are kept for its load, like a lost token's deductions.
     async fn restock(&self, restock: &Restock) -> PortResult<()>;
     /// What the cache would still sell, per commodity (None: not loaded).
     async fn available(&self, ids: &[CommodityId]) -> PortResult<Vec<Option<u64>>>;
@@ -103,11 +110,10 @@ pub enum ChangeRejection {
 /// What happened to one order of a create batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreateOutcome {
-    Created,
+    /// Now `to_pay`, with its stock deducted (the order records the stock versions it made).
+    Created(Box<Order>),
     /// Not enough durable stock for this commodity: the order is `rejected`, nothing deducted.
-    Rejected {
-        commodity_id: CommodityId,
-    },
+    Rejected { commodity_id: CommodityId },
     /// A redelivery: the order had already left `pending`; nothing changed.
     AlreadyDone(Box<Order>),
 }

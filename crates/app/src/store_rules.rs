@@ -52,20 +52,26 @@ pub fn decide_create(request: &CreateRequest, levels: &mut Levels, now_ms: u64) 
         });
     }
     let mut deducted = Vec::with_capacity(order.lines.len());
+    let mut stock_versions = Vec::with_capacity(order.lines.len());
     for line in &order.lines {
-        if let Some(level) = levels.get_mut(&line.commodity_id) {
-            level.available -= u64::from(line.quantity);
-            deducted.push(line.commodity_id);
-        }
+        let level = levels.get_mut(&line.commodity_id).ok_or_else(|| {
+            PortError::corrupt("store rules", format!("a reservation of {} without a ledger", line.commodity_id))
+        })?;
+        level.available -= u64::from(line.quantity);
+        level.version += 1;
+        deducted.push(line.commodity_id);
+        stock_versions.push(level.version);
     }
     order.state = step(&order, OrderAction::Create)?;
     order.token_generation = request.token.map(|t| t.generation);
+    order.stock_versions = stock_versions;
     let order_no = order.order_no;
     let mut events = vec![OutboxEvent::ScheduleUnpaidTimeout { order_no, at_ms: request.unpaid_deadline_ms }];
     if order.pay_at_once {
         events.push(OutboxEvent::Charge { order_no });
     }
-    Ok(CreateDecision { order, outcome: CreateOutcome::Created, events, deducted })
+    let outcome = CreateOutcome::Created(Box::new(order.clone()));
+    Ok(CreateDecision { order, outcome, events, deducted })
 }
 
 /// An order after `action`, through the FSM, with its store-side effect: stock returned to `levels`

@@ -130,9 +130,9 @@ impl Orderly {
             let order_no = request.order.order_no;
             let token = request.token;
             match result {
-                CreateOutcome::Created => {
+                CreateOutcome::Created(order) => {
                     if let Some(token) = token {
-                        self.cache.confirm(token).await?;
+                        self.cache.confirm(token, &order.deductions()).await?;
                     }
                     tracing::debug!(%order_no, "order created; buyer notified");
                 }
@@ -142,7 +142,7 @@ impl Orderly {
                     }
                     tracing::info!(%order_no, %commodity_id, "order rejected: stock ran out after acceptance");
                 }
-                CreateOutcome::AlreadyDone(existing) => self.settle_tokens(&existing).await?,
+                CreateOutcome::AlreadyDone(existing) => self.settle_tokens(&existing, true).await?,
             }
         }
         self.bus.ack(&receipts).await?;
@@ -171,10 +171,16 @@ impl Orderly {
 
     /// For an order past `pending`: the reservation its creation consumed is confirmed, any other is
     /// released (a rejected order consumed none). Idempotent.
-    async fn settle_tokens(&self, order: &Order) -> Result<(), PortError> {
+    ///
+    /// `deductions`: whether the confirmation tells a cache that lost the token what the store took. Only
+    /// the create path does, right after its commit (or on its redelivery): a lost token's deduction is
+    /// applied once, and a token the cache remembers confirmed is never applied twice. A reservation check
+    /// may come much later, when even a confirmed token has expired; it confirms without deductions.
+    async fn settle_tokens(&self, order: &Order, deductions: bool) -> Result<(), PortError> {
         for token in [order.entry_token(), order.worker_token()] {
             if order.state != OrderState::Rejected && order.token_generation == Some(token.generation) {
-                self.cache.confirm(token).await?;
+                let changes = if deductions { order.deductions() } else { Vec::new() };
+                self.cache.confirm(token, &changes).await?;
             } else {
                 self.cache.release(token).await?;
             }
@@ -266,7 +272,7 @@ impl Orderly {
     /// stock back. A CLAIMED token belongs to a worker that will finish it (its message is redelivered).
     async fn check_reservation(&self, token: Token) -> Result<Handled, PortError> {
         match self.store.order(token.order_no).await? {
-            Some(order) if order.state != OrderState::Pending => self.settle_tokens(&order).await?,
+            Some(order) if order.state != OrderState::Pending => self.settle_tokens(&order, false).await?,
             _ => {
                 let found = self.cache.release_if_reserved(token).await?;
                 if found == Some(crate::model::TokenState::Reserved) {

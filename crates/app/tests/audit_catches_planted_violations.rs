@@ -29,6 +29,7 @@ fn order(id: u64, buyer: u64, state: OrderState, commodity: u64, token_generatio
         last_decline: None,
         rejected_for: None,
         token_generation,
+        stock_versions: Vec::new(),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Property: random interleavings of orders, cancels, payments, timeouts, duplicate deliveries, worker
-//! steps, payment faults and restarts never oversell and conserve stock (I1, I2), and once quiet every
+//! steps, payment faults, restarts and a lost stock cache never oversell and conserve stock (I1, I2), and once quiet every
 //! invariant I1–I5 holds. A failing case prints its operations and replays from proptest's seed file.
 
 mod common;
@@ -22,13 +22,22 @@ const STOCK: u32 = 6;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Place { uid: u64, lines: Vec<(u64, i64)>, pay_at_once: bool, key: Option<u8> },
+    Place {
+        uid: u64,
+        lines: Vec<(u64, i64)>,
+        pay_at_once: bool,
+        key: Option<u8>,
+    },
     Step(usize),
     Advance(u64),
     Cancel(usize),
     Pay(usize),
     Redeliver(usize),
     Restart,
+    /// The stock cache is lost (Redis flushed) now, or right after the next claim with an immediate reload.
+    LoseCache {
+        at_next_claim: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -41,6 +50,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Pay),
         1 => any::<usize>().prop_map(Op::Redeliver),
         1 => Just(Op::Restart),
+        1 => any::<bool>().prop_map(|at_next_claim| Op::LoseCache { at_next_claim }),
     ]
 }
 
@@ -95,6 +105,7 @@ async fn run(ops: Vec<Op>, faults: (f64, f64, f64), seed: u64) {
         ..AcquirerConfig::default()
     };
     let mut orderly: Orderly = open_at(dir.path(), Arc::clone(&clock), acquirer.clone()).await;
+    let mut cache = LosableCache::install(&mut orderly);
     let catalog: Vec<CatalogEntry> = (1..=3u64)
         .map(|id| CatalogEntry {
             commodity_id: CommodityId(id),
@@ -135,9 +146,13 @@ async fn run(ops: Vec<Op>, faults: (f64, f64, f64), seed: u64) {
             }
             Op::Restart => {
                 drop(orderly);
+                drop(cache); // it holds the store too
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 orderly = open_at(dir.path(), Arc::clone(&clock), acquirer.clone()).await;
+                cache = LosableCache::install(&mut orderly);
             }
+            Op::LoseCache { at_next_claim: true } => cache.lose_at_next_claim(),
+            Op::LoseCache { at_next_claim: false } => cache.lose(),
             Op::Cancel(_) | Op::Pay(_) | Op::Redeliver(_) => {}
         }
         let report = orderly.audit(false, u64::MAX).await.expect("audit");

@@ -69,8 +69,8 @@ pub async fn token_moves_reserved_claimed_confirmed(cache: Arc<dyn StockCache>) 
     cache.reserve(token(1), &[(A, 3)], false).await.expect("reserve");
     assert_eq!(cache.claim(token(1)).await.expect("claim"), Claim::Claimed);
     assert_eq!(cache.claim(token(1)).await.expect("claim"), Claim::Claimed, "a redelivered claim is fine");
-    cache.confirm(token(1)).await.expect("confirm");
-    cache.confirm(token(1)).await.expect("confirm twice");
+    cache.confirm(token(1), &[]).await.expect("confirm");
+    cache.confirm(token(1), &[(A, 3, 2)]).await.expect("confirm twice");
     assert_eq!(cache.claim(token(1)).await.expect("claim"), Claim::Confirmed);
     // Confirmed stock belongs to a created order: a late release finds it confirmed and returns nothing.
     assert_eq!(cache.release(token(1)).await.expect("release"), Some(TokenState::Confirmed));
@@ -85,7 +85,7 @@ pub async fn release_returns_stock_exactly_once(cache: Arc<dyn StockCache>) {
     assert_eq!(cache.release(token(1)).await.expect("release again"), Some(TokenState::Released));
     assert_eq!(available(&cache, &[A, B]).await, vec![Some(10), Some(10)]);
     assert_eq!(cache.claim(token(1)).await.expect("claim"), Claim::Released);
-    cache.confirm(token(1)).await.expect("confirm after release");
+    cache.confirm(token(1), &[]).await.expect("confirm after release");
     assert_eq!(cache.claim(token(1)).await.expect("claim"), Claim::Released, "a released token stays released");
 }
 
@@ -145,6 +145,63 @@ pub async fn restock_of_an_unloaded_commodity_waits_for_the_load(cache: Arc<dyn 
     assert_eq!(available(&cache, &[A]).await, vec![None], "the load will read the store, which has it");
     cache.init(&[(A, level(15, 2))]).await.expect("init");
     assert_eq!(available(&cache, &[A]).await, vec![Some(15)]);
+}
+
+/// Redis lost a reservation (flushed, restarted) while its order was being created; the counter was
+/// reloaded from the store meanwhile. The confirmation carries what the store took, at which version.
+pub async fn confirm_of_a_lost_token_follows_the_stores_deduction_once(cache: Arc<dyn StockCache>) {
+    cache.init(&[(A, level(10, 3))]).await.expect("init");
+    // Loaded at version 3: that deduction is part of the 10.
+    cache.confirm(token(1), &[(A, 4, 3)]).await.expect("confirm");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(10)]);
+    // Version 4 came after the load: the counter follows it, once.
+    cache.confirm(token(2), &[(A, 4, 4)]).await.expect("confirm");
+    cache.confirm(token(2), &[(A, 4, 4)]).await.expect("confirm redelivered");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(6)]);
+    assert_eq!(cache.claim(token(2)).await.expect("claim"), Claim::Confirmed);
+    // Without deductions a lost token stays lost (a later confirmation with them still counts).
+    cache.confirm(token(3), &[]).await.expect("confirm");
+    assert_eq!(cache.claim(token(3)).await.expect("claim"), Claim::Missing);
+    // An empty release (the reservation check found it lost) is lost too.
+    assert_eq!(cache.release(token(4)).await.expect("release"), None);
+    cache.confirm(token(4), &[(A, 1, 5)]).await.expect("confirm");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(5)]);
+    assert_eq!(cache.release(token(4)).await.expect("release"), Some(TokenState::Confirmed), "nothing back");
+    // A live token was counted when it reserved: its deductions change nothing.
+    assert_eq!(cache.reserve(token(5), &[(A, 2)], false).await.expect("reserve"), Reserve::Reserved);
+    cache.confirm(token(5), &[(A, 2, 6)]).await.expect("confirm");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(3)]);
+}
+
+pub async fn a_lost_tokens_deduction_waits_for_the_load(cache: Arc<dyn StockCache>) {
+    // A: the load read the store before the deduction (version 2) and the return (version 3).
+    cache.confirm(token(1), &[(A, 4, 2)]).await.expect("confirm");
+    cache.restock(&Restock { key: "r-3".into(), shop_id: SHOP, lines: vec![(A, 1, 3)] }).await.expect("restock");
+    assert_eq!(available(&cache, &[A]).await, vec![None], "nothing loaded yet");
+    cache.init(&[(A, level(10, 1))]).await.expect("init");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(7)]);
+    // B: the load read the store after the deduction.
+    cache.confirm(token(2), &[(B, 4, 2)]).await.expect("confirm");
+    cache.init(&[(B, level(6, 2))]).await.expect("init");
+    assert_eq!(available(&cache, &[B]).await, vec![Some(6)]);
+}
+
+pub async fn a_counter_that_sold_lost_units_again_goes_below_zero_and_back(cache: Arc<dyn StockCache>) {
+    cache.init(&[(A, level(5, 1))]).await.expect("init");
+    // Reloaded with 5 while a lost reservation of 5 was being created: the cache sold them again.
+    assert_eq!(cache.reserve(token(1), &[(A, 5)], false).await.expect("reserve"), Reserve::Reserved);
+    cache.confirm(token(2), &[(A, 5, 2)]).await.expect("confirm");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(0)], "below zero sells nothing");
+    assert_eq!(
+        cache.reserve(token(3), &[(A, 1)], false).await.expect("reserve"),
+        Reserve::Insufficient { commodity_id: A, available: 0 }
+    );
+    // The store refuses token 1's order; its release brings the counter back to the store's 0 …
+    assert_eq!(cache.release(token(1)).await.expect("release"), Some(TokenState::Reserved));
+    assert_eq!(available(&cache, &[A]).await, vec![Some(0)]);
+    // … and it counts from there: a return of 5 makes 5, not 10.
+    cache.restock(&Restock { key: "r-3".into(), shop_id: SHOP, lines: vec![(A, 5, 3)] }).await.expect("restock");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(5)]);
 }
 
 pub async fn racing_buyers_never_get_more_than_the_stock(cache: Arc<dyn StockCache>) {

@@ -43,6 +43,7 @@ fn order(n: u64, lines: &[(CommodityId, u32)], pay_at_once: bool) -> Order {
         last_decline: None,
         rejected_for: None,
         token_generation: None,
+        stock_versions: Vec::new(),
     }
 }
 
@@ -71,8 +72,10 @@ async fn available(store: &Arc<dyn Store>, id: CommodityId) -> u64 {
 
 async fn created(store: &Arc<dyn Store>, order: &Order) -> Order {
     let outcome = store.create_orders(&[create(order)], T0_MS).await.expect("create");
-    assert_eq!(outcome, vec![CreateOutcome::Created]);
-    store.order(order.order_no).await.expect("read").expect("exists")
+    let [CreateOutcome::Created(answered)] = outcome.as_slice() else { panic!("not created: {outcome:?}") };
+    let stored = store.order(order.order_no).await.expect("read").expect("exists");
+    assert_eq!(**answered, stored, "the answer is the order as stored");
+    stored
 }
 
 pub async fn catalog_and_stock_ledger(store: Arc<dyn Store>) {
@@ -96,6 +99,11 @@ pub async fn create_deducts_stock_once_and_a_redelivery_changes_nothing(store: A
     assert_eq!(order.state, OrderState::ToPay);
     assert_eq!(order.token_generation, Some(0), "the order remembers which reservation it consumed");
     assert_eq!((available(&store, A).await, available(&store, B).await), (7, 9));
+    // Every change of a level bumps its version; the order records the versions its deductions made.
+    let levels: Vec<u64> =
+        store.stock(&[A, B]).await.expect("stock").into_iter().map(|l| l.expect("a ledger").version).collect();
+    assert_eq!(order.stock_versions, levels);
+    assert_eq!(order.deductions(), vec![(A, 3, levels[0]), (B, 1, levels[1])]);
     let events: Vec<OutboxEvent> = store.outbox(10).await.expect("outbox").into_iter().map(|(_, e)| e).collect();
     assert!(events.contains(&OutboxEvent::ScheduleUnpaidTimeout { order_no: order.order_no, at_ms: T0_MS + 900_000 }));
     assert!(events.contains(&OutboxEvent::Charge { order_no: order.order_no }), "pay at once");
@@ -111,8 +119,12 @@ pub async fn create_deducts_stock_once_and_a_redelivery_changes_nothing(store: A
 pub async fn create_never_takes_stock_below_zero(store: Arc<dyn Store>) {
     with_stock(&store, &[(A, 3)]).await;
     let (first, second) = (order(1, &[(A, 2)], false), order(2, &[(A, 2)], false));
+    let version = store.stock(&[A]).await.expect("stock")[0].expect("a ledger").version;
     let outcomes = store.create_orders(&[create(&first), create(&second)], T0_MS).await.expect("create");
-    assert_eq!(outcomes, vec![CreateOutcome::Created, CreateOutcome::Rejected { commodity_id: A }]);
+    let [CreateOutcome::Created(created), CreateOutcome::Rejected { commodity_id: A }] = outcomes.as_slice() else {
+        panic!("{outcomes:?}")
+    };
+    assert_eq!(created.stock_versions, vec![version + 1]);
     assert_eq!(available(&store, A).await, 1);
     let rejected = store.order(second.order_no).await.expect("read").expect("exists");
     assert_eq!((rejected.state, rejected.rejected_for), (OrderState::Rejected, Some(A)));
@@ -130,8 +142,7 @@ pub async fn a_duplicate_in_one_batch_is_created_once(store: Arc<dyn Store>) {
     with_stock(&store, &[(A, 10)]).await;
     let twice = order(1, &[(A, 4)], false);
     let outcomes = store.create_orders(&[create(&twice), create(&twice)], T0_MS).await.expect("create");
-    assert_eq!(outcomes[0], CreateOutcome::Created);
-    assert!(matches!(outcomes[1], CreateOutcome::AlreadyDone(_)), "{outcomes:?}");
+    assert!(matches!(outcomes.as_slice(), [CreateOutcome::Created(_), CreateOutcome::AlreadyDone(_)]), "{outcomes:?}");
     assert_eq!(available(&store, A).await, 6);
 }
 
@@ -273,7 +284,7 @@ pub async fn racing_batches_never_sell_more_than_the_stock(store: Arc<dyn Store>
     for worker in workers {
         for outcome in worker.await.expect("worker") {
             match outcome {
-                CreateOutcome::Created => created_count += 1,
+                CreateOutcome::Created(_) => created_count += 1,
                 CreateOutcome::Rejected { commodity_id } => assert_eq!(commodity_id, A),
                 other => panic!("unexpected {other:?}"),
             }

@@ -5,12 +5,15 @@
 //! a few hash lookups; on two cores one lock beats sharding (measured by `orderly bench`).
 //! Tokens expire after `token_ttl_ms`: past that, a token is "missing", and every reader of a missing
 //! token re-reserves or releases, never assumes.
+//!
+//! A counter may go below zero: a lost reservation's deduction applied to a counter that sold the same
+//! units again meanwhile (the store refuses those orders, and their release brings it back).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use orderly_app::model::{Restock, StockLevel, Token, TokenState};
+use orderly_app::model::{Restock, StockChange, StockLevel, Token, TokenState};
 use orderly_app::ports::{Claim, PortResult, Reserve, StockCache};
 use orderly_app::{Clock, PortError};
 use orderly_domain::CommodityId;
@@ -27,6 +30,8 @@ struct Inner {
     stock: HashMap<CommodityId, Counter>,
     tokens: HashMap<Token, TokenRecord>,
     restocks_applied: HashSet<String>,
+    /// Changes for counters not loaded yet: (store version, delta), applied by the load if newer.
+    parked: HashMap<CommodityId, Vec<(u64, i64)>>,
     /// (expiry, what) in insertion order; the TTL is constant, so the front expires first.
     expiries: VecDeque<(u64, Expiring)>,
 }
@@ -35,12 +40,13 @@ struct Inner {
 enum Expiring {
     Token(Token),
     Restock(String),
+    Parked(CommodityId, u64),
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Counter {
-    available: u64,
-    /// Store version at load: restock events up to it are already counted.
+    available: i64,
+    /// Store version at load: changes up to it are already counted.
     loaded_version: u64,
 }
 
@@ -81,6 +87,14 @@ impl Inner {
                 Expiring::Restock(key) => {
                     self.restocks_applied.remove(&key);
                 }
+                Expiring::Parked(id, version) => {
+                    if let Some(parked) = self.parked.get_mut(&id) {
+                        parked.retain(|(v, _)| *v != version);
+                        if parked.is_empty() {
+                            self.parked.remove(&id);
+                        }
+                    }
+                }
             }
         }
     }
@@ -93,7 +107,21 @@ impl Inner {
     fn give_back(&mut self, lines: &[(CommodityId, u32)]) {
         for (id, quantity) in lines {
             if let Some(counter) = self.stock.get_mut(id) {
-                counter.available += u64::from(*quantity);
+                counter.available += i64::from(*quantity);
+            }
+        }
+    }
+
+    /// A store change the counter may not count yet: applied if it was loaded before the change, kept
+    /// for its load if it is not loaded.
+    fn follow(&mut self, (id, quantity, version): StockChange, sign: i64, expires_ms: u64) {
+        let delta = sign * i64::from(quantity);
+        match self.stock.get_mut(&id) {
+            Some(counter) if counter.loaded_version < version => counter.available += delta,
+            Some(_) => {}
+            None => {
+                self.parked.entry(id).or_default().push((version, delta));
+                self.expiries.push_back((expires_ms, Expiring::Parked(id, version)));
             }
         }
     }
@@ -120,7 +148,13 @@ impl StockCache for LocalStockCache {
     async fn init(&self, levels: &[(CommodityId, StockLevel)]) -> PortResult<()> {
         self.with(|inner, _, _| {
             for (id, level) in levels {
-                inner.stock.entry(*id).or_insert(Counter { available: level.available, loaded_version: level.version });
+                if inner.stock.contains_key(id) {
+                    continue;
+                }
+                let parked = inner.parked.remove(id).unwrap_or_default();
+                let later: i64 = parked.iter().filter(|(v, _)| *v > level.version).map(|(_, d)| d).sum();
+                let available = i64::try_from(level.available).unwrap_or(i64::MAX).saturating_add(later);
+                inner.stock.insert(*id, Counter { available, loaded_version: level.version });
             }
         })
     }
@@ -138,13 +172,13 @@ impl StockCache for LocalStockCache {
             // Check every line first, then write: no rollback needed (the Lua rule).
             for (id, quantity) in lines {
                 let available = inner.stock.get(id).map_or(0, |c| c.available);
-                if available < u64::from(*quantity) {
-                    return Reserve::Insufficient { commodity_id: *id, available };
+                if available < i64::from(*quantity) {
+                    return Reserve::Insufficient { commodity_id: *id, available: available.max(0).unsigned_abs() };
                 }
             }
             for (id, quantity) in lines {
                 if let Some(counter) = inner.stock.get_mut(id) {
-                    counter.available -= u64::from(*quantity);
+                    counter.available -= i64::from(*quantity);
                 }
             }
             let state = if claimed { TokenState::Claimed } else { TokenState::Reserved };
@@ -167,12 +201,21 @@ impl StockCache for LocalStockCache {
         })
     }
 
-    async fn confirm(&self, token: Token) -> PortResult<()> {
-        self.with(|inner, _, _| {
-            if let Some(record) = inner.tokens.get_mut(&token)
-                && matches!(record.state, TokenState::Reserved | TokenState::Claimed)
-            {
-                record.state = TokenState::Confirmed;
+    async fn confirm(&self, token: Token, deductions: &[StockChange]) -> PortResult<()> {
+        self.with(|inner, _, expires_ms| {
+            let lost = match inner.tokens.get_mut(&token) {
+                Some(record) if matches!(record.state, TokenState::Reserved | TokenState::Claimed) => {
+                    record.state = TokenState::Confirmed;
+                    false
+                }
+                Some(record) => record.state == TokenState::Released && record.lines.is_empty(),
+                None => true,
+            };
+            if lost && !deductions.is_empty() {
+                for change in deductions {
+                    inner.follow(*change, -1, expires_ms);
+                }
+                inner.set_token(token, TokenState::Confirmed, Vec::new(), expires_ms);
             }
         })
     }
@@ -191,17 +234,15 @@ impl StockCache for LocalStockCache {
                 return;
             }
             inner.expiries.push_back((expires_ms, Expiring::Restock(restock.key.clone())));
-            for (id, quantity, version) in &restock.lines {
-                // Not loaded: the load will read the store, which has it. Loaded at or after this
-                // version: already counted.
-                if let Some(counter) = inner.stock.get_mut(id).filter(|c| c.loaded_version < *version) {
-                    counter.available += u64::from(*quantity);
-                }
+            for change in &restock.lines {
+                inner.follow(*change, 1, expires_ms);
             }
         })
     }
 
     async fn available(&self, ids: &[CommodityId]) -> PortResult<Vec<Option<u64>>> {
-        self.with(|inner, _, _| ids.iter().map(|id| inner.stock.get(id).map(|c| c.available)).collect())
+        self.with(|inner, _, _| {
+            ids.iter().map(|id| inner.stock.get(id).map(|c| c.available.max(0).unsigned_abs())).collect()
+        })
     }
 }

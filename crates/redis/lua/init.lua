@@ -1,10 +1,21 @@
 -- init: load stock counters that are absent; a present counter is never overwritten (it may hold live
--- reservations). The seed's init script.
--- KEYS[i]: stock counter of commodity i (one shop: one hash slot)
+-- reservations). The seed's init script. Changes parked for an absent counter (see follow) that are newer
+-- than the store version read are added to it.
+-- KEYS[2i-1], KEYS[2i]: stock counter and parked list of commodity i (one shop: one hash slot)
 -- ARGV[2i-1], ARGV[2i]: its available units and the store version they were read at
-for i, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 0 then
-    redis.call('HSET', key, 'available', ARGV[2 * i - 1], 'version', ARGV[2 * i])
+for i = 1, #KEYS, 2 do
+  local counter, parked = KEYS[i], KEYS[i + 1]
+  if redis.call('EXISTS', counter) == 0 then
+    local available = tonumber(ARGV[i])
+    local version = tonumber(ARGV[i + 1])
+    for _, entry in ipairs(redis.call('LRANGE', parked, 0, -1)) do
+      local at, delta = string.match(entry, '^(%d+):(-?%d+)$')
+      if at and tonumber(at) > version then
+        available = available + tonumber(delta)
+      end
+    end
+    redis.call('DEL', parked)
+    redis.call('HSET', counter, 'available', string.format('%d', available), 'version', ARGV[i + 1])
   end
 end
 return 'ok'

@@ -9,15 +9,20 @@
 //! | `<ns>:{s:<shop>}:stock:<commodity>` | hash `available`, `version` | what can still be sold, and the store version it was loaded at |
 //! | `<ns>:{s:<shop>}:token:<order_no>:<generation>` | hash `state`, `lines` | a reservation, with a time to live |
 //! | `<ns>:{s:<shop>}:restock:<event key>` | string | a restock already applied, with a time to live |
+//! | `<ns>:{s:<shop>}:parked:<commodity>` | list `version:delta` | changes for a counter not loaded yet, with a time to live |
 //! | `<ns>:sku-shop` | hash commodity → shop | where to find a commodity's counter (for `available` only) |
 //!
 //! Redis here keeps nothing on disk. Losing it loses counters and tokens, never correctness: an absent
 //! counter answers `NotLoaded` (the flow reloads it from the store), an absent token answers `Missing`
-//! (the flow reserves again), never "assume reserved".
+//! (the flow reserves again), never "assume reserved". A counter reloaded while reservations it lost
+//! are still being created is corrected by their confirmation, which carries the store's deductions and
+//! versions (`follow.lua`); a counter goes below zero when it sold those units again meanwhile (the store
+//! refuses those orders). Redis must not evict keys (`maxmemory-policy noeviction`): a token lost while
+//! its counter stays would be counted twice.
 
 use async_trait::async_trait;
 use orderly_app::PortError;
-use orderly_app::model::{Restock, StockLevel, Token, TokenState};
+use orderly_app::model::{Restock, StockChange, StockLevel, Token, TokenState};
 use orderly_app::ports::{Claim, PortResult, Reserve, StockCache};
 use orderly_domain::{CommodityId, ShopId};
 use redis::aio::ConnectionManager;
@@ -102,9 +107,9 @@ impl RedisStockCache {
             init: Script::new(include_str!("../lua/init.lua")),
             reserve: Script::new(include_str!("../lua/reserve.lua")),
             claim: Script::new(include_str!("../lua/claim.lua")),
-            confirm: Script::new(include_str!("../lua/confirm.lua")),
+            confirm: Script::new(concat!(include_str!("../lua/follow.lua"), include_str!("../lua/confirm.lua"))),
             release: Script::new(include_str!("../lua/release.lua")),
-            restock: Script::new(include_str!("../lua/restock.lua")),
+            restock: Script::new(concat!(include_str!("../lua/follow.lua"), include_str!("../lua/restock.lua"))),
         };
         Ok(RedisStockCache { connection, config, scripts })
     }
@@ -115,6 +120,19 @@ impl RedisStockCache {
 
     fn token_key(&self, token: Token) -> String {
         format!("{}:{{s:{}}}:token:{}:{}", self.config.namespace, token.shop_id.0, token.order_no, token.generation)
+    }
+
+    fn parked_key(&self, shop: ShopId, id: CommodityId) -> String {
+        format!("{}:{{s:{}}}:parked:{}", self.config.namespace, shop.0, id.0)
+    }
+
+    /// Adds the keys and arguments `follow.lua` needs for each change, after the script's first key and
+    /// argument.
+    fn follow_args(&self, invocation: &mut redis::ScriptInvocation<'_>, shop: ShopId, changes: &[StockChange]) {
+        for (id, quantity, version) in changes {
+            invocation.key(self.stock_key(shop, *id)).key(self.parked_key(shop, *id));
+            invocation.arg(*quantity).arg(*version);
+        }
     }
 
     fn restock_key(&self, shop: ShopId, key: &str) -> String {
@@ -177,7 +195,8 @@ impl StockCache for RedisStockCache {
         for (shop, levels) in by_shop {
             let mut invocation = self.scripts.init.prepare_invoke();
             for (id, level) in &levels {
-                invocation.key(self.stock_key(shop, *id)).arg(level.available).arg(level.version);
+                invocation.key(self.stock_key(shop, *id)).key(self.parked_key(shop, *id));
+                invocation.arg(level.available).arg(level.version);
             }
             let _: String = invocation.invoke_async(&mut self.connection()).await.map_err(port_error)?;
         }
@@ -231,14 +250,11 @@ impl StockCache for RedisStockCache {
         }
     }
 
-    async fn confirm(&self, token: Token) -> PortResult<()> {
-        let _: String = self
-            .scripts
-            .confirm
-            .key(self.token_key(token))
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(port_error)?;
+    async fn confirm(&self, token: Token, deductions: &[StockChange]) -> PortResult<()> {
+        let mut invocation = self.scripts.confirm.key(self.token_key(token));
+        invocation.arg(self.config.token_ttl_ms);
+        self.follow_args(&mut invocation, token.shop_id, deductions);
+        let _: String = invocation.invoke_async(&mut self.connection()).await.map_err(port_error)?;
         Ok(())
     }
 
@@ -252,13 +268,8 @@ impl StockCache for RedisStockCache {
 
     async fn restock(&self, restock: &Restock) -> PortResult<()> {
         let mut invocation = self.scripts.restock.key(self.restock_key(restock.shop_id, &restock.key));
-        for (id, _, _) in &restock.lines {
-            invocation.key(self.stock_key(restock.shop_id, *id));
-        }
         invocation.arg(self.config.token_ttl_ms);
-        for (_, quantity, version) in &restock.lines {
-            invocation.arg(*quantity).arg(*version);
-        }
+        self.follow_args(&mut invocation, restock.shop_id, &restock.lines);
         let _: String = invocation.invoke_async(&mut self.connection()).await.map_err(port_error)?;
         Ok(())
     }
@@ -281,7 +292,8 @@ impl StockCache for RedisStockCache {
                 .map_or_else(|| format!("{}:never", self.config.namespace), |shop| self.stock_key(ShopId(shop), *id));
             pipeline.hget(key, "available");
         }
-        let levels: Vec<Option<u64>> = pipeline.query_async(&mut self.connection()).await.map_err(port_error)?;
-        Ok(levels)
+        // Below zero (see the module doc) sells nothing.
+        let levels: Vec<Option<i64>> = pipeline.query_async(&mut self.connection()).await.map_err(port_error)?;
+        Ok(levels.into_iter().map(|level| level.map(|n| n.max(0).unsigned_abs())).collect())
     }
 }

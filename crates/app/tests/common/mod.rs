@@ -4,11 +4,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use orderly_app::model::Order;
-use orderly_app::{FlowConfig, Orderly};
+use orderly_app::model::{Order, Restock, StockChange, StockLevel, Token, TokenState};
+use orderly_app::ports::{Claim, PortResult, Reserve};
+use orderly_app::{Clock, FlowConfig, Orderly, StockCache, Store};
 use orderly_domain::{CatalogEntry, CommodityId, Money, OrderNo, OrderState, PlaceOrderBody, ShopId};
-use orderly_local::{AcquirerConfig, Durability, LocalConfig, ManualClock};
+use orderly_local::{AcquirerConfig, Durability, LocalConfig, LocalStockCache, ManualClock};
 
 pub const T0_MS: u64 = 1_800_000_000_000;
 
@@ -93,4 +95,76 @@ pub async fn settle_and_audit(orderly: &Orderly, clock: &ManualClock) {
     orderly.drain().await.expect("drain");
     let report = orderly.audit(true, 60 * 60 * 1000).await.expect("audit runs");
     assert!(report.violations.is_empty(), "violations: {:#?}", report.violations);
+}
+
+/// The profile's stock cache, which a test can lose the way Redis loses it (FLUSHALL, a restart): an
+/// empty cache takes its place and counters reload from the store on demand. `lose_at_next_claim` loses
+/// it right after a worker claims a reservation and reloads every counter from the store at once: a
+/// reload racing a creation in flight, whose reservation is gone with the old cache.
+#[derive(Debug)]
+pub struct LosableCache {
+    current: std::sync::RwLock<Arc<dyn StockCache>>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    at_next_claim: AtomicBool,
+}
+
+impl LosableCache {
+    /// Puts a losable cache in `orderly`, starting from what its cache holds now.
+    pub fn install(orderly: &mut Orderly) -> Arc<LosableCache> {
+        let cache = Arc::new(LosableCache {
+            current: std::sync::RwLock::new(Arc::clone(&orderly.cache)),
+            store: Arc::clone(&orderly.store),
+            clock: Arc::clone(&orderly.clock),
+            at_next_claim: AtomicBool::new(false),
+        });
+        orderly.cache = Arc::clone(&cache) as Arc<dyn StockCache>;
+        cache
+    }
+
+    fn now(&self) -> Arc<dyn StockCache> {
+        Arc::clone(&self.current.read().expect("cache lock"))
+    }
+
+    pub fn lose(&self) {
+        let fresh = LocalStockCache::new(Arc::clone(&self.clock), LocalConfig::default().token_ttl_ms);
+        *self.current.write().expect("cache lock") = Arc::new(fresh);
+    }
+
+    pub fn lose_at_next_claim(&self) {
+        self.at_next_claim.store(true, Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl StockCache for LosableCache {
+    async fn init(&self, levels: &[(CommodityId, StockLevel)]) -> PortResult<()> {
+        self.now().init(levels).await
+    }
+    async fn reserve(&self, token: Token, lines: &[(CommodityId, u32)], claimed: bool) -> PortResult<Reserve> {
+        self.now().reserve(token, lines, claimed).await
+    }
+    async fn claim(&self, token: Token) -> PortResult<Claim> {
+        let claim = self.now().claim(token).await?;
+        if self.at_next_claim.swap(false, Ordering::SeqCst) {
+            self.lose();
+            self.now().init(&self.store.all_stock().await?).await?;
+        }
+        Ok(claim)
+    }
+    async fn confirm(&self, token: Token, deductions: &[StockChange]) -> PortResult<()> {
+        self.now().confirm(token, deductions).await
+    }
+    async fn release(&self, token: Token) -> PortResult<Option<TokenState>> {
+        self.now().release(token).await
+    }
+    async fn release_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>> {
+        self.now().release_if_reserved(token).await
+    }
+    async fn restock(&self, restock: &Restock) -> PortResult<()> {
+        self.now().restock(restock).await
+    }
+    async fn available(&self, ids: &[CommodityId]) -> PortResult<Vec<Option<u64>>> {
+        self.now().available(ids).await
+    }
 }
