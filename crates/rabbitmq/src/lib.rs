@@ -12,12 +12,17 @@
 //!   time; one that arrives early goes round the largest tier that fits again (so it is never
 //!   delivered early, and late by at most the smallest tier).
 //! - **Dead letters** go to `<ns>.dead` with their topic and reason, for an operator.
+//! - **Reconnects**: a call that finds the connection or a channel closed (the broker restarted, the
+//!   network dropped) opens a new connection, channels and queue declarations first. Deliveries taken
+//!   on the old connection are the broker's again (it requeues unacked messages of a dead connection);
+//!   their receipts carry the connection's epoch, so a late ack or retry of one is skipped, never sent
+//!   on a channel that does not know its tag (which would close that channel).
 //!
 //! `receive` pulls with `basic.get` (one round trip per message): simple and exact about `max`;
 //! a prefetching consumer is the next step when the cluster bench asks for it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use lapin::Confirmation;
@@ -71,15 +76,48 @@ struct DeadLetter {
     at_ms: u64,
 }
 
-pub struct RabbitBus {
-    _connection: Connection,
+/// One connection and its channels.
+struct Link {
+    connection: Connection,
     /// Publisher-confirm channel.
     publisher: Channel,
     /// The channel deliveries are taken and acked on (a delivery tag belongs to its channel).
     consumer: Channel,
-    clock: Arc<dyn Clock>,
-    /// Unacked deliveries of this process: tag → (topic, envelope), to retry or dead-letter them.
+    /// Counts the connections this process opened: a receipt names the one its tag belongs to.
+    epoch: u64,
+    /// Unacked deliveries taken on this connection: tag → (topic, envelope), to retry or dead-letter them.
     pending: Mutex<HashMap<u64, (Topic, Envelope)>>,
+}
+
+impl Link {
+    fn usable(&self) -> bool {
+        self.connection.status().connected()
+            && self.publisher.status().connected()
+            && self.consumer.status().connected()
+    }
+
+    fn pending(&self) -> PortResult<MutexGuard<'_, HashMap<u64, (Topic, Envelope)>>> {
+        self.pending.lock().map_err(|_| PortError::corrupt("rabbitmq", "pending lock poisoned"))
+    }
+
+    async fn ack_tag(&self, tag: u64) -> PortResult<()> {
+        self.consumer.basic_ack(tag, BasicAckOptions::default()).await.map_err(unavailable)
+    }
+}
+
+/// A delivery taken out of its link's `pending`, to ack, retry or dead-letter.
+struct Held {
+    link: Arc<Link>,
+    tag: u64,
+    topic: Topic,
+    envelope: Envelope,
+}
+
+pub struct RabbitBus {
+    link: Mutex<Option<Arc<Link>>>,
+    /// One reconnect at a time; the others wait for it and use its link.
+    reconnect: tokio::sync::Mutex<()>,
+    clock: Arc<dyn Clock>,
     config: RabbitBusConfig,
 }
 
@@ -93,12 +131,16 @@ fn unavailable(error: lapin::Error) -> PortError {
     PortError::unavailable("rabbitmq", error)
 }
 
-fn receipt_of(tag: u64) -> Vec<u8> {
-    tag.to_be_bytes().to_vec()
+/// A delivery's receipt: the epoch of the connection it was taken on, then its tag.
+fn receipt_of(epoch: u64, tag: u64) -> Vec<u8> {
+    let mut receipt = epoch.to_be_bytes().to_vec();
+    receipt.extend_from_slice(&tag.to_be_bytes());
+    receipt
 }
 
-fn tag_of(receipt: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(receipt.try_into().ok()?))
+fn tag_of(receipt: &[u8]) -> Option<(u64, u64)> {
+    let (epoch, tag) = receipt.split_at_checked(8)?;
+    Some((u64::from_be_bytes(epoch.try_into().ok()?), u64::from_be_bytes(tag.try_into().ok()?)))
 }
 
 fn delivery_count(properties: &BasicProperties) -> u32 {
@@ -116,21 +158,47 @@ impl RabbitBus {
     /// Connects, opens the channels, and declares every queue (idempotent).
     pub async fn connect(config: RabbitBusConfig, clock: Arc<dyn Clock>) -> PortResult<RabbitBus> {
         assert!(!config.delay_tiers_ms.is_empty(), "at least one delay tier");
+        let bus = RabbitBus { link: Mutex::new(None), reconnect: tokio::sync::Mutex::new(()), clock, config };
+        bus.link().await?;
+        Ok(bus)
+    }
+
+    /// Closes the connection: deliveries this process holds go back to their queues at once. The next
+    /// call opens a new one.
+    pub async fn close(&self) -> PortResult<()> {
+        if let Some(link) = self.current()? {
+            link.connection.close(200, "closing".into()).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    fn current(&self) -> PortResult<Option<Arc<Link>>> {
+        Ok(self.link.lock().map_err(|_| PortError::corrupt("rabbitmq", "link lock poisoned"))?.clone())
+    }
+
+    /// The open connection, or a new one if it (or a channel) closed.
+    async fn link(&self) -> PortResult<Arc<Link>> {
+        if let Some(link) = self.current()?.filter(|l| l.usable()) {
+            return Ok(link);
+        }
+        let _one_at_a_time = self.reconnect.lock().await;
+        let previous = self.current()?;
+        if let Some(link) = previous.as_ref().filter(|l| l.usable()) {
+            return Ok(Arc::clone(link));
+        }
+        let epoch = previous.as_ref().map_or(1, |l| l.epoch + 1);
         let connection =
-            Connection::connect(&config.url, ConnectionProperties::default()).await.map_err(unavailable)?;
+            Connection::connect(&self.config.url, ConnectionProperties::default()).await.map_err(unavailable)?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
         let consumer = connection.create_channel().await.map_err(unavailable)?;
-        let bus = RabbitBus {
-            _connection: connection,
-            publisher,
-            consumer,
-            clock,
-            pending: Mutex::new(HashMap::new()),
-            config,
-        };
-        bus.declare().await?;
-        Ok(bus)
+        let link = Arc::new(Link { connection, publisher, consumer, epoch, pending: Mutex::new(HashMap::new()) });
+        self.declare(&link.consumer).await?;
+        if previous.is_some() {
+            tracing::warn!(epoch, "RabbitMQ connection reopened; deliveries held on the old one go back to the broker");
+        }
+        *self.link.lock().map_err(|_| PortError::corrupt("rabbitmq", "link lock poisoned"))? = Some(Arc::clone(&link));
+        Ok(link)
     }
 
     fn work_queue(&self, topic: Topic) -> String {
@@ -156,14 +224,11 @@ impl RabbitBus {
         arguments
     }
 
-    async fn declare(&self) -> PortResult<()> {
+    async fn declare(&self, channel: &Channel) -> PortResult<()> {
         let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
         for topic in Topic::ALL {
             let work = self.work_queue(topic);
-            self.consumer
-                .queue_declare(work.as_str().into(), durable, self.arguments(true))
-                .await
-                .map_err(unavailable)?;
+            channel.queue_declare(work.as_str().into(), durable, self.arguments(true)).await.map_err(unavailable)?;
             for &tier_ms in &self.config.delay_tiers_ms {
                 let mut arguments = self.arguments(false);
                 arguments
@@ -172,11 +237,11 @@ impl RabbitBus {
                 arguments
                     .insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(work.as_str())));
                 let queue = self.delay_queue(topic, tier_ms);
-                self.consumer.queue_declare(queue.as_str().into(), durable, arguments).await.map_err(unavailable)?;
+                channel.queue_declare(queue.as_str().into(), durable, arguments).await.map_err(unavailable)?;
             }
         }
         let dead = self.dead_queue();
-        self.consumer.queue_declare(dead.as_str().into(), durable, self.arguments(true)).await.map_err(unavailable)?;
+        channel.queue_declare(dead.as_str().into(), durable, self.arguments(true)).await.map_err(unavailable)?;
         Ok(())
     }
 
@@ -195,11 +260,12 @@ impl RabbitBus {
 
     /// Publishes and waits for every confirm.
     async fn send(&self, items: Vec<(String, Vec<u8>)>) -> PortResult<()> {
+        let link = self.link().await?;
         let properties =
             BasicProperties::default().with_delivery_mode(2).with_content_type(ShortString::from("application/json"));
         let mut confirms = Vec::with_capacity(items.len());
         for (queue, body) in items {
-            let confirm = self
+            let confirm = link
                 .publisher
                 .basic_publish(
                     "".into(),
@@ -225,14 +291,13 @@ impl RabbitBus {
         serde_json::to_vec(envelope).map_err(|e| PortError::corrupt("rabbitmq", format!("unencodable message: {e}")))
     }
 
-    async fn ack_tag(&self, tag: u64) -> PortResult<()> {
-        self.consumer.basic_ack(tag, BasicAckOptions::default()).await.map_err(unavailable)
-    }
-
-    fn take_pending(&self, receipt: &[u8]) -> PortResult<Option<(u64, Topic, Envelope)>> {
-        let Some(tag) = tag_of(receipt) else { return Ok(None) };
-        let mut pending = self.pending.lock().map_err(|_| PortError::corrupt("rabbitmq", "pending lock poisoned"))?;
-        Ok(pending.remove(&tag).map(|(topic, envelope)| (tag, topic, envelope)))
+    /// A delivery this process holds on the current connection, taken out of `pending`. `None`: not
+    /// ours, or taken on a connection since closed (the broker has it again).
+    fn take_pending(&self, receipt: &[u8]) -> PortResult<Option<Held>> {
+        let Some((epoch, tag)) = tag_of(receipt) else { return Ok(None) };
+        let Some(link) = self.current()?.filter(|l| l.epoch == epoch && l.usable()) else { return Ok(None) };
+        let taken = link.pending()?.remove(&tag);
+        Ok(taken.map(|(topic, envelope)| Held { link, tag, topic, envelope }))
     }
 }
 
@@ -250,9 +315,10 @@ impl Bus for RabbitBus {
 
     async fn receive(&self, topic: Topic, max: usize) -> PortResult<Vec<Delivery>> {
         let queue = self.work_queue(topic);
+        let link = self.link().await?;
         let mut deliveries = Vec::new();
         while deliveries.len() < max {
-            let got = self
+            let got = link
                 .consumer
                 .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
                 .await
@@ -271,22 +337,23 @@ impl Bus for RabbitBus {
                     };
                     let body = serde_json::to_vec(&dead).map_err(|e| PortError::corrupt("rabbitmq", e))?;
                     self.send(vec![(self.dead_queue(), body)]).await?;
-                    self.ack_tag(tag).await?;
+                    link.ack_tag(tag).await?;
                     continue;
                 }
             };
             if envelope.due_ms > self.clock.now_ms() {
                 // Early (a tier shorter than the wait, or a clock step): round again, then drop this copy.
                 self.send(vec![(self.route(topic, envelope.due_ms), Self::envelope_bytes(&envelope)?)]).await?;
-                self.ack_tag(tag).await?;
+                link.ack_tag(tag).await?;
                 continue;
             }
             let attempt = 1 + envelope.retries + delivery_count(&delivery.properties);
-            deliveries.push(Delivery { receipt: receipt_of(tag), message: envelope.message.clone(), attempt });
-            self.pending
-                .lock()
-                .map_err(|_| PortError::corrupt("rabbitmq", "pending lock poisoned"))?
-                .insert(tag, (topic, envelope));
+            deliveries.push(Delivery {
+                receipt: receipt_of(link.epoch, tag),
+                message: envelope.message.clone(),
+                attempt,
+            });
+            link.pending()?.insert(tag, (topic, envelope));
         }
         Ok(deliveries)
     }
@@ -294,23 +361,23 @@ impl Bus for RabbitBus {
     async fn ack(&self, receipts: &[Vec<u8>]) -> PortResult<()> {
         for receipt in receipts {
             // Only tags this process holds: acking an unknown tag would close the channel.
-            if let Some((tag, _, _)) = self.take_pending(receipt)? {
-                self.ack_tag(tag).await?;
+            if let Some(Held { link, tag, .. }) = self.take_pending(receipt)? {
+                link.ack_tag(tag).await?;
             }
         }
         Ok(())
     }
 
     async fn retry(&self, receipt: &[u8], at_ms: u64) -> PortResult<()> {
-        let Some((tag, topic, mut envelope)) = self.take_pending(receipt)? else { return Ok(()) };
+        let Some(Held { link, tag, topic, mut envelope }) = self.take_pending(receipt)? else { return Ok(()) };
         envelope.retries += 1;
         envelope.due_ms = at_ms;
         self.send(vec![(self.route(topic, at_ms), Self::envelope_bytes(&envelope)?)]).await?;
-        self.ack_tag(tag).await
+        link.ack_tag(tag).await
     }
 
     async fn dead_letter(&self, receipt: &[u8], reason: &str) -> PortResult<()> {
-        let Some((tag, topic, envelope)) = self.take_pending(receipt)? else { return Ok(()) };
+        let Some(Held { link, tag, topic, envelope }) = self.take_pending(receipt)? else { return Ok(()) };
         let dead = DeadLetter {
             topic,
             message: Some(envelope.message),
@@ -319,13 +386,15 @@ impl Bus for RabbitBus {
         };
         let body = serde_json::to_vec(&dead).map_err(|e| PortError::corrupt("rabbitmq", e))?;
         self.send(vec![(self.dead_queue(), body)]).await?;
-        self.ack_tag(tag).await
+        link.ack_tag(tag).await
     }
 
     async fn depth(&self) -> PortResult<BusDepth> {
         let passive = QueueDeclareOptions { passive: true, durable: true, ..QueueDeclareOptions::default() };
+        let link = self.link().await?;
+        let link = &link;
         let count = |queue: String| async move {
-            self.consumer
+            link.consumer
                 .queue_declare(queue.as_str().into(), passive, FieldTable::default())
                 .await
                 .map(|q| q.message_count() as usize)

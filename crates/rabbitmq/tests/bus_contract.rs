@@ -87,3 +87,39 @@ async fn an_unacked_delivery_comes_back_when_its_consumer_dies() {
     assert_eq!(again[0].attempt, 2, "the redelivery is counted");
     second.ack(&[again[0].receipt.clone()]).await.expect("ack");
 }
+
+/// The connection drops under a live process (the broker restarted): the next call opens a new one, the
+/// delivery held on the old one comes back from the broker, and its stale receipt is skipped — an ack
+/// with a tag the new channel never gave out would close that channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_is_reopened_and_stale_receipts_are_skipped() {
+    use orderly_app::model::{Message, Outgoing, Topic};
+    use orderly_domain::{OrderNo, SnowflakeId, Uid};
+
+    let mut bytes = [0u8; 8];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("randomness");
+    let mut config = RabbitBusConfig::new(url(), format!("orderly-test-{}", u64::from_le_bytes(bytes)));
+    config.queue_expires_ms = Some(120_000);
+    let bus = RabbitBus::connect(config, Arc::new(WallClock)).await.expect("connect");
+    let message = Message::Charge { order_no: OrderNo::new(SnowflakeId(1), Uid(1)) };
+    bus.publish(vec![Outgoing { message: message.clone(), deliver_at_ms: 0 }]).await.expect("publish");
+    let held = bus.receive(Topic::Charge, 1).await.expect("receive");
+    assert_eq!(held.len(), 1);
+
+    bus.close().await.expect("close");
+    bus.ack(&[held[0].receipt.clone()]).await.expect("a stale ack is skipped");
+    bus.retry(&held[0].receipt, 0).await.expect("a stale retry is skipped");
+    let mut again = Vec::new();
+    for _ in 0..100 {
+        again = bus.receive(Topic::Charge, 1).await.expect("receive reconnects");
+        if !again.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(again.len(), 1, "the broker had it again");
+    assert_eq!((again[0].message.clone(), again[0].attempt), (message, 2));
+    bus.ack(&[again[0].receipt.clone()]).await.expect("ack on the new connection");
+    let depth = bus.depth().await.expect("depth");
+    assert_eq!(depth.queued.iter().map(|(_, n)| n).sum::<usize>(), 0, "acked for good: {depth:?}");
+}

@@ -182,7 +182,7 @@ impl Shared {
     async fn one(&self, rng: &mut SmallRng, scheduled: Instant) {
         let (outcome, accepted) = match self.kind {
             Kind::Healthz => {
-                let answer = self.target.http.get(format!("{}/healthz", self.target.base)).send().await;
+                let answer = self.target.http.get(format!("{}/healthz", self.target.base())).send().await;
                 (classify(answer).await.0, None)
             }
             Kind::Order => {
@@ -190,7 +190,7 @@ impl Shared {
                 let answer = self
                     .target
                     .http
-                    .post(format!("{}/api/orders", self.target.base))
+                    .post(format!("{}/api/orders", self.target.base()))
                     .bearer_auth(self.target.buyer_token(uid))
                     .json(&body)
                     .send()
@@ -374,7 +374,7 @@ pub fn follow_up_pool(target: &Target, connections: usize) -> (FollowUps, Follow
                 for _ in 0..50 {
                     let answer = target
                         .http
-                        .post(format!("{}/api/orders/{}/{action}", target.base, order.order_no))
+                        .post(format!("{}/api/orders/{}/{action}", target.base(), order.order_no))
                         .bearer_auth(target.buyer_token(order.uid))
                         .send()
                         .await;

@@ -42,9 +42,10 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "mixed")]
     scenario: Scenario,
     /// Bench a running server at this URL instead of starting one; its data directory (`ORDERLY_DATA_DIR`
-    /// or the config) must be readable here, for the token secrets.
+    /// or the config) must be readable here, for the token secrets. Repeat it for the API processes of
+    /// a cluster: requests take them in turn (a dead one answers errors until it is back).
     #[arg(long)]
-    url: Option<String>,
+    url: Vec<String>,
     /// Concurrent connections of closed-loop phases.
     #[arg(long, default_value_t = 64)]
     connections: usize,
@@ -77,7 +78,8 @@ pub struct BenchArgs {
 #[derive(Clone)]
 pub struct Target {
     pub http: reqwest::Client,
-    pub base: String,
+    bases: Arc<Vec<String>>,
+    turn: Arc<std::sync::atomic::AtomicUsize>,
     auth: Arc<TokenAuth>,
     admin_token: String,
     expires_s: u64,
@@ -85,26 +87,47 @@ pub struct Target {
 
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Target").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("Target").field("bases", &self.bases).finish_non_exhaustive()
     }
 }
 
 impl Target {
+    /// The server for the next request: each in turn.
+    pub fn base(&self) -> &str {
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.bases[turn % self.bases.len()]
+    }
+
+    pub fn bases(&self) -> String {
+        self.bases.join(" ")
+    }
+
     pub fn buyer_token(&self, uid: u64) -> String {
         self.auth.mint(Uid(uid), self.expires_s)
     }
 
+    /// Asks each server in turn until one answers (reads only: another server may answer for a dead one).
     async fn admin_get(&self, path: &str) -> anyhow::Result<Value> {
-        let answer = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.admin_token).send().await?;
-        let status = answer.status();
-        let body: Value = answer.json().await?;
-        anyhow::ensure!(status.is_success(), "GET {path}: {status} {body}");
-        Ok(body["data"].clone())
+        let mut last = None;
+        for _ in 0..self.bases.len() {
+            let base = self.base();
+            match self.http.get(format!("{base}{path}")).bearer_auth(&self.admin_token).send().await {
+                Ok(answer) => {
+                    let status = answer.status();
+                    let body: Value = answer.json().await?;
+                    anyhow::ensure!(status.is_success(), "GET {path}: {status} {body}");
+                    return Ok(body["data"].clone());
+                }
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.map_or_else(|| anyhow::anyhow!("no server to ask"), anyhow::Error::from))
     }
 
+    /// To the first server only: an admin write is not retried elsewhere.
     async fn admin_post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let answer =
-            self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.admin_token).json(body).send().await?;
+        let base = &self.bases[0];
+        let answer = self.http.post(format!("{base}{path}")).bearer_auth(&self.admin_token).json(body).send().await?;
         let status = answer.status();
         let body: Value = answer.json().await?;
         anyhow::ensure!(status.is_success(), "POST {path}: {status} {body}");
@@ -178,9 +201,12 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     let out = args.out.join(args.scenario.as_str());
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
-    let (base, secrets, spawned) = match &args.url {
-        Some(url) => (url.trim_end_matches('/').to_owned(), config::secrets(&config)?, None),
-        None => {
+    let (bases, secrets, spawned) = match args.url.as_slice() {
+        [_, ..] => {
+            let bases = args.url.iter().map(|url| url.trim_end_matches('/').to_owned()).collect();
+            (bases, config::secrets(&config)?, None)
+        }
+        [] => {
             let data = tempfile::Builder::new().prefix("orderly-bench-").tempdir().context("temp dir")?;
             let data_dir = data.path().join("data");
             let secrets = config::secrets(&Config { data_dir: data_dir.clone(), ..Config::default() })?;
@@ -191,7 +217,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
                 ("ORDERLY_FLOW__RESERVATION_CHECK_DELAY_MS", args.timers_ms.to_string()),
             ];
             let (server, address) = spawn("serve", &envs, data, &out.join("server.log"))?;
-            (format!("http://{address}"), secrets, Some(server))
+            (vec![format!("http://{address}")], secrets, Some(server))
         }
     };
     let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
@@ -202,7 +228,8 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
         .context("HTTP client")?;
     let target = Target {
         http,
-        base,
+        bases: Arc::new(bases),
+        turn: Arc::default(),
         auth: Arc::new(TokenAuth::new(secrets.token_secret.into_bytes(), secrets.admin_token.clone())),
         admin_token: secrets.admin_token,
         expires_s: now_s + 24 * 3600,
@@ -220,7 +247,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
         args.scenario.as_str(),
         workload.sku_count,
         workload.shop_count,
-        target.base
+        target.bases()
     );
 
     // As many buyers acting on their orders as placing them: pay-later must beat the unpaid timeout.
@@ -297,7 +324,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     let report = Report {
         scenario: args.scenario,
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        server: if spawned.is_some() { "standalone, started by the bench".into() } else { target.base.clone() },
+        server: if spawned.is_some() { "standalone, started by the bench".into() } else { target.bases() },
         machine: machine(),
         workload: (*workload).clone(),
         targets: report::targets(&phase_reports),
@@ -448,7 +475,7 @@ async fn ask_state(target: &Target, order: &load::Accepted) -> String {
     for _ in 0..20 {
         let answer = target
             .http
-            .get(format!("{}/api/orders/{}", target.base, order.order_no))
+            .get(format!("{}/api/orders/{}", target.base(), order.order_no))
             .bearer_auth(target.buyer_token(order.uid))
             .send()
             .await;
