@@ -28,6 +28,9 @@ pub struct ClusterConfig {
     pub postgres_connections_max: u32,
     /// How long the cache remembers a reservation token.
     pub token_ttl_ms: u64,
+    /// Idle RabbitMQ queues are deleted by the broker after this long: for throwaway clusters (tests).
+    /// `None` (the default) keeps them.
+    pub queue_expires_ms: Option<u64>,
 }
 
 impl Default for ClusterConfig {
@@ -40,6 +43,7 @@ impl Default for ClusterConfig {
             worker_id: 1,
             postgres_connections_max: 16,
             token_ttl_ms: 60 * 60 * 1000,
+            queue_expires_ms: None,
         }
     }
 }
@@ -70,7 +74,10 @@ pub async fn open(config: &Config) -> anyhow::Result<Orderly> {
     );
     let bus = Arc::new(
         orderly_rabbitmq::RabbitBus::connect(
-            orderly_rabbitmq::RabbitBusConfig::new(cluster.amqp_url.clone(), cluster.namespace.clone()),
+            orderly_rabbitmq::RabbitBusConfig {
+                queue_expires_ms: cluster.queue_expires_ms,
+                ..orderly_rabbitmq::RabbitBusConfig::new(cluster.amqp_url.clone(), cluster.namespace.clone())
+            },
             Arc::clone(&clock),
         )
         .await

@@ -1,0 +1,484 @@
+//! End to end on the cluster profile: a payment service, two workers and two APIs as separate `orderly`
+//! processes on the local PostgreSQL (a fresh database per test), Redis (`TEST_REDIS_URL`, keys under a
+//! fresh namespace) and RabbitMQ (`TEST_AMQP_URL`, queues under that namespace, deleted by the broker once
+//! idle). The seed's scenarios over HTTP, then the faults: a worker killed with SIGKILL mid-load, the
+//! cache lost mid-load. Each ends quiet with I1–I5 holding (cache = store included).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::TryRngCore;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+const WORKERS: usize = 2;
+const APIS: usize = 2;
+
+fn env_url(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// One process of the cluster; killed when dropped.
+struct Process {
+    child: Child,
+    /// What it printed first ("listening on …", "worker running").
+    ready: String,
+}
+
+impl Process {
+    fn address(&self) -> &str {
+        self.ready.trim().trim_start_matches("listening on ")
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Where a cluster keeps its state, and how its processes are started.
+struct Settings {
+    dir: tempfile::TempDir,
+    database: String,
+    namespace: String,
+    /// `http://…` of the payment service, once it runs.
+    payment_endpoint: Option<String>,
+}
+
+impl Settings {
+    async fn fresh() -> Settings {
+        let mut bytes = [0u8; 8];
+        rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("randomness");
+        let id = format!("{:016x}", u64::from_le_bytes(bytes));
+        let database = format!("orderly_e2e_{id}");
+        let server = env_url("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+        let mut connection =
+            sqlx::PgConnection::connect(&server).await.expect("PostgreSQL is up (CI starts it; see .ci/run)");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&mut connection)
+            .await
+            .expect("create database");
+        Settings {
+            dir: tempfile::tempdir().expect("temp dir"),
+            database,
+            namespace: format!("orderly-e2e-{id}"),
+            payment_endpoint: None,
+        }
+    }
+
+    fn secrets(&self) -> PathBuf {
+        self.dir.path().join("secrets")
+    }
+
+    fn postgres_url(&self) -> String {
+        let server = env_url("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+        let (base, _) = server.rsplit_once('/').expect("a database URL names a database");
+        format!("{base}/{}", self.database)
+    }
+
+    /// Starts `orderly <role>` with the cluster's settings and waits for its first line.
+    fn spawn(&self, role: &str, extra: &[(&str, String)]) -> Process {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_orderly"));
+        command
+            .arg(role)
+            .env_remove("ORDERLY_CONFIG")
+            .env("ORDERLY_DATA_DIR", self.secrets())
+            .env("ORDERLY_LOG", "warn")
+            .env("ORDERLY_CLUSTER__POSTGRES_URL", self.postgres_url())
+            .env("ORDERLY_CLUSTER__REDIS_URL", env_url("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
+            .env("ORDERLY_CLUSTER__AMQP_URL", env_url("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"))
+            .env("ORDERLY_CLUSTER__NAMESPACE", &self.namespace)
+            .env("ORDERLY_CLUSTER__QUEUE_EXPIRES_MS", "600000")
+            .env("ORDERLY_CLUSTER__POSTGRES_CONNECTIONS_MAX", "4")
+            .env("ORDERLY_PAYMENT_SERVICE__DATA_DIR", self.dir.path().join("payment-ledger"))
+            .env("ORDERLY_FLOW__UNPAID_TIMEOUT_MS", "3000")
+            .env("ORDERLY_FLOW__RESERVATION_CHECK_DELAY_MS", "2000")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(endpoint) = &self.payment_endpoint {
+            command.env("ORDERLY_PAYMENTS__ENDPOINTS", format!("[\"{endpoint}\"]"));
+        }
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("orderly starts");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut ready = String::new();
+        BufReader::new(stdout).read_line(&mut ready).expect("reads the first line");
+        assert!(!ready.is_empty(), "orderly {role} exited at start (its log is above)");
+        Process { child, ready }
+    }
+
+    fn worker(&self, n: usize) -> Process {
+        self.spawn("worker", &[("ORDERLY_CLUSTER__WORKER_ID", (10 + n).to_string())])
+    }
+
+    fn token(&self, args: &[&str]) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_orderly"))
+            .arg("token")
+            .args(args)
+            .env_remove("ORDERLY_CONFIG")
+            .env("ORDERLY_DATA_DIR", self.secrets())
+            .output()
+            .expect("token runs");
+        assert!(output.status.success(), "token: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
+    }
+}
+
+impl Drop for Settings {
+    fn drop(&mut self) {
+        // Best effort, after the processes (fields drop in order); `.ci/run` drops what a crashed run left.
+        let _ = Command::new("dropdb")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", &self.database])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+struct Cluster {
+    apis: Vec<Process>,
+    workers: Mutex<Vec<Process>>,
+    _payment: Process,
+    settings: Settings,
+    http: reqwest::Client,
+    admin: String,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let mut settings = Settings::fresh().await;
+        let payment = settings.spawn("payment", &[("ORDERLY_PAYMENT_SERVICE__LISTEN_ADDR", "127.0.0.1:0".into())]);
+        settings.payment_endpoint = Some(format!("http://{}", payment.address()));
+        let workers = (0..WORKERS).map(|n| settings.worker(n)).collect();
+        let apis = (0..APIS)
+            .map(|n| {
+                let id = (20 + n).to_string();
+                settings
+                    .spawn("api", &[("ORDERLY_CLUSTER__WORKER_ID", id), ("ORDERLY_HTTP_ADDR", "127.0.0.1:0".into())])
+            })
+            .collect();
+        let admin = settings.token(&["--admin"]);
+        Cluster { apis, workers: Mutex::new(workers), _payment: payment, settings, http: reqwest::Client::new(), admin }
+    }
+
+    fn api(&self, n: usize) -> String {
+        format!("http://{}", self.apis[n % APIS].address())
+    }
+
+    /// SIGKILL, as a crash: the worker's unacked deliveries and claimed reservations are left behind.
+    fn kill_worker(&self, n: usize) {
+        self.workers.lock().expect("workers")[n].kill();
+    }
+
+    fn restart_worker(&self, n: usize) {
+        let worker = self.settings.worker(n);
+        self.workers.lock().expect("workers")[n] = worker;
+    }
+
+    async fn admin_get(&self, path: &str) -> Value {
+        let answer = self.http.get(format!("{}{path}", self.api(0))).bearer_auth(&self.admin).send().await;
+        let answer: Value = answer.expect("admin request").json().await.expect("json");
+        assert_eq!(answer["status"], 200, "{path}: {answer}");
+        answer["data"].clone()
+    }
+
+    async fn load_catalog(&self, stock: &[(u64, u64, f64, u64)]) {
+        let commodities: Vec<Value> = stock
+            .iter()
+            .map(
+                |(id, shop, price, add)| json!({"commodity_id": id, "shop_id": shop, "price": price, "add_stock": add}),
+            )
+            .collect();
+        let answer = self
+            .http
+            .post(format!("{}/api/admin/catalog", self.api(0)))
+            .bearer_auth(&self.admin)
+            .json(&json!({ "commodities": commodities }))
+            .send()
+            .await
+            .expect("catalog request");
+        assert_eq!(answer.status(), 200);
+    }
+
+    /// Every queue, the outbox and the safe-pay set empty, twice in a row (a worker may hold a delivery
+    /// the broker does not count).
+    async fn wait_quiet(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut quiet_once = false;
+        loop {
+            let bus = self.admin_get("/api/admin/bus").await;
+            let queued: u64 = bus["queued"].as_array().expect("queues").iter().filter_map(|q| q[1].as_u64()).sum();
+            let quiet = queued == 0 && bus["outbox"] == 0 && bus["payments_pending"] == 0;
+            if quiet && quiet_once {
+                return;
+            }
+            quiet_once = quiet;
+            assert!(Instant::now() < deadline, "not quiet after two minutes: {bus}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// The audit, once quiet: no violations, cache = store included.
+    async fn audit_clean(&self) -> Value {
+        self.wait_quiet().await;
+        let audit = self.admin_get("/api/admin/audit?quiet=true&deadline_ms=60000").await;
+        assert_eq!(audit["report"]["violations"], json!([]), "audit: {audit:#}");
+        audit["report"].clone()
+    }
+
+    /// Deletes every key of the cluster's namespace: what FLUSHALL or a Redis restart does to it (other
+    /// tests share this Redis database).
+    async fn lose_redis(&self) {
+        let client = redis::Client::open(env_url("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")).expect("client");
+        let mut connection = client.get_multiplexed_async_connection().await.expect("Redis is up");
+        // One script: atomic, like a flush (KEYS then DEL would spare what is written in between).
+        let flush =
+            redis::Script::new("for _, key in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', key) end");
+        let pattern = format!("{}:*", self.settings.namespace);
+        let () = flush.arg(pattern).invoke_async(&mut connection).await.expect("flush");
+    }
+}
+
+fn seed_body(uid: u64, pay_at_once: bool) -> Value {
+    json!({
+        "uid": uid, "to_uid": uid + 1, "origin_price": 79.98, "actual_price": 79.98, "pay_at_once": pay_at_once,
+        "commodity_details": [
+            {"actual_price": 29.99, "commodity_id": 1, "good_type": 1, "page_type": 0, "prices": 29.99, "user_id": 100001, "num": 1},
+            {"actual_price": 49.99, "commodity_id": 2, "good_type": 1, "page_type": 0, "prices": 49.99, "user_id": 100002, "num": 1}
+        ]
+    })
+}
+
+fn one_line(uid: u64, commodity: u64, num: u64, pay_at_once: bool) -> Value {
+    let (shop, price) = match commodity {
+        1 => (100_001, 29.99),
+        2 => (100_002, 49.99),
+        _ => (100_003, 9.99),
+    };
+    json!({
+        "uid": uid, "to_uid": uid, "origin_price": 0, "actual_price": 0, "pay_at_once": pay_at_once,
+        "commodity_details": [{"actual_price": price, "commodity_id": commodity, "good_type": 0, "page_type": 0,
+                               "prices": price, "user_id": shop, "num": num}]
+    })
+}
+
+const CATALOG: [(u64, u64, f64, u64); 3] =
+    [(1, 100_001, 29.99, 1_000), (2, 100_002, 49.99, 1_000), (3, 100_003, 9.99, 1)];
+
+struct Buyer<'a> {
+    cluster: &'a Cluster,
+    bearer: String,
+}
+
+impl Buyer<'_> {
+    fn new(cluster: &Cluster, uid: u64) -> Buyer<'_> {
+        Buyer { cluster, bearer: cluster.settings.token(&["--uid", &uid.to_string()]) }
+    }
+
+    /// POST to the API `via`; the whole answer.
+    async fn post(&self, via: usize, path: &str, body: &Value, key: Option<&str>) -> Value {
+        let mut request =
+            self.cluster.http.post(format!("{}{path}", self.cluster.api(via))).bearer_auth(&self.bearer).json(body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.expect("request").json().await.expect("json")
+    }
+
+    async fn place(&self, via: usize, body: &Value) -> Vec<String> {
+        let answer = self.post(via, "/api/orders", body, None).await;
+        assert_eq!(answer["status"], 200, "{answer}");
+        order_nos(&answer)
+    }
+
+    async fn order(&self, via: usize, order_no: &str) -> Value {
+        let answer = self
+            .cluster
+            .http
+            .get(format!("{}/api/orders/{order_no}", self.cluster.api(via)))
+            .bearer_auth(&self.bearer)
+            .send()
+            .await
+            .expect("request");
+        let answer: Value = answer.json().await.expect("json");
+        assert_eq!(answer["status"], 200, "{answer}");
+        answer["data"].clone()
+    }
+
+    /// Polls (through either API) until the order is in `state`.
+    async fn wait_state(&self, order_no: &str, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut turn = 0;
+        loop {
+            turn += 1;
+            let order = self.order(turn, order_no).await;
+            if order["state"] == state {
+                return order;
+            }
+            assert!(Instant::now() < deadline, "{order_no} never became {state}: {order}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn order_nos(answer: &Value) -> Vec<String> {
+    answer["data"]["order_no"]
+        .as_array()
+        .expect("order numbers")
+        .iter()
+        .map(|n| n.as_str().expect("a string").to_owned())
+        .collect()
+}
+
+async fn stock_of(cluster: &Cluster, commodity: u64) -> u64 {
+    let answer = cluster.http.get(format!("{}/api/commodities/{commodity}", cluster.api(1))).send().await;
+    let answer: Value = answer.expect("request").json().await.expect("json");
+    answer["data"]["stock"].as_u64().expect("stock")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_scenarios_run_on_the_cluster() {
+    let cluster = Cluster::start().await;
+    cluster.load_catalog(&CATALOG).await;
+    let buyer = Buyer::new(&cluster, 1);
+
+    // The seed's request, paid at once: one order per shop, both paid through the payment service.
+    let paid = buyer.place(0, &seed_body(1, true)).await;
+    assert_eq!(paid.len(), 2, "split by shop");
+    for order_no in &paid {
+        let order = buyer.wait_state(order_no, "paid").await;
+        assert_eq!(order["payment"]["state"], "succeeded");
+    }
+    // Paid later, through the other API.
+    let later = buyer.place(1, &one_line(1, 1, 2, false)).await;
+    buyer.wait_state(&later[0], "to_pay").await;
+    let answer = buyer.post(0, &format!("/api/orders/{}/pay", later[0]), &json!({}), None).await;
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(answer["data"]["state"], "paid");
+    // Cancelled: its stock comes back to the cache, which the buyer's view reads.
+    let before = stock_of(&cluster, 2).await;
+    let cancelled = buyer.place(0, &one_line(1, 2, 3, false)).await;
+    assert_eq!(stock_of(&cluster, 2).await, before - 3);
+    buyer.wait_state(&cancelled[0], "to_pay").await;
+    let answer = buyer.post(1, &format!("/api/orders/{}/cancel", cancelled[0]), &json!({}), None).await;
+    assert_eq!((answer["status"].clone(), answer["data"]["state"].clone()), (json!(200), json!("cancelled")));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stock_of(&cluster, 2).await != before {
+        assert!(Instant::now() < deadline, "the cancelled order's stock never came back to the cache");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Never paid: the unpaid timeout (3 s here) closes it.
+    let abandoned = buyer.place(1, &one_line(1, 1, 1, false)).await;
+    buyer.wait_state(&abandoned[0], "closed").await;
+    // An idempotent retry, even through the other API, gets the same order numbers; the same key with
+    // another body is refused.
+    let body = one_line(1, 2, 1, false);
+    let first = buyer.post(0, "/api/orders", &body, Some("retry-1")).await;
+    let again = buyer.post(1, "/api/orders", &body, Some("retry-1")).await;
+    assert_eq!(first["status"], 200, "{first}");
+    assert_eq!(order_nos(&again), order_nos(&first));
+    let other = buyer.post(0, "/api/orders", &one_line(1, 2, 2, false), Some("retry-1")).await;
+    assert_eq!((other["status"].clone(), other["code"].clone()), (json!(422), json!("idempotency_key_reused")));
+    // Sold out: commodity 3 has one unit.
+    buyer.place(0, &one_line(1, 3, 1, false)).await;
+    let refused = buyer.post(1, "/api/orders", &one_line(1, 3, 1, false), None).await;
+    assert_eq!((refused["status"].clone(), refused["code"].clone()), (json!(409), json!("sold_out")));
+
+    let report = cluster.audit_clean().await;
+    assert_eq!(report["orders_by_state"]["paid"], 3, "{report:#}");
+}
+
+/// Buyers place orders through both APIs until `stop`; the accepted order numbers, with their buyer.
+async fn load(cluster: Arc<Cluster>, stop: Arc<AtomicBool>) -> Vec<(u64, String)> {
+    let mut clients = Vec::new();
+    for uid in 1..=8u64 {
+        let (cluster, stop) = (Arc::clone(&cluster), Arc::clone(&stop));
+        clients.push(tokio::spawn(async move {
+            let buyer = Buyer::new(&cluster, uid);
+            let mut accepted = Vec::new();
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) && round < 2_000 {
+                round += 1;
+                let body = if round.is_multiple_of(4) {
+                    seed_body(uid, round.is_multiple_of(8))
+                } else {
+                    one_line(uid, 1 + round % 2, 1 + round % 3, round.is_multiple_of(3))
+                };
+                let answer = buyer.post(round as usize, "/api/orders", &body, None).await;
+                if answer["status"] == 200 {
+                    accepted.extend(order_nos(&answer).into_iter().map(|n| (uid, n)));
+                }
+            }
+            accepted
+        }));
+    }
+    let mut accepted = Vec::new();
+    for client in clients {
+        accepted.extend(client.await.expect("client task"));
+    }
+    accepted
+}
+
+/// Every accepted order number exists and leaves `pending`; then the audit is clean.
+async fn every_accepted_order_is_definite(cluster: &Cluster, accepted: &[(u64, String)]) {
+    let buyers: Vec<Buyer<'_>> = (1..=8).map(|uid| Buyer::new(cluster, uid)).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (uid, order_no) in accepted {
+        let buyer = &buyers[(*uid - 1) as usize];
+        loop {
+            let order = buyer.order(0, order_no).await;
+            if order["state"] != "pending" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{order_no} still pending after two minutes");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    cluster.audit_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_load_loses_no_accepted_order() {
+    let cluster = Arc::new(Cluster::start().await);
+    cluster.load_catalog(&CATALOG).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = tokio::spawn(load(Arc::clone(&cluster), Arc::clone(&stop)));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Kill -9 one worker while it holds deliveries and claimed reservations; restart it a moment later.
+    cluster.kill_worker(0);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    cluster.restart_worker(0);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let accepted = running.await.expect("load");
+    assert!(accepted.len() > 20, "the load got going ({} accepted)", accepted.len());
+    every_accepted_order_is_definite(&cluster, &accepted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_lost_mid_load_keeps_every_invariant() {
+    let cluster = Arc::new(Cluster::start().await);
+    cluster.load_catalog(&CATALOG).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = tokio::spawn(load(Arc::clone(&cluster), Arc::clone(&stop)));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        cluster.lose_redis().await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let accepted = running.await.expect("load");
+    assert!(accepted.len() > 20, "the load got going ({} accepted)", accepted.len());
+    every_accepted_order_is_definite(&cluster, &accepted).await;
+}
