@@ -32,6 +32,8 @@ pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
 #[derive(Debug, Clone)]
 pub struct ApiState {
     inner: Arc<Inner>,
+    /// Serve `POST /api/baseline/orders`, the bench's naive baseline.
+    naive_baseline: bool,
 }
 
 #[derive(Debug)]
@@ -51,7 +53,16 @@ impl ApiState {
                 limiter: EntryLimiter::new(limits),
                 in_flight_max: limits.in_flight_max.max(1),
             }),
+            naive_baseline: false,
         }
+    }
+
+    /// Also serves `POST /api/baseline/orders`: the same entry (limit, auth, validation, pricing), then
+    /// [`Orderly::place_orders_naive`] — one synchronous store transaction per cart, no cache, no bus. For
+    /// `orderly bench --naive-baseline` only: its stock bypasses the cache.
+    pub fn with_naive_baseline(mut self, on: bool) -> ApiState {
+        self.naive_baseline = on;
+        self
     }
 }
 
@@ -61,13 +72,16 @@ pub fn router(state: ApiState) -> Router {
         .layer(HandleErrorLayer::new(|_: BoxError| async { ApiError::overloaded() }))
         .load_shed()
         .layer(GlobalConcurrencyLimitLayer::new(state.inner.in_flight_max));
-    let buyer = Router::new()
+    let mut buyer = Router::new()
         .route("/api/orders", post(place_orders).get(list_orders))
         .route("/api/orders/{order_no}", get(get_order))
         .route("/api/orders/{order_no}/pay", post(pay_order))
         .route("/api/orders/{order_no}/cancel", post(cancel_order))
-        .route("/api/commodities/{id}", get(get_commodity))
-        .route_layer(shed);
+        .route("/api/commodities/{id}", get(get_commodity));
+    if state.naive_baseline {
+        buyer = buyer.route("/api/baseline/orders", post(place_orders_naive));
+    }
+    let buyer = buyer.route_layer(shed);
     Router::new()
         .route("/healthz", get(healthz))
         .merge(buyer)
@@ -137,8 +151,29 @@ async fn place_orders(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let (body, key) = admit_cart(&state, &headers, body)?;
+    let order_nos = state.orderly().place_orders(&body, key).await?;
+    Ok(ok(StatusCode::OK, json!({ "order_no": order_nos })))
+}
+
+async fn place_orders_naive(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (body, _) = admit_cart(&state, &headers, body)?;
+    let order_nos = state.orderly().place_orders_naive(&body).await?;
+    Ok(ok(StatusCode::OK, json!({ "order_no": order_nos })))
+}
+
+/// The entry's checks before the use-case: rate limit, the buyer, the idempotency key, the body.
+fn admit_cart<'h>(
+    state: &ApiState,
+    headers: &'h HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(PlaceOrderBody, Option<&'h str>), ApiError> {
     state.inner.limiter.admit().map_err(ApiError::rate_limited)?;
-    let uid = state.buyer(&headers)?;
+    let uid = state.buyer(headers)?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => {
@@ -156,8 +191,7 @@ async fn place_orders(
     if body.uid != uid {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "uid_mismatch", "the body's uid is not the caller"));
     }
-    let order_nos = state.orderly().place_orders(&body, key).await?;
-    Ok(ok(StatusCode::OK, json!({ "order_no": order_nos })))
+    Ok((body, key))
 }
 
 async fn get_order(

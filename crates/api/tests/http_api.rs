@@ -24,12 +24,16 @@ struct App {
 }
 
 async fn app_with(limits: RateLimitConfig) -> App {
+    app_configured(limits, false).await
+}
+
+async fn app_configured(limits: RateLimitConfig, naive_baseline: bool) -> App {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(ManualClock::new(T0_MS));
     let local = LocalConfig { durability: Durability::Os, ..LocalConfig::default() };
     let orderly = orderly_local::open(dir.path(), clock, FlowConfig::default(), &local).await.expect("opens");
     let auth = TokenAuth::new(b"test-secret-0123456789".to_vec(), ADMIN.to_owned());
-    let router = router(ApiState::new(orderly.clone(), auth.clone(), &limits));
+    let router = router(ApiState::new(orderly.clone(), auth.clone(), &limits).with_naive_baseline(naive_baseline));
     let app = App { router, orderly, auth, _dir: dir };
     let catalog = json!({"commodities": [
         {"commodity_id": 1, "shop_id": 100001, "price": 29.99, "add_stock": 10},
@@ -296,4 +300,32 @@ async fn requests_beyond_the_in_flight_bound_are_shed_with_503() {
     let (status, body) = app.call("GET", "/api/orders", Some(&token), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["orders"].as_array().map(Vec::len), Some(2), "the held request placed its orders");
+}
+
+/// The bench's naive baseline: served only when asked for; the same entry checks, then the order is
+/// created by one synchronous store transaction (no worker needed), and sold out is refused the same way.
+#[tokio::test]
+async fn the_naive_baseline_route_is_off_by_default_and_creates_synchronously() {
+    let app = app().await;
+    let token = app.token(1);
+    let body = seed_body().to_string();
+    let (status, answer) = app.call("POST", "/api/baseline/orders", Some(&token), Some(body.clone())).await;
+    assert_eq!((status, answer["code"].clone()), (StatusCode::NOT_FOUND, json!("no_such_route")));
+
+    let app = app_configured(RateLimitConfig::default(), true).await;
+    let token = app.token(1);
+    let (status, answer) = app.call("POST", "/api/baseline/orders", None, Some(body.clone())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    let (status, answer) = app.call("POST", "/api/baseline/orders", Some(&token), Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    for order_no in answer["data"]["order_no"].as_array().expect("order numbers") {
+        let uri = format!("/api/orders/{}", order_no.as_str().expect("a string"));
+        let (_, order) = app.call("GET", &uri, Some(&token), None).await;
+        assert_eq!(order["data"]["state"], "to_pay", "created when answered: {order}");
+    }
+    let too_many = json!({"uid": 1, "to_uid": 1, "origin_price": 0, "actual_price": 0, "pay_at_once": false,
+        "commodity_details": [{"actual_price": 29.99, "commodity_id": 1, "good_type": 1, "page_type": 0,
+                               "prices": 29.99, "user_id": 100001, "num": 10}]});
+    let (status, answer) = app.call("POST", "/api/baseline/orders", Some(&token), Some(too_many.to_string())).await;
+    assert_eq!((status, answer["code"].clone()), (StatusCode::CONFLICT, json!("sold_out")));
 }

@@ -10,8 +10,8 @@ use orderly_domain::{
 use crate::config::FlowConfig;
 use crate::model::{IdempotencyRecord, Message, Order, Outgoing, PaymentAttempt, StockLevel, StoredAnswer, Token};
 use crate::ports::{
-    Bus, ChangeRejection, ChargeOutcome, ChargeRequest, Clock, IdGen, IdempotencyBegin, PaymentResult, Payments,
-    PortError, Reserve, StockCache, Store,
+    Bus, ChangeRejection, ChargeOutcome, ChargeRequest, Clock, CreateOutcome, CreateRequest, IdGen, IdempotencyBegin,
+    PaymentResult, Payments, PortError, Reserve, StockCache, Store,
 };
 
 /// The ports of one profile, wired together.
@@ -116,28 +116,7 @@ impl Orderly {
             }
         };
         let now_ms = self.clock.now_ms();
-        let orders: Vec<Order> = drafts
-            .into_iter()
-            .zip(&order_nos)
-            .map(|(draft, &order_no)| Order {
-                order_no,
-                buyer: draft.buyer,
-                to_uid: draft.to_uid,
-                shop_id: draft.shop_id,
-                pay_at_once: draft.pay_at_once,
-                lines: draft.lines,
-                total: draft.total,
-                state: OrderState::Pending,
-                created_ms: now_ms,
-                updated_ms: now_ms,
-                payment_attempt: None,
-                payment_id: None,
-                last_decline: None,
-                rejected_for: None,
-                token_generation: None,
-                stock_versions: Vec::new(),
-            })
-            .collect();
+        let orders = pending_orders(drafts, &order_nos, now_ms);
 
         // Remark 1: the check is armed before the reservation, so a crash right after reserving still
         // gets the stock back.
@@ -185,6 +164,32 @@ impl Orderly {
         self.store.insert_pending(&orders).await?;
         if let Some(key) = idempotency_key {
             self.store.idempotency_answer(body.uid, key, StoredAnswer::Accepted).await?;
+        }
+        Ok(order_nos)
+    }
+
+    /// The bench's naive baseline (issue 3), not a way to take orders: no cache, no bus — the cart's
+    /// orders created by one synchronous store transaction that locks the stock rows, checks and deducts,
+    /// as a first design would. A cart split over shops is not all-or-nothing here: a shop's order that
+    /// finds no stock is `rejected` and answered sold out, the others stand. Its stock never passes through
+    /// the cache, so a commodity sold this way must not also be sold by [`Orderly::place_orders`] (the
+    /// bench gives it commodities of its own).
+    pub async fn place_orders_naive(&self, body: &PlaceOrderBody) -> Result<Vec<OrderNo>, PlaceError> {
+        let drafts = self.price(body).await?;
+        let order_nos = self.new_order_nos(body.uid, drafts.len()).await?;
+        let now_ms = self.clock.now_ms();
+        let batch: Vec<CreateRequest> = pending_orders(drafts, &order_nos, now_ms)
+            .into_iter()
+            .map(|order| CreateRequest {
+                token: Some(order.entry_token()),
+                unpaid_deadline_ms: now_ms + self.config.unpaid_timeout_ms,
+                order,
+            })
+            .collect();
+        for outcome in self.store.create_orders(&batch, now_ms).await? {
+            if let CreateOutcome::Rejected { commodity_id } = outcome {
+                return Err(PlaceError::SoldOut { commodity_id });
+            }
         }
         Ok(order_nos)
     }
@@ -344,4 +349,30 @@ impl Orderly {
         }
         Ok(())
     }
+}
+
+/// The orders of a cart as accepted: `pending`, numbered.
+fn pending_orders(drafts: Vec<orderly_domain::OrderDraft>, order_nos: &[OrderNo], now_ms: u64) -> Vec<Order> {
+    drafts
+        .into_iter()
+        .zip(order_nos)
+        .map(|(draft, &order_no)| Order {
+            order_no,
+            buyer: draft.buyer,
+            to_uid: draft.to_uid,
+            shop_id: draft.shop_id,
+            pay_at_once: draft.pay_at_once,
+            lines: draft.lines,
+            total: draft.total,
+            state: OrderState::Pending,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            payment_attempt: None,
+            payment_id: None,
+            last_decline: None,
+            rejected_for: None,
+            token_generation: None,
+            stock_versions: Vec::new(),
+        })
+        .collect()
 }

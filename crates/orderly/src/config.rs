@@ -35,6 +35,9 @@ pub struct Config {
     pub cluster: crate::cluster::ClusterConfig,
     /// Graceful shutdown waits this long for in-flight requests.
     pub shutdown_grace_ms: u64,
+    /// `ORDERLY_NAIVE_BASELINE`: also serve `POST /api/baseline/orders`, the naive design `orderly bench
+    /// --naive-baseline` compares against (one synchronous store transaction per cart; bypasses the cache).
+    pub naive_baseline: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +97,7 @@ impl Default for Config {
             payment_service: PaymentServiceConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
             shutdown_grace_ms: 10_000,
+            naive_baseline: false,
         }
     }
 }

@@ -57,7 +57,8 @@ pub async fn run_roles(
     }
     let secrets = config::secrets(config)?;
     let auth = TokenAuth::new(secrets.token_secret.into_bytes(), secrets.admin_token);
-    let app = orderly_api::router(ApiState::new(orderly.clone(), auth, &config.rate_limit));
+    let state = ApiState::new(orderly.clone(), auth, &config.rate_limit).with_naive_baseline(config.naive_baseline);
+    let app = orderly_api::router(state);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding {}", config.http_addr))?;

@@ -25,6 +25,9 @@ pub enum Kind {
     Healthz,
     /// `POST /api/orders` with a cart of the workload.
     Order,
+    /// `POST /api/baseline/orders` (the naive design: one synchronous store transaction per cart) with a
+    /// cart of a workload of its own. Its orders are created when answered: not followed up or verified.
+    NaiveOrder,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -183,6 +186,18 @@ impl Shared {
         let (outcome, accepted) = match self.kind {
             Kind::Healthz => {
                 let answer = self.target.http.get(format!("{}/healthz", self.target.base())).send().await;
+                (classify(answer).await.0, None)
+            }
+            Kind::NaiveOrder => {
+                let (uid, body, _) = self.workload.cart(rng);
+                let answer = self
+                    .target
+                    .http
+                    .post(format!("{}/api/baseline/orders", self.target.base()))
+                    .bearer_auth(self.target.buyer_token(uid))
+                    .json(&body)
+                    .send()
+                    .await;
                 (classify(answer).await.0, None)
             }
             Kind::Order => {

@@ -61,6 +61,11 @@ pub struct BenchArgs {
     /// Skip the healthz baseline phase.
     #[arg(long)]
     no_baseline: bool,
+    /// Also measure the naive design on the same server (`POST /api/baseline/orders`, served when it runs
+    /// with `ORDERLY_NAIVE_BASELINE=true`; a server the bench starts does): one synchronous store
+    /// transaction per cart, on commodities of its own. Reported as a ratio.
+    #[arg(long)]
+    naive_baseline: bool,
     /// Where the report goes (`<out>/<scenario>/`).
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
@@ -215,6 +220,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
                 ("ORDERLY_HTTP_ADDR", "127.0.0.1:0".to_owned()),
                 ("ORDERLY_FLOW__UNPAID_TIMEOUT_MS", args.timers_ms.to_string()),
                 ("ORDERLY_FLOW__RESERVATION_CHECK_DELAY_MS", args.timers_ms.to_string()),
+                ("ORDERLY_NAIVE_BASELINE", args.naive_baseline.to_string()),
             ];
             let (server, address) = spawn("serve", &envs, data, &out.join("server.log"))?;
             (vec![format!("http://{address}")], secrets, Some(server))
@@ -239,7 +245,11 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     // Ids of this run stay apart from earlier runs on the same server.
     let id_base = (now_s % 1_000_000) * 10_000 + 1;
     let workload = Arc::new(Workload::new(args.scenario, id_base, args.flash_stock, &mut rng));
-    for body in workload.catalog_bodies() {
+    // The naive design's commodities: the same shape, ids of their own (its stock bypasses the cache).
+    let naive_workload = args
+        .naive_baseline
+        .then(|| Arc::new(Workload::new(args.scenario, id_base + 5_000, args.flash_stock, &mut rng)));
+    for body in workload.catalog_bodies().into_iter().chain(naive_workload.iter().flat_map(|w| w.catalog_bodies())) {
         target.admin_post("/api/admin/catalog", &body).await.context("loading the catalog")?;
     }
     eprintln!(
@@ -271,10 +281,19 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
         duration,
         requests_max,
     };
+    let flash_requests = args.requests.unwrap_or(u64::from(args.flash_stock) * 2);
+    if let Some(naive_workload) = &naive_workload {
+        let requests_max = if args.scenario == Scenario::Flash { Some(flash_requests) } else { args.requests };
+        let spec = PhaseSpec { name: "naive".into(), kind: Kind::NaiveOrder, mode: closed, duration, requests_max };
+        let recorder = run_with_progress(&spec, &target, naive_workload, args.seed, &follow_ups).await;
+        phases.push((spec, recorder));
+        // Its outbox (timeouts, charges) is worked off before our phases start.
+        let settled = wait_for(&target, Instant::now(), settle, quiet).await;
+        settles.insert("naive".into(), settled.map(|d| d.as_millis() as u64));
+    }
     match args.scenario {
         Scenario::Flash => {
-            let requests = args.requests.unwrap_or(u64::from(args.flash_stock) * 2);
-            let spec = order_phase("flash", closed, Some(requests));
+            let spec = order_phase("flash", closed, Some(flash_requests));
             let recorder = run_with_progress(&spec, &target, &workload, args.seed, &follow_ups).await;
             phases.push((spec, recorder));
         }
