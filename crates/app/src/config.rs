@@ -29,6 +29,9 @@ pub struct FlowConfig {
     pub unpaid_timeout_retry_ms: u64,
     /// Orders listed per page, at most.
     pub page_size_max: usize,
+    /// How long a process keeps a catalog entry it read (0: read the store every time). A price
+    /// change made through another process applies here within this.
+    pub catalog_cache_ms: u64,
 }
 
 impl Default for FlowConfig {
@@ -46,6 +49,7 @@ impl Default for FlowConfig {
             redelivery_delay_ms: 1_000,
             unpaid_timeout_retry_ms: 5_000,
             page_size_max: 100,
+            catalog_cache_ms: 1_000,
         }
     }
 }

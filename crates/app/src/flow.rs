@@ -7,6 +7,7 @@ use orderly_domain::{
     Uid, price_and_split,
 };
 
+use crate::catalog::CatalogCache;
 use crate::config::FlowConfig;
 use crate::model::{IdempotencyRecord, Message, Order, Outgoing, PaymentAttempt, StockLevel, StoredAnswer, Token};
 use crate::ports::{
@@ -24,6 +25,8 @@ pub struct Orderly {
     pub clock: Arc<dyn Clock>,
     pub ids: Arc<dyn IdGen>,
     pub config: FlowConfig,
+    /// Catalog entries this process read lately (`config.catalog_cache_ms`).
+    pub catalog: Arc<CatalogCache>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +202,7 @@ impl Orderly {
         // Bounded before any lookup: a huge cart costs nothing.
         if body.commodity_details.len() <= self.config.cart.lines_max {
             for line in &body.commodity_details {
-                if let Some(entry) = self.store.commodity(line.commodity_id).await? {
+                if let Some(entry) = self.catalog_entry(line.commodity_id).await? {
                     entries.push(entry);
                 }
             }
@@ -207,6 +210,19 @@ impl Orderly {
         let drafts =
             price_and_split(body, self.config.cart, |id| entries.iter().find(|e| e.commodity_id == id).copied())?;
         Ok(drafts)
+    }
+
+    /// A catalog entry, from this process's recent reads or the store.
+    async fn catalog_entry(&self, id: CommodityId) -> Result<Option<CatalogEntry>, PortError> {
+        let now_ms = self.clock.now_ms();
+        if let Some(entry) = self.catalog.get(id, now_ms, self.config.catalog_cache_ms) {
+            return Ok(Some(entry));
+        }
+        let entry = self.store.commodity(id).await?;
+        if let Some(entry) = entry {
+            self.catalog.put(entry, now_ms);
+        }
+        Ok(entry)
     }
 
     async fn new_order_nos(&self, buyer: Uid, count: usize) -> Result<Vec<OrderNo>, PortError> {
@@ -325,7 +341,7 @@ impl Orderly {
 
     /// Price and stock of a commodity: the cache's view (what can still be sold), loaded if needed.
     pub async fn commodity(&self, id: CommodityId) -> Result<Option<(CatalogEntry, u64)>, PortError> {
-        let Some(entry) = self.store.commodity(id).await? else { return Ok(None) };
+        let Some(entry) = self.catalog_entry(id).await? else { return Ok(None) };
         let mut available = self.cache.available(&[id]).await?;
         if available.first().copied().flatten().is_none() {
             self.load_into_cache(&[id]).await?;
@@ -338,6 +354,7 @@ impl Orderly {
     /// is counted once whether or not the cache had loaded the commodity.
     pub async fn load_catalog(&self, entries: &[CatalogEntry], stock: &[(CommodityId, u32)]) -> Result<(), PortError> {
         self.store.put_commodities(entries).await?;
+        self.catalog.forget_all();
         for &(id, quantity) in stock {
             let level = self.store.add_stock(id, u64::from(quantity)).await?;
             let restock = crate::model::Restock {

@@ -6,6 +6,7 @@
 //!   [`ports::Clock`], [`ports::IdGen`] — and the one error type infrastructure failures map to.
 //! - [`model`]: what the ports exchange: orders, tokens, stock levels, messages, outbox events.
 //! - [`flow`]: the entry (place orders) and the buyer's actions (query, pay, cancel).
+//! - [`catalog`]: the entry's short-lived copy of catalog entries (prices are checked on every line).
 //! - [`workers`]: steppable consumers of the bus, the outbox relay and the payment reconciler.
 //! - [`ids`]: the leased snowflake generator that stays unique across restarts.
 //! - [`audit`]: the invariants I1–I5 checked over a store and a cache.
@@ -13,6 +14,7 @@
 //! - [`config`]: bounds and delays of the flow, each with a default.
 
 pub mod audit;
+pub mod catalog;
 pub mod config;
 pub mod flow;
 pub mod ids;

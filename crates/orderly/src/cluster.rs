@@ -89,5 +89,5 @@ pub async fn open(config: &Config) -> anyhow::Result<Orderly> {
             .await
             .context("leasing the id generator")?,
     );
-    Ok(Orderly { cache, store, bus, payments, clock, ids, config: config.flow.clone() })
+    Ok(Orderly { cache, store, bus, payments, clock, ids, config: config.flow.clone(), catalog: Default::default() })
 }

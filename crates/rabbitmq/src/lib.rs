@@ -18,19 +18,24 @@
 //!   their receipts carry the connection's epoch, so a late ack or retry of one is skipped, never sent
 //!   on a channel that does not know its tag (which would close that channel).
 //!
-//! `receive` pulls with `basic.get` (one round trip per message): simple and exact about `max`;
-//! a prefetching consumer is the next step when the cluster bench asks for it.
+//! `receive` takes from a consumer per topic (`basic.consume` with a bounded prefetch, so the broker
+//! streams deliveries instead of answering one `basic.get` per message) what has arrived, up to `max`;
+//! when nothing has, it waits for the first delivery up to `receive_wait_ms` (a long poll: an idle worker
+//! costs the broker nothing). Deliveries prefetched but not yet taken are not in `depth` (neither are
+//! taken ones not yet acked): the broker counts only what it still holds.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use futures_util::{FutureExt, StreamExt};
 use lapin::Confirmation;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use orderly_app::model::{Delivery, Message, Outgoing, Topic};
 use orderly_app::ports::{Bus, BusDepth, PortResult};
 use orderly_app::{Clock, PortError};
@@ -46,6 +51,10 @@ pub struct RabbitBusConfig {
     pub delay_tiers_ms: Vec<u64>,
     /// Idle queues are deleted after this long (tests); `None` in production.
     pub queue_expires_ms: Option<u64>,
+    /// Unacked deliveries the broker sends ahead to a topic's consumer.
+    pub prefetch: u16,
+    /// How long `receive` waits for a first delivery when none has arrived.
+    pub receive_wait_ms: u64,
 }
 
 impl RabbitBusConfig {
@@ -55,6 +64,8 @@ impl RabbitBusConfig {
             namespace: namespace.into(),
             delay_tiers_ms: vec![100, 1_000, 10_000, 60_000, 600_000],
             queue_expires_ms: None,
+            prefetch: 256,
+            receive_wait_ms: 50,
         }
     }
 }
@@ -87,6 +98,8 @@ struct Link {
     epoch: u64,
     /// Unacked deliveries taken on this connection: tag → (topic, envelope), to retry or dead-letter them.
     pending: Mutex<HashMap<u64, (Topic, Envelope)>>,
+    /// One consumer per topic on `consumer`, started by the first `receive` of that topic.
+    consumers: tokio::sync::Mutex<HashMap<Topic, Consumer>>,
 }
 
 impl Link {
@@ -192,7 +205,16 @@ impl RabbitBus {
         let publisher = connection.create_channel().await.map_err(unavailable)?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
         let consumer = connection.create_channel().await.map_err(unavailable)?;
-        let link = Arc::new(Link { connection, publisher, consumer, epoch, pending: Mutex::new(HashMap::new()) });
+        // Per consumer (not global): each topic's consumer gets this much ahead.
+        consumer.basic_qos(self.config.prefetch, BasicQosOptions { global: false }).await.map_err(unavailable)?;
+        let link = Arc::new(Link {
+            connection,
+            publisher,
+            consumer,
+            epoch,
+            pending: Mutex::new(HashMap::new()),
+            consumers: tokio::sync::Mutex::new(HashMap::new()),
+        });
         self.declare(&link.consumer).await?;
         if previous.is_some() {
             tracing::warn!(epoch, "RabbitMQ connection reopened; deliveries held on the old one go back to the broker");
@@ -314,17 +336,45 @@ impl Bus for RabbitBus {
     }
 
     async fn receive(&self, topic: Topic, max: usize) -> PortResult<Vec<Delivery>> {
-        let queue = self.work_queue(topic);
         let link = self.link().await?;
+        let mut consumers = link.consumers.lock().await;
+        let consumer = match consumers.entry(topic) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let queue = self.work_queue(topic);
+                let consumer = link
+                    .consumer
+                    .basic_consume(
+                        queue.as_str().into(),
+                        "".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                entry.insert(consumer)
+            }
+        };
+        let wait = std::time::Duration::from_millis(self.config.receive_wait_ms);
+        let mut waited = false;
         let mut deliveries = Vec::new();
         while deliveries.len() < max {
-            let got = link
-                .consumer
-                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-                .await
-                .map_err(unavailable)?;
-            let Some(got) = got else { break };
-            let delivery = got.delivery;
+            let next = match consumer.next().now_or_never() {
+                Some(next) => next,
+                None if deliveries.is_empty() && !waited => {
+                    waited = true;
+                    match tokio::time::timeout(wait, consumer.next()).await {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    }
+                }
+                None => break,
+            };
+            let delivery = match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => return Err(unavailable(error)),
+                None => return Err(PortError::unavailable("rabbitmq", "the consumer was cancelled")),
+            };
             let tag = delivery.delivery_tag;
             let envelope: Envelope = match serde_json::from_slice(&delivery.data) {
                 Ok(envelope) => envelope,
