@@ -41,11 +41,17 @@ fn url() -> String {
     std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
-async fn fixture() -> Arc<dyn BusFixture> {
+/// Queues of a namespace of their own, which the broker deletes once idle.
+fn fresh_config() -> RabbitBusConfig {
     let mut bytes = [0u8; 8];
     rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("randomness");
     let mut config = RabbitBusConfig::new(url(), format!("orderly-test-{}", u64::from_le_bytes(bytes)));
     config.queue_expires_ms = Some(120_000);
+    config
+}
+
+async fn fixture() -> Arc<dyn BusFixture> {
+    let config = fresh_config();
     let bus =
         RabbitBus::connect(config, Arc::new(WallClock)).await.expect("RabbitMQ is up (CI starts it; see .ci/run)");
     Arc::new(Fixture { bus: Arc::new(bus) })
@@ -60,10 +66,7 @@ async fn an_unacked_delivery_comes_back_when_its_consumer_dies() {
     use orderly_app::model::{Message, Outgoing, Topic};
     use orderly_domain::{OrderNo, SnowflakeId, Uid};
 
-    let mut bytes = [0u8; 8];
-    rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("randomness");
-    let mut config = RabbitBusConfig::new(url(), format!("orderly-test-{}", u64::from_le_bytes(bytes)));
-    config.queue_expires_ms = Some(120_000);
+    let config = fresh_config();
     let message = Message::Charge { order_no: OrderNo::new(SnowflakeId(1), Uid(1)) };
 
     let first = RabbitBus::connect(config.clone(), Arc::new(WallClock)).await.expect("connect");
@@ -96,10 +99,7 @@ async fn a_dropped_connection_is_reopened_and_stale_receipts_are_skipped() {
     use orderly_app::model::{Message, Outgoing, Topic};
     use orderly_domain::{OrderNo, SnowflakeId, Uid};
 
-    let mut bytes = [0u8; 8];
-    rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("randomness");
-    let mut config = RabbitBusConfig::new(url(), format!("orderly-test-{}", u64::from_le_bytes(bytes)));
-    config.queue_expires_ms = Some(120_000);
+    let config = fresh_config();
     let bus = RabbitBus::connect(config, Arc::new(WallClock)).await.expect("connect");
     let message = Message::Charge { order_no: OrderNo::new(SnowflakeId(1), Uid(1)) };
     bus.publish(vec![Outgoing { message: message.clone(), deliver_at_ms: 0 }]).await.expect("publish");

@@ -181,6 +181,12 @@ struct Shared {
 }
 
 impl Shared {
+    /// A buyer's cart, posted to `path` of the next server.
+    async fn post_cart(&self, path: &str, uid: u64, body: &Value) -> reqwest::Result<reqwest::Response> {
+        let url = format!("{}{path}", self.target.base());
+        self.target.http.post(url).bearer_auth(self.target.buyer_token(uid)).json(body).send().await
+    }
+
     /// Sends one request and records it against `scheduled` (its intended start).
     async fn one(&self, rng: &mut SmallRng, scheduled: Instant) {
         let (outcome, accepted) = match self.kind {
@@ -190,27 +196,11 @@ impl Shared {
             }
             Kind::NaiveOrder => {
                 let (uid, body, _) = self.workload.cart(rng);
-                let answer = self
-                    .target
-                    .http
-                    .post(format!("{}/api/baseline/orders", self.target.base()))
-                    .bearer_auth(self.target.buyer_token(uid))
-                    .json(&body)
-                    .send()
-                    .await;
-                (classify(answer).await.0, None)
+                (classify(self.post_cart("/api/baseline/orders", uid, &body).await).await.0, None)
             }
             Kind::Order => {
                 let (uid, body, pay_at_once) = self.workload.cart(rng);
-                let answer = self
-                    .target
-                    .http
-                    .post(format!("{}/api/orders", self.target.base()))
-                    .bearer_auth(self.target.buyer_token(uid))
-                    .json(&body)
-                    .send()
-                    .await;
-                let (outcome, body) = classify(answer).await;
+                let (outcome, body) = classify(self.post_cart("/api/orders", uid, &body).await).await;
                 let accepted = (outcome == "ok").then(|| {
                     let order_nos: Vec<String> = body["data"]["order_no"]
                         .as_array()
