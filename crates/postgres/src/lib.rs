@@ -391,16 +391,27 @@ impl Store for PgStore {
         now_ms: u64,
     ) -> PortResult<Result<Order, ChangeRejection>> {
         let mut tx = self.begin().await?;
-        let Some(order) = Self::read_order(&mut tx, order_no, true).await? else {
+        // Locks in the create batch's order, stock rows before the order row, so a cancel racing a
+        // redelivered create of the same order cannot deadlock with it. An order's lines never change:
+        // an unlocked read names the stock rows; the locked read decides.
+        let Some(unlocked) = Self::read_order(&mut tx, order_no, false).await? else {
             return Ok(Err(ChangeRejection::NotFound));
         };
-        // Stock rows are locked only when the change returns stock.
-        let mut levels = if returns_stock(&order, action) {
-            let ids: Vec<CommodityId> = order.lines.iter().map(|l| l.commodity_id).collect();
+        let mut levels = if returns_stock(&unlocked, action) {
+            let ids: Vec<CommodityId> = unlocked.lines.iter().map(|l| l.commodity_id).collect();
             Self::lock_stock(&mut tx, &ids).await?
         } else {
             Levels::new()
         };
+        let Some(order) = Self::read_order(&mut tx, order_no, true).await? else {
+            return Ok(Err(ChangeRejection::NotFound));
+        };
+        if returns_stock(&order, action) && levels.is_empty() {
+            // Created between the two reads (rare): lock its stock now, after the order — PostgreSQL
+            // detects the deadlock this may meet, and 40P01 is retryable.
+            let ids: Vec<CommodityId> = order.lines.iter().map(|l| l.commodity_id).collect();
+            levels = Self::lock_stock(&mut tx, &ids).await?;
+        }
         let changed = match change(order, action, &mut levels, now_ms)? {
             Ok(changed) => changed,
             Err(rejection) => return Ok(Err(rejection)),
