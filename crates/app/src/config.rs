@@ -32,6 +32,8 @@ pub struct FlowConfig {
     /// How long a process keeps a catalog entry it read (0: read the store every time). A price
     /// change made through another process applies here within this.
     pub catalog_cache_ms: u64,
+    /// With an order cache: the second delete of an order's copy comes this long after a change.
+    pub order_cache_second_delete_ms: u64,
 }
 
 impl Default for FlowConfig {
@@ -50,6 +52,7 @@ impl Default for FlowConfig {
             unpaid_timeout_retry_ms: 5_000,
             page_size_max: 100,
             catalog_cache_ms: 1_000,
+            order_cache_second_delete_ms: 1_000,
         }
     }
 }

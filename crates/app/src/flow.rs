@@ -12,7 +12,7 @@ use crate::config::FlowConfig;
 use crate::model::{IdempotencyRecord, Message, Order, Outgoing, PaymentAttempt, StockLevel, StoredAnswer, Token};
 use crate::ports::{
     Bus, ChangeRejection, ChargeOutcome, ChargeRequest, Clock, CreateOutcome, CreateRequest, IdGen, IdempotencyBegin,
-    PaymentResult, Payments, PortError, Reserve, StockCache, Store,
+    OrderCache, PaymentResult, Payments, PortError, Reserve, StockCache, Store,
 };
 
 /// The ports of one profile, wired together.
@@ -27,6 +27,8 @@ pub struct Orderly {
     pub config: FlowConfig,
     /// Catalog entries this process read lately (`config.catalog_cache_ms`).
     pub catalog: Arc<CatalogCache>,
+    /// Copies of orders for the buyers' queries; `None`: every query reads the store.
+    pub orders: Option<Arc<dyn OrderCache>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -265,13 +267,55 @@ impl Orderly {
         }
     }
 
-    /// An order as the caller may see it. Another buyer's order is "not found", not "forbidden".
+    /// An order as the caller may see it (from the order cache when there is one). Another buyer's order
+    /// is "not found", not "forbidden".
     pub async fn order(&self, actor: Actor, order_no: OrderNo) -> Result<Order, OrderError> {
-        let order = self.store.order(order_no).await?.ok_or(OrderError::NotFound)?;
+        let order = match self.cached_order(order_no).await {
+            Some(order) => order,
+            None => {
+                let order = self.store.order(order_no).await?.ok_or(OrderError::NotFound)?;
+                self.cache_order(&order).await;
+                order
+            }
+        };
         match actor {
             Actor::Buyer(uid) if uid != order.buyer => Err(OrderError::NotFound),
             _ => Ok(order),
         }
+    }
+
+    /// The cache is a copy: when it fails, the store answers.
+    async fn cached_order(&self, order_no: OrderNo) -> Option<Order> {
+        let orders = self.orders.as_ref()?;
+        orders.get(order_no).await.unwrap_or_else(|error| {
+            tracing::debug!(%order_no, %error, "order cache unavailable; reading the store");
+            None
+        })
+    }
+
+    async fn cache_order(&self, order: &Order) {
+        if let Some(orders) = &self.orders
+            && let Err(error) = orders.put(order).await
+        {
+            tracing::debug!(order_no = %order.order_no, %error, "order cache unavailable");
+        }
+    }
+
+    /// After a change of an order in the store: its cached copy is deleted now and again after
+    /// `order_cache_second_delete_ms` (a query that read the store before the change may have put the
+    /// old order back). A failed delete leaves the copy to its expiry.
+    pub(crate) async fn order_changed(&self, order_no: OrderNo) {
+        let Some(orders) = &self.orders else { return };
+        if let Err(error) = orders.forget(order_no).await {
+            tracing::warn!(%order_no, %error, "order cache: delete failed; the copy expires on its own");
+        }
+        let (orders, delay) = (Arc::clone(orders), self.config.order_cache_second_delete_ms);
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            if let Err(error) = orders.forget(order_no).await {
+                tracing::warn!(%order_no, %error, "order cache: second delete failed; the copy expires on its own");
+            }
+        });
     }
 
     pub async fn orders_of(&self, buyer: Uid, before: Option<OrderNo>, limit: usize) -> Result<Vec<Order>, PortError> {
@@ -281,6 +325,7 @@ impl Orderly {
     pub async fn cancel(&self, actor: Actor, order_no: OrderNo) -> Result<Order, OrderError> {
         self.order(actor, order_no).await?;
         let order = self.store.transition(order_no, OrderAction::Cancel, self.clock.now_ms()).await??;
+        self.order_changed(order_no).await;
         tracing::info!(%order_no, buyer = %order.buyer, "order cancelled; buyer notified");
         Ok(order)
     }
@@ -293,6 +338,7 @@ impl Orderly {
         let attempt =
             PaymentAttempt { started_ms: now_ms, charge_deadline_ms: now_ms + self.config.payment_call_timeout_ms };
         let order = self.store.begin_payment(order_no, attempt).await??;
+        self.order_changed(order_no).await;
         let request = ChargeRequest {
             order_no,
             amount: order.total,
@@ -330,6 +376,7 @@ impl Orderly {
             PaymentResult::Succeeded { .. } => None,
         };
         let order = self.store.finish_payment(order_no, result, self.clock.now_ms()).await??;
+        self.order_changed(order_no).await;
         Ok(match declined {
             None => {
                 tracing::info!(%order_no, buyer = %order.buyer, "order paid; buyer notified");

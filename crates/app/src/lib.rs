@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`ports`]: the traits — [`ports::StockCache`], [`ports::Store`], [`ports::Bus`], [`ports::Payments`],
-//!   [`ports::Clock`], [`ports::IdGen`] — and the one error type infrastructure failures map to.
+//!   [`ports::OrderCache`], [`ports::Clock`], [`ports::IdGen`] — and the one error type infrastructure
+//!   failures map to.
 //! - [`model`]: what the ports exchange: orders, tokens, stock levels, messages, outbox events.
 //! - [`flow`]: the entry (place orders) and the buyer's actions (query, pay, cancel).
 //! - [`catalog`]: the entry's short-lived copy of catalog entries (prices are checked on every line).
@@ -25,4 +26,4 @@ pub mod workers;
 
 pub use config::FlowConfig;
 pub use flow::{OrderError, Orderly, PayOutcome, PlaceError};
-pub use ports::{Bus, Clock, IdGen, Payments, PortError, StockCache, Store};
+pub use ports::{Bus, Clock, IdGen, OrderCache, Payments, PortError, StockCache, Store};

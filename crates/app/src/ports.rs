@@ -297,6 +297,17 @@ pub enum RefundRefusal {
     AmountOutOfRange,
 }
 
+/// A short-lived copy of orders for the buyers' queries (the seed's order cache in Redis). Never the
+/// truth: every change and every worker reads the store. A change deletes the copy at once and again a
+/// moment later (the seed's delayed double delete: a query that read the store just before the change
+/// may put the old order back in between); entries also expire.
+#[async_trait]
+pub trait OrderCache: Send + Sync + std::fmt::Debug {
+    async fn get(&self, order_no: OrderNo) -> PortResult<Option<Order>>;
+    async fn put(&self, order: &Order) -> PortResult<()>;
+    async fn forget(&self, order_no: OrderNo) -> PortResult<()>;
+}
+
 /// The payment service. An `Err` from `charge` means *unknown outcome*: the charge may have happened.
 /// An order with a successful charge is never charged again, whatever the key.
 #[async_trait]

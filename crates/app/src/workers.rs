@@ -129,6 +129,9 @@ impl Orderly {
         for (request, result) in batch.iter().zip(results) {
             let order_no = request.order.order_no;
             let token = request.token;
+            if !matches!(result, CreateOutcome::AlreadyDone(_)) {
+                self.order_changed(order_no).await;
+            }
             match result {
                 CreateOutcome::Created(order) => {
                     if let Some(token) = token {
@@ -246,6 +249,7 @@ impl Orderly {
                 let now_ms = self.clock.now_ms();
                 match self.store.transition(*order_no, OrderAction::AutoCancel, now_ms).await? {
                     Ok(order) => {
+                        self.order_changed(*order_no).await;
                         tracing::info!(%order_no, buyer = %order.buyer, "unpaid order closed; buyer notified");
                         Ok(Handled::Done)
                     }

@@ -28,6 +28,9 @@ pub struct ClusterConfig {
     pub postgres_connections_max: u32,
     /// How long the cache remembers a reservation token.
     pub token_ttl_ms: u64,
+    /// How long a copy of an order lives in Redis for the buyers' queries at most (every change deletes
+    /// it); 0: no order cache, queries read PostgreSQL.
+    pub order_cache_ttl_ms: u64,
     /// Idle RabbitMQ queues are deleted by the broker after this long: for throwaway clusters (tests).
     /// `None` (the default) keeps them.
     pub queue_expires_ms: Option<u64>,
@@ -43,6 +46,7 @@ impl Default for ClusterConfig {
             worker_id: 1,
             postgres_connections_max: 16,
             token_ttl_ms: 60 * 60 * 1000,
+            order_cache_ttl_ms: 60_000,
             queue_expires_ms: None,
         }
     }
@@ -83,11 +87,29 @@ pub async fn open(config: &Config) -> anyhow::Result<Orderly> {
         .await
         .context("connecting to RabbitMQ")?,
     );
+    let orders: Option<Arc<dyn orderly_app::OrderCache>> = match cluster.order_cache_ttl_ms {
+        0 => None,
+        ttl_ms => Some(Arc::new(
+            orderly_redis::RedisOrderCache::connect(&cluster.redis_url, cluster.namespace.clone(), ttl_ms)
+                .await
+                .context("connecting to Redis (order cache)")?,
+        )),
+    };
     let payments = Arc::new(orderly_payment::GrpcPayments::new(config.payments.clone())?);
     let ids = Arc::new(
         LeasedSnowflake::start(store.clone(), Arc::clone(&clock), cluster.worker_id, config.local.id_lease_ms)
             .await
             .context("leasing the id generator")?,
     );
-    Ok(Orderly { cache, store, bus, payments, clock, ids, config: config.flow.clone(), catalog: Default::default() })
+    Ok(Orderly {
+        cache,
+        store,
+        bus,
+        payments,
+        clock,
+        ids,
+        config: config.flow.clone(),
+        catalog: Default::default(),
+        orders,
+    })
 }

@@ -1,0 +1,61 @@
+//! [`RedisOrderCache`]: copies of orders for the buyers' queries, the seed's order cache. One key per
+//! order, `<ns>:order:<order_no>`, holding the order as JSON with a time to live; the flow deletes it on
+//! every change, and again a moment later (the delayed double delete).
+
+use async_trait::async_trait;
+use orderly_app::PortError;
+use orderly_app::model::Order;
+use orderly_app::ports::{OrderCache, PortResult};
+use orderly_domain::OrderNo;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use crate::port_error;
+
+pub struct RedisOrderCache {
+    connection: ConnectionManager,
+    namespace: String,
+    ttl_ms: u64,
+}
+
+impl std::fmt::Debug for RedisOrderCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOrderCache").field("namespace", &self.namespace).finish_non_exhaustive()
+    }
+}
+
+impl RedisOrderCache {
+    /// `ttl_ms`: how long a copy lives at most, should a delete be lost.
+    pub async fn connect(url: &str, namespace: String, ttl_ms: u64) -> PortResult<RedisOrderCache> {
+        let client = redis::Client::open(url).map_err(port_error)?;
+        let connection = ConnectionManager::new(client).await.map_err(port_error)?;
+        Ok(RedisOrderCache { connection, namespace, ttl_ms })
+    }
+
+    fn key(&self, order_no: OrderNo) -> String {
+        format!("{}:order:{order_no}", self.namespace)
+    }
+}
+
+#[async_trait]
+impl OrderCache for RedisOrderCache {
+    async fn get(&self, order_no: OrderNo) -> PortResult<Option<Order>> {
+        let text: Option<String> = self.connection.clone().get(self.key(order_no)).await.map_err(port_error)?;
+        text.map(|text| {
+            serde_json::from_str(&text).map_err(|e| PortError::corrupt("redis", format!("cached order: {e}")))
+        })
+        .transpose()
+    }
+
+    async fn put(&self, order: &Order) -> PortResult<()> {
+        let text = serde_json::to_string(order).map_err(|e| PortError::corrupt("redis", e))?;
+        let _: () =
+            self.connection.clone().pset_ex(self.key(order.order_no), text, self.ttl_ms).await.map_err(port_error)?;
+        Ok(())
+    }
+
+    async fn forget(&self, order_no: OrderNo) -> PortResult<()> {
+        let _: () = self.connection.clone().del(self.key(order_no)).await.map_err(port_error)?;
+        Ok(())
+    }
+}

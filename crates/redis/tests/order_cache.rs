@@ -1,0 +1,62 @@
+//! `RedisOrderCache` against Redis (`TEST_REDIS_URL`, default database 15), each test in a namespace
+//! of its own: a copy round-trips, a delete removes it, and it expires on its own.
+
+use orderly_app::OrderCache;
+use orderly_app::model::Order;
+use orderly_domain::{CommodityId, Money, OrderLine, OrderNo, OrderState, ShopId, SnowflakeId, Uid};
+use orderly_redis::RedisOrderCache;
+use rand::TryRngCore;
+
+fn url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".to_owned())
+}
+
+async fn cache(ttl_ms: u64) -> RedisOrderCache {
+    let mut bytes = [0u8; 8];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("randomness");
+    let namespace = format!("orderly-test-{}", u64::from_le_bytes(bytes));
+    RedisOrderCache::connect(&url(), namespace, ttl_ms).await.expect("Redis is up (CI starts it; see .ci/run)")
+}
+
+fn order(n: u64) -> Order {
+    Order {
+        order_no: OrderNo::new(SnowflakeId(n), Uid(7)),
+        buyer: Uid(7),
+        to_uid: Uid(8),
+        shop_id: ShopId(100_001),
+        pay_at_once: false,
+        lines: vec![OrderLine { commodity_id: CommodityId(1), quantity: 2, unit_price: Money::from_cents(2999) }],
+        total: Money::from_cents(5998),
+        state: OrderState::ToPay,
+        created_ms: 1,
+        updated_ms: 2,
+        payment_attempt: None,
+        payment_id: None,
+        last_decline: None,
+        rejected_for: None,
+        token_generation: Some(0),
+        stock_versions: vec![3],
+    }
+}
+
+#[tokio::test]
+async fn a_copy_round_trips_and_a_delete_removes_it() {
+    let cache = cache(60_000).await;
+    let (first, second) = (order(1), order(2));
+    assert_eq!(cache.get(first.order_no).await.expect("get"), None);
+    cache.put(&first).await.expect("put");
+    cache.put(&second).await.expect("put");
+    assert_eq!(cache.get(first.order_no).await.expect("get"), Some(first.clone()));
+    cache.forget(first.order_no).await.expect("forget");
+    cache.forget(first.order_no).await.expect("forget twice");
+    assert_eq!(cache.get(first.order_no).await.expect("get"), None);
+    assert_eq!(cache.get(second.order_no).await.expect("get"), Some(second), "only that order's copy");
+}
+
+#[tokio::test]
+async fn a_copy_expires_on_its_own() {
+    let cache = cache(100).await;
+    cache.put(&order(1)).await.expect("put");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(cache.get(order(1).order_no).await.expect("get"), None);
+}
