@@ -129,9 +129,8 @@ impl Orderly {
         for (request, result) in batch.iter().zip(results) {
             let order_no = request.order.order_no;
             let token = request.token;
-            if !matches!(result, CreateOutcome::AlreadyDone(_)) {
-                self.order_changed(order_no).await;
-            }
+            // Also on a redelivery: the worker that created it may have died before deleting the copy.
+            self.order_changed(order_no).await;
             match result {
                 CreateOutcome::Created(order) => {
                     if let Some(token) = token {
