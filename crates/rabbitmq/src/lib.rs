@@ -313,6 +313,20 @@ impl RabbitBus {
         serde_json::to_vec(envelope).map_err(|e| PortError::corrupt("rabbitmq", format!("unencodable message: {e}")))
     }
 
+    /// Moves a held delivery on: publishes its next form (`to`, `body`), then acks it. If either step
+    /// fails, the connection is closed: the broker takes back every delivery it handed this connection,
+    /// this one included, rather than leaving it unacked and invisible for as long as the process lives.
+    async fn move_on(&self, link: &Link, tag: u64, to: String, body: Vec<u8>) -> PortResult<()> {
+        let moved = match self.send(vec![(to, body)]).await {
+            Ok(()) => link.ack_tag(tag).await,
+            Err(error) => Err(error),
+        };
+        if moved.is_err() {
+            let _ = link.connection.close(200, "giving deliveries back".into()).await;
+        }
+        moved
+    }
+
     /// A delivery this process holds on the current connection, taken out of `pending`. `None`: not
     /// ours, or taken on a connection since closed (the broker has it again).
     fn take_pending(&self, receipt: &[u8]) -> PortResult<Option<Held>> {
@@ -386,15 +400,13 @@ impl Bus for RabbitBus {
                         at_ms: self.clock.now_ms(),
                     };
                     let body = serde_json::to_vec(&dead).map_err(|e| PortError::corrupt("rabbitmq", e))?;
-                    self.send(vec![(self.dead_queue(), body)]).await?;
-                    link.ack_tag(tag).await?;
+                    self.move_on(&link, tag, self.dead_queue(), body).await?;
                     continue;
                 }
             };
             if envelope.due_ms > self.clock.now_ms() {
                 // Early (a tier shorter than the wait, or a clock step): round again, then drop this copy.
-                self.send(vec![(self.route(topic, envelope.due_ms), Self::envelope_bytes(&envelope)?)]).await?;
-                link.ack_tag(tag).await?;
+                self.move_on(&link, tag, self.route(topic, envelope.due_ms), Self::envelope_bytes(&envelope)?).await?;
                 continue;
             }
             let attempt = 1 + envelope.retries + delivery_count(&delivery.properties);
@@ -422,8 +434,7 @@ impl Bus for RabbitBus {
         let Some(Held { link, tag, topic, mut envelope }) = self.take_pending(receipt)? else { return Ok(()) };
         envelope.retries += 1;
         envelope.due_ms = at_ms;
-        self.send(vec![(self.route(topic, at_ms), Self::envelope_bytes(&envelope)?)]).await?;
-        link.ack_tag(tag).await
+        self.move_on(&link, tag, self.route(topic, at_ms), Self::envelope_bytes(&envelope)?).await
     }
 
     async fn dead_letter(&self, receipt: &[u8], reason: &str) -> PortResult<()> {
@@ -435,8 +446,7 @@ impl Bus for RabbitBus {
             at_ms: self.clock.now_ms(),
         };
         let body = serde_json::to_vec(&dead).map_err(|e| PortError::corrupt("rabbitmq", e))?;
-        self.send(vec![(self.dead_queue(), body)]).await?;
-        link.ack_tag(tag).await
+        self.move_on(&link, tag, self.dead_queue(), body).await
     }
 
     async fn depth(&self) -> PortResult<BusDepth> {
