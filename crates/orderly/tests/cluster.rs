@@ -86,11 +86,11 @@ impl Settings {
         format!("{base}/{}", self.database)
     }
 
-    /// Starts `orderly <role>` with the cluster's settings and waits for its first line.
-    fn spawn(&self, role: &str, extra: &[(&str, String)]) -> Process {
+    /// `orderly <args>` with the cluster's settings.
+    fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_orderly"));
         command
-            .arg(role)
+            .args(args)
             .env_remove("ORDERLY_CONFIG")
             .env("ORDERLY_DATA_DIR", self.secrets())
             .env("ORDERLY_LOG", "warn")
@@ -103,11 +103,17 @@ impl Settings {
             .env("ORDERLY_PAYMENT_SERVICE__DATA_DIR", self.dir.path().join("payment-ledger"))
             .env("ORDERLY_FLOW__UNPAID_TIMEOUT_MS", "3000")
             .env("ORDERLY_FLOW__RESERVATION_CHECK_DELAY_MS", "2000")
-            .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(endpoint) = &self.payment_endpoint {
             command.env("ORDERLY_PAYMENTS__ENDPOINTS", format!("[\"{endpoint}\"]"));
         }
+        command
+    }
+
+    /// Starts `orderly <role>` with the cluster's settings and waits for its first line.
+    fn spawn(&self, role: &str, extra: &[(&str, String)]) -> Process {
+        let mut command = self.command(&[role]);
+        command.stdout(Stdio::piped());
         for (key, value) in extra {
             command.env(key, value);
         }
@@ -397,6 +403,10 @@ async fn the_seed_scenarios_run_on_the_cluster() {
 
     let report = cluster.audit_clean().await;
     assert_eq!(report["orders_by_state"]["paid"], 3, "{report:#}");
+    // The command-line audit of the cluster agrees.
+    let output = cluster.settings.command(&["audit", "--cluster", "--quiet"]).output().expect("audit runs");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && printed.contains("audit: no violations"), "{printed}");
 }
 
 /// Buyers place orders through both APIs until `stop`; the accepted order numbers, with their buyer.
