@@ -34,6 +34,9 @@ pub struct FlowConfig {
     pub catalog_cache_ms: u64,
     /// With an order cache: the second delete of an order's copy comes this long after a change.
     pub order_cache_second_delete_ms: u64,
+    /// Length of a lease on a role that runs once in a cluster (the reconciler): another process
+    /// takes the role this long after its holder stopped.
+    pub lease_ms: u64,
 }
 
 impl Default for FlowConfig {
@@ -53,6 +56,7 @@ impl Default for FlowConfig {
             page_size_max: 100,
             catalog_cache_ms: 1_000,
             order_cache_second_delete_ms: 1_000,
+            lease_ms: 10_000,
         }
     }
 }

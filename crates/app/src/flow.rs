@@ -29,6 +29,8 @@ pub struct Orderly {
     pub catalog: Arc<CatalogCache>,
     /// Copies of orders for the buyers' queries; `None`: every query reads the store.
     pub orders: Option<Arc<dyn OrderCache>>,
+    /// The leases this process holds on roles that run once in a cluster.
+    pub leases: Arc<crate::workers::Leases>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -21,6 +21,7 @@ pub struct LeasedSnowflake {
     clock: Arc<dyn Clock>,
     key: String,
     lease_ms: u64,
+    worker: u16,
 }
 
 #[derive(Debug)]
@@ -43,7 +44,7 @@ impl LeasedSnowflake {
         let leased_until_ms = clock.now_ms().max(floor_ms) + lease_ms;
         store.set_meta(&key, leased_until_ms).await?;
         let state = Mutex::new(LeaseState { generator: Snowflake::new(worker, floor_ms + 1), leased_until_ms });
-        Ok(LeasedSnowflake { state, renewal: tokio::sync::Mutex::new(()), store, clock, key, lease_ms })
+        Ok(LeasedSnowflake { state, renewal: tokio::sync::Mutex::new(()), store, clock, key, lease_ms, worker })
     }
 
     /// The next id if the lease covers it.
@@ -61,6 +62,10 @@ impl LeasedSnowflake {
 
 #[async_trait]
 impl IdGen for LeasedSnowflake {
+    fn instance(&self) -> u64 {
+        u64::from(self.worker)
+    }
+
     async fn next_id(&self) -> PortResult<SnowflakeId> {
         if let Some(id) = self.try_next()? {
             return Ok(id);

@@ -39,6 +39,9 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
 #[async_trait]
 pub trait IdGen: Send + Sync + std::fmt::Debug {
     async fn next_id(&self) -> PortResult<SnowflakeId>;
+    /// This process's number among those sharing the store (the snowflake worker id): unique while they
+    /// run, so it can name the holder of a lease.
+    fn instance(&self) -> u64;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +224,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Small named values (the id generator's lease).
     async fn meta(&self, key: &str) -> PortResult<Option<u64>>;
     async fn set_meta(&self, key: &str, value: u64) -> PortResult<()>;
+
+    /// Takes or renews the lease `name` for `holder` until `until_ms`, if it is free (expired at
+    /// `now_ms`) or `holder`'s already: one active instance of a role among many processes. Whether
+    /// `holder` holds it now. Atomic; need not be durable (a lease lost in a crash is taken again).
+    async fn lease(&self, name: &str, holder: u64, now_ms: u64, until_ms: u64) -> PortResult<bool>;
 }
 
 /// The message bus: durable publish, at-least-once delivery, delayed delivery.

@@ -314,8 +314,12 @@ impl Orderly {
     }
 
     /// Safe pay: asks the payment service about every attempt without a definite answer, until it has one.
-    /// Service down → the entry waits for a later round, with backoff.
+    /// Service down → the entry waits for a later round, with backoff. One active instance: the process
+    /// holding the `reconciler` lease (another takes over when it stops renewing).
     async fn reconcile_step(&self) -> Result<Outcome, PortError> {
+        if !self.hold_lease("reconciler").await? {
+            return Ok(Outcome::default());
+        }
         let now_ms = self.clock.now_ms();
         let due = self.store.payments_due(now_ms, self.config.worker_batch_max).await?;
         let mut outcome = Outcome::default();
@@ -354,6 +358,36 @@ impl Orderly {
 enum Handled {
     Done,
     Later(u64),
+}
+
+/// Until when this process holds each lease on a role that runs once in a cluster (it holds them as
+/// its id generator's instance, unique among the processes).
+#[derive(Debug, Default)]
+pub struct Leases {
+    held_until: std::sync::Mutex<std::collections::HashMap<&'static str, u64>>,
+}
+
+impl Orderly {
+    /// Whether this process holds lease `name` now; renews it once half of it has passed.
+    pub(crate) async fn hold_lease(&self, name: &'static str) -> Result<bool, PortError> {
+        let now_ms = self.clock.now_ms();
+        let length_ms = self.config.lease_ms.max(2);
+        let held_until = |leases: &Leases| -> Result<u64, PortError> {
+            let held = leases.held_until.lock().map_err(|_| PortError::corrupt("leases", "lock poisoned"))?;
+            Ok(held.get(name).copied().unwrap_or(0))
+        };
+        if held_until(&self.leases)? > now_ms + length_ms / 2 {
+            return Ok(true);
+        }
+        let until_ms = now_ms + length_ms;
+        let held = self.store.lease(name, self.ids.instance(), now_ms, until_ms).await?;
+        self.leases
+            .held_until
+            .lock()
+            .map_err(|_| PortError::corrupt("leases", "lock poisoned"))?
+            .insert(name, if held { until_ms } else { 0 });
+        Ok(held)
+    }
 }
 
 /// Loops `step` until `shutdown` flips, pausing `idle` when a step found nothing. Errors are logged

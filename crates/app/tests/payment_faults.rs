@@ -99,3 +99,33 @@ async fn a_charge_cut_off_by_its_deadline_is_settled_and_never_charged_twice() {
     assert_eq!(paid, captures.len() == 1, "paid iff captured");
     assert!(captures.len() <= 1);
 }
+
+/// One reconciler in a cluster: while another process holds the `reconciler` lease this one leaves the
+/// safe-pay set alone; when the holder stops renewing, it takes over and settles the payment.
+#[tokio::test]
+async fn the_reconciler_runs_only_where_the_lease_is_held() {
+    use orderly_app::Clock;
+    use orderly_app::workers::Step;
+
+    let Harness { orderly, clock, .. } = harness_with(10, acquirer(0.0, 0.0, 1.0)).await;
+    let order_no = orderly.place_orders(&body(5, false, &[(1, 1)]), None).await.expect("accepted")[0];
+    orderly.drain().await.expect("workers run");
+    assert!(matches!(orderly.pay(Actor::Buyer(Uid(5)), order_no).await, Ok(PayOutcome::Pending(_))));
+
+    // The drain made this process the reconciler; it stops renewing (a pause), another takes over.
+    let lease_ms = FlowConfig::default().lease_ms;
+    let other_holder = u64::MAX;
+    clock.advance_ms(lease_ms + 1);
+    let now_ms = clock.now_ms();
+    assert!(orderly.store.lease("reconciler", other_holder, now_ms, now_ms + lease_ms).await.expect("lease"));
+    clock.advance_ms(lease_ms / 2);
+    let idle = orderly.try_execute(Step::Reconcile).await.expect("step");
+    assert!(idle.is_idle(), "another process reconciles: {idle:?}");
+    assert_eq!(orderly.store.payments_pending().await.expect("count"), 1);
+
+    clock.advance_ms(lease_ms);
+    let settled = orderly.try_execute(Step::Reconcile).await.expect("step");
+    assert_eq!(settled.done, 1, "the lease expired: this process took over");
+    assert_eq!(state(&orderly, order_no).await, OrderState::Paid);
+    settle_and_audit(&orderly, &clock).await;
+}

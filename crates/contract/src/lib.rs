@@ -95,6 +95,7 @@ macro_rules! store_contract {
             idempotency_keys_pin_the_first_request,
             a_buyers_orders_page_newest_first,
             meta_values_round_trip,
+            a_lease_has_one_holder_at_a_time,
             racing_batches_never_sell_more_than_the_stock,
         );
     };

@@ -269,6 +269,26 @@ pub async fn meta_values_round_trip(store: Arc<dyn Store>) {
     assert_eq!(store.meta("lease").await.expect("read"), Some(43));
 }
 
+pub async fn a_lease_has_one_holder_at_a_time(store: Arc<dyn Store>) {
+    assert!(store.lease("reconciler", 1, 0, 100).await.expect("lease"), "free: taken");
+    assert!(!store.lease("reconciler", 2, 50, 150).await.expect("lease"), "held by 1 until 100");
+    assert!(store.lease("reconciler", 1, 50, 150).await.expect("lease"), "its holder renews it");
+    assert!(store.lease("other", 2, 50, 150).await.expect("lease"), "leases are apart by name");
+    assert!(store.lease("reconciler", 2, 150, 250).await.expect("lease"), "expired at 150: taken over");
+    assert!(!store.lease("reconciler", 1, 160, 260).await.expect("lease"), "the old holder lost it");
+    // Racing takers of a free lease: exactly one wins.
+    let mut takers = Vec::new();
+    for holder in 10..18u64 {
+        let store = Arc::clone(&store);
+        takers.push(tokio::spawn(async move { store.lease("race", holder, 0, 100).await }));
+    }
+    let mut won = 0;
+    for taker in takers {
+        won += usize::from(taker.await.expect("taker").expect("lease"));
+    }
+    assert_eq!(won, 1);
+}
+
 pub async fn racing_batches_never_sell_more_than_the_stock(store: Arc<dyn Store>) {
     with_stock(&store, &[(A, 50), (B, 1_000)]).await;
     let mut workers = Vec::new();

@@ -461,4 +461,19 @@ impl Store for LocalStore {
         self.db.meta.insert(key, u64_key(value)).map_err(storage_error)?;
         self.db.sync().await
     }
+
+    async fn lease(&self, name: &str, holder: u64, now_ms: u64, until_ms: u64) -> PortResult<bool> {
+        let (holder_key, until_key) = (format!("lease:{name}:holder"), format!("lease:{name}:until"));
+        let _writer = self.lock()?;
+        let read = |key: &str| -> PortResult<Option<u64>> {
+            Ok(self.db.meta.get(key).map_err(storage_error)?.and_then(|bytes| key_u64(&bytes)))
+        };
+        let free = read(&until_key)?.is_none_or(|until| until <= now_ms);
+        if !free && read(&holder_key)? != Some(holder) {
+            return Ok(false);
+        }
+        self.db.meta.insert(&holder_key, u64_key(holder)).map_err(storage_error)?;
+        self.db.meta.insert(&until_key, u64_key(until_ms)).map_err(storage_error)?;
+        Ok(true)
+    }
 }

@@ -111,5 +111,6 @@ pub async fn open(config: &Config) -> anyhow::Result<Orderly> {
         config: config.flow.clone(),
         catalog: Default::default(),
         orders,
+        leases: Default::default(),
     })
 }

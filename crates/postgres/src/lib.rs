@@ -603,4 +603,21 @@ impl Store for PgStore {
         .map_err(database_error)?;
         Ok(())
     }
+
+    async fn lease(&self, name: &str, holder: u64, now_ms: u64, until_ms: u64) -> PortResult<bool> {
+        let row = sqlx::query(
+            "INSERT INTO leases (name, holder, until_ms) VALUES ($1, $2, $4)
+             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, until_ms = EXCLUDED.until_ms
+             WHERE leases.holder = EXCLUDED.holder OR leases.until_ms <= $3
+             RETURNING holder",
+        )
+        .bind(name)
+        .bind(signed(holder)?)
+        .bind(signed(now_ms)?)
+        .bind(signed(until_ms)?)
+        .fetch_optional(&self.unsynced)
+        .await
+        .map_err(database_error)?;
+        Ok(row.is_some())
+    }
 }
