@@ -287,8 +287,12 @@ impl Orderly {
     }
 
     /// Relay: carries out outbox events, oldest first, then marks them done. At least once; every
-    /// event's handler is idempotent.
+    /// event's handler is idempotent. One active instance (the `outbox` lease): several would all take
+    /// the same oldest events.
     async fn relay_outbox_step(&self) -> Result<Outcome, PortError> {
+        if !self.hold_lease("outbox").await? {
+            return Ok(Outcome::default());
+        }
         let events = self.store.outbox(self.config.worker_batch_max).await?;
         if events.is_empty() {
             return Ok(Outcome::default());
