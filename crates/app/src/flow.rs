@@ -87,6 +87,31 @@ pub enum Actor {
 }
 
 impl Orderly {
+    /// A profile's ports wired together, with this process's own state empty (catalog copies, leases)
+    /// and no order cache.
+    pub fn new(
+        cache: Arc<dyn StockCache>,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        payments: Arc<dyn Payments>,
+        clock: Arc<dyn Clock>,
+        ids: Arc<dyn IdGen>,
+        config: FlowConfig,
+    ) -> Orderly {
+        Orderly {
+            cache,
+            store,
+            bus,
+            payments,
+            clock,
+            ids,
+            config,
+            catalog: Arc::default(),
+            orders: None,
+            leases: Arc::default(),
+        }
+    }
+
     /// The entry: price, split by shop, number, arm the reservation checks, reserve, publish.
     ///
     /// With an `idempotency_key`, the order numbers are pinned to the key before anything else, so a

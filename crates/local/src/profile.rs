@@ -92,16 +92,5 @@ pub async fn open_with_payments(
     let ids = Arc::new(
         LeasedSnowflake::start(Arc::clone(&store), Arc::clone(&clock), local.worker_id, local.id_lease_ms).await?,
     );
-    Ok(Orderly {
-        cache,
-        store,
-        bus,
-        payments,
-        clock,
-        ids,
-        config: flow,
-        catalog: Default::default(),
-        orders: None,
-        leases: Default::default(),
-    })
+    Ok(Orderly::new(cache, store, bus, payments, clock, ids, flow))
 }

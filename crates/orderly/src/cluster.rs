@@ -101,16 +101,5 @@ pub async fn open(config: &Config) -> anyhow::Result<Orderly> {
             .await
             .context("leasing the id generator")?,
     );
-    Ok(Orderly {
-        cache,
-        store,
-        bus,
-        payments,
-        clock,
-        ids,
-        config: config.flow.clone(),
-        catalog: Default::default(),
-        orders,
-        leases: Default::default(),
-    })
+    Ok(Orderly { orders, ..Orderly::new(cache, store, bus, payments, clock, ids, config.flow.clone()) })
 }
