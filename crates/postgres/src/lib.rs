@@ -159,6 +159,12 @@ impl PgStore {
         rows.iter().map(level_of).collect()
     }
 
+    /// Locks the stock rows of an order's lines.
+    async fn lock_lines(tx: &mut Tx, order: &Order) -> PortResult<Levels> {
+        let ids: Vec<CommodityId> = order.lines.iter().map(|l| l.commodity_id).collect();
+        Self::lock_stock(tx, &ids).await
+    }
+
     async fn write_stock(tx: &mut Tx, id: CommodityId, level: &StockLevel) -> PortResult<()> {
         sqlx::query("UPDATE stock SET available = $2, version = $3 WHERE commodity_id = $1")
             .bind(signed(id.0)?)
@@ -397,20 +403,15 @@ impl Store for PgStore {
         let Some(unlocked) = Self::read_order(&mut tx, order_no, false).await? else {
             return Ok(Err(ChangeRejection::NotFound));
         };
-        let mut levels = if returns_stock(&unlocked, action) {
-            let ids: Vec<CommodityId> = unlocked.lines.iter().map(|l| l.commodity_id).collect();
-            Self::lock_stock(&mut tx, &ids).await?
-        } else {
-            Levels::new()
-        };
+        let mut levels =
+            if returns_stock(&unlocked, action) { Self::lock_lines(&mut tx, &unlocked).await? } else { Levels::new() };
         let Some(order) = Self::read_order(&mut tx, order_no, true).await? else {
             return Ok(Err(ChangeRejection::NotFound));
         };
         if returns_stock(&order, action) && levels.is_empty() {
             // Created between the two reads (rare): lock its stock now, after the order — PostgreSQL
             // detects the deadlock this may meet, and 40P01 is retryable.
-            let ids: Vec<CommodityId> = order.lines.iter().map(|l| l.commodity_id).collect();
-            levels = Self::lock_stock(&mut tx, &ids).await?;
+            levels = Self::lock_lines(&mut tx, &order).await?;
         }
         let changed = match change(order, action, &mut levels, now_ms)? {
             Ok(changed) => changed,
