@@ -331,16 +331,19 @@ impl Orderly {
     /// After a change of an order in the store: its cached copy is deleted now and again after
     /// `order_cache_second_delete_ms` (a query that read the store before the change may have put the
     /// old order back). A failed delete leaves the copy to its expiry.
-    pub(crate) async fn order_changed(&self, order_no: OrderNo) {
+    pub(crate) async fn orders_changed(&self, order_nos: Vec<OrderNo>) {
         let Some(orders) = &self.orders else { return };
-        if let Err(error) = orders.forget(order_no).await {
-            tracing::warn!(%order_no, %error, "order cache: delete failed; the copy expires on its own");
+        if order_nos.is_empty() {
+            return;
+        }
+        if let Err(error) = orders.forget(&order_nos).await {
+            tracing::warn!(orders = order_nos.len(), %error, "order cache: delete failed; the copies expire on their own");
         }
         let (orders, delay) = (Arc::clone(orders), self.config.order_cache_second_delete_ms);
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
-            if let Err(error) = orders.forget(order_no).await {
-                tracing::warn!(%order_no, %error, "order cache: second delete failed; the copy expires on its own");
+            if let Err(error) = orders.forget(&order_nos).await {
+                tracing::warn!(orders = order_nos.len(), %error, "order cache: second delete failed; the copies expire on their own");
             }
         });
     }
@@ -352,7 +355,7 @@ impl Orderly {
     pub async fn cancel(&self, actor: Actor, order_no: OrderNo) -> Result<Order, OrderError> {
         self.order(actor, order_no).await?;
         let order = self.store.transition(order_no, OrderAction::Cancel, self.clock.now_ms()).await??;
-        self.order_changed(order_no).await;
+        self.orders_changed(vec![order_no]).await;
         tracing::info!(%order_no, buyer = %order.buyer, "order cancelled; buyer notified");
         Ok(order)
     }
@@ -365,7 +368,7 @@ impl Orderly {
         let attempt =
             PaymentAttempt { started_ms: now_ms, charge_deadline_ms: now_ms + self.config.payment_call_timeout_ms };
         let order = self.store.begin_payment(order_no, attempt).await??;
-        self.order_changed(order_no).await;
+        self.orders_changed(vec![order_no]).await;
         let request = ChargeRequest {
             order_no,
             amount: order.total,
@@ -403,7 +406,7 @@ impl Orderly {
             PaymentResult::Succeeded { .. } => None,
         };
         let order = self.store.finish_payment(order_no, result, self.clock.now_ms()).await??;
-        self.order_changed(order_no).await;
+        self.orders_changed(vec![order_no]).await;
         Ok(match declined {
             None => {
                 tracing::info!(%order_no, buyer = %order.buyer, "order paid; buyer notified");

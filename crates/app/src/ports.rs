@@ -313,7 +313,8 @@ pub enum RefundRefusal {
 pub trait OrderCache: Send + Sync + std::fmt::Debug {
     async fn get(&self, order_no: OrderNo) -> PortResult<Option<Order>>;
     async fn put(&self, order: &Order) -> PortResult<()>;
-    async fn forget(&self, order_no: OrderNo) -> PortResult<()>;
+    /// Deletes the copies of these orders (one round trip for a batch).
+    async fn forget(&self, order_nos: &[OrderNo]) -> PortResult<()>;
 }
 
 /// The payment service. An `Err` from `charge` means *unknown outcome*: the charge may have happened.

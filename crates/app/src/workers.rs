@@ -126,11 +126,11 @@ impl Orderly {
                 return Ok(outcome);
             }
         };
+        // Also on a redelivery: the worker that created it may have died before deleting the copies.
+        self.orders_changed(batch.iter().map(|r| r.order.order_no).collect()).await;
         for (request, result) in batch.iter().zip(results) {
             let order_no = request.order.order_no;
             let token = request.token;
-            // Also on a redelivery: the worker that created it may have died before deleting the copy.
-            self.order_changed(order_no).await;
             match result {
                 CreateOutcome::Created(order) => {
                     if let Some(token) = token {
@@ -248,7 +248,7 @@ impl Orderly {
                 let now_ms = self.clock.now_ms();
                 match self.store.transition(*order_no, OrderAction::AutoCancel, now_ms).await? {
                     Ok(order) => {
-                        self.order_changed(*order_no).await;
+                        self.orders_changed(vec![*order_no]).await;
                         tracing::info!(%order_no, buyer = %order.buyer, "unpaid order closed; buyer notified");
                         Ok(Handled::Done)
                     }

@@ -37,8 +37,11 @@ impl OrderCache for MemoryOrders {
         self.copies.lock().expect("lock").insert(order.order_no, order.clone());
         Ok(())
     }
-    async fn forget(&self, order_no: OrderNo) -> PortResult<()> {
-        self.copies.lock().expect("lock").remove(&order_no);
+    async fn forget(&self, order_nos: &[OrderNo]) -> PortResult<()> {
+        let mut copies = self.copies.lock().expect("lock");
+        for order_no in order_nos {
+            copies.remove(order_no);
+        }
         Ok(())
     }
 }

@@ -54,8 +54,12 @@ impl OrderCache for RedisOrderCache {
         Ok(())
     }
 
-    async fn forget(&self, order_no: OrderNo) -> PortResult<()> {
-        let _: () = self.connection.clone().del(self.key(order_no)).await.map_err(port_error)?;
+    async fn forget(&self, order_nos: &[OrderNo]) -> PortResult<()> {
+        if order_nos.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = order_nos.iter().map(|n| self.key(*n)).collect();
+        let _: () = self.connection.clone().del(keys).await.map_err(port_error)?;
         Ok(())
     }
 }

@@ -47,8 +47,9 @@ async fn a_copy_round_trips_and_a_delete_removes_it() {
     cache.put(&first).await.expect("put");
     cache.put(&second).await.expect("put");
     assert_eq!(cache.get(first.order_no).await.expect("get"), Some(first.clone()));
-    cache.forget(first.order_no).await.expect("forget");
-    cache.forget(first.order_no).await.expect("forget twice");
+    cache.forget(&[first.order_no]).await.expect("forget");
+    cache.forget(&[first.order_no, order(3).order_no]).await.expect("forget again, with one never cached");
+    cache.forget(&[]).await.expect("forget nothing");
     assert_eq!(cache.get(first.order_no).await.expect("get"), None);
     assert_eq!(cache.get(second.order_no).await.expect("get"), Some(second), "only that order's copy");
 }
