@@ -11,6 +11,8 @@
 //! - [`workers`]: steppable consumers of the bus, the outbox relay and the payment reconciler.
 //! - [`ids`]: the leased snowflake generator that stays unique across restarts.
 //! - [`audit`]: the invariants I1–I5 checked over a store and a cache.
+//! - [`payment_ledger`]: the payment service's ledger and simulated acquirer, over two storage ports
+//!   (embedded or PostgreSQL), with the rules written once.
 //! - [`store_rules`]: what every store decides (the batched create, a transition's stock return).
 //! - [`config`]: bounds and delays of the flow, each with a default.
 
@@ -20,6 +22,7 @@ pub mod config;
 pub mod flow;
 pub mod ids;
 pub mod model;
+pub mod payment_ledger;
 pub mod ports;
 pub mod store_rules;
 pub mod workers;

@@ -10,10 +10,13 @@
 //! # Layout
 //! - [`bus`]: delivery, acks, retries with attempt counts, delays, dead letters, topics, depth.
 //! - [`store`]: catalog and ledger, batched create, transitions, payment attempts, outbox, idempotency.
+//! - [`payments`]: the payment ledger over a pair of books — atomic steps under racing retries and
+//!   attempts, first writer wins at the acquirer, leases, refunds.
 //! - [`stock_cache`]: the reservation token lifecycle, all-or-nothing reserve, empty rollback, hanging
 //!   reserve, versioned restock, init-if-absent, and a race for the last units.
 
 pub mod bus;
+pub mod payments;
 pub mod stock_cache;
 pub mod store;
 
@@ -106,6 +109,34 @@ macro_rules! store_contract {
                 let (store, _guard) = ($factory)().await;
                 let store: ::std::sync::Arc<dyn $crate::Store> = store;
                 $crate::store::$case(store).await;
+            }
+        )*
+    };
+}
+
+/// One `#[tokio::test]` per case of [`payments`], each on fresh books from `$factory`.
+#[macro_export]
+macro_rules! payment_ledger_contract {
+    ($factory:expr) => {
+        $crate::payment_ledger_contract!(@cases $factory;
+            a_retry_answers_the_first_result_and_a_paid_order_is_never_charged_again,
+            racing_retries_of_one_attempt_capture_once,
+            racing_attempts_with_different_keys_capture_once,
+            a_decline_is_definite_and_captures_nothing,
+            a_lost_answer_stays_processing_under_its_lease_then_settles_as_captured,
+            a_timeout_settles_as_declined_and_voids_a_late_capture,
+            a_charge_past_its_deadline_is_not_started,
+            refunds_are_idempotent_per_key_and_never_exceed_the_charge,
+            racing_refunds_never_exceed_the_charge,
+            the_first_record_of_an_attempt_wins_at_the_acquirer,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (books, _guard) = ($factory)().await;
+                $crate::payments::$case(books).await;
             }
         )*
     };

@@ -7,8 +7,8 @@
 //!   idempotency keys. The seed's wish: the LSM-tree as inventory persistence.
 //! - [`bus`]: [`LocalBus`], a durable queue with delayed delivery in the same database.
 //! - [`cache`]: [`LocalStockCache`], the stock cache in memory, rebuilt from the store at start.
-//! - [`payments`]: [`LocalPayments`], the payment service in process with its own ledger, in front of a
-//!   [`payments::SimulatedAcquirer`].
+//! - [`payments`]: the payment ledger's and the simulated acquirer's books in the embedded database
+//!   ([`local_payments`]: the payment service in process).
 //! - [`clock`]: the system clock and a manual clock for tests.
 
 pub mod bus;
@@ -23,7 +23,7 @@ pub use bus::LocalBus;
 pub use cache::LocalStockCache;
 pub use clock::{ManualClock, SystemClock};
 pub use db::{Durability, LocalDb};
-pub use payments::{AcquirerConfig, LocalPayments, SimulatedAcquirer};
+pub use payments::{AcquirerConfig, local_payment_books, local_payments};
 pub use profile::{LocalConfig, open, open_payment_ledger, open_with_payments};
 pub use store::LocalStore;
 

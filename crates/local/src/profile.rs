@@ -4,13 +4,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use orderly_app::ids::LeasedSnowflake;
+use orderly_app::payment_ledger::{LedgerConfig, PaymentLedger};
 use orderly_app::ports::Payments;
 use orderly_app::{Clock, FlowConfig, Orderly, PortError, StockCache, Store};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    AcquirerConfig, Durability, LocalBus, LocalDb, LocalPayments, LocalStockCache, LocalStore, SimulatedAcquirer,
-};
+use crate::{AcquirerConfig, Durability, LocalBus, LocalDb, LocalStockCache, LocalStore, local_payments};
 
 /// Settings of the standalone adapters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,7 +25,10 @@ pub struct LocalConfig {
     pub token_ttl_ms: u64,
     /// How long a handed-out message stays hidden before it is delivered again.
     pub bus_lease_ms: u64,
+    /// The simulated acquirer behind the payment ledger (in process, or `orderly payment`'s).
     pub acquirer: AcquirerConfig,
+    /// The payment ledger's charge lease (in process, or `orderly payment`'s).
+    pub ledger: LedgerConfig,
 }
 
 impl Default for LocalConfig {
@@ -38,6 +40,7 @@ impl Default for LocalConfig {
             token_ttl_ms: 60 * 60 * 1000,
             bus_lease_ms: 30_000,
             acquirer: AcquirerConfig::default(),
+            ledger: LedgerConfig::default(),
         }
     }
 }
@@ -59,12 +62,11 @@ pub fn open_payment_ledger(
     data_dir: &Path,
     clock: Arc<dyn Clock>,
     local: &LocalConfig,
-) -> Result<LocalPayments, PortError> {
+) -> Result<PaymentLedger, PortError> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| PortError::corrupt("payment ledger", format!("{}: {e}", data_dir.display())))?;
     let db = LocalDb::open(data_dir, local.durability)?;
-    let acquirer = SimulatedAcquirer::new(db.clone(), local.acquirer.clone());
-    Ok(LocalPayments::new(db, acquirer, clock))
+    Ok(local_payments(db, local.acquirer.clone(), clock, local.ledger.clone()))
 }
 
 /// Like [`open`], with the payment service elsewhere (`Some`: over gRPC) instead of in process.
@@ -84,10 +86,7 @@ pub async fn open_with_payments(
     let bus = Arc::new(LocalBus::new(db.clone(), Arc::clone(&clock), local.bus_lease_ms)?);
     let payments = match payments {
         Some(payments) => payments,
-        None => {
-            let acquirer = SimulatedAcquirer::new(db.clone(), local.acquirer.clone());
-            Arc::new(LocalPayments::new(db, acquirer, Arc::clone(&clock)))
-        }
+        None => Arc::new(local_payments(db, local.acquirer.clone(), Arc::clone(&clock), local.ledger.clone())),
     };
     let ids = Arc::new(
         LeasedSnowflake::start(Arc::clone(&store), Arc::clone(&clock), local.worker_id, local.id_lease_ms).await?,

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use orderly_app::Clock;
+use orderly_app::payment_ledger::LedgerConfig;
 use orderly_app::ports::{ChargeOutcome, ChargeRequest, PaymentStatus, Payments, RefundOutcome, RefundRefusal};
 use orderly_domain::{Money, OrderNo, SnowflakeId, Uid};
 use orderly_local::{AcquirerConfig, Durability, LocalConfig, SystemClock};
@@ -30,7 +31,7 @@ impl Service {
 
 async fn start_on(address: &str, acquirer: AcquirerConfig) -> Service {
     let dir = tempfile::tempdir().expect("temp dir");
-    let local = LocalConfig { durability: Durability::Os, acquirer, ..LocalConfig::default() };
+    let local = LocalConfig { durability: Durability::Os, acquirer, ledger: lease(), ..LocalConfig::default() };
     let ledger = orderly_local::open_payment_ledger(dir.path(), Arc::new(SystemClock), &local).expect("ledger");
     let listener = tokio::net::TcpListener::bind(address).await.expect("bind");
     let address = listener.local_addr().expect("address");
@@ -47,6 +48,11 @@ async fn start_on(address: &str, acquirer: AcquirerConfig) -> Service {
 
 async fn start(acquirer: AcquirerConfig) -> Service {
     start_on("127.0.0.1:0", acquirer).await
+}
+
+/// Short, so a test can wait a charge's lease out.
+fn lease() -> LedgerConfig {
+    LedgerConfig { charge_lease_ms: 300 }
 }
 
 fn client(address: SocketAddr) -> GrpcPayments {
@@ -137,6 +143,10 @@ async fn a_lost_answer_is_unknown_and_the_query_finds_the_capture() {
     let payments = client(service.address);
     let error = payments.charge(charge(4, "k1")).await.expect_err("no definite answer");
     assert!(error.retryable, "unknown outcome, never a decline: {error}");
+    // While the attempt's lease holds, the ledger does not guess, and another attempt must wait.
+    assert_eq!(payments.query(order(4)).await.expect("query"), PaymentStatus::Processing);
+    assert!(payments.charge(charge(4, "k2")).await.expect_err("busy").retryable);
+    tokio::time::sleep(std::time::Duration::from_millis(lease().charge_lease_ms)).await;
     // The money was taken: safe pay's question finds it, and a new attempt does not charge again.
     let status = payments.query(order(4)).await.expect("query");
     let PaymentStatus::Succeeded { payment_id } = status else { panic!("not settled: {status:?}") };

@@ -6,8 +6,12 @@
 //! memory, and writes one update per commodity, the orders and their outbox events, in one commit.
 //! The stock table refuses `available < 0` itself: the last guard against an oversell.
 //!
+//! [`payments`]: the payment service's ledger, in a schema of its own.
+//!
 //! Queries are checked at run time, not compile time (no database is needed to build); the `Store`
 //! contract suite runs every one of them against PostgreSQL.
+
+pub mod payments;
 
 use std::collections::HashMap;
 

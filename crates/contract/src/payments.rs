@@ -1,0 +1,235 @@
+//! The payment ledger contract: [`PaymentLedger`] over an adapter's [`LedgerBook`] and [`CaptureBook`].
+//! The rules are written once in `orderly_app::payment_ledger`; what these cases check is that a pair
+//! of books makes each step atomic — racing retries and racing attempts capture once, first writer wins at
+//! the acquirer — and durable answers: a retry returns the first result, a lease holds then settles,
+//! refunds never exceed the charge. In every case an order has at most one capture (I5).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use orderly_app::payment_ledger::{
+    AcquirerConfig, CaptureBook, CaptureOutcome, CaptureRecord, LedgerBook, LedgerConfig, PaymentLedger,
+    SimulatedAcquirer,
+};
+use orderly_app::ports::{ChargeOutcome, ChargeRequest, Clock, PaymentStatus, Payments, RefundOutcome, RefundRefusal};
+use orderly_domain::{Money, OrderNo, SnowflakeId, Uid};
+
+const T0_MS: u64 = 1_800_000_000_000;
+const LEASE_MS: u64 = 5_000;
+
+/// The books of one fresh, empty ledger.
+pub type Books = (Arc<dyn LedgerBook>, Arc<dyn CaptureBook>);
+
+#[derive(Debug)]
+struct TestClock(AtomicU64);
+
+impl Clock for TestClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+struct Ledger {
+    payments: Arc<PaymentLedger>,
+    clock: Arc<TestClock>,
+    books: Books,
+}
+
+impl Ledger {
+    fn new(books: Books, acquirer: AcquirerConfig) -> Ledger {
+        let clock = Arc::new(TestClock(AtomicU64::new(T0_MS)));
+        let payments = Arc::new(PaymentLedger::new(
+            Arc::clone(&books.0),
+            SimulatedAcquirer::new(Arc::clone(&books.1), acquirer),
+            Arc::clone(&clock) as Arc<dyn Clock>,
+            LedgerConfig { charge_lease_ms: LEASE_MS },
+        ));
+        Ledger { payments, clock, books }
+    }
+
+    fn advance_ms(&self, ms: u64) {
+        self.clock.0.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    async fn captures_of(&self, n: u64) -> usize {
+        self.payments.succeeded().await.expect("captures").iter().filter(|(no, _)| *no == order(n)).count()
+    }
+}
+
+fn order(n: u64) -> OrderNo {
+    OrderNo::new(SnowflakeId(n), Uid(42))
+}
+
+fn charge(n: u64, key: &str) -> ChargeRequest {
+    ChargeRequest {
+        order_no: order(n),
+        amount: Money::from_cents(2_999),
+        idempotency_key: key.to_owned(),
+        deadline_ms: T0_MS + 60_000,
+    }
+}
+
+fn faults(decline: f64, timeout: f64, lost: f64) -> AcquirerConfig {
+    AcquirerConfig { decline_rate: decline, timeout_rate: timeout, lost_answer_rate: lost, ..AcquirerConfig::default() }
+}
+
+pub async fn a_retry_answers_the_first_result_and_a_paid_order_is_never_charged_again(books: Books) {
+    let ledger = Ledger::new(books, AcquirerConfig::default());
+    let payments = &ledger.payments;
+    let first = payments.charge(charge(1, "k1")).await.expect("charge");
+    let ChargeOutcome::Succeeded { payment_id } = first.clone() else { panic!("declined: {first:?}") };
+    assert_eq!(payments.charge(charge(1, "k1")).await.expect("retry"), first);
+    assert_eq!(payments.charge(charge(1, "k2")).await.expect("new key"), first, "never a second charge");
+    assert_eq!(payments.query(order(1)).await.expect("query"), PaymentStatus::Succeeded { payment_id });
+    assert_eq!(payments.query(order(2)).await.expect("query"), PaymentStatus::NotFound);
+    assert_eq!(ledger.captures_of(1).await, 1);
+}
+
+pub async fn racing_retries_of_one_attempt_capture_once(books: Books) {
+    let ledger = Ledger::new(books, AcquirerConfig { latency_ms: 30, ..AcquirerConfig::default() });
+    let racers: Vec<_> = (0..16)
+        .map(|_| {
+            let payments = Arc::clone(&ledger.payments);
+            tokio::spawn(async move { payments.charge(charge(7, "same")).await })
+        })
+        .collect();
+    let mut succeeded = 0;
+    for racer in racers {
+        match racer.await.expect("task") {
+            Ok(ChargeOutcome::Succeeded { .. }) => succeeded += 1,
+            Err(error) => assert!(error.retryable, "an unknown outcome, never a failure: {error}"),
+            Ok(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(succeeded >= 1, "the racer that started the charge got its answer");
+    assert!(matches!(ledger.payments.query(order(7)).await.expect("query"), PaymentStatus::Succeeded { .. }));
+    assert_eq!(ledger.captures_of(7).await, 1, "charged exactly once");
+}
+
+pub async fn racing_attempts_with_different_keys_capture_once(books: Books) {
+    let ledger = Ledger::new(books, AcquirerConfig { latency_ms: 10, ..AcquirerConfig::default() });
+    let racers: Vec<_> = (0..16)
+        .map(|i| {
+            let payments = Arc::clone(&ledger.payments);
+            tokio::spawn(async move { payments.charge(charge(8, &format!("attempt-{i}"))).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for racer in racers {
+        if let Ok(outcome) = racer.await.expect("task") {
+            answers.push(outcome);
+        }
+    }
+    assert!(!answers.is_empty());
+    assert!(answers.windows(2).all(|pair| pair[0] == pair[1]), "one success, told to all: {answers:?}");
+    assert_eq!(ledger.captures_of(8).await, 1);
+}
+
+pub async fn a_decline_is_definite_and_captures_nothing(books: Books) {
+    let ledger = Ledger::new(books, faults(1.0, 0.0, 0.0));
+    let declined = ledger.payments.charge(charge(3, "k1")).await.expect("charge");
+    assert!(matches!(declined, ChargeOutcome::Declined { .. }), "{declined:?}");
+    assert_eq!(ledger.payments.charge(charge(3, "k1")).await.expect("retry"), declined, "the same answer");
+    assert!(matches!(ledger.payments.query(order(3)).await.expect("query"), PaymentStatus::Declined { .. }));
+    // A new attempt after a decline is charged anew (and declined again by this card).
+    assert!(matches!(ledger.payments.charge(charge(3, "k2")).await.expect("charge"), ChargeOutcome::Declined { .. }));
+    assert_eq!(ledger.captures_of(3).await, 0);
+}
+
+pub async fn a_lost_answer_stays_processing_under_its_lease_then_settles_as_captured(books: Books) {
+    let ledger = Ledger::new(books, faults(0.0, 0.0, 1.0));
+    let error = ledger.payments.charge(charge(4, "k1")).await.expect_err("no answer");
+    assert!(error.retryable, "unknown, never a decline: {error}");
+    assert_eq!(ledger.payments.query(order(4)).await.expect("query"), PaymentStatus::Processing);
+    assert!(ledger.payments.charge(charge(4, "k2")).await.expect_err("busy").retryable, "another attempt waits");
+
+    ledger.advance_ms(LEASE_MS);
+    let status = ledger.payments.query(order(4)).await.expect("query");
+    let PaymentStatus::Succeeded { payment_id } = status else { panic!("not settled from the capture: {status:?}") };
+    let again = ledger.payments.charge(charge(4, "k2")).await.expect("charge");
+    assert_eq!(again, ChargeOutcome::Succeeded { payment_id });
+    assert_eq!(ledger.captures_of(4).await, 1);
+}
+
+pub async fn a_timeout_settles_as_declined_and_voids_a_late_capture(books: Books) {
+    let ledger = Ledger::new(books, faults(0.0, 1.0, 0.0));
+    assert!(ledger.payments.charge(charge(5, "k1")).await.expect_err("no answer").retryable);
+    ledger.advance_ms(LEASE_MS);
+    assert!(matches!(ledger.payments.query(order(5)).await.expect("query"), PaymentStatus::Declined { .. }));
+
+    // The acquirer gets the attempt late (a slow instance): the void refuses it.
+    let late = SimulatedAcquirer::new(Arc::clone(&ledger.books.1), AcquirerConfig::default());
+    let answer = late.capture(order(5), "k1", Money::from_cents(2_999)).await.expect("acquirer");
+    assert!(matches!(answer, orderly_app::payment_ledger::AcquirerAnswer::Declined(_)), "{answer:?}");
+    assert_eq!(ledger.captures_of(5).await, 0);
+    assert!(matches!(ledger.payments.query(order(5)).await.expect("query"), PaymentStatus::Declined { .. }));
+}
+
+pub async fn a_charge_past_its_deadline_is_not_started(books: Books) {
+    let ledger = Ledger::new(books, AcquirerConfig::default());
+    ledger.advance_ms(60_001);
+    assert!(ledger.payments.charge(charge(6, "k1")).await.expect_err("too late").retryable);
+    assert_eq!(ledger.payments.query(order(6)).await.expect("query"), PaymentStatus::NotFound);
+    assert_eq!(ledger.captures_of(6).await, 0);
+}
+
+pub async fn refunds_are_idempotent_per_key_and_never_exceed_the_charge(books: Books) {
+    let ledger = Ledger::new(books, AcquirerConfig::default());
+    let payments = &ledger.payments;
+    assert!(matches!(payments.charge(charge(9, "k")).await.expect("charge"), ChargeOutcome::Succeeded { .. }));
+    let refund = |cents: i64, key: &'static str| async move {
+        payments.refund(order(9), Money::from_cents(cents), key).await.expect("refund")
+    };
+    let total = |cents| RefundOutcome::Refunded { total: Money::from_cents(cents) };
+    assert_eq!(refund(1_000, "r1").await, total(1_000));
+    assert_eq!(refund(1_000, "r1").await, total(1_000), "a retry refunds nothing more");
+    assert_eq!(refund(2_000, "r2").await, RefundOutcome::Refused { reason: RefundRefusal::AmountOutOfRange });
+    assert_eq!(refund(1_999, "r3").await, total(2_999));
+    assert_eq!(refund(1, "r4").await, RefundOutcome::Refused { reason: RefundRefusal::AmountOutOfRange });
+    let unpaid = payments.refund(order(10), Money::from_cents(1), "r").await.expect("refund");
+    assert_eq!(unpaid, RefundOutcome::Refused { reason: RefundRefusal::NotCharged });
+}
+
+pub async fn racing_refunds_never_exceed_the_charge(books: Books) {
+    let ledger = Ledger::new(books, AcquirerConfig::default());
+    assert!(matches!(ledger.payments.charge(charge(11, "k")).await.expect("charge"), ChargeOutcome::Succeeded { .. }));
+    // 2 999 cents; 16 refunds of 500 under different keys: at most 5 fit.
+    let racers: Vec<_> = (0..16)
+        .map(|i| {
+            let payments = Arc::clone(&ledger.payments);
+            tokio::spawn(async move { payments.refund(order(11), Money::from_cents(500), &format!("r{i}")).await })
+        })
+        .collect();
+    let mut refunded = 0;
+    for racer in racers {
+        if let RefundOutcome::Refunded { .. } = racer.await.expect("task").expect("refund") {
+            refunded += 1;
+        }
+    }
+    assert_eq!(refunded, 5);
+    let last = ledger.payments.refund(order(11), Money::from_cents(499), "last").await.expect("refund");
+    assert_eq!(last, RefundOutcome::Refunded { total: Money::from_cents(2_999) });
+}
+
+pub async fn the_first_record_of_an_attempt_wins_at_the_acquirer(books: Books) {
+    let (_, captures) = books;
+    let mut racers = Vec::new();
+    for n in 0..20u64 {
+        for outcome in [CaptureOutcome::Captured, CaptureOutcome::Voided] {
+            let captures = Arc::clone(&captures);
+            racers.push(tokio::spawn(async move {
+                let record = CaptureRecord { order_no: order(n), amount: Money::from_cents(1), outcome };
+                (n, captures.record_first(&format!("cap-{n}"), &record).await.expect("record"))
+            }));
+        }
+    }
+    let mut seen: std::collections::HashMap<u64, CaptureOutcome> = std::collections::HashMap::new();
+    for racer in racers {
+        let (n, record) = racer.await.expect("task");
+        let first = seen.entry(n).or_insert_with(|| record.outcome.clone());
+        assert_eq!(*first, record.outcome, "both writers of cap-{n} see the one record");
+    }
+    let captured = captures.captured().await.expect("list");
+    let expected = seen.values().filter(|outcome| **outcome == CaptureOutcome::Captured).count();
+    assert_eq!(captured.len(), expected, "the list holds the captures and only them");
+}

@@ -1,0 +1,219 @@
+//! The payment service's ledger on PostgreSQL, shared by every payment instance: [`PgLedgerBook`] and
+//! [`PgCaptureBook`], the storage behind [`orderly_app::payment_ledger::PaymentLedger`] (which holds the
+//! rules). Its tables live in a schema of their own ([`connect_payment_ledger`]), migrated by
+//! [`PAYMENT_MIGRATOR`], never mixed with the order store's.
+//!
+//! A read-decide-write locks the order's entry (`SELECT … FOR UPDATE`), so instances racing on one order
+//! serialise on its row; a first charge is a single `INSERT … ON CONFLICT DO NOTHING`. The acquirer's
+//! "first writer wins" is the primary key of its records.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orderly_app::PortError;
+use orderly_app::payment_ledger::{
+    CaptureBook, CaptureRecord, ChargeStep, LedgerBook, LedgerConfig, LedgerEntry, LedgerState, RefundStep,
+    charge_step, refund_step, settle_step,
+};
+use orderly_app::ports::{ChargeRequest, PortResult, RefundOutcome};
+use orderly_domain::{Money, OrderNo};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+
+use crate::{Tx, database_error, decode, encode};
+
+/// The payment ledger's migrations, embedded in the binary.
+pub static PAYMENT_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./payment-migrations");
+
+/// Connects to the payment ledger in `schema` (created if absent; a plain lower-case identifier), with a
+/// pool of `connections_max`, and brings it up to date. Returns the two books on one pool.
+pub async fn connect_payment_ledger(
+    options: PgConnectOptions,
+    schema: &str,
+    connections_max: u32,
+) -> PortResult<(Arc<PgLedgerBook>, Arc<PgCaptureBook>)> {
+    let plain = schema.starts_with(|c: char| c.is_ascii_lowercase())
+        && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !plain || schema.len() > 63 {
+        return Err(PortError::corrupt("postgres", format!("schema name {schema:?} is not a plain identifier")));
+    }
+    let admin = PgPoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(database_error)?;
+    // Checked above: only [a-z0-9_].
+    let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+    let created = sqlx::query(sqlx::AssertSqlSafe(create.clone())).execute(&admin).await;
+    if created.is_err() {
+        // Two instances creating it at once: one loses the race on the catalog; the schema is there now.
+        sqlx::query(sqlx::AssertSqlSafe(create)).execute(&admin).await.map_err(database_error)?;
+    }
+    admin.close().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(connections_max)
+        .connect_with(options.options([("search_path", schema)]))
+        .await
+        .map_err(database_error)?;
+    PAYMENT_MIGRATOR.run(&pool).await.map_err(|e| PortError::corrupt("postgres", format!("migrations: {e}")))?;
+    Ok((Arc::new(PgLedgerBook { pool: pool.clone() }), Arc::new(PgCaptureBook { pool })))
+}
+
+#[derive(Debug, Clone)]
+pub struct PgLedgerBook {
+    pool: PgPool,
+}
+
+impl PgLedgerBook {
+    async fn lock(tx: &mut Tx, order_no: OrderNo) -> PortResult<Option<LedgerEntry>> {
+        let row = sqlx::query("SELECT body FROM payment_ledger WHERE order_no = $1 FOR UPDATE")
+            .bind(order_no.to_string())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(database_error)?;
+        row.map(|row| decode(&row.try_get::<String, _>("body").map_err(database_error)?)).transpose()
+    }
+
+    async fn update(tx: &mut Tx, order_no: OrderNo, entry: &LedgerEntry) -> PortResult<()> {
+        sqlx::query("UPDATE payment_ledger SET idempotency_key = $2, state = $3, body = $4 WHERE order_no = $1")
+            .bind(order_no.to_string())
+            .bind(&entry.idempotency_key)
+            .bind(entry.state.as_str())
+            .bind(encode(entry)?)
+            .execute(&mut **tx)
+            .await
+            .map_err(database_error)?;
+        Ok(())
+    }
+
+    /// Writes the entry of a first charge; false if the order has one already.
+    async fn insert(&self, order_no: OrderNo, entry: &LedgerEntry) -> PortResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO payment_ledger (order_no, idempotency_key, state, body) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (order_no) DO NOTHING",
+        )
+        .bind(order_no.to_string())
+        .bind(&entry.idempotency_key)
+        .bind(entry.state.as_str())
+        .bind(encode(entry)?)
+        .execute(&self.pool)
+        .await
+        .map_err(database_error)?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+#[async_trait]
+impl LedgerBook for PgLedgerBook {
+    async fn entry(&self, order_no: OrderNo) -> PortResult<Option<LedgerEntry>> {
+        let row = sqlx::query("SELECT body FROM payment_ledger WHERE order_no = $1")
+            .bind(order_no.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(database_error)?;
+        row.map(|row| decode(&row.try_get::<String, _>("body").map_err(database_error)?)).transpose()
+    }
+
+    async fn begin_charge(
+        &self,
+        request: &ChargeRequest,
+        now_ms: u64,
+        config: &LedgerConfig,
+    ) -> PortResult<ChargeStep> {
+        let order_no = request.order_no;
+        let first = charge_step(None, request, now_ms, config);
+        if let ChargeStep::Start(entry) = &first
+            && self.insert(order_no, entry).await?
+        {
+            return Ok(first);
+        }
+        let mut tx = self.pool.begin().await.map_err(database_error)?;
+        let Some(entry) = Self::lock(&mut tx, order_no).await? else {
+            // No entry, and the first charge's insert did not run (too late) or lost to one now gone:
+            // entries are never deleted, so only the former.
+            return match first {
+                ChargeStep::Start(_) => Err(PortError::unavailable("payments", "ledger entry vanished; retry")),
+                step => Ok(step),
+            };
+        };
+        let step = charge_step(Some(&entry), request, now_ms, config);
+        if let ChargeStep::Start(started) = &step {
+            Self::update(&mut tx, order_no, started).await?;
+        }
+        tx.commit().await.map_err(database_error)?;
+        Ok(step)
+    }
+
+    async fn settle(&self, order_no: OrderNo, key: &str, state: LedgerState) -> PortResult<Option<LedgerEntry>> {
+        let mut tx = self.pool.begin().await.map_err(database_error)?;
+        let Some(entry) = Self::lock(&mut tx, order_no).await? else { return Ok(None) };
+        let after = match settle_step(&entry, key, state) {
+            Some(settled) => {
+                Self::update(&mut tx, order_no, &settled).await?;
+                settled
+            }
+            None => entry,
+        };
+        tx.commit().await.map_err(database_error)?;
+        Ok(Some(after))
+    }
+
+    async fn refund(&self, order_no: OrderNo, amount: Money, refund_key: &str) -> PortResult<RefundOutcome> {
+        let mut tx = self.pool.begin().await.map_err(database_error)?;
+        let entry = Self::lock(&mut tx, order_no).await?;
+        let outcome = match refund_step(entry.as_ref(), amount, refund_key)? {
+            RefundStep::Answer(outcome) => outcome,
+            RefundStep::Record(entry, outcome) => {
+                Self::update(&mut tx, order_no, &entry).await?;
+                outcome
+            }
+        };
+        tx.commit().await.map_err(database_error)?;
+        Ok(outcome)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PgCaptureBook {
+    pool: PgPool,
+}
+
+#[async_trait]
+impl CaptureBook for PgCaptureBook {
+    async fn record_first(&self, capture_id: &str, record: &CaptureRecord) -> PortResult<CaptureRecord> {
+        let inserted = sqlx::query(
+            "INSERT INTO acquirer_records (capture_id, order_no, outcome, body) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (capture_id) DO NOTHING",
+        )
+        .bind(capture_id)
+        .bind(record.order_no.to_string())
+        .bind(record.outcome.as_str())
+        .bind(encode(record)?)
+        .execute(&self.pool)
+        .await
+        .map_err(database_error)?;
+        if inserted.rows_affected() == 1 {
+            return Ok(record.clone());
+        }
+        // The conflict waited for the other writer's commit: a new statement sees its record.
+        self.find(capture_id).await?.ok_or_else(|| PortError::unavailable("acquirer", "record vanished; retry"))
+    }
+
+    async fn find(&self, capture_id: &str) -> PortResult<Option<CaptureRecord>> {
+        let row = sqlx::query("SELECT body FROM acquirer_records WHERE capture_id = $1")
+            .bind(capture_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(database_error)?;
+        row.map(|row| decode(&row.try_get::<String, _>("body").map_err(database_error)?)).transpose()
+    }
+
+    async fn captured(&self) -> PortResult<Vec<(OrderNo, String)>> {
+        let rows = sqlx::query("SELECT capture_id, body FROM acquirer_records WHERE outcome = 'captured'")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database_error)?;
+        rows.iter()
+            .map(|row| {
+                let record: CaptureRecord = decode(&row.try_get::<String, _>("body").map_err(database_error)?)?;
+                Ok((record.order_no, row.try_get::<String, _>("capture_id").map_err(database_error)?))
+            })
+            .collect()
+    }
+}
