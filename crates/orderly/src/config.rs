@@ -45,8 +45,15 @@ pub struct Config {
 pub struct PaymentServiceConfig {
     /// `ORDERLY_PAYMENT_SERVICE__LISTEN_ADDR`.
     pub listen_addr: SocketAddr,
-    /// Its own ledger (and the simulated acquirer's captures); never the order store's directory.
+    /// Its own ledger (and the simulated acquirer's records) in the embedded store, when no
+    /// `postgres_url` is set; never the order store's directory.
     pub data_dir: PathBuf,
+    /// `ORDERLY_PAYMENT_SERVICE__POSTGRES_URL`: the ledger in PostgreSQL instead, shared by every payment
+    /// instance pointed at it (the cluster profile), in schema `postgres_schema` (created and migrated
+    /// at start; never the order store's tables).
+    pub postgres_url: Option<String>,
+    pub postgres_schema: String,
+    pub postgres_connections_max: u32,
 }
 
 impl Default for PaymentServiceConfig {
@@ -54,6 +61,9 @@ impl Default for PaymentServiceConfig {
         PaymentServiceConfig {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 50_051)),
             data_dir: PathBuf::from("./data-payment"),
+            postgres_url: None,
+            postgres_schema: "payment".to_owned(),
+            postgres_connections_max: 16,
         }
     }
 }

@@ -1,11 +1,13 @@
 //! `orderly serve`: the standalone profile in one process.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use orderly_api::routes::CatalogBody;
 use orderly_api::{ApiState, TokenAuth};
+use orderly_app::payment_ledger::{PaymentLedger, SimulatedAcquirer};
 use orderly_app::workers::{self, Step};
 use orderly_domain::{CatalogEntry, CommodityId};
 
@@ -141,17 +143,36 @@ pub async fn open(config: &Config) -> anyhow::Result<orderly_app::Orderly> {
         })
 }
 
-/// `orderly payment`: the payment service as its own process, its ledger under its own directory.
+/// `orderly payment`: the payment service as its own process, its ledger under its own directory or, when
+/// `payment_service.postgres_url` is set, in PostgreSQL (shared with the other instances).
 pub async fn payment_service(config: Config) -> anyhow::Result<()> {
     let service = &config.payment_service;
     let clock = Arc::new(orderly_local::SystemClock);
-    let ledger = orderly_local::open_payment_ledger(&service.data_dir, clock, &config.local)
-        .with_context(|| format!("opening the payment ledger in {}", service.data_dir.display()))?;
+    let (ledger, home) = match &service.postgres_url {
+        None => {
+            let ledger = orderly_local::open_payment_ledger(&service.data_dir, clock, &config.local)
+                .with_context(|| format!("opening the payment ledger in {}", service.data_dir.display()))?;
+            (ledger, service.data_dir.display().to_string())
+        }
+        Some(url) => {
+            let options = sqlx::postgres::PgConnectOptions::from_str(url).context("payment_service.postgres_url")?;
+            let (book, captures) = orderly_postgres::payments::connect_payment_ledger(
+                options,
+                &service.postgres_schema,
+                service.postgres_connections_max,
+            )
+            .await
+            .context("connecting to the payment ledger in PostgreSQL")?;
+            let acquirer = SimulatedAcquirer::new(captures, config.local.acquirer.clone());
+            let ledger = PaymentLedger::new(book, acquirer, clock, config.local.ledger.clone());
+            (ledger, format!("postgres schema {}", service.postgres_schema))
+        }
+    };
     let listener = tokio::net::TcpListener::bind(service.listen_addr)
         .await
         .with_context(|| format!("binding {}", service.listen_addr))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, data_dir = %service.data_dir.display(), "payment service serving (gRPC)");
+    tracing::info!(%address, ledger = %home, "payment service serving (gRPC)");
     // Scripts and tests read this line to find the port.
     println!("listening on {address}");
     orderly_payment::serve(listener, Arc::new(ledger), async {

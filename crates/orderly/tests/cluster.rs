@@ -1,8 +1,9 @@
-//! End to end on the cluster profile: a payment service, two workers and two APIs as separate `orderly`
-//! processes on the local PostgreSQL (a fresh database per test), Redis (`TEST_REDIS_URL`, keys under a
-//! fresh namespace) and RabbitMQ (`TEST_AMQP_URL`, queues under that namespace, deleted by the broker once
-//! idle). The seed's scenarios over HTTP, then the faults: a worker killed with SIGKILL mid-load, the
-//! cache lost mid-load. Each ends quiet with I1–I5 holding (cache = store included).
+//! End to end on the cluster profile: two payment instances on one PostgreSQL ledger, two workers and two
+//! APIs as separate `orderly` processes on the local PostgreSQL (a fresh database per test), Redis
+//! (`TEST_REDIS_URL`, keys under a fresh namespace) and RabbitMQ (`TEST_AMQP_URL`, queues under that
+//! namespace, deleted by the broker once idle). The seed's scenarios over HTTP, then the faults: a worker
+//! killed with SIGKILL mid-load, the cache lost mid-load, a payment instance killed mid-load. Each ends
+//! quiet with I1–I5 holding (cache = store included).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -51,8 +52,8 @@ struct Settings {
     dir: tempfile::TempDir,
     database: String,
     namespace: String,
-    /// `http://…` of the payment service, once it runs.
-    payment_endpoint: Option<String>,
+    /// `http://…` of the payment instances, once they run.
+    payment_endpoints: Vec<String>,
 }
 
 impl Settings {
@@ -72,7 +73,7 @@ impl Settings {
             dir: tempfile::tempdir().expect("temp dir"),
             database,
             namespace: format!("orderly-e2e-{id}"),
-            payment_endpoint: None,
+            payment_endpoints: Vec::new(),
         }
     }
 
@@ -100,12 +101,15 @@ impl Settings {
             .env("ORDERLY_CLUSTER__NAMESPACE", &self.namespace)
             .env("ORDERLY_CLUSTER__QUEUE_EXPIRES_MS", "600000")
             .env("ORDERLY_CLUSTER__POSTGRES_CONNECTIONS_MAX", "4")
-            .env("ORDERLY_PAYMENT_SERVICE__DATA_DIR", self.dir.path().join("payment-ledger"))
+            // One ledger for every payment instance, in its own schema of the cluster's database.
+            .env("ORDERLY_PAYMENT_SERVICE__POSTGRES_URL", self.postgres_url())
+            .env("ORDERLY_PAYMENT_SERVICE__POSTGRES_CONNECTIONS_MAX", "4")
             .env("ORDERLY_FLOW__UNPAID_TIMEOUT_MS", "3000")
             .env("ORDERLY_FLOW__RESERVATION_CHECK_DELAY_MS", "2000")
             .stderr(Stdio::inherit());
-        if let Some(endpoint) = &self.payment_endpoint {
-            command.env("ORDERLY_PAYMENTS__ENDPOINTS", format!("[\"{endpoint}\"]"));
+        if !self.payment_endpoints.is_empty() {
+            let list: Vec<String> = self.payment_endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+            command.env("ORDERLY_PAYMENTS__ENDPOINTS", format!("[{}]", list.join(",")));
         }
         command
     }
@@ -155,7 +159,7 @@ impl Drop for Settings {
 struct Cluster {
     apis: Vec<Process>,
     workers: Mutex<Vec<Process>>,
-    _payment: Process,
+    payments: Mutex<Vec<Process>>,
     settings: Settings,
     http: reqwest::Client,
     admin: String,
@@ -163,9 +167,17 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with_payment(&[]).await
+    }
+
+    /// With `payment_env` set on the payment instances.
+    async fn start_with_payment(payment_env: &[(&str, String)]) -> Cluster {
         let mut settings = Settings::fresh().await;
-        let payment = settings.spawn("payment", &[("ORDERLY_PAYMENT_SERVICE__LISTEN_ADDR", "127.0.0.1:0".into())]);
-        settings.payment_endpoint = Some(format!("http://{}", payment.address()));
+        // Two payment instances sharing the PostgreSQL ledger; callers balance over both.
+        let mut env = vec![("ORDERLY_PAYMENT_SERVICE__LISTEN_ADDR", "127.0.0.1:0".to_owned())];
+        env.extend(payment_env.iter().cloned());
+        let payments: Vec<Process> = (0..2).map(|_| settings.spawn("payment", &env)).collect();
+        settings.payment_endpoints = payments.iter().map(|p| format!("http://{}", p.address())).collect();
         let workers = (0..WORKERS).map(|n| settings.worker(n)).collect();
         let apis = (0..APIS)
             .map(|n| {
@@ -175,7 +187,14 @@ impl Cluster {
             })
             .collect();
         let admin = settings.token(&["--admin"]);
-        Cluster { apis, workers: Mutex::new(workers), _payment: payment, settings, http: reqwest::Client::new(), admin }
+        Cluster {
+            apis,
+            workers: Mutex::new(workers),
+            payments: Mutex::new(payments),
+            settings,
+            http: reqwest::Client::new(),
+            admin,
+        }
     }
 
     fn api(&self, n: usize) -> String {
@@ -185,6 +204,11 @@ impl Cluster {
     /// SIGKILL, as a crash: the worker's unacked deliveries and claimed reservations are left behind.
     fn kill_worker(&self, n: usize) {
         self.workers.lock().expect("workers")[n].kill();
+    }
+
+    /// SIGKILL of a payment instance: its charges in flight are cut off with no answer.
+    fn kill_payment(&self, n: usize) {
+        self.payments.lock().expect("payments")[n].kill();
     }
 
     fn restart_worker(&self, n: usize) {
@@ -491,4 +515,55 @@ async fn a_cache_lost_mid_load_keeps_every_invariant() {
     let accepted = running.await.expect("load");
     assert!(accepted.len() > 20, "the load got going ({} accepted)", accepted.len());
     every_accepted_order_is_definite(&cluster, &accepted).await;
+}
+
+/// A payment instance killed mid-load and left dead: callers balance onto the other instance, which
+/// shares the PostgreSQL ledger; the charges cut off with the dead one are settled by the other once their
+/// lease runs out (the acquirer record decides, first writer wins). Paid iff captured, never twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_instance_killed_mid_load_is_settled_by_the_other() {
+    let cluster = Arc::new(
+        Cluster::start_with_payment(&[
+            // Slow enough that the kill lands mid-charge; a short lease so the test need not wait long.
+            ("ORDERLY_LOCAL__ACQUIRER__LATENCY_MS", "200".to_owned()),
+            ("ORDERLY_LOCAL__LEDGER__CHARGE_LEASE_MS", "1000".to_owned()),
+        ])
+        .await,
+    );
+    cluster.load_catalog(&CATALOG).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = tokio::spawn(load(Arc::clone(&cluster), Arc::clone(&stop)));
+    // Kill instance 0 while charges are running (with two instances, some of them are on it, most likely).
+    let mut db = sqlx::PgConnection::connect(&cluster.settings.postgres_url()).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.payment_ledger WHERE state = 'processing'")
+            .fetch_one(&mut db)
+            .await
+            .expect("ledger");
+        if running >= 6 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.kill_payment(0);
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let accepted = running.await.expect("load");
+    assert!(accepted.len() > 20, "the load got going ({} accepted)", accepted.len());
+    every_accepted_order_is_definite(&cluster, &accepted).await;
+    let report = cluster.admin_get("/api/admin/audit?quiet=true&deadline_ms=60000").await;
+    assert!(report["report"]["orders_by_state"]["paid"].as_u64().unwrap_or(0) > 0, "some orders paid: {report:#}");
+    // The ledger itself: nothing left unsettled.
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM payment.payment_ledger GROUP BY state ORDER BY state")
+            .fetch_all(&mut db)
+            .await
+            .expect("ledger states");
+    let voided: i64 = sqlx::query_scalar("SELECT count(*) FROM payment.acquirer_records WHERE outcome = 'voided'")
+        .fetch_one(&mut db)
+        .await
+        .expect("voids");
+    eprintln!("payment ledger after the kill: {states:?}, attempts voided by the survivor: {voided}");
+    assert!(states.iter().all(|(state, _)| state != "processing"), "unsettled entries: {states:?}");
 }

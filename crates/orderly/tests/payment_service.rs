@@ -109,6 +109,106 @@ async fn killed_mid_charge_then_restarted_settles_without_charging_twice() {
     assert_eq!(payments.succeeded().await.expect("list").len(), 1, "one success, never two");
 }
 
+/// Payment instances sharing one PostgreSQL ledger (a fresh schema of `TEST_DATABASE_URL`'s database),
+/// dropped with it.
+struct SharedLedger {
+    url: String,
+    schema: String,
+}
+
+impl SharedLedger {
+    fn fresh() -> SharedLedger {
+        let url = std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        SharedLedger { url, schema: format!("orderly_test_pay_{}", rand::random::<u64>()) }
+    }
+
+    fn instance(&self, listen: &str, latency_ms: u64) -> Process {
+        start(
+            &["payment"],
+            &[
+                ("ORDERLY_PAYMENT_SERVICE__LISTEN_ADDR", listen.to_owned()),
+                ("ORDERLY_PAYMENT_SERVICE__POSTGRES_URL", self.url.clone()),
+                ("ORDERLY_PAYMENT_SERVICE__POSTGRES_SCHEMA", self.schema.clone()),
+                ("ORDERLY_PAYMENT_SERVICE__POSTGRES_CONNECTIONS_MAX", "4".to_owned()),
+                ("ORDERLY_LOCAL__ACQUIRER__LATENCY_MS", latency_ms.to_string()),
+                ("ORDERLY_LOCAL__LEDGER__CHARGE_LEASE_MS", CHARGE_LEASE_MS.to_string()),
+            ],
+        )
+    }
+}
+
+impl Drop for SharedLedger {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([self.url.as_str(), "-qc", &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn client_of(addresses: &[&str]) -> GrpcPayments {
+    GrpcPayments::new(ClientConfig {
+        endpoints: addresses.iter().map(|address| format!("http://{address}")).collect(),
+        call_timeout_ms: 2_000,
+        attempts_max: 1,
+        ..ClientConfig::default()
+    })
+    .expect("client")
+}
+
+/// Retries of one attempt and attempts under different keys, racing through two instances of one ledger:
+/// one capture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_charges_through_two_instances_of_one_ledger_capture_once() {
+    let ledger = SharedLedger::fresh();
+    let (a, b) = (ledger.instance("127.0.0.1:0", 50), ledger.instance("127.0.0.1:0", 50));
+    let clients = [client_of(&[&a.address]), client_of(&[&b.address])];
+    let mut racers = Vec::new();
+    for i in 0..16 {
+        let payments = clients[i % 2].clone();
+        let key = if i % 4 == 0 { format!("attempt-{i}") } else { "attempt-same".to_owned() };
+        racers.push(tokio::spawn(async move { payments.charge(charge(&key)).await }));
+    }
+    let mut answers = Vec::new();
+    for racer in racers {
+        match racer.await.expect("task") {
+            Ok(outcome) => answers.push(outcome),
+            Err(error) => assert!(error.retryable, "unknown, never a failure: {error}"),
+        }
+    }
+    assert!(!answers.is_empty() && answers.windows(2).all(|p| p[0] == p[1]), "one answer: {answers:?}");
+    assert!(matches!(answers[0], ChargeOutcome::Succeeded { .. }));
+    for payments in &clients {
+        assert_eq!(payments.succeeded().await.expect("list").len(), 1, "both instances see one capture");
+    }
+}
+
+/// An instance killed mid-charge and left dead: another instance of the same ledger settles the attempt
+/// once its lease runs out, and the order can be paid there, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_cut_off_with_its_instance_is_settled_by_another() {
+    let ledger = SharedLedger::fresh();
+    let mut a = ledger.instance("127.0.0.1:0", 600);
+    let b = ledger.instance("127.0.0.1:0", 0);
+    let (via_a, via_b) = (client_of(&[&a.address]), client_of(&[&b.address]));
+    let in_flight = tokio::spawn(async move { via_a.charge(charge("attempt-1")).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.child.kill().expect("SIGKILL");
+    a.child.wait().expect("reaped");
+    assert!(in_flight.await.expect("task").is_err_and(|e| e.retryable), "no answer is an unknown outcome");
+
+    // Under the lease, the survivor does not guess; another attempt must wait.
+    assert_eq!(via_b.query(charge("attempt-1").order_no).await.expect("query"), PaymentStatus::Processing);
+    assert!(via_b.charge(charge("attempt-2")).await.expect_err("busy").retryable);
+    tokio::time::sleep(Duration::from_millis(CHARGE_LEASE_MS)).await;
+    let status = via_b.query(charge("attempt-1").order_no).await.expect("query");
+    assert!(matches!(status, PaymentStatus::Declined { .. }), "voided at the acquirer: {status:?}");
+    assert!(matches!(via_b.charge(charge("attempt-2")).await.expect("charge"), ChargeOutcome::Succeeded { .. }));
+    assert_eq!(via_b.succeeded().await.expect("list").len(), 1, "one success, never two");
+}
+
 /// `orderly serve` paying through the payment service at `payment_address`, with a catalog of one
 /// commodity (id 1, 29.99, 100 units), and a buyer's and the admin's tokens.
 struct Flow {
