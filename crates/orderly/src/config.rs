@@ -63,7 +63,7 @@ impl Default for PaymentServiceConfig {
             data_dir: PathBuf::from("./data-payment"),
             postgres_url: None,
             postgres_schema: "payment".to_owned(),
-            postgres_connections_max: 16,
+            postgres_connections_max: 8,
         }
     }
 }

@@ -87,7 +87,14 @@ impl Payment for PaymentService {
             idempotency_key: request.idempotency_key,
             deadline_ms: request.deadline_ms,
         };
-        let outcome = match self.ledger.charge(charge).await.map_err(status_of)? {
+        // A started charge runs to its end even if the caller goes away (its deadline, a dropped
+        // connection): cut off, it would stay PROCESSING until its lease ran out and then be voided — a
+        // needless decline. Its retry or the reconciler's question then finds the answer.
+        let ledger = Arc::clone(&self.ledger);
+        let charged = tokio::spawn(async move { ledger.charge(charge).await })
+            .await
+            .map_err(|_| Status::internal("the charge task failed"))?;
+        let outcome = match charged.map_err(status_of)? {
             ChargeOutcome::Succeeded { payment_id } => {
                 proto::charge_reply::Outcome::Succeeded(proto::Succeeded { payment_id })
             }
