@@ -196,8 +196,15 @@ pub trait LedgerBook: Send + Sync + std::fmt::Debug {
     /// Decides with [`charge_step`] and writes the entry of a `Start`.
     async fn begin_charge(&self, request: &ChargeRequest, now_ms: u64, config: &LedgerConfig)
     -> PortResult<ChargeStep>;
-    /// Applies [`settle_step`]; returns the entry as it is afterwards.
-    async fn settle(&self, order_no: OrderNo, key: &str, state: LedgerState) -> PortResult<Option<LedgerEntry>>;
+    /// Settles `running` (a PROCESSING entry as read or started: one attempt's PROCESSING entry is
+    /// written once, so its key identifies it) with `state` if the order's entry is still it — what
+    /// [`settle_step`] decides; returns the entry as it is afterwards.
+    async fn settle(
+        &self,
+        order_no: OrderNo,
+        running: &LedgerEntry,
+        state: LedgerState,
+    ) -> PortResult<Option<LedgerEntry>>;
     /// Decides with [`refund_step`] and writes the entry of a `Record`.
     async fn refund(&self, order_no: OrderNo, amount: Money, refund_key: &str) -> PortResult<RefundOutcome>;
 }
@@ -240,7 +247,6 @@ pub trait CaptureBook: Send + Sync + std::fmt::Debug {
     /// Writes `record` unless the id has one; returns the id's record either way (first writer wins,
     /// atomically, across every process sharing the book). Durable when it returns.
     async fn record_first(&self, capture_id: &str, record: &CaptureRecord) -> PortResult<CaptureRecord>;
-    async fn find(&self, capture_id: &str) -> PortResult<Option<CaptureRecord>>;
     /// Every capture (outcome `Captured`): (order, capture id).
     async fn captured(&self) -> PortResult<Vec<(OrderNo, String)>>;
 }
@@ -310,15 +316,11 @@ impl SimulatedAcquirer {
         }
     }
 
-    /// Takes `amount` for attempt `key` of the order, at most once: an attempt with a record gets that
-    /// record's answer (a capture after a void is refused).
+    /// Takes `amount` for attempt `key` of the order, at most once: an attempt that has a record already
+    /// gets that record's answer (a capture after a void is refused).
     pub async fn capture(&self, order_no: OrderNo, key: &str, amount: Money) -> PortResult<AcquirerAnswer> {
         if self.config.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.config.latency_ms)).await;
-        }
-        let capture_id = Self::capture_id(order_no, key);
-        if let Some(record) = self.book.find(&capture_id).await? {
-            return Ok(Self::answer(capture_id, &record));
         }
         let roll = self.roll();
         let config = &self.config;
@@ -329,6 +331,7 @@ impl SimulatedAcquirer {
         } else {
             CaptureOutcome::Captured
         };
+        let capture_id = Self::capture_id(order_no, key);
         let record = self.book.record_first(&capture_id, &CaptureRecord { order_no, amount, outcome }).await?;
         let lost = roll < config.decline_rate + config.timeout_rate + config.lost_answer_rate;
         if lost && record.outcome == CaptureOutcome::Captured {
@@ -377,7 +380,7 @@ impl PaymentLedger {
     /// Settles an entry whose lease ran out from the acquirer's record; returns the entry afterwards.
     async fn settle(&self, order_no: OrderNo, entry: &LedgerEntry) -> PortResult<Option<LedgerEntry>> {
         let state = self.acquirer.settle(order_no, &entry.idempotency_key, entry.amount).await?;
-        self.book.settle(order_no, &entry.idempotency_key, state).await
+        self.book.settle(order_no, entry, state).await
     }
 
     /// The order's entry, settled first if its lease ran out.
@@ -407,7 +410,7 @@ impl Payments for PaymentLedger {
                 ChargeStep::Settle(entry) => {
                     self.settle(order_no, &entry).await?;
                 }
-                ChargeStep::Start(_) => {
+                ChargeStep::Start(started) => {
                     let key = &request.idempotency_key;
                     let state = match self.acquirer.capture(order_no, key, request.amount).await? {
                         AcquirerAnswer::Captured(payment_id) => LedgerState::Succeeded { payment_id },
@@ -417,7 +420,7 @@ impl Payments for PaymentLedger {
                         }
                     };
                     // If a question settled the attempt meanwhile, it did so from the same record.
-                    self.book.settle(order_no, key, state.clone()).await?;
+                    self.book.settle(order_no, &started, state.clone()).await?;
                     return state
                         .outcome()
                         .ok_or_else(|| PortError::corrupt("payments", "settled state is not definite"));

@@ -83,11 +83,16 @@ impl LedgerBook for LocalLedgerBook {
         Ok(step)
     }
 
-    async fn settle(&self, order_no: OrderNo, key: &str, state: LedgerState) -> PortResult<Option<LedgerEntry>> {
+    async fn settle(
+        &self,
+        order_no: OrderNo,
+        running: &LedgerEntry,
+        state: LedgerState,
+    ) -> PortResult<Option<LedgerEntry>> {
         let (entry, written) = {
             let _lock = locked(&self.lock)?;
             let Some(entry) = self.read(order_no)? else { return Ok(None) };
-            match settle_step(&entry, key, state) {
+            match settle_step(&entry, &running.idempotency_key, state) {
                 Some(settled) => {
                     self.write(order_no, &settled)?;
                     (settled, true)
@@ -145,14 +150,6 @@ impl CaptureBook for LocalCaptureBook {
         // Also for a record found: its writer may still be waiting for the sync.
         self.db.sync().await?;
         Ok(first)
-    }
-
-    async fn find(&self, capture_id: &str) -> PortResult<Option<CaptureRecord>> {
-        let found = self.read(capture_id)?;
-        if found.is_some() {
-            self.db.sync().await?;
-        }
-        Ok(found)
     }
 
     async fn captured(&self) -> PortResult<Vec<(OrderNo, String)>> {

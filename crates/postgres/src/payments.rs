@@ -4,7 +4,8 @@
 //! [`PAYMENT_MIGRATOR`], never mixed with the order store's.
 //!
 //! A read-decide-write locks the order's entry (`SELECT … FOR UPDATE`), so instances racing on one order
-//! serialise on its row; a first charge is a single `INSERT … ON CONFLICT DO NOTHING`. The acquirer's
+//! serialise on its row; the common path is one statement per step: a first charge is an
+//! `INSERT … ON CONFLICT DO NOTHING`, its answer an `UPDATE` guarded by the attempt's key and state. The acquirer's
 //! "first writer wins" is the primary key of its records.
 
 use std::sync::Arc;
@@ -140,18 +141,30 @@ impl LedgerBook for PgLedgerBook {
         Ok(step)
     }
 
-    async fn settle(&self, order_no: OrderNo, key: &str, state: LedgerState) -> PortResult<Option<LedgerEntry>> {
-        let mut tx = self.pool.begin().await.map_err(database_error)?;
-        let Some(entry) = Self::lock(&mut tx, order_no).await? else { return Ok(None) };
-        let after = match settle_step(&entry, key, state) {
-            Some(settled) => {
-                Self::update(&mut tx, order_no, &settled).await?;
-                settled
+    async fn settle(
+        &self,
+        order_no: OrderNo,
+        running: &LedgerEntry,
+        state: LedgerState,
+    ) -> PortResult<Option<LedgerEntry>> {
+        // One statement: the running attempt's PROCESSING entry is identified by its key (written once).
+        if let Some(settled) = settle_step(running, &running.idempotency_key, state) {
+            let done = sqlx::query(
+                "UPDATE payment_ledger SET state = $3, body = $4
+                 WHERE order_no = $1 AND idempotency_key = $2 AND state = 'processing'",
+            )
+            .bind(order_no.to_string())
+            .bind(&settled.idempotency_key)
+            .bind(settled.state.as_str())
+            .bind(encode(&settled)?)
+            .execute(&self.pool)
+            .await
+            .map_err(database_error)?;
+            if done.rows_affected() == 1 {
+                return Ok(Some(settled));
             }
-            None => entry,
-        };
-        tx.commit().await.map_err(database_error)?;
-        Ok(Some(after))
+        }
+        self.entry(order_no).await
     }
 
     async fn refund(&self, order_no: OrderNo, amount: Money, refund_key: &str) -> PortResult<RefundOutcome> {
@@ -192,16 +205,13 @@ impl CaptureBook for PgCaptureBook {
             return Ok(record.clone());
         }
         // The conflict waited for the other writer's commit: a new statement sees its record.
-        self.find(capture_id).await?.ok_or_else(|| PortError::unavailable("acquirer", "record vanished; retry"))
-    }
-
-    async fn find(&self, capture_id: &str) -> PortResult<Option<CaptureRecord>> {
         let row = sqlx::query("SELECT body FROM acquirer_records WHERE capture_id = $1")
             .bind(capture_id)
             .fetch_optional(&self.pool)
             .await
             .map_err(database_error)?;
-        row.map(|row| decode(&row.try_get::<String, _>("body").map_err(database_error)?)).transpose()
+        let body = row.ok_or_else(|| PortError::unavailable("acquirer", "record vanished; retry"))?;
+        decode(&body.try_get::<String, _>("body").map_err(database_error)?)
     }
 
     async fn captured(&self) -> PortResult<Vec<(OrderNo, String)>> {

@@ -1,8 +1,11 @@
 //! `orderly bench-payment`: charge latency and throughput of the payment service over gRPC on loopback.
 //!
-//! Starts `orderly payment` on a fresh ledger (acquirer latency zero unless set), then measures in the
+//! Starts `orderly payment` on a fresh ledger — embedded, or with `--postgres-url` a fresh schema in
+//! PostgreSQL (the cluster profile's ledger), dropped afterwards — with the acquirer's latency zero unless
+//! set, then measures in the
 //! same run a read-only baseline (`Query` of an order it never saw: the gRPC round trip plus one ledger
-//! read) and `Charge` of fresh orders (three durable ledger writes each). Checks that every charge
+//! read) and `Charge` of fresh orders (three durable writes each: the entry, the acquirer's record, the
+//! answer). Checks that every charge
 //! answered `succeeded` is in the ledger exactly once.
 
 use std::collections::BTreeMap;
@@ -32,6 +35,10 @@ pub struct PaymentBenchArgs {
     /// Latency of the simulated acquirer.
     #[arg(long, default_value_t = 0)]
     acquirer_latency_ms: u64,
+    /// Keep the ledger in PostgreSQL (a fresh schema of this database, dropped afterwards) instead of the
+    /// embedded store.
+    #[arg(long)]
+    postgres_url: Option<String>,
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
 }
@@ -50,6 +57,7 @@ struct PaymentReport {
     command: String,
     connections: usize,
     acquirer_latency_ms: u64,
+    ledger: String,
     phases: Vec<Phase>,
     charged_in_ledger: usize,
     charges_answered_succeeded: u64,
@@ -124,11 +132,21 @@ pub async fn bench(args: PaymentBenchArgs) -> anyhow::Result<bool> {
     let out = args.out.join("payment");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let ledger = tempfile::Builder::new().prefix("orderly-bench-payment-").tempdir().context("temp dir")?;
-    let envs = [
+    let mut envs = vec![
         ("ORDERLY_PAYMENT_SERVICE__DATA_DIR", ledger.path().display().to_string()),
         ("ORDERLY_PAYMENT_SERVICE__LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("ORDERLY_LOCAL__ACQUIRER__LATENCY_MS", args.acquirer_latency_ms.to_string()),
     ];
+    let schema = format!("orderly_bench_payment_{}", std::process::id());
+    let ledger_kind = match &args.postgres_url {
+        Some(url) => {
+            envs.push(("ORDERLY_PAYMENT_SERVICE__POSTGRES_URL", url.clone()));
+            envs.push(("ORDERLY_PAYMENT_SERVICE__POSTGRES_SCHEMA", schema.clone()));
+            envs.push(("ORDERLY_PAYMENT_SERVICE__POSTGRES_CONNECTIONS_MAX", args.connections.to_string()));
+            format!("PostgreSQL (schema {schema}, synchronous commit)")
+        }
+        None => "embedded (fsync on every write)".to_owned(),
+    };
     let (service, address) = spawn("payment", &envs, ledger, &out.join("payment.log"))?;
     let payments = GrpcPayments::new(ClientConfig {
         endpoints: vec![format!("http://{address}")],
@@ -142,6 +160,14 @@ pub async fn bench(args: PaymentBenchArgs) -> anyhow::Result<bool> {
     let charge = phase("charge", &payments, args.connections, duration, true).await?;
     let charged_in_ledger = payments.succeeded().await?.len();
     drop(service);
+    if let Some(url) = &args.postgres_url {
+        let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.context("dropping the schema")?;
+        // A name of our own: a fixed prefix and the process id.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
+            .execute(&mut db)
+            .await
+            .context("dropping the schema")?;
+    }
 
     let answered = charge.outcomes.get("succeeded").copied().unwrap_or(0);
     let unknown = charge.outcomes.get("unknown_outcome").copied().unwrap_or(0);
@@ -150,6 +176,7 @@ pub async fn bench(args: PaymentBenchArgs) -> anyhow::Result<bool> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         connections: args.connections,
         acquirer_latency_ms: args.acquirer_latency_ms,
+        ledger: ledger_kind,
         p99_target_met: charge.latency.p99_ms <= p99_target_ms,
         phases: vec![query, charge],
         // Every success answered is in the ledger once; a charge without an answer may be there too.
@@ -159,9 +186,9 @@ pub async fn bench(args: PaymentBenchArgs) -> anyhow::Result<bool> {
         p99_target_ms,
     };
     let mut md = format!(
-        "## orderly bench-payment\n\n`{}`; {} callers, acquirer latency {} ms, ledger fsync on every write.\n\n\
+        "## orderly bench-payment\n\n`{}`; {} callers, acquirer latency {} ms, ledger {}.\n\n\
          | phase | calls/s | p50 / p95 / p99 / max (ms) | outcomes |\n|---|---|---|---|\n",
-        report.command, report.connections, report.acquirer_latency_ms
+        report.command, report.connections, report.acquirer_latency_ms, report.ledger
     );
     for p in &report.phases {
         let l = &p.latency;
