@@ -45,7 +45,8 @@ enum Command {
     },
     /// Cluster profile: the workers only (create orders, checks, timeouts, charges, outbox, reconciler).
     Worker,
-    /// Runs the payment service (gRPC) as its own process, its ledger under `payment_service.data_dir`.
+    /// Runs the payment service (gRPC) as its own process, its ledger under `payment_service.data_dir`
+    /// or, with `payment_service.postgres_url`, in PostgreSQL (shared by every instance pointed at it).
     Payment,
     /// Prints a bearer token for a buyer (development), or the admin token.
     Token {

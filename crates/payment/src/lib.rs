@@ -2,8 +2,9 @@
 //!
 //! # Layout
 //! - [`proto`]: generated from `proto/payment.proto` (compiled by protox at build time: no `protoc`).
-//! - [`server`]: the gRPC service around any ledger behind the `Payments` port (the embedded
-//!   `LocalPayments` in standalone), and [`server::serve`].
+//! - [`server`]: the gRPC service around any ledger behind the `Payments` port (`PaymentLedger` on the
+//!   embedded books, or on PostgreSQL's in the cluster), and [`server::serve`]. A started charge runs to
+//!   its end even when its caller goes away.
 //! - [`client`]: [`client::GrpcPayments`], the `Payments` port over gRPC: a deadline on every call,
 //!   retries with backoff and jitter (every call is idempotent), client-side balancing over a static
 //!   list of instances.
