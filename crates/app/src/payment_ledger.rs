@@ -189,7 +189,11 @@ pub fn refund_step(entry: Option<&LedgerEntry>, amount: Money, refund_key: &str)
 }
 
 /// Where the ledger's entries live. Each method is one atomic read-decide-write of one order's entry
-/// (the decisions are the functions above), durable when it returns.
+/// (the decisions are the functions above), durable when it returns — except `settle`, which may be
+/// lost in a crash: a settled state is the acquirer's durable record copied, so a lost one leaves the
+/// entry PROCESSING and the next question after its lease copies the same record again. A PROCESSING
+/// entry, though, must be durable before the acquirer is asked, or a capture could outlive the only
+/// trace that the order was being charged (and a new attempt would charge it again).
 #[async_trait]
 pub trait LedgerBook: Send + Sync + std::fmt::Debug {
     async fn entry(&self, order_no: OrderNo) -> PortResult<Option<LedgerEntry>>;
@@ -198,7 +202,7 @@ pub trait LedgerBook: Send + Sync + std::fmt::Debug {
     -> PortResult<ChargeStep>;
     /// Settles `running` (a PROCESSING entry as read or started: one attempt's PROCESSING entry is
     /// written once, so its key identifies it) with `state` if the order's entry is still it — what
-    /// [`settle_step`] decides; returns the entry as it is afterwards.
+    /// [`settle_step`] decides; returns the entry as it is afterwards. Need not be durable (see above).
     async fn settle(
         &self,
         order_no: OrderNo,

@@ -129,6 +129,7 @@ macro_rules! payment_ledger_contract {
             refunds_are_idempotent_per_key_and_never_exceed_the_charge,
             racing_refunds_never_exceed_the_charge,
             the_first_record_of_an_attempt_wins_at_the_acquirer,
+            a_lost_answer_write_is_copied_again_from_the_acquirer,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

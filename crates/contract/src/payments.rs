@@ -7,11 +7,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use async_trait::async_trait;
 use orderly_app::payment_ledger::{
-    AcquirerConfig, CaptureBook, CaptureOutcome, CaptureRecord, LedgerBook, LedgerConfig, PaymentLedger,
-    SimulatedAcquirer,
+    AcquirerConfig, CaptureBook, CaptureOutcome, CaptureRecord, ChargeStep, LedgerBook, LedgerConfig, LedgerEntry,
+    LedgerState, PaymentLedger, SimulatedAcquirer,
 };
-use orderly_app::ports::{ChargeOutcome, ChargeRequest, Clock, PaymentStatus, Payments, RefundOutcome, RefundRefusal};
+use orderly_app::ports::{
+    ChargeOutcome, ChargeRequest, Clock, PaymentStatus, Payments, PortResult, RefundOutcome, RefundRefusal,
+};
 use orderly_domain::{Money, OrderNo, SnowflakeId, Uid};
 
 const T0_MS: u64 = 1_800_000_000_000;
@@ -232,4 +235,52 @@ pub async fn the_first_record_of_an_attempt_wins_at_the_acquirer(books: Books) {
     let captured = captures.captured().await.expect("list");
     let expected = seen.values().filter(|outcome| **outcome == CaptureOutcome::Captured).count();
     assert_eq!(captured.len(), expected, "the list holds the captures and only them");
+}
+
+/// The book under test, whose `settle` writes are lost (what a crash right after an unsynced settle does).
+#[derive(Debug)]
+struct ForgetsAnswers(Arc<dyn LedgerBook>);
+
+#[async_trait]
+impl LedgerBook for ForgetsAnswers {
+    async fn entry(&self, order_no: OrderNo) -> PortResult<Option<LedgerEntry>> {
+        self.0.entry(order_no).await
+    }
+    async fn begin_charge(
+        &self,
+        request: &ChargeRequest,
+        now_ms: u64,
+        config: &LedgerConfig,
+    ) -> PortResult<ChargeStep> {
+        self.0.begin_charge(request, now_ms, config).await
+    }
+    async fn settle(&self, order_no: OrderNo, _: &LedgerEntry, _: LedgerState) -> PortResult<Option<LedgerEntry>> {
+        self.0.entry(order_no).await
+    }
+    async fn refund(&self, order_no: OrderNo, amount: Money, refund_key: &str) -> PortResult<RefundOutcome> {
+        self.0.refund(order_no, amount, refund_key).await
+    }
+}
+
+/// A settled state need not be durable: lost, the entry stays PROCESSING under its lease, and the next
+/// question after it copies the same acquirer record again — the answer the caller got.
+pub async fn a_lost_answer_write_is_copied_again_from_the_acquirer(books: Books) {
+    let forgetful: Books = (Arc::new(ForgetsAnswers(Arc::clone(&books.0))), Arc::clone(&books.1));
+    let before_crash = Ledger::new(forgetful, AcquirerConfig::default());
+    let paid = before_crash.payments.charge(charge(12, "k1")).await.expect("charge");
+    let ChargeOutcome::Succeeded { payment_id } = paid.clone() else { panic!("declined: {paid:?}") };
+    let declined =
+        Ledger::new((Arc::new(ForgetsAnswers(Arc::clone(&books.0))), Arc::clone(&books.1)), faults(1.0, 0.0, 0.0));
+    let refused = declined.payments.charge(charge(13, "k1")).await.expect("charge");
+    assert!(matches!(refused, ChargeOutcome::Declined { .. }), "{refused:?}");
+
+    // After the crash: the books as they are, the answers never written.
+    let after = Ledger::new(books, AcquirerConfig::default());
+    assert_eq!(after.payments.query(order(12)).await.expect("query"), PaymentStatus::Processing);
+    after.advance_ms(LEASE_MS);
+    assert_eq!(after.payments.query(order(12)).await.expect("query"), PaymentStatus::Succeeded { payment_id });
+    assert_eq!(after.payments.charge(charge(12, "k2")).await.expect("charge"), paid, "never charged again");
+    assert!(matches!(after.payments.query(order(13)).await.expect("query"), PaymentStatus::Declined { .. }));
+    assert_eq!(after.payments.charge(charge(13, "k1")).await.expect("retry"), refused, "the same decline");
+    assert_eq!((after.captures_of(12).await, after.captures_of(13).await), (1, 0));
 }

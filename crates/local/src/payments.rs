@@ -89,21 +89,16 @@ impl LedgerBook for LocalLedgerBook {
         running: &LedgerEntry,
         state: LedgerState,
     ) -> PortResult<Option<LedgerEntry>> {
-        let (entry, written) = {
-            let _lock = locked(&self.lock)?;
-            let Some(entry) = self.read(order_no)? else { return Ok(None) };
-            match settle_step(&entry, &running.idempotency_key, state) {
-                Some(settled) => {
-                    self.write(order_no, &settled)?;
-                    (settled, true)
-                }
-                None => (entry, false),
+        // No sync of its own: the state copies the acquirer's record, synced already (see `LedgerBook`).
+        let _lock = locked(&self.lock)?;
+        let Some(entry) = self.read(order_no)? else { return Ok(None) };
+        match settle_step(&entry, &running.idempotency_key, state) {
+            Some(settled) => {
+                self.write(order_no, &settled)?;
+                Ok(Some(settled))
             }
-        };
-        if written {
-            self.db.sync().await?;
+            None => Ok(Some(entry)),
         }
-        Ok(Some(entry))
     }
 
     async fn refund(&self, order_no: OrderNo, amount: Money, refund_key: &str) -> PortResult<RefundOutcome> {

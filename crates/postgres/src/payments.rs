@@ -49,16 +49,23 @@ pub async fn connect_payment_ledger(
     admin.close().await;
     let pool = PgPoolOptions::new()
         .max_connections(connections_max)
-        .connect_with(options.options([("search_path", schema)]))
+        .connect_with(options.clone().options([("search_path", schema)]))
         .await
         .map_err(database_error)?;
     PAYMENT_MIGRATOR.run(&pool).await.map_err(|e| PortError::corrupt("postgres", format!("migrations: {e}")))?;
-    Ok((Arc::new(PgLedgerBook { pool: pool.clone() }), Arc::new(PgCaptureBook { pool })))
+    let unsynced = PgPoolOptions::new()
+        .max_connections((connections_max / 2).max(2))
+        .connect_lazy_with(options.options([("search_path", schema), ("synchronous_commit", "off")]));
+    Ok((Arc::new(PgLedgerBook { pool: pool.clone(), unsynced }), Arc::new(PgCaptureBook { pool })))
 }
 
 #[derive(Debug, Clone)]
 pub struct PgLedgerBook {
     pool: PgPool,
+    /// `synchronous_commit = off`, for settling only: a settled state copies the acquirer's durable
+    /// record, so one lost in a crash is copied again (see `LedgerBook`); the charge does not wait for
+    /// a WAL flush to answer.
+    unsynced: PgPool,
 }
 
 impl PgLedgerBook {
@@ -157,7 +164,7 @@ impl LedgerBook for PgLedgerBook {
             .bind(&settled.idempotency_key)
             .bind(settled.state.as_str())
             .bind(encode(&settled)?)
-            .execute(&self.pool)
+            .execute(&self.unsynced)
             .await
             .map_err(database_error)?;
             if done.rows_affected() == 1 {
