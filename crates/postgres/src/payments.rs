@@ -27,7 +27,8 @@ use crate::{Tx, database_error, decode, encode};
 pub static PAYMENT_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./payment-migrations");
 
 /// Connects to the payment ledger in `schema` (created if absent; a plain lower-case identifier), with a
-/// pool of `connections_max`, and brings it up to date. Returns the two books on one pool.
+/// pool of `connections_max` (and half that, lazily, for the unsynced answers), and brings it up to
+/// date. Returns the two books.
 pub async fn connect_payment_ledger(
     options: PgConnectOptions,
     schema: &str,
