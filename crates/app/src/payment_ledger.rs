@@ -276,15 +276,6 @@ impl Default for AcquirerConfig {
     }
 }
 
-/// What the caller of the acquirer hears.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AcquirerAnswer {
-    Captured(String),
-    Declined(String),
-    /// Unknown to the caller; the record (or its absence) says what really happened.
-    NoAnswer,
-}
-
 /// The reason a voided attempt is declined with.
 pub const NO_ANSWER_REASON: &str = "acquirer_no_answer";
 
@@ -312,17 +303,19 @@ impl SimulatedAcquirer {
         format!("cap-{order_no}-{key}")
     }
 
-    fn answer(capture_id: String, record: &CaptureRecord) -> AcquirerAnswer {
+    /// The definite state a record gives its attempt.
+    fn state_of(capture_id: String, record: &CaptureRecord) -> LedgerState {
         match &record.outcome {
-            CaptureOutcome::Captured => AcquirerAnswer::Captured(capture_id),
-            CaptureOutcome::Declined { reason } => AcquirerAnswer::Declined(reason.clone()),
-            CaptureOutcome::Voided => AcquirerAnswer::Declined(NO_ANSWER_REASON.to_owned()),
+            CaptureOutcome::Captured => LedgerState::Succeeded { payment_id: capture_id },
+            CaptureOutcome::Declined { reason } => LedgerState::Declined { reason: reason.clone() },
+            CaptureOutcome::Voided => LedgerState::Declined { reason: NO_ANSWER_REASON.to_owned() },
         }
     }
 
     /// Takes `amount` for attempt `key` of the order, at most once: an attempt that has a record already
-    /// gets that record's answer (a capture after a void is refused).
-    pub async fn capture(&self, order_no: OrderNo, key: &str, amount: Money) -> PortResult<AcquirerAnswer> {
+    /// gets that record's answer (a capture after a void is refused). `None`: no answer reached the caller
+    /// (the record, or its absence, says what really happened).
+    pub async fn capture(&self, order_no: OrderNo, key: &str, amount: Money) -> PortResult<Option<LedgerState>> {
         if self.config.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.config.latency_ms)).await;
         }
@@ -331,7 +324,7 @@ impl SimulatedAcquirer {
         let outcome = if roll < config.decline_rate {
             CaptureOutcome::Declined { reason: "insufficient_funds".to_owned() }
         } else if roll < config.decline_rate + config.timeout_rate {
-            return Ok(AcquirerAnswer::NoAnswer);
+            return Ok(None);
         } else {
             CaptureOutcome::Captured
         };
@@ -339,9 +332,9 @@ impl SimulatedAcquirer {
         let record = self.book.record_first(&capture_id, &CaptureRecord { order_no, amount, outcome }).await?;
         let lost = roll < config.decline_rate + config.timeout_rate + config.lost_answer_rate;
         if lost && record.outcome == CaptureOutcome::Captured {
-            return Ok(AcquirerAnswer::NoAnswer);
+            return Ok(None);
         }
-        Ok(Self::answer(capture_id, &record))
+        Ok(Some(Self::state_of(capture_id, &record)))
     }
 
     /// The definite state of attempt `key`: its record, or a void written now (so no capture can follow).
@@ -349,11 +342,7 @@ impl SimulatedAcquirer {
         let capture_id = Self::capture_id(order_no, key);
         let void = CaptureRecord { order_no, amount, outcome: CaptureOutcome::Voided };
         let record = self.book.record_first(&capture_id, &void).await?;
-        Ok(match Self::answer(capture_id, &record) {
-            AcquirerAnswer::Captured(payment_id) => LedgerState::Succeeded { payment_id },
-            AcquirerAnswer::Declined(reason) => LedgerState::Declined { reason },
-            AcquirerAnswer::NoAnswer => LedgerState::Declined { reason: NO_ANSWER_REASON.to_owned() },
-        })
+        Ok(Self::state_of(capture_id, &record))
     }
 
     pub async fn captured(&self) -> PortResult<Vec<(OrderNo, String)>> {
@@ -416,12 +405,8 @@ impl Payments for PaymentLedger {
                 }
                 ChargeStep::Start(started) => {
                     let key = &request.idempotency_key;
-                    let state = match self.acquirer.capture(order_no, key, request.amount).await? {
-                        AcquirerAnswer::Captured(payment_id) => LedgerState::Succeeded { payment_id },
-                        AcquirerAnswer::Declined(reason) => LedgerState::Declined { reason },
-                        AcquirerAnswer::NoAnswer => {
-                            return Err(PortError::unavailable("payments", "the acquirer did not answer"));
-                        }
+                    let Some(state) = self.acquirer.capture(order_no, key, request.amount).await? else {
+                        return Err(PortError::unavailable("payments", "the acquirer did not answer"));
                     };
                     // If a question settled the attempt meanwhile, it did so from the same record.
                     self.book.settle(order_no, &started, state.clone()).await?;

@@ -163,7 +163,7 @@ pub async fn a_timeout_settles_as_declined_and_voids_a_late_capture(books: Books
     // The acquirer gets the attempt late (a slow instance): the void refuses it.
     let late = SimulatedAcquirer::new(Arc::clone(&ledger.books.1), AcquirerConfig::default());
     let answer = late.capture(order(5), "k1", Money::from_cents(2_999)).await.expect("acquirer");
-    assert!(matches!(answer, orderly_app::payment_ledger::AcquirerAnswer::Declined(_)), "{answer:?}");
+    assert!(matches!(answer, Some(LedgerState::Declined { .. })), "{answer:?}");
     assert_eq!(ledger.captures_of(5).await, 0);
     assert!(matches!(ledger.payments.query(order(5)).await.expect("query"), PaymentStatus::Declined { .. }));
 }

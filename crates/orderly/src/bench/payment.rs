@@ -4,8 +4,8 @@
 //! PostgreSQL (the cluster profile's ledger), dropped afterwards — with the acquirer's latency zero unless
 //! set, then measures in the
 //! same run a read-only baseline (`Query` of an order it never saw: the gRPC round trip plus one ledger
-//! read) and `Charge` of fresh orders (three durable writes each: the entry, the acquirer's record, the
-//! answer). Checks that every charge
+//! read) and `Charge` of fresh orders (three writes each: the entry and the acquirer's record durable,
+//! the answer not waited for — it copies that record). Checks that every charge
 //! answered `succeeded` is in the ledger exactly once.
 
 use std::collections::BTreeMap;
@@ -143,9 +143,9 @@ pub async fn bench(args: PaymentBenchArgs) -> anyhow::Result<bool> {
             envs.push(("ORDERLY_PAYMENT_SERVICE__POSTGRES_URL", url.clone()));
             envs.push(("ORDERLY_PAYMENT_SERVICE__POSTGRES_SCHEMA", schema.clone()));
             envs.push(("ORDERLY_PAYMENT_SERVICE__POSTGRES_CONNECTIONS_MAX", args.connections.to_string()));
-            format!("PostgreSQL (schema {schema}, synchronous commit)")
+            format!("PostgreSQL (schema {schema}; entry and acquirer record committed synchronously)")
         }
-        None => "embedded (fsync on every write)".to_owned(),
+        None => "embedded (entry and acquirer record fsynced)".to_owned(),
     };
     let (service, address) = spawn("payment", &envs, ledger, &out.join("payment.log"))?;
     let payments = GrpcPayments::new(ClientConfig {
