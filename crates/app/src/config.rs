@@ -23,8 +23,10 @@ pub struct FlowConfig {
     pub worker_concurrency_max: usize,
     /// Deliveries of one message before it goes to the dead-letter queue.
     pub delivery_attempts_max: u32,
-    /// Wait before a failed message is delivered again.
+    /// Wait before a failed message is delivered again; doubled per failed delivery.
     pub redelivery_delay_ms: u64,
+    /// Longest wait between two deliveries of a failing message.
+    pub redelivery_delay_ms_max: u64,
     /// How long an unpaid timeout waits again when a payment for the order is still in flight.
     pub unpaid_timeout_retry_ms: u64,
     /// Orders listed per page, at most.
@@ -52,6 +54,7 @@ impl Default for FlowConfig {
             worker_concurrency_max: 64,
             delivery_attempts_max: 10,
             redelivery_delay_ms: 1_000,
+            redelivery_delay_ms_max: 30_000,
             unpaid_timeout_retry_ms: 5_000,
             page_size_max: 100,
             catalog_cache_ms: 1_000,

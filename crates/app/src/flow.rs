@@ -189,15 +189,64 @@ impl Orderly {
             .map(|o| Outgoing { message: Message::CreateOrder(Box::new(o.clone())), deliver_at_ms: now_ms })
             .collect();
         if let Err(error) = self.bus.publish(creates).await {
-            self.release_all(&orders).await;
+            self.abort(&orders, idempotency_key.is_none()).await;
             return Err(error.into());
         }
-        // After the publish: a crash here loses only the early `pending` view, never the order.
-        self.store.insert_pending(&orders).await?;
-        if let Some(key) = idempotency_key {
-            self.store.idempotency_answer(body.uid, key, StoredAnswer::Accepted).await?;
-        }
+        // The creates are durable: the orders will exist unless stock runs out, so the answer is success
+        // whatever happens to the steps below, which only make things quicker or clearer.
+        self.after_publish(&orders, body.uid, idempotency_key).await;
         Ok(order_nos)
+    }
+
+    /// A cart whose creates may or may not have reached the bus (an error can hide a publish that landed):
+    /// its reservations are given back. Without an idempotency key the caller will never ask for these
+    /// numbers again, so the worker's reservation is refused too ([`StockCache::release`] remembers an
+    /// unknown token as released): a create that landed all the same then ends `rejected`, holding
+    /// nothing, as the error answer said. With a key, a retry re-runs the same numbers and must be able to
+    /// create them. Best effort: a release that fails is done by the reservation check.
+    async fn abort(&self, orders: &[Order], refuse_late_creates: bool) {
+        self.release_all(orders).await;
+        if refuse_late_creates {
+            for order in orders {
+                if let Err(error) = self.cache.release(order.worker_token()).await {
+                    tracing::warn!(order_no = %order.order_no, %error, "could not refuse a late create of an aborted order");
+                }
+            }
+        }
+    }
+
+    /// After the creates are durable. The entry tokens are claimed: a reservation whose create is on the
+    /// bus belongs to that create (the reservation check leaves a CLAIMED token to the worker, however long
+    /// the backlog). Then the early `pending` view and the idempotency answer. None of these can turn the
+    /// answer into an error: a failed claim leaves the reservation to the check (the worker then
+    /// reserves again), a failed `pending` view is written again in the background until the store takes
+    /// it, and a missing idempotency answer makes a retry re-run the idempotent steps on the same numbers.
+    async fn after_publish(&self, orders: &[Order], buyer: Uid, idempotency_key: Option<&str>) {
+        let claims = orders.iter().map(|o| self.cache.claim(o.entry_token()));
+        for (order, claim) in orders.iter().zip(futures_util::future::join_all(claims).await) {
+            if let Err(error) = claim {
+                tracing::warn!(order_no = %order.order_no, %error, "accepted, but the reservation could not be claimed for its create");
+            }
+        }
+        if let Err(error) = self.store.insert_pending(orders).await {
+            tracing::warn!(orders = orders.len(), %error, "accepted; the pending view is written again in the background");
+            let (store, orders, delay_ms) = (Arc::clone(&self.store), orders.to_vec(), self.config.redelivery_delay_ms);
+            tokio::spawn(async move {
+                for attempt in 0..PENDING_VIEW_ATTEMPTS {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay_ms << attempt.min(5))).await;
+                    match store.insert_pending(&orders).await {
+                        Ok(()) => return,
+                        Err(error) => tracing::debug!(%error, attempt, "pending view not written yet"),
+                    }
+                }
+                tracing::warn!(orders = orders.len(), "pending view never written; the orders show once created");
+            });
+        }
+        if let Some(key) = idempotency_key
+            && let Err(error) = self.store.idempotency_answer(buyer, key, StoredAnswer::Accepted).await
+        {
+            tracing::warn!(%buyer, %error, "accepted; the idempotency answer was not stored (a retry re-runs the same numbers)");
+        }
     }
 
     /// The bench's naive baseline (issue 3), not a way to take orders: no cache, no bus — the cart's
@@ -388,11 +437,24 @@ impl Orderly {
             Err(error) => {
                 tracing::warn!(%order_no, %error, "charge without a definite answer; left to the reconciler");
                 let later = self.clock.now_ms() + self.config.reconcile_backoff_ms;
-                self.store.postpone_payment_check(order_no, later).await?;
+                // The attempt is in the safe-pay set already: without the postponement the reconciler
+                // asks at the charge deadline instead. Never an error answer for a charge that may be done.
+                if let Err(error) = self.store.postpone_payment_check(order_no, later).await {
+                    tracing::warn!(%order_no, %error, "safe-pay check not postponed; the reconciler asks at the deadline");
+                }
                 return Ok(PayOutcome::Pending(Box::new(order)));
             }
         };
-        self.settle_payment(order_no, result).await
+        match self.settle_payment(order_no, result).await {
+            // The service answered but the order could not be moved on: the attempt is in the safe-pay
+            // set, and the reconciler settles it from the same ledger. The buyer hears "pending", not an
+            // error for a payment that may have taken their money.
+            Err(OrderError::Unavailable(error)) => {
+                tracing::warn!(%order_no, %error, "charge answered, order not updated; left to the reconciler");
+                Ok(PayOutcome::Pending(Box::new(order)))
+            }
+            other => other,
+        }
     }
 
     pub(crate) async fn settle_payment(
@@ -412,6 +474,8 @@ impl Orderly {
                 tracing::info!(%order_no, buyer = %order.buyer, "order paid; buyer notified");
                 PayOutcome::Paid(Box::new(order))
             }
+            // A pay-at-once attempt without an answer: the system charges again (`store_rules::finish_attempt`).
+            Some(_) if crate::store_rules::charge_owed(&order) => PayOutcome::Pending(Box::new(order)),
             Some(reason) => PayOutcome::Declined { order: Box::new(order), reason },
         })
     }
@@ -444,6 +508,9 @@ impl Orderly {
         Ok(())
     }
 }
+
+/// How often the entry writes a failed `pending` view again (backing off up to 32× `redelivery_delay_ms`).
+const PENDING_VIEW_ATTEMPTS: u32 = 12;
 
 /// The orders of a cart as accepted: `pending`, numbered.
 fn pending_orders(drafts: Vec<orderly_domain::OrderDraft>, order_nos: &[OrderNo], now_ms: u64) -> Vec<Order> {

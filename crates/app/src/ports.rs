@@ -33,8 +33,26 @@ pub type PortResult<T> = Result<T, PortError>;
 
 /// Milliseconds since the Unix epoch. Injected so tests and simulations control time.
 pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The wall clock: stamps (accepted, updated) and the due times of delayed messages.
     fn now_ms(&self) -> u64;
+    /// How far the wall clock has moved away from this process's monotonic time since it started, when
+    /// that is more than [`CLOCK_JUMP_TOLERANCE_MS`] (a step of the clock, not its slow correction);
+    /// 0 otherwise. Positive: stepped forward.
+    fn jump_ms(&self) -> i64 {
+        0
+    }
+    /// The time a deadline is judged by: the wall clock, but never ahead of this process's monotonic
+    /// time (the wall clock at its start plus the time elapsed since), so a clock stepped forward cannot
+    /// make a deadline fire early. A clock stepped back already makes them late, never early.
+    fn deadline_now_ms(&self) -> u64 {
+        let now_ms = self.now_ms();
+        let jump_ms = self.jump_ms();
+        if jump_ms > 0 { now_ms.saturating_sub(jump_ms.unsigned_abs()) } else { now_ms }
+    }
 }
+
+/// A difference between the wall clock and the monotonic clock smaller than this is drift, not a jump.
+pub const CLOCK_JUMP_TOLERANCE_MS: i64 = 1_000;
 
 #[async_trait]
 pub trait IdGen: Send + Sync + std::fmt::Debug {

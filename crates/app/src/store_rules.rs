@@ -127,6 +127,10 @@ pub fn returns_stock(order: &Order, action: OrderAction) -> bool {
 
 /// A buyer's or a timer's action on an order. Cancel and auto-cancel wait while a payment is in flight
 /// (its outcome decides whether the order is paid).
+///
+/// The unpaid timeout also waits for a pay-at-once order whose charge has not ended in a decline: the
+/// buyer asked to pay, so the charge runs (and runs again after an attempt that got no answer) before the
+/// order may close unpaid.
 pub fn change(
     order: Order,
     action: OrderAction,
@@ -136,7 +140,27 @@ pub fn change(
     if matches!(action, OrderAction::Cancel | OrderAction::AutoCancel) && order.payment_attempt.is_some() {
         return Ok(Err(ChangeRejection::PaymentInFlight));
     }
+    if action == OrderAction::AutoCancel && charge_owed(&order) {
+        return Ok(Err(ChangeRejection::PaymentInFlight));
+    }
     apply_transition(order, action, levels, now_ms)
+}
+
+/// A pay-at-once order to pay that has not been declined: the system still owes the buyer the charge
+/// they asked for (queued, in flight, or to be run again after an attempt without an answer).
+pub fn charge_owed(order: &Order) -> bool {
+    order.pay_at_once && order.state == OrderState::ToPay && order.last_decline.is_none()
+}
+
+/// An attempt that ended without the acquirer's word: it never started, or it was voided because no
+/// answer came (a timeout, a lost answer, an instance killed mid-charge). Nothing was taken, and it is
+/// not the buyer's decline.
+fn unanswered(result: &PaymentResult) -> bool {
+    match result {
+        PaymentResult::NeverCharged => true,
+        PaymentResult::Declined { reason } => reason == crate::payment_ledger::NO_ANSWER_REASON,
+        PaymentResult::Succeeded { .. } => false,
+    }
 }
 
 /// A payment attempt starts: only on an order that may be paid, one attempt at a time.
@@ -151,12 +175,21 @@ pub fn begin_attempt(mut order: Order, attempt: PaymentAttempt) -> Result<Order,
 
 /// A payment attempt ends: a success pays the order (through the FSM); a decline, or a charge that never
 /// started, leaves it to pay, free to be paid again or cancelled. Paying returns no stock.
+///
+/// A pay-at-once order whose attempt got no answer from the acquirer is charged again: the outbox gets a
+/// new `Charge` (a new attempt with a new key; the ledger never charges an order twice), and no decline
+/// is recorded, so its unpaid timeout keeps waiting.
 pub fn finish_attempt(
     mut order: Order,
     result: PaymentResult,
     now_ms: u64,
 ) -> Result<Result<Changed, ChangeRejection>, PortError> {
     order.payment_attempt = None;
+    if order.pay_at_once && order.state == OrderState::ToPay && unanswered(&result) {
+        order.updated_ms = now_ms;
+        let order_no = order.order_no;
+        return Ok(Ok((order, Some(OutboxEvent::Charge { order_no }))));
+    }
     match result {
         PaymentResult::Succeeded { payment_id } => {
             order.payment_id = Some(payment_id);

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use orderly_domain::{OrderAction, OrderState};
 
 use crate::flow::{OrderError, Orderly, PayOutcome};
-use crate::model::{Delivery, Message, Order, OutboxEvent, Outgoing, Token, Topic};
+use crate::model::{Delivery, Message, Order, OutboxEvent, Outgoing, Token, TokenState, Topic};
 use crate::ports::{Claim, CreateOutcome, CreateRequest, PaymentResult, PaymentStatus, PortError, Reserve};
 
 /// What one step did.
@@ -106,7 +106,12 @@ impl Orderly {
                 }
                 Err(error) => {
                     outcome.retried += 1;
-                    self.retry_or_dead_letter(&delivery, &error).await?;
+                    if self.retry_or_dead_letter(&delivery, &error).await? == Fate::DeadLettered {
+                        // Never created: nothing may stay held for it.
+                        for token in [order.entry_token(), order.worker_token()] {
+                            self.cache.release(token).await?;
+                        }
+                    }
                 }
             }
         }
@@ -166,8 +171,12 @@ impl Orderly {
         }
         let token = order.worker_token();
         match self.reserve(token, &order.stock_lines(), true).await? {
-            Reserve::Reserved | Reserve::AlreadyHeld(_) => Ok(Some(token)),
-            Reserve::Insufficient { .. } | Reserve::NotLoaded(_) => Ok(None),
+            Reserve::Reserved | Reserve::AlreadyHeld(TokenState::Reserved | TokenState::Claimed) => Ok(Some(token)),
+            // Released before it was reserved: the entry answered an error for this cart and refused
+            // its late create (or the check released it); consumed already: the store says so.
+            Reserve::AlreadyHeld(TokenState::Released | TokenState::Confirmed)
+            | Reserve::Insufficient { .. }
+            | Reserve::NotLoaded(_) => Ok(None),
         }
     }
 
@@ -190,17 +199,24 @@ impl Orderly {
         Ok(())
     }
 
-    async fn retry_or_dead_letter(
-        &self,
-        delivery: &Delivery,
-        error: &(dyn std::fmt::Display + Sync),
-    ) -> Result<(), PortError> {
-        if delivery.attempt >= self.config.delivery_attempts_max {
+    /// A message whose handling failed. A dependency that is down (a retryable error) never sends it to
+    /// the dead letters: the flow waits for the dependency, backing off to `redelivery_delay_ms_max`, so an
+    /// accepted order is created however long the outage (forced completion). Only a message that fails
+    /// for another reason `delivery_attempts_max` times is dead-lettered, for an operator.
+    async fn retry_or_dead_letter(&self, delivery: &Delivery, error: &PortError) -> Result<Fate, PortError> {
+        if !error.retryable && delivery.attempt >= self.config.delivery_attempts_max {
             tracing::error!(attempt = delivery.attempt, %error, "message failed too often; dead-lettered");
-            self.bus.dead_letter(&delivery.receipt, &error.to_string()).await
-        } else {
-            self.bus.retry(&delivery.receipt, self.clock.now_ms() + self.config.redelivery_delay_ms).await
+            self.bus.dead_letter(&delivery.receipt, &error.to_string()).await?;
+            return Ok(Fate::DeadLettered);
         }
+        let doublings = delivery.attempt.saturating_sub(1).min(16);
+        let delay_ms = self
+            .config
+            .redelivery_delay_ms
+            .saturating_mul(1 << doublings)
+            .min(self.config.redelivery_delay_ms_max.max(self.config.redelivery_delay_ms));
+        self.bus.retry(&delivery.receipt, self.clock.now_ms() + delay_ms).await?;
+        Ok(Fate::Retried)
     }
 
     /// Consumers of the one-message-at-a-time topics. The messages of a batch are handled concurrently
@@ -246,12 +262,17 @@ impl Orderly {
             Message::ReservationCheck { token } => self.check_reservation(*token).await,
             Message::UnpaidTimeout { order_no } => {
                 let now_ms = self.clock.now_ms();
+                if let Some(later_ms) = self.before_unpaid_deadline(*order_no, now_ms).await? {
+                    return Ok(Handled::Later(later_ms));
+                }
                 match self.store.transition(*order_no, OrderAction::AutoCancel, now_ms).await? {
                     Ok(order) => {
                         self.orders_changed(vec![*order_no]).await;
                         tracing::info!(%order_no, buyer = %order.buyer, "unpaid order closed; buyer notified");
                         Ok(Handled::Done)
                     }
+                    // A charge in flight, or a pay-at-once order whose charge has not run yet: its outcome
+                    // decides (the buyer asked to pay).
                     Err(crate::ports::ChangeRejection::PaymentInFlight) => {
                         Ok(Handled::Later(now_ms + self.config.unpaid_timeout_retry_ms))
                     }
@@ -271,8 +292,33 @@ impl Orderly {
         }
     }
 
+    /// `Some(wall time to look again)` while an order's unpaid deadline (its acceptance plus
+    /// `unpaid_timeout_ms`) has not passed by the monotonic clock: a timer the wall clock fired early
+    /// (it was stepped forward) waits out the rest. `None`: due, or no such order.
+    async fn before_unpaid_deadline(
+        &self,
+        order_no: orderly_domain::OrderNo,
+        now_ms: u64,
+    ) -> Result<Option<u64>, PortError> {
+        let Some(order) = self.store.order(order_no).await? else { return Ok(None) };
+        let deadline_ms = order.created_ms.saturating_add(self.config.unpaid_timeout_ms);
+        let judged_ms = self.clock.deadline_now_ms();
+        if judged_ms >= deadline_ms {
+            return Ok(None);
+        }
+        tracing::warn!(
+            %order_no,
+            clock_jump_ms = self.clock.jump_ms(),
+            early_ms = deadline_ms - judged_ms,
+            "unpaid timeout before its deadline by the monotonic clock; waiting"
+        );
+        Ok(Some(now_ms + (deadline_ms - judged_ms)))
+    }
+
     /// Remark 1's recovery: order created → the reservation is the order's; still RESERVED → give the
-    /// stock back. A CLAIMED token belongs to a worker that will finish it (its message is redelivered).
+    /// stock back (the entry never published the create, or died before it could claim the token). A
+    /// CLAIMED token belongs to a create on the bus — the entry claims it once the create is durable, a
+    /// worker when it takes the create — however long the backlog: it is never given back here.
     async fn check_reservation(&self, token: Token) -> Result<Handled, PortError> {
         match self.store.order(token.order_no).await? {
             Some(order) if order.state != OrderState::Pending => self.settle_tokens(&order, false).await?,
@@ -325,6 +371,9 @@ impl Orderly {
             return Ok(Outcome::default());
         }
         let now_ms = self.clock.now_ms();
+        // "Never charged" is concluded only once the charge deadline has passed by the monotonic clock: a
+        // clock stepped forward must not end an attempt the service may still start.
+        let deadline_now_ms = self.clock.deadline_now_ms();
         let due = self.store.payments_due(now_ms, self.config.worker_batch_max).await?;
         let mut outcome = Outcome::default();
         for order_no in due {
@@ -334,7 +383,9 @@ impl Orderly {
             let result = match status {
                 Ok(PaymentStatus::Succeeded { payment_id }) => Some(PaymentResult::Succeeded { payment_id }),
                 Ok(PaymentStatus::Declined { reason }) => Some(PaymentResult::Declined { reason }),
-                Ok(PaymentStatus::NotFound) if now_ms > attempt.charge_deadline_ms => Some(PaymentResult::NeverCharged),
+                Ok(PaymentStatus::NotFound) if deadline_now_ms > attempt.charge_deadline_ms => {
+                    Some(PaymentResult::NeverCharged)
+                }
                 Ok(PaymentStatus::NotFound | PaymentStatus::Processing) | Err(_) => None,
             };
             match result {
@@ -362,6 +413,12 @@ impl Orderly {
 enum Handled {
     Done,
     Later(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Retried,
+    DeadLettered,
 }
 
 /// Until when this process holds each lease on a role that runs once in a cluster (it holds them as
