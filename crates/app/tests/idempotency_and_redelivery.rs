@@ -68,40 +68,52 @@ async fn a_redelivered_create_message_changes_nothing() {
     settle_and_audit(&orderly, &clock).await;
 }
 
+/// Issue 10, defect 2: a create still queued when its reservation check fires (a backlog, an outage, a
+/// restarted worker) keeps its stock — the entry claimed the token once the create was durable — so the
+/// units are not sold again and the accepted order is created, not rejected.
 #[tokio::test]
-async fn a_reservation_not_consumed_in_time_is_released_and_the_worker_reserves_again() {
-    let Harness { orderly, clock, .. } = harness(10).await;
-    let order_no = orderly.place_orders(&body(5, false, &[(1, 2)]), None).await.expect("accepted")[0];
-    // The check fires before any worker took the create message (a backlog).
+async fn a_queued_create_keeps_its_reservation_through_the_check() {
+    let Harness { orderly, clock, .. } = harness(2).await;
+    let accepted = orderly.place_orders(&body(5, false, &[(1, 2)]), None).await.expect("accepted")[0];
+    // The check fires before any worker took the create message.
     clock.advance_ms(orderly.config.reservation_check_delay_ms);
     orderly.try_execute(orderly_app::workers::Step::ReservationChecks).await.expect("check runs");
-    assert_eq!(stock(&orderly, 1).await, (10, Some(10)), "the unclaimed reservation was returned");
-    // A hanging reserve of the released token is refused.
-    let again = orderly
-        .cache
-        .reserve(Token::entry(order_no, orderly_domain::ShopId(100_001)), &[(orderly_domain::CommodityId(1), 2)], false)
-        .await;
-    assert_eq!(again, Ok(orderly_app::ports::Reserve::AlreadyHeld(orderly_app::model::TokenState::Released)));
-    // The worker then finds it released, reserves again, and creates the order.
+    assert_eq!(stock(&orderly, 1).await, (2, Some(0)), "the queued create's units stay held");
+    // So nobody else can buy them meanwhile.
+    let other = orderly.place_orders(&body(6, false, &[(1, 2)]), None).await;
+    assert!(matches!(other, Err(orderly_app::PlaceError::SoldOut { .. })), "{other:?}");
     orderly.drain().await.expect("workers run");
-    assert_eq!(state(&orderly, order_no).await, OrderState::ToPay);
-    assert_eq!(stock(&orderly, 1).await, (8, Some(8)));
+    assert_eq!(state(&orderly, accepted).await, OrderState::ToPay);
+    assert_eq!(stock(&orderly, 1).await, (0, Some(0)));
     settle_and_audit(&orderly, &clock).await;
 }
 
+/// A reservation whose create never reached the bus (the entry died between reserve and publish) is
+/// still given back by its check, and a late reserve of the released token is refused.
 #[tokio::test]
-async fn a_worker_that_finds_no_stock_left_rejects_the_order() {
-    let Harness { orderly, clock, .. } = harness(2).await;
-    let late = orderly.place_orders(&body(5, false, &[(1, 2)]), None).await.expect("accepted")[0];
+async fn a_reservation_without_a_create_is_released_by_its_check() {
+    let Harness { orderly, clock, .. } = harness(10).await;
+    let token = Token::entry(
+        orderly_domain::OrderNo::new(orderly_domain::SnowflakeId(77), orderly_domain::Uid(5)),
+        orderly_domain::ShopId(100_001),
+    );
+    let now_ms = orderly_app::Clock::now_ms(&*orderly.clock);
+    orderly
+        .bus
+        .publish(vec![Outgoing {
+            message: Message::ReservationCheck { token },
+            deliver_at_ms: now_ms + orderly.config.reservation_check_delay_ms,
+        }])
+        .await
+        .expect("publishes");
+    let lines = [(orderly_domain::CommodityId(1), 2)];
+    orderly.commodity(orderly_domain::CommodityId(1)).await.expect("loads the counter");
+    assert_eq!(orderly.cache.reserve(token, &lines, false).await, Ok(orderly_app::ports::Reserve::Reserved));
+    assert_eq!(stock(&orderly, 1).await, (10, Some(8)));
     clock.advance_ms(orderly.config.reservation_check_delay_ms);
-    orderly.try_execute(orderly_app::workers::Step::ReservationChecks).await.expect("check runs");
-    // Meanwhile someone else buys the stock the released reservation gave back.
-    let other = orderly.place_orders(&body(6, false, &[(1, 2)]), None).await.expect("accepted")[0];
     orderly.drain().await.expect("workers run");
-    assert_eq!(state(&orderly, other).await, OrderState::ToPay);
-    let rejected = order(&orderly, late).await;
-    assert_eq!(rejected.state, OrderState::Rejected);
-    assert_eq!(rejected.rejected_for, Some(orderly_domain::CommodityId(1)));
-    assert_eq!(stock(&orderly, 1).await, (0, Some(0)));
+    assert_eq!(stock(&orderly, 1).await, (10, Some(10)), "the orphan reservation was returned");
+    let again = orderly.cache.reserve(token, &lines, false).await;
+    assert_eq!(again, Ok(orderly_app::ports::Reserve::AlreadyHeld(orderly_app::model::TokenState::Released)));
     settle_and_audit(&orderly, &clock).await;
 }

@@ -55,8 +55,9 @@ async fn a_lost_answer_is_settled_as_paid_by_the_reconciler() {
 #[tokio::test]
 async fn an_acquirer_timeout_is_settled_back_to_to_pay() {
     let Harness { orderly, clock, .. } = harness_with(10, acquirer(0.0, 1.0, 0.0)).await;
-    let order_no = orderly.place_orders(&body(5, true, &[(1, 1)]), None).await.expect("accepted")[0];
+    let order_no = orderly.place_orders(&body(5, false, &[(1, 1)]), None).await.expect("accepted")[0];
     orderly.drain().await.expect("workers run");
+    assert!(matches!(orderly.pay(Actor::Buyer(Uid(5)), order_no).await, Ok(PayOutcome::Pending(_))));
     assert!(order(&orderly, order_no).await.payment_attempt.is_some());
     clock.advance_ms(FlowConfig::default().reconcile_backoff_ms_max);
     orderly.drain().await.expect("reconciler runs");
@@ -126,6 +127,46 @@ async fn the_reconciler_runs_only_where_the_lease_is_held() {
     clock.advance_ms(lease_ms);
     let settled = orderly.try_execute(Step::Reconcile).await.expect("step");
     assert_eq!(settled.done, 1, "the lease expired: this process took over");
+    assert_eq!(state(&orderly, order_no).await, OrderState::Paid);
+    settle_and_audit(&orderly, &clock).await;
+}
+
+/// Issue 10, defect 6: a pay-at-once attempt that got no answer (timeouts, lost answers) is voided, not
+/// the buyer's decline: the system charges again, with a new attempt, until the acquirer answers — and
+/// the unpaid timeout waits meanwhile. Captured exactly once.
+#[tokio::test]
+async fn a_pay_at_once_order_is_charged_again_until_the_acquirer_answers() {
+    let Harness { orderly, clock, .. } = harness_with(10, acquirer(0.0, 0.6, 0.2)).await;
+    let order_nos = orderly.place_orders(&body(5, true, &[(1, 1), (2, 1)]), None).await.expect("accepted");
+    let step_ms = FlowConfig::default().reconcile_backoff_ms_max;
+    for _ in 0..60 {
+        orderly.drain().await.expect("workers run");
+        clock.advance_ms(step_ms);
+    }
+    orderly.drain().await.expect("workers run");
+    for order_no in order_nos {
+        let paid = order(&orderly, order_no).await;
+        assert_eq!(paid.state, OrderState::Paid, "{paid:?}");
+    }
+    // The unpaid timeout (15 min) passed many times over while attempts went unanswered.
+    assert!(60 * step_ms > FlowConfig::default().unpaid_timeout_ms);
+    assert_eq!(orderly.payments.succeeded().await.expect("ledger").len(), 2, "one capture per order");
+    settle_and_audit(&orderly, &clock).await;
+}
+
+/// Issue 10, defect 3: a backlog holds a pay-at-once order's charge past its unpaid timeout; the timeout
+/// waits for the charge instead of closing the order the buyer asked to pay at once.
+#[tokio::test]
+async fn the_unpaid_timeout_waits_for_a_pay_at_once_charge() {
+    use orderly_app::workers::Step;
+    let Harness { orderly, clock, .. } = harness(10).await;
+    let order_no = orderly.place_orders(&body(5, true, &[(1, 1)]), None).await.expect("accepted")[0];
+    orderly.try_execute(Step::CreateOrders).await.expect("created");
+    orderly.try_execute(Step::Outbox).await.expect("timer and charge queued");
+    clock.advance_ms(FlowConfig::default().unpaid_timeout_ms + 1);
+    orderly.try_execute(Step::UnpaidTimeouts).await.expect("timeout runs");
+    assert_eq!(state(&orderly, order_no).await, OrderState::ToPay, "not closed before its charge ran");
+    orderly.drain().await.expect("workers run");
     assert_eq!(state(&orderly, order_no).await, OrderState::Paid);
     settle_and_audit(&orderly, &clock).await;
 }

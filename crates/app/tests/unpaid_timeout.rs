@@ -36,3 +36,24 @@ async fn paid_order_is_not_closed_by_its_timeout() {
     assert_eq!(stock(&orderly, 1).await, (9, Some(9)));
     settle_and_audit(&orderly, &clock).await;
 }
+
+/// Issue 10, defect 4: the wall clock stepped forward does not close an order before its deadline: the
+/// deadline is judged by the monotonic clock, and the timer fired early by the step waits out the rest.
+#[tokio::test]
+async fn a_clock_stepped_forward_does_not_close_an_order_early() {
+    let Harness { orderly, clock, .. } = harness(10).await;
+    let order_no = orderly.place_orders(&body(5, false, &[(1, 1)]), None).await.expect("accepted")[0];
+    orderly.drain().await.expect("workers run");
+    let timeout_ms = FlowConfig::default().unpaid_timeout_ms;
+    clock.advance_ms(timeout_ms / 3);
+    clock.step_wall_ms(i64::try_from(timeout_ms).expect("fits"));
+    orderly.drain().await.expect("workers run");
+    assert_eq!(state(&orderly, order_no).await, OrderState::ToPay, "only a third of its time has passed");
+    clock.advance_ms(timeout_ms / 3);
+    orderly.drain().await.expect("workers run");
+    assert_eq!(state(&orderly, order_no).await, OrderState::ToPay);
+    clock.advance_ms(timeout_ms / 3 + 1);
+    orderly.drain().await.expect("workers run");
+    assert_eq!(state(&orderly, order_no).await, OrderState::Closed, "closed once its time has passed");
+    assert_eq!(stock(&orderly, 1).await, (10, Some(10)));
+}
