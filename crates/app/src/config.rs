@@ -29,6 +29,9 @@ pub struct FlowConfig {
     pub redelivery_delay_ms_max: u64,
     /// How long an unpaid timeout waits again when a payment for the order is still in flight.
     pub unpaid_timeout_retry_ms: u64,
+    /// Longest wait for one dependency call of a buyer's request (store, cache, bus, ids): a dependency
+    /// that is down is answered 503 with Retry-After within this, not after a pool's own timeout.
+    pub entry_call_timeout_ms: u64,
     /// Orders listed per page, at most.
     pub page_size_max: usize,
     /// How long a process keeps a catalog entry it read (0: read the store every time). A price
@@ -56,6 +59,7 @@ impl Default for FlowConfig {
             redelivery_delay_ms: 1_000,
             redelivery_delay_ms_max: 30_000,
             unpaid_timeout_retry_ms: 5_000,
+            entry_call_timeout_ms: 1_000,
             page_size_max: 100,
             catalog_cache_ms: 1_000,
             order_cache_second_delete_ms: 1_000,

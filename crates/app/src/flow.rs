@@ -123,16 +123,16 @@ impl Orderly {
     ) -> Result<Vec<OrderNo>, PlaceError> {
         let drafts = self.price(body).await?;
         let order_nos = match idempotency_key {
-            None => self.new_order_nos(body.uid, drafts.len()).await?,
+            None => self.bounded("ids", self.new_order_nos(body.uid, drafts.len())).await?,
             Some(key) => {
                 let request = serde_json::to_string(body)
                     .map_err(|e| PortError::corrupt("idempotency", format!("cannot encode the request: {e}")))?;
                 let fresh = IdempotencyRecord {
                     request,
-                    order_nos: self.new_order_nos(body.uid, drafts.len()).await?,
+                    order_nos: self.bounded("ids", self.new_order_nos(body.uid, drafts.len())).await?,
                     answer: None,
                 };
-                match self.store.idempotency_begin(body.uid, key, &fresh).await? {
+                match self.bounded("store", self.store.idempotency_begin(body.uid, key, &fresh)).await? {
                     IdempotencyBegin::Started => fresh.order_nos,
                     IdempotencyBegin::Mismatch => return Err(PlaceError::IdempotencyKeyReused),
                     IdempotencyBegin::Seen(seen) => match seen.answer {
@@ -160,16 +160,20 @@ impl Orderly {
                 deliver_at_ms: check_at_ms,
             })
             .collect();
-        self.bus.publish_guards(checks).await?;
+        self.bounded("bus", self.bus.publish_guards(checks)).await?;
 
         // Remark 2: fail early on stock. All orders of the cart or none.
         for (index, order) in orders.iter().enumerate() {
-            match self.reserve(order.entry_token(), &order.stock_lines(), false).await {
+            match self.bounded("stock cache", self.reserve(order.entry_token(), &order.stock_lines(), false)).await {
                 Ok(Reserve::Reserved | Reserve::AlreadyHeld(_)) => {}
                 Ok(Reserve::Insufficient { commodity_id, .. }) => {
                     self.release_all(&orders[..index]).await;
                     if let Some(key) = idempotency_key {
-                        self.store.idempotency_answer(body.uid, key, StoredAnswer::SoldOut { commodity_id }).await?;
+                        self.bounded(
+                            "store",
+                            self.store.idempotency_answer(body.uid, key, StoredAnswer::SoldOut { commodity_id }),
+                        )
+                        .await?;
                     }
                     return Err(PlaceError::SoldOut { commodity_id });
                 }
@@ -188,7 +192,7 @@ impl Orderly {
             .iter()
             .map(|o| Outgoing { message: Message::CreateOrder(Box::new(o.clone())), deliver_at_ms: now_ms })
             .collect();
-        if let Err(error) = self.bus.publish(creates).await {
+        if let Err(error) = self.bounded("bus", self.bus.publish(creates)).await {
             self.abort(&orders, idempotency_key.is_none()).await;
             return Err(error.into());
         }
@@ -222,13 +226,13 @@ impl Orderly {
     /// reserves again), a failed `pending` view is written again in the background until the store takes
     /// it, and a missing idempotency answer makes a retry re-run the idempotent steps on the same numbers.
     async fn after_publish(&self, orders: &[Order], buyer: Uid, idempotency_key: Option<&str>) {
-        let claims = orders.iter().map(|o| self.cache.claim(o.entry_token()));
+        let claims = orders.iter().map(|o| self.bounded("stock cache", self.cache.claim(o.entry_token())));
         for (order, claim) in orders.iter().zip(futures_util::future::join_all(claims).await) {
             if let Err(error) = claim {
                 tracing::warn!(order_no = %order.order_no, %error, "accepted, but the reservation could not be claimed for its create");
             }
         }
-        if let Err(error) = self.store.insert_pending(orders).await {
+        if let Err(error) = self.bounded("store", self.store.insert_pending(orders)).await {
             tracing::warn!(orders = orders.len(), %error, "accepted; the pending view is written again in the background");
             let (store, orders, delay_ms) = (Arc::clone(&self.store), orders.to_vec(), self.config.redelivery_delay_ms);
             tokio::spawn(async move {
@@ -243,7 +247,8 @@ impl Orderly {
             });
         }
         if let Some(key) = idempotency_key
-            && let Err(error) = self.store.idempotency_answer(buyer, key, StoredAnswer::Accepted).await
+            && let Err(error) =
+                self.bounded("store", self.store.idempotency_answer(buyer, key, StoredAnswer::Accepted)).await
         {
             tracing::warn!(%buyer, %error, "accepted; the idempotency answer was not stored (a retry re-runs the same numbers)");
         }
@@ -257,7 +262,7 @@ impl Orderly {
     /// bench gives it commodities of its own).
     pub async fn place_orders_naive(&self, body: &PlaceOrderBody) -> Result<Vec<OrderNo>, PlaceError> {
         let drafts = self.price(body).await?;
-        let order_nos = self.new_order_nos(body.uid, drafts.len()).await?;
+        let order_nos = self.bounded("ids", self.new_order_nos(body.uid, drafts.len())).await?;
         let now_ms = self.clock.now_ms();
         let batch: Vec<CreateRequest> = pending_orders(drafts, &order_nos, now_ms)
             .into_iter()
@@ -296,7 +301,7 @@ impl Orderly {
         if let Some(entry) = self.catalog.get(id, now_ms, self.config.catalog_cache_ms) {
             return Ok(Some(entry));
         }
-        let entry = self.store.commodity(id).await?;
+        let entry = self.bounded("store", self.store.commodity(id)).await?;
         if let Some(entry) = entry {
             self.catalog.put(entry, now_ms);
         }
@@ -309,6 +314,21 @@ impl Orderly {
             order_nos.push(OrderNo::new(self.ids.next_id().await?, buyer));
         }
         Ok(order_nos)
+    }
+
+    /// One dependency call of a buyer's request, bounded by `entry_call_timeout_ms`: a dependency that is
+    /// down answers 503 quickly. A call cut off may still have happened; every call bounded here is one
+    /// the request can leave behind safely (idempotent, or undone by the abort or the reservation check).
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        call: impl std::future::Future<Output = Result<T, PortError>>,
+    ) -> Result<T, PortError> {
+        let limit_ms = self.config.entry_call_timeout_ms;
+        match tokio::time::timeout(std::time::Duration::from_millis(limit_ms), call).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(PortError::unavailable(what, format!("no answer within {limit_ms} ms"))),
+        }
     }
 
     /// Reserves, loading commodities the cache does not hold yet from the store (the seed's init).
@@ -349,7 +369,7 @@ impl Orderly {
         let order = match self.cached_order(order_no).await {
             Some(order) => order,
             None => {
-                let order = self.store.order(order_no).await?.ok_or(OrderError::NotFound)?;
+                let order = self.bounded("store", self.store.order(order_no)).await?.ok_or(OrderError::NotFound)?;
                 self.cache_order(&order).await;
                 order
             }
@@ -398,12 +418,13 @@ impl Orderly {
     }
 
     pub async fn orders_of(&self, buyer: Uid, before: Option<OrderNo>, limit: usize) -> Result<Vec<Order>, PortError> {
-        self.store.orders_of(buyer, before, limit.clamp(1, self.config.page_size_max)).await
+        self.bounded("store", self.store.orders_of(buyer, before, limit.clamp(1, self.config.page_size_max))).await
     }
 
     pub async fn cancel(&self, actor: Actor, order_no: OrderNo) -> Result<Order, OrderError> {
         self.order(actor, order_no).await?;
-        let order = self.store.transition(order_no, OrderAction::Cancel, self.clock.now_ms()).await??;
+        let order =
+            self.bounded("store", self.store.transition(order_no, OrderAction::Cancel, self.clock.now_ms())).await??;
         self.orders_changed(vec![order_no]).await;
         tracing::info!(%order_no, buyer = %order.buyer, "order cancelled; buyer notified");
         Ok(order)
@@ -416,7 +437,7 @@ impl Orderly {
         let now_ms = self.clock.now_ms();
         let attempt =
             PaymentAttempt { started_ms: now_ms, charge_deadline_ms: now_ms + self.config.payment_call_timeout_ms };
-        let order = self.store.begin_payment(order_no, attempt).await??;
+        let order = self.bounded("store", self.store.begin_payment(order_no, attempt)).await??;
         self.orders_changed(vec![order_no]).await;
         let request = ChargeRequest {
             order_no,
