@@ -59,6 +59,11 @@ fn outcome_of(status: u16, body: &Value) -> String {
     }
 }
 
+/// No answer reached the buyer: the cart may or may not have been accepted.
+fn is_unanswered(outcome: &str) -> bool {
+    matches!(outcome, "client_timeout" | "transport_error") || outcome.ends_with("_unreadable")
+}
+
 fn is_shed(outcome: &str) -> bool {
     matches!(outcome, "rate_limited" | "overloaded" | "unavailable")
 }
@@ -97,6 +102,9 @@ pub struct Accepted {
     pub order_no: String,
     pub uid: u64,
     pub follow_up: Option<FollowUp>,
+    pub pay_at_once: bool,
+    /// When the cart was sent: the server accepted it after this (monotonic, the bench's clock).
+    pub sent: Instant,
     pub at: Instant,
 }
 
@@ -112,6 +120,12 @@ pub struct Recorder {
     pub all_us: Histogram<u64>,
     pub outcomes: BTreeMap<String, u64>,
     pub accepted: Vec<Accepted>,
+    /// Buyers who got an answer other than 200 for a cart (sold out, shed, unavailable, refused): none
+    /// of those carts may leave an order behind.
+    pub refused_uids: std::collections::BTreeSet<u64>,
+    /// Buyers with a cart whose answer never arrived (a timeout, a dropped connection): its orders may
+    /// exist, so their orders are not judged.
+    pub unanswered_uids: std::collections::BTreeSet<u64>,
     /// Fixed rate only: requests the schedule called for but the client had no free slot for.
     pub client_dropped: u64,
     pub elapsed: Duration,
@@ -126,6 +140,8 @@ impl Recorder {
             all_us: histogram(),
             outcomes: BTreeMap::new(),
             accepted: Vec::new(),
+            refused_uids: Default::default(),
+            unanswered_uids: Default::default(),
             client_dropped: 0,
             elapsed: Duration::ZERO,
         }
@@ -189,6 +205,7 @@ impl Shared {
 
     /// Sends one request and records it against `scheduled` (its intended start).
     async fn one(&self, rng: &mut SmallRng, scheduled: Instant) {
+        let mut buyer = None;
         let (outcome, accepted) = match self.kind {
             Kind::Healthz => {
                 let answer = self.target.http.get(format!("{}/healthz", self.target.base())).send().await;
@@ -200,6 +217,8 @@ impl Shared {
             }
             Kind::Order => {
                 let (uid, body, pay_at_once) = self.workload.cart(rng);
+                buyer = Some(uid);
+                let sent = Instant::now();
                 let (outcome, body) = classify(self.post_cart("/api/orders", uid, &body).await).await;
                 let accepted = (outcome == "ok").then(|| {
                     let order_nos: Vec<String> = body["data"]["order_no"]
@@ -208,7 +227,10 @@ impl Shared {
                         .unwrap_or_default();
                     let follow_up = (!pay_at_once).then(|| self.workload.follow_up(rng));
                     let at = Instant::now();
-                    order_nos.into_iter().map(|order_no| Accepted { order_no, uid, follow_up, at }).collect::<Vec<_>>()
+                    order_nos
+                        .into_iter()
+                        .map(|order_no| Accepted { order_no, uid, follow_up, pay_at_once, sent, at })
+                        .collect::<Vec<_>>()
                 });
                 (outcome, accepted)
             }
@@ -231,6 +253,15 @@ impl Shared {
         }
         let mut recorder = lock(&self.recorder);
         recorder.record(at, latency, &outcome);
+        if let Some(uid) = buyer
+            && outcome != "ok"
+        {
+            if is_unanswered(&outcome) {
+                recorder.unanswered_uids.insert(uid);
+            } else {
+                recorder.refused_uids.insert(uid);
+            }
+        }
         if let Some(accepted) = accepted {
             recorder.accepted.extend(accepted);
         }

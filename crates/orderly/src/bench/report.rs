@@ -152,6 +152,91 @@ impl Checks {
     }
 }
 
+/// The checks of the buyer's word (issue 10), from what the bench was told and saw:
+/// - answered error but created: an order of a buyer whose unaccepted carts were all refused, that the
+///   bench was never given, and that holds or held stock (anything but `rejected`);
+/// - rejected while stock was available: an accepted order `rejected` for a commodity that has at least
+///   its quantity available at the end, the system quiet (the unit was there to be had);
+/// - pay-at-once closed unpaid, or left to pay without a decline;
+/// - closed before its deadline by a monotonic clock: seen `closed` by the bench sooner after it sent
+///   the cart than the unpaid timeout (`timers_ms`) — the server's stamps are not used, a stepped clock
+///   moves them.
+pub fn promise_checks(
+    finals: &[(Accepted, String, Value, std::time::Instant)],
+    behind_errors: &[(String, String)],
+    buyers_judged: usize,
+    audit: &Value,
+    timers_ms: u64,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let created_behind: Vec<&(String, String)> =
+        behind_errors.iter().filter(|(state, _)| state != "rejected").collect();
+    checks.push(Check {
+        name: "no order created behind an error answer",
+        passed: created_behind.is_empty(),
+        detail: format!(
+            "{buyers_judged} buyers with refused carts listed: {} orders never answered 200, {} of them created{}",
+            behind_errors.len(),
+            created_behind.len(),
+            created_behind.first().map_or(String::new(), |(state, no)| format!(" (e.g. {no}: {state})")),
+        ),
+    });
+    let available = |commodity: u64| -> Option<u64> {
+        audit["report"]["stock"].as_array()?.iter().find(|r| r["commodity_id"].as_u64() == Some(commodity))?["available"]
+            .as_u64()
+    };
+    let quiet = audit["report"]["quiet"].as_bool().unwrap_or(false);
+    let mut rejected = 0;
+    let mut rejected_with_stock = Vec::new();
+    let (mut pay_at_once_broken, mut closed_early) = (Vec::new(), Vec::new());
+    for (order, state, body, seen) in finals {
+        if state == "rejected" {
+            rejected += 1;
+            let short = body["rejected_for"].as_u64();
+            let wanted = body["lines"]
+                .as_array()
+                .and_then(|lines| lines.iter().find(|l| l["commodity_id"].as_u64() == short))
+                .and_then(|l| l["num"].as_u64());
+            if let (Some(commodity), Some(wanted)) = (short, wanted)
+                && available(commodity).is_some_and(|left| left >= wanted)
+            {
+                rejected_with_stock.push(order.order_no.clone());
+            }
+        }
+        let declined = body["payment"]["last_decline"].as_str().is_some();
+        if order.pay_at_once && (state == "closed" || state == "to_pay") && !declined {
+            pay_at_once_broken.push(format!("{} {state}", order.order_no));
+        }
+        if state == "closed" && seen.saturating_duration_since(order.sent) < Duration::from_millis(timers_ms) {
+            closed_early.push(order.order_no.clone());
+        }
+    }
+    checks.push(Check {
+        name: "no accepted order rejected while stock was available",
+        passed: !quiet || rejected_with_stock.is_empty(),
+        detail: format!(
+            "{rejected} rejected, {} of them for a commodity with that much stock left at the end{}",
+            rejected_with_stock.len(),
+            if quiet { "" } else { " (not judged: not quiet)" }
+        ),
+    });
+    checks.push(Check {
+        name: "pay-at-once orders paid or declined, never closed unpaid",
+        passed: pay_at_once_broken.is_empty(),
+        detail: format!(
+            "{} pay-at-once orders closed or left to pay without a decline{}",
+            pay_at_once_broken.len(),
+            pay_at_once_broken.first().map_or(String::new(), |o| format!(" (e.g. {o})"))
+        ),
+    });
+    checks.push(Check {
+        name: "no order closed before its deadline (bench's monotonic clock)",
+        passed: closed_early.is_empty(),
+        detail: format!("{} orders seen closed within {timers_ms} ms of their cart being sent", closed_early.len()),
+    });
+    checks
+}
+
 /// A performance target of the issue: reported with how far the run is from it, never enforced.
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetResult {
