@@ -112,7 +112,8 @@ impl Orderly {
         }
     }
 
-    /// The entry: price, split by shop, number, arm the reservation checks, reserve, publish.
+    /// The entry: price, split by shop, number, arm the reservation checks, reserve, write the pending
+    /// views, publish the creates.
     ///
     /// With an `idempotency_key`, the order numbers are pinned to the key before anything else, so a
     /// retry (even racing the first attempt) re-runs the same idempotent steps on the same numbers.
@@ -188,6 +189,14 @@ impl Orderly {
             }
         }
 
+        // The pending view before the create: from the moment the answer is success the number is found
+        // (`pending` until the worker creates it), across a crash too — where the store and the bus share
+        // a journal the publish's sync makes the view durable with the create. Nothing is published yet,
+        // so a failure here leaves nothing behind.
+        if let Err(error) = self.bounded("store", self.store.insert_pending(&orders)).await {
+            self.abort(&orders, false).await;
+            return Err(error.into());
+        }
         let creates = orders
             .iter()
             .map(|o| Outgoing { message: Message::CreateOrder(Box::new(o.clone())), deliver_at_ms: now_ms })
@@ -202,14 +211,20 @@ impl Orderly {
         Ok(order_nos)
     }
 
-    /// A cart whose creates may or may not have reached the bus (an error can hide a publish that landed):
-    /// its reservations are given back. Without an idempotency key the caller will never ask for these
-    /// numbers again, so the worker's reservation is refused too ([`StockCache::release`] remembers an
-    /// unknown token as released): a create that landed all the same then ends `rejected`, holding
-    /// nothing, as the error answer said. With a key, a retry re-runs the same numbers and must be able to
-    /// create them. Best effort: a release that fails is done by the reservation check.
+    /// A cart answered with an error after its reservation: its reservations are given back and its
+    /// pending views deleted. When its creates may have reached the bus (an error can hide a publish that
+    /// landed) and there is no idempotency key, the caller will never ask for these numbers again, so the
+    /// worker's reservation is refused too ([`StockCache::release`] remembers an unknown token as
+    /// released): a create that landed all the same then ends `rejected`, holding nothing, as the error
+    /// answer said. With a key, a retry re-runs the same numbers and must be able to create them. Best
+    /// effort: what fails here is done by the reservation check.
     async fn abort(&self, orders: &[Order], refuse_late_creates: bool) {
         self.release_all(orders).await;
+        let order_nos: Vec<OrderNo> = orders.iter().map(|o| o.order_no).collect();
+        if let Err(error) = self.bounded("store", self.store.forget_pending(&order_nos)).await {
+            tracing::warn!(orders = orders.len(), %error, "pending views not deleted; the reservation check will");
+        }
+        self.orders_changed(order_nos).await;
         if refuse_late_creates {
             for order in orders {
                 if let Err(error) = self.cache.release(order.worker_token()).await {
@@ -221,30 +236,15 @@ impl Orderly {
 
     /// After the creates are durable. The entry tokens are claimed: a reservation whose create is on the
     /// bus belongs to that create (the reservation check leaves a CLAIMED token to the worker, however long
-    /// the backlog). Then the early `pending` view and the idempotency answer. None of these can turn the
-    /// answer into an error: a failed claim leaves the reservation to the check (the worker then
-    /// reserves again), a failed `pending` view is written again in the background until the store takes
-    /// it, and a missing idempotency answer makes a retry re-run the idempotent steps on the same numbers.
+    /// the backlog). Then the idempotency answer. Neither can turn the answer into an error: a failed claim
+    /// leaves the reservation to the check (the worker then reserves again), and a missing idempotency
+    /// answer makes a retry re-run the idempotent steps on the same numbers.
     async fn after_publish(&self, orders: &[Order], buyer: Uid, idempotency_key: Option<&str>) {
         let claims = orders.iter().map(|o| self.bounded("stock cache", self.cache.claim(o.entry_token())));
         for (order, claim) in orders.iter().zip(futures_util::future::join_all(claims).await) {
             if let Err(error) = claim {
                 tracing::warn!(order_no = %order.order_no, %error, "accepted, but the reservation could not be claimed for its create");
             }
-        }
-        if let Err(error) = self.bounded("store", self.store.insert_pending(orders)).await {
-            tracing::warn!(orders = orders.len(), %error, "accepted; the pending view is written again in the background");
-            let (store, orders, delay_ms) = (Arc::clone(&self.store), orders.to_vec(), self.config.redelivery_delay_ms);
-            tokio::spawn(async move {
-                for attempt in 0..PENDING_VIEW_ATTEMPTS {
-                    tokio::time::sleep(std::time::Duration::from_millis(delay_ms << attempt.min(5))).await;
-                    match store.insert_pending(&orders).await {
-                        Ok(()) => return,
-                        Err(error) => tracing::debug!(%error, attempt, "pending view not written yet"),
-                    }
-                }
-                tracing::warn!(orders = orders.len(), "pending view never written; the orders show once created");
-            });
         }
         if let Some(key) = idempotency_key
             && let Err(error) =
@@ -529,9 +529,6 @@ impl Orderly {
         Ok(())
     }
 }
-
-/// How often the entry writes a failed `pending` view again (backing off up to 32× `redelivery_delay_ms`).
-const PENDING_VIEW_ATTEMPTS: u32 = 12;
 
 /// The orders of a cart as accepted: `pending`, numbered.
 fn pending_orders(drafts: Vec<orderly_domain::OrderDraft>, order_nos: &[OrderNo], now_ms: u64) -> Vec<Order> {

@@ -184,8 +184,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn stock(&self, ids: &[CommodityId]) -> PortResult<Vec<Option<StockLevel>>>;
     async fn all_stock(&self) -> PortResult<Vec<(CommodityId, StockLevel)>>;
 
-    /// Records accepted orders as `pending`, if absent. Need not be durable: the create message is.
+    /// Records accepted orders as `pending`, if absent. Written before the create is published and need
+    /// not be durable on its own: where the store and the bus share a journal (standalone), the publish's
+    /// sync makes it durable with the create; elsewhere the store's own commit does.
     async fn insert_pending(&self, orders: &[Order]) -> PortResult<()>;
+    /// Deletes the `pending` views among `order_nos` (orders in any other state are left alone): an entry
+    /// that did not publish the create, or a reservation check that found nothing on its way.
+    async fn forget_pending(&self, order_nos: &[OrderNo]) -> PortResult<()>;
     /// One atomic write for the batch: each pending (or absent) order becomes `to_pay` with its stock
     /// deducted (never below zero) and its outbox events, or `rejected`. Already-created orders are left
     /// alone (redelivery).

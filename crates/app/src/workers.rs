@@ -319,13 +319,26 @@ impl Orderly {
     /// stock back (the entry never published the create, or died before it could claim the token). A
     /// CLAIMED token belongs to a create on the bus — the entry claims it once the create is durable, a
     /// worker when it takes the create — however long the backlog: it is never given back here.
+    ///
+    /// A `pending` view whose token is not CLAIMED was left by an entry that stopped between the view and
+    /// the claim (or lost its cache): whether its create reached the bus is unknown, so one is published
+    /// again from the view (a duplicate is a no-op). The worker reserves afresh: the order is created if
+    /// stock is left, or `rejected` — never left `pending` for ever, never "not found" meanwhile.
     async fn check_reservation(&self, token: Token) -> Result<Handled, PortError> {
         match self.store.order(token.order_no).await? {
             Some(order) if order.state != OrderState::Pending => self.settle_tokens(&order, false).await?,
-            _ => {
+            view => {
                 let found = self.cache.release_if_reserved(token).await?;
-                if found == Some(crate::model::TokenState::Reserved) {
+                if found == Some(TokenState::Reserved) {
                     tracing::info!(order_no = %token.order_no, "reservation not consumed in time; stock returned");
+                }
+                if let Some(view) = view
+                    && !matches!(found, Some(TokenState::Claimed | TokenState::Confirmed))
+                {
+                    tracing::info!(order_no = %token.order_no, "pending view with no create known; its create is published again");
+                    let create =
+                        Outgoing { message: Message::CreateOrder(Box::new(view)), deliver_at_ms: self.clock.now_ms() };
+                    self.bus.publish(vec![create]).await?;
                 }
             }
         }

@@ -1,41 +1,55 @@
-//! Issue 10: every answer tells the buyer the truth. Faults injected through the ports: the store losing
-//! the steps after the create is durable, and a publish that lands but answers an error.
+//! Issue 10: every answer tells the truth. Faults injected through the ports: the store failing around
+//! the create's publish, and a publish that lands but answers an error or fails without landing.
 
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use common::*;
+use orderly_app::flow::Actor;
 use orderly_app::model::{
-    Delivery, IdempotencyRecord, Order, OutboxEvent, Outgoing, PaymentAttempt, StockLevel, StoredAnswer, Topic,
+    Delivery, IdempotencyRecord, Message, Order, OutboxEvent, Outgoing, PaymentAttempt, StockLevel, StoredAnswer, Topic,
 };
 use orderly_app::ports::{
     BusDepth, ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, PaymentResult, PortError, PortResult,
 };
-use orderly_app::{Bus, PlaceError, Store};
+use orderly_app::{Bus, OrderError, PlaceError, Store};
 use orderly_domain::{CatalogEntry, CommodityId, OrderAction, OrderNo, OrderState, Uid};
 
-/// A store whose writes after the create's publish fail while `down` is set (PostgreSQL going away
-/// right after the bus took the create).
+/// A store whose writes fail while their flag is set: the pending view, the idempotency answer (the
+/// one store write after the publish), the deletion of pending views.
 #[derive(Debug)]
-struct AfterPublishFails {
+struct FaultyStore {
     inner: Arc<dyn Store>,
-    down: AtomicBool,
+    pending_down: AtomicBool,
+    answer_down: AtomicBool,
+    forget_down: AtomicBool,
 }
 
-impl AfterPublishFails {
-    fn check(&self) -> PortResult<()> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(PortError::unavailable("store", "injected: down"));
-        }
-        Ok(())
+impl FaultyStore {
+    fn install(orderly: &mut orderly_app::Orderly) -> Arc<FaultyStore> {
+        let store = Arc::new(FaultyStore {
+            inner: Arc::clone(&orderly.store),
+            pending_down: AtomicBool::new(false),
+            answer_down: AtomicBool::new(false),
+            forget_down: AtomicBool::new(false),
+        });
+        orderly.store = Arc::clone(&store) as Arc<dyn Store>;
+        store
     }
 }
 
+fn fails_if(flag: &AtomicBool) -> PortResult<()> {
+    if flag.load(Ordering::SeqCst) {
+        return Err(PortError::unavailable("store", "injected: down"));
+    }
+    Ok(())
+}
+
 #[async_trait]
-impl Store for AfterPublishFails {
+impl Store for FaultyStore {
     async fn put_commodities(&self, entries: &[CatalogEntry]) -> PortResult<()> {
         self.inner.put_commodities(entries).await
     }
@@ -52,8 +66,12 @@ impl Store for AfterPublishFails {
         self.inner.all_stock().await
     }
     async fn insert_pending(&self, orders: &[Order]) -> PortResult<()> {
-        self.check()?;
+        fails_if(&self.pending_down)?;
         self.inner.insert_pending(orders).await
+    }
+    async fn forget_pending(&self, order_nos: &[OrderNo]) -> PortResult<()> {
+        fails_if(&self.forget_down)?;
+        self.inner.forget_pending(order_nos).await
     }
     async fn create_orders(&self, batch: &[CreateRequest], now_ms: u64) -> PortResult<Vec<CreateOutcome>> {
         self.inner.create_orders(batch, now_ms).await
@@ -114,7 +132,7 @@ impl Store for AfterPublishFails {
         self.inner.idempotency_begin(buyer, key, record).await
     }
     async fn idempotency_answer(&self, buyer: Uid, key: &str, answer: StoredAnswer) -> PortResult<()> {
-        self.check()?;
+        fails_if(&self.answer_down)?;
         self.inner.idempotency_answer(buyer, key, answer).await
     }
     async fn meta(&self, key: &str) -> PortResult<Option<u64>> {
@@ -128,17 +146,45 @@ impl Store for AfterPublishFails {
     }
 }
 
-/// A bus whose publish of creates lands but answers an error while `lying` is set (a confirm lost with
-/// the broker's connection).
+/// A bus whose publish of creates answers an error while `lying` (it landed: a confirm lost with the
+/// broker's connection) or `down` (it did not land) is set, and counts the creates it was handed whose
+/// pending view the store did not hold yet.
 #[derive(Debug)]
-struct LandsButFails {
+struct FaultyBus {
     inner: Arc<dyn Bus>,
+    store: Arc<dyn Store>,
     lying: AtomicBool,
+    down: AtomicBool,
+    creates_without_view: AtomicUsize,
+}
+
+impl FaultyBus {
+    fn install(orderly: &mut orderly_app::Orderly) -> Arc<FaultyBus> {
+        let bus = Arc::new(FaultyBus {
+            inner: Arc::clone(&orderly.bus),
+            store: Arc::clone(&orderly.store),
+            lying: AtomicBool::new(false),
+            down: AtomicBool::new(false),
+            creates_without_view: AtomicUsize::new(0),
+        });
+        orderly.bus = Arc::clone(&bus) as Arc<dyn Bus>;
+        bus
+    }
 }
 
 #[async_trait]
-impl Bus for LandsButFails {
+impl Bus for FaultyBus {
     async fn publish(&self, messages: Vec<Outgoing>) -> PortResult<()> {
+        for outgoing in &messages {
+            if let Message::CreateOrder(order) = &outgoing.message
+                && self.store.order(order.order_no).await?.is_none()
+            {
+                self.creates_without_view.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        if self.down.load(Ordering::SeqCst) {
+            return Err(PortError::unavailable("bus", "injected: down"));
+        }
         self.inner.publish(messages).await?;
         if self.lying.load(Ordering::SeqCst) {
             return Err(PortError::unavailable("bus", "injected: confirm lost"));
@@ -165,18 +211,18 @@ impl Bus for LandsButFails {
     }
 }
 
-/// Defect 1: the store fails right after the create is durable (no pending view, no idempotency answer).
-/// The buyer hears 200 with the numbers, and the orders are created and paid — before the fix the answer
-/// was an error for an order that then existed and was charged.
+/// Defect 1: the store fails right after the create is durable (no idempotency answer stored). The
+/// buyer hears 200 with the numbers, and the orders are created and paid — before the fix the answer was
+/// an error for an order that then existed and was charged.
 #[tokio::test]
 async fn a_store_failure_after_the_publish_still_answers_success() {
     let Harness { mut orderly, clock, .. } = harness(10).await;
-    let store = Arc::new(AfterPublishFails { inner: Arc::clone(&orderly.store), down: AtomicBool::new(true) });
-    orderly.store = Arc::clone(&store) as Arc<dyn Store>;
+    let store = FaultyStore::install(&mut orderly);
+    store.answer_down.store(true, Ordering::SeqCst);
     let answer = orderly.place_orders(&seed_body(), Some("k-1")).await;
     let order_nos = answer.expect("the creates were durable: success");
     assert_eq!(order_nos.len(), 2);
-    store.down.store(false, Ordering::SeqCst);
+    store.answer_down.store(false, Ordering::SeqCst);
     orderly.drain().await.expect("workers run");
     for order_no in &order_nos {
         assert_eq!(state(&orderly, *order_no).await, OrderState::Paid);
@@ -188,14 +234,112 @@ async fn a_store_failure_after_the_publish_still_answers_success() {
     settle_and_audit(&orderly, &clock).await;
 }
 
+/// Defect 5, second half: an accepted number is never "not found". The pending view is in the store
+/// before the create is handed to the bus (in the standalone profile the publish's sync then makes both
+/// durable together, so a crash right after the answer keeps the view), and the buyer's queries and
+/// cancel find the order from the answer on.
+#[tokio::test]
+async fn the_pending_view_is_written_before_the_create_is_published() {
+    let Harness { mut orderly, clock, .. } = harness(10).await;
+    let bus = FaultyBus::install(&mut orderly);
+    let order_nos = orderly.place_orders(&seed_body(), None).await.expect("accepted");
+    assert_eq!(bus.creates_without_view.load(Ordering::SeqCst), 0, "every create had its view already");
+    let buyer = Actor::Buyer(seed_body().uid);
+    for order_no in &order_nos {
+        let seen = orderly.order(buyer, *order_no).await.expect("found before any worker ran");
+        assert_eq!(seen.state, OrderState::Pending);
+    }
+    // A cancel before the create is refused as too early, never "no such order".
+    let cancel = orderly.cancel(buyer, order_nos[0]).await;
+    assert!(
+        matches!(cancel, Err(OrderError::Transition(orderly_domain::TransitionRejection::NotCreatedYet { .. }))),
+        "{cancel:?}"
+    );
+    orderly.drain().await.expect("workers run");
+    assert_eq!(state(&orderly, order_nos[0]).await, OrderState::Paid);
+    settle_and_audit(&orderly, &clock).await;
+}
+
+/// The pending view cannot be written: 503, nothing held, nothing published, nothing found.
+#[tokio::test]
+async fn a_failed_pending_view_answers_an_error_and_leaves_nothing() {
+    let Harness { mut orderly, clock, .. } = harness(10).await;
+    let store = FaultyStore::install(&mut orderly);
+    store.pending_down.store(true, Ordering::SeqCst);
+    let answer = orderly.place_orders(&seed_body(), None).await;
+    assert!(matches!(answer, Err(PlaceError::Unavailable(_))), "{answer:?}");
+    store.pending_down.store(false, Ordering::SeqCst);
+    assert_eq!(stock(&orderly, 1).await, (10, Some(10)), "nothing held after the error answer");
+    orderly.drain().await.expect("workers run");
+    let (orders, _) = orderly.store.audit_view().await.expect("view");
+    assert!(orders.is_empty(), "{orders:?}");
+    settle_and_audit(&orderly, &clock).await;
+}
+
+/// The publish fails and the pending views cannot be deleted either: without a key the answer is 503,
+/// the late creates are refused, and the reservation check settles the views left behind — it
+/// publishes their creates again and they end `rejected`, holding nothing. Before, they stayed
+/// `pending` for ever.
+#[tokio::test]
+async fn a_pending_view_left_behind_an_error_answer_ends_rejected() {
+    let Harness { mut orderly, clock, .. } = harness(10).await;
+    let store = FaultyStore::install(&mut orderly);
+    let bus = FaultyBus::install(&mut orderly);
+    bus.down.store(true, Ordering::SeqCst);
+    store.forget_down.store(true, Ordering::SeqCst);
+    let answer = orderly.place_orders(&seed_body(), None).await;
+    assert!(matches!(answer, Err(PlaceError::Unavailable(_))), "{answer:?}");
+    bus.down.store(false, Ordering::SeqCst);
+    store.forget_down.store(false, Ordering::SeqCst);
+    let (orders, _) = orderly.store.audit_view().await.expect("view");
+    assert_eq!(orders.len(), 2, "the views were left behind");
+    clock.advance_ms(orderly.config.reservation_check_delay_ms);
+    orderly.drain().await.expect("workers run");
+    let (orders, _) = orderly.store.audit_view().await.expect("view");
+    assert!(orders.iter().all(|o| o.state == OrderState::Rejected), "{orders:?}");
+    assert_eq!(stock(&orderly, 1).await, (10, Some(10)));
+    assert_eq!(stock(&orderly, 2).await, (10, Some(10)));
+    assert!(orderly.payments.succeeded().await.expect("ledger").is_empty(), "nothing charged");
+    settle_and_audit(&orderly, &clock).await;
+}
+
+/// The same with an Idempotency-Key: the numbers stay the buyer's, so the views left behind are
+/// completed by their check (created and paid), and the buyer's retry with the key is answered those
+/// numbers, charging nothing more.
+#[tokio::test]
+async fn a_pending_view_left_behind_with_a_key_is_completed_by_its_check() {
+    let Harness { mut orderly, clock, .. } = harness(10).await;
+    let store = FaultyStore::install(&mut orderly);
+    let bus = FaultyBus::install(&mut orderly);
+    bus.down.store(true, Ordering::SeqCst);
+    store.forget_down.store(true, Ordering::SeqCst);
+    let answer = orderly.place_orders(&seed_body(), Some("k-9")).await;
+    assert!(matches!(answer, Err(PlaceError::Unavailable(_))), "{answer:?}");
+    bus.down.store(false, Ordering::SeqCst);
+    store.forget_down.store(false, Ordering::SeqCst);
+    clock.advance_ms(orderly.config.reservation_check_delay_ms);
+    orderly.drain().await.expect("workers run");
+    let (orders, _) = orderly.store.audit_view().await.expect("view");
+    assert_eq!(orders.len(), 2);
+    assert!(orders.iter().all(|o| o.state == OrderState::Paid), "{orders:?}");
+    let mut numbers: Vec<OrderNo> = orders.iter().map(|o| o.order_no).collect();
+    let mut retried = orderly.place_orders(&seed_body(), Some("k-9")).await.expect("retry");
+    numbers.sort_unstable();
+    retried.sort_unstable();
+    assert_eq!(retried, numbers, "the retry is answered the same numbers");
+    orderly.drain().await.expect("workers run");
+    assert_eq!(orderly.payments.succeeded().await.expect("ledger").len(), 2, "charged once each");
+    settle_and_audit(&orderly, &clock).await;
+}
+
 /// Defect 1, the publish side: the create landed but the publish answered an error. The buyer hears
 /// 503 and nothing may come of it: the late create is refused its reservation and ends `rejected`,
 /// every unit is back, nothing is charged.
 #[tokio::test]
 async fn a_publish_that_landed_behind_an_error_answer_creates_nothing() {
     let Harness { mut orderly, clock, .. } = harness(10).await;
-    let bus = Arc::new(LandsButFails { inner: Arc::clone(&orderly.bus), lying: AtomicBool::new(true) });
-    orderly.bus = Arc::clone(&bus) as Arc<dyn Bus>;
+    let bus = FaultyBus::install(&mut orderly);
+    bus.lying.store(true, Ordering::SeqCst);
     let answer = orderly.place_orders(&seed_body(), None).await;
     assert!(matches!(answer, Err(PlaceError::Unavailable(_))), "{answer:?}");
     bus.lying.store(false, Ordering::SeqCst);

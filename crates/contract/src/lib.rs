@@ -97,6 +97,7 @@ macro_rules! store_contract {
             outbox_events_come_oldest_first_until_done,
             idempotency_keys_pin_the_first_request,
             a_buyers_orders_page_newest_first,
+            forgetting_pending_views_leaves_created_orders_alone,
             meta_values_round_trip,
             a_lease_has_one_holder_at_a_time,
             racing_batches_never_sell_more_than_the_stock,

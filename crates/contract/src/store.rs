@@ -262,6 +262,21 @@ pub async fn a_buyers_orders_page_newest_first(store: Arc<dyn Store>) {
     assert!(store.orders_of(Uid(8), None, 10).await.expect("page").is_empty(), "another buyer has none");
 }
 
+pub async fn forgetting_pending_views_leaves_created_orders_alone(store: Arc<dyn Store>) {
+    with_stock(&store, &[(A, 10)]).await;
+    let (view, made) = (order(1, &[(A, 1)], false), order(2, &[(A, 2)], false));
+    store.insert_pending(&[view.clone(), made.clone()]).await.expect("pending");
+    let created = created(&store, &made).await;
+    store.forget_pending(&[view.order_no, made.order_no, order_no(3)]).await.expect("forget");
+    assert_eq!(store.order(view.order_no).await.expect("read"), None, "the pending view is gone");
+    assert!(store.orders_of(BUYER, None, 10).await.expect("page").iter().all(|o| o.order_no != view.order_no));
+    assert_eq!(store.order(made.order_no).await.expect("read"), Some(created), "a created order stays");
+    assert_eq!(available(&store, A).await, 8);
+    // A create that arrives after its view was deleted still creates the order.
+    let late = store.create_orders(&[create(&view)], T0_MS).await.expect("late create");
+    assert!(matches!(late.as_slice(), [CreateOutcome::Created(_)]), "{late:?}");
+}
+
 pub async fn meta_values_round_trip(store: Arc<dyn Store>) {
     assert_eq!(store.meta("lease").await.expect("read"), None);
     store.set_meta("lease", 42).await.expect("write");

@@ -198,6 +198,18 @@ impl Store for LocalStore {
         batch.commit().map_err(storage_error)
     }
 
+    async fn forget_pending(&self, order_nos: &[OrderNo]) -> PortResult<()> {
+        let _writer = self.lock()?;
+        let mut batch = self.db.batch();
+        for &order_no in order_nos {
+            if let Some(order) = self.read_order(order_no)?.filter(|o| o.state == OrderState::Pending) {
+                batch.remove(&self.db.orders, order_no.to_key());
+                batch.remove(&self.db.orders_by_buyer, buyer_key(order.buyer, order_no));
+            }
+        }
+        batch.commit().map_err(storage_error)
+    }
+
     async fn create_orders(&self, requests: &[CreateRequest], now_ms: u64) -> PortResult<Vec<CreateOutcome>> {
         let outcomes = {
             let _writer = self.lock()?;

@@ -302,6 +302,19 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn forget_pending(&self, order_nos: &[OrderNo]) -> PortResult<()> {
+        for &order_no in order_nos {
+            let (id, shard) = key(order_no)?;
+            sqlx::query("DELETE FROM orders WHERE order_id = $1 AND shard = $2 AND state = 'pending'")
+                .bind(id)
+                .bind(shard)
+                .execute(&self.pool)
+                .await
+                .map_err(database_error)?;
+        }
+        Ok(())
+    }
+
     async fn create_orders(&self, requests: &[CreateRequest], now_ms: u64) -> PortResult<Vec<CreateOutcome>> {
         let mut tx = self.begin().await?;
         let ids: Vec<CommodityId> =
