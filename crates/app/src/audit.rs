@@ -1,6 +1,7 @@
 //! The invariants of ARCHITECTURE.md checked over a store, a cache, a bus and the payment service.
 //!
-//! I1 no oversell, I2 no leak (once quiet), I3 exactly once, I4 forced completion, I5 payments.
+//! I1 no oversell, I2 no leak (once quiet), I3 exactly once, I4 forced completion (every order definite,
+//! every pay-at-once order paid or declined), I5 payments.
 //! Used by the tests and by `orderly audit`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,6 +32,9 @@ pub enum Violation {
     PaymentMismatch { order_no: OrderNo, state: Option<OrderState>, charged: bool },
     /// I5: two successful charges for one order.
     ChargedTwice { order_no: OrderNo },
+    /// I4: a pay-at-once order closed by the unpaid timeout with no decline from the acquirer, or (when
+    /// quiet) left to pay with no charge running and none declined — the buyer asked to pay at once.
+    PayAtOnceUnpaid { order_no: OrderNo, state: OrderState },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,6 +88,12 @@ impl Orderly {
             if order.state.holds_stock() {
                 for line in &order.lines {
                     *sold.entry(line.commodity_id).or_insert(0) += u64::from(line.quantity);
+                }
+            }
+            if order.pay_at_once && order.last_decline.is_none() {
+                let left_to_pay = quiet && order.state == OrderState::ToPay && order.payment_attempt.is_none();
+                if order.state == OrderState::Closed || left_to_pay {
+                    violations.push(Violation::PayAtOnceUnpaid { order_no: order.order_no, state: order.state });
                 }
             }
             let age_ms = now_ms.saturating_sub(order.created_ms);

@@ -178,9 +178,13 @@ impl Orderly {
                     }
                     return Err(PlaceError::SoldOut { commodity_id });
                 }
+                // A commodity of the catalog that was never given stock: sold out.
                 Ok(Reserve::NotLoaded(ids)) => {
                     self.release_all(&orders[..index]).await;
-                    return Err(PortError::corrupt("stock cache", format!("commodities {ids:?} did not load")).into());
+                    return Err(match ids.first() {
+                        Some(&commodity_id) => PlaceError::SoldOut { commodity_id },
+                        None => PortError::corrupt("stock cache", "not loaded, naming no commodity").into(),
+                    });
                 }
                 Err(error) => {
                     self.release_all(&orders[..index]).await;
@@ -332,26 +336,35 @@ impl Orderly {
     }
 
     /// Reserves, loading commodities the cache does not hold yet from the store (the seed's init).
+    /// `NotLoaded` only for a commodity the store has no stock for; a cache emptied again between the
+    /// load and the reserve (a flush racing it) is loaded again, and after [`RELOAD_ATTEMPTS`] it is
+    /// "unavailable" — never taken for "no stock".
     pub(crate) async fn reserve(
         &self,
         token: Token,
         lines: &[(CommodityId, u32)],
         claimed: bool,
     ) -> Result<Reserve, PortError> {
-        match self.cache.reserve(token, lines, claimed).await? {
-            Reserve::NotLoaded(ids) => {
-                self.load_into_cache(&ids).await?;
-                self.cache.reserve(token, lines, claimed).await
+        for _ in 0..RELOAD_ATTEMPTS {
+            match self.cache.reserve(token, lines, claimed).await? {
+                Reserve::NotLoaded(ids) => {
+                    if !self.load_into_cache(&ids).await? {
+                        return Ok(Reserve::NotLoaded(ids));
+                    }
+                }
+                other => return Ok(other),
             }
-            other => Ok(other),
         }
+        Err(PortError::unavailable("stock cache", "the counters did not stay loaded (is the cache being flushed?)"))
     }
 
-    pub(crate) async fn load_into_cache(&self, ids: &[CommodityId]) -> Result<(), PortError> {
+    /// Loads the stock of `ids` into the cache. `false`: the store has no stock for some of them.
+    pub(crate) async fn load_into_cache(&self, ids: &[CommodityId]) -> Result<bool, PortError> {
         let levels = self.store.stock(ids).await?;
         let present: Vec<(CommodityId, StockLevel)> =
             ids.iter().zip(levels).filter_map(|(id, level)| level.map(|l| (*id, l))).collect();
-        self.cache.init(&present).await
+        self.cache.init(&present).await?;
+        Ok(present.len() == ids.len())
     }
 
     /// Best effort: a release that fails here is done by the reservation check instead.
@@ -529,6 +542,9 @@ impl Orderly {
         Ok(())
     }
 }
+
+/// How often a reserve loads counters that a flush keeps emptying before it answers "unavailable".
+const RELOAD_ATTEMPTS: usize = 3;
 
 /// The orders of a cart as accepted: `pending`, numbered.
 fn pending_orders(drafts: Vec<orderly_domain::OrderDraft>, order_nos: &[OrderNo], now_ms: u64) -> Vec<Order> {

@@ -101,3 +101,31 @@ async fn leaked_stock_and_a_cache_that_disagrees_are_named() {
     // Paid without a successful charge in the payment ledger.
     assert!(v.iter().any(|x| matches!(x, Violation::PaymentMismatch { charged: false, .. })), "{v:?}");
 }
+
+#[tokio::test]
+async fn pay_at_once_orders_closed_or_left_unpaid_without_a_decline_are_named() {
+    let h = harness(10).await;
+    let mut closed = order(6_000, 7, OrderState::Closed, 1, Some(0));
+    closed.pay_at_once = true;
+    let mut left = order(7_000, 8, OrderState::ToPay, 1, Some(0));
+    left.pay_at_once = true;
+    let mut declined = order(8_000, 9, OrderState::Closed, 1, Some(0));
+    (declined.pay_at_once, declined.last_decline) = (true, Some("insufficient_funds".into()));
+    let later = order(9_000, 9, OrderState::Closed, 1, Some(0));
+    h.orderly.store.insert_pending(&[closed.clone(), left.clone(), declined, later]).await.expect("planted");
+    let unpaid = |v: &[Violation]| -> Vec<OrderNo> {
+        v.iter()
+            .filter_map(|x| match x {
+                Violation::PayAtOnceUnpaid { order_no, .. } => Some(*order_no),
+                _ => None,
+            })
+            .collect()
+    };
+    // While traffic runs a pay-at-once order may wait for its charge; a close without a decline may not.
+    let busy = h.orderly.audit(false, 60 * 60 * 1000).await.expect("audit");
+    assert_eq!(unpaid(&busy.violations), vec![closed.order_no], "{:?}", busy.violations);
+    let quiet = h.orderly.audit(true, 60 * 60 * 1000).await.expect("audit");
+    let mut named = unpaid(&quiet.violations);
+    named.sort_unstable();
+    assert_eq!(named, vec![closed.order_no, left.order_no], "{:?}", quiet.violations);
+}

@@ -80,3 +80,29 @@ async fn orders_accepted_before_a_loss_finish_and_leave_the_cache_equal_to_the_s
     let (store, cache) = stock(&h.orderly, 1).await;
     assert_eq!(Some(store), cache);
 }
+
+/// A flush racing every load (Redis emptied again between the load and the reserve): the entry answers
+/// "unavailable", never an internal error or "sold out", and a queued create waits for the cache instead
+/// of ending `rejected` while its stock is there.
+#[tokio::test]
+async fn a_cache_emptied_again_after_each_load_is_unavailable_not_out_of_stock() {
+    let Harness { mut orderly, clock, .. } = harness(10).await;
+    let cache = LosableCache::install(&mut orderly);
+    cache.lose();
+    cache.lose_after_loads(usize::MAX);
+    let answer = orderly.place_orders(&body(1, false, &[(1, 1)]), None).await;
+    assert!(matches!(answer, Err(orderly_app::PlaceError::Unavailable(_))), "{answer:?}");
+
+    // Accepted while the cache held; then the cache is lost before the worker and keeps being emptied.
+    cache.lose_after_loads(0);
+    let accepted = orderly.place_orders(&body(2, false, &[(1, 2)]), None).await.expect("accepted");
+    cache.lose();
+    cache.lose_after_loads(usize::MAX);
+    let _ = orderly.drain().await;
+    assert_eq!(state(&orderly, accepted[0]).await, OrderState::Pending, "waits; not rejected");
+    cache.lose_after_loads(0);
+    clock.advance_ms(orderly.config.redelivery_delay_ms_max);
+    orderly.drain().await.expect("workers run");
+    assert_eq!(state(&orderly, accepted[0]).await, OrderState::ToPay);
+    settle_and_audit(&orderly, &clock).await;
+}

@@ -107,6 +107,8 @@ pub struct LosableCache {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     at_next_claim: AtomicBool,
+    /// Loads still to be lost right after they are made (a flush racing each load).
+    after_loads: std::sync::atomic::AtomicUsize,
 }
 
 impl LosableCache {
@@ -117,6 +119,7 @@ impl LosableCache {
             store: Arc::clone(&orderly.store),
             clock: Arc::clone(&orderly.clock),
             at_next_claim: AtomicBool::new(false),
+            after_loads: std::sync::atomic::AtomicUsize::new(0),
         });
         orderly.cache = Arc::clone(&cache) as Arc<dyn StockCache>;
         cache
@@ -134,12 +137,21 @@ impl LosableCache {
     pub fn lose_at_next_claim(&self) {
         self.at_next_claim.store(true, Ordering::SeqCst);
     }
+
+    /// Loses the cache right after each of the next `loads` loads.
+    pub fn lose_after_loads(&self, loads: usize) {
+        self.after_loads.store(loads, Ordering::SeqCst);
+    }
 }
 
 #[async_trait::async_trait]
 impl StockCache for LosableCache {
     async fn init(&self, levels: &[(CommodityId, StockLevel)]) -> PortResult<()> {
-        self.now().init(levels).await
+        self.now().init(levels).await?;
+        if self.after_loads.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            self.lose();
+        }
+        Ok(())
     }
     async fn reserve(&self, token: Token, lines: &[(CommodityId, u32)], claimed: bool) -> PortResult<Reserve> {
         self.now().reserve(token, lines, claimed).await
