@@ -188,8 +188,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// not be durable on its own: where the store and the bus share a journal (standalone), the publish's
     /// sync makes it durable with the create; elsewhere the store's own commit does.
     async fn insert_pending(&self, orders: &[Order]) -> PortResult<()>;
-    /// Deletes the `pending` views among `order_nos` (orders in any other state are left alone): an entry
-    /// that did not publish the create, or a reservation check that found nothing on its way.
+    /// Deletes the `pending` views among `order_nos` (orders in any other state are left alone): the
+    /// views of an entry answered with an error.
     async fn forget_pending(&self, order_nos: &[OrderNo]) -> PortResult<()>;
     /// One atomic write for the batch: each pending (or absent) order becomes `to_pay` with its stock
     /// deducted (never below zero) and its outbox events, or `rejected`. Already-created orders are left
