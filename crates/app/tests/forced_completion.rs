@@ -276,21 +276,28 @@ async fn a_failed_pending_view_answers_an_error_and_leaves_nothing() {
     settle_and_audit(&orderly, &clock).await;
 }
 
+/// A cart answered 503 because its publish failed without landing, whose pending views could not be
+/// deleted either (the store failed too): the views are left behind, the faults cleared again.
+async fn views_left_behind(idempotency_key: Option<&str>) -> Harness {
+    let mut harness = harness(10).await;
+    let store = FaultyStore::install(&mut harness.orderly);
+    let bus = FaultyBus::install(&mut harness.orderly);
+    bus.down.store(true, Ordering::SeqCst);
+    store.forget_down.store(true, Ordering::SeqCst);
+    let answer = harness.orderly.place_orders(&seed_body(), idempotency_key).await;
+    assert!(matches!(answer, Err(PlaceError::Unavailable(_))), "{answer:?}");
+    bus.down.store(false, Ordering::SeqCst);
+    store.forget_down.store(false, Ordering::SeqCst);
+    harness
+}
+
 /// The publish fails and the pending views cannot be deleted either: without a key the answer is 503,
 /// the late creates are refused, and the reservation check settles the views left behind — it
 /// publishes their creates again and they end `rejected`, holding nothing. Before, they stayed
 /// `pending` for ever.
 #[tokio::test]
 async fn a_pending_view_left_behind_an_error_answer_ends_rejected() {
-    let Harness { mut orderly, clock, .. } = harness(10).await;
-    let store = FaultyStore::install(&mut orderly);
-    let bus = FaultyBus::install(&mut orderly);
-    bus.down.store(true, Ordering::SeqCst);
-    store.forget_down.store(true, Ordering::SeqCst);
-    let answer = orderly.place_orders(&seed_body(), None).await;
-    assert!(matches!(answer, Err(PlaceError::Unavailable(_))), "{answer:?}");
-    bus.down.store(false, Ordering::SeqCst);
-    store.forget_down.store(false, Ordering::SeqCst);
+    let Harness { orderly, clock, .. } = views_left_behind(None).await;
     let (orders, _) = orderly.store.audit_view().await.expect("view");
     assert_eq!(orders.len(), 2, "the views were left behind");
     clock.advance_ms(orderly.config.reservation_check_delay_ms);
@@ -308,15 +315,7 @@ async fn a_pending_view_left_behind_an_error_answer_ends_rejected() {
 /// numbers, charging nothing more.
 #[tokio::test]
 async fn a_pending_view_left_behind_with_a_key_is_completed_by_its_check() {
-    let Harness { mut orderly, clock, .. } = harness(10).await;
-    let store = FaultyStore::install(&mut orderly);
-    let bus = FaultyBus::install(&mut orderly);
-    bus.down.store(true, Ordering::SeqCst);
-    store.forget_down.store(true, Ordering::SeqCst);
-    let answer = orderly.place_orders(&seed_body(), Some("k-9")).await;
-    assert!(matches!(answer, Err(PlaceError::Unavailable(_))), "{answer:?}");
-    bus.down.store(false, Ordering::SeqCst);
-    store.forget_down.store(false, Ordering::SeqCst);
+    let Harness { orderly, clock, .. } = views_left_behind(Some("k-9")).await;
     clock.advance_ms(orderly.config.reservation_check_delay_ms);
     orderly.drain().await.expect("workers run");
     let (orders, _) = orderly.store.audit_view().await.expect("view");
