@@ -37,17 +37,68 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now_ms(&self) -> u64;
     /// How far the wall clock has moved away from this process's monotonic time since it started, when
     /// that is more than [`CLOCK_JUMP_TOLERANCE_MS`] (a step of the clock, not its slow correction);
-    /// 0 otherwise. Positive: stepped forward.
+    /// 0 otherwise. Positive: stepped forward. For the log.
     fn jump_ms(&self) -> i64 {
         0
     }
-    /// The time a deadline is judged by: the wall clock, but never ahead of this process's monotonic
-    /// time (the wall clock at its start plus the time elapsed since), so a clock stepped forward cannot
-    /// make a deadline fire early. A clock stepped back already makes them late, never early.
-    fn deadline_now_ms(&self) -> u64 {
-        let now_ms = self.now_ms();
-        let jump_ms = self.jump_ms();
-        if jump_ms > 0 { now_ms.saturating_sub(jump_ms.unsigned_abs()) } else { now_ms }
+    /// The time a deadline counted from `stamp_ms` (a wall stamp: an order's acceptance, a charge's
+    /// start) is judged by: the wall clock, less every forward step this process saw it take after the
+    /// stamp was made ([`WallSteps`]). So a clock stepped forward cannot make a deadline fire early, and a
+    /// stamp made after the step is judged in the step's own frame, not late by it. A clock stepped back
+    /// makes deadlines late, never early.
+    fn judged_now_ms(&self, stamp_ms: u64) -> u64 {
+        let _ = stamp_ms;
+        self.now_ms()
+    }
+}
+
+/// The forward steps of a wall clock, as one process saw them against its monotonic clock: where each
+/// began (the first wall reading after it) and how far it went. A stamp made before a step lies at least
+/// the step's size before where it began (the step skipped those wall times); one made after lies at or
+/// after it — half the step's size is the boundary, so a step seen a little late still sorts them.
+#[derive(Debug, Default)]
+pub struct WallSteps {
+    /// `wall − monotonic` at the last step seen: a reading within the tolerance of it is no new step.
+    offset_ms: std::sync::atomic::AtomicI64,
+    forward: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+/// The forward steps remembered; older ones are forgotten (a stamp that old is past every deadline).
+const WALL_STEPS_KEPT: usize = 16;
+
+impl WallSteps {
+    pub const fn new() -> WallSteps {
+        WallSteps { offset_ms: std::sync::atomic::AtomicI64::new(0), forward: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// Records a reading: `wall_ms`, and `offset_ms` = wall − monotonic. `Some(change)` when it shows a
+    /// step (forward if positive) since the last one seen — for the caller to say once in its log.
+    pub fn observe(&self, wall_ms: u64, offset_ms: i64) -> Option<i64> {
+        use std::sync::atomic::Ordering;
+        let seen = self.offset_ms.load(Ordering::Relaxed);
+        let change = offset_ms.saturating_sub(seen);
+        if change.abs() <= CLOCK_JUMP_TOLERANCE_MS
+            || self.offset_ms.compare_exchange(seen, offset_ms, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            return None;
+        }
+        if change > 0 {
+            let mut forward = self.forward.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if forward.len() == WALL_STEPS_KEPT {
+                forward.remove(0);
+            }
+            forward.push((wall_ms, change.unsigned_abs()));
+        }
+        Some(change)
+    }
+
+    /// [`Clock::judged_now_ms`] for a stamp, the wall clock reading `now_ms`.
+    pub fn judged_now_ms(&self, now_ms: u64, stamp_ms: u64) -> u64 {
+        let forward = self.forward.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        forward
+            .iter()
+            .filter(|(began_ms, size_ms)| stamp_ms.saturating_add(size_ms / 2) < *began_ms)
+            .fold(now_ms, |judged, (_, size_ms)| judged.saturating_sub(*size_ms))
     }
 }
 

@@ -302,11 +302,12 @@ impl Orderly {
     ) -> Result<Option<u64>, PortError> {
         let Some(order) = self.store.order(order_no).await? else { return Ok(None) };
         let deadline_ms = order.created_ms.saturating_add(self.config.unpaid_timeout_ms);
-        let judged_ms = self.clock.deadline_now_ms();
+        let judged_ms = self.clock.judged_now_ms(order.created_ms);
         if judged_ms >= deadline_ms {
             return Ok(None);
         }
-        tracing::warn!(
+        // One line per order: the step itself is said once, as a warning, by the clock.
+        tracing::debug!(
             %order_no,
             clock_jump_ms = self.clock.jump_ms(),
             early_ms = deadline_ms - judged_ms,
@@ -386,7 +387,6 @@ impl Orderly {
         let now_ms = self.clock.now_ms();
         // "Never charged" is concluded only once the charge deadline has passed by the monotonic clock: a
         // clock stepped forward must not end an attempt the service may still start.
-        let deadline_now_ms = self.clock.deadline_now_ms();
         let due = self.store.payments_due(now_ms, self.config.worker_batch_max).await?;
         let mut outcome = Outcome::default();
         for order_no in due {
@@ -396,7 +396,9 @@ impl Orderly {
             let result = match status {
                 Ok(PaymentStatus::Succeeded { payment_id }) => Some(PaymentResult::Succeeded { payment_id }),
                 Ok(PaymentStatus::Declined { reason }) => Some(PaymentResult::Declined { reason }),
-                Ok(PaymentStatus::NotFound) if deadline_now_ms > attempt.charge_deadline_ms => {
+                Ok(PaymentStatus::NotFound)
+                    if self.clock.judged_now_ms(attempt.started_ms) > attempt.charge_deadline_ms =>
+                {
                     Some(PaymentResult::NeverCharged)
                 }
                 Ok(PaymentStatus::NotFound | PaymentStatus::Processing) | Err(_) => None,

@@ -57,3 +57,21 @@ async fn a_clock_stepped_forward_does_not_close_an_order_early() {
     assert_eq!(state(&orderly, order_no).await, OrderState::Closed, "closed once its time has passed");
     assert_eq!(stock(&orderly, 1).await, (10, Some(10)));
 }
+
+/// The other side of defect 4: an order accepted after the step is judged in the stepped clock's frame —
+/// closed at its deadline, not held for the size of a step that happened before it existed.
+#[tokio::test]
+async fn an_order_accepted_after_a_step_closes_on_time() {
+    let Harness { orderly, clock, .. } = harness(10).await;
+    let timeout_ms = FlowConfig::default().unpaid_timeout_ms;
+    clock.step_wall_ms(i64::try_from(timeout_ms * 2).expect("fits"));
+    let order_no = orderly.place_orders(&body(5, false, &[(1, 1)]), None).await.expect("accepted")[0];
+    orderly.drain().await.expect("workers run");
+    clock.advance_ms(timeout_ms - 1);
+    orderly.drain().await.expect("workers run");
+    assert_eq!(state(&orderly, order_no).await, OrderState::ToPay, "not before the deadline");
+    clock.advance_ms(1);
+    orderly.drain().await.expect("workers run");
+    assert_eq!(state(&orderly, order_no).await, OrderState::Closed, "closed at its deadline, not late by the step");
+    assert_eq!(stock(&orderly, 1).await, (10, Some(10)));
+}

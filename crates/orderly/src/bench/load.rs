@@ -388,15 +388,27 @@ impl FollowUps {
 pub struct FollowUpPool {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     counts: Arc<Mutex<BTreeMap<String, u64>>>,
+    told_final: Arc<Mutex<BTreeMap<String, Duration>>>,
+}
+
+/// What the buyers' follow-ups saw: outcomes counted by `"action:outcome"`, and for each order a buyer
+/// was told was already final, how long after its cart was sent (the bench's monotonic clock) — a buyer
+/// who acts on a live order sooner than the unpaid timeout must not find it closed.
+#[derive(Debug, Default)]
+pub struct FollowUpsSeen {
+    pub counts: BTreeMap<String, u64>,
+    pub told_final: BTreeMap<String, Duration>,
 }
 
 pub fn follow_up_pool(target: &Target, connections: usize) -> (FollowUps, FollowUpPool) {
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
     let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
     let counts = Arc::new(Mutex::new(BTreeMap::new()));
+    let told_final = Arc::new(Mutex::new(BTreeMap::new()));
     let mut tasks = Vec::new();
     for _ in 0..connections.max(1) {
         let (receiver, counts, target) = (Arc::clone(&receiver), Arc::clone(&counts), target.clone());
+        let told_final = Arc::clone(&told_final);
         tasks.push(tokio::spawn(async move {
             loop {
                 let Some(order) = receiver.lock().await.recv().await else { return };
@@ -420,19 +432,25 @@ pub fn follow_up_pool(target: &Target, connections: usize) -> (FollowUps, Follow
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                if outcome == "order_already_final" {
+                    lock(&told_final).insert(order.order_no.clone(), order.sent.elapsed());
+                }
                 *lock(&counts).entry(format!("{action}:{outcome}")).or_insert(0) += 1;
             }
         }));
     }
-    (FollowUps { sender }, FollowUpPool { tasks, counts })
+    (FollowUps { sender }, FollowUpPool { tasks, counts, told_final })
 }
 
 impl FollowUpPool {
-    pub async fn finish(self, follow_ups: FollowUps) -> BTreeMap<String, u64> {
+    pub async fn finish(self, follow_ups: FollowUps) -> FollowUpsSeen {
         drop(follow_ups);
         for task in self.tasks {
             let _ = task.await;
         }
-        std::mem::take(&mut *lock(&self.counts))
+        FollowUpsSeen {
+            counts: std::mem::take(&mut *lock(&self.counts)),
+            told_final: std::mem::take(&mut *lock(&self.told_final)),
+        }
     }
 }

@@ -357,7 +357,14 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     let behind_errors = orders_behind_errors(&target, &judged, &accepted_nos, args.connections).await;
     // The unpaid timeout of the server: the bench's own, or the one configured for the servers benched.
     let unpaid_timeout_ms = if spawned.is_some() { args.timers_ms } else { config.flow.unpaid_timeout_ms };
-    checks.0.extend(report::promise_checks(&finals.orders, &behind_errors, judged.len(), &audit, unpaid_timeout_ms));
+    checks.0.extend(report::promise_checks(
+        &finals.orders,
+        &behind_errors,
+        judged.len(),
+        &audit,
+        &follow_ups.told_final,
+        unpaid_timeout_ms,
+    ));
     let report = Report {
         scenario: args.scenario,
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -366,7 +373,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
         workload: (*workload).clone(),
         targets: report::targets(&phase_reports),
         phases: phase_reports,
-        follow_ups,
+        follow_ups: follow_ups.counts,
         settled_between_phases_ms: settles,
         persisted_after_ms: persisted_after.map(|d| d.as_millis() as u64),
         quiet_after_ms: quiet_after.map(|d| d.as_millis() as u64),
