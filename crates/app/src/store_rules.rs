@@ -2,12 +2,12 @@
 //! an order's change by an action or a payment with its stock return. Pure: a store reads (and locks)
 //! what these need, calls them, and writes what they return in one atomic write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use orderly_domain::{CommodityId, Effect, OrderAction, OrderState, transition};
+use orderly_domain::{CommodityId, Effect, OrderAction, OrderNo, OrderState, transition};
 
-use crate::model::{Order, OutboxEvent, PaymentAttempt, Restock, StockLevel};
-use crate::ports::{ChangeRejection, CreateOutcome, CreateRequest, PaymentResult, PortError};
+use crate::model::{IdempotencyRecord, Order, OutboxEvent, PaymentAttempt, Restock, StockLevel};
+use crate::ports::{ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, PaymentResult, PortError};
 
 /// Stock as a write leaves it, by commodity.
 pub type Levels = BTreeMap<CommodityId, StockLevel>;
@@ -22,6 +22,64 @@ pub struct CreateDecision {
     pub events: Vec<OutboxEvent>,
     /// Commodities whose level this decision changed.
     pub deducted: Vec<CommodityId>,
+}
+
+/// What a create batch needs read (and, in a store that locks, locked) before [`plan_create`]: its
+/// distinct order numbers and commodities, each sorted — the order in which rows are locked, so two
+/// batches cannot deadlock.
+pub fn create_batch_keys(requests: &[CreateRequest]) -> (Vec<OrderNo>, Vec<CommodityId>) {
+    let order_nos: BTreeSet<OrderNo> = requests.iter().map(|r| r.order.order_no).collect();
+    let commodities: BTreeSet<CommodityId> =
+        requests.iter().flat_map(|r| r.order.lines.iter().map(|l| l.commodity_id)).collect();
+    (order_nos.into_iter().collect(), commodities.into_iter().collect())
+}
+
+/// A create batch, decided: what to answer for each request and what to write, in one atomic write.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CreatePlan {
+    /// One per request, in the requests' order.
+    pub outcomes: Vec<CreateOutcome>,
+    /// Orders to write (each order number once), and the outbox events they owe.
+    pub orders: Vec<Order>,
+    pub events: Vec<OutboxEvent>,
+    /// Stock levels to write: one per commodity the batch deducted from, however many orders did.
+    pub stock: Vec<(CommodityId, StockLevel)>,
+}
+
+/// Decides a whole create batch from what the store read for [`create_batch_keys`]: the orders stored
+/// under its numbers (`stored`; a `pending` view counts as not created) and the stock levels of its
+/// commodities (`levels`; a commodity without a ledger is absent). An order already created, or decided
+/// earlier in the same batch (a duplicate message), is answered `AlreadyDone` and written again by
+/// nobody; every other one goes through [`decide_create`] against the levels as the batch leaves them.
+pub fn plan_create(
+    requests: &[CreateRequest],
+    mut stored: HashMap<OrderNo, Order>,
+    mut levels: Levels,
+    now_ms: u64,
+) -> Result<CreatePlan, PortError> {
+    let mut plan = CreatePlan { outcomes: Vec::with_capacity(requests.len()), ..CreatePlan::default() };
+    let mut deducted = BTreeSet::new();
+    for request in requests {
+        let order_no = request.order.order_no;
+        if let Some(existing) = stored.get(&order_no).filter(|o| o.state != OrderState::Pending) {
+            plan.outcomes.push(CreateOutcome::AlreadyDone(Box::new(existing.clone())));
+            continue;
+        }
+        let decision = decide_create(request, &mut levels, now_ms)?;
+        deducted.extend(decision.deducted);
+        plan.events.extend(decision.events);
+        plan.outcomes.push(decision.outcome);
+        plan.orders.push(decision.order.clone());
+        stored.insert(order_no, decision.order);
+    }
+    plan.stock = deducted.into_iter().filter_map(|id| Some((id, levels.remove(&id)?))).collect();
+    Ok(plan)
+}
+
+/// A request under an idempotency key the store already holds (`seen`): the same request is answered
+/// from it; another request under the same key is refused.
+pub fn idempotency_seen(seen: IdempotencyRecord, request: &IdempotencyRecord) -> IdempotencyBegin {
+    if seen.request == request.request { IdempotencyBegin::Seen(seen) } else { IdempotencyBegin::Mismatch }
 }
 
 /// Decides a pending order: every line must fit in the durable stock (`levels`, which must hold every

@@ -13,7 +13,10 @@ use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, PaymentAttempt, 
 use orderly_app::ports::{
     ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, PaymentResult, PortResult, Store,
 };
-use orderly_app::store_rules::{Changed, Levels, begin_attempt, change, decide_create, finish_attempt, returns_stock};
+use orderly_app::store_rules::{
+    Changed, Levels, begin_attempt, change, create_batch_keys, finish_attempt, idempotency_seen, plan_create,
+    returns_stock,
+};
 use orderly_domain::{CatalogEntry, CommodityId, OrderAction, OrderNo, OrderState, Uid};
 
 use crate::db::{LocalDb, key_u64, last_sequence, u64_key};
@@ -213,47 +216,32 @@ impl Store for LocalStore {
     async fn create_orders(&self, requests: &[CreateRequest], now_ms: u64) -> PortResult<Vec<CreateOutcome>> {
         let outcomes = {
             let _writer = self.lock()?;
-            let mut batch = self.db.batch();
-            // Stock as this batch leaves it: one read and one write per commodity per batch.
-            let mut levels = Levels::new();
-            let mut deducted = std::collections::BTreeSet::new();
-            let mut outcomes = Vec::with_capacity(requests.len());
-            // Orders decided earlier in this batch: a duplicate message in the same batch must see them.
-            let mut decided: std::collections::HashMap<OrderNo, Order> = std::collections::HashMap::new();
-            for request in requests {
-                let order_no = request.order.order_no;
-                let current = match decided.get(&order_no) {
-                    Some(order) => Some(order.clone()),
-                    None => self.read_order(order_no)?,
-                };
-                if let Some(existing) = current.filter(|o| o.state != OrderState::Pending) {
-                    outcomes.push(CreateOutcome::AlreadyDone(Box::new(existing)));
-                    continue;
+            let (order_nos, commodities) = create_batch_keys(requests);
+            let mut stored = std::collections::HashMap::with_capacity(order_nos.len());
+            for order_no in order_nos {
+                if let Some(order) = self.read_order(order_no)? {
+                    stored.insert(order_no, order);
                 }
-                for line in &request.order.lines {
-                    if let std::collections::btree_map::Entry::Vacant(slot) = levels.entry(line.commodity_id)
-                        && let Some(level) = self.read_stock(line.commodity_id)?
-                    {
-                        slot.insert(level);
-                    }
-                }
-                let decision = decide_create(request, &mut levels, now_ms)?;
-                deducted.extend(&decision.deducted);
-                self.put_order(&mut batch, &decision.order)?;
-                for event in &decision.events {
-                    self.put_outbox(&mut batch, event)?;
-                }
-                decided.insert(order_no, decision.order);
-                outcomes.push(decision.outcome);
             }
-            // One write per commodity the batch deducted from.
-            for id in &deducted {
-                if let Some(level) = levels.get(id) {
-                    batch.insert(&self.db.stock, u64_key(id.0), encode(level)?);
+            let mut levels = Levels::new();
+            for id in commodities {
+                if let Some(level) = self.read_stock(id)? {
+                    levels.insert(id, level);
                 }
+            }
+            let plan = plan_create(requests, stored, levels, now_ms)?;
+            let mut batch = self.db.batch();
+            for order in &plan.orders {
+                self.put_order(&mut batch, order)?;
+            }
+            for event in &plan.events {
+                self.put_outbox(&mut batch, event)?;
+            }
+            for (id, level) in &plan.stock {
+                batch.insert(&self.db.stock, u64_key(id.0), encode(level)?);
             }
             batch.commit().map_err(storage_error)?;
-            outcomes
+            plan.outcomes
         };
         self.db.sync().await?;
         Ok(outcomes)
@@ -443,12 +431,7 @@ impl Store for LocalStore {
             let _writer = self.lock()?;
             let storage_key = idempotency_key(buyer, key);
             if let Some(bytes) = self.db.idempotency.get(&storage_key).map_err(storage_error)? {
-                let seen: IdempotencyRecord = decode(&bytes)?;
-                return Ok(if seen.request == record.request {
-                    IdempotencyBegin::Seen(seen)
-                } else {
-                    IdempotencyBegin::Mismatch
-                });
+                return Ok(idempotency_seen(decode(&bytes)?, record));
             }
             self.db.idempotency.insert(storage_key, encode(record)?).map_err(storage_error)?;
         }

@@ -21,8 +21,11 @@ use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, PaymentAttempt, 
 use orderly_app::ports::{
     ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, PaymentResult, PortResult, Store,
 };
-use orderly_app::store_rules::{Changed, Levels, begin_attempt, change, decide_create, finish_attempt, returns_stock};
-use orderly_domain::{CatalogEntry, CommodityId, Money, OrderAction, OrderNo, OrderState, ShopId, SnowflakeId, Uid};
+use orderly_app::store_rules::{
+    Changed, Levels, begin_attempt, change, create_batch_keys, finish_attempt, idempotency_seen, plan_create,
+    returns_stock,
+};
+use orderly_domain::{CatalogEntry, CommodityId, Money, OrderAction, OrderNo, ShopId, SnowflakeId, Uid};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
@@ -317,42 +320,26 @@ impl Store for PgStore {
 
     async fn create_orders(&self, requests: &[CreateRequest], now_ms: u64) -> PortResult<Vec<CreateOutcome>> {
         let mut tx = self.begin().await?;
-        let ids: Vec<CommodityId> =
-            requests.iter().flat_map(|r| r.order.lines.iter().map(|l| l.commodity_id)).collect();
-        let mut levels = Self::lock_stock(&mut tx, &ids).await?;
-        let mut touched: Vec<CommodityId> = Vec::new();
-        let mut outcomes = Vec::with_capacity(requests.len());
-        // Orders decided earlier in this batch: a duplicate message in the same batch must see them.
-        let mut decided: HashMap<OrderNo, Order> = HashMap::new();
-        for request in requests {
-            let order_no = request.order.order_no;
-            let current = match decided.get(&order_no) {
-                Some(order) => Some(order.clone()),
-                None => Self::read_order(&mut tx, order_no, true).await?,
-            };
-            if let Some(existing) = current.filter(|o| o.state != OrderState::Pending) {
-                outcomes.push(CreateOutcome::AlreadyDone(Box::new(existing)));
-                continue;
+        let (order_nos, commodities) = create_batch_keys(requests);
+        let levels = Self::lock_stock(&mut tx, &commodities).await?;
+        let mut stored = HashMap::with_capacity(order_nos.len());
+        for order_no in order_nos {
+            if let Some(order) = Self::read_order(&mut tx, order_no, true).await? {
+                stored.insert(order_no, order);
             }
-            let decision = decide_create(request, &mut levels, now_ms)?;
-            touched.extend(&decision.deducted);
-            Self::put_order(&mut tx, &decision.order).await?;
-            for event in &decision.events {
-                Self::put_outbox(&mut tx, event).await?;
-            }
-            decided.insert(order_no, decision.order);
-            outcomes.push(decision.outcome);
         }
-        // One write per commodity per batch: a hot SKU costs one update, not one per order.
-        touched.sort_unstable();
-        touched.dedup();
-        for id in touched {
-            if let Some(level) = levels.get(&id) {
-                Self::write_stock(&mut tx, id, level).await?;
-            }
+        let plan = plan_create(requests, stored, levels, now_ms)?;
+        for order in &plan.orders {
+            Self::put_order(&mut tx, order).await?;
+        }
+        for event in &plan.events {
+            Self::put_outbox(&mut tx, event).await?;
+        }
+        for (id, level) in &plan.stock {
+            Self::write_stock(&mut tx, *id, level).await?;
         }
         Self::commit(tx).await?;
-        Ok(outcomes)
+        Ok(plan.outcomes)
     }
 
     async fn order(&self, order_no: OrderNo) -> PortResult<Option<Order>> {
@@ -575,8 +562,7 @@ impl Store for PgStore {
             .fetch_one(&self.pool)
             .await
             .map_err(database_error)?;
-        let seen: IdempotencyRecord = decode(&text)?;
-        Ok(if seen.request == record.request { IdempotencyBegin::Seen(seen) } else { IdempotencyBegin::Mismatch })
+        Ok(idempotency_seen(decode(&text)?, record))
     }
 
     async fn idempotency_answer(&self, buyer: Uid, key: &str, answer: StoredAnswer) -> PortResult<()> {
