@@ -105,7 +105,7 @@ impl ApiState {
 
     fn buyer(&self, headers: &HeaderMap) -> Result<Uid, ApiError> {
         let token = bearer(headers).ok_or(crate::auth::AuthRejection::Missing)?;
-        let now_s = orderly_app::Clock::now_ms(self.inner.orderly.clock.as_ref()) / 1000;
+        let now_s = self.inner.orderly.now_ms() / 1000;
         Ok(self.inner.auth.verify(token, now_s)?)
     }
 
@@ -335,30 +335,22 @@ async fn admin_stock(
 ) -> Result<Response, ApiError> {
     state.admin(&headers)?;
     let body: StockBody = parse_json(&body_bytes(body)?)?;
-    if state.orderly().store.commodity(body.commodity_id).await?.is_none() {
+    let Some(available) = state.orderly().add_stock(body.commodity_id, body.add).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_commodity", "no such commodity"));
-    }
-    state.orderly().load_catalog(&[], &[(body.commodity_id, body.add)]).await?;
-    let level = state.orderly().store.stock(&[body.commodity_id]).await?.first().copied().flatten();
-    Ok(ok(StatusCode::OK, json!({ "commodity_id": body.commodity_id, "available": level.map(|l| l.available) })))
+    };
+    Ok(ok(StatusCode::OK, json!({ "commodity_id": body.commodity_id, "available": available })))
 }
-
-/// Outbox events counted, at most (the answer only needs "none" or "some").
-const OUTBOX_COUNT_MAX: usize = 1_000;
 
 /// Work still to do: messages waiting per topic (delayed ones included), dead letters, outbox events
 /// not relayed yet (up to 1000), payments without a definite answer. Zero everywhere (dead letters
 /// aside) means quiet.
 async fn admin_bus(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     state.admin(&headers)?;
-    let orderly = state.orderly();
-    let depth = orderly.bus.depth().await?;
-    let outbox = orderly.store.outbox(OUTBOX_COUNT_MAX).await?.len();
-    let payments_pending = orderly.store.payments_pending().await?;
+    let work = state.orderly().work_to_do().await?;
     Ok(ok(
         StatusCode::OK,
-        json!({ "queued": depth.queued, "dead_letters": depth.dead_letters, "outbox": outbox,
-                "payments_pending": payments_pending }),
+        json!({ "queued": work.queued, "dead_letters": work.dead_letters, "outbox": work.outbox,
+                "payments_pending": work.payments_pending }),
     ))
 }
 
@@ -386,7 +378,7 @@ async fn admin_audit(
     state.admin(&headers)?;
     let Query(params) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let report = state.orderly().audit(params.quiet, params.deadline_ms).await?;
-    let depth = state.orderly().bus.depth().await?;
+    let depth = state.orderly().bus_depth().await?;
     let report = serde_json::to_value(&report).unwrap_or_default();
     Ok(ok(StatusCode::OK, json!({ "report": report, "bus": depth })))
 }

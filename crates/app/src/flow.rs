@@ -300,7 +300,7 @@ impl Orderly {
     }
 
     /// A catalog entry, from this process's recent reads or the store.
-    async fn catalog_entry(&self, id: CommodityId) -> Result<Option<CatalogEntry>, PortError> {
+    pub(crate) async fn catalog_entry(&self, id: CommodityId) -> Result<Option<CatalogEntry>, PortError> {
         let now_ms = self.clock.now_ms();
         if let Some(entry) = self.catalog.get(id, now_ms, self.config.catalog_cache_ms) {
             return Ok(Some(entry));
@@ -512,34 +512,6 @@ impl Orderly {
             Some(_) if crate::store_rules::charge_owed(&order) => PayOutcome::Pending(Box::new(order)),
             Some(reason) => PayOutcome::Declined { order: Box::new(order), reason },
         })
-    }
-
-    /// Price and stock of a commodity: the cache's view (what can still be sold), loaded if needed.
-    pub async fn commodity(&self, id: CommodityId) -> Result<Option<(CatalogEntry, u64)>, PortError> {
-        let Some(entry) = self.catalog_entry(id).await? else { return Ok(None) };
-        let mut available = self.cache.available(&[id]).await?;
-        if available.first().copied().flatten().is_none() {
-            self.load_into_cache(&[id]).await?;
-            available = self.cache.available(&[id]).await?;
-        }
-        Ok(Some((entry, available.first().copied().flatten().unwrap_or(0))))
-    }
-
-    /// Admin: catalog entries and stock to add. Stock reaches the cache as a versioned restock, so it
-    /// is counted once whether or not the cache had loaded the commodity.
-    pub async fn load_catalog(&self, entries: &[CatalogEntry], stock: &[(CommodityId, u32)]) -> Result<(), PortError> {
-        self.store.put_commodities(entries).await?;
-        self.catalog.forget_all();
-        for &(id, quantity) in stock {
-            let level = self.store.add_stock(id, u64::from(quantity)).await?;
-            let restock = crate::model::Restock {
-                key: format!("add-stock:{id}:{}", level.version),
-                shop_id: level.shop_id,
-                lines: vec![(id, quantity, level.version)],
-            };
-            self.cache.restock(&restock).await?;
-        }
-        Ok(())
     }
 }
 

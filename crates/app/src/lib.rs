@@ -16,6 +16,7 @@
 //! - [`store_rules`]: what every store decides (the batched create, a transition's stock return).
 //! - [`config`]: bounds and delays of the flow, each with a default.
 
+pub mod admin;
 pub mod audit;
 pub mod catalog;
 pub mod config;

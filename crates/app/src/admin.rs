@@ -1,0 +1,84 @@
+//! The admin's use-cases: the catalog and its stock, the work still to do. (The audit is in
+//! [`crate::audit`].) The API calls these, never the ports behind them.
+
+use orderly_domain::{CatalogEntry, CommodityId};
+
+use crate::flow::Orderly;
+use crate::model::Topic;
+use crate::ports::{BusDepth, PortError};
+
+/// Outbox events counted, at most (an operator only needs "none" or "some").
+pub const OUTBOX_COUNT_MAX: usize = 1_000;
+
+/// Work still to do: zero everywhere (dead letters aside) means quiet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkToDo {
+    /// Messages waiting per topic, delayed ones included.
+    pub queued: Vec<(Topic, usize)>,
+    pub dead_letters: usize,
+    /// Outbox events not relayed yet, up to [`OUTBOX_COUNT_MAX`].
+    pub outbox: usize,
+    /// Payments without a definite answer.
+    pub payments_pending: usize,
+}
+
+impl Orderly {
+    /// Price and stock of a commodity: the cache's view (what can still be sold), loaded if needed.
+    pub async fn commodity(&self, id: CommodityId) -> Result<Option<(CatalogEntry, u64)>, PortError> {
+        let Some(entry) = self.catalog_entry(id).await? else { return Ok(None) };
+        let mut available = self.cache.available(&[id]).await?;
+        if available.first().copied().flatten().is_none() {
+            self.load_into_cache(&[id]).await?;
+            available = self.cache.available(&[id]).await?;
+        }
+        Ok(Some((entry, available.first().copied().flatten().unwrap_or(0))))
+    }
+
+    /// Admin: catalog entries and stock to add. Stock reaches the cache as a versioned restock, so it
+    /// is counted once whether or not the cache had loaded the commodity.
+    pub async fn load_catalog(&self, entries: &[CatalogEntry], stock: &[(CommodityId, u32)]) -> Result<(), PortError> {
+        self.store.put_commodities(entries).await?;
+        self.catalog.forget_all();
+        for &(id, quantity) in stock {
+            let level = self.store.add_stock(id, u64::from(quantity)).await?;
+            let restock = crate::model::Restock {
+                key: format!("add-stock:{id}:{}", level.version),
+                shop_id: level.shop_id,
+                lines: vec![(id, quantity, level.version)],
+            };
+            self.cache.restock(&restock).await?;
+        }
+        Ok(())
+    }
+
+    /// Admin: stock added to a commodity of the catalog. `None`: no such commodity (nothing added);
+    /// else what is available in the store afterwards.
+    pub async fn add_stock(&self, id: CommodityId, add: u32) -> Result<Option<u64>, PortError> {
+        if self.store.commodity(id).await?.is_none() {
+            return Ok(None);
+        }
+        self.load_catalog(&[], &[(id, add)]).await?;
+        let level = self.store.stock(&[id]).await?.first().copied().flatten();
+        Ok(Some(level.map_or(0, |l| l.available)))
+    }
+
+    /// The bus's queues and dead letters.
+    pub async fn bus_depth(&self) -> Result<BusDepth, PortError> {
+        self.bus.depth().await
+    }
+
+    pub async fn work_to_do(&self) -> Result<WorkToDo, PortError> {
+        let depth = self.bus.depth().await?;
+        Ok(WorkToDo {
+            queued: depth.queued,
+            dead_letters: depth.dead_letters,
+            outbox: self.store.outbox(OUTBOX_COUNT_MAX).await?.len(),
+            payments_pending: self.store.payments_pending().await?,
+        })
+    }
+
+    /// The wall clock, for the API's token expiry.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+}
