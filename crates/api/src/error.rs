@@ -2,6 +2,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use orderly_app::ports::ChangeRejection;
 use orderly_app::{OrderError, PlaceError, PortError};
 use orderly_domain::{CartRejection, TransitionRejection};
 use serde_json::{Value, json};
@@ -115,8 +116,8 @@ impl From<PlaceError> for ApiError {
 impl From<OrderError> for ApiError {
     fn from(error: OrderError) -> Self {
         match error {
-            OrderError::NotFound => ApiError::not_found(),
-            OrderError::Transition(rejection) => {
+            OrderError::Refused(ChangeRejection::NotFound) => ApiError::not_found(),
+            OrderError::Refused(ChangeRejection::Transition(rejection)) => {
                 let code = match rejection {
                     TransitionRejection::AlreadyFinal { .. } => "order_already_final",
                     TransitionRejection::NotCreatedYet { .. } => "order_not_created_yet",
@@ -124,7 +125,7 @@ impl From<OrderError> for ApiError {
                 };
                 ApiError::new(StatusCode::CONFLICT, code, rejection.to_string())
             }
-            OrderError::PaymentInFlight => {
+            OrderError::Refused(ChangeRejection::PaymentInFlight) => {
                 ApiError::new(StatusCode::CONFLICT, "payment_in_flight", "a payment for this order is in flight")
             }
             OrderError::Unavailable(error) => error.into(),

@@ -45,26 +45,24 @@ pub enum PlaceError {
     Unavailable(#[from] PortError),
 }
 
+/// A buyer's or the system's action on an order: refused by the rules (the same refusals a store's
+/// change gives, one type for both), or not done because a dependency is unavailable.
 #[derive(Debug, thiserror::Error)]
 pub enum OrderError {
-    #[error("no such order")]
-    NotFound,
     #[error(transparent)]
-    Transition(#[from] TransitionRejection),
-    #[error("a payment for this order is in flight")]
-    PaymentInFlight,
+    Refused(#[from] ChangeRejection),
     #[error(transparent)]
     Unavailable(#[from] PortError),
 }
 
-impl From<ChangeRejection> for OrderError {
-    fn from(rejection: ChangeRejection) -> Self {
-        match rejection {
-            ChangeRejection::NotFound => OrderError::NotFound,
-            ChangeRejection::Transition(t) => OrderError::Transition(t),
-            ChangeRejection::PaymentInFlight => OrderError::PaymentInFlight,
-        }
+impl From<TransitionRejection> for OrderError {
+    fn from(rejection: TransitionRejection) -> Self {
+        OrderError::Refused(ChangeRejection::Transition(rejection))
     }
+}
+
+impl OrderError {
+    pub(crate) const NOT_FOUND: OrderError = OrderError::Refused(ChangeRejection::NotFound);
 }
 
 /// How a pay request ended.
@@ -382,13 +380,13 @@ impl Orderly {
         let order = match self.cached_order(order_no).await {
             Some(order) => order,
             None => {
-                let order = self.bounded("store", self.store.order(order_no)).await?.ok_or(OrderError::NotFound)?;
+                let order = self.bounded("store", self.store.order(order_no)).await?.ok_or(OrderError::NOT_FOUND)?;
                 self.cache_order(&order).await;
                 order
             }
         };
         match actor {
-            Actor::Buyer(uid) if uid != order.buyer => Err(OrderError::NotFound),
+            Actor::Buyer(uid) if uid != order.buyer => Err(OrderError::NOT_FOUND),
             _ => Ok(order),
         }
     }

@@ -283,9 +283,7 @@ impl Orderly {
             Message::Charge { order_no } => match self.pay(crate::flow::Actor::System, *order_no).await {
                 Ok(PayOutcome::Paid(_) | PayOutcome::Declined { .. } | PayOutcome::Pending(_)) => Ok(Handled::Done),
                 // Already paid, cancelled, or a payment in flight: the buyer's own action won.
-                Err(OrderError::Transition(_) | OrderError::PaymentInFlight | OrderError::NotFound) => {
-                    Ok(Handled::Done)
-                }
+                Err(OrderError::Refused(_)) => Ok(Handled::Done),
                 Err(OrderError::Unavailable(error)) => Err(error),
             },
             Message::CreateOrder(_) => Err(PortError::corrupt("bus", "create-order message on a single-message topic")),
@@ -406,8 +404,7 @@ impl Orderly {
             match result {
                 Some(result) => {
                     match self.settle_payment(order_no, result).await {
-                        Ok(_) | Err(OrderError::Transition(_) | OrderError::NotFound | OrderError::PaymentInFlight) => {
-                        }
+                        Ok(_) | Err(OrderError::Refused(_)) => {}
                         Err(OrderError::Unavailable(error)) => return Err(error),
                     }
                     outcome.done += 1;

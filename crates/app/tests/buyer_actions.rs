@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use orderly_app::OrderError;
 use orderly_app::flow::Actor;
+use orderly_app::ports::ChangeRejection;
 use orderly_domain::{OrderState, TransitionRejection, Uid};
 
 #[tokio::test]
@@ -14,24 +15,27 @@ async fn buyer_cancels_an_unpaid_order_and_the_stock_returns() {
     assert!(
         matches!(
             orderly.cancel(Actor::Buyer(Uid(5)), order_no).await,
-            Err(OrderError::Transition(TransitionRejection::NotCreatedYet { .. }))
+            Err(OrderError::Refused(ChangeRejection::Transition(TransitionRejection::NotCreatedYet { .. })))
         ),
         "a pending order cannot be cancelled yet"
     );
     orderly.drain().await.expect("workers run");
     assert!(
-        matches!(orderly.cancel(Actor::Buyer(Uid(6)), order_no).await, Err(OrderError::NotFound)),
+        matches!(
+            orderly.cancel(Actor::Buyer(Uid(6)), order_no).await,
+            Err(OrderError::Refused(ChangeRejection::NotFound))
+        ),
         "not another buyer's"
     );
     let cancelled = orderly.cancel(Actor::Buyer(Uid(5)), order_no).await.expect("cancels");
     assert_eq!(cancelled.state, OrderState::Cancelled);
     assert!(matches!(
         orderly.cancel(Actor::Buyer(Uid(5)), order_no).await,
-        Err(OrderError::Transition(TransitionRejection::AlreadyFinal { .. }))
+        Err(OrderError::Refused(ChangeRejection::Transition(TransitionRejection::AlreadyFinal { .. })))
     ));
     assert!(matches!(
         orderly.pay(Actor::Buyer(Uid(5)), order_no).await,
-        Err(OrderError::Transition(TransitionRejection::AlreadyFinal { .. }))
+        Err(OrderError::Refused(ChangeRejection::Transition(TransitionRejection::AlreadyFinal { .. })))
     ));
     orderly.drain().await.expect("relay runs");
     assert_eq!(stock(&orderly, 1).await, (10, Some(10)));
@@ -49,5 +53,8 @@ async fn a_buyer_sees_only_their_orders_newest_first() {
     assert_eq!(listed, vec![mine_second, mine_first]);
     let next = orderly.orders_of(Uid(5), Some(mine_second), 10).await.expect("lists");
     assert_eq!(next.iter().map(|o| o.order_no).collect::<Vec<_>>(), vec![mine_first]);
-    assert!(matches!(orderly.order(Actor::Buyer(Uid(5)), theirs).await, Err(OrderError::NotFound)));
+    assert!(matches!(
+        orderly.order(Actor::Buyer(Uid(5)), theirs).await,
+        Err(OrderError::Refused(ChangeRejection::NotFound))
+    ));
 }

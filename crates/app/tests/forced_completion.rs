@@ -252,7 +252,12 @@ async fn the_pending_view_is_written_before_the_create_is_published() {
     // A cancel before the create is refused as too early, never "no such order".
     let cancel = orderly.cancel(buyer, order_nos[0]).await;
     assert!(
-        matches!(cancel, Err(OrderError::Transition(orderly_domain::TransitionRejection::NotCreatedYet { .. }))),
+        matches!(
+            cancel,
+            Err(OrderError::Refused(ChangeRejection::Transition(
+                orderly_domain::TransitionRejection::NotCreatedYet { .. }
+            )))
+        ),
         "{cancel:?}"
     );
     orderly.drain().await.expect("workers run");
@@ -354,5 +359,20 @@ async fn a_publish_that_landed_behind_an_error_answer_creates_nothing() {
     let order_nos = orderly.place_orders(&seed_body(), None).await.expect("accepted");
     orderly.drain().await.expect("workers run");
     assert_eq!(state(&orderly, order_nos[0]).await, OrderState::Paid);
+    settle_and_audit(&orderly, &clock).await;
+}
+
+/// A create backlog longer than the cache's token TTL (a worker outage of an hour): the accepted order's
+/// claimed reservation does not expire under it, so the worker consumes it instead of reserving again —
+/// before, the expired token's unit stayed taken in the cache for ever (cache 4, store 5 after the
+/// create; found by the stock-conservation property).
+#[tokio::test]
+async fn a_create_queued_past_the_token_ttl_still_consumes_its_reservation() {
+    let Harness { orderly, clock, .. } = harness(6).await;
+    let order_no = orderly.place_orders(&body(1, false, &[(1, 1)]), None).await.expect("accepted")[0];
+    clock.advance_ms(orderly_local::LocalConfig::default().token_ttl_ms * 2);
+    orderly.drain().await.expect("workers run");
+    assert_eq!(state(&orderly, order_no).await, OrderState::ToPay);
+    assert_eq!(stock(&orderly, 1).await, (5, Some(5)), "one unit taken, in the store and in the cache");
     settle_and_audit(&orderly, &clock).await;
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use orderly_app::flow::Actor;
+use orderly_app::ports::ChangeRejection;
 use orderly_app::{FlowConfig, OrderError, PayOutcome};
 use orderly_domain::{OrderState, Uid};
 use orderly_local::{AcquirerConfig, ManualClock};
@@ -40,8 +41,14 @@ async fn a_lost_answer_is_settled_as_paid_by_the_reconciler() {
     assert!(matches!(pending, PayOutcome::Pending(_)));
     assert_eq!(orderly.store.payments_pending().await.expect("count"), 1, "in the safe-pay set");
     // While the outcome is unknown, neither the buyer nor the timeout may cancel (the money may be taken).
-    assert!(matches!(orderly.cancel(Actor::Buyer(Uid(5)), order_no).await, Err(OrderError::PaymentInFlight)));
-    assert!(matches!(orderly.pay(Actor::Buyer(Uid(5)), order_no).await, Err(OrderError::PaymentInFlight)));
+    assert!(matches!(
+        orderly.cancel(Actor::Buyer(Uid(5)), order_no).await,
+        Err(OrderError::Refused(ChangeRejection::PaymentInFlight))
+    ));
+    assert!(matches!(
+        orderly.pay(Actor::Buyer(Uid(5)), order_no).await,
+        Err(OrderError::Refused(ChangeRejection::PaymentInFlight))
+    ));
 
     clock.advance_ms(FlowConfig::default().reconcile_backoff_ms_max);
     orderly.drain().await.expect("reconciler runs");

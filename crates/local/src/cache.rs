@@ -4,7 +4,9 @@
 //! decrements all, with nothing in between, exactly like the seed's Lua script. Critical sections are
 //! a few hash lookups; on two cores one lock beats sharding (measured by `orderly bench`).
 //! Tokens expire after `token_ttl_ms`: past that, a token is "missing", and every reader of a missing
-//! token re-reserves or releases, never assumes.
+//! token re-reserves or releases, never assumes. A RESERVED token gives its units back to the counter as
+//! it expires (nobody will consume it); a CLAIMED one does not expire — its create is on the bus and
+//! settles it however long the backlog, so the accepted order consumes the units it was given.
 //!
 //! A counter may go below zero: a lost reservation's deduction applied to a counter that sold the same
 //! units again meanwhile (the store refuses those orders, and their release brings it back).
@@ -65,13 +67,15 @@ impl LocalStockCache {
     fn with<T>(&self, f: impl FnOnce(&mut Inner, u64, u64) -> T) -> PortResult<T> {
         let now_ms = self.clock.now_ms();
         let mut inner = self.inner.lock().map_err(|_| PortError::corrupt("stock cache", "lock poisoned"))?;
-        inner.expire(now_ms);
-        Ok(f(&mut inner, now_ms, now_ms + self.token_ttl_ms))
+        let expires_ms = now_ms + self.token_ttl_ms;
+        inner.expire(now_ms, expires_ms);
+        Ok(f(&mut inner, now_ms, expires_ms))
     }
 }
 
 impl Inner {
-    fn expire(&mut self, now_ms: u64) {
+    /// Forgets what has expired by `now_ms`; a token still owed to a create is kept until `rearm_ms`.
+    fn expire(&mut self, now_ms: u64, rearm_ms: u64) {
         while let Some((expires_ms, _)) = self.expiries.front() {
             if *expires_ms > now_ms {
                 break;
@@ -79,11 +83,26 @@ impl Inner {
             let Some((_, what)) = self.expiries.pop_front() else { break };
             match what {
                 // Only if not rewritten since: a rewrite pushed a later expiry.
-                Expiring::Token(token) => {
-                    if self.tokens.get(&token).is_some_and(|t| t.expires_ms <= now_ms) {
-                        self.tokens.remove(&token);
-                    }
-                }
+                Expiring::Token(token) => match self.tokens.get(&token) {
+                    Some(t) if t.expires_ms <= now_ms => match t.state {
+                        // Its create is on the bus and settles it (confirm or release), however long
+                        // the backlog: kept, so the accepted order still consumes the units it holds.
+                        TokenState::Claimed => {
+                            let lines = t.lines.clone();
+                            self.set_token(token, TokenState::Claimed, lines, rearm_ms);
+                        }
+                        // Nobody will consume it: its units go back to the counter as it goes.
+                        TokenState::Reserved => {
+                            let lines = t.lines.clone();
+                            self.give_back(&lines);
+                            self.tokens.remove(&token);
+                        }
+                        TokenState::Confirmed | TokenState::Released => {
+                            self.tokens.remove(&token);
+                        }
+                    },
+                    _ => {}
+                },
                 Expiring::Restock(key) => {
                     self.restocks_applied.remove(&key);
                 }

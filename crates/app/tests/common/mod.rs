@@ -86,10 +86,19 @@ pub async fn stock(orderly: &Orderly, id: u64) -> (u64, Option<u64>) {
     (store, cache)
 }
 
-/// Runs every timer to its end and drains every queue, then requires a clean audit.
+/// Rounds of timers [`settle_and_audit`] runs at most before it judges: a pay-at-once order is charged
+/// again after every attempt that got no answer, one attempt per round.
+const SETTLE_ROUNDS_MAX: usize = 24;
+
+/// Runs every timer to its end and drains every queue until there is no work left (at least four
+/// rounds, at most [`SETTLE_ROUNDS_MAX`]), then requires a clean audit.
 pub async fn settle_and_audit(orderly: &Orderly, clock: &ManualClock) {
-    for _ in 0..4 {
+    for round in 0..SETTLE_ROUNDS_MAX {
         orderly.drain().await.expect("drain");
+        let work = orderly.work_to_do().await.expect("work to do");
+        if round >= 4 && work.queued.iter().all(|(_, n)| *n == 0) && work.outbox == 0 && work.payments_pending == 0 {
+            break;
+        }
         clock.advance_ms(FlowConfig::default().unpaid_timeout_ms + 60_000);
     }
     orderly.drain().await.expect("drain");
