@@ -26,5 +26,8 @@ for i = 2, #KEYS do
   redis.call('HINCRBY', KEYS[i], 'available', -tonumber(ARGV[2 + i]))
 end
 redis.call('HSET', token, 'state', ARGV[1], 'lines', ARGV[3])
-redis.call('PEXPIRE', token, ARGV[2])
+-- A claimed token (a worker's own) lives until its create settles it; a reserved one expires.
+if ARGV[1] ~= 'claimed' then
+  redis.call('PEXPIRE', token, ARGV[2])
+end
 return {'reserved'}

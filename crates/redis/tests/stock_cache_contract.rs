@@ -60,3 +60,28 @@ async fn a_flushed_redis_answers_not_loaded_and_missing_never_reserved() {
     assert_eq!(cache.claim(token).await.expect("claim"), Claim::Released);
     assert_eq!(cache.release(token).await.expect("release"), Some(TokenState::Released));
 }
+
+/// A claimed token outlives the token TTL (its create may wait in a backlog longer than that); a
+/// reserved one expires. Before, a claimed token expired too, and the worker reserved the order's
+/// units a second time.
+#[tokio::test]
+async fn a_claimed_token_does_not_expire_a_reserved_one_does() {
+    let cache = RedisStockCache::connect(RedisCacheConfig { url: url(), namespace: namespace(), token_ttl_ms: 200 })
+        .await
+        .expect("Redis is up (CI starts it; see .ci/run)");
+    let shop = ShopId(100_002);
+    let level = StockLevel { shop_id: shop, initial: 10, available: 10, version: 1 };
+    cache.init(&[(CommodityId(1), level)]).await.expect("init");
+    let claimed = Token::entry(OrderNo::new(SnowflakeId(1), Uid(7)), shop);
+    let reserved = Token::entry(OrderNo::new(SnowflakeId(2), Uid(7)), shop);
+    let own = Token::worker(OrderNo::new(SnowflakeId(3), Uid(7)), shop);
+    for token in [claimed, reserved] {
+        assert_eq!(cache.reserve(token, &[(CommodityId(1), 1)], false).await.expect("reserve"), Reserve::Reserved);
+    }
+    assert_eq!(cache.reserve(own, &[(CommodityId(1), 1)], true).await.expect("reserve"), Reserve::Reserved);
+    assert_eq!(cache.claim(claimed).await.expect("claim"), Claim::Claimed);
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(cache.claim(claimed).await.expect("claim"), Claim::Claimed, "claimed: still held");
+    assert_eq!(cache.claim(own).await.expect("claim"), Claim::Claimed, "a worker's own: still held");
+    assert_eq!(cache.claim(reserved).await.expect("claim"), Claim::Missing, "reserved: expired");
+}
