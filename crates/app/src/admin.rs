@@ -4,7 +4,7 @@
 use orderly_domain::{CatalogEntry, CommodityId};
 
 use crate::flow::Orderly;
-use crate::model::Topic;
+use crate::model::{Restock, StockLevel, Topic};
 use crate::ports::{BusDepth, PortError};
 
 /// Outbox events counted, at most (an operator only needs "none" or "some").
@@ -40,13 +40,7 @@ impl Orderly {
         self.store.put_commodities(entries).await?;
         self.catalog.forget_all();
         for &(id, quantity) in stock {
-            let level = self.store.add_stock(id, u64::from(quantity)).await?;
-            let restock = crate::model::Restock {
-                key: format!("add-stock:{id}:{}", level.version),
-                shop_id: level.shop_id,
-                lines: vec![(id, quantity, level.version)],
-            };
-            self.cache.restock(&restock).await?;
+            self.stock_added(id, quantity).await?;
         }
         Ok(())
     }
@@ -57,9 +51,19 @@ impl Orderly {
         if self.store.commodity(id).await?.is_none() {
             return Ok(None);
         }
-        self.load_catalog(&[], &[(id, add)]).await?;
-        let level = self.store.stock(&[id]).await?.first().copied().flatten();
-        Ok(Some(level.map_or(0, |l| l.available)))
+        Ok(Some(self.stock_added(id, add).await?.available))
+    }
+
+    /// Adds stock in the store, then tells the cache by a versioned restock; the store's level after.
+    async fn stock_added(&self, id: CommodityId, quantity: u32) -> Result<StockLevel, PortError> {
+        let level = self.store.add_stock(id, u64::from(quantity)).await?;
+        let restock = Restock {
+            key: format!("add-stock:{id}:{}", level.version),
+            shop_id: level.shop_id,
+            lines: vec![(id, quantity, level.version)],
+        };
+        self.cache.restock(&restock).await?;
+        Ok(level)
     }
 
     /// The bus's queues and dead letters.
