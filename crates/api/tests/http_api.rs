@@ -329,3 +329,17 @@ async fn the_naive_baseline_route_is_off_by_default_and_creates_synchronously() 
     let (status, answer) = app.call("POST", "/api/baseline/orders", Some(&token), Some(too_many.to_string())).await;
     assert_eq!((status, answer["code"].clone()), (StatusCode::CONFLICT, json!("sold_out")));
 }
+
+#[tokio::test]
+async fn admin_stock_adds_to_a_known_commodity_and_refuses_an_unknown_one() {
+    let app = app().await;
+    let body = json!({"commodity_id": 1, "add": 5}).to_string();
+    let (status, answer) = app.call("POST", "/api/admin/stock", Some(ADMIN), Some(body)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((answer["data"]["commodity_id"].as_u64(), answer["data"]["available"].as_u64()), (Some(1), Some(15)));
+    let (status, answer) = app.call("GET", "/api/commodities/1", Some(&app.token(1)), None).await;
+    assert_eq!((status, answer["data"]["stock"].as_u64()), (StatusCode::OK, Some(15)), "the cache follows");
+    let body = json!({"commodity_id": 99, "add": 5}).to_string();
+    let (status, answer) = app.call("POST", "/api/admin/stock", Some(ADMIN), Some(body)).await;
+    assert_eq!((status, answer["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_commodity")));
+}
