@@ -22,6 +22,13 @@ pub struct WorkToDo {
     pub payments_pending: usize,
 }
 
+impl WorkToDo {
+    /// Nothing waiting, to relay or to settle (dead letters wait for an operator, not for the system).
+    pub fn is_quiet(&self) -> bool {
+        self.queued.iter().all(|(_, waiting)| *waiting == 0) && self.outbox == 0 && self.payments_pending == 0
+    }
+}
+
 impl Orderly {
     /// Price and stock of a commodity: the cache's view (what can still be sold), loaded if needed.
     pub async fn commodity(&self, id: CommodityId) -> Result<Option<(CatalogEntry, u64)>, PortError> {

@@ -95,8 +95,7 @@ const SETTLE_ROUNDS_MAX: usize = 24;
 pub async fn settle_and_audit(orderly: &Orderly, clock: &ManualClock) {
     for round in 0..SETTLE_ROUNDS_MAX {
         orderly.drain().await.expect("drain");
-        let work = orderly.work_to_do().await.expect("work to do");
-        if round >= 4 && work.queued.iter().all(|(_, n)| *n == 0) && work.outbox == 0 && work.payments_pending == 0 {
+        if round >= 4 && orderly.work_to_do().await.expect("work to do").is_quiet() {
             break;
         }
         clock.advance_ms(FlowConfig::default().unpaid_timeout_ms + 60_000);
