@@ -7,9 +7,10 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use orderly_api::{ApiState, RateLimitConfig, TokenAuth, router};
+use orderly_app::time::ManualClock;
 use orderly_app::{FlowConfig, Orderly};
 use orderly_domain::Uid;
-use orderly_local::{Durability, LocalConfig, ManualClock};
+use orderly_local::{Durability, LocalConfig};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -31,7 +32,8 @@ async fn app_configured(limits: RateLimitConfig, naive_baseline: bool) -> App {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(ManualClock::new(T0_MS));
     let local = LocalConfig { durability: Durability::Os, ..LocalConfig::default() };
-    let orderly = orderly_local::open(dir.path(), clock, FlowConfig::default(), &local).await.expect("opens");
+    let ports = orderly_local::open(dir.path(), clock, &local, None).await.expect("opens");
+    let orderly = Orderly::new(ports, FlowConfig::default());
     let auth = TokenAuth::new(b"test-secret-0123456789".to_vec(), ADMIN.to_owned());
     let router = router(ApiState::new(orderly.clone(), auth.clone(), &limits).with_naive_baseline(naive_baseline));
     let app = App { router, orderly, auth, _dir: dir };

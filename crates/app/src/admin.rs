@@ -3,8 +3,8 @@
 
 use orderly_domain::{CatalogEntry, CommodityId};
 
-use crate::flow::Orderly;
 use crate::model::{Restock, StockLevel, Topic};
+use crate::orderly::Orderly;
 use crate::ports::{BusDepth, PortError};
 
 /// Outbox events counted, at most (an operator only needs "none" or "some").
@@ -50,6 +50,25 @@ impl Orderly {
             self.stock_added(id, quantity).await?;
         }
         Ok(())
+    }
+
+    /// Admin: the commodities the store does not know yet, each with the stock it starts with; known ones
+    /// are skipped with their stock, so a catalog file loaded at every start adds nothing the second
+    /// time. How many were new.
+    pub async fn load_new_commodities(&self, commodities: &[(CatalogEntry, u32)]) -> Result<usize, PortError> {
+        let mut entries = Vec::new();
+        let mut stock = Vec::new();
+        for &(entry, quantity) in commodities {
+            if self.store.commodity(entry.commodity_id).await?.is_some() {
+                continue;
+            }
+            entries.push(entry);
+            if quantity > 0 {
+                stock.push((entry.commodity_id, quantity));
+            }
+        }
+        self.load_catalog(&entries, &stock).await?;
+        Ok(entries.len())
     }
 
     /// Admin: stock added to a commodity of the catalog. `None`: no such commodity (nothing added);

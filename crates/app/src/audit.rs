@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use orderly_domain::{CommodityId, OrderNo, OrderState};
 use serde::Serialize;
 
-use crate::flow::Orderly;
+use crate::orderly::Orderly;
 use crate::ports::PortError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -6,28 +6,34 @@
 //!   [`ports::OrderCache`], [`ports::Clock`], [`ports::IdGen`] — and the one error type infrastructure
 //!   failures map to.
 //! - [`model`]: what the ports exchange: orders, tokens, stock levels, messages, outbox events.
-//! - [`flow`]: the entry (place orders) and the buyer's actions (query, pay, cancel).
+//! - [`orderly`]: the wiring — [`Ports`], and [`Orderly`], the use-cases' one receiver (private fields).
+//! - [`entry`]: the entry (place orders). [`buyer`]: the buyer's actions (query, list, pay, cancel).
+//! - [`admin`]: the admin's (catalog, stock, work to do).
 //! - [`catalog`]: the entry's short-lived copy of catalog entries (prices are checked on every line).
-//! - [`workers`]: steppable consumers of the bus, the outbox relay and the payment reconciler.
+//! - [`workers`]: steppable consumers of the bus, the outbox relay and the payment reconciler (a module
+//!   each).
 //! - [`ids`]: the leased snowflake generator that stays unique across restarts.
 //! - [`audit`]: the invariants I1–I5 checked over a store and a cache.
-//! - [`payment_ledger`]: the payment service's ledger and simulated acquirer, over two storage ports
-//!   (embedded or PostgreSQL), with the rules written once.
+//! - [`time`]: the [`Clock`] port, the wall clock's steps, and [`time::ManualClock`] for tests.
 //! - [`store_rules`]: what every store decides (the batched create, a transition's stock return).
 //! - [`config`]: bounds and delays of the flow, each with a default.
 
 pub mod admin;
 pub mod audit;
+pub mod buyer;
 pub mod catalog;
 pub mod config;
-pub mod flow;
+pub mod entry;
 pub mod ids;
 pub mod model;
-pub mod payment_ledger;
+pub mod orderly;
 pub mod ports;
 pub mod store_rules;
+pub mod time;
 pub mod workers;
 
+pub use buyer::{Actor, OrderError, PayOutcome};
 pub use config::FlowConfig;
-pub use flow::{OrderError, Orderly, PayOutcome, PlaceError};
+pub use entry::PlaceError;
+pub use orderly::{Orderly, Ports};
 pub use ports::{Bus, Clock, IdGen, OrderCache, Payments, PortError, StockCache, Store};

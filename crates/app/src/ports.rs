@@ -31,79 +31,7 @@ impl PortError {
 
 pub type PortResult<T> = Result<T, PortError>;
 
-/// Milliseconds since the Unix epoch. Injected so tests and simulations control time.
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    /// The wall clock: stamps (accepted, updated) and the due times of delayed messages.
-    fn now_ms(&self) -> u64;
-    /// How far the wall clock has moved away from this process's monotonic time since it started, when
-    /// that is more than [`CLOCK_JUMP_TOLERANCE_MS`] (a step of the clock, not its slow correction);
-    /// 0 otherwise. Positive: stepped forward. For the log.
-    fn jump_ms(&self) -> i64 {
-        0
-    }
-    /// The time a deadline counted from `stamp_ms` (a wall stamp: an order's acceptance, a charge's
-    /// start) is judged by: the wall clock, less every forward step this process saw it take after the
-    /// stamp was made ([`WallSteps`]). So a clock stepped forward cannot make a deadline fire early, and a
-    /// stamp made after the step is judged in the step's own frame, not late by it. A clock stepped back
-    /// makes deadlines late, never early.
-    fn judged_now_ms(&self, stamp_ms: u64) -> u64 {
-        let _ = stamp_ms;
-        self.now_ms()
-    }
-}
-
-/// The forward steps of a wall clock, as one process saw them against its monotonic clock: where each
-/// began (the first wall reading after it) and how far it went. A stamp made before a step lies at least
-/// the step's size before where it began (the step skipped those wall times); one made after lies at or
-/// after it — half the step's size is the boundary, so a step seen a little late still sorts them.
-#[derive(Debug, Default)]
-pub struct WallSteps {
-    /// `wall − monotonic` at the last step seen: a reading within the tolerance of it is no new step.
-    offset_ms: std::sync::atomic::AtomicI64,
-    forward: std::sync::Mutex<Vec<(u64, u64)>>,
-}
-
-/// The forward steps remembered; older ones are forgotten (a stamp that old is past every deadline).
-const WALL_STEPS_KEPT: usize = 16;
-
-impl WallSteps {
-    pub const fn new() -> WallSteps {
-        WallSteps { offset_ms: std::sync::atomic::AtomicI64::new(0), forward: std::sync::Mutex::new(Vec::new()) }
-    }
-
-    /// Records a reading: `wall_ms`, and `offset_ms` = wall − monotonic. `Some(change)` when it shows a
-    /// step (forward if positive) since the last one seen — for the caller to say once in its log.
-    pub fn observe(&self, wall_ms: u64, offset_ms: i64) -> Option<i64> {
-        use std::sync::atomic::Ordering;
-        let seen = self.offset_ms.load(Ordering::Relaxed);
-        let change = offset_ms.saturating_sub(seen);
-        if change.abs() <= CLOCK_JUMP_TOLERANCE_MS
-            || self.offset_ms.compare_exchange(seen, offset_ms, Ordering::Relaxed, Ordering::Relaxed).is_err()
-        {
-            return None;
-        }
-        if change > 0 {
-            let mut forward = self.forward.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if forward.len() == WALL_STEPS_KEPT {
-                forward.remove(0);
-            }
-            forward.push((wall_ms, change.unsigned_abs()));
-        }
-        Some(change)
-    }
-
-    /// [`Clock::judged_now_ms`] for a stamp, the wall clock reading `now_ms`.
-    pub fn judged_now_ms(&self, now_ms: u64, stamp_ms: u64) -> u64 {
-        let forward = self.forward.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        forward
-            .iter()
-            .filter(|(began_ms, size_ms)| stamp_ms.saturating_add(size_ms / 2) < *began_ms)
-            .fold(now_ms, |judged, (_, size_ms)| judged.saturating_sub(*size_ms))
-    }
-}
-
-/// A difference between the wall clock and the monotonic clock smaller than this is drift, not a jump.
-pub const CLOCK_JUMP_TOLERANCE_MS: i64 = 1_000;
+pub use crate::time::Clock;
 
 #[async_trait]
 pub trait IdGen: Send + Sync + std::fmt::Debug {
@@ -179,6 +107,19 @@ pub enum ChangeRejection {
     PaymentInFlight,
 }
 
+/// A change of one order ([`Store::change_order`]). What it does is decided by
+/// `store_rules::plan_change`; a store reads the order (and the stock levels `store_rules::stock_to_lock`
+/// names), plans, and writes the plan in one atomic write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderChange {
+    /// A buyer's or a timer's action through the FSM (`store_rules::change`).
+    Action(OrderAction),
+    /// A payment attempt starts : the order enters the safe-pay set.
+    BeginPayment(PaymentAttempt),
+    /// The attempt ends : the order leaves the safe-pay set.
+    FinishPayment(PaymentResult),
+}
+
 /// What happened to one order of a create batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreateOutcome {
@@ -199,6 +140,10 @@ pub struct CreateRequest {
     pub token: Option<Token>,
     pub unpaid_deadline_ms: u64,
 }
+
+/// The reason an attempt voided for lack of an answer is declined with (the payment ledger's word for
+/// it): nothing was taken, and it is not the buyer's decline.
+pub const NO_ANSWER_REASON: &str = "acquirer_no_answer";
 
 /// How a payment attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,28 +197,41 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every order and every stock level as of one moment, for the audit: an order read before a
     /// transition and stock read after it would show stock that is not there.
     async fn audit_view(&self) -> PortResult<(Vec<Order>, Vec<(CommodityId, StockLevel)>)>;
-    /// Applies `action` through the order FSM atomically with its effects (stock return, outbox).
-    /// Cancel and auto-cancel are refused while a payment is in flight.
+    /// Applies a change to an order atomically with its effects: through the order FSM (an action, a
+    /// payment's end), the stock it returns, the outbox event it owes, its safe-pay entry. Cancel and
+    /// auto-cancel are refused while a payment is in flight.
+    async fn change_order(
+        &self,
+        order_no: OrderNo,
+        change: OrderChange,
+        now_ms: u64,
+    ) -> PortResult<Result<Order, ChangeRejection>>;
+    /// [`OrderChange::Action`].
     async fn transition(
         &self,
         order_no: OrderNo,
         action: OrderAction,
         now_ms: u64,
-    ) -> PortResult<Result<Order, ChangeRejection>>;
-
+    ) -> PortResult<Result<Order, ChangeRejection>> {
+        self.change_order(order_no, OrderChange::Action(action), now_ms).await
+    }
     /// `to_pay` with no attempt in flight → attempt recorded and put in the safe-pay set.
     async fn begin_payment(
         &self,
         order_no: OrderNo,
         attempt: PaymentAttempt,
-    ) -> PortResult<Result<Order, ChangeRejection>>;
+    ) -> PortResult<Result<Order, ChangeRejection>> {
+        self.change_order(order_no, OrderChange::BeginPayment(attempt), attempt.started_ms).await
+    }
     /// Ends the attempt: success → `paid` (FSM pay); otherwise back to `to_pay`. Leaves the safe-pay set.
     async fn finish_payment(
         &self,
         order_no: OrderNo,
         result: PaymentResult,
         now_ms: u64,
-    ) -> PortResult<Result<Order, ChangeRejection>>;
+    ) -> PortResult<Result<Order, ChangeRejection>> {
+        self.change_order(order_no, OrderChange::FinishPayment(result), now_ms).await
+    }
     /// Safe-pay entries due at `now_ms`, earliest first.
     async fn payments_due(&self, now_ms: u64, limit: usize) -> PortResult<Vec<OrderNo>>;
     /// Moves a safe-pay entry to a later check.

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use orderly_domain::{CommodityId, Effect, OrderAction, OrderNo, OrderState, transition};
 
 use crate::model::{IdempotencyRecord, Order, OutboxEvent, PaymentAttempt, Restock, StockLevel};
-use crate::ports::{ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, PaymentResult, PortError};
+use crate::ports::{
+    ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PaymentResult, PortError,
+};
 
 /// Stock as a write leaves it, by commodity.
 pub type Levels = BTreeMap<CommodityId, StockLevel>;
@@ -177,9 +179,8 @@ fn apply_transition(
 /// An order after a change, and the outbox event the change owes (a restock), if any.
 pub type Changed = (Order, Option<OutboxEvent>);
 
-/// Whether `action` on `order` would return stock: the store must then read (and lock) the levels of
-/// the order's lines for [`change`]. Anything else reads no stock.
-pub fn returns_stock(order: &Order, action: OrderAction) -> bool {
+/// Whether `action` on `order` would return stock (its lines' levels are then read for [`change`]).
+fn returns_stock(order: &Order, action: OrderAction) -> bool {
     transition(order.state, action).is_ok_and(|t| t.effects.contains(&Effect::ReturnStock))
 }
 
@@ -189,7 +190,7 @@ pub fn returns_stock(order: &Order, action: OrderAction) -> bool {
 /// The unpaid timeout also waits for a pay-at-once order whose charge has not ended in a decline: the
 /// buyer asked to pay, so the charge runs (and runs again after an attempt that got no answer) before the
 /// order may close unpaid.
-pub fn change(
+fn change(
     order: Order,
     action: OrderAction,
     levels: &mut Levels,
@@ -210,19 +211,82 @@ pub fn charge_owed(order: &Order) -> bool {
     order.pay_at_once && order.state == OrderState::ToPay && order.last_decline.is_none()
 }
 
+/// What a change does to the order's entry in the safe-pay set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SafePay {
+    Untouched,
+    /// Enters it (or moves it), due at this time.
+    Enter {
+        due_ms: u64,
+    },
+    Leave,
+}
+
+/// A change decided: what to write, in one atomic write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangePlan {
+    pub order: Order,
+    /// An outbox event the change owes (a restock, a new charge).
+    pub event: Option<OutboxEvent>,
+    /// Stock levels to write (the stock a change returned), by commodity.
+    pub stock: Vec<(CommodityId, StockLevel)>,
+    pub safe_pay: SafePay,
+}
+
+/// The commodities whose stock levels a store must read (and, where it locks, lock) before
+/// [`plan_change`] of `order`: its lines when the change returns stock, none otherwise.
+pub fn stock_to_lock(order: &Order, change: &OrderChange) -> Vec<CommodityId> {
+    match change {
+        OrderChange::Action(action) if returns_stock(order, *action) => {
+            order.lines.iter().map(|line| line.commodity_id).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Whether a change may return stock, whatever the order's state: a store that locks stock rows before
+/// the order's row reads the order unlocked first only then.
+pub fn may_return_stock(change: &OrderChange) -> bool {
+    matches!(change, OrderChange::Action(_))
+}
+
+/// Decides a change of `order` (as the store read it) against `levels`, the stock levels of
+/// [`stock_to_lock`] (a commodity without a ledger is absent). A refused change writes nothing.
+pub fn plan_change(
+    order: Order,
+    change: OrderChange,
+    mut levels: Levels,
+    now_ms: u64,
+) -> Result<Result<ChangePlan, ChangeRejection>, PortError> {
+    let (changed, safe_pay) = match change {
+        OrderChange::Action(action) => (self::change(order, action, &mut levels, now_ms)?, SafePay::Untouched),
+        OrderChange::BeginPayment(attempt) => (
+            begin_attempt(order, attempt).map(|order| (order, None)),
+            SafePay::Enter { due_ms: attempt.charge_deadline_ms },
+        ),
+        OrderChange::FinishPayment(result) => (finish_attempt(order, result, now_ms)?, SafePay::Leave),
+    };
+    Ok(changed.map(|(order, event)| {
+        // Levels are written only with the restock that tells the cache about them.
+        let returned = matches!(event, Some(OutboxEvent::RestockCache(_)));
+        let stock = if returned { levels.into_iter().collect() } else { Vec::new() };
+        ChangePlan { order, event, stock, safe_pay }
+    }))
+}
+
 /// An attempt that ended without the acquirer's word: it never started, or it was voided because no
 /// answer came (a timeout, a lost answer, an instance killed mid-charge). Nothing was taken, and it is
 /// not the buyer's decline.
 fn unanswered(result: &PaymentResult) -> bool {
     match result {
         PaymentResult::NeverCharged => true,
-        PaymentResult::Declined { reason } => reason == crate::payment_ledger::NO_ANSWER_REASON,
+        PaymentResult::Declined { reason } => reason == crate::ports::NO_ANSWER_REASON,
         PaymentResult::Succeeded { .. } => false,
     }
 }
 
 /// A payment attempt starts: only on an order that may be paid, one attempt at a time.
-pub fn begin_attempt(mut order: Order, attempt: PaymentAttempt) -> Result<Order, ChangeRejection> {
+fn begin_attempt(mut order: Order, attempt: PaymentAttempt) -> Result<Order, ChangeRejection> {
     if order.payment_attempt.is_some() {
         return Err(ChangeRejection::PaymentInFlight);
     }
@@ -237,7 +301,7 @@ pub fn begin_attempt(mut order: Order, attempt: PaymentAttempt) -> Result<Order,
 /// A pay-at-once order whose attempt got no answer from the acquirer is charged again: the outbox gets a
 /// new `Charge` (a new attempt with a new key; the ledger never charges an order twice), and no decline
 /// is recorded, so its unpaid timeout keeps waiting.
-pub fn finish_attempt(
+fn finish_attempt(
     mut order: Order,
     result: PaymentResult,
     now_ms: u64,

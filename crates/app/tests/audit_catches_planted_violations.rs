@@ -48,7 +48,7 @@ async fn duplicate_ids_orphans_and_stale_pending_orders_are_named() {
     let twin_b = order(1_000, 2, OrderState::Pending, 1, None);
     // A line naming a commodity the store has no ledger for.
     let unknown = order(2_000, 3, OrderState::Pending, 99, None);
-    h.orderly.store.insert_pending(&[twin_a.clone(), twin_b.clone(), unknown.clone()]).await.expect("planted");
+    h.ports.store.insert_pending(&[twin_a.clone(), twin_b.clone(), unknown.clone()]).await.expect("planted");
     // Keep the pending views pending: their create messages are not on the bus, so nothing finishes them.
     h.clock.advance_ms(120_000);
 
@@ -72,7 +72,7 @@ async fn leaked_stock_and_a_cache_that_disagrees_are_named() {
     // Stock added to the cache only (a restock the store never made): the cache would sell 5 more.
     h.orderly.commodity(CommodityId(1)).await.expect("loads commodity 1 into the cache");
     let restock = Restock { key: "planted".into(), shop_id: ShopId(100_001), lines: vec![(CommodityId(1), 5, 99)] };
-    h.orderly.cache.restock(&restock).await.expect("planted");
+    h.ports.cache.restock(&restock).await.expect("planted");
     let report = h.orderly.audit(true, 60_000).await.expect("audit");
     assert!(
         report.violations.iter().any(|x| matches!(x, Violation::CacheDisagrees { commodity_id: CommodityId(1), .. })),
@@ -86,7 +86,7 @@ async fn leaked_stock_and_a_cache_that_disagrees_are_named() {
     let undeducted = order(4_000, 5, OrderState::ToPay, 1, None);
     let mut oversold = order(5_000, 6, OrderState::Paid, 2, Some(0));
     oversold.lines[0].quantity = 11;
-    h.orderly.store.insert_pending(&[undeducted.clone(), oversold]).await.expect("planted");
+    h.ports.store.insert_pending(&[undeducted.clone(), oversold]).await.expect("planted");
     let report = h.orderly.audit(false, 60 * 60 * 1000).await.expect("audit");
     let v = &report.violations;
     assert!(
@@ -112,7 +112,7 @@ async fn pay_at_once_orders_closed_or_left_unpaid_without_a_decline_are_named() 
     let mut declined = order(8_000, 9, OrderState::Closed, 1, Some(0));
     (declined.pay_at_once, declined.last_decline) = (true, Some("insufficient_funds".into()));
     let later = order(9_000, 9, OrderState::Closed, 1, Some(0));
-    h.orderly.store.insert_pending(&[closed.clone(), left.clone(), declined, later]).await.expect("planted");
+    h.ports.store.insert_pending(&[closed.clone(), left.clone(), declined, later]).await.expect("planted");
     let unpaid = |v: &[Violation]| -> Vec<OrderNo> {
         v.iter()
             .filter_map(|x| match x {

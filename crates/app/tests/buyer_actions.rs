@@ -3,14 +3,14 @@
 mod common;
 
 use common::*;
+use orderly_app::Actor;
 use orderly_app::OrderError;
-use orderly_app::flow::Actor;
 use orderly_app::ports::ChangeRejection;
 use orderly_domain::{OrderState, TransitionRejection, Uid};
 
 #[tokio::test]
 async fn buyer_cancels_an_unpaid_order_and_the_stock_returns() {
-    let Harness { orderly, clock, .. } = harness(10).await;
+    let Harness { orderly, ports, clock, .. } = harness(10).await;
     let order_no = orderly.place_orders(&body(5, false, &[(1, 4)]), None).await.expect("accepted")[0];
     assert!(
         matches!(
@@ -38,7 +38,7 @@ async fn buyer_cancels_an_unpaid_order_and_the_stock_returns() {
         Err(OrderError::Refused(ChangeRejection::Transition(TransitionRejection::AlreadyFinal { .. })))
     ));
     orderly.drain().await.expect("relay runs");
-    assert_eq!(stock(&orderly, 1).await, (10, Some(10)));
+    assert_eq!(stock(&ports, 1).await, (10, Some(10)));
     settle_and_audit(&orderly, &clock).await;
 }
 

@@ -6,61 +6,61 @@
 mod common;
 
 use common::*;
-use orderly_app::flow::Actor;
+use orderly_app::Actor;
 use orderly_domain::{CommodityId, OrderState};
 
 #[tokio::test]
 async fn a_cache_lost_between_claim_and_commit_is_corrected_by_the_confirmation() {
     let mut h = harness(10).await;
-    let cache = LosableCache::install(&mut h.orderly);
+    let cache = LosableCache::install(&mut h.orderly, &mut h.ports);
     let order_nos = h.orderly.place_orders(&body(1, false, &[(1, 3)]), None).await.expect("accepted");
-    assert_eq!(stock(&h.orderly, 1).await, (10, Some(7)));
+    assert_eq!(stock(&h.ports, 1).await, (10, Some(7)));
 
     // The worker claims the reservation, then the cache is lost and a buyer's request reloads the
     // counter from the store (10: the creation has not committed yet), then the creation commits (7).
     cache.lose_at_next_claim();
     h.orderly.drain().await.expect("drain");
-    assert_eq!(state(&h.orderly, order_nos[0]).await, OrderState::ToPay);
-    assert_eq!(stock(&h.orderly, 1).await, (7, Some(7)), "the confirmation carried the deduction");
+    assert_eq!(state(&h.ports, order_nos[0]).await, OrderState::ToPay);
+    assert_eq!(stock(&h.ports, 1).await, (7, Some(7)), "the confirmation carried the deduction");
 
     // A redelivered creation, and the reservation check, change nothing more.
-    let mut copy = order(&h.orderly, order_nos[0]).await;
+    let mut copy = order(&h.ports, order_nos[0]).await;
     copy.state = OrderState::Pending;
     let message = orderly_app::model::Outgoing {
         message: orderly_app::model::Message::CreateOrder(Box::new(copy)),
         deliver_at_ms: T0_MS,
     };
-    h.orderly.bus.publish(vec![message]).await.expect("publish");
+    h.ports.bus.publish(vec![message]).await.expect("publish");
     settle_and_audit(&h.orderly, &h.clock).await;
     // Never paid: its timeout closed it and everything came back, to both.
-    assert_eq!(stock(&h.orderly, 1).await, (10, Some(10)));
+    assert_eq!(stock(&h.ports, 1).await, (10, Some(10)));
 }
 
 #[tokio::test]
 async fn a_return_while_a_counter_reloads_is_kept_for_the_load() {
     let mut h = harness(10).await;
-    let cache = LosableCache::install(&mut h.orderly);
+    let cache = LosableCache::install(&mut h.orderly, &mut h.ports);
     let order_nos = h.orderly.place_orders(&body(1, false, &[(1, 3)]), None).await.expect("accepted");
     h.orderly.drain().await.expect("drain");
-    assert_eq!(stock(&h.orderly, 1).await, (7, Some(7)));
+    assert_eq!(stock(&h.ports, 1).await, (7, Some(7)));
 
     // The cache is lost; a reload reads the store (7) …
     cache.lose();
-    let read = h.orderly.store.stock(&[CommodityId(1)]).await.expect("store")[0].expect("stocked");
+    let read = h.ports.store.stock(&[CommodityId(1)]).await.expect("store")[0].expect("stocked");
     // … the buyer cancels and the relay tells the cache, whose counter is not there yet …
     h.orderly.cancel(Actor::Buyer(orderly_domain::Uid(1)), order_nos[0]).await.expect("cancelled");
     h.orderly.drain().await.expect("drain");
-    assert_eq!(stock(&h.orderly, 1).await, (10, None));
+    assert_eq!(stock(&h.ports, 1).await, (10, None));
     // … then the reload lands with what it read: the return is added to it.
-    h.orderly.cache.init(&[(CommodityId(1), read)]).await.expect("init");
-    assert_eq!(stock(&h.orderly, 1).await, (10, Some(10)));
+    h.ports.cache.init(&[(CommodityId(1), read)]).await.expect("init");
+    assert_eq!(stock(&h.ports, 1).await, (10, Some(10)));
     settle_and_audit(&h.orderly, &h.clock).await;
 }
 
 #[tokio::test]
 async fn orders_accepted_before_a_loss_finish_and_leave_the_cache_equal_to_the_store() {
     let mut h = harness(50).await;
-    let cache = LosableCache::install(&mut h.orderly);
+    let cache = LosableCache::install(&mut h.orderly, &mut h.ports);
     let mut accepted = Vec::new();
     for uid in 1..=10 {
         accepted.extend(h.orderly.place_orders(&body(uid, uid % 2 == 0, &[(1, 2), (2, 1)]), None).await.expect("ok"));
@@ -74,10 +74,10 @@ async fn orders_accepted_before_a_loss_finish_and_leave_the_cache_equal_to_the_s
     cache.lose_at_next_claim();
     settle_and_audit(&h.orderly, &h.clock).await;
     for order_no in accepted {
-        let state = state(&h.orderly, order_no).await;
+        let state = state(&h.ports, order_no).await;
         assert!(matches!(state, OrderState::Paid | OrderState::Closed), "{order_no} {state:?}");
     }
-    let (store, cache) = stock(&h.orderly, 1).await;
+    let (store, cache) = stock(&h.ports, 1).await;
     assert_eq!(Some(store), cache);
 }
 
@@ -86,8 +86,8 @@ async fn orders_accepted_before_a_loss_finish_and_leave_the_cache_equal_to_the_s
 /// of ending `rejected` while its stock is there.
 #[tokio::test]
 async fn a_cache_emptied_again_after_each_load_is_unavailable_not_out_of_stock() {
-    let Harness { mut orderly, clock, .. } = harness(10).await;
-    let cache = LosableCache::install(&mut orderly);
+    let Harness { mut orderly, mut ports, clock, .. } = harness(10).await;
+    let cache = LosableCache::install(&mut orderly, &mut ports);
     cache.lose();
     cache.lose_after_loads(usize::MAX);
     let answer = orderly.place_orders(&body(1, false, &[(1, 1)]), None).await;
@@ -99,10 +99,10 @@ async fn a_cache_emptied_again_after_each_load_is_unavailable_not_out_of_stock()
     cache.lose();
     cache.lose_after_loads(usize::MAX);
     let _ = orderly.drain().await;
-    assert_eq!(state(&orderly, accepted[0]).await, OrderState::Pending, "waits; not rejected");
+    assert_eq!(state(&ports, accepted[0]).await, OrderState::Pending, "waits; not rejected");
     cache.lose_after_loads(0);
-    clock.advance_ms(orderly.config.redelivery_delay_ms_max);
+    clock.advance_ms(orderly.config().redelivery_delay_ms_max);
     orderly.drain().await.expect("workers run");
-    assert_eq!(state(&orderly, accepted[0]).await, OrderState::ToPay);
+    assert_eq!(state(&ports, accepted[0]).await, OrderState::ToPay);
     settle_and_audit(&orderly, &clock).await;
 }

@@ -8,15 +8,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use common::*;
-use orderly_app::flow::Actor;
+use orderly_app::Actor;
 use orderly_app::model::{
-    Delivery, IdempotencyRecord, Message, Order, OutboxEvent, Outgoing, PaymentAttempt, StockLevel, StoredAnswer, Topic,
+    Delivery, IdempotencyRecord, Message, Order, OutboxEvent, Outgoing, StockLevel, StoredAnswer, Topic,
 };
 use orderly_app::ports::{
-    BusDepth, ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, PaymentResult, PortError, PortResult,
+    BusDepth, ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PortError, PortResult,
 };
-use orderly_app::{Bus, OrderError, PlaceError, Store};
-use orderly_domain::{CatalogEntry, CommodityId, OrderAction, OrderNo, OrderState, Uid};
+use orderly_app::{Bus, OrderError, PlaceError, Ports, Store};
+use orderly_domain::{CatalogEntry, CommodityId, OrderNo, OrderState, Uid};
 
 /// A store whose writes fail while their flag is set: the pending view, the idempotency answer (the
 /// one store write after the publish), the deletion of pending views.
@@ -29,14 +29,14 @@ struct FaultyStore {
 }
 
 impl FaultyStore {
-    fn install(orderly: &mut orderly_app::Orderly) -> Arc<FaultyStore> {
+    fn install(orderly: &mut orderly_app::Orderly, ports: &mut Ports) -> Arc<FaultyStore> {
         let store = Arc::new(FaultyStore {
-            inner: Arc::clone(&orderly.store),
+            inner: Arc::clone(&ports.store),
             pending_down: AtomicBool::new(false),
             answer_down: AtomicBool::new(false),
             forget_down: AtomicBool::new(false),
         });
-        orderly.store = Arc::clone(&store) as Arc<dyn Store>;
+        rewire(orderly, ports, |ports| ports.store = Arc::clone(&store) as Arc<dyn Store>);
         store
     }
 }
@@ -85,28 +85,13 @@ impl Store for FaultyStore {
     async fn audit_view(&self) -> PortResult<(Vec<Order>, Vec<(CommodityId, StockLevel)>)> {
         self.inner.audit_view().await
     }
-    async fn transition(
+    async fn change_order(
         &self,
         order_no: OrderNo,
-        action: OrderAction,
+        change: OrderChange,
         now_ms: u64,
     ) -> PortResult<Result<Order, ChangeRejection>> {
-        self.inner.transition(order_no, action, now_ms).await
-    }
-    async fn begin_payment(
-        &self,
-        order_no: OrderNo,
-        attempt: PaymentAttempt,
-    ) -> PortResult<Result<Order, ChangeRejection>> {
-        self.inner.begin_payment(order_no, attempt).await
-    }
-    async fn finish_payment(
-        &self,
-        order_no: OrderNo,
-        result: PaymentResult,
-        now_ms: u64,
-    ) -> PortResult<Result<Order, ChangeRejection>> {
-        self.inner.finish_payment(order_no, result, now_ms).await
+        self.inner.change_order(order_no, change, now_ms).await
     }
     async fn payments_due(&self, now_ms: u64, limit: usize) -> PortResult<Vec<OrderNo>> {
         self.inner.payments_due(now_ms, limit).await
@@ -159,15 +144,15 @@ struct FaultyBus {
 }
 
 impl FaultyBus {
-    fn install(orderly: &mut orderly_app::Orderly) -> Arc<FaultyBus> {
+    fn install(orderly: &mut orderly_app::Orderly, ports: &mut Ports) -> Arc<FaultyBus> {
         let bus = Arc::new(FaultyBus {
-            inner: Arc::clone(&orderly.bus),
-            store: Arc::clone(&orderly.store),
+            inner: Arc::clone(&ports.bus),
+            store: Arc::clone(&ports.store),
             lying: AtomicBool::new(false),
             down: AtomicBool::new(false),
             creates_without_view: AtomicUsize::new(0),
         });
-        orderly.bus = Arc::clone(&bus) as Arc<dyn Bus>;
+        rewire(orderly, ports, |ports| ports.bus = Arc::clone(&bus) as Arc<dyn Bus>);
         bus
     }
 }
@@ -216,8 +201,8 @@ impl Bus for FaultyBus {
 /// an error for an order that then existed and was charged.
 #[tokio::test]
 async fn a_store_failure_after_the_publish_still_answers_success() {
-    let Harness { mut orderly, clock, .. } = harness(10).await;
-    let store = FaultyStore::install(&mut orderly);
+    let Harness { mut orderly, mut ports, clock, .. } = harness(10).await;
+    let store = FaultyStore::install(&mut orderly, &mut ports);
     store.answer_down.store(true, Ordering::SeqCst);
     let answer = orderly.place_orders(&seed_body(), Some("k-1")).await;
     let order_nos = answer.expect("the creates were durable: success");
@@ -225,12 +210,12 @@ async fn a_store_failure_after_the_publish_still_answers_success() {
     store.answer_down.store(false, Ordering::SeqCst);
     orderly.drain().await.expect("workers run");
     for order_no in &order_nos {
-        assert_eq!(state(&orderly, *order_no).await, OrderState::Paid);
+        assert_eq!(state(&ports, *order_no).await, OrderState::Paid);
     }
     // A retry with the key is answered the same numbers and creates nothing more.
     assert_eq!(orderly.place_orders(&seed_body(), Some("k-1")).await.expect("retry"), order_nos);
     orderly.drain().await.expect("workers run");
-    assert_eq!(orderly.payments.succeeded().await.expect("ledger").len(), 2);
+    assert_eq!(ports.payments.succeeded().await.expect("ledger").len(), 2);
     settle_and_audit(&orderly, &clock).await;
 }
 
@@ -240,8 +225,8 @@ async fn a_store_failure_after_the_publish_still_answers_success() {
 /// cancel find the order from the answer on.
 #[tokio::test]
 async fn the_pending_view_is_written_before_the_create_is_published() {
-    let Harness { mut orderly, clock, .. } = harness(10).await;
-    let bus = FaultyBus::install(&mut orderly);
+    let Harness { mut orderly, mut ports, clock, .. } = harness(10).await;
+    let bus = FaultyBus::install(&mut orderly, &mut ports);
     let order_nos = orderly.place_orders(&seed_body(), None).await.expect("accepted");
     assert_eq!(bus.creates_without_view.load(Ordering::SeqCst), 0, "every create had its view already");
     let buyer = Actor::Buyer(seed_body().uid);
@@ -261,22 +246,22 @@ async fn the_pending_view_is_written_before_the_create_is_published() {
         "{cancel:?}"
     );
     orderly.drain().await.expect("workers run");
-    assert_eq!(state(&orderly, order_nos[0]).await, OrderState::Paid);
+    assert_eq!(state(&ports, order_nos[0]).await, OrderState::Paid);
     settle_and_audit(&orderly, &clock).await;
 }
 
 /// The pending view cannot be written: 503, nothing held, nothing published, nothing found.
 #[tokio::test]
 async fn a_failed_pending_view_answers_an_error_and_leaves_nothing() {
-    let Harness { mut orderly, clock, .. } = harness(10).await;
-    let store = FaultyStore::install(&mut orderly);
+    let Harness { mut orderly, mut ports, clock, .. } = harness(10).await;
+    let store = FaultyStore::install(&mut orderly, &mut ports);
     store.pending_down.store(true, Ordering::SeqCst);
     let answer = orderly.place_orders(&seed_body(), None).await;
     assert!(matches!(answer, Err(PlaceError::Unavailable(_))), "{answer:?}");
     store.pending_down.store(false, Ordering::SeqCst);
-    assert_eq!(stock(&orderly, 1).await, (10, Some(10)), "nothing held after the error answer");
+    assert_eq!(stock(&ports, 1).await, (10, Some(10)), "nothing held after the error answer");
     orderly.drain().await.expect("workers run");
-    let (orders, _) = orderly.store.audit_view().await.expect("view");
+    let (orders, _) = ports.store.audit_view().await.expect("view");
     assert!(orders.is_empty(), "{orders:?}");
     settle_and_audit(&orderly, &clock).await;
 }
@@ -285,8 +270,8 @@ async fn a_failed_pending_view_answers_an_error_and_leaves_nothing() {
 /// deleted either (the store failed too): the views are left behind, the faults cleared again.
 async fn views_left_behind(idempotency_key: Option<&str>) -> Harness {
     let mut harness = harness(10).await;
-    let store = FaultyStore::install(&mut harness.orderly);
-    let bus = FaultyBus::install(&mut harness.orderly);
+    let store = FaultyStore::install(&mut harness.orderly, &mut harness.ports);
+    let bus = FaultyBus::install(&mut harness.orderly, &mut harness.ports);
     bus.down.store(true, Ordering::SeqCst);
     store.forget_down.store(true, Ordering::SeqCst);
     let answer = harness.orderly.place_orders(&seed_body(), idempotency_key).await;
@@ -302,16 +287,16 @@ async fn views_left_behind(idempotency_key: Option<&str>) -> Harness {
 /// `pending` for ever.
 #[tokio::test]
 async fn a_pending_view_left_behind_an_error_answer_ends_rejected() {
-    let Harness { orderly, clock, .. } = views_left_behind(None).await;
-    let (orders, _) = orderly.store.audit_view().await.expect("view");
+    let Harness { orderly, ports, clock, .. } = views_left_behind(None).await;
+    let (orders, _) = ports.store.audit_view().await.expect("view");
     assert_eq!(orders.len(), 2, "the views were left behind");
-    clock.advance_ms(orderly.config.reservation_check_delay_ms);
+    clock.advance_ms(orderly.config().reservation_check_delay_ms);
     orderly.drain().await.expect("workers run");
-    let (orders, _) = orderly.store.audit_view().await.expect("view");
+    let (orders, _) = ports.store.audit_view().await.expect("view");
     assert!(orders.iter().all(|o| o.state == OrderState::Rejected), "{orders:?}");
-    assert_eq!(stock(&orderly, 1).await, (10, Some(10)));
-    assert_eq!(stock(&orderly, 2).await, (10, Some(10)));
-    assert!(orderly.payments.succeeded().await.expect("ledger").is_empty(), "nothing charged");
+    assert_eq!(stock(&ports, 1).await, (10, Some(10)));
+    assert_eq!(stock(&ports, 2).await, (10, Some(10)));
+    assert!(ports.payments.succeeded().await.expect("ledger").is_empty(), "nothing charged");
     settle_and_audit(&orderly, &clock).await;
 }
 
@@ -320,10 +305,10 @@ async fn a_pending_view_left_behind_an_error_answer_ends_rejected() {
 /// numbers, charging nothing more.
 #[tokio::test]
 async fn a_pending_view_left_behind_with_a_key_is_completed_by_its_check() {
-    let Harness { orderly, clock, .. } = views_left_behind(Some("k-9")).await;
-    clock.advance_ms(orderly.config.reservation_check_delay_ms);
+    let Harness { orderly, ports, clock, .. } = views_left_behind(Some("k-9")).await;
+    clock.advance_ms(orderly.config().reservation_check_delay_ms);
     orderly.drain().await.expect("workers run");
-    let (orders, _) = orderly.store.audit_view().await.expect("view");
+    let (orders, _) = ports.store.audit_view().await.expect("view");
     assert_eq!(orders.len(), 2);
     assert!(orders.iter().all(|o| o.state == OrderState::Paid), "{orders:?}");
     let mut numbers: Vec<OrderNo> = orders.iter().map(|o| o.order_no).collect();
@@ -332,7 +317,7 @@ async fn a_pending_view_left_behind_with_a_key_is_completed_by_its_check() {
     retried.sort_unstable();
     assert_eq!(retried, numbers, "the retry is answered the same numbers");
     orderly.drain().await.expect("workers run");
-    assert_eq!(orderly.payments.succeeded().await.expect("ledger").len(), 2, "charged once each");
+    assert_eq!(ports.payments.succeeded().await.expect("ledger").len(), 2, "charged once each");
     settle_and_audit(&orderly, &clock).await;
 }
 
@@ -341,24 +326,24 @@ async fn a_pending_view_left_behind_with_a_key_is_completed_by_its_check() {
 /// every unit is back, nothing is charged.
 #[tokio::test]
 async fn a_publish_that_landed_behind_an_error_answer_creates_nothing() {
-    let Harness { mut orderly, clock, .. } = harness(10).await;
-    let bus = FaultyBus::install(&mut orderly);
+    let Harness { mut orderly, mut ports, clock, .. } = harness(10).await;
+    let bus = FaultyBus::install(&mut orderly, &mut ports);
     bus.lying.store(true, Ordering::SeqCst);
     let answer = orderly.place_orders(&seed_body(), None).await;
     assert!(matches!(answer, Err(PlaceError::Unavailable(_))), "{answer:?}");
     bus.lying.store(false, Ordering::SeqCst);
-    assert_eq!(stock(&orderly, 1).await, (10, Some(10)), "nothing held after the error answer");
+    assert_eq!(stock(&ports, 1).await, (10, Some(10)), "nothing held after the error answer");
     orderly.drain().await.expect("workers run");
-    let (orders, _) = orderly.store.audit_view().await.expect("view");
+    let (orders, _) = ports.store.audit_view().await.expect("view");
     assert_eq!(orders.len(), 2, "the creates did land");
     assert!(orders.iter().all(|o| o.state == OrderState::Rejected), "{orders:?}");
-    assert_eq!(stock(&orderly, 1).await, (10, Some(10)));
-    assert_eq!(stock(&orderly, 2).await, (10, Some(10)));
-    assert!(orderly.payments.succeeded().await.expect("ledger").is_empty(), "nothing charged");
+    assert_eq!(stock(&ports, 1).await, (10, Some(10)));
+    assert_eq!(stock(&ports, 2).await, (10, Some(10)));
+    assert!(ports.payments.succeeded().await.expect("ledger").is_empty(), "nothing charged");
     // The buyer's retry (a new cart, no key) is accepted and created.
     let order_nos = orderly.place_orders(&seed_body(), None).await.expect("accepted");
     orderly.drain().await.expect("workers run");
-    assert_eq!(state(&orderly, order_nos[0]).await, OrderState::Paid);
+    assert_eq!(state(&ports, order_nos[0]).await, OrderState::Paid);
     settle_and_audit(&orderly, &clock).await;
 }
 
@@ -368,11 +353,11 @@ async fn a_publish_that_landed_behind_an_error_answer_creates_nothing() {
 /// create; found by the stock-conservation property).
 #[tokio::test]
 async fn a_create_queued_past_the_token_ttl_still_consumes_its_reservation() {
-    let Harness { orderly, clock, .. } = harness(6).await;
+    let Harness { orderly, ports, clock, .. } = harness(6).await;
     let order_no = orderly.place_orders(&body(1, false, &[(1, 1)]), None).await.expect("accepted")[0];
     clock.advance_ms(orderly_local::LocalConfig::default().token_ttl_ms * 2);
     orderly.drain().await.expect("workers run");
-    assert_eq!(state(&orderly, order_no).await, OrderState::ToPay);
-    assert_eq!(stock(&orderly, 1).await, (5, Some(5)), "one unit taken, in the store and in the cache");
+    assert_eq!(state(&ports, order_no).await, OrderState::ToPay);
+    assert_eq!(stock(&ports, 1).await, (5, Some(5)), "one unit taken, in the store and in the cache");
     settle_and_audit(&orderly, &clock).await;
 }

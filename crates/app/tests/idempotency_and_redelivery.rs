@@ -9,11 +9,11 @@ use orderly_domain::OrderState;
 
 #[tokio::test]
 async fn a_retry_with_the_same_key_returns_the_first_answer_and_creates_nothing() {
-    let Harness { orderly, clock, .. } = harness(10).await;
+    let Harness { orderly, ports, clock, .. } = harness(10).await;
     let first = orderly.place_orders(&seed_body(), Some("key-1")).await.expect("accepted");
     let retry = orderly.place_orders(&seed_body(), Some("key-1")).await.expect("replayed");
     assert_eq!(first, retry);
-    assert_eq!(stock(&orderly, 1).await, (10, Some(9)), "reserved once");
+    assert_eq!(stock(&ports, 1).await, (10, Some(9)), "reserved once");
     let mut other = seed_body();
     other.commodity_details[0].num = 2;
     assert!(matches!(orderly.place_orders(&other, Some("key-1")).await, Err(PlaceError::IdempotencyKeyReused)));
@@ -29,7 +29,7 @@ async fn a_retry_with_the_same_key_returns_the_first_answer_and_creates_nothing(
 
 #[tokio::test]
 async fn racing_retries_with_one_key_create_each_order_once() {
-    let Harness { orderly, clock, .. } = harness(10).await;
+    let Harness { orderly, ports, clock, .. } = harness(10).await;
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let orderly = orderly.clone();
@@ -41,30 +41,30 @@ async fn racing_retries_with_one_key_create_each_order_once() {
     }
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "every retry got the same order numbers");
     orderly.drain().await.expect("workers run");
-    assert_eq!(stock(&orderly, 1).await, (9, Some(9)));
+    assert_eq!(stock(&ports, 1).await, (9, Some(9)));
     settle_and_audit(&orderly, &clock).await;
 }
 
 #[tokio::test]
 async fn a_redelivered_create_message_changes_nothing() {
-    let Harness { orderly, clock, .. } = harness(10).await;
+    let Harness { orderly, ports, clock, .. } = harness(10).await;
     let order_no = orderly.place_orders(&body(5, false, &[(1, 2)]), None).await.expect("accepted")[0];
     orderly.drain().await.expect("workers run");
-    let created = order(&orderly, order_no).await;
+    let created = order(&ports, order_no).await;
     // The same message again, as a broker would redeliver it.
     let mut pending = created.clone();
     pending.state = OrderState::Pending;
     let now_ms = orderly_app::Clock::now_ms(clock.as_ref());
     for _ in 0..3 {
-        orderly
+        ports
             .bus
             .publish(vec![Outgoing { message: Message::CreateOrder(Box::new(pending.clone())), deliver_at_ms: now_ms }])
             .await
             .expect("publishes");
     }
     orderly.drain().await.expect("workers run");
-    assert_eq!(state(&orderly, order_no).await, OrderState::ToPay);
-    assert_eq!(stock(&orderly, 1).await, (8, Some(8)), "deducted once");
+    assert_eq!(state(&ports, order_no).await, OrderState::ToPay);
+    assert_eq!(stock(&ports, 1).await, (8, Some(8)), "deducted once");
     settle_and_audit(&orderly, &clock).await;
 }
 
@@ -73,18 +73,18 @@ async fn a_redelivered_create_message_changes_nothing() {
 /// units are not sold again and the accepted order is created, not rejected.
 #[tokio::test]
 async fn a_queued_create_keeps_its_reservation_through_the_check() {
-    let Harness { orderly, clock, .. } = harness(2).await;
+    let Harness { orderly, ports, clock, .. } = harness(2).await;
     let accepted = orderly.place_orders(&body(5, false, &[(1, 2)]), None).await.expect("accepted")[0];
     // The check fires before any worker took the create message.
-    clock.advance_ms(orderly.config.reservation_check_delay_ms);
+    clock.advance_ms(orderly.config().reservation_check_delay_ms);
     orderly.try_execute(orderly_app::workers::Step::ReservationChecks).await.expect("check runs");
-    assert_eq!(stock(&orderly, 1).await, (2, Some(0)), "the queued create's units stay held");
+    assert_eq!(stock(&ports, 1).await, (2, Some(0)), "the queued create's units stay held");
     // So nobody else can buy them meanwhile.
     let other = orderly.place_orders(&body(6, false, &[(1, 2)]), None).await;
     assert!(matches!(other, Err(orderly_app::PlaceError::SoldOut { .. })), "{other:?}");
     orderly.drain().await.expect("workers run");
-    assert_eq!(state(&orderly, accepted).await, OrderState::ToPay);
-    assert_eq!(stock(&orderly, 1).await, (0, Some(0)));
+    assert_eq!(state(&ports, accepted).await, OrderState::ToPay);
+    assert_eq!(stock(&ports, 1).await, (0, Some(0)));
     settle_and_audit(&orderly, &clock).await;
 }
 
@@ -92,28 +92,28 @@ async fn a_queued_create_keeps_its_reservation_through_the_check() {
 /// still given back by its check, and a late reserve of the released token is refused.
 #[tokio::test]
 async fn a_reservation_without_a_create_is_released_by_its_check() {
-    let Harness { orderly, clock, .. } = harness(10).await;
+    let Harness { orderly, ports, clock, .. } = harness(10).await;
     let token = Token::entry(
         orderly_domain::OrderNo::new(orderly_domain::SnowflakeId(77), orderly_domain::Uid(5)),
         orderly_domain::ShopId(100_001),
     );
-    let now_ms = orderly_app::Clock::now_ms(&*orderly.clock);
-    orderly
+    let now_ms = orderly_app::Clock::now_ms(&*ports.clock);
+    ports
         .bus
         .publish(vec![Outgoing {
             message: Message::ReservationCheck { token },
-            deliver_at_ms: now_ms + orderly.config.reservation_check_delay_ms,
+            deliver_at_ms: now_ms + orderly.config().reservation_check_delay_ms,
         }])
         .await
         .expect("publishes");
     let lines = [(orderly_domain::CommodityId(1), 2)];
     orderly.commodity(orderly_domain::CommodityId(1)).await.expect("loads the counter");
-    assert_eq!(orderly.cache.reserve(token, &lines, false).await, Ok(orderly_app::ports::Reserve::Reserved));
-    assert_eq!(stock(&orderly, 1).await, (10, Some(8)));
-    clock.advance_ms(orderly.config.reservation_check_delay_ms);
+    assert_eq!(ports.cache.reserve(token, &lines, false).await, Ok(orderly_app::ports::Reserve::Reserved));
+    assert_eq!(stock(&ports, 1).await, (10, Some(8)));
+    clock.advance_ms(orderly.config().reservation_check_delay_ms);
     orderly.drain().await.expect("workers run");
-    assert_eq!(stock(&orderly, 1).await, (10, Some(10)), "the orphan reservation was returned");
-    let again = orderly.cache.reserve(token, &lines, false).await;
+    assert_eq!(stock(&ports, 1).await, (10, Some(10)), "the orphan reservation was returned");
+    let again = ports.cache.reserve(token, &lines, false).await;
     assert_eq!(again, Ok(orderly_app::ports::Reserve::AlreadyHeld(orderly_app::model::TokenState::Released)));
     settle_and_audit(&orderly, &clock).await;
 }

@@ -8,14 +8,12 @@ mod common;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use common::*;
-use orderly_app::OrderCache;
-use orderly_app::flow::Actor;
 use orderly_app::model::Order;
 use orderly_app::ports::PortResult;
+use orderly_app::{Actor, FlowConfig, OrderCache, Orderly};
 use orderly_domain::{OrderNo, OrderState, Uid};
 
 #[derive(Debug, Default)]
@@ -49,8 +47,9 @@ impl OrderCache for MemoryOrders {
 async fn with_order_cache(stock: u32) -> (Harness, Arc<MemoryOrders>) {
     let mut h = harness(stock).await;
     let copies = Arc::new(MemoryOrders::default());
-    h.orderly.orders = Some(Arc::clone(&copies) as Arc<dyn OrderCache>);
-    h.orderly.config.order_cache_second_delete_ms = 50;
+    h.ports.orders = Some(Arc::clone(&copies) as Arc<dyn OrderCache>);
+    let flow = FlowConfig { order_cache_second_delete_ms: 50, ..FlowConfig::default() };
+    h.orderly = Orderly::new(h.ports.clone(), flow);
     (h, copies)
 }
 
@@ -78,14 +77,18 @@ async fn a_stale_copy_put_back_after_a_change_is_gone_after_the_second_delete() 
     let (h, copies) = with_order_cache(10).await;
     let order_no = h.orderly.place_orders(&body(1, false, &[(1, 1)]), None).await.expect("accepted")[0];
     h.orderly.drain().await.expect("drain");
-    let before = order(&h.orderly, order_no).await;
+    let before = order(&h.ports, order_no).await;
     assert_eq!(before.state, OrderState::ToPay);
 
     h.orderly.cancel(Actor::Buyer(Uid(1)), order_no).await.expect("cancelled");
     // A query that read the store just before the cancel puts its copy back after the first delete.
     copies.put(&before).await.expect("put");
     assert_eq!(seen(&h, order_no).await, OrderState::ToPay, "the window the second delete closes");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.clock.advance_ms(49);
+    tokio::task::yield_now().await;
+    assert_eq!(seen(&h, order_no).await, OrderState::ToPay, "not before the second delete's time");
+    h.clock.advance_ms(1);
+    sleeps_ended(&h.clock).await;
     assert_eq!(seen(&h, order_no).await, OrderState::Cancelled);
 }
 

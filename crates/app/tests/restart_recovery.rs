@@ -6,8 +6,9 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use orderly_app::time::ManualClock;
 use orderly_domain::OrderState;
-use orderly_local::{AcquirerConfig, ManualClock};
+use orderly_local::AcquirerConfig;
 
 #[tokio::test]
 async fn accepted_orders_survive_a_restart_before_any_worker_ran() {
@@ -19,22 +20,23 @@ async fn accepted_orders_survive_a_restart_before_any_worker_ran() {
             harness.orderly.place_orders(&body(uid + 10, uid % 2 == 0, &[(1, 2)]), None).await.expect("accepted"),
         );
     }
-    assert_eq!(stock(&harness.orderly, 1).await, (10, Some(2)));
+    assert_eq!(stock(&harness.ports, 1).await, (10, Some(2)));
     // Stop: the in-memory cache and its reservations are gone; only the database remains.
     drop(harness.orderly);
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    drop(harness.ports);
+    database_closed().await;
 
     let clock = Arc::new(ManualClock::new(T0_MS + 1_000));
-    let orderly = open_at(dir.path(), Arc::clone(&clock), AcquirerConfig::default()).await;
-    assert_eq!(stock(&orderly, 1).await, (10, Some(10)), "cache rebuilt from the store");
+    let (orderly, ports) = open_at(dir.path(), Arc::clone(&clock), AcquirerConfig::default()).await;
+    assert_eq!(stock(&ports, 1).await, (10, Some(10)), "cache rebuilt from the store");
     for order_no in &accepted {
-        assert_eq!(state(&orderly, *order_no).await, OrderState::Pending);
+        assert_eq!(state(&ports, *order_no).await, OrderState::Pending);
     }
     orderly.drain().await.expect("workers run");
     for order_no in &accepted {
-        assert!(matches!(state(&orderly, *order_no).await, OrderState::ToPay | OrderState::Paid));
+        assert!(matches!(state(&ports, *order_no).await, OrderState::ToPay | OrderState::Paid));
     }
-    assert_eq!(stock(&orderly, 1).await, (2, Some(2)));
+    assert_eq!(stock(&ports, 1).await, (2, Some(2)));
     // New order numbers after the restart never repeat the old ones.
     let fresh = orderly.place_orders(&body(50, false, &[(1, 1)]), None).await.expect("accepted");
     assert!(fresh.iter().all(|n| !accepted.contains(n)));

@@ -7,15 +7,16 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use orderly_app::Orderly;
+use orderly_app::Actor;
 use orderly_app::audit::Violation;
-use orderly_app::flow::Actor;
 use orderly_app::model::{Message, Outgoing};
+use orderly_app::time::ManualClock;
 use orderly_app::workers::Step;
+use orderly_app::{Orderly, Ports};
 use orderly_domain::{
     CatalogEntry, CommodityId, Money, OrderNo, OrderState, PlaceOrderBody, PlaceOrderLine, ShopId, Uid,
 };
-use orderly_local::{AcquirerConfig, ManualClock};
+use orderly_local::AcquirerConfig;
 use proptest::prelude::*;
 
 const STOCK: u32 = 6;
@@ -104,8 +105,8 @@ async fn run(ops: Vec<Op>, faults: (f64, f64, f64), seed: u64) {
         seed,
         ..AcquirerConfig::default()
     };
-    let mut orderly: Orderly = open_at(dir.path(), Arc::clone(&clock), acquirer.clone()).await;
-    let mut cache = LosableCache::install(&mut orderly);
+    let (mut orderly, mut ports): (Orderly, Ports) = open_at(dir.path(), Arc::clone(&clock), acquirer.clone()).await;
+    let mut cache = LosableCache::install(&mut orderly, &mut ports);
     let catalog: Vec<CatalogEntry> = (1..=3u64)
         .map(|id| CatalogEntry {
             commodity_id: CommodityId(id),
@@ -138,18 +139,18 @@ async fn run(ops: Vec<Op>, faults: (f64, f64, f64), seed: u64) {
             }
             Op::Redeliver(pick) if !accepted.is_empty() => {
                 let (_, order_no) = accepted[pick % accepted.len()];
-                let mut copy = orderly.store.order(order_no).await.expect("store").expect("recorded");
+                let mut copy = ports.store.order(order_no).await.expect("store").expect("recorded");
                 copy.state = OrderState::Pending;
                 let now_ms = orderly_app::Clock::now_ms(clock.as_ref());
                 let message = Outgoing { message: Message::CreateOrder(Box::new(copy)), deliver_at_ms: now_ms };
-                orderly.bus.publish(vec![message]).await.expect("publish");
+                ports.bus.publish(vec![message]).await.expect("publish");
             }
             Op::Restart => {
-                drop(orderly);
+                drop((orderly, ports));
                 drop(cache); // it holds the store too
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                orderly = open_at(dir.path(), Arc::clone(&clock), acquirer.clone()).await;
-                cache = LosableCache::install(&mut orderly);
+                database_closed().await;
+                (orderly, ports) = open_at(dir.path(), Arc::clone(&clock), acquirer.clone()).await;
+                cache = LosableCache::install(&mut orderly, &mut ports);
             }
             Op::LoseCache { at_next_claim: true } => cache.lose_at_next_claim(),
             Op::LoseCache { at_next_claim: false } => cache.lose(),
@@ -160,7 +161,7 @@ async fn run(ops: Vec<Op>, faults: (f64, f64, f64), seed: u64) {
     }
     settle_and_audit(&orderly, &clock).await;
     for (_, order_no) in &accepted {
-        let state = orderly.store.order(*order_no).await.expect("store").expect("every accepted order exists").state;
+        let state = ports.store.order(*order_no).await.expect("store").expect("every accepted order exists").state;
         assert!(state.is_final() || state == OrderState::ToPay, "{order_no} still {state:?}");
     }
 }

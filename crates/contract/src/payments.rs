@@ -1,21 +1,21 @@
 //! The payment ledger contract: [`PaymentLedger`] over an adapter's [`LedgerBook`] and [`CaptureBook`].
-//! The rules are written once in `orderly_app::payment_ledger`; what these cases check is that a pair
+//! The rules are written once in `orderly_ledger`; what these cases check is that a pair
 //! of books makes each step atomic — racing retries and racing attempts capture once, first writer wins at
 //! the acquirer — and durable answers: a retry returns the first result, a lease holds then settles,
 //! refunds never exceed the charge. In every case an order has at most one capture (I5).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use orderly_app::payment_ledger::{
-    AcquirerConfig, CaptureBook, CaptureOutcome, CaptureRecord, ChargeStep, LedgerBook, LedgerConfig, LedgerEntry,
-    LedgerState, PaymentLedger, SimulatedAcquirer,
-};
 use orderly_app::ports::{
     ChargeOutcome, ChargeRequest, Clock, PaymentStatus, Payments, PortResult, RefundOutcome, RefundRefusal,
 };
+use orderly_app::time::ManualClock;
 use orderly_domain::{Money, OrderNo, SnowflakeId, Uid};
+use orderly_ledger::{
+    AcquirerConfig, CaptureBook, CaptureOutcome, CaptureRecord, ChargeStep, LedgerBook, LedgerConfig, LedgerEntry,
+    LedgerState, PaymentLedger, SimulatedAcquirer,
+};
 
 const T0_MS: u64 = 1_800_000_000_000;
 const LEASE_MS: u64 = 5_000;
@@ -23,27 +23,18 @@ const LEASE_MS: u64 = 5_000;
 /// The books of one fresh, empty ledger.
 pub type Books = (Arc<dyn LedgerBook>, Arc<dyn CaptureBook>);
 
-#[derive(Debug)]
-struct TestClock(AtomicU64);
-
-impl Clock for TestClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 struct Ledger {
     payments: Arc<PaymentLedger>,
-    clock: Arc<TestClock>,
+    clock: Arc<ManualClock>,
     books: Books,
 }
 
 impl Ledger {
     fn new(books: Books, acquirer: AcquirerConfig) -> Ledger {
-        let clock = Arc::new(TestClock(AtomicU64::new(T0_MS)));
+        let clock = Arc::new(ManualClock::new(T0_MS));
         let payments = Arc::new(PaymentLedger::new(
             Arc::clone(&books.0),
-            SimulatedAcquirer::new(Arc::clone(&books.1), acquirer),
+            SimulatedAcquirer::new(Arc::clone(&books.1), acquirer, Arc::clone(&clock) as Arc<dyn Clock>),
             Arc::clone(&clock) as Arc<dyn Clock>,
             LedgerConfig { charge_lease_ms: LEASE_MS },
         ));
@@ -51,7 +42,26 @@ impl Ledger {
     }
 
     fn advance_ms(&self, ms: u64) {
-        self.clock.0.fetch_add(ms, Ordering::SeqCst);
+        self.clock.advance_ms(ms);
+    }
+
+    /// Waits for every racer, moving the clock on by `step_ms` whenever the acquirer waits on it (its
+    /// latency) so a charge runs to its end. Bounded.
+    async fn join_on_clock<T>(&self, racers: Vec<tokio::task::JoinHandle<T>>, step_ms: u64) -> Vec<T> {
+        for _ in 0..10_000_000 {
+            if racers.iter().all(tokio::task::JoinHandle::is_finished) {
+                break;
+            }
+            if self.clock.sleepers() > 0 {
+                self.clock.advance_ms(step_ms);
+            }
+            tokio::task::yield_now().await;
+        }
+        let mut answers = Vec::with_capacity(racers.len());
+        for racer in racers {
+            answers.push(racer.await.expect("task"));
+        }
+        answers
     }
 
     async fn captures_of(&self, n: u64) -> usize {
@@ -97,8 +107,8 @@ pub async fn racing_retries_of_one_attempt_capture_once(books: Books) {
         })
         .collect();
     let mut succeeded = 0;
-    for racer in racers {
-        match racer.await.expect("task") {
+    for answer in ledger.join_on_clock(racers, 30).await {
+        match answer {
             Ok(ChargeOutcome::Succeeded { .. }) => succeeded += 1,
             Err(error) => assert!(error.retryable, "an unknown outcome, never a failure: {error}"),
             Ok(other) => panic!("unexpected {other:?}"),
@@ -117,12 +127,7 @@ pub async fn racing_attempts_with_different_keys_capture_once(books: Books) {
             tokio::spawn(async move { payments.charge(charge(8, &format!("attempt-{i}"))).await })
         })
         .collect();
-    let mut answers = Vec::new();
-    for racer in racers {
-        if let Ok(outcome) = racer.await.expect("task") {
-            answers.push(outcome);
-        }
-    }
+    let answers: Vec<ChargeOutcome> = ledger.join_on_clock(racers, 10).await.into_iter().flatten().collect();
     assert!(!answers.is_empty());
     assert!(answers.windows(2).all(|pair| pair[0] == pair[1]), "one success, told to all: {answers:?}");
     assert_eq!(ledger.captures_of(8).await, 1);
@@ -161,7 +166,7 @@ pub async fn a_timeout_settles_as_declined_and_voids_a_late_capture(books: Books
     assert!(matches!(ledger.payments.query(order(5)).await.expect("query"), PaymentStatus::Declined { .. }));
 
     // The acquirer gets the attempt late (a slow instance): the void refuses it.
-    let late = SimulatedAcquirer::new(Arc::clone(&ledger.books.1), AcquirerConfig::default());
+    let late = SimulatedAcquirer::new(Arc::clone(&ledger.books.1), AcquirerConfig::default(), ledger.clock.clone());
     let answer = late.capture(order(5), "k1", Money::from_cents(2_999)).await.expect("acquirer");
     assert!(matches!(answer, Some(LedgerState::Declined { .. })), "{answer:?}");
     assert_eq!(ledger.captures_of(5).await, 0);

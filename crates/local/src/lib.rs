@@ -9,22 +9,20 @@
 //! - [`cache`]: [`LocalStockCache`], the stock cache in memory, rebuilt from the store at start.
 //! - [`payments`]: the payment ledger's and the simulated acquirer's books in the embedded database
 //!   ([`local_payments`]: the payment service in process).
-//! - [`clock`]: the system clock and a manual clock for tests.
+//! - [`open`]: every adapter above opened on one data directory, as the profile's `Ports`.
 
 pub mod bus;
 pub mod cache;
-pub mod clock;
 pub mod db;
+pub mod open;
 pub mod payments;
-pub mod profile;
 pub mod store;
 
 pub use bus::LocalBus;
 pub use cache::LocalStockCache;
-pub use clock::{ManualClock, SystemClock};
 pub use db::{Durability, LocalDb};
+pub use open::{LocalConfig, open, open_payment_ledger};
 pub use payments::{AcquirerConfig, local_payment_books, local_payments};
-pub use profile::{LocalConfig, open, open_payment_ledger, open_with_payments};
 pub use store::LocalStore;
 
 use orderly_app::PortError;

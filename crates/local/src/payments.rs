@@ -1,20 +1,20 @@
 //! The payment service's ledger in the embedded database: [`LocalLedgerBook`] (one entry per order) and
 //! [`LocalCaptureBook`] (the simulated acquirer's records), the storage behind
-//! [`orderly_app::payment_ledger::PaymentLedger`], which holds the rules. One process owns the database,
+//! [`orderly_ledger::PaymentLedger`], which holds the rules. One process owns the database,
 //! so a mutex makes each read-decide-write atomic; the group commit makes it durable before it returns.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use orderly_app::payment_ledger::{
-    CaptureBook, CaptureOutcome, CaptureRecord, ChargeStep, LedgerBook, LedgerConfig, LedgerEntry, LedgerState,
-    PaymentLedger, RefundStep, SimulatedAcquirer, charge_step, refund_step, settle_step,
-};
 use orderly_app::ports::{ChargeRequest, PortResult, RefundOutcome};
 use orderly_app::{Clock, PortError};
 use orderly_domain::{Money, OrderNo};
+use orderly_ledger::{
+    CaptureBook, CaptureOutcome, CaptureRecord, ChargeStep, LedgerBook, LedgerConfig, LedgerEntry, LedgerState,
+    PaymentLedger, RefundStep, SimulatedAcquirer, charge_step, refund_step, settle_step,
+};
 
-pub use orderly_app::payment_ledger::AcquirerConfig;
+pub use orderly_ledger::AcquirerConfig;
 
 use crate::db::LocalDb;
 use crate::{decode, encode, storage_error};
@@ -27,7 +27,7 @@ pub fn local_payments(
     config: LedgerConfig,
 ) -> PaymentLedger {
     let (book, captures) = local_payment_books(db);
-    PaymentLedger::new(book, SimulatedAcquirer::new(captures, acquirer), clock, config)
+    PaymentLedger::new(book, SimulatedAcquirer::new(captures, acquirer, Arc::clone(&clock)), clock, config)
 }
 
 /// The ledger's and the acquirer's books in `db`.

@@ -9,15 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use orderly_app::PortError;
-use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, PaymentAttempt, StockLevel, StoredAnswer};
+use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, StockLevel, StoredAnswer};
 use orderly_app::ports::{
-    ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, PaymentResult, PortResult, Store,
+    ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PortResult, Store,
 };
 use orderly_app::store_rules::{
-    Changed, Levels, begin_attempt, change, create_batch_keys, finish_attempt, idempotency_seen, plan_create,
-    returns_stock,
+    Levels, SafePay, create_batch_keys, idempotency_seen, plan_change, plan_create, stock_to_lock,
 };
-use orderly_domain::{CatalogEntry, CommodityId, OrderAction, OrderNo, OrderState, Uid};
+use orderly_domain::{CatalogEntry, CommodityId, OrderNo, OrderState, Uid};
 
 use crate::db::{LocalDb, key_u64, last_sequence, u64_key};
 use crate::{decode, encode, storage_error};
@@ -99,6 +98,14 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Puts `order_no` in the safe-pay set, due at `due_ms` (replacing an entry it has: the caller
+    /// removed it in the same batch, or it has none).
+    fn enter_safe_pay(&self, batch: &mut fjall::OwnedWriteBatch, order_no: OrderNo, due_ms: u64) {
+        batch.insert(&self.db.safe_pay, order_no.to_key(), u64_key(due_ms));
+        batch.insert(&self.db.safe_pay_due, due_key(due_ms, order_no), []);
+        self.safe_pay_low_water_ms.fetch_min(due_ms, Ordering::SeqCst);
+    }
+
     fn remove_safe_pay(&self, batch: &mut fjall::OwnedWriteBatch, order_no: OrderNo) -> PortResult<()> {
         if let Some(due) = self.db.safe_pay.get(order_no.to_key()).map_err(storage_error)? {
             let due_ms = key_u64(&due).unwrap_or(0);
@@ -106,35 +113,6 @@ impl LocalStore {
             batch.remove(&self.db.safe_pay, order_no.to_key());
         }
         Ok(())
-    }
-
-    /// The stock levels a change of `order` by `action` needs: those of its lines when it returns stock.
-    fn levels_for(&self, order: &Order, action: OrderAction) -> PortResult<Levels> {
-        let mut levels = Levels::new();
-        if returns_stock(order, action) {
-            for line in &order.lines {
-                if let Some(level) = self.read_stock(line.commodity_id)? {
-                    levels.insert(line.commodity_id, level);
-                }
-            }
-        }
-        Ok(levels)
-    }
-
-    /// Writes a change into `batch`: the order, and with a restock event the levels it returned stock to.
-    fn put_change(
-        &self,
-        batch: &mut fjall::OwnedWriteBatch,
-        levels: &Levels,
-        (order, event): &Changed,
-    ) -> PortResult<()> {
-        if let Some(event) = event {
-            for (id, level) in levels {
-                batch.insert(&self.db.stock, u64_key(id.0), encode(level)?);
-            }
-            self.put_outbox(batch, event)?;
-        }
-        self.put_order(batch, order)
     }
 }
 
@@ -290,74 +268,43 @@ impl Store for LocalStore {
         Ok((orders, self.read_all_stock()?))
     }
 
-    async fn transition(
+    async fn change_order(
         &self,
         order_no: OrderNo,
-        action: OrderAction,
+        change: OrderChange,
         now_ms: u64,
     ) -> PortResult<Result<Order, ChangeRejection>> {
-        let result = {
+        let changed = {
             let _writer = self.lock()?;
             let Some(order) = self.read_order(order_no)? else { return Ok(Err(ChangeRejection::NotFound)) };
-            let mut levels = self.levels_for(&order, action)?;
-            let changed = match change(order, action, &mut levels, now_ms)? {
-                Ok(changed) => changed,
+            let mut levels = Levels::new();
+            for id in stock_to_lock(&order, &change) {
+                if let Some(level) = self.read_stock(id)? {
+                    levels.insert(id, level);
+                }
+            }
+            let plan = match plan_change(order, change, levels, now_ms)? {
+                Ok(plan) => plan,
                 Err(rejection) => return Ok(Err(rejection)),
             };
             let mut batch = self.db.batch();
-            self.put_change(&mut batch, &levels, &changed)?;
+            for (id, level) in &plan.stock {
+                batch.insert(&self.db.stock, u64_key(id.0), encode(level)?);
+            }
+            if let Some(event) = &plan.event {
+                self.put_outbox(&mut batch, event)?;
+            }
+            match plan.safe_pay {
+                SafePay::Untouched => {}
+                SafePay::Enter { due_ms } => self.enter_safe_pay(&mut batch, order_no, due_ms),
+                SafePay::Leave => self.remove_safe_pay(&mut batch, order_no)?,
+            }
+            self.put_order(&mut batch, &plan.order)?;
             batch.commit().map_err(storage_error)?;
-            changed.0
+            plan.order
         };
         self.db.sync().await?;
-        Ok(Ok(result))
-    }
-
-    async fn begin_payment(
-        &self,
-        order_no: OrderNo,
-        attempt: PaymentAttempt,
-    ) -> PortResult<Result<Order, ChangeRejection>> {
-        let result = {
-            let _writer = self.lock()?;
-            let Some(order) = self.read_order(order_no)? else { return Ok(Err(ChangeRejection::NotFound)) };
-            let order = match begin_attempt(order, attempt) {
-                Ok(order) => order,
-                Err(rejection) => return Ok(Err(rejection)),
-            };
-            let mut batch = self.db.batch();
-            self.put_order(&mut batch, &order)?;
-            batch.insert(&self.db.safe_pay, order_no.to_key(), u64_key(attempt.charge_deadline_ms));
-            batch.insert(&self.db.safe_pay_due, due_key(attempt.charge_deadline_ms, order_no), []);
-            self.safe_pay_low_water_ms.fetch_min(attempt.charge_deadline_ms, Ordering::SeqCst);
-            batch.commit().map_err(storage_error)?;
-            order
-        };
-        self.db.sync().await?;
-        Ok(Ok(result))
-    }
-
-    async fn finish_payment(
-        &self,
-        order_no: OrderNo,
-        result: PaymentResult,
-        now_ms: u64,
-    ) -> PortResult<Result<Order, ChangeRejection>> {
-        let outcome = {
-            let _writer = self.lock()?;
-            let Some(order) = self.read_order(order_no)? else { return Ok(Err(ChangeRejection::NotFound)) };
-            let changed = match finish_attempt(order, result, now_ms)? {
-                Ok(changed) => changed,
-                Err(rejection) => return Ok(Err(rejection)),
-            };
-            let mut batch = self.db.batch();
-            self.remove_safe_pay(&mut batch, order_no)?;
-            self.put_change(&mut batch, &Levels::new(), &changed)?;
-            batch.commit().map_err(storage_error)?;
-            changed.0
-        };
-        self.db.sync().await?;
-        Ok(Ok(outcome))
+        Ok(Ok(changed))
     }
 
     async fn payments_due(&self, now_ms: u64, limit: usize) -> PortResult<Vec<OrderNo>> {
@@ -388,9 +335,7 @@ impl Store for LocalStore {
         }
         let mut batch = self.db.batch();
         self.remove_safe_pay(&mut batch, order_no)?;
-        batch.insert(&self.db.safe_pay, order_no.to_key(), u64_key(at_ms));
-        batch.insert(&self.db.safe_pay_due, due_key(at_ms, order_no), []);
-        self.safe_pay_low_water_ms.fetch_min(at_ms, Ordering::SeqCst);
+        self.enter_safe_pay(&mut batch, order_no, at_ms);
         // Not synced: a lost postponement only makes the check come sooner.
         batch.commit().map_err(storage_error)
     }

@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use orderly_app::time::ManualClock;
 use orderly_app::{Bus, Clock};
 use orderly_contract::BusFixture;
-use orderly_local::{Durability, LocalBus, LocalDb, ManualClock};
+use orderly_local::{Durability, LocalBus, LocalDb};
 
 struct Fixture {
     bus: Arc<LocalBus>,

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use orderly_app::Bus;
 use orderly_app::model::{Message, Outgoing, Topic};
+use orderly_app::time::ManualClock;
 use orderly_domain::{OrderNo, SnowflakeId, Uid};
-use orderly_local::{Durability, LocalBus, LocalDb, ManualClock};
+use orderly_local::{Durability, LocalBus, LocalDb};
 
 const T0_MS: u64 = 1_800_000_000_000;
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use orderly_app::payment_ledger::{CaptureBook, LedgerBook};
+use orderly_ledger::{CaptureBook, LedgerBook};
 use orderly_local::{Durability, LocalDb, local_payment_books};
 
 orderly_contract::payment_ledger_contract!(|| async {

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use orderly_app::StockCache;
-use orderly_local::{LocalStockCache, ManualClock};
+use orderly_app::time::ManualClock;
+use orderly_local::LocalStockCache;
 
 orderly_contract::stock_cache_contract!(|| async {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));

@@ -5,8 +5,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use orderly_app::Orderly;
 use orderly_app::ids::LeasedSnowflake;
+use orderly_app::{Orderly, Ports};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -60,7 +60,7 @@ pub async fn open(config: &Config) -> anyhow::Result<Orderly> {
             "the cluster profile pays through `orderly payment`: set payments.endpoints (ORDERLY_PAYMENTS__ENDPOINTS)"
         );
     }
-    let clock: Arc<dyn orderly_app::Clock> = Arc::new(orderly_local::SystemClock);
+    let clock: Arc<dyn orderly_app::Clock> = Arc::new(orderly_clock::SystemClock);
     let options = sqlx::postgres::PgConnectOptions::from_str(&cluster.postgres_url).context("postgres_url")?;
     let store = Arc::new(
         orderly_postgres::PgStore::connect(options, cluster.postgres_connections_max)
@@ -101,5 +101,5 @@ pub async fn open(config: &Config) -> anyhow::Result<Orderly> {
             .await
             .context("leasing the id generator")?,
     );
-    Ok(Orderly { orders, ..Orderly::new(cache, store, bus, payments, clock, ids, config.flow.clone()) })
+    Ok(Orderly::new(Ports { cache, store, bus, payments, clock, ids, orders }, config.flow.clone()))
 }

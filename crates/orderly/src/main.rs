@@ -1,23 +1,12 @@
-//! `orderly`: one binary, roles as subcommands.
-//!
-//! # Layout
-//! - [`config`]: defaults, TOML file, `ORDERLY_*` environment.
-//! - [`serve`]: the standalone profile — HTTP API and every worker in one process.
-//! - [`bench`]: the flash-sale load generator, its baseline, the audit's verdict, the report.
-//! - `token`, `audit`: small tools over the same configuration.
-
-mod bench;
-mod cluster;
-mod config;
-mod serve;
+//! `orderly`: one binary, roles as subcommands (the wiring is the `orderly` library beside it).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use orderly::config::{self, Config};
+use orderly::{cluster, serve, standalone};
 use orderly_domain::Uid;
-
-use crate::config::Config;
 
 #[derive(Debug, Parser)]
 #[command(name = "orderly", version, about = "A high-concurrency order system")]
@@ -59,11 +48,19 @@ enum Command {
         #[arg(long)]
         admin: bool,
     },
-    /// Load generator: a fresh server (or `--url`), a scenario, a report, the audit's verdict; exits 1
-    /// when a correctness check fails.
-    Bench(bench::BenchArgs),
-    /// Charge latency and throughput of the payment service over gRPC (starts its own `orderly payment`).
-    BenchPayment(bench::payment::PaymentBenchArgs),
+    /// Runs `orderly-bench orders ARGS`: the load generator is a binary of its own, built beside this
+    /// one (`cargo build --release -p orderly-bench`; `orderly-bench orders --help` lists its options).
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Runs `orderly-bench payment ARGS`: the payment service's latency over gRPC.
+    #[command(disable_help_flag = true)]
+    BenchPayment {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Checks invariants I1–I5 on a stopped standalone data directory (or, with `--cluster`, on the
     /// cluster profile's PostgreSQL, Redis and payment service); exits 1 on any violation.
     Audit {
@@ -83,19 +80,10 @@ enum Command {
     },
 }
 
-/// Our own events at info; the storage engine's recovery chatter only when it warns.
-const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut config = Config::load(cli.config.as_deref())?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ORDERLY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    orderly::init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     match cli.command {
         Command::Serve { catalog } => {
@@ -130,21 +118,28 @@ fn main() -> anyhow::Result<()> {
             let orderly = cluster::open(&config).await?;
             serve::run_roles(&config, orderly, serve::Roles { http: false, workers: true }, "cluster").await
         }),
-        Command::BenchPayment(args) => {
-            if !runtime.block_on(bench::payment::bench(args))? {
-                eprintln!("bench-payment: a correctness check failed (see the report)");
-                std::process::exit(1);
-            }
-            Ok(())
-        }
-        Command::Bench(args) => {
-            if !runtime.block_on(bench::bench(args, config))? {
-                eprintln!("bench: a correctness check failed (see the report)");
-                std::process::exit(1);
-            }
-            Ok(())
-        }
+        Command::Bench { args } => run_bench("orders", &args),
+        Command::BenchPayment { args } => run_bench("payment", &args),
     }
+}
+
+/// `orderly bench …` as `orderly-bench <command> …`, the bench binary built beside this one; exits
+/// with its status.
+fn run_bench(command: &str, args: &[String]) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding this binary")?.with_file_name("orderly-bench");
+    if !exe.exists() {
+        anyhow::bail!(
+            "the bench is a binary of its own: build it with `cargo build --release -p orderly-bench`, or run \
+             `cargo run --release -p orderly-bench -- {command} …` ({} not found)",
+            exe.display()
+        );
+    }
+    let status = std::process::Command::new(&exe)
+        .arg(command)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", exe.display()))?;
+    std::process::exit(status.code().unwrap_or(1));
 }
 
 /// `cluster`: `Some(quiet)` audits the cluster profile as it is; `None` the standalone data directory.
@@ -155,7 +150,7 @@ async fn audit(config: Config, json: Option<PathBuf>, deadline_ms: u64, cluster:
             orderly.audit(quiet, deadline_ms).await.context("auditing")?
         }
         None => {
-            let orderly = serve::open(&config).await?;
+            let orderly = standalone::open(&config).await?;
             // Opening rebuilt the cache from the store; draining finishes what was in flight, so the
             // store is quiet.
             orderly.drain().await.context("finishing in-flight work")?;

@@ -7,14 +7,14 @@ use std::time::Duration;
 use anyhow::Context;
 use orderly_api::routes::CatalogBody;
 use orderly_api::{ApiState, TokenAuth};
-use orderly_app::payment_ledger::{PaymentLedger, SimulatedAcquirer};
 use orderly_app::workers::{self, Step};
-use orderly_domain::{CatalogEntry, CommodityId};
+use orderly_domain::CatalogEntry;
+use orderly_ledger::{PaymentLedger, SimulatedAcquirer};
 
 use crate::config::{self, Config};
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let orderly = open(&config).await?;
+    let orderly = crate::standalone::open(&config).await?;
     if let Some(path) = &config.catalog_file {
         load_catalog_file(&orderly, path).await?;
     }
@@ -40,12 +40,7 @@ pub async fn run_roles(
     let mut tasks = Vec::new();
     for step in Step::ALL.into_iter().filter(|_| roles.workers) {
         let idle_ms = if step == Step::CreateOrders { config.workers.create_idle_ms } else { config.workers.idle_ms };
-        tasks.push(tokio::spawn(workers::run(
-            orderly.clone(),
-            step,
-            Duration::from_millis(idle_ms),
-            shutdown_rx.clone(),
-        )));
+        tasks.push(tokio::spawn(workers::run(orderly.clone(), step, idle_ms, shutdown_rx.clone())));
     }
 
     if !roles.http {
@@ -126,28 +121,11 @@ async fn shutdown_signal() {
     }
 }
 
-/// The standalone profile on `config.data_dir`, with the payment service in process or, when endpoints
-/// are configured, over gRPC.
-pub async fn open(config: &Config) -> anyhow::Result<orderly_app::Orderly> {
-    let clock = Arc::new(orderly_local::SystemClock);
-    let payments: Option<Arc<dyn orderly_app::ports::Payments>> = if config.payments.endpoints.is_empty() {
-        None
-    } else {
-        tracing::info!(endpoints = ?config.payments.endpoints, "payment service over gRPC");
-        Some(Arc::new(orderly_payment::GrpcPayments::new(config.payments.clone())?))
-    };
-    orderly_local::open_with_payments(&config.data_dir, clock, config.flow.clone(), &config.local, payments)
-        .await
-        .with_context(|| {
-            format!("opening the store in {} (is a server still running on it?)", config.data_dir.display())
-        })
-}
-
 /// `orderly payment`: the payment service as its own process, its ledger under its own directory or, when
 /// `payment_service.postgres_url` is set, in PostgreSQL (shared with the other instances).
 pub async fn payment_service(config: Config) -> anyhow::Result<()> {
     let service = &config.payment_service;
-    let clock = Arc::new(orderly_local::SystemClock);
+    let clock = Arc::new(orderly_clock::SystemClock);
     let (ledger, home) = match &service.postgres_url {
         None => {
             let ledger = orderly_local::open_payment_ledger(&service.data_dir, clock, &config.local)
@@ -163,7 +141,7 @@ pub async fn payment_service(config: Config) -> anyhow::Result<()> {
             )
             .await
             .context("connecting to the payment ledger in PostgreSQL")?;
-            let acquirer = SimulatedAcquirer::new(captures, config.local.acquirer.clone());
+            let acquirer = SimulatedAcquirer::new(captures, config.local.acquirer.clone(), clock.clone());
             let ledger = PaymentLedger::new(book, acquirer, clock, config.local.ledger.clone());
             (ledger, format!("postgres schema {}", service.postgres_schema))
         }
@@ -188,18 +166,17 @@ pub async fn payment_service(config: Config) -> anyhow::Result<()> {
 pub async fn load_catalog_file(orderly: &orderly_app::Orderly, path: &std::path::Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let catalog: CatalogBody = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
-    let mut entries = Vec::new();
-    let mut stock: Vec<(CommodityId, u32)> = Vec::new();
-    for item in catalog.commodities {
-        if orderly.store.commodity(item.commodity_id).await?.is_some() {
-            continue;
-        }
-        entries.push(CatalogEntry { commodity_id: item.commodity_id, shop_id: item.shop_id, unit_price: item.price });
-        if item.add_stock > 0 {
-            stock.push((item.commodity_id, item.add_stock));
-        }
-    }
-    orderly.load_catalog(&entries, &stock).await?;
-    tracing::info!(file = %path.display(), new_commodities = entries.len(), "catalog file loaded");
+    let commodities: Vec<(CatalogEntry, u32)> = catalog
+        .commodities
+        .into_iter()
+        .map(|item| {
+            (
+                CatalogEntry { commodity_id: item.commodity_id, shop_id: item.shop_id, unit_price: item.price },
+                item.add_stock,
+            )
+        })
+        .collect();
+    let new_commodities = orderly.load_new_commodities(&commodities).await?;
+    tracing::info!(file = %path.display(), new_commodities, "catalog file loaded");
     Ok(())
 }

@@ -59,7 +59,7 @@ fn charge(key: &str) -> ChargeRequest {
         order_no: OrderNo::new(SnowflakeId(99), Uid(1)),
         amount: Money::from_cents(2999),
         idempotency_key: key.to_owned(),
-        deadline_ms: orderly_local::SystemClock.now_ms() + 60_000,
+        deadline_ms: orderly_clock::SystemClock.now_ms() + 60_000,
     }
 }
 

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use orderly_app::Clock;
-use orderly_app::payment_ledger::LedgerConfig;
 use orderly_app::ports::{ChargeOutcome, ChargeRequest, PaymentStatus, Payments, RefundOutcome, RefundRefusal};
+use orderly_clock::SystemClock;
 use orderly_domain::{Money, OrderNo, SnowflakeId, Uid};
-use orderly_local::{AcquirerConfig, Durability, LocalConfig, SystemClock};
+use orderly_ledger::LedgerConfig;
+use orderly_local::{AcquirerConfig, Durability, LocalConfig};
 use orderly_payment::proto::payment_client::PaymentClient;
 use orderly_payment::{ClientConfig, GrpcPayments};
 

@@ -17,15 +17,14 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use orderly_app::PortError;
-use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, PaymentAttempt, StockLevel, StoredAnswer};
+use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, StockLevel, StoredAnswer};
 use orderly_app::ports::{
-    ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, PaymentResult, PortResult, Store,
+    ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PortResult, Store,
 };
 use orderly_app::store_rules::{
-    Changed, Levels, begin_attempt, change, create_batch_keys, finish_attempt, idempotency_seen, plan_create,
-    returns_stock,
+    Levels, SafePay, create_batch_keys, idempotency_seen, may_return_stock, plan_change, plan_create, stock_to_lock,
 };
-use orderly_domain::{CatalogEntry, CommodityId, Money, OrderAction, OrderNo, ShopId, SnowflakeId, Uid};
+use orderly_domain::{CatalogEntry, CommodityId, Money, OrderNo, ShopId, SnowflakeId, Uid};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
@@ -152,6 +151,9 @@ impl PgStore {
     }
 
     async fn lock_stock(tx: &mut Tx, ids: &[CommodityId]) -> PortResult<Levels> {
+        if ids.is_empty() {
+            return Ok(Levels::new());
+        }
         let mut raw: Vec<i64> = ids.iter().map(|id| signed(id.0)).collect::<PortResult<_>>()?;
         raw.sort_unstable();
         raw.dedup();
@@ -166,12 +168,6 @@ impl PgStore {
         rows.iter().map(level_of).collect()
     }
 
-    /// Locks the stock rows of an order's lines.
-    async fn lock_lines(tx: &mut Tx, order: &Order) -> PortResult<Levels> {
-        let ids: Vec<CommodityId> = order.lines.iter().map(|l| l.commodity_id).collect();
-        Self::lock_stock(tx, &ids).await
-    }
-
     async fn write_stock(tx: &mut Tx, id: CommodityId, level: &StockLevel) -> PortResult<()> {
         sqlx::query("UPDATE stock SET available = $2, version = $3 WHERE commodity_id = $1")
             .bind(signed(id.0)?)
@@ -180,6 +176,22 @@ impl PgStore {
             .execute(&mut **tx)
             .await
             .map_err(database_error)?;
+        Ok(())
+    }
+
+    /// Puts `order_no` in the safe-pay set, due at `due_ms` (or moves its entry there).
+    async fn enter_safe_pay(tx: &mut Tx, order_no: OrderNo, due_ms: u64) -> PortResult<()> {
+        let (id, shard) = key(order_no)?;
+        sqlx::query(
+            "INSERT INTO safe_pay (order_id, shard, due_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (order_id, shard) DO UPDATE SET due_ms = EXCLUDED.due_ms",
+        )
+        .bind(id)
+        .bind(shard)
+        .bind(signed(due_ms)?)
+        .execute(&mut **tx)
+        .await
+        .map_err(database_error)?;
         Ok(())
     }
 
@@ -192,17 +204,6 @@ impl PgStore {
             .await
             .map_err(database_error)?;
         Ok(())
-    }
-
-    /// Writes a change inside `tx`: the order, and with a restock event the levels it returned stock to.
-    async fn put_change(tx: &mut Tx, levels: &Levels, (order, event): &Changed) -> PortResult<()> {
-        if let Some(event) = event {
-            for (id, level) in levels {
-                Self::write_stock(tx, *id, level).await?;
-            }
-            Self::put_outbox(tx, event).await?;
-        }
-        Self::put_order(tx, order).await
     }
 
     async fn commit(tx: Tx) -> PortResult<()> {
@@ -394,85 +395,50 @@ impl Store for PgStore {
         Ok((orders, stock))
     }
 
-    async fn transition(
+    async fn change_order(
         &self,
         order_no: OrderNo,
-        action: OrderAction,
+        change: OrderChange,
         now_ms: u64,
     ) -> PortResult<Result<Order, ChangeRejection>> {
         let mut tx = self.begin().await?;
         // Locks in the create batch's order, stock rows before the order row, so a cancel racing a
         // redelivered create of the same order cannot deadlock with it. An order's lines never change:
         // an unlocked read names the stock rows; the locked read decides.
-        let Some(unlocked) = Self::read_order(&mut tx, order_no, false).await? else {
-            return Ok(Err(ChangeRejection::NotFound));
-        };
-        let mut levels =
-            if returns_stock(&unlocked, action) { Self::lock_lines(&mut tx, &unlocked).await? } else { Levels::new() };
+        let mut levels = Levels::new();
+        if may_return_stock(&change) {
+            let Some(unlocked) = Self::read_order(&mut tx, order_no, false).await? else {
+                return Ok(Err(ChangeRejection::NotFound));
+            };
+            levels = Self::lock_stock(&mut tx, &stock_to_lock(&unlocked, &change)).await?;
+        }
         let Some(order) = Self::read_order(&mut tx, order_no, true).await? else {
             return Ok(Err(ChangeRejection::NotFound));
         };
-        if returns_stock(&order, action) && levels.is_empty() {
+        let needed = stock_to_lock(&order, &change);
+        if levels.is_empty() && !needed.is_empty() {
             // Created between the two reads (rare): lock its stock now, after the order — PostgreSQL
             // detects the deadlock this may meet, and 40P01 is retryable.
-            levels = Self::lock_lines(&mut tx, &order).await?;
+            levels = Self::lock_stock(&mut tx, &needed).await?;
         }
-        let changed = match change(order, action, &mut levels, now_ms)? {
-            Ok(changed) => changed,
+        let plan = match plan_change(order, change, levels, now_ms)? {
+            Ok(plan) => plan,
             Err(rejection) => return Ok(Err(rejection)),
         };
-        Self::put_change(&mut tx, &levels, &changed).await?;
+        for (id, level) in &plan.stock {
+            Self::write_stock(&mut tx, *id, level).await?;
+        }
+        if let Some(event) = &plan.event {
+            Self::put_outbox(&mut tx, event).await?;
+        }
+        match plan.safe_pay {
+            SafePay::Untouched => {}
+            SafePay::Enter { due_ms } => Self::enter_safe_pay(&mut tx, order_no, due_ms).await?,
+            SafePay::Leave => Self::remove_safe_pay(&mut tx, order_no).await?,
+        }
+        Self::put_order(&mut tx, &plan.order).await?;
         Self::commit(tx).await?;
-        Ok(Ok(changed.0))
-    }
-
-    async fn begin_payment(
-        &self,
-        order_no: OrderNo,
-        attempt: PaymentAttempt,
-    ) -> PortResult<Result<Order, ChangeRejection>> {
-        let mut tx = self.begin().await?;
-        let Some(order) = Self::read_order(&mut tx, order_no, true).await? else {
-            return Ok(Err(ChangeRejection::NotFound));
-        };
-        let order = match begin_attempt(order, attempt) {
-            Ok(order) => order,
-            Err(rejection) => return Ok(Err(rejection)),
-        };
-        Self::put_order(&mut tx, &order).await?;
-        let (id, shard) = key(order_no)?;
-        sqlx::query(
-            "INSERT INTO safe_pay (order_id, shard, due_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (order_id, shard) DO UPDATE SET due_ms = EXCLUDED.due_ms",
-        )
-        .bind(id)
-        .bind(shard)
-        .bind(signed(attempt.charge_deadline_ms)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(database_error)?;
-        Self::commit(tx).await?;
-        Ok(Ok(order))
-    }
-
-    async fn finish_payment(
-        &self,
-        order_no: OrderNo,
-        result: PaymentResult,
-        now_ms: u64,
-    ) -> PortResult<Result<Order, ChangeRejection>> {
-        let mut tx = self.begin().await?;
-        let Some(order) = Self::read_order(&mut tx, order_no, true).await? else {
-            return Ok(Err(ChangeRejection::NotFound));
-        };
-        let changed = match finish_attempt(order, result, now_ms)? {
-            Ok(changed) => changed,
-            Err(rejection) => return Ok(Err(rejection)),
-        };
-        Self::remove_safe_pay(&mut tx, order_no).await?;
-        Self::put_change(&mut tx, &Levels::new(), &changed).await?;
-        Self::commit(tx).await?;
-        Ok(Ok(changed.0))
+        Ok(Ok(plan.order))
     }
 
     async fn payments_due(&self, now_ms: u64, limit: usize) -> PortResult<Vec<OrderNo>> {

@@ -1,5 +1,5 @@
 //! The payment service's ledger on PostgreSQL, shared by every payment instance: [`PgLedgerBook`] and
-//! [`PgCaptureBook`], the storage behind [`orderly_app::payment_ledger::PaymentLedger`] (which holds the
+//! [`PgCaptureBook`], the storage behind [`orderly_ledger::PaymentLedger`] (which holds the
 //! rules). Its tables live in a schema of their own ([`connect_payment_ledger`]), migrated by
 //! [`PAYMENT_MIGRATOR`], never mixed with the order store's.
 //!
@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use orderly_app::PortError;
-use orderly_app::payment_ledger::{
+use orderly_app::ports::{ChargeRequest, PortResult, RefundOutcome};
+use orderly_domain::{Money, OrderNo};
+use orderly_ledger::{
     CaptureBook, CaptureRecord, ChargeStep, LedgerBook, LedgerConfig, LedgerEntry, LedgerState, RefundStep,
     charge_step, refund_step, settle_step,
 };
-use orderly_app::ports::{ChargeRequest, PortResult, RefundOutcome};
-use orderly_domain::{Money, OrderNo};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 

@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use orderly_app::payment_ledger::{CaptureBook, LedgerBook};
+use orderly_ledger::{CaptureBook, LedgerBook};
 use rand::TryRngCore;
 use sqlx::postgres::PgConnectOptions;
 

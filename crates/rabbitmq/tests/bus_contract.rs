@@ -6,18 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orderly_app::{Bus, Clock};
+use orderly_clock::SystemClock;
 use orderly_contract::BusFixture;
 use orderly_rabbitmq::{RabbitBus, RabbitBusConfig};
 use rand::TryRngCore;
-
-#[derive(Debug)]
-struct WallClock;
-
-impl Clock for WallClock {
-    fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-    }
-}
 
 struct Fixture {
     bus: Arc<RabbitBus>,
@@ -29,7 +21,7 @@ impl BusFixture for Fixture {
         Arc::clone(&self.bus) as Arc<dyn Bus>
     }
     fn now_ms(&self) -> u64 {
-        WallClock.now_ms()
+        SystemClock.now_ms()
     }
     async fn advance_ms(&self, ms: u64) {
         // Real time, plus the broker's TTL timers and the smallest tier's lateness.
@@ -53,7 +45,7 @@ fn fresh_config() -> RabbitBusConfig {
 async fn fixture() -> Arc<dyn BusFixture> {
     let config = fresh_config();
     let bus =
-        RabbitBus::connect(config, Arc::new(WallClock)).await.expect("RabbitMQ is up (CI starts it; see .ci/run)");
+        RabbitBus::connect(config, Arc::new(SystemClock)).await.expect("RabbitMQ is up (CI starts it; see .ci/run)");
     Arc::new(Fixture { bus: Arc::new(bus) })
 }
 
@@ -69,14 +61,14 @@ async fn an_unacked_delivery_comes_back_when_its_consumer_dies() {
     let config = fresh_config();
     let message = Message::Charge { order_no: OrderNo::new(SnowflakeId(1), Uid(1)) };
 
-    let first = RabbitBus::connect(config.clone(), Arc::new(WallClock)).await.expect("connect");
+    let first = RabbitBus::connect(config.clone(), Arc::new(SystemClock)).await.expect("connect");
     first.publish(vec![Outgoing { message: message.clone(), deliver_at_ms: 0 }]).await.expect("publish");
     let held = first.receive(Topic::Charge, 1).await.expect("receive");
     assert_eq!(held.len(), 1);
     assert_eq!(held[0].attempt, 1);
     drop(first);
 
-    let second = RabbitBus::connect(config, Arc::new(WallClock)).await.expect("connect");
+    let second = RabbitBus::connect(config, Arc::new(SystemClock)).await.expect("connect");
     let mut again = Vec::new();
     for _ in 0..100 {
         again = second.receive(Topic::Charge, 1).await.expect("receive");
@@ -100,7 +92,7 @@ async fn a_dropped_connection_is_reopened_and_stale_receipts_are_skipped() {
     use orderly_domain::{OrderNo, SnowflakeId, Uid};
 
     let config = fresh_config();
-    let bus = RabbitBus::connect(config, Arc::new(WallClock)).await.expect("connect");
+    let bus = RabbitBus::connect(config, Arc::new(SystemClock)).await.expect("connect");
     let message = Message::Charge { order_no: OrderNo::new(SnowflakeId(1), Uid(1)) };
     bus.publish(vec![Outgoing { message: message.clone(), deliver_at_ms: 0 }]).await.expect("publish");
     let held = bus.receive(Topic::Charge, 1).await.expect("receive");

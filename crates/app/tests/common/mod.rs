@@ -8,14 +8,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use orderly_app::model::{Order, Restock, StockChange, StockLevel, Token, TokenState};
 use orderly_app::ports::{Claim, PortResult, Reserve};
-use orderly_app::{Clock, FlowConfig, Orderly, StockCache, Store};
+use orderly_app::time::ManualClock;
+use orderly_app::{Clock, FlowConfig, Orderly, Ports, StockCache, Store};
 use orderly_domain::{CatalogEntry, CommodityId, Money, OrderNo, OrderState, PlaceOrderBody, ShopId};
-use orderly_local::{AcquirerConfig, Durability, LocalConfig, LocalStockCache, ManualClock};
+use orderly_local::{AcquirerConfig, Durability, LocalConfig, LocalStockCache};
 
 pub const T0_MS: u64 = 1_800_000_000_000;
 
 pub struct Harness {
     pub orderly: Orderly,
+    /// The ports `orderly` was wired from: what a test reads or breaks behind the use-cases.
+    pub ports: Ports,
     pub clock: Arc<ManualClock>,
     pub dir: tempfile::TempDir,
 }
@@ -24,20 +27,79 @@ pub fn local_config(acquirer: AcquirerConfig) -> LocalConfig {
     LocalConfig { durability: Durability::Os, acquirer, ..LocalConfig::default() }
 }
 
-pub async fn open_at(dir: &Path, clock: Arc<ManualClock>, acquirer: AcquirerConfig) -> Orderly {
-    orderly_local::open(dir, clock, FlowConfig::default(), &local_config(acquirer)).await.expect("profile opens")
+/// The standalone profile's ports on `dir`, and the flow wired to them.
+pub async fn open_at(dir: &Path, clock: Arc<ManualClock>, acquirer: AcquirerConfig) -> (Orderly, Ports) {
+    open_with(dir, clock, FlowConfig::default(), acquirer).await
+}
+
+pub async fn open_with(
+    dir: &Path,
+    clock: Arc<ManualClock>,
+    flow: FlowConfig,
+    acquirer: AcquirerConfig,
+) -> (Orderly, Ports) {
+    let ports = orderly_local::open(dir, clock, &local_config(acquirer), None).await.expect("profile opens");
+    (Orderly::new(ports.clone(), flow), ports)
+}
+
+/// Runs `call` to its end, moving `clock` on by `step_ms` each time at least `sleepers` waits are on it
+/// (a charge's time limit and the acquirer's latency, say). Fewer are left alone: a dependency call
+/// bounded by a time limit also waits on the clock while its real I/O runs, and moving the clock then
+/// would cut it off. Bounded: a call that never ends fails the test.
+pub async fn run_on_clock<T: Send + 'static>(
+    clock: &ManualClock,
+    sleepers: usize,
+    step_ms: u64,
+    call: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let task = tokio::spawn(call);
+    for _ in 0..10_000_000 {
+        if task.is_finished() {
+            return task.await.expect("the call ran to its end");
+        }
+        if clock.sleepers() >= sleepers {
+            clock.advance_ms(step_ms);
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the call did not end");
+}
+
+/// After every handle on a database was dropped: lets the database's own task (its group commit) see
+/// that and let go of it, so its directory can be opened again.
+pub async fn database_closed() {
+    for _ in 0..64 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Lets every task waiting on `clock` whose time has come run to its end (bounded).
+pub async fn sleeps_ended(clock: &ManualClock) {
+    for _ in 0..1_000_000 {
+        if clock.sleepers() == 0 {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{} sleeps still waiting", clock.sleepers());
+}
+
+/// Changes the ports behind `orderly` (a test breaking one of them) and wires the flow to them again.
+pub fn rewire(orderly: &mut Orderly, ports: &mut Ports, change: impl FnOnce(&mut Ports)) {
+    change(ports);
+    *orderly = Orderly::new(ports.clone(), orderly.config().clone());
 }
 
 pub async fn harness_with(stock: u32, acquirer: AcquirerConfig) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(ManualClock::new(T0_MS));
-    let orderly = open_at(dir.path(), Arc::clone(&clock), acquirer).await;
+    let (orderly, ports) = open_at(dir.path(), Arc::clone(&clock), acquirer).await;
     let catalog = [
         CatalogEntry { commodity_id: CommodityId(1), shop_id: ShopId(100_001), unit_price: Money::from_cents(2999) },
         CatalogEntry { commodity_id: CommodityId(2), shop_id: ShopId(100_002), unit_price: Money::from_cents(4999) },
     ];
     orderly.load_catalog(&catalog, &[(CommodityId(1), stock), (CommodityId(2), stock)]).await.expect("catalog loads");
-    Harness { orderly, clock, dir }
+    Harness { orderly, ports, clock, dir }
 }
 
 pub async fn harness(stock: u32) -> Harness {
@@ -71,18 +133,19 @@ pub fn body(uid: u64, pay_at_once: bool, lines: &[(u64, i64)]) -> PlaceOrderBody
     body
 }
 
-pub async fn state(orderly: &Orderly, order_no: OrderNo) -> OrderState {
-    order(orderly, order_no).await.state
+pub async fn state(ports: &Ports, order_no: OrderNo) -> OrderState {
+    order(ports, order_no).await.state
 }
 
-pub async fn order(orderly: &Orderly, order_no: OrderNo) -> Order {
-    orderly.store.order(order_no).await.expect("store answers").expect("order exists")
+/// The order as the store holds it.
+pub async fn order(ports: &Ports, order_no: OrderNo) -> Order {
+    ports.store.order(order_no).await.expect("store answers").expect("order exists")
 }
 
 /// Store available and cache available for a commodity.
-pub async fn stock(orderly: &Orderly, id: u64) -> (u64, Option<u64>) {
-    let store = orderly.store.stock(&[CommodityId(id)]).await.expect("store answers")[0].expect("stocked").available;
-    let cache = orderly.cache.available(&[CommodityId(id)]).await.expect("cache answers")[0];
+pub async fn stock(ports: &Ports, id: u64) -> (u64, Option<u64>) {
+    let store = ports.store.stock(&[CommodityId(id)]).await.expect("store answers")[0].expect("stocked").available;
+    let cache = ports.cache.available(&[CommodityId(id)]).await.expect("cache answers")[0];
     (store, cache)
 }
 
@@ -120,16 +183,16 @@ pub struct LosableCache {
 }
 
 impl LosableCache {
-    /// Puts a losable cache in `orderly`, starting from what its cache holds now.
-    pub fn install(orderly: &mut Orderly) -> Arc<LosableCache> {
+    /// Puts a losable cache behind `orderly`, starting from what its cache holds now.
+    pub fn install(orderly: &mut Orderly, ports: &mut Ports) -> Arc<LosableCache> {
         let cache = Arc::new(LosableCache {
-            current: std::sync::RwLock::new(Arc::clone(&orderly.cache)),
-            store: Arc::clone(&orderly.store),
-            clock: Arc::clone(&orderly.clock),
+            current: std::sync::RwLock::new(Arc::clone(&ports.cache)),
+            store: Arc::clone(&ports.store),
+            clock: Arc::clone(&ports.clock),
             at_next_claim: AtomicBool::new(false),
             after_loads: std::sync::atomic::AtomicUsize::new(0),
         });
-        orderly.cache = Arc::clone(&cache) as Arc<dyn StockCache>;
+        rewire(orderly, ports, |ports| ports.cache = Arc::clone(&cache) as Arc<dyn StockCache>);
         cache
     }
 

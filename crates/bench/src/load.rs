@@ -14,8 +14,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::workload::{FollowUp, Workload};
-use super::{Target, lock};
+use crate::orders::{Target, lock};
+use crate::workload::{FollowUp, Workload};
 
 /// What one phase sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -1,12 +1,13 @@
-//! Wiring of the standalone profile: every port on one fjall database under a data directory.
+//! Opens the standalone adapters: every port on one fjall database under a data directory. The binary
+//! wires them to the flow (`Orderly::new`); tests do the same with a manual clock.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use orderly_app::ids::LeasedSnowflake;
-use orderly_app::payment_ledger::{LedgerConfig, PaymentLedger};
 use orderly_app::ports::Payments;
-use orderly_app::{Clock, FlowConfig, Orderly, PortError, StockCache, Store};
+use orderly_app::{Clock, PortError, Ports, StockCache, Store};
+use orderly_ledger::{LedgerConfig, PaymentLedger};
 use serde::{Deserialize, Serialize};
 
 use crate::{AcquirerConfig, Durability, LocalBus, LocalDb, LocalStockCache, LocalStore, local_payments};
@@ -45,17 +46,6 @@ impl Default for LocalConfig {
     }
 }
 
-/// Opens (or recovers) the standalone profile under `data_dir` and rebuilds the cache from the store:
-/// after a crash the store is the authority, and in-flight orders re-reserve against it.
-pub async fn open(
-    data_dir: &Path,
-    clock: Arc<dyn Clock>,
-    flow: FlowConfig,
-    local: &LocalConfig,
-) -> Result<Orderly, PortError> {
-    open_with_payments(data_dir, clock, flow, local, None).await
-}
-
 /// The payment service's own ledger (and its simulated acquirer) on a data directory of its own: what
 /// `orderly payment` serves over gRPC.
 pub fn open_payment_ledger(
@@ -69,14 +59,15 @@ pub fn open_payment_ledger(
     Ok(local_payments(db, local.acquirer.clone(), clock, local.ledger.clone()))
 }
 
-/// Like [`open`], with the payment service elsewhere (`Some`: over gRPC) instead of in process.
-pub async fn open_with_payments(
+/// Opens (or recovers) the standalone adapters under `data_dir` and rebuilds the cache from the store:
+/// after a crash the store is the authority, and in-flight orders re-reserve against it. The payment
+/// service is in process on the same database, or `payments` (over gRPC) when given.
+pub async fn open(
     data_dir: &Path,
     clock: Arc<dyn Clock>,
-    flow: FlowConfig,
     local: &LocalConfig,
     payments: Option<Arc<dyn Payments>>,
-) -> Result<Orderly, PortError> {
+) -> Result<Ports, PortError> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| PortError::corrupt("local store", format!("{}: {e}", data_dir.display())))?;
     let db = LocalDb::open(data_dir, local.durability)?;
@@ -91,5 +82,5 @@ pub async fn open_with_payments(
     let ids = Arc::new(
         LeasedSnowflake::start(Arc::clone(&store), Arc::clone(&clock), local.worker_id, local.id_lease_ms).await?,
     );
-    Ok(Orderly::new(cache, store, bus, payments, clock, ids, flow))
+    Ok(Ports { cache, store, bus, payments, clock, ids, orders: None })
 }

@@ -11,8 +11,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::load::{Accepted, Kind, Mode, PhaseSpec, Recorder};
-use super::workload::{Scenario, Workload};
+use crate::load::{Accepted, Kind, Mode, PhaseSpec, Recorder};
+use crate::workload::{Scenario, Workload};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {

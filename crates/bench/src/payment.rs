@@ -21,8 +21,8 @@ use orderly_domain::{Money, OrderNo, SnowflakeId, Uid};
 use orderly_payment::{ClientConfig, GrpcPayments};
 use serde::Serialize;
 
-use super::report::Latency;
-use super::{lock, spawn};
+use crate::orders::{lock, spawn};
+use crate::report::Latency;
 
 #[derive(Debug, clap::Args)]
 pub struct PaymentBenchArgs {
@@ -81,7 +81,7 @@ async fn phase(
     let outcomes = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     let start = Instant::now();
     let deadline = start + duration;
-    let clock = orderly_local::SystemClock;
+    let clock = orderly_clock::SystemClock;
     let mut tasks = Vec::new();
     for connection in 0..connections as u64 {
         let (payments, latency, outcomes) = (payments.clone(), Arc::clone(&latency), Arc::clone(&outcomes));

@@ -16,7 +16,6 @@
 //! - Refunds are idempotent per refund key and never exceed the charge.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use orderly_domain::{Money, OrderNo};
@@ -24,9 +23,11 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::ports::{
+use orderly_app::ports::{
     ChargeOutcome, ChargeRequest, Clock, PaymentStatus, Payments, PortError, PortResult, RefundOutcome, RefundRefusal,
 };
+
+pub use orderly_app::ports::NO_ANSWER_REASON;
 
 /// How long a started charge owns its order's entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -276,21 +277,20 @@ impl Default for AcquirerConfig {
     }
 }
 
-/// The reason a voided attempt is declined with.
-pub const NO_ANSWER_REASON: &str = "acquirer_no_answer";
-
 /// The bank side, simulated: one record per attempt in a [`CaptureBook`], faults rolled from seeded dice.
 #[derive(Debug)]
 pub struct SimulatedAcquirer {
     book: Arc<dyn CaptureBook>,
     config: AcquirerConfig,
     dice: Mutex<SmallRng>,
+    /// The acquirer's latency passes on it.
+    clock: Arc<dyn Clock>,
 }
 
 impl SimulatedAcquirer {
-    pub fn new(book: Arc<dyn CaptureBook>, config: AcquirerConfig) -> SimulatedAcquirer {
+    pub fn new(book: Arc<dyn CaptureBook>, config: AcquirerConfig, clock: Arc<dyn Clock>) -> SimulatedAcquirer {
         let dice = Mutex::new(SmallRng::seed_from_u64(config.seed));
-        SimulatedAcquirer { book, config, dice }
+        SimulatedAcquirer { book, config, dice, clock }
     }
 
     fn roll(&self) -> f64 {
@@ -317,7 +317,7 @@ impl SimulatedAcquirer {
     /// (the record, or its absence, says what really happened).
     pub async fn capture(&self, order_no: OrderNo, key: &str, amount: Money) -> PortResult<Option<LedgerState>> {
         if self.config.latency_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(self.config.latency_ms)).await;
+            self.clock.sleep_ms(self.config.latency_ms).await;
         }
         let roll = self.roll();
         let config = &self.config;

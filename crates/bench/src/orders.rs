@@ -1,21 +1,10 @@
-//! `orderly bench`: a flash-sale load generator over HTTP, with its baseline in the same run and the
-//! audit's verdict at the end.
+//! `orderly-bench orders`: a flash-sale load generator over HTTP, with its baseline in the same run and
+//! the audit's verdict at the end.
 //!
 //! A run: start a fresh standalone server (or use `--url`), load a catalog, measure the same server's
 //! trivial endpoint (the HTTP ceiling), run the scenario's phases, let buyers pay and cancel, wait until
 //! everything accepted is persisted, check every accepted order number reached a definite state, wait
 //! for quiet, run the audit (I1–I5), and write the report (JSON, Markdown, SVG charts).
-//!
-//! # Layout
-//! - [`workload`]: the catalog and the carts (seeded).
-//! - [`load`]: closed-loop and fixed-rate drivers, the recorder, buyers' follow-ups.
-//! - [`report`]: figures, ratios and targets; JSON, Markdown and charts.
-//! - [`payment`]: `orderly bench-payment`, the payment service's latency over gRPC.
-
-mod load;
-pub mod payment;
-mod report;
-mod workload;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -31,11 +20,12 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde_json::Value;
 
-use self::load::{Kind, Live, Mode, PhaseSpec, Recorder};
-use self::report::{Checks, PhaseReport, Report};
-pub use self::workload::Scenario;
-use self::workload::Workload;
-use crate::config::{self, Config};
+use crate::load::{Kind, Live, Mode, PhaseSpec, Recorder};
+use crate::report::{Checks, PhaseReport, Report};
+pub use crate::workload::Scenario;
+use crate::workload::Workload;
+use crate::{load, report};
+use orderly::config::{self, Config};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -166,10 +156,17 @@ pub(crate) fn spawn(
     data: tempfile::TempDir,
     log: &Path,
 ) -> anyhow::Result<(Spawned, String)> {
-    let exe = std::env::current_exe().context("finding the orderly binary")?;
+    // The server roles are this binary's own hidden subcommands (`run-serve`, `run-payment`): the same
+    // code as `orderly serve` / `orderly payment`, so a bench needs nothing else built.
+    let exe = std::env::current_exe().context("finding the orderly-bench binary")?;
     let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut command = Command::new(exe);
-    command.arg(role).env("ORDERLY_LOG", "warn").env_remove("ORDERLY_CONFIG").stdout(Stdio::piped()).stderr(log);
+    command
+        .arg(format!("run-{role}"))
+        .env("ORDERLY_LOG", "warn")
+        .env_remove("ORDERLY_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(log);
     for (key, value) in envs {
         command.env(key, value);
     }

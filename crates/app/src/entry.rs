@@ -1,0 +1,246 @@
+//! The entry: a cart priced against the catalog, split by shop, numbered, its stock reserved and its
+//! creates published — answered in a few milliseconds. The workers finish the flow
+//! ([`crate::workers`]).
+
+use orderly_domain::{
+    CartRejection, CatalogEntry, CommodityId, OrderNo, OrderState, PlaceOrderBody, Uid, price_and_split,
+};
+
+use crate::model::{IdempotencyRecord, Message, Order, Outgoing, StoredAnswer};
+use crate::orderly::Orderly;
+use crate::ports::{CreateOutcome, CreateRequest, IdempotencyBegin, PortError, Reserve};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error(transparent)]
+    Cart(#[from] CartRejection),
+    #[error("commodity {commodity_id} is sold out")]
+    SoldOut { commodity_id: CommodityId },
+    #[error("this Idempotency-Key was used with another request")]
+    IdempotencyKeyReused,
+    #[error(transparent)]
+    Unavailable(#[from] PortError),
+}
+
+impl Orderly {
+    /// The entry: price, split by shop, number, arm the reservation checks, reserve, write the pending
+    /// views, publish the creates.
+    ///
+    /// With an `idempotency_key`, the order numbers are pinned to the key before anything else, so a
+    /// retry (even racing the first attempt) re-runs the same idempotent steps on the same numbers.
+    pub async fn place_orders(
+        &self,
+        body: &PlaceOrderBody,
+        idempotency_key: Option<&str>,
+    ) -> Result<Vec<OrderNo>, PlaceError> {
+        let drafts = self.price(body).await?;
+        let order_nos = match idempotency_key {
+            None => self.bounded("ids", self.new_order_nos(body.uid, drafts.len())).await?,
+            Some(key) => {
+                let request = serde_json::to_string(body)
+                    .map_err(|e| PortError::corrupt("idempotency", format!("cannot encode the request: {e}")))?;
+                let fresh = IdempotencyRecord {
+                    request,
+                    order_nos: self.bounded("ids", self.new_order_nos(body.uid, drafts.len())).await?,
+                    answer: None,
+                };
+                match self.bounded("store", self.store.idempotency_begin(body.uid, key, &fresh)).await? {
+                    IdempotencyBegin::Started => fresh.order_nos,
+                    IdempotencyBegin::Mismatch => return Err(PlaceError::IdempotencyKeyReused),
+                    IdempotencyBegin::Seen(seen) => match seen.answer {
+                        Some(StoredAnswer::Accepted) => return Ok(seen.order_nos),
+                        Some(StoredAnswer::SoldOut { commodity_id }) => {
+                            return Err(PlaceError::SoldOut { commodity_id });
+                        }
+                        // Same body, so the same split: the pinned numbers fit the drafts one to one.
+                        None if seen.order_nos.len() == drafts.len() => seen.order_nos,
+                        None => return Err(PlaceError::IdempotencyKeyReused),
+                    },
+                }
+            }
+        };
+        let now_ms = self.clock.now_ms();
+        let orders = pending_orders(drafts, &order_nos, now_ms);
+
+        // Remark 1: the check is armed before the reservation, so a crash right after reserving still
+        // gets the stock back.
+        let check_at_ms = now_ms + self.config.reservation_check_delay_ms;
+        let checks = orders
+            .iter()
+            .map(|o| Outgoing {
+                message: Message::ReservationCheck { token: o.entry_token() },
+                deliver_at_ms: check_at_ms,
+            })
+            .collect();
+        self.bounded("bus", self.bus.publish_guards(checks)).await?;
+
+        // Remark 2: fail early on stock. All orders of the cart or none.
+        for (index, order) in orders.iter().enumerate() {
+            match self.bounded("stock cache", self.reserve(order.entry_token(), &order.stock_lines(), false)).await {
+                Ok(Reserve::Reserved | Reserve::AlreadyHeld(_)) => {}
+                Ok(Reserve::Insufficient { commodity_id, .. }) => {
+                    self.release_all(&orders[..index]).await;
+                    if let Some(key) = idempotency_key {
+                        self.bounded(
+                            "store",
+                            self.store.idempotency_answer(body.uid, key, StoredAnswer::SoldOut { commodity_id }),
+                        )
+                        .await?;
+                    }
+                    return Err(PlaceError::SoldOut { commodity_id });
+                }
+                // A commodity of the catalog that was never given stock: sold out.
+                Ok(Reserve::NotLoaded(ids)) => {
+                    self.release_all(&orders[..index]).await;
+                    return Err(match ids.first() {
+                        Some(&commodity_id) => PlaceError::SoldOut { commodity_id },
+                        None => PortError::corrupt("stock cache", "not loaded, naming no commodity").into(),
+                    });
+                }
+                Err(error) => {
+                    self.release_all(&orders[..index]).await;
+                    return Err(error.into());
+                }
+            }
+        }
+
+        // The pending view before the create: from the moment the answer is success the number is found
+        // (`pending` until the worker creates it), across a crash too — where the store and the bus share
+        // a journal the publish's sync makes the view durable with the create. Nothing is published yet,
+        // so a failure here leaves nothing behind.
+        if let Err(error) = self.bounded("store", self.store.insert_pending(&orders)).await {
+            self.abort(&orders, false).await;
+            return Err(error.into());
+        }
+        let creates = orders
+            .iter()
+            .map(|o| Outgoing { message: Message::CreateOrder(Box::new(o.clone())), deliver_at_ms: now_ms })
+            .collect();
+        if let Err(error) = self.bounded("bus", self.bus.publish(creates)).await {
+            self.abort(&orders, idempotency_key.is_none()).await;
+            return Err(error.into());
+        }
+        // The creates are durable: the orders will exist unless stock runs out, so the answer is success
+        // whatever happens to the steps below, which only make things quicker or clearer.
+        self.after_publish(&orders, body.uid, idempotency_key).await;
+        Ok(order_nos)
+    }
+
+    /// A cart answered with an error after its reservation: its reservations are given back and its
+    /// pending views deleted. When its creates may have reached the bus (an error can hide a publish that
+    /// landed) and there is no idempotency key, the caller will never ask for these numbers again, so the
+    /// worker's reservation is refused too ([`StockCache::release`] remembers an unknown token as
+    /// released): a create that landed all the same then ends `rejected`, holding nothing, as the error
+    /// answer said. With a key, a retry re-runs the same numbers and must be able to create them. Best
+    /// effort: what fails here is done by the reservation check.
+    async fn abort(&self, orders: &[Order], refuse_late_creates: bool) {
+        self.release_all(orders).await;
+        let order_nos: Vec<OrderNo> = orders.iter().map(|o| o.order_no).collect();
+        if let Err(error) = self.bounded("store", self.store.forget_pending(&order_nos)).await {
+            tracing::warn!(orders = orders.len(), %error, "pending views not deleted; the reservation check will");
+        }
+        self.orders_changed(order_nos).await;
+        if refuse_late_creates {
+            for order in orders {
+                if let Err(error) = self.cache.release(order.worker_token()).await {
+                    tracing::warn!(order_no = %order.order_no, %error, "could not refuse a late create of an aborted order");
+                }
+            }
+        }
+    }
+
+    /// After the creates are durable. The entry tokens are claimed: a reservation whose create is on the
+    /// bus belongs to that create (the reservation check leaves a CLAIMED token to the worker, however long
+    /// the backlog). Then the idempotency answer. Neither can turn the answer into an error: a failed claim
+    /// leaves the reservation to the check (the worker then reserves again), and a missing idempotency
+    /// answer makes a retry re-run the idempotent steps on the same numbers.
+    async fn after_publish(&self, orders: &[Order], buyer: Uid, idempotency_key: Option<&str>) {
+        let claims = orders.iter().map(|o| self.bounded("stock cache", self.cache.claim(o.entry_token())));
+        for (order, claim) in orders.iter().zip(futures_util::future::join_all(claims).await) {
+            if let Err(error) = claim {
+                tracing::warn!(order_no = %order.order_no, %error, "accepted, but the reservation could not be claimed for its create");
+            }
+        }
+        if let Some(key) = idempotency_key
+            && let Err(error) =
+                self.bounded("store", self.store.idempotency_answer(buyer, key, StoredAnswer::Accepted)).await
+        {
+            tracing::warn!(%buyer, %error, "accepted; the idempotency answer was not stored (a retry re-runs the same numbers)");
+        }
+    }
+
+    /// The bench's naive baseline (issue 3), not a way to take orders: no cache, no bus — the cart's
+    /// orders created by one synchronous store transaction that locks the stock rows, checks and deducts,
+    /// as a first design would. A cart split over shops is not all-or-nothing here: a shop's order that
+    /// finds no stock is `rejected` and answered sold out, the others stand. Its stock never passes through
+    /// the cache, so a commodity sold this way must not also be sold by [`Orderly::place_orders`] (the
+    /// bench gives it commodities of its own).
+    pub async fn place_orders_naive(&self, body: &PlaceOrderBody) -> Result<Vec<OrderNo>, PlaceError> {
+        let drafts = self.price(body).await?;
+        let order_nos = self.bounded("ids", self.new_order_nos(body.uid, drafts.len())).await?;
+        let now_ms = self.clock.now_ms();
+        let batch: Vec<CreateRequest> = pending_orders(drafts, &order_nos, now_ms)
+            .into_iter()
+            .map(|order| CreateRequest {
+                token: Some(order.entry_token()),
+                unpaid_deadline_ms: now_ms + self.config.unpaid_timeout_ms,
+                order,
+            })
+            .collect();
+        for outcome in self.store.create_orders(&batch, now_ms).await? {
+            if let CreateOutcome::Rejected { commodity_id } = outcome {
+                return Err(PlaceError::SoldOut { commodity_id });
+            }
+        }
+        Ok(order_nos)
+    }
+
+    async fn price(&self, body: &PlaceOrderBody) -> Result<Vec<orderly_domain::OrderDraft>, PlaceError> {
+        let mut entries: Vec<CatalogEntry> = Vec::with_capacity(body.commodity_details.len());
+        // Bounded before any lookup: a huge cart costs nothing.
+        if body.commodity_details.len() <= self.config.cart.lines_max {
+            for line in &body.commodity_details {
+                if let Some(entry) = self.catalog_entry(line.commodity_id).await? {
+                    entries.push(entry);
+                }
+            }
+        }
+        let drafts =
+            price_and_split(body, self.config.cart, |id| entries.iter().find(|e| e.commodity_id == id).copied())?;
+        Ok(drafts)
+    }
+
+    async fn new_order_nos(&self, buyer: Uid, count: usize) -> Result<Vec<OrderNo>, PortError> {
+        let mut order_nos = Vec::with_capacity(count);
+        for _ in 0..count {
+            order_nos.push(OrderNo::new(self.ids.next_id().await?, buyer));
+        }
+        Ok(order_nos)
+    }
+}
+
+/// The orders of a cart as accepted: `pending`, numbered.
+fn pending_orders(drafts: Vec<orderly_domain::OrderDraft>, order_nos: &[OrderNo], now_ms: u64) -> Vec<Order> {
+    drafts
+        .into_iter()
+        .zip(order_nos)
+        .map(|(draft, &order_no)| Order {
+            order_no,
+            buyer: draft.buyer,
+            to_uid: draft.to_uid,
+            shop_id: draft.shop_id,
+            pay_at_once: draft.pay_at_once,
+            lines: draft.lines,
+            total: draft.total,
+            state: OrderState::Pending,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            payment_attempt: None,
+            payment_id: None,
+            last_decline: None,
+            rejected_for: None,
+            token_generation: None,
+            stock_versions: Vec::new(),
+        })
+        .collect()
+}

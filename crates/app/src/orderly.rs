@@ -1,0 +1,205 @@
+//! The wiring of one profile: [`Ports`] (what the profile's adapters provide) and [`Orderly`], the
+//! ports with this process's own state (catalog copies, leases) and the flow's settings. Its fields are
+//! private: callers use the use-cases — the entry ([`crate::entry`]), the buyer's actions
+//! ([`crate::buyer`]), the admin's ([`crate::admin`], [`crate::audit`]) and the workers
+//! ([`crate::workers`]). What several of them share lives here: bounded dependency calls, the reserve
+//! that loads the cache, the order cache's copies.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use orderly_domain::{CatalogEntry, CommodityId, OrderNo};
+
+use crate::catalog::CatalogCache;
+use crate::config::FlowConfig;
+use crate::model::{Order, StockLevel, Token};
+use crate::ports::{Bus, Clock, IdGen, OrderCache, Payments, PortError, Reserve, StockCache, Store};
+
+/// The ports of one profile, as its adapters were opened.
+#[derive(Debug, Clone)]
+pub struct Ports {
+    pub cache: Arc<dyn StockCache>,
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub payments: Arc<dyn Payments>,
+    pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn IdGen>,
+    /// Copies of orders for the buyers' queries; `None`: every query reads the store.
+    pub orders: Option<Arc<dyn OrderCache>>,
+}
+
+/// A profile's ports wired to the flow. Cheap to clone: every clone shares the same state.
+#[derive(Debug, Clone)]
+pub struct Orderly {
+    pub(crate) cache: Arc<dyn StockCache>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) payments: Arc<dyn Payments>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) ids: Arc<dyn IdGen>,
+    pub(crate) config: FlowConfig,
+    /// Catalog entries this process read lately (`config.catalog_cache_ms`).
+    pub(crate) catalog: Arc<CatalogCache>,
+    /// Copies of orders for the buyers' queries; `None`: every query reads the store.
+    pub(crate) orders: Option<Arc<dyn OrderCache>>,
+    /// The leases this process holds on roles that run once in a cluster.
+    pub(crate) leases: Arc<Leases>,
+}
+
+/// Until when this process holds each lease on a role that runs once in a cluster (it holds them as
+/// its id generator's instance, unique among the processes). Taken and renewed by
+/// [`crate::workers`].
+#[derive(Debug, Default)]
+pub(crate) struct Leases {
+    held_until: Mutex<HashMap<&'static str, u64>>,
+}
+
+impl Leases {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, u64>> {
+        // Plain values: a holder that panicked left nothing half-written.
+        self.held_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Until when lease `name` is held (0: not held).
+    pub(crate) fn held_until(&self, name: &'static str) -> u64 {
+        self.held().get(name).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn set(&self, name: &'static str, until_ms: u64) {
+        self.held().insert(name, until_ms);
+    }
+}
+
+impl Orderly {
+    /// A profile's ports wired together, with this process's own state empty (catalog copies, leases).
+    pub fn new(ports: Ports, config: FlowConfig) -> Orderly {
+        let Ports { cache, store, bus, payments, clock, ids, orders } = ports;
+        Orderly {
+            cache,
+            store,
+            bus,
+            payments,
+            clock,
+            ids,
+            config,
+            catalog: Arc::default(),
+            orders,
+            leases: Arc::default(),
+        }
+    }
+
+    /// The flow's settings.
+    pub fn config(&self) -> &FlowConfig {
+        &self.config
+    }
+
+    /// A catalog entry, from this process's recent reads or the store.
+    pub(crate) async fn catalog_entry(&self, id: CommodityId) -> Result<Option<CatalogEntry>, PortError> {
+        let now_ms = self.clock.now_ms();
+        if let Some(entry) = self.catalog.get(id, now_ms, self.config.catalog_cache_ms) {
+            return Ok(Some(entry));
+        }
+        let entry = self.bounded("store", self.store.commodity(id)).await?;
+        if let Some(entry) = entry {
+            self.catalog.put(entry, now_ms);
+        }
+        Ok(entry)
+    }
+
+    /// One dependency call of a buyer's request, bounded by `entry_call_timeout_ms`: a dependency that is
+    /// down answers 503 quickly. A call cut off may still have happened; every call bounded here is one
+    /// the request can leave behind safely (idempotent, or undone by the abort or the reservation check).
+    pub(crate) async fn bounded<T>(
+        &self,
+        what: &'static str,
+        call: impl std::future::Future<Output = Result<T, PortError>>,
+    ) -> Result<T, PortError> {
+        let limit_ms = self.config.entry_call_timeout_ms;
+        match crate::time::within(&*self.clock, limit_ms, call).await {
+            Some(result) => result,
+            None => Err(PortError::unavailable(what, format!("no answer within {limit_ms} ms"))),
+        }
+    }
+
+    /// Reserves, loading commodities the cache does not hold yet from the store (the seed's init).
+    /// `NotLoaded` only for a commodity the store has no stock for; a cache emptied again between the
+    /// load and the reserve (a flush racing it) is loaded again, and after [`RELOAD_ATTEMPTS`] it is
+    /// "unavailable" — never taken for "no stock".
+    pub(crate) async fn reserve(
+        &self,
+        token: Token,
+        lines: &[(CommodityId, u32)],
+        claimed: bool,
+    ) -> Result<Reserve, PortError> {
+        for _ in 0..RELOAD_ATTEMPTS {
+            match self.cache.reserve(token, lines, claimed).await? {
+                Reserve::NotLoaded(ids) => {
+                    if !self.load_into_cache(&ids).await? {
+                        return Ok(Reserve::NotLoaded(ids));
+                    }
+                }
+                other => return Ok(other),
+            }
+        }
+        Err(PortError::unavailable("stock cache", "the counters did not stay loaded (is the cache being flushed?)"))
+    }
+
+    /// Loads the stock of `ids` into the cache. `false`: the store has no stock for some of them.
+    pub(crate) async fn load_into_cache(&self, ids: &[CommodityId]) -> Result<bool, PortError> {
+        let levels = self.store.stock(ids).await?;
+        let present: Vec<(CommodityId, StockLevel)> =
+            ids.iter().zip(levels).filter_map(|(id, level)| level.map(|l| (*id, l))).collect();
+        self.cache.init(&present).await?;
+        Ok(present.len() == ids.len())
+    }
+
+    /// Best effort: a release that fails here is done by the reservation check instead.
+    pub(crate) async fn release_all(&self, orders: &[Order]) {
+        for order in orders {
+            if let Err(error) = self.cache.release(order.entry_token()).await {
+                tracing::warn!(order_no = %order.order_no, %error, "release failed; the reservation check will do it");
+            }
+        }
+    }
+
+    /// The cache is a copy: when it fails, the store answers.
+    pub(crate) async fn cached_order(&self, order_no: OrderNo) -> Option<Order> {
+        let orders = self.orders.as_ref()?;
+        orders.get(order_no).await.unwrap_or_else(|error| {
+            tracing::debug!(%order_no, %error, "order cache unavailable; reading the store");
+            None
+        })
+    }
+
+    pub(crate) async fn cache_order(&self, order: &Order) {
+        if let Some(orders) = &self.orders
+            && let Err(error) = orders.put(order).await
+        {
+            tracing::debug!(order_no = %order.order_no, %error, "order cache unavailable");
+        }
+    }
+
+    /// After a change of an order in the store: its cached copy is deleted now and again after
+    /// `order_cache_second_delete_ms` (a query that read the store before the change may have put the
+    /// old order back). A failed delete leaves the copy to its expiry.
+    pub(crate) async fn orders_changed(&self, order_nos: Vec<OrderNo>) {
+        let Some(orders) = &self.orders else { return };
+        if order_nos.is_empty() {
+            return;
+        }
+        if let Err(error) = orders.forget(&order_nos).await {
+            tracing::warn!(orders = order_nos.len(), %error, "order cache: delete failed; the copies expire on their own");
+        }
+        let (orders, second_delete) =
+            (Arc::clone(orders), self.clock.sleep_ms(self.config.order_cache_second_delete_ms));
+        tokio::spawn(async move {
+            second_delete.await;
+            if let Err(error) = orders.forget(&order_nos).await {
+                tracing::warn!(orders = order_nos.len(), %error, "order cache: second delete failed; the copies expire on their own");
+            }
+        });
+    }
+}
+
+/// How often a reserve loads counters that a flush keeps emptying before it answers "unavailable".
+const RELOAD_ATTEMPTS: usize = 3;

@@ -1,0 +1,139 @@
+//! Consumers of the one-message topics: reservation checks (remark 1's recovery), unpaid timeouts and
+//! pay-at-once charges.
+
+use futures_util::StreamExt;
+use orderly_domain::{OrderAction, OrderNo, OrderState};
+
+use super::Outcome;
+use crate::buyer::{Actor, OrderError, PayOutcome};
+use crate::model::{Delivery, Message, Outgoing, Token, TokenState, Topic};
+use crate::orderly::Orderly;
+use crate::ports::{ChangeRejection, PortError};
+
+impl Orderly {
+    /// Consumers of the one-message-at-a-time topics. The messages of a batch are handled concurrently
+    /// (each is about one order; the store serialises what touches the same one), so their commits
+    /// share group-commit syncs, and the done ones are acked together.
+    pub(super) async fn consume(&self, topic: Topic) -> Result<Outcome, PortError> {
+        let deliveries = self.bus.receive(topic, self.config.worker_batch_max).await?;
+        let handled: Vec<(Delivery, Result<Handled, PortError>)> = futures_util::stream::iter(deliveries)
+            .map(|delivery| async move {
+                let result = self.handle(&delivery.message).await;
+                (delivery, result)
+            })
+            .buffer_unordered(self.config.worker_concurrency_max.max(1))
+            .collect()
+            .await;
+        let mut outcome = Outcome::default();
+        let mut done = Vec::new();
+        for (delivery, result) in handled {
+            match result {
+                Ok(Handled::Done) => {
+                    done.push(delivery.receipt);
+                    outcome.done += 1;
+                }
+                Ok(Handled::Later(at_ms)) => {
+                    self.bus.retry(&delivery.receipt, at_ms).await?;
+                    outcome.retried += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(topic = topic.as_str(), %error, "message handling failed");
+                    self.retry_or_dead_letter(&delivery, &error).await?;
+                    outcome.retried += 1;
+                }
+            }
+        }
+        if !done.is_empty() {
+            self.bus.ack(&done).await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn handle(&self, message: &Message) -> Result<Handled, PortError> {
+        match message {
+            Message::ReservationCheck { token } => self.check_reservation(*token).await,
+            Message::UnpaidTimeout { order_no } => {
+                let now_ms = self.clock.now_ms();
+                if let Some(later_ms) = self.before_unpaid_deadline(*order_no, now_ms).await? {
+                    return Ok(Handled::Later(later_ms));
+                }
+                match self.store.transition(*order_no, OrderAction::AutoCancel, now_ms).await? {
+                    Ok(order) => {
+                        self.orders_changed(vec![*order_no]).await;
+                        tracing::info!(%order_no, buyer = %order.buyer, "unpaid order closed; buyer notified");
+                        Ok(Handled::Done)
+                    }
+                    // A charge in flight, or a pay-at-once order whose charge has not run yet: its outcome
+                    // decides (the buyer asked to pay).
+                    Err(ChangeRejection::PaymentInFlight) => {
+                        Ok(Handled::Later(now_ms + self.config.unpaid_timeout_retry_ms))
+                    }
+                    // Paid, cancelled, already closed, or gone: nothing to do.
+                    Err(_) => Ok(Handled::Done),
+                }
+            }
+            Message::Charge { order_no } => match self.pay(Actor::System, *order_no).await {
+                Ok(PayOutcome::Paid(_) | PayOutcome::Declined { .. } | PayOutcome::Pending(_)) => Ok(Handled::Done),
+                // Already paid, cancelled, or a payment in flight: the buyer's own action won.
+                Err(OrderError::Refused(_)) => Ok(Handled::Done),
+                Err(OrderError::Unavailable(error)) => Err(error),
+            },
+            Message::CreateOrder(_) => Err(PortError::corrupt("bus", "create-order message on a single-message topic")),
+        }
+    }
+
+    /// `Some(wall time to look again)` while an order's unpaid deadline (its acceptance plus
+    /// `unpaid_timeout_ms`) has not passed by the monotonic clock: a timer the wall clock fired early
+    /// (it was stepped forward) waits out the rest. `None`: due, or no such order.
+    async fn before_unpaid_deadline(&self, order_no: OrderNo, now_ms: u64) -> Result<Option<u64>, PortError> {
+        let Some(order) = self.store.order(order_no).await? else { return Ok(None) };
+        let deadline_ms = order.created_ms.saturating_add(self.config.unpaid_timeout_ms);
+        let judged_ms = self.clock.judged_now_ms(order.created_ms);
+        if judged_ms >= deadline_ms {
+            return Ok(None);
+        }
+        // One line per order: the step itself is said once, as a warning, by the clock.
+        tracing::debug!(
+            %order_no,
+            clock_jump_ms = self.clock.jump_ms(),
+            early_ms = deadline_ms - judged_ms,
+            "unpaid timeout before its deadline by the monotonic clock; waiting"
+        );
+        Ok(Some(now_ms + (deadline_ms - judged_ms)))
+    }
+
+    /// Remark 1's recovery: order created → the reservation is the order's; still RESERVED → give the
+    /// stock back (the entry never published the create, or died before it could claim the token). A
+    /// CLAIMED token belongs to a create on the bus — the entry claims it once the create is durable, a
+    /// worker when it takes the create — however long the backlog: it is never given back here.
+    ///
+    /// A `pending` view whose token is not CLAIMED was left by an entry that stopped between the view and
+    /// the claim (or lost its cache): whether its create reached the bus is unknown, so one is published
+    /// again from the view (a duplicate is a no-op). The worker reserves afresh: the order is created if
+    /// stock is left, or `rejected` — never left `pending` for ever, never "not found" meanwhile.
+    async fn check_reservation(&self, token: Token) -> Result<Handled, PortError> {
+        match self.store.order(token.order_no).await? {
+            Some(order) if order.state != OrderState::Pending => self.settle_tokens(&order, false).await?,
+            view => {
+                let found = self.cache.release_if_reserved(token).await?;
+                if found == Some(TokenState::Reserved) {
+                    tracing::info!(order_no = %token.order_no, "reservation not consumed in time; stock returned");
+                }
+                if let Some(view) = view
+                    && !matches!(found, Some(TokenState::Claimed | TokenState::Confirmed))
+                {
+                    tracing::info!(order_no = %token.order_no, "pending view with no create known; its create is published again");
+                    let create =
+                        Outgoing { message: Message::CreateOrder(Box::new(view)), deliver_at_ms: self.clock.now_ms() };
+                    self.bus.publish(vec![create]).await?;
+                }
+            }
+        }
+        Ok(Handled::Done)
+    }
+}
+
+enum Handled {
+    Done,
+    Later(u64),
+}

@@ -1,0 +1,130 @@
+//! Worker: creates accepted orders, a batch per step (remarks 3–5).
+
+use orderly_domain::OrderState;
+
+use super::{Fate, Outcome};
+use crate::model::{Message, Order, Token, TokenState, Topic};
+use crate::orderly::Orderly;
+use crate::ports::{Claim, CreateOutcome, CreateRequest, PortError, Reserve};
+
+impl Orderly {
+    /// Worker: create orders, a batch per step (remarks 3–5).
+    pub(super) async fn create_orders_step(&self) -> Result<Outcome, PortError> {
+        let deliveries = self.bus.receive(Topic::CreateOrder, self.config.worker_batch_max).await?;
+        if deliveries.is_empty() {
+            return Ok(Outcome::default());
+        }
+        let mut outcome = Outcome::default();
+        let mut batch = Vec::with_capacity(deliveries.len());
+        let mut receipts = Vec::with_capacity(deliveries.len());
+        let now_ms = self.clock.now_ms();
+        for delivery in deliveries {
+            let Message::CreateOrder(order) = &delivery.message else {
+                self.bus.dead_letter(&delivery.receipt, "not a create-order message").await?;
+                continue;
+            };
+            let order = (**order).clone();
+            match self.hold_stock_for(&order).await {
+                Ok(token) => {
+                    batch.push(CreateRequest {
+                        token,
+                        unpaid_deadline_ms: now_ms + self.config.unpaid_timeout_ms,
+                        order,
+                    });
+                    receipts.push(delivery.receipt);
+                }
+                Err(error) => {
+                    outcome.retried += 1;
+                    if self.retry_or_dead_letter(&delivery, &error).await? == Fate::DeadLettered {
+                        // Never created: nothing may stay held for it.
+                        for token in [order.entry_token(), order.worker_token()] {
+                            self.cache.release(token).await?;
+                        }
+                    }
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(outcome);
+        }
+        let results = match self.store.create_orders(&batch, now_ms).await {
+            Ok(results) => results,
+            Err(error) => {
+                // Tokens stay CLAIMED: the redelivery finds them so and carries on.
+                tracing::warn!(%error, orders = batch.len(), "create batch failed; will be redelivered");
+                let at_ms = self.clock.now_ms() + self.config.redelivery_delay_ms;
+                for receipt in &receipts {
+                    self.bus.retry(receipt, at_ms).await?;
+                }
+                outcome.retried += receipts.len();
+                return Ok(outcome);
+            }
+        };
+        // Also on a redelivery: the worker that created it may have died before deleting the copies.
+        self.orders_changed(batch.iter().map(|r| r.order.order_no).collect()).await;
+        for (request, result) in batch.iter().zip(results) {
+            let order_no = request.order.order_no;
+            let token = request.token;
+            match result {
+                CreateOutcome::Created(order) => {
+                    if let Some(token) = token {
+                        self.cache.confirm(token, &order.deductions()).await?;
+                    }
+                    tracing::debug!(%order_no, "order created; buyer notified");
+                }
+                CreateOutcome::Rejected { commodity_id } => {
+                    if let Some(token) = token {
+                        self.cache.release(token).await?;
+                    }
+                    tracing::info!(%order_no, %commodity_id, "order rejected: stock ran out after acceptance");
+                }
+                CreateOutcome::AlreadyDone(existing) => self.settle_tokens(&existing, true).await?,
+            }
+        }
+        self.bus.ack(&receipts).await?;
+        outcome.done += receipts.len();
+        Ok(outcome)
+    }
+
+    /// The reservation this order's creation will consume: its entry token claimed, or a fresh one if
+    /// that was released or lost. `None`: no stock in the cache, the order will be rejected.
+    async fn hold_stock_for(&self, order: &Order) -> Result<Option<Token>, PortError> {
+        let existing = self.store.order(order.order_no).await?;
+        if existing.is_some_and(|o| o.state != OrderState::Pending) {
+            // A redelivery of a finished creation: the store reports it as already done.
+            return Ok(None);
+        }
+        match self.cache.claim(order.entry_token()).await? {
+            Claim::Claimed | Claim::Confirmed => return Ok(Some(order.entry_token())),
+            Claim::Released | Claim::Missing => {}
+        }
+        let token = order.worker_token();
+        match self.reserve(token, &order.stock_lines(), true).await? {
+            Reserve::Reserved | Reserve::AlreadyHeld(TokenState::Reserved | TokenState::Claimed) => Ok(Some(token)),
+            // Released before it was reserved: the entry answered an error for this cart and refused
+            // its late create (or the check released it); consumed already: the store says so.
+            Reserve::AlreadyHeld(TokenState::Released | TokenState::Confirmed)
+            | Reserve::Insufficient { .. }
+            | Reserve::NotLoaded(_) => Ok(None),
+        }
+    }
+
+    /// For an order past `pending`: the reservation its creation consumed is confirmed, any other is
+    /// released (a rejected order consumed none). Idempotent.
+    ///
+    /// `deductions`: whether the confirmation tells a cache that lost the token what the store took. Only
+    /// the create path does, right after its commit (or on its redelivery): a lost token's deduction is
+    /// applied once, and a token the cache remembers confirmed is never applied twice. A reservation check
+    /// may come much later, when even a confirmed token has expired; it confirms without deductions.
+    pub(super) async fn settle_tokens(&self, order: &Order, deductions: bool) -> Result<(), PortError> {
+        for token in [order.entry_token(), order.worker_token()] {
+            if order.state != OrderState::Rejected && order.token_generation == Some(token.generation) {
+                let changes = if deductions { order.deductions() } else { Vec::new() };
+                self.cache.confirm(token, &changes).await?;
+            } else {
+                self.cache.release(token).await?;
+            }
+        }
+        Ok(())
+    }
+}
