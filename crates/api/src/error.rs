@@ -48,7 +48,7 @@ impl ApiError {
 
     fn unavailable(error: &PortError) -> ApiError {
         // Logged here, where it is handled; the client gets no internals.
-        if error.retryable {
+        if error.is_retryable() {
             tracing::warn!(%error, "dependency unavailable");
             let mut answer =
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "temporarily unavailable; retry");

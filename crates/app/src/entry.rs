@@ -38,7 +38,7 @@ impl Orderly {
             None => self.bounded("ids", self.new_order_nos(body.uid, drafts.len())).await?,
             Some(key) => {
                 let request = serde_json::to_string(body)
-                    .map_err(|e| PortError::corrupt("idempotency", format!("cannot encode the request: {e}")))?;
+                    .map_err(|e| PortError::failed("idempotency", format!("cannot encode the request: {e}")))?;
                 let fresh = IdempotencyRecord {
                     request,
                     order_nos: self.bounded("ids", self.new_order_nos(body.uid, drafts.len())).await?,

@@ -49,7 +49,7 @@ impl LeasedSnowflake {
 
     /// The next id if the lease covers it.
     fn try_next(&self) -> PortResult<Option<SnowflakeId>> {
-        let mut state = self.state.lock().map_err(|_| PortError::corrupt("ids", "lock poisoned"))?;
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut probe = state.generator.clone();
         let id = probe.next(self.clock.now_ms()).map_err(|e| PortError::unavailable("ids", e))?;
         if id.unix_ms() > state.leased_until_ms {
@@ -75,11 +75,11 @@ impl IdGen for LeasedSnowflake {
             return Ok(id);
         }
         let until_ms = {
-            let state = self.state.lock().map_err(|_| PortError::corrupt("ids", "lock poisoned"))?;
+            let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             self.clock.now_ms().max(state.generator.last_unix_ms()) + self.lease_ms
         };
         self.store.set_meta(&self.key, until_ms).await?;
-        self.state.lock().map_err(|_| PortError::corrupt("ids", "lock poisoned"))?.leased_until_ms = until_ms;
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).leased_until_ms = until_ms;
         self.try_next()?.ok_or_else(|| PortError::unavailable("ids", "id lease renewed but still too short"))
     }
 }

@@ -11,21 +11,42 @@ use crate::model::{
     StoredAnswer, Token, TokenState, Topic,
 };
 
-/// An infrastructure failure. `retryable`: the same call may succeed later (unavailable, timed out).
+/// An infrastructure failure, as a port reports it. Each adapter has its own error type (a `thiserror`
+/// enum with `is_retryable()`) and maps it here, at the seam; the flow only needs [`PortErrorKind`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{what}: {detail}")]
 pub struct PortError {
+    /// The dependency: "postgres", "local store", "stock cache"…
     pub what: &'static str,
     pub detail: String,
-    pub retryable: bool,
+    pub kind: PortErrorKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortErrorKind {
+    /// Down, timed out, busy, or a conflict: the same call may succeed later. The flow waits for it
+    /// (503 + Retry-After at the API; a worker retries, never dead-letters).
+    Unavailable,
+    /// Refused and will be refused again (a misconfiguration, a statement the engine rejects): retrying
+    /// does not help; nothing read was damaged.
+    Failed,
+    /// Data that cannot be read as it was written (an undecodable record, a malformed answer).
+    Corrupt,
 }
 
 impl PortError {
     pub fn unavailable(what: &'static str, detail: impl ToString) -> PortError {
-        PortError { what, detail: detail.to_string(), retryable: true }
+        PortError { what, detail: detail.to_string(), kind: PortErrorKind::Unavailable }
+    }
+    pub fn failed(what: &'static str, detail: impl ToString) -> PortError {
+        PortError { what, detail: detail.to_string(), kind: PortErrorKind::Failed }
     }
     pub fn corrupt(what: &'static str, detail: impl ToString) -> PortError {
-        PortError { what, detail: detail.to_string(), retryable: false }
+        PortError { what, detail: detail.to_string(), kind: PortErrorKind::Corrupt }
+    }
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == PortErrorKind::Unavailable
     }
 }
 

@@ -89,6 +89,13 @@ pub fn idempotency_seen(seen: IdempotencyRecord, request: &IdempotencyRecord) ->
 /// guard. An order without a reservation (`token: None`: the cache had no stock) is rejected.
 pub fn decide_create(request: &CreateRequest, levels: &mut Levels, now_ms: u64) -> Result<CreateDecision, PortError> {
     let mut order = request.order.clone();
+    // The create came over the bus: checked as read, so what follows may assert.
+    if order.state != OrderState::Pending {
+        return Err(PortError::corrupt(
+            "create message",
+            format!("order {} to create is {:?}, not pending", order.order_no, order.state),
+        ));
+    }
     let short = match request.token {
         None => order.lines.first().map(|l| l.commodity_id),
         Some(_) => order
@@ -98,11 +105,13 @@ pub fn decide_create(request: &CreateRequest, levels: &mut Levels, now_ms: u64) 
             .map(|l| l.commodity_id),
     };
     order.updated_ms = now_ms;
-    let step = |order: &Order, action| {
-        transition(order.state, action).map(|t| t.next).map_err(|e| PortError::corrupt("store rules", e))
+    // Checked above: a pending order may be created or rejected, by the FSM's table.
+    let step = |order: &Order, action| match transition(order.state, action) {
+        Ok(step) => step.next,
+        Err(rejection) => unreachable!("a pending order is always {action:?}-able: {rejection}"),
     };
     if let Some(commodity_id) = short {
-        order.state = step(&order, OrderAction::Reject)?;
+        order.state = step(&order, OrderAction::Reject);
         order.rejected_for = Some(commodity_id);
         return Ok(CreateDecision {
             order,
@@ -114,15 +123,17 @@ pub fn decide_create(request: &CreateRequest, levels: &mut Levels, now_ms: u64) 
     let mut deducted = Vec::with_capacity(order.lines.len());
     let mut stock_versions = Vec::with_capacity(order.lines.len());
     for line in &order.lines {
-        let level = levels.get_mut(&line.commodity_id).ok_or_else(|| {
-            PortError::corrupt("store rules", format!("a reservation of {} without a ledger", line.commodity_id))
-        })?;
+        // `short` found every line's level with enough stock, or the order was rejected above.
+        let Some(level) = levels.get_mut(&line.commodity_id) else {
+            unreachable!("{} passed the stock check without a level", line.commodity_id)
+        };
+        assert!(level.available >= u64::from(line.quantity), "{} passed the stock check short", line.commodity_id);
         level.available -= u64::from(line.quantity);
         level.version += 1;
         deducted.push(line.commodity_id);
         stock_versions.push(level.version);
     }
-    order.state = step(&order, OrderAction::Create)?;
+    order.state = step(&order, OrderAction::Create);
     order.token_generation = request.token.map(|t| t.generation);
     order.stock_versions = stock_versions;
     let order_no = order.order_no;

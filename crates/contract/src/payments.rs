@@ -110,7 +110,7 @@ pub async fn racing_retries_of_one_attempt_capture_once(books: Books) {
     for answer in ledger.join_on_clock(racers, 30).await {
         match answer {
             Ok(ChargeOutcome::Succeeded { .. }) => succeeded += 1,
-            Err(error) => assert!(error.retryable, "an unknown outcome, never a failure: {error}"),
+            Err(error) => assert!(error.is_retryable(), "an unknown outcome, never a failure: {error}"),
             Ok(other) => panic!("unexpected {other:?}"),
         }
     }
@@ -147,9 +147,9 @@ pub async fn a_decline_is_definite_and_captures_nothing(books: Books) {
 pub async fn a_lost_answer_stays_processing_under_its_lease_then_settles_as_captured(books: Books) {
     let ledger = Ledger::new(books, faults(0.0, 0.0, 1.0));
     let error = ledger.payments.charge(charge(4, "k1")).await.expect_err("no answer");
-    assert!(error.retryable, "unknown, never a decline: {error}");
+    assert!(error.is_retryable(), "unknown, never a decline: {error}");
     assert_eq!(ledger.payments.query(order(4)).await.expect("query"), PaymentStatus::Processing);
-    assert!(ledger.payments.charge(charge(4, "k2")).await.expect_err("busy").retryable, "another attempt waits");
+    assert!(ledger.payments.charge(charge(4, "k2")).await.expect_err("busy").is_retryable(), "another attempt waits");
 
     ledger.advance_ms(LEASE_MS);
     let status = ledger.payments.query(order(4)).await.expect("query");
@@ -161,7 +161,7 @@ pub async fn a_lost_answer_stays_processing_under_its_lease_then_settles_as_capt
 
 pub async fn a_timeout_settles_as_declined_and_voids_a_late_capture(books: Books) {
     let ledger = Ledger::new(books, faults(0.0, 1.0, 0.0));
-    assert!(ledger.payments.charge(charge(5, "k1")).await.expect_err("no answer").retryable);
+    assert!(ledger.payments.charge(charge(5, "k1")).await.expect_err("no answer").is_retryable());
     ledger.advance_ms(LEASE_MS);
     assert!(matches!(ledger.payments.query(order(5)).await.expect("query"), PaymentStatus::Declined { .. }));
 
@@ -176,7 +176,7 @@ pub async fn a_timeout_settles_as_declined_and_voids_a_late_capture(books: Books
 pub async fn a_charge_past_its_deadline_is_not_started(books: Books) {
     let ledger = Ledger::new(books, AcquirerConfig::default());
     ledger.advance_ms(60_001);
-    assert!(ledger.payments.charge(charge(6, "k1")).await.expect_err("too late").retryable);
+    assert!(ledger.payments.charge(charge(6, "k1")).await.expect_err("too late").is_retryable());
     assert_eq!(ledger.payments.query(order(6)).await.expect("query"), PaymentStatus::NotFound);
     assert_eq!(ledger.captures_of(6).await, 0);
 }

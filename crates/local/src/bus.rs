@@ -117,7 +117,7 @@ impl LocalBus {
     }
 
     fn cursor(&self) -> PortResult<std::sync::MutexGuard<'_, Cursor>> {
-        self.cursor.lock().map_err(|_| PortError::corrupt("local bus", "cursor lock poisoned"))
+        Ok(self.cursor.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     fn read(&self, receipt: &[u8]) -> PortResult<Option<Stored>> {

@@ -66,7 +66,10 @@ impl LocalStockCache {
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner, u64, u64) -> T) -> PortResult<T> {
         let now_ms = self.clock.now_ms();
-        let mut inner = self.inner.lock().map_err(|_| PortError::corrupt("stock cache", "lock poisoned"))?;
+        let mut inner = self
+            .inner
+            .lock()
+            .map_err(|_| PortError::failed("stock cache", "lock poisoned: a holder panicked mid-change"))?;
         let expires_ms = now_ms + self.token_ttl_ms;
         inner.expire(now_ms, expires_ms);
         Ok(f(&mut inner, now_ms, expires_ms))

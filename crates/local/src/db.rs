@@ -12,6 +12,7 @@ use orderly_app::PortError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::error::LocalError;
 use crate::storage_error;
 
 /// How far a commit goes before it is acknowledged.
@@ -88,8 +89,8 @@ impl LocalDb {
     /// Waits until everything written before this call is durable.
     pub(crate) async fn sync(&self) -> Result<(), PortError> {
         let (done_tx, done_rx) = oneshot::channel();
-        self.commit_tx.send(done_tx).map_err(|_| storage_error("group commit stopped"))?;
-        done_rx.await.map_err(|_| storage_error("group commit stopped"))?.map_err(storage_error)
+        self.commit_tx.send(done_tx).map_err(|_| PortError::from(LocalError::GroupCommitStopped))?;
+        done_rx.await.map_err(|_| PortError::from(LocalError::GroupCommitStopped))?.map_err(storage_error)
     }
 }
 

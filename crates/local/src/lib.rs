@@ -9,11 +9,13 @@
 //! - [`cache`]: [`LocalStockCache`], the stock cache in memory, rebuilt from the store at start.
 //! - [`payments`]: the payment ledger's and the simulated acquirer's books in the embedded database
 //!   ([`local_payments`]: the payment service in process).
+//! - [`error`]: [`LocalError`], what can fail here, mapped to the ports' error.
 //! - [`open`]: every adapter above opened on one data directory, as the profile's `Ports`.
 
 pub mod bus;
 pub mod cache;
 pub mod db;
+pub mod error;
 pub mod open;
 pub mod payments;
 pub mod store;
@@ -21,6 +23,7 @@ pub mod store;
 pub use bus::LocalBus;
 pub use cache::LocalStockCache;
 pub use db::{Durability, LocalDb};
+pub use error::LocalError;
 pub use open::{LocalConfig, open, open_payment_ledger};
 pub use payments::{AcquirerConfig, local_payment_books, local_payments};
 pub use store::LocalStore;
@@ -28,13 +31,13 @@ pub use store::LocalStore;
 use orderly_app::PortError;
 
 pub(crate) fn storage_error(error: impl std::fmt::Display) -> PortError {
-    PortError::unavailable("local store", error)
+    LocalError::Storage(error.to_string()).into()
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, PortError> {
-    serde_json::from_slice(bytes).map_err(|e| PortError::corrupt("local store", format!("undecodable record: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| LocalError::Undecodable(e).into())
 }
 
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, PortError> {
-    serde_json::to_vec(value).map_err(|e| PortError::corrupt("local store", format!("unencodable record: {e}")))
+    serde_json::to_vec(value).map_err(|e| LocalError::Unencodable(e).into())
 }

@@ -10,6 +10,7 @@ use orderly_app::{Clock, PortError, Ports, StockCache, Store};
 use orderly_ledger::{LedgerConfig, PaymentLedger};
 use serde::{Deserialize, Serialize};
 
+use crate::error::LocalError;
 use crate::{AcquirerConfig, Durability, LocalBus, LocalDb, LocalStockCache, LocalStore, local_payments};
 
 /// Settings of the standalone adapters.
@@ -54,7 +55,7 @@ pub fn open_payment_ledger(
     local: &LocalConfig,
 ) -> Result<PaymentLedger, PortError> {
     std::fs::create_dir_all(data_dir)
-        .map_err(|e| PortError::corrupt("payment ledger", format!("{}: {e}", data_dir.display())))?;
+        .map_err(|source| LocalError::Directory { path: data_dir.display().to_string(), source })?;
     let db = LocalDb::open(data_dir, local.durability)?;
     Ok(local_payments(db, local.acquirer.clone(), clock, local.ledger.clone()))
 }
@@ -69,7 +70,7 @@ pub async fn open(
     payments: Option<Arc<dyn Payments>>,
 ) -> Result<Ports, PortError> {
     std::fs::create_dir_all(data_dir)
-        .map_err(|e| PortError::corrupt("local store", format!("{}: {e}", data_dir.display())))?;
+        .map_err(|source| LocalError::Directory { path: data_dir.display().to_string(), source })?;
     let db = LocalDb::open(data_dir, local.durability)?;
     let store: Arc<dyn Store> = Arc::new(LocalStore::new(db.clone())?);
     let cache: Arc<dyn StockCache> = Arc::new(LocalStockCache::new(Arc::clone(&clock), local.token_ttl_ms));

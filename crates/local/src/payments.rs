@@ -6,8 +6,8 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use orderly_app::Clock;
 use orderly_app::ports::{ChargeRequest, PortResult, RefundOutcome};
-use orderly_app::{Clock, PortError};
 use orderly_domain::{Money, OrderNo};
 use orderly_ledger::{
     CaptureBook, CaptureOutcome, CaptureRecord, ChargeStep, LedgerBook, LedgerConfig, LedgerEntry, LedgerState,
@@ -37,7 +37,8 @@ pub fn local_payment_books(db: LocalDb) -> (Arc<LocalLedgerBook>, Arc<LocalCaptu
 }
 
 fn locked(lock: &Mutex<()>) -> PortResult<MutexGuard<'_, ()>> {
-    lock.lock().map_err(|_| PortError::corrupt("payments", "ledger lock poisoned"))
+    // It guards no data of its own (each step is one atomic write): a holder that panicked left nothing.
+    Ok(lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
 #[derive(Debug)]

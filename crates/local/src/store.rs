@@ -19,6 +19,7 @@ use orderly_app::store_rules::{
 use orderly_domain::{CatalogEntry, CommodityId, OrderNo, OrderState, Uid};
 
 use crate::db::{LocalDb, key_u64, last_sequence, u64_key};
+use crate::error::LocalError;
 use crate::{decode, encode, storage_error};
 
 #[derive(Debug)]
@@ -65,7 +66,9 @@ impl LocalStore {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, PortError> {
-        self.writer.lock().map_err(|_| PortError::corrupt("local store", "writer lock poisoned"))
+        // It guards no data of its own (each section ends in one atomic batch): a holder that panicked
+        // left nothing half-written.
+        Ok(self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     fn read_order(&self, order_no: OrderNo) -> PortResult<Option<Order>> {
@@ -80,7 +83,7 @@ impl LocalStore {
         let mut all = Vec::new();
         for guard in self.db.stock.iter() {
             let (key, value) = guard.into_inner().map_err(storage_error)?;
-            let id = key_u64(&key).ok_or_else(|| PortError::corrupt("local store", "bad stock key"))?;
+            let id = key_u64(&key).ok_or_else(|| PortError::from(LocalError::BadKey("stock")))?;
             all.push((CommodityId(id), decode(&value)?));
         }
         Ok(all)
@@ -145,7 +148,7 @@ impl Store for LocalStore {
                         .map_err(storage_error)?
                         .map(|bytes| decode::<CatalogEntry>(&bytes))
                         .transpose()?
-                        .ok_or_else(|| PortError::corrupt("local store", format!("stock for unknown {id}")))?;
+                        .ok_or_else(|| PortError::from(LocalError::StockWithoutCatalog(id)))?;
                     StockLevel { shop_id: entry.shop_id, initial: 0, available: 0, version: 0 }
                 }
             };
@@ -248,7 +251,7 @@ impl Store for LocalStore {
             let order_no = key
                 .get(8..)
                 .and_then(OrderNo::from_key)
-                .ok_or_else(|| PortError::corrupt("local store", "bad index key"))?;
+                .ok_or_else(|| PortError::from(LocalError::BadKey("buyer index")))?;
             if let Some(order) = self.read_order(order_no)? {
                 orders.push(order);
             }
@@ -321,7 +324,7 @@ impl Store for LocalStore {
             due.push(
                 key.get(8..)
                     .and_then(OrderNo::from_key)
-                    .ok_or_else(|| PortError::corrupt("local store", "bad safe-pay key"))?,
+                    .ok_or_else(|| PortError::from(LocalError::BadKey("safe-pay")))?,
             );
         }
         self.safe_pay_low_water_ms.store(first_ms.unwrap_or(end_ms), Ordering::SeqCst);
@@ -349,7 +352,7 @@ impl Store for LocalStore {
         let low = self.outbox_low_water.load(Ordering::SeqCst);
         for guard in self.db.outbox.range(u64_key(low)..).take(limit) {
             let (key, value) = guard.into_inner().map_err(storage_error)?;
-            let id = key_u64(&key).ok_or_else(|| PortError::corrupt("local store", "bad outbox key"))?;
+            let id = key_u64(&key).ok_or_else(|| PortError::from(LocalError::BadKey("outbox")))?;
             events.push((id, decode(&value)?));
         }
         if let Some((first, _)) = events.first() {

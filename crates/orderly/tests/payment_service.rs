@@ -85,7 +85,7 @@ async fn killed_mid_charge_then_restarted_settles_without_charging_twice() {
     service.child.kill().expect("SIGKILL");
     service.child.wait().expect("reaped");
     let cut = in_flight.await.expect("task");
-    assert!(cut.as_ref().is_err_and(|e| e.retryable), "no answer is an unknown outcome: {cut:?}");
+    assert!(cut.as_ref().is_err_and(|e| e.is_retryable()), "no answer is an unknown outcome: {cut:?}");
     drop(service);
 
     // Restarted on the same ledger and port: the question safe pay asks gets a definite answer.
@@ -175,7 +175,7 @@ async fn racing_charges_through_two_instances_of_one_ledger_capture_once() {
     for racer in racers {
         match racer.await.expect("task") {
             Ok(outcome) => answers.push(outcome),
-            Err(error) => assert!(error.retryable, "unknown, never a failure: {error}"),
+            Err(error) => assert!(error.is_retryable(), "unknown, never a failure: {error}"),
         }
     }
     assert!(!answers.is_empty() && answers.windows(2).all(|p| p[0] == p[1]), "one answer: {answers:?}");
@@ -197,11 +197,11 @@ async fn a_charge_cut_off_with_its_instance_is_settled_by_another() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     a.child.kill().expect("SIGKILL");
     a.child.wait().expect("reaped");
-    assert!(in_flight.await.expect("task").is_err_and(|e| e.retryable), "no answer is an unknown outcome");
+    assert!(in_flight.await.expect("task").is_err_and(|e| e.is_retryable()), "no answer is an unknown outcome");
 
     // Under the lease, the survivor does not guess; another attempt must wait.
     assert_eq!(via_b.query(charge("attempt-1").order_no).await.expect("query"), PaymentStatus::Processing);
-    assert!(via_b.charge(charge("attempt-2")).await.expect_err("busy").retryable);
+    assert!(via_b.charge(charge("attempt-2")).await.expect_err("busy").is_retryable());
     tokio::time::sleep(Duration::from_millis(CHARGE_LEASE_MS)).await;
     let status = via_b.query(charge("attempt-1").order_no).await.expect("query");
     assert!(matches!(status, PaymentStatus::Declined { .. }), "voided at the acquirer: {status:?}");

@@ -49,8 +49,43 @@ pub struct GrpcPayments {
     config: ClientConfig,
 }
 
+/// What can go wrong calling the payment service. A call that went out and got no readable answer is
+/// an *unknown outcome* (the charge may have happened): retryable, never a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no payment service endpoint configured")]
+    NoEndpoint,
+    #[error("endpoint {uri}: {source}")]
+    BadEndpoint { uri: String, source: tonic::transport::Error },
+    /// The call failed (unreachable, overloaded, too slow, or refused after it may have run).
+    #[error("{code:?}: {message}")]
+    Call { code: Code, message: String },
+    /// A reply without the answer it must carry: no answer, like no reply.
+    #[error("{0} reply without an answer")]
+    EmptyReply(&'static str),
+    /// A reply naming something that cannot be read (an order number).
+    #[error("bad reply: {0}")]
+    BadReply(String),
+}
+
+impl ClientError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ClientError::Call { .. } | ClientError::EmptyReply(_))
+    }
+}
+
+impl From<ClientError> for PortError {
+    fn from(error: ClientError) -> PortError {
+        match error {
+            error if error.is_retryable() => PortError::unavailable("payment service", error),
+            error @ ClientError::BadReply(_) => PortError::corrupt("payment service", error),
+            error => PortError::failed("payment client", error),
+        }
+    }
+}
+
 fn unavailable(status: &Status) -> PortError {
-    PortError::unavailable("payment service", format!("{:?}: {}", status.code(), status.message()))
+    ClientError::Call { code: status.code(), message: status.message().to_owned() }.into()
 }
 
 /// Whether another call may help: the service was unreachable, overloaded, or too slow.
@@ -63,7 +98,7 @@ impl GrpcPayments {
     /// failed call, settled later like any other. Must run inside a tokio runtime.
     pub fn new(config: ClientConfig) -> Result<GrpcPayments, PortError> {
         if config.endpoints.is_empty() {
-            return Err(PortError::corrupt("payment client", "no payment service endpoint configured"));
+            return Err(ClientError::NoEndpoint.into());
         }
         let timeout = Duration::from_millis(config.call_timeout_ms.max(1));
         let endpoints = config
@@ -72,7 +107,7 @@ impl GrpcPayments {
             .map(|uri| {
                 Endpoint::from_shared(uri.clone())
                     .map(|endpoint| endpoint.connect_timeout(timeout).timeout(timeout).tcp_nodelay(true))
-                    .map_err(|e| PortError::corrupt("payment client", format!("endpoint {uri}: {e}")))
+                    .map_err(|source| ClientError::BadEndpoint { uri: uri.clone(), source }.into())
             })
             .collect::<Result<Vec<Endpoint>, PortError>>()?;
         let channel = match endpoints.as_slice() {
@@ -135,7 +170,7 @@ impl Payments for GrpcPayments {
             }
             Some(proto::charge_reply::Outcome::Declined(d)) => Ok(ChargeOutcome::Declined { reason: d.reason }),
             // A reply without an outcome is not an answer: unknown, like no reply.
-            None => Err(PortError::unavailable("payment service", "charge reply without an outcome")),
+            None => Err(ClientError::EmptyReply("charge").into()),
         }
     }
 
@@ -154,7 +189,7 @@ impl Payments for GrpcPayments {
             Some(S::Declined(d)) => Ok(PaymentStatus::Declined { reason: d.reason }),
             Some(S::Processing(_)) => Ok(PaymentStatus::Processing),
             Some(S::NotFound(_)) => Ok(PaymentStatus::NotFound),
-            None => Err(PortError::unavailable("payment service", "query reply without a status")),
+            None => Err(ClientError::EmptyReply("query").into()),
         }
     }
 
@@ -194,9 +229,10 @@ impl Payments for GrpcPayments {
             .charges
             .into_iter()
             .map(|charge| {
-                let order_no = charge.order_no.parse().map_err(|_| {
-                    PortError::corrupt("payment service", format!("bad order number {}", charge.order_no))
-                })?;
+                let order_no = charge
+                    .order_no
+                    .parse()
+                    .map_err(|_| ClientError::BadReply(format!("order number {}", charge.order_no)))?;
                 Ok((order_no, charge.payment_id))
             })
             .collect()

@@ -47,7 +47,7 @@ pub async fn serve(
 }
 
 fn status_of(error: PortError) -> Status {
-    if error.retryable {
+    if error.is_retryable() {
         Status::unavailable(error.to_string())
     } else {
         tracing::error!(%error, "payment ledger failure");

@@ -117,7 +117,7 @@ async fn racing_retries_charge_once() {
         match racer.await.expect("task") {
             Ok(ChargeOutcome::Succeeded { .. }) => succeeded += 1,
             // "In progress" is an unknown outcome for that caller: the reconciler would ask later.
-            Err(error) => assert!(error.retryable, "{error}"),
+            Err(error) => assert!(error.is_retryable(), "{error}"),
             Ok(other) => panic!("unexpected {other:?}"),
         }
     }
@@ -143,10 +143,10 @@ async fn a_lost_answer_is_unknown_and_the_query_finds_the_capture() {
     let service = start(AcquirerConfig { lost_answer_rate: 1.0, ..AcquirerConfig::default() }).await;
     let payments = client(service.address);
     let error = payments.charge(charge(4, "k1")).await.expect_err("no definite answer");
-    assert!(error.retryable, "unknown outcome, never a decline: {error}");
+    assert!(error.is_retryable(), "unknown outcome, never a decline: {error}");
     // While the attempt's lease holds, the ledger does not guess, and another attempt must wait.
     assert_eq!(payments.query(order(4)).await.expect("query"), PaymentStatus::Processing);
-    assert!(payments.charge(charge(4, "k2")).await.expect_err("busy").retryable);
+    assert!(payments.charge(charge(4, "k2")).await.expect_err("busy").is_retryable());
     tokio::time::sleep(std::time::Duration::from_millis(lease().charge_lease_ms)).await;
     // The money was taken: safe pay's question finds it, and a new attempt does not charge again.
     let status = payments.query(order(4)).await.expect("query");
@@ -163,8 +163,8 @@ async fn a_service_that_is_down_is_an_unknown_outcome_and_the_next_round_works()
     let address = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
     let payments = client(address);
     let error = payments.charge(charge(5, "k1")).await.expect_err("nobody answers");
-    assert!(error.retryable, "{error}");
-    assert!(payments.query(order(5)).await.expect_err("nobody answers").retryable);
+    assert!(error.is_retryable(), "{error}");
+    assert!(payments.query(order(5)).await.expect_err("nobody answers").is_retryable());
 
     let service = start_on(&address.to_string(), AcquirerConfig::default()).await;
     // The same client reconnects: the reconciler's next round settles it.

@@ -8,10 +8,15 @@
 //!
 //! [`payments`]: the payment service's ledger, in a schema of its own.
 //!
+//! [`error`]: [`PgError`], what can fail here, mapped to the ports' error.
+//!
 //! Queries are checked at run time, not compile time (no database is needed to build); the `Store`
 //! contract suite runs every one of them against PostgreSQL.
 
+pub mod error;
 pub mod payments;
+
+pub use error::PgError;
 
 use std::collections::HashMap;
 
@@ -41,37 +46,29 @@ pub struct PgStore {
 }
 
 fn database_error(error: sqlx::Error) -> PortError {
-    match &error {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
-            PortError::unavailable("postgres", error)
-        }
-        // Serialization failures and deadlocks: the same transaction may succeed when run again.
-        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")) => {
-            PortError::unavailable("postgres", error)
-        }
-        _ => PortError::corrupt("postgres", error),
-    }
+    PgError::from(error).into()
 }
 
 fn signed(value: u64) -> PortResult<i64> {
-    i64::try_from(value).map_err(|_| PortError::corrupt("postgres", format!("{value} does not fit a bigint")))
+    i64::try_from(value).map_err(|_| PgError::OutOfRange(format!("{value}")).into())
 }
 
 fn unsigned(value: i64) -> PortResult<u64> {
-    u64::try_from(value).map_err(|_| PortError::corrupt("postgres", format!("negative value {value}")))
+    u64::try_from(value).map_err(|_| PgError::BadRow(format!("negative value {value}")).into())
 }
 
 fn key(order_no: OrderNo) -> PortResult<(i64, i16)> {
-    let shard = i16::try_from(order_no.buyer_shard).map_err(|_| PortError::corrupt("postgres", "buyer shard"))?;
+    let shard = i16::try_from(order_no.buyer_shard)
+        .map_err(|_| PgError::OutOfRange(format!("buyer shard {}", order_no.buyer_shard)))?;
     Ok((signed(order_no.id.0)?, shard))
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> PortResult<String> {
-    serde_json::to_string(value).map_err(|e| PortError::corrupt("postgres", format!("unencodable record: {e}")))
+    serde_json::to_string(value).map_err(|e| PgError::Unencodable(e).into())
 }
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> PortResult<T> {
-    serde_json::from_str(text).map_err(|e| PortError::corrupt("postgres", format!("undecodable record: {e}")))
+    serde_json::from_str(text).map_err(|e| PgError::BadRow(format!("undecodable body: {e}")).into())
 }
 
 fn level_of(row: &sqlx::postgres::PgRow) -> PortResult<(CommodityId, StockLevel)> {
@@ -98,7 +95,7 @@ impl PgStore {
             .connect_with(options.clone())
             .await
             .map_err(database_error)?;
-        MIGRATOR.run(&pool).await.map_err(|e| PortError::corrupt("postgres", format!("migrations: {e}")))?;
+        MIGRATOR.run(&pool).await.map_err(PgError::Migration)?;
         let unsynced = PgPoolOptions::new()
             .max_connections((connections_max / 4).max(2))
             .connect_lazy_with(options.options([("synchronous_commit", "off")]));
@@ -260,7 +257,7 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(database_error)?
-        .ok_or_else(|| PortError::corrupt("postgres", format!("stock for unknown {id}")))?;
+        .ok_or_else(|| PgError::BadRow(format!("stock for unknown {id}")))?;
         Ok(level_of(&row)?.1)
     }
 
@@ -454,7 +451,7 @@ impl Store for PgStore {
                 let shard: i16 = row.try_get("shard").map_err(database_error)?;
                 Ok(OrderNo {
                     id: SnowflakeId(unsigned(id)?),
-                    buyer_shard: u16::try_from(shard).map_err(|_| PortError::corrupt("postgres", "shard"))?,
+                    buyer_shard: u16::try_from(shard).map_err(|_| PgError::BadRow(format!("shard {shard}")))?,
                 })
             })
             .collect()

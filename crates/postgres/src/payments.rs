@@ -21,6 +21,7 @@ use orderly_ledger::{
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 
+use crate::error::PgError;
 use crate::{Tx, database_error, decode, encode};
 
 /// The payment ledger's migrations, embedded in the binary.
@@ -37,7 +38,7 @@ pub async fn connect_payment_ledger(
     let plain = schema.starts_with(|c: char| c.is_ascii_lowercase())
         && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if !plain || schema.len() > 63 {
-        return Err(PortError::corrupt("postgres", format!("schema name {schema:?} is not a plain identifier")));
+        return Err(PgError::SchemaName(schema.to_owned()).into());
     }
     let admin = PgPoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(database_error)?;
     // Checked above: only [a-z0-9_].
@@ -53,7 +54,7 @@ pub async fn connect_payment_ledger(
         .connect_with(options.clone().options([("search_path", schema)]))
         .await
         .map_err(database_error)?;
-    PAYMENT_MIGRATOR.run(&pool).await.map_err(|e| PortError::corrupt("postgres", format!("migrations: {e}")))?;
+    PAYMENT_MIGRATOR.run(&pool).await.map_err(PgError::Migration)?;
     let unsynced = PgPoolOptions::new()
         .max_connections((connections_max / 2).max(2))
         .connect_lazy_with(options.options([("search_path", schema), ("synchronous_commit", "off")]));

@@ -110,7 +110,7 @@ impl Link {
     }
 
     fn pending(&self) -> PortResult<MutexGuard<'_, HashMap<u64, (Topic, Envelope)>>> {
-        self.pending.lock().map_err(|_| PortError::corrupt("rabbitmq", "pending lock poisoned"))
+        Ok(self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     async fn ack_tag(&self, tag: u64) -> PortResult<()> {
@@ -140,8 +140,38 @@ impl std::fmt::Debug for RabbitBus {
     }
 }
 
+/// What can go wrong with RabbitMQ. Everything the broker or the connection answers is retryable: the
+/// link is reopened and the call made again; only our own message that cannot be encoded is not.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("{0}")]
+    Broker(#[from] lapin::Error),
+    #[error("publish not confirmed: {0}")]
+    NotConfirmed(String),
+    #[error("the consumer was cancelled")]
+    ConsumerCancelled,
+    #[error("unencodable message: {0}")]
+    Unencodable(serde_json::Error),
+}
+
+impl BusError {
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, BusError::Unencodable(_))
+    }
+}
+
+impl From<BusError> for PortError {
+    fn from(error: BusError) -> PortError {
+        if error.is_retryable() {
+            PortError::unavailable("rabbitmq", error)
+        } else {
+            PortError::failed("rabbitmq", error)
+        }
+    }
+}
+
 fn unavailable(error: lapin::Error) -> PortError {
-    PortError::unavailable("rabbitmq", error)
+    BusError::Broker(error).into()
 }
 
 /// A delivery's receipt: the epoch of the connection it was taken on, then its tag.
@@ -186,7 +216,7 @@ impl RabbitBus {
     }
 
     fn current(&self) -> PortResult<Option<Arc<Link>>> {
-        Ok(self.link.lock().map_err(|_| PortError::corrupt("rabbitmq", "link lock poisoned"))?.clone())
+        Ok(self.link.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
     }
 
     /// The open connection, or a new one if it (or a channel) closed.
@@ -219,7 +249,7 @@ impl RabbitBus {
         if previous.is_some() {
             tracing::warn!(epoch, "RabbitMQ connection reopened; deliveries held on the old one go back to the broker");
         }
-        *self.link.lock().map_err(|_| PortError::corrupt("rabbitmq", "link lock poisoned"))? = Some(Arc::clone(&link));
+        *self.link.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&link));
         Ok(link)
     }
 
@@ -303,14 +333,14 @@ impl RabbitBus {
         for confirm in confirms {
             match confirm.await.map_err(unavailable)? {
                 Confirmation::Ack(_) => {}
-                other => return Err(PortError::unavailable("rabbitmq", format!("publish not confirmed: {other:?}"))),
+                other => return Err(BusError::NotConfirmed(format!("{other:?}")).into()),
             }
         }
         Ok(())
     }
 
     fn envelope_bytes(envelope: &Envelope) -> PortResult<Vec<u8>> {
-        serde_json::to_vec(envelope).map_err(|e| PortError::corrupt("rabbitmq", format!("unencodable message: {e}")))
+        serde_json::to_vec(envelope).map_err(|e| BusError::Unencodable(e).into())
     }
 
     /// Moves a held delivery on: publishes its next form (`to`, `body`), then acks it. If either step
@@ -387,7 +417,7 @@ impl Bus for RabbitBus {
             let delivery = match next {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(error)) => return Err(unavailable(error)),
-                None => return Err(PortError::unavailable("rabbitmq", "the consumer was cancelled")),
+                None => return Err(BusError::ConsumerCancelled.into()),
             };
             let tag = delivery.delivery_tag;
             let envelope: Envelope = match serde_json::from_slice(&delivery.data) {
@@ -399,7 +429,7 @@ impl Bus for RabbitBus {
                         reason: format!("undecodable: {error}"),
                         at_ms: self.clock.now_ms(),
                     };
-                    let body = serde_json::to_vec(&dead).map_err(|e| PortError::corrupt("rabbitmq", e))?;
+                    let body = serde_json::to_vec(&dead).map_err(|e| PortError::from(BusError::Unencodable(e)))?;
                     self.move_on(&link, tag, self.dead_queue(), body).await?;
                     continue;
                 }
@@ -445,7 +475,7 @@ impl Bus for RabbitBus {
             reason: reason.to_owned(),
             at_ms: self.clock.now_ms(),
         };
-        let body = serde_json::to_vec(&dead).map_err(|e| PortError::corrupt("rabbitmq", e))?;
+        let body = serde_json::to_vec(&dead).map_err(|e| PortError::from(BusError::Unencodable(e)))?;
         self.move_on(&link, tag, self.dead_queue(), body).await
     }
 

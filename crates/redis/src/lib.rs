@@ -3,19 +3,23 @@
 //! # Layout
 //! - [`stock_cache`]: [`RedisStockCache`], the `StockCache` port as the seed's Lua scripts (kept as
 //!   `.lua` files under `lua/`, called by EVALSHA and reloaded on NOSCRIPT).
+//! - [`error`]: [`CacheError`], what can fail here, mapped to the ports' error.
 //! - [`order_cache`]: [`RedisOrderCache`], copies of orders for the buyers' queries.
 
+pub mod error;
 pub mod order_cache;
 pub mod stock_cache;
 
+pub use error::CacheError;
 pub use order_cache::RedisOrderCache;
 pub use stock_cache::{RedisCacheConfig, RedisStockCache};
 
 /// Maps a Redis failure to the port's: connection trouble is retryable, anything else is not.
 pub(crate) fn port_error(error: redis::RedisError) -> orderly_app::PortError {
-    if error.is_io_error() || error.is_connection_dropped() || error.is_timeout() || error.is_connection_refusal() {
-        orderly_app::PortError::unavailable("redis", error)
-    } else {
-        orderly_app::PortError::corrupt("redis", error)
-    }
+    CacheError::from(error).into()
+}
+
+/// An answer the scripts' contract does not allow.
+pub(crate) fn bad_answer(detail: impl std::fmt::Display) -> orderly_app::PortError {
+    CacheError::BadAnswer(detail.to_string()).into()
 }

@@ -41,14 +41,12 @@ impl RedisOrderCache {
 impl OrderCache for RedisOrderCache {
     async fn get(&self, order_no: OrderNo) -> PortResult<Option<Order>> {
         let text: Option<String> = self.connection.clone().get(self.key(order_no)).await.map_err(port_error)?;
-        text.map(|text| {
-            serde_json::from_str(&text).map_err(|e| PortError::corrupt("redis", format!("cached order: {e}")))
-        })
-        .transpose()
+        text.map(|text| serde_json::from_str(&text).map_err(|e| crate::bad_answer(format!("cached order: {e}"))))
+            .transpose()
     }
 
     async fn put(&self, order: &Order) -> PortResult<()> {
-        let text = serde_json::to_string(order).map_err(|e| PortError::corrupt("redis", e))?;
+        let text = serde_json::to_string(order).map_err(|e| PortError::from(crate::CacheError::Unencodable(e)))?;
         let _: () =
             self.connection.clone().pset_ex(self.key(order.order_no), text, self.ttl_ms).await.map_err(port_error)?;
         Ok(())

@@ -75,7 +75,7 @@ fn state_of(name: &str) -> PortResult<TokenState> {
         "claimed" => Ok(TokenState::Claimed),
         "confirmed" => Ok(TokenState::Confirmed),
         "released" => Ok(TokenState::Released),
-        other => Err(PortError::corrupt("redis", format!("unknown token state {other:?}"))),
+        other => Err(crate::bad_answer(format!("unknown token state {other:?}"))),
     }
 }
 
@@ -90,9 +90,9 @@ fn decode_lines(text: &str) -> PortResult<Vec<(CommodityId, u32)>> {
     }
     text.split(';')
         .map(|line| {
-            let (id, quantity) = line.split_once(':').ok_or_else(|| PortError::corrupt("redis", "bad token lines"))?;
-            let id = id.parse().map_err(|_| PortError::corrupt("redis", "bad commodity in token lines"))?;
-            let quantity = quantity.parse().map_err(|_| PortError::corrupt("redis", "bad quantity in token lines"))?;
+            let (id, quantity) = line.split_once(':').ok_or_else(|| crate::bad_answer("bad token lines"))?;
+            let id = id.parse().map_err(|_| crate::bad_answer("bad commodity in token lines"))?;
+            let quantity = quantity.parse().map_err(|_| crate::bad_answer("bad quantity in token lines"))?;
             Ok((CommodityId(id), quantity))
         })
         .collect()
@@ -168,14 +168,14 @@ impl RedisStockCache {
             match answer.first().map(String::as_str) {
                 Some("none") => return Ok(None),
                 Some("was") => {
-                    let state = answer.get(1).ok_or_else(|| PortError::corrupt("redis", "release without state"))?;
+                    let state = answer.get(1).ok_or_else(|| crate::bad_answer("release without state"))?;
                     return Ok(Some(state_of(state)?));
                 }
                 Some("retry") => continue,
-                other => return Err(PortError::corrupt("redis", format!("release answered {other:?}"))),
+                other => return Err(crate::bad_answer(format!("release answered {other:?}"))),
             }
         }
-        Err(PortError::unavailable("redis", "token kept changing under release"))
+        Err(PortError::from(crate::CacheError::Contended("token kept changing under release")))
     }
 }
 
@@ -215,8 +215,8 @@ impl StockCache for RedisStockCache {
         }
         let answer: Vec<String> = invocation.invoke_async(&mut self.connection()).await.map_err(port_error)?;
         let line = |index: &str| -> PortResult<CommodityId> {
-            let index: usize = index.parse().map_err(|_| PortError::corrupt("redis", "bad line index"))?;
-            lines.get(index.wrapping_sub(1)).map(|(id, _)| *id).ok_or_else(|| PortError::corrupt("redis", "line index"))
+            let index: usize = index.parse().map_err(|_| crate::bad_answer("bad line index"))?;
+            lines.get(index.wrapping_sub(1)).map(|(id, _)| *id).ok_or_else(|| crate::bad_answer("line index"))
         };
         match answer.first().map(String::as_str) {
             Some("reserved") => Ok(Reserve::Reserved),
@@ -229,7 +229,7 @@ impl StockCache for RedisStockCache {
                 let available = answer.get(2).and_then(|a| a.parse().ok()).unwrap_or(0);
                 Ok(Reserve::Insufficient { commodity_id, available })
             }
-            other => Err(PortError::corrupt("redis", format!("reserve answered {other:?}"))),
+            other => Err(crate::bad_answer(format!("reserve answered {other:?}"))),
         }
     }
 
@@ -246,7 +246,7 @@ impl StockCache for RedisStockCache {
             "claimed" => Ok(Claim::Claimed),
             "confirmed" => Ok(Claim::Confirmed),
             "released" => Ok(Claim::Released),
-            other => Err(PortError::corrupt("redis", format!("claim answered {other:?}"))),
+            other => Err(crate::bad_answer(format!("claim answered {other:?}"))),
         }
     }
 

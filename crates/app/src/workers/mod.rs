@@ -91,7 +91,7 @@ impl Orderly {
     /// accepted order is created however long the outage (forced completion). Only a message that fails
     /// for another reason `delivery_attempts_max` times is dead-lettered, for an operator.
     async fn retry_or_dead_letter(&self, delivery: &Delivery, error: &PortError) -> Result<Fate, PortError> {
-        if !error.retryable && delivery.attempt >= self.config.delivery_attempts_max {
+        if !error.is_retryable() && delivery.attempt >= self.config.delivery_attempts_max {
             tracing::error!(attempt = delivery.attempt, %error, "message failed too often; dead-lettered");
             self.bus.dead_letter(&delivery.receipt, &error.to_string()).await?;
             return Ok(Fate::DeadLettered);
