@@ -30,7 +30,8 @@ impl Default for RateLimitConfig {
 #[derive(Debug)]
 pub struct EntryLimiter {
     limiter: RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock>,
-    clock: DefaultClock,
+    /// The token bucket's own monotonic clock (governor's), for `Retry-After`; not the Clock port.
+    bucket_clock: DefaultClock,
 }
 
 impl EntryLimiter {
@@ -40,12 +41,12 @@ impl EntryLimiter {
         let clock = DefaultClock::default();
         EntryLimiter {
             limiter: RateLimiter::direct_with_clock(Quota::per_second(rate).allow_burst(burst), clock.clone()),
-            clock,
+            bucket_clock: clock,
         }
     }
 
     /// `Err(wait)` when the bucket is empty.
     pub fn admit(&self) -> Result<(), Duration> {
-        self.limiter.check().map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        self.limiter.check().map_err(|not_until| not_until.wait_time_from(self.bucket_clock.now()))
     }
 }

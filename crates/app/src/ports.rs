@@ -52,6 +52,10 @@ impl PortError {
 
 pub type PortResult<T> = Result<T, PortError>;
 
+/// What a change of an order answers: the order after it, or why the rules refused it (or, outside,
+/// why the store could not answer).
+pub type ChangeResult = PortResult<Result<Order, ChangeRejection>>;
+
 pub use crate::time::Clock;
 
 #[async_trait]
@@ -221,36 +225,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Applies a change to an order atomically with its effects: through the order FSM (an action, a
     /// payment's end), the stock it returns, the outbox event it owes, its safe-pay entry. Cancel and
     /// auto-cancel are refused while a payment is in flight.
-    async fn change_order(
-        &self,
-        order_no: OrderNo,
-        change: OrderChange,
-        now_ms: u64,
-    ) -> PortResult<Result<Order, ChangeRejection>>;
+    async fn change_order(&self, order_no: OrderNo, change: OrderChange, now_ms: u64) -> ChangeResult;
     /// [`OrderChange::Action`].
-    async fn transition(
-        &self,
-        order_no: OrderNo,
-        action: OrderAction,
-        now_ms: u64,
-    ) -> PortResult<Result<Order, ChangeRejection>> {
+    async fn transition(&self, order_no: OrderNo, action: OrderAction, now_ms: u64) -> ChangeResult {
         self.change_order(order_no, OrderChange::Action(action), now_ms).await
     }
     /// `to_pay` with no attempt in flight → attempt recorded and put in the safe-pay set.
-    async fn begin_payment(
-        &self,
-        order_no: OrderNo,
-        attempt: PaymentAttempt,
-    ) -> PortResult<Result<Order, ChangeRejection>> {
+    async fn begin_payment(&self, order_no: OrderNo, attempt: PaymentAttempt) -> ChangeResult {
         self.change_order(order_no, OrderChange::BeginPayment(attempt), attempt.started_ms).await
     }
     /// Ends the attempt: success → `paid` (FSM pay); otherwise back to `to_pay`. Leaves the safe-pay set.
-    async fn finish_payment(
-        &self,
-        order_no: OrderNo,
-        result: PaymentResult,
-        now_ms: u64,
-    ) -> PortResult<Result<Order, ChangeRejection>> {
+    async fn finish_payment(&self, order_no: OrderNo, result: PaymentResult, now_ms: u64) -> ChangeResult {
         self.change_order(order_no, OrderChange::FinishPayment(result), now_ms).await
     }
     /// Safe-pay entries due at `now_ms`, earliest first.

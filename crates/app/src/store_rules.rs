@@ -98,11 +98,19 @@ pub fn decide_create(request: &CreateRequest, levels: &mut Levels, now_ms: u64) 
     }
     let short = match request.token {
         None => order.lines.first().map(|l| l.commodity_id),
-        Some(_) => order
-            .lines
-            .iter()
-            .find(|l| levels.get(&l.commodity_id).is_none_or(|s| s.available < u64::from(l.quantity)))
-            .map(|l| l.commodity_id),
+        Some(_) => {
+            // What the order takes of each commodity, all its lines counted (a cart names a commodity
+            // once, but a create is read off the bus: it is not trusted to).
+            let mut wanted: BTreeMap<CommodityId, u64> = BTreeMap::new();
+            for line in &order.lines {
+                *wanted.entry(line.commodity_id).or_default() += u64::from(line.quantity);
+            }
+            order
+                .lines
+                .iter()
+                .find(|l| levels.get(&l.commodity_id).is_none_or(|s| s.available < wanted[&l.commodity_id]))
+                .map(|l| l.commodity_id)
+        }
     };
     order.updated_ms = now_ms;
     // Checked above: a pending order may be created or rejected, by the FSM's table.

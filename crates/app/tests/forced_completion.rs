@@ -13,7 +13,8 @@ use orderly_app::model::{
     Delivery, IdempotencyRecord, Message, Order, OutboxEvent, Outgoing, StockLevel, StoredAnswer, Topic,
 };
 use orderly_app::ports::{
-    BusDepth, ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PortError, PortResult,
+    BusDepth, ChangeRejection, ChangeResult, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PortError,
+    PortResult,
 };
 use orderly_app::{Bus, OrderError, PlaceError, Ports, Store};
 use orderly_domain::{CatalogEntry, CommodityId, OrderNo, OrderState, Uid};
@@ -85,12 +86,7 @@ impl Store for FaultyStore {
     async fn audit_view(&self) -> PortResult<(Vec<Order>, Vec<(CommodityId, StockLevel)>)> {
         self.inner.audit_view().await
     }
-    async fn change_order(
-        &self,
-        order_no: OrderNo,
-        change: OrderChange,
-        now_ms: u64,
-    ) -> PortResult<Result<Order, ChangeRejection>> {
+    async fn change_order(&self, order_no: OrderNo, change: OrderChange, now_ms: u64) -> ChangeResult {
         self.inner.change_order(order_no, change, now_ms).await
     }
     async fn payments_due(&self, now_ms: u64, limit: usize) -> PortResult<Vec<OrderNo>> {

@@ -24,10 +24,9 @@ async fn accepted_orders_survive_a_restart_before_any_worker_ran() {
     // Stop: the in-memory cache and its reservations are gone; only the database remains.
     drop(harness.orderly);
     drop(harness.ports);
-    database_closed().await;
 
     let clock = Arc::new(ManualClock::new(T0_MS + 1_000));
-    let (orderly, ports) = open_at(dir.path(), Arc::clone(&clock), AcquirerConfig::default()).await;
+    let (orderly, ports) = reopen_at(dir.path(), Arc::clone(&clock), AcquirerConfig::default()).await;
     assert_eq!(stock(&ports, 1).await, (10, Some(10)), "cache rebuilt from the store");
     for order_no in &accepted {
         assert_eq!(state(&ports, *order_no).await, OrderState::Pending);

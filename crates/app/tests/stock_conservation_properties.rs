@@ -148,8 +148,7 @@ async fn run(ops: Vec<Op>, faults: (f64, f64, f64), seed: u64) {
             Op::Restart => {
                 drop((orderly, ports));
                 drop(cache); // it holds the store too
-                database_closed().await;
-                (orderly, ports) = open_at(dir.path(), Arc::clone(&clock), acquirer.clone()).await;
+                (orderly, ports) = reopen_at(dir.path(), Arc::clone(&clock), acquirer.clone()).await;
                 cache = LosableCache::install(&mut orderly, &mut ports);
             }
             Op::LoseCache { at_next_claim: true } => cache.lose_at_next_claim(),

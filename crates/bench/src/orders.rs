@@ -149,6 +149,9 @@ impl Drop for Spawned {
     }
 }
 
+/// The `orderly` binary to start servers from, when set (by `orderly bench`).
+pub(crate) const SERVER_ENV: &str = "ORDERLY_BENCH_SERVER";
+
 /// Starts `orderly <role>` with `envs` (logging to `log`), and waits for its `listening on ADDR` line.
 pub(crate) fn spawn(
     role: &str,
@@ -156,17 +159,16 @@ pub(crate) fn spawn(
     data: tempfile::TempDir,
     log: &Path,
 ) -> anyhow::Result<(Spawned, String)> {
-    // The server roles are this binary's own hidden subcommands (`run-serve`, `run-payment`): the same
-    // code as `orderly serve` / `orderly payment`, so a bench needs nothing else built.
-    let exe = std::env::current_exe().context("finding the orderly-bench binary")?;
+    // `orderly bench` names itself as the server (`ORDERLY_BENCH_SERVER`), so the server benched is the
+    // one the user ran. Otherwise the roles are this binary's own hidden subcommands (`run-serve`,
+    // `run-payment`): the same code as `orderly serve` / `orderly payment`, built with the bench.
+    let (exe, subcommand) = match std::env::var_os(SERVER_ENV) {
+        Some(server) => (PathBuf::from(server), role.to_owned()),
+        None => (std::env::current_exe().context("finding the orderly-bench binary")?, format!("run-{role}")),
+    };
     let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut command = Command::new(exe);
-    command
-        .arg(format!("run-{role}"))
-        .env("ORDERLY_LOG", "warn")
-        .env_remove("ORDERLY_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(log);
+    let mut command = Command::new(&exe);
+    command.arg(subcommand).env("ORDERLY_LOG", "warn").env_remove("ORDERLY_CONFIG").stdout(Stdio::piped()).stderr(log);
     for (key, value) in envs {
         command.env(key, value);
     }
@@ -250,7 +252,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
         target.admin_post("/api/admin/catalog", &body).await.context("loading the catalog")?;
     }
     eprintln!(
-        "orderly bench {}: {} SKUs over {} shops on {}",
+        "orderly-bench orders {}: {} SKUs over {} shops on {}",
         args.scenario.as_str(),
         workload.sku_count,
         workload.shop_count,

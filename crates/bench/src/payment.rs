@@ -1,4 +1,4 @@
-//! `orderly bench-payment`: charge latency and throughput of the payment service over gRPC on loopback.
+//! `orderly-bench payment`: charge latency and throughput of the payment service over gRPC on loopback.
 //!
 //! Starts `orderly payment` on a fresh ledger — embedded, or with `--postgres-url` a fresh schema in
 //! PostgreSQL (the cluster profile's ledger), dropped afterwards — with the acquirer's latency zero unless
@@ -186,7 +186,7 @@ pub async fn bench(args: PaymentBenchArgs) -> anyhow::Result<bool> {
         p99_target_ms,
     };
     let mut md = format!(
-        "## orderly bench-payment\n\n`{}`; {} callers, acquirer latency {} ms, ledger {}.\n\n\
+        "## orderly-bench payment\n\n`{}`; {} callers, acquirer latency {} ms, ledger {}.\n\n\
          | phase | calls/s | p50 / p95 / p99 / max (ms) | outcomes |\n|---|---|---|---|\n",
         report.command, report.connections, report.acquirer_latency_ms, report.ledger
     );

@@ -339,7 +339,7 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut md = String::new();
-        let _ = writeln!(md, "## orderly bench: {}\n", self.scenario.as_str());
+        let _ = writeln!(md, "## orderly-bench orders: {}\n", self.scenario.as_str());
         let _ = writeln!(md, "`{}` against {}; machine: {:?}\n", self.command, self.server, self.machine);
         let _ = writeln!(
             md,

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use orderly_app::PortError;
 use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, StockLevel, StoredAnswer};
 use orderly_app::ports::{
-    ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PortResult, Store,
+    ChangeRejection, ChangeResult, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PortResult, Store,
 };
 use orderly_app::store_rules::{
     Levels, SafePay, create_batch_keys, idempotency_seen, plan_change, plan_create, stock_to_lock,
@@ -271,12 +271,7 @@ impl Store for LocalStore {
         Ok((orders, self.read_all_stock()?))
     }
 
-    async fn change_order(
-        &self,
-        order_no: OrderNo,
-        change: OrderChange,
-        now_ms: u64,
-    ) -> PortResult<Result<Order, ChangeRejection>> {
+    async fn change_order(&self, order_no: OrderNo, change: OrderChange, now_ms: u64) -> ChangeResult {
         let changed = {
             let _writer = self.lock()?;
             let Some(order) = self.read_order(order_no)? else { return Ok(Err(ChangeRejection::NotFound)) };

@@ -118,27 +118,29 @@ fn main() -> anyhow::Result<()> {
             let orderly = cluster::open(&config).await?;
             serve::run_roles(&config, orderly, serve::Roles { http: false, workers: true }, "cluster").await
         }),
-        Command::Bench { args } => run_bench("orders", &args),
-        Command::BenchPayment { args } => run_bench("payment", &args),
+        Command::Bench { args } => run_bench("orders", &args, cli.config.as_deref()),
+        Command::BenchPayment { args } => run_bench("payment", &args, cli.config.as_deref()),
     }
 }
 
-/// `orderly bench …` as `orderly-bench <command> …`, the bench binary built beside this one; exits
-/// with its status.
-fn run_bench(command: &str, args: &[String]) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("finding this binary")?.with_file_name("orderly-bench");
+/// `orderly bench …` as `orderly-bench <command> …`, the bench binary built beside this one, with this
+/// binary as the server it starts (`ORDERLY_BENCH_SERVER`) and this configuration; exits with its status.
+fn run_bench(command: &str, args: &[String], config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let this = std::env::current_exe().context("finding this binary")?;
+    let exe = this.with_file_name("orderly-bench");
     if !exe.exists() {
         anyhow::bail!(
-            "the bench is a binary of its own: build it with `cargo build --release -p orderly-bench`, or run \
-             `cargo run --release -p orderly-bench -- {command} …` ({} not found)",
+            "the bench is a binary of its own: build it with `cargo build --release -p orderly -p orderly-bench`, \
+             or run `cargo run --release -p orderly-bench -- {command} …` ({} not found)",
             exe.display()
         );
     }
-    let status = std::process::Command::new(&exe)
-        .arg(command)
-        .args(args)
-        .status()
-        .with_context(|| format!("running {}", exe.display()))?;
+    let mut bench = std::process::Command::new(&exe);
+    bench.arg(command).args(args).env("ORDERLY_BENCH_SERVER", &this);
+    if let Some(config) = config {
+        bench.env("ORDERLY_CONFIG", config);
+    }
+    let status = bench.status().with_context(|| format!("running {}", exe.display()))?;
     std::process::exit(status.code().unwrap_or(1));
 }
 

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use orderly_app::PortError;
 use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, StockLevel, StoredAnswer};
 use orderly_app::ports::{
-    ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PortResult, Store,
+    ChangeRejection, ChangeResult, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PortResult, Store,
 };
 use orderly_app::store_rules::{
     Levels, SafePay, create_batch_keys, idempotency_seen, may_return_stock, plan_change, plan_create, stock_to_lock,
@@ -392,12 +392,7 @@ impl Store for PgStore {
         Ok((orders, stock))
     }
 
-    async fn change_order(
-        &self,
-        order_no: OrderNo,
-        change: OrderChange,
-        now_ms: u64,
-    ) -> PortResult<Result<Order, ChangeRejection>> {
+    async fn change_order(&self, order_no: OrderNo, change: OrderChange, now_ms: u64) -> ChangeResult {
         let mut tx = self.begin().await?;
         // Locks in the create batch's order, stock rows before the order row, so a cancel racing a
         // redelivered create of the same order cannot deadlock with it. An order's lines never change:

@@ -65,15 +65,22 @@ pub async fn run_on_clock<T: Send + 'static>(
     panic!("the call did not end");
 }
 
-/// After every handle on a database was dropped: lets the database's own task (its group commit) see
-/// that and let go of it, so its directory can be opened again.
-pub async fn database_closed() {
-    for _ in 0..64 {
-        tokio::task::yield_now().await;
+/// Opens the profile on `dir` again after its last handles were dropped. The database locks its
+/// directory until its own task (the group commit) has seen the handles go and let go of it too: until
+/// then opening answers "locked", and this tries again (bounded), without sleeping.
+pub async fn reopen_at(dir: &Path, clock: Arc<ManualClock>, acquirer: AcquirerConfig) -> (Orderly, Ports) {
+    let local = local_config(acquirer);
+    for _ in 0..1_000_000 {
+        match orderly_local::open(dir, Arc::clone(&clock) as Arc<dyn Clock>, &local, None).await {
+            Ok(ports) => return (Orderly::new(ports.clone(), FlowConfig::default()), ports),
+            Err(_still_locked) => tokio::task::yield_now().await,
+        }
     }
+    panic!("{} stayed locked", dir.display());
 }
 
-/// Lets every task waiting on `clock` whose time has come run to its end (bounded).
+/// Lets every task waiting on `clock` run to its end (bounded): the caller has moved the clock past every
+/// wait it started, and a wait still there after that fails the test.
 pub async fn sleeps_ended(clock: &ManualClock) {
     for _ in 0..1_000_000 {
         if clock.sleepers() == 0 {
