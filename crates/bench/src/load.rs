@@ -129,6 +129,8 @@ pub struct Recorder {
     /// Fixed rate only: requests the schedule called for but the client had no free slot for.
     pub client_dropped: u64,
     pub elapsed: Duration,
+    /// CPU milliseconds each process group of the run spent during the phase ([`crate::cpu`]).
+    pub cpu_ms: BTreeMap<String, f64>,
 }
 
 impl Recorder {
@@ -144,6 +146,7 @@ impl Recorder {
             unanswered_uids: Default::default(),
             client_dropped: 0,
             elapsed: Duration::ZERO,
+            cpu_ms: BTreeMap::new(),
         }
     }
 

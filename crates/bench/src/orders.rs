@@ -416,7 +416,9 @@ async fn run_with_progress(
             }
         })
     };
-    let recorder = load::run_phase(spec, target, workload, seed, live, follow_ups.clone()).await;
+    let cpu_before = crate::cpu::snapshot();
+    let mut recorder = load::run_phase(spec, target, workload, seed, live, follow_ups.clone()).await;
+    recorder.cpu_ms = crate::cpu::spent_ms(&cpu_before, &crate::cpu::snapshot());
     ticker.abort();
     bar.finish_and_clear();
     eprintln!(

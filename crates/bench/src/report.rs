@@ -53,6 +53,9 @@ pub struct PhaseReport {
     pub ok_latency: Latency,
     pub sold_out_latency: Latency,
     pub all_latency: Latency,
+    /// CPU milliseconds per 200 answer (accepted order, or healthz answer), by process group: what one
+    /// costs the API, the workers, the payment service, each engine and the load generator.
+    pub cpu_ms_per_ok: BTreeMap<String, f64>,
 }
 
 impl PhaseReport {
@@ -73,6 +76,10 @@ impl PhaseReport {
             ok_latency: Latency::of(&recorder.accept_us),
             sold_out_latency: Latency::of(&recorder.sold_out_us),
             all_latency: Latency::of(&recorder.all_us),
+            cpu_ms_per_ok: match count("ok") {
+                0 => BTreeMap::new(),
+                ok => recorder.cpu_ms.iter().map(|(group, ms)| (group.clone(), ms / ok as f64)).collect(),
+            },
         }
     }
 }
@@ -374,6 +381,7 @@ impl Report {
                 if other.is_empty() { "-".to_owned() } else { other.join(", ") }
             );
         }
+        cpu_table(&mut md, &self.phases);
         let ms = |v: Option<u64>| v.map_or("not reached".to_owned(), |ms| format!("{ms} ms"));
         let _ = writeln!(
             md,
@@ -397,6 +405,29 @@ impl Report {
         }
         md
     }
+}
+
+/// CPU milliseconds per 200 answer, a row per phase and a column per process group (none when `/proc`
+/// could not be read).
+fn cpu_table(md: &mut String, phases: &[PhaseReport]) {
+    let groups: std::collections::BTreeSet<&String> = phases.iter().flat_map(|p| p.cpu_ms_per_ok.keys()).collect();
+    if groups.is_empty() {
+        return;
+    }
+    let header: Vec<&str> = groups.iter().map(|g| g.as_str()).collect();
+    let _ =
+        writeln!(md, "\nCPU ms per 200 answer (accepted order or healthz answer), by process (`/proc/<pid>/stat`):\n");
+    let _ = writeln!(md, "| phase | {} | total |", header.join(" | "));
+    let _ = writeln!(md, "|---|{}---|", "---|".repeat(header.len()));
+    for phase in phases.iter().filter(|p| !p.cpu_ms_per_ok.is_empty()) {
+        let cells: Vec<String> = groups
+            .iter()
+            .map(|g| phase.cpu_ms_per_ok.get(*g).map_or("-".to_owned(), |ms| format!("{ms:.3}")))
+            .collect();
+        let total: f64 = phase.cpu_ms_per_ok.values().sum();
+        let _ = writeln!(md, "| {} | {} | {total:.3} |", phase.name, cells.join(" | "));
+    }
+    md.push('\n');
 }
 
 /// One line of a chart: label, points, colour.
