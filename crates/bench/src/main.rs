@@ -5,11 +5,13 @@
 //! - [`orders`]: `orderly-bench orders`, the flash-sale load generator: a fresh server (or `--url`), a
 //!   scenario, the healthz and naive baselines, the buyer's-word checks and the audit's verdict.
 //! - [`workload`]: the catalog and the carts (seeded).
+//! - [`ceilings`]: the engines' own rates in the same run (Redis reserve, confirmed publish).
 //! - [`cpu`]: the CPU each process of a run spent, grouped by role (from `/proc`).
 //! - [`load`]: closed-loop and fixed-rate drivers, the recorder, buyers' follow-ups.
 //! - [`report`]: figures, ratios and targets; JSON, Markdown and charts.
 //! - [`payment`]: `orderly-bench payment`, the payment service's latency over gRPC.
 
+mod ceilings;
 mod cpu;
 mod load;
 mod orders;

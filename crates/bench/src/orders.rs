@@ -56,6 +56,12 @@ pub struct BenchArgs {
     /// transaction per cart, on commodities of its own. Reported as a ratio.
     #[arg(long)]
     naive_baseline: bool,
+    /// Also measure the engines' own ceilings before the scenario, in the same run: one-line reserves/s
+    /// on the cluster's Redis through the stock cache's script and client, and confirmed publishes/s on
+    /// its broker through the bus adapter (`cluster.redis_url`, `cluster.amqp_url` of the configuration;
+    /// keys and queues of their own). Reported with accepted orders/s as a share of each.
+    #[arg(long)]
+    engine_ceilings: bool,
     /// Where the report goes (`<out>/<scenario>/`).
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
@@ -244,10 +250,12 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     // Ids of this run stay apart from earlier runs on the same server.
     let id_base = (now_s % 1_000_000) * 10_000 + 1;
     let workload = Arc::new(Workload::new(args.scenario, id_base, args.flash_stock, &mut rng));
-    // The naive design's commodities: the same shape, ids of their own (its stock bypasses the cache).
-    let naive_workload = args
-        .naive_baseline
-        .then(|| Arc::new(Workload::new(args.scenario, id_base + 5_000, args.flash_stock, &mut rng)));
+    // The naive design's commodities: the same shape, ids of their own (its stock bypasses the cache), and
+    // buyers of its own (its carts promise nothing our entry does: a buyer refused by our entry must not
+    // be judged by the orders of a naive cart).
+    let naive_workload = args.naive_baseline.then(|| {
+        Arc::new(Workload::new(args.scenario, id_base + 5_000, args.flash_stock, &mut rng).with_buyers_after(&workload))
+    });
     for body in workload.catalog_bodies().into_iter().chain(naive_workload.iter().flat_map(|w| w.catalog_bodies())) {
         target.admin_post("/api/admin/catalog", &body).await.context("loading the catalog")?;
     }
@@ -272,6 +280,17 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
             PhaseSpec { name: "healthz".into(), kind: Kind::Healthz, mode: closed, duration, requests_max: None };
         let recorder = run_with_progress(&spec, &target, &workload, args.seed, &follow_ups).await;
         phases.push((spec, recorder));
+    }
+    let mut ceilings = Vec::new();
+    if args.engine_ceilings {
+        for ceiling in [
+            crate::ceilings::redis_reserve(&config.cluster.redis_url, args.connections, duration).await,
+            crate::ceilings::broker_publish(&config.cluster.amqp_url, args.connections, duration).await,
+        ] {
+            let ceiling = ceiling.context("measuring an engine's ceiling")?;
+            eprintln!("{:>14}: {:.0}/s ({} callers)", ceiling.name, ceiling.per_s, ceiling.callers);
+            ceilings.push(ceiling);
+        }
     }
     let order_phase = |name: &str, mode: Mode, requests_max: Option<u64>| PhaseSpec {
         name: name.into(),
@@ -370,8 +389,9 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
         server: if spawned.is_some() { "standalone, started by the bench".into() } else { target.bases() },
         machine: machine(),
         workload: (*workload).clone(),
-        targets: report::targets(&phase_reports),
+        targets: report::targets(&phase_reports, &ceilings),
         phases: phase_reports,
+        ceilings,
         follow_ups: follow_ups.counts,
         settled_between_phases_ms: settles,
         persisted_after_ms: persisted_after.map(|d| d.as_millis() as u64),

@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::ceilings::Ceiling;
 use crate::load::{Accepted, Kind, Mode, PhaseSpec, Recorder};
 use crate::workload::{Scenario, Workload};
 
@@ -260,9 +261,21 @@ pub struct TargetResult {
     pub met: bool,
 }
 
-pub fn targets(phases: &[PhaseReport]) -> Vec<TargetResult> {
+pub fn targets(phases: &[PhaseReport], ceilings: &[Ceiling]) -> Vec<TargetResult> {
     let find = |name: &str| phases.iter().find(|p| p.name == name);
     let mut targets = Vec::new();
+    // Issue 12: accepted orders as a share of what the cluster's Redis reserves on its own.
+    if let (Some(redis), Some(ours)) =
+        (ceilings.iter().find(|c| c.name == "redis reserve"), find("capacity").or_else(|| find("flash")))
+    {
+        let share = ours.ok_per_s / redis.per_s.max(0.001);
+        targets.push(TargetResult {
+            name: "accepted orders/s vs the Redis reserve ceiling",
+            goal: ">= 0.25",
+            measured: format!("{share:.3} ({:.0} / {:.0})", ours.ok_per_s, redis.per_s),
+            met: share >= 0.25,
+        });
+    }
     if let (Some(healthz), Some(capacity)) = (find("healthz"), find("capacity")) {
         let ratio = capacity.ok_per_s / healthz.answered_per_s.max(0.001);
         targets.push(TargetResult {
@@ -331,6 +344,8 @@ pub struct Report {
     pub audit_violations: Vec<Value>,
     pub orders_by_state: Value,
     pub targets: Vec<TargetResult>,
+    /// The engines' own rates measured before the scenario (`--engine-ceilings`).
+    pub ceilings: Vec<Ceiling>,
     pub checks: Checks,
 }
 
@@ -382,6 +397,19 @@ impl Report {
             );
         }
         cpu_table(&mut md, &self.phases);
+        if !self.ceilings.is_empty() {
+            let ours =
+                self.phases.iter().find(|p| p.name == "capacity" || p.name == "flash").map_or(0.0, |p| p.ok_per_s);
+            let _ = writeln!(
+                md,
+                "| engine ceiling, same run | rate | callers | accepted orders/s as a share |\n|---|---|---|---|"
+            );
+            for c in &self.ceilings {
+                let share = ours / c.per_s.max(0.001);
+                let _ = writeln!(md, "| {}: {} | {:.0}/s | {} | {share:.3} |", c.name, c.what, c.per_s, c.callers);
+            }
+            md.push('\n');
+        }
         let ms = |v: Option<u64>| v.map_or("not reached".to_owned(), |ms| format!("{ms} ms"));
         let _ = writeln!(
             md,

@@ -70,6 +70,9 @@ pub struct Workload {
     pub pay_later_share: f64,
     pub cancel_share: f64,
     pub buyers: u64,
+    /// Buyer ids are `buyer_base + 1 ..= buyer_base + buyers`: the naive design's carts come from buyers
+    /// of their own, so the buyer's-word checks of our entry never judge a buyer by a naive cart.
+    pub buyer_base: u64,
 }
 
 /// Shop ids start here; buyer ids stay below, so no buyer buys from their own shop.
@@ -96,6 +99,7 @@ impl Workload {
                 pay_later_share: 0.0,
                 cancel_share: 0.0,
                 buyers: 100_000,
+                buyer_base: 0,
             },
             Scenario::Mixed | Scenario::Overload => {
                 let (sku_count, shop_count, hot) = (1_000usize, 50u64, 10usize);
@@ -120,6 +124,7 @@ impl Workload {
                     pay_later_share: 0.4,
                     cancel_share: 0.15,
                     buyers: 20_000,
+                    buyer_base: 0,
                 }
             }
         }
@@ -150,9 +155,16 @@ impl Workload {
         }
     }
 
+    /// The same workload for buyers after those of `other` (ids never shared with it).
+    pub fn with_buyers_after(mut self, other: &Workload) -> Workload {
+        self.buyer_base = other.buyer_base + other.buyers;
+        assert!(self.buyer_base + self.buyers < SHOP_ID_BASE, "buyer ids stay below shop ids");
+        self
+    }
+
     /// A buyer and the seed's request body for one cart; whether it pays at once.
     pub fn cart(&self, rng: &mut SmallRng) -> (u64, Value, bool) {
-        let uid = rng.random_range(1..=self.buyers);
+        let uid = self.buyer_base + rng.random_range(1..=self.buyers);
         let lines = rng.random_range(1..=self.lines_max);
         let mut picked: Vec<usize> = Vec::with_capacity(lines);
         for _ in 0..lines {
