@@ -43,9 +43,23 @@ impl From<sqlx::Error> for PgError {
             sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")) => {
                 PgError::Conflict(error)
             }
+            sqlx::Error::Database(db) if db.code().is_some_and(|code| transient_sqlstate(&code)) => {
+                PgError::Unavailable(error)
+            }
             _ => PgError::Refused(error),
         }
     }
+}
+
+/// SQLSTATEs of a server that cannot serve the statement now but may in a moment: connection exceptions
+/// (class 08), insufficient resources (53: too many connections, out of memory or disk), an operator or a
+/// crash shutting it down or a server still starting (57P01–57P03), a lock or statement timeout (55P03,
+/// 57014), and a read-only transaction — a standby, before a failover has found the new primary (25006).
+/// The flow waits for such a server; a worker never dead-letters a message for it.
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "57P01" | "57P02" | "57P03" | "55P03" | "57014" | "25006")
 }
 
 impl From<PgError> for PortError {
@@ -54,6 +68,22 @@ impl From<PgError> for PortError {
             error if error.is_retryable() => PortError::unavailable("postgres", error),
             error @ PgError::BadRow(_) => PortError::corrupt("postgres", error),
             error => PortError::failed("postgres", error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transient_sqlstate;
+
+    #[test]
+    fn a_server_going_away_is_transient_a_refused_statement_is_not() {
+        for code in ["08006", "08001", "53300", "57P01", "57P03", "55P03", "57014", "25006"] {
+            assert!(transient_sqlstate(code), "{code}");
+        }
+        // Unique violation, check violation (the stock table's available >= 0), undefined table, syntax.
+        for code in ["23505", "23514", "42P01", "42601"] {
+            assert!(!transient_sqlstate(code), "{code}");
         }
     }
 }

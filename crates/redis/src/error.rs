@@ -28,11 +28,15 @@ impl CacheError {
 
 impl From<redis::RedisError> for CacheError {
     fn from(error: redis::RedisError) -> CacheError {
-        if error.is_io_error() || error.is_connection_dropped() || error.is_timeout() || error.is_connection_refusal() {
-            CacheError::Unavailable(error)
-        } else {
-            CacheError::Refused(error)
-        }
+        // The client library's own word on whether a request may be retried: a server still loading its
+        // data, busy, read-only or without a master (a failover in progress), a cluster slot that moved,
+        // a dropped connection — all of it; a script error or a wrong type — not.
+        let transient = error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_timeout()
+            || error.is_connection_refusal()
+            || !matches!(error.retry_method(), redis::RetryMethod::NoRetry);
+        if transient { CacheError::Unavailable(error) } else { CacheError::Refused(error) }
     }
 }
 
@@ -43,5 +47,30 @@ impl From<CacheError> for PortError {
             error @ CacheError::BadAnswer(_) => PortError::corrupt("redis", error),
             error => PortError::failed("redis", error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CacheError;
+
+    fn classify(kind: redis::ErrorKind, detail: &str) -> bool {
+        CacheError::from(redis::RedisError::from((kind, "test", detail.to_owned()))).is_retryable()
+    }
+
+    #[test]
+    fn a_failing_over_server_is_transient_a_script_error_is_not() {
+        use redis::{ErrorKind, ServerErrorKind};
+        for kind in [
+            ServerErrorKind::BusyLoading,
+            ServerErrorKind::TryAgain,
+            ServerErrorKind::MasterDown,
+            ServerErrorKind::ReadOnly,
+            ServerErrorKind::ClusterDown,
+        ] {
+            assert!(classify(ErrorKind::Server(kind), "x"), "{kind:?}");
+        }
+        assert!(!classify(ErrorKind::Server(ServerErrorKind::ResponseError), "ERR script failed"));
+        assert!(!classify(ErrorKind::UnexpectedReturnType, "x"));
     }
 }
