@@ -31,6 +31,10 @@ struct Cli {
     /// TOML configuration file (also `ORDERLY_CONFIG`): a `--url` server's data directory and timers.
     #[arg(long, global = true, env = "ORDERLY_CONFIG")]
     config: Option<PathBuf>,
+    /// The `orderly` binary whose `serve` / `payment` a bench starts (given by `orderly bench`); by
+    /// default this binary's own copy of them.
+    #[arg(long, global = true, hide = true)]
+    server_exe: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,6 +57,9 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
+    if let Some(server) = cli.server_exe {
+        let _ = orders::SERVER_EXE.set(server);
+    }
     orderly::init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let passed = match cli.command {

@@ -155,8 +155,8 @@ impl Drop for Spawned {
     }
 }
 
-/// The `orderly` binary to start servers from, when set (by `orderly bench`).
-pub(crate) const SERVER_ENV: &str = "ORDERLY_BENCH_SERVER";
+/// The `orderly` binary to start servers from, when given (`--server-exe`, by `orderly bench`).
+pub(crate) static SERVER_EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// Starts `orderly <role>` with `envs` (logging to `log`), and waits for its `listening on ADDR` line.
 pub(crate) fn spawn(
@@ -165,11 +165,11 @@ pub(crate) fn spawn(
     data: tempfile::TempDir,
     log: &Path,
 ) -> anyhow::Result<(Spawned, String)> {
-    // `orderly bench` names itself as the server (`ORDERLY_BENCH_SERVER`), so the server benched is the
-    // one the user ran. Otherwise the roles are this binary's own hidden subcommands (`run-serve`,
+    // `orderly bench` names itself as the server (`--server-exe`), so the server benched is the one the
+    // user ran. Otherwise the roles are this binary's own hidden subcommands (`run-serve`,
     // `run-payment`): the same code as `orderly serve` / `orderly payment`, built with the bench.
-    let (exe, subcommand) = match std::env::var_os(SERVER_ENV) {
-        Some(server) => (PathBuf::from(server), role.to_owned()),
+    let (exe, subcommand) = match SERVER_EXE.get() {
+        Some(server) => (server.clone(), role.to_owned()),
         None => (std::env::current_exe().context("finding the orderly-bench binary")?, format!("run-{role}")),
     };
     let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;

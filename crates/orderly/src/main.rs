@@ -124,7 +124,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// `orderly bench …` as `orderly-bench <command> …`, the bench binary built beside this one, with this
-/// binary as the server it starts (`ORDERLY_BENCH_SERVER`) and this configuration; exits with its status.
+/// binary as the server it starts (`--server-exe`) and this configuration; exits with its status.
 fn run_bench(command: &str, args: &[String], config: Option<&std::path::Path>) -> anyhow::Result<()> {
     let this = std::env::current_exe().context("finding this binary")?;
     let exe = this.with_file_name("orderly-bench");
@@ -136,7 +136,7 @@ fn run_bench(command: &str, args: &[String], config: Option<&std::path::Path>) -
         );
     }
     let mut bench = std::process::Command::new(&exe);
-    bench.arg(command).args(args).env("ORDERLY_BENCH_SERVER", &this);
+    bench.arg(command).args(args).arg("--server-exe").arg(&this);
     if let Some(config) = config {
         bench.env("ORDERLY_CONFIG", config);
     }
