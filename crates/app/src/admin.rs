@@ -33,10 +33,10 @@ impl Orderly {
     /// Price and stock of a commodity: the cache's view (what can still be sold), loaded if needed.
     pub async fn commodity(&self, id: CommodityId) -> Result<Option<(CatalogEntry, u64)>, PortError> {
         let Some(entry) = self.catalog_entry(id).await? else { return Ok(None) };
-        let mut available = self.cache.available(&[id]).await?;
+        let mut available = self.ports.cache.available(&[id]).await?;
         if available.first().copied().flatten().is_none() {
             self.load_into_cache(&[id]).await?;
-            available = self.cache.available(&[id]).await?;
+            available = self.ports.cache.available(&[id]).await?;
         }
         Ok(Some((entry, available.first().copied().flatten().unwrap_or(0))))
     }
@@ -44,7 +44,7 @@ impl Orderly {
     /// Admin: catalog entries and stock to add. Stock reaches the cache as a versioned restock, so it
     /// is counted once whether or not the cache had loaded the commodity.
     pub async fn load_catalog(&self, entries: &[CatalogEntry], stock: &[(CommodityId, u32)]) -> Result<(), PortError> {
-        self.store.put_commodities(entries).await?;
+        self.ports.store.put_commodities(entries).await?;
         self.catalog.forget_all();
         for &(id, quantity) in stock {
             self.stock_added(id, quantity).await?;
@@ -59,7 +59,7 @@ impl Orderly {
         let mut entries = Vec::new();
         let mut stock = Vec::new();
         for &(entry, quantity) in commodities {
-            if self.store.commodity(entry.commodity_id).await?.is_some() {
+            if self.ports.store.commodity(entry.commodity_id).await?.is_some() {
                 continue;
             }
             entries.push(entry);
@@ -74,7 +74,7 @@ impl Orderly {
     /// Admin: stock added to a commodity of the catalog. `None`: no such commodity (nothing added);
     /// else what is available in the store afterwards.
     pub async fn add_stock(&self, id: CommodityId, add: u32) -> Result<Option<u64>, PortError> {
-        if self.store.commodity(id).await?.is_none() {
+        if self.ports.store.commodity(id).await?.is_none() {
             return Ok(None);
         }
         Ok(Some(self.stock_added(id, add).await?.available))
@@ -82,33 +82,33 @@ impl Orderly {
 
     /// Adds stock in the store, then tells the cache by a versioned restock; the store's level after.
     async fn stock_added(&self, id: CommodityId, quantity: u32) -> Result<StockLevel, PortError> {
-        let level = self.store.add_stock(id, u64::from(quantity)).await?;
+        let level = self.ports.store.add_stock(id, u64::from(quantity)).await?;
         let restock = Restock {
             key: format!("add-stock:{id}:{}", level.version),
             shop_id: level.shop_id,
             lines: vec![(id, quantity, level.version)],
         };
-        self.cache.restock(&restock).await?;
+        self.ports.cache.restock(&restock).await?;
         Ok(level)
     }
 
     /// The bus's queues and dead letters.
     pub async fn bus_depth(&self) -> Result<BusDepth, PortError> {
-        self.bus.depth().await
+        self.ports.bus.depth().await
     }
 
     pub async fn work_to_do(&self) -> Result<WorkToDo, PortError> {
-        let depth = self.bus.depth().await?;
+        let depth = self.ports.bus.depth().await?;
         Ok(WorkToDo {
             queued: depth.queued,
             dead_letters: depth.dead_letters,
-            outbox: self.store.outbox(OUTBOX_COUNT_MAX).await?.len(),
-            payments_pending: self.store.payments_pending().await?,
+            outbox: self.ports.store.outbox(OUTBOX_COUNT_MAX).await?.len(),
+            payments_pending: self.ports.store.payments_pending().await?,
         })
     }
 
     /// The wall clock, for the API's token expiry.
     pub fn now_ms(&self) -> u64 {
-        self.clock.now_ms()
+        self.ports.clock.now_ms()
     }
 }

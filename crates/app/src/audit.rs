@@ -58,11 +58,11 @@ impl Orderly {
     /// Checks I1–I5. `quiet`: no traffic, queues drained, timers fired — only then are I2's equalities
     /// owed. `deadline_ms`: how long an order may take to become definite.
     pub async fn audit(&self, quiet: bool, deadline_ms: u64) -> Result<AuditReport, PortError> {
-        let now_ms = self.clock.now_ms();
-        let (orders, stock) = self.store.audit_view().await?;
+        let now_ms = self.ports.clock.now_ms();
+        let (orders, stock) = self.ports.store.audit_view().await?;
         let ids: Vec<CommodityId> = stock.iter().map(|(id, _)| *id).collect();
-        let cache = self.cache.available(&ids).await?;
-        let charges = self.payments.succeeded().await?;
+        let cache = self.ports.cache.available(&ids).await?;
+        let charges = self.ports.payments.succeeded().await?;
         let mut violations = Vec::new();
 
         let mut sold: HashMap<CommodityId, u64> = HashMap::new();

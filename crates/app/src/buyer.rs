@@ -53,7 +53,8 @@ impl Orderly {
         let order = match self.cached_order(order_no).await {
             Some(order) => order,
             None => {
-                let order = self.bounded("store", self.store.order(order_no)).await?.ok_or(OrderError::NOT_FOUND)?;
+                let order =
+                    self.bounded("store", self.ports.store.order(order_no)).await?.ok_or(OrderError::NOT_FOUND)?;
                 self.cache_order(&order).await;
                 order
             }
@@ -65,13 +66,15 @@ impl Orderly {
     }
 
     pub async fn orders_of(&self, buyer: Uid, before: Option<OrderNo>, limit: usize) -> Result<Vec<Order>, PortError> {
-        self.bounded("store", self.store.orders_of(buyer, before, limit.clamp(1, self.config.page_size_max))).await
+        self.bounded("store", self.ports.store.orders_of(buyer, before, limit.clamp(1, self.config.page_size_max)))
+            .await
     }
 
     pub async fn cancel(&self, actor: Actor, order_no: OrderNo) -> Result<Order, OrderError> {
         self.order(actor, order_no).await?;
-        let order =
-            self.bounded("store", self.store.transition(order_no, OrderAction::Cancel, self.clock.now_ms())).await??;
+        let order = self
+            .bounded("store", self.ports.store.transition(order_no, OrderAction::Cancel, self.ports.clock.now_ms()))
+            .await??;
         self.orders_changed(vec![order_no]).await;
         tracing::info!(%order_no, buyer = %order.buyer, "order cancelled; buyer notified");
         Ok(order)
@@ -81,10 +84,10 @@ impl Orderly {
     /// so a crash or a lost answer leaves a trace the reconciler settles (remark 6, forced completion).
     pub async fn pay(&self, actor: Actor, order_no: OrderNo) -> Result<PayOutcome, OrderError> {
         self.order(actor, order_no).await?;
-        let now_ms = self.clock.now_ms();
+        let now_ms = self.ports.clock.now_ms();
         let attempt =
             PaymentAttempt { started_ms: now_ms, charge_deadline_ms: now_ms + self.config.payment_call_timeout_ms };
-        let order = self.bounded("store", self.store.begin_payment(order_no, attempt)).await??;
+        let order = self.bounded("store", self.ports.store.begin_payment(order_no, attempt)).await??;
         self.orders_changed(vec![order_no]).await;
         let request = ChargeRequest {
             order_no,
@@ -94,19 +97,22 @@ impl Orderly {
             idempotency_key: format!("{order_no}-{}", attempt.started_ms),
             deadline_ms: attempt.charge_deadline_ms,
         };
-        let answer =
-            crate::time::within(&*self.clock, self.config.payment_call_timeout_ms, self.payments.charge(request))
-                .await
-                .unwrap_or_else(|| Err(PortError::unavailable("payments", "charge timed out")));
+        let answer = crate::time::within(
+            &*self.ports.clock,
+            self.config.payment_call_timeout_ms,
+            self.ports.payments.charge(request),
+        )
+        .await
+        .unwrap_or_else(|| Err(PortError::unavailable("payments", "charge timed out")));
         let result = match answer {
             Ok(ChargeOutcome::Succeeded { payment_id }) => PaymentResult::Succeeded { payment_id },
             Ok(ChargeOutcome::Declined { reason }) => PaymentResult::Declined { reason },
             Err(error) => {
                 tracing::warn!(%order_no, %error, "charge without a definite answer; left to the reconciler");
-                let later = self.clock.now_ms() + self.config.reconcile_backoff_ms;
+                let later = self.ports.clock.now_ms() + self.config.reconcile_backoff_ms;
                 // The attempt is in the safe-pay set already: without the postponement the reconciler
                 // asks at the charge deadline instead. Never an error answer for a charge that may be done.
-                if let Err(error) = self.store.postpone_payment_check(order_no, later).await {
+                if let Err(error) = self.ports.store.postpone_payment_check(order_no, later).await {
                     tracing::warn!(%order_no, %error, "safe-pay check not postponed; the reconciler asks at the deadline");
                 }
                 return Ok(PayOutcome::Pending(Box::new(order)));
@@ -134,7 +140,7 @@ impl Orderly {
             PaymentResult::NeverCharged => Some("the charge never reached the payment service".to_owned()),
             PaymentResult::Succeeded { .. } => None,
         };
-        let order = self.store.finish_payment(order_no, result, self.clock.now_ms()).await??;
+        let order = self.ports.store.finish_payment(order_no, result, self.ports.clock.now_ms()).await??;
         self.orders_changed(vec![order_no]).await;
         Ok(match declined {
             None => {

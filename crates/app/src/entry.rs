@@ -44,7 +44,7 @@ impl Orderly {
                     order_nos: self.bounded("ids", self.new_order_nos(body.uid, drafts.len())).await?,
                     answer: None,
                 };
-                match self.bounded("store", self.store.idempotency_begin(body.uid, key, &fresh)).await? {
+                match self.bounded("store", self.ports.store.idempotency_begin(body.uid, key, &fresh)).await? {
                     IdempotencyBegin::Started => fresh.order_nos,
                     IdempotencyBegin::Mismatch => return Err(PlaceError::IdempotencyKeyReused),
                     IdempotencyBegin::Seen(seen) => match seen.answer {
@@ -59,7 +59,7 @@ impl Orderly {
                 }
             }
         };
-        let now_ms = self.clock.now_ms();
+        let now_ms = self.ports.clock.now_ms();
         let orders = pending_orders(drafts, &order_nos, now_ms);
 
         // Remark 1: the check is armed before the reservation, so a crash right after reserving still
@@ -72,7 +72,7 @@ impl Orderly {
                 deliver_at_ms: check_at_ms,
             })
             .collect();
-        self.bounded("bus", self.bus.publish_guards(checks)).await?;
+        self.bounded("bus", self.ports.bus.publish_guards(checks)).await?;
 
         // Remark 2: fail early on stock. All orders of the cart or none.
         for (index, order) in orders.iter().enumerate() {
@@ -83,7 +83,7 @@ impl Orderly {
                     if let Some(key) = idempotency_key {
                         self.bounded(
                             "store",
-                            self.store.idempotency_answer(body.uid, key, StoredAnswer::SoldOut { commodity_id }),
+                            self.ports.store.idempotency_answer(body.uid, key, StoredAnswer::SoldOut { commodity_id }),
                         )
                         .await?;
                     }
@@ -108,7 +108,7 @@ impl Orderly {
         // (`pending` until the worker creates it), across a crash too — where the store and the bus share
         // a journal the publish's sync makes the view durable with the create. Nothing is published yet,
         // so a failure here leaves nothing behind.
-        if let Err(error) = self.bounded("store", self.store.insert_pending(&orders)).await {
+        if let Err(error) = self.bounded("store", self.ports.store.insert_pending(&orders)).await {
             self.abort(&orders, false).await;
             return Err(error.into());
         }
@@ -116,7 +116,7 @@ impl Orderly {
             .iter()
             .map(|o| Outgoing { message: Message::CreateOrder(Box::new(o.clone())), deliver_at_ms: now_ms })
             .collect();
-        if let Err(error) = self.bounded("bus", self.bus.publish(creates)).await {
+        if let Err(error) = self.bounded("bus", self.ports.bus.publish(creates)).await {
             self.abort(&orders, idempotency_key.is_none()).await;
             return Err(error.into());
         }
@@ -136,13 +136,13 @@ impl Orderly {
     async fn abort(&self, orders: &[Order], refuse_late_creates: bool) {
         self.release_all(orders).await;
         let order_nos: Vec<OrderNo> = orders.iter().map(|o| o.order_no).collect();
-        if let Err(error) = self.bounded("store", self.store.forget_pending(&order_nos)).await {
+        if let Err(error) = self.bounded("store", self.ports.store.forget_pending(&order_nos)).await {
             tracing::warn!(orders = orders.len(), %error, "pending views not deleted; the reservation check will");
         }
         self.orders_changed(order_nos).await;
         if refuse_late_creates {
             for order in orders {
-                if let Err(error) = self.cache.release(order.worker_token()).await {
+                if let Err(error) = self.ports.cache.release(order.worker_token()).await {
                     tracing::warn!(order_no = %order.order_no, %error, "could not refuse a late create of an aborted order");
                 }
             }
@@ -155,7 +155,7 @@ impl Orderly {
     /// leaves the reservation to the check (the worker then reserves again), and a missing idempotency
     /// answer makes a retry re-run the idempotent steps on the same numbers.
     async fn after_publish(&self, orders: &[Order], buyer: Uid, idempotency_key: Option<&str>) {
-        let claims = orders.iter().map(|o| self.bounded("stock cache", self.cache.claim(o.entry_token())));
+        let claims = orders.iter().map(|o| self.bounded("stock cache", self.ports.cache.claim(o.entry_token())));
         for (order, claim) in orders.iter().zip(futures_util::future::join_all(claims).await) {
             if let Err(error) = claim {
                 tracing::warn!(order_no = %order.order_no, %error, "accepted, but the reservation could not be claimed for its create");
@@ -163,7 +163,7 @@ impl Orderly {
         }
         if let Some(key) = idempotency_key
             && let Err(error) =
-                self.bounded("store", self.store.idempotency_answer(buyer, key, StoredAnswer::Accepted)).await
+                self.bounded("store", self.ports.store.idempotency_answer(buyer, key, StoredAnswer::Accepted)).await
         {
             tracing::warn!(%buyer, %error, "accepted; the idempotency answer was not stored (a retry re-runs the same numbers)");
         }
@@ -178,7 +178,7 @@ impl Orderly {
     pub async fn place_orders_naive(&self, body: &PlaceOrderBody) -> Result<Vec<OrderNo>, PlaceError> {
         let drafts = self.price(body).await?;
         let order_nos = self.bounded("ids", self.new_order_nos(body.uid, drafts.len())).await?;
-        let now_ms = self.clock.now_ms();
+        let now_ms = self.ports.clock.now_ms();
         let batch: Vec<CreateRequest> = pending_orders(drafts, &order_nos, now_ms)
             .into_iter()
             .map(|order| CreateRequest {
@@ -187,7 +187,7 @@ impl Orderly {
                 order,
             })
             .collect();
-        for outcome in self.store.create_orders(&batch, now_ms).await? {
+        for outcome in self.ports.store.create_orders(&batch, now_ms).await? {
             if let CreateOutcome::Rejected { commodity_id } = outcome {
                 return Err(PlaceError::SoldOut { commodity_id });
             }
@@ -213,7 +213,7 @@ impl Orderly {
     async fn new_order_nos(&self, buyer: Uid, count: usize) -> Result<Vec<OrderNo>, PortError> {
         let mut order_nos = Vec::with_capacity(count);
         for _ in 0..count {
-            order_nos.push(OrderNo::new(self.ids.next_id().await?, buyer));
+            order_nos.push(OrderNo::new(self.ports.ids.next_id().await?, buyer));
         }
         Ok(order_nos)
     }

@@ -31,17 +31,10 @@ pub struct Ports {
 /// A profile's ports wired to the flow. Cheap to clone: every clone shares the same state.
 #[derive(Debug, Clone)]
 pub struct Orderly {
-    pub(crate) cache: Arc<dyn StockCache>,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) bus: Arc<dyn Bus>,
-    pub(crate) payments: Arc<dyn Payments>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) ids: Arc<dyn IdGen>,
+    pub(crate) ports: Ports,
     pub(crate) config: FlowConfig,
     /// Catalog entries this process read lately (`config.catalog_cache_ms`).
     pub(crate) catalog: Arc<CatalogCache>,
-    /// Copies of orders for the buyers' queries; `None`: every query reads the store.
-    pub(crate) orders: Option<Arc<dyn OrderCache>>,
     /// The leases this process holds on roles that run once in a cluster.
     pub(crate) leases: Arc<Leases>,
 }
@@ -73,19 +66,7 @@ impl Leases {
 impl Orderly {
     /// A profile's ports wired together, with this process's own state empty (catalog copies, leases).
     pub fn new(ports: Ports, config: FlowConfig) -> Orderly {
-        let Ports { cache, store, bus, payments, clock, ids, orders } = ports;
-        Orderly {
-            cache,
-            store,
-            bus,
-            payments,
-            clock,
-            ids,
-            config,
-            catalog: Arc::default(),
-            orders,
-            leases: Arc::default(),
-        }
+        Orderly { ports, config, catalog: Arc::default(), leases: Arc::default() }
     }
 
     /// The flow's settings.
@@ -95,11 +76,11 @@ impl Orderly {
 
     /// A catalog entry, from this process's recent reads or the store.
     pub(crate) async fn catalog_entry(&self, id: CommodityId) -> Result<Option<CatalogEntry>, PortError> {
-        let now_ms = self.clock.now_ms();
+        let now_ms = self.ports.clock.now_ms();
         if let Some(entry) = self.catalog.get(id, now_ms, self.config.catalog_cache_ms) {
             return Ok(Some(entry));
         }
-        let entry = self.bounded("store", self.store.commodity(id)).await?;
+        let entry = self.bounded("store", self.ports.store.commodity(id)).await?;
         if let Some(entry) = entry {
             self.catalog.put(entry, now_ms);
         }
@@ -115,7 +96,7 @@ impl Orderly {
         call: impl std::future::Future<Output = Result<T, PortError>>,
     ) -> Result<T, PortError> {
         let limit_ms = self.config.entry_call_timeout_ms;
-        match crate::time::within(&*self.clock, limit_ms, call).await {
+        match crate::time::within(&*self.ports.clock, limit_ms, call).await {
             Some(result) => result,
             None => Err(PortError::unavailable(what, format!("no answer within {limit_ms} ms"))),
         }
@@ -132,7 +113,7 @@ impl Orderly {
         claimed: bool,
     ) -> Result<Reserve, PortError> {
         for _ in 0..RELOAD_ATTEMPTS {
-            match self.cache.reserve(token, lines, claimed).await? {
+            match self.ports.cache.reserve(token, lines, claimed).await? {
                 Reserve::NotLoaded(ids) => {
                     if !self.load_into_cache(&ids).await? {
                         return Ok(Reserve::NotLoaded(ids));
@@ -146,17 +127,17 @@ impl Orderly {
 
     /// Loads the stock of `ids` into the cache. `false`: the store has no stock for some of them.
     pub(crate) async fn load_into_cache(&self, ids: &[CommodityId]) -> Result<bool, PortError> {
-        let levels = self.store.stock(ids).await?;
+        let levels = self.ports.store.stock(ids).await?;
         let present: Vec<(CommodityId, StockLevel)> =
             ids.iter().zip(levels).filter_map(|(id, level)| level.map(|l| (*id, l))).collect();
-        self.cache.init(&present).await?;
+        self.ports.cache.init(&present).await?;
         Ok(present.len() == ids.len())
     }
 
     /// Best effort: a release that fails here is done by the reservation check instead.
     pub(crate) async fn release_all(&self, orders: &[Order]) {
         for order in orders {
-            if let Err(error) = self.cache.release(order.entry_token()).await {
+            if let Err(error) = self.ports.cache.release(order.entry_token()).await {
                 tracing::warn!(order_no = %order.order_no, %error, "release failed; the reservation check will do it");
             }
         }
@@ -164,7 +145,7 @@ impl Orderly {
 
     /// The cache is a copy: when it fails, the store answers.
     pub(crate) async fn cached_order(&self, order_no: OrderNo) -> Option<Order> {
-        let orders = self.orders.as_ref()?;
+        let orders = self.ports.orders.as_ref()?;
         orders.get(order_no).await.unwrap_or_else(|error| {
             tracing::debug!(%order_no, %error, "order cache unavailable; reading the store");
             None
@@ -172,7 +153,7 @@ impl Orderly {
     }
 
     pub(crate) async fn cache_order(&self, order: &Order) {
-        if let Some(orders) = &self.orders
+        if let Some(orders) = &self.ports.orders
             && let Err(error) = orders.put(order).await
         {
             tracing::debug!(order_no = %order.order_no, %error, "order cache unavailable");
@@ -183,7 +164,7 @@ impl Orderly {
     /// `order_cache_second_delete_ms` (a query that read the store before the change may have put the
     /// old order back). A failed delete leaves the copy to its expiry.
     pub(crate) async fn orders_changed(&self, order_nos: Vec<OrderNo>) {
-        let Some(orders) = &self.orders else { return };
+        let Some(orders) = &self.ports.orders else { return };
         if order_nos.is_empty() {
             return;
         }
@@ -191,7 +172,7 @@ impl Orderly {
             tracing::warn!(orders = order_nos.len(), %error, "order cache: delete failed; the copies expire on their own");
         }
         let (orders, second_delete) =
-            (Arc::clone(orders), self.clock.sleep_ms(self.config.order_cache_second_delete_ms));
+            (Arc::clone(orders), self.ports.clock.sleep_ms(self.config.order_cache_second_delete_ms));
         tokio::spawn(async move {
             second_delete.await;
             if let Err(error) = orders.forget(&order_nos).await {

@@ -15,7 +15,7 @@ impl Orderly {
     /// (each is about one order; the store serialises what touches the same one), so their commits
     /// share group-commit syncs, and the done ones are acked together.
     pub(super) async fn consume(&self, topic: Topic) -> Result<Outcome, PortError> {
-        let deliveries = self.bus.receive(topic, self.config.worker_batch_max).await?;
+        let deliveries = self.ports.bus.receive(topic, self.config.worker_batch_max).await?;
         let handled: Vec<(Delivery, Result<Handled, PortError>)> = futures_util::stream::iter(deliveries)
             .map(|delivery| async move {
                 let result = self.handle(&delivery.message).await;
@@ -33,7 +33,7 @@ impl Orderly {
                     outcome.done += 1;
                 }
                 Ok(Handled::Later(at_ms)) => {
-                    self.bus.retry(&delivery.receipt, at_ms).await?;
+                    self.ports.bus.retry(&delivery.receipt, at_ms).await?;
                     outcome.retried += 1;
                 }
                 Err(error) => {
@@ -44,7 +44,7 @@ impl Orderly {
             }
         }
         if !done.is_empty() {
-            self.bus.ack(&done).await?;
+            self.ports.bus.ack(&done).await?;
         }
         Ok(outcome)
     }
@@ -53,11 +53,11 @@ impl Orderly {
         match message {
             Message::ReservationCheck { token } => self.check_reservation(*token).await,
             Message::UnpaidTimeout { order_no } => {
-                let now_ms = self.clock.now_ms();
+                let now_ms = self.ports.clock.now_ms();
                 if let Some(later_ms) = self.before_unpaid_deadline(*order_no, now_ms).await? {
                     return Ok(Handled::Later(later_ms));
                 }
-                match self.store.transition(*order_no, OrderAction::AutoCancel, now_ms).await? {
+                match self.ports.store.transition(*order_no, OrderAction::AutoCancel, now_ms).await? {
                     Ok(order) => {
                         self.orders_changed(vec![*order_no]).await;
                         tracing::info!(%order_no, buyer = %order.buyer, "unpaid order closed; buyer notified");
@@ -86,16 +86,16 @@ impl Orderly {
     /// `unpaid_timeout_ms`) has not passed by the monotonic clock: a timer the wall clock fired early
     /// (it was stepped forward) waits out the rest. `None`: due, or no such order.
     async fn before_unpaid_deadline(&self, order_no: OrderNo, now_ms: u64) -> Result<Option<u64>, PortError> {
-        let Some(order) = self.store.order(order_no).await? else { return Ok(None) };
+        let Some(order) = self.ports.store.order(order_no).await? else { return Ok(None) };
         let deadline_ms = order.created_ms.saturating_add(self.config.unpaid_timeout_ms);
-        let judged_ms = self.clock.judged_now_ms(order.created_ms);
+        let judged_ms = self.ports.clock.judged_now_ms(order.created_ms);
         if judged_ms >= deadline_ms {
             return Ok(None);
         }
         // One line per order: the step itself is said once, as a warning, by the clock.
         tracing::debug!(
             %order_no,
-            clock_jump_ms = self.clock.jump_ms(),
+            clock_jump_ms = self.ports.clock.jump_ms(),
             early_ms = deadline_ms - judged_ms,
             "unpaid timeout before its deadline by the monotonic clock; waiting"
         );
@@ -112,10 +112,10 @@ impl Orderly {
     /// again from the view (a duplicate is a no-op). The worker reserves afresh: the order is created if
     /// stock is left, or `rejected` — never left `pending` for ever, never "not found" meanwhile.
     async fn check_reservation(&self, token: Token) -> Result<Handled, PortError> {
-        match self.store.order(token.order_no).await? {
+        match self.ports.store.order(token.order_no).await? {
             Some(order) if order.state != OrderState::Pending => self.settle_tokens(&order, false).await?,
             view => {
-                let found = self.cache.release_if_reserved(token).await?;
+                let found = self.ports.cache.release_if_reserved(token).await?;
                 if found == Some(TokenState::Reserved) {
                     tracing::info!(order_no = %token.order_no, "reservation not consumed in time; stock returned");
                 }
@@ -123,9 +123,11 @@ impl Orderly {
                     && !matches!(found, Some(TokenState::Claimed | TokenState::Confirmed))
                 {
                     tracing::info!(order_no = %token.order_no, "pending view with no create known; its create is published again");
-                    let create =
-                        Outgoing { message: Message::CreateOrder(Box::new(view)), deliver_at_ms: self.clock.now_ms() };
-                    self.bus.publish(vec![create]).await?;
+                    let create = Outgoing {
+                        message: Message::CreateOrder(Box::new(view)),
+                        deliver_at_ms: self.ports.clock.now_ms(),
+                    };
+                    self.ports.bus.publish(vec![create]).await?;
                 }
             }
         }

@@ -10,17 +10,17 @@ use crate::ports::{Claim, CreateOutcome, CreateRequest, PortError, Reserve};
 impl Orderly {
     /// Worker: create orders, a batch per step (remarks 3–5).
     pub(super) async fn create_orders_step(&self) -> Result<Outcome, PortError> {
-        let deliveries = self.bus.receive(Topic::CreateOrder, self.config.worker_batch_max).await?;
+        let deliveries = self.ports.bus.receive(Topic::CreateOrder, self.config.worker_batch_max).await?;
         if deliveries.is_empty() {
             return Ok(Outcome::default());
         }
         let mut outcome = Outcome::default();
         let mut batch = Vec::with_capacity(deliveries.len());
         let mut receipts = Vec::with_capacity(deliveries.len());
-        let now_ms = self.clock.now_ms();
+        let now_ms = self.ports.clock.now_ms();
         for delivery in deliveries {
             let Message::CreateOrder(order) = &delivery.message else {
-                self.bus.dead_letter(&delivery.receipt, "not a create-order message").await?;
+                self.ports.bus.dead_letter(&delivery.receipt, "not a create-order message").await?;
                 continue;
             };
             let order = (**order).clone();
@@ -38,7 +38,7 @@ impl Orderly {
                     if self.retry_or_dead_letter(&delivery, &error).await? == Fate::DeadLettered {
                         // Never created: nothing may stay held for it.
                         for token in [order.entry_token(), order.worker_token()] {
-                            self.cache.release(token).await?;
+                            self.ports.cache.release(token).await?;
                         }
                     }
                 }
@@ -47,14 +47,14 @@ impl Orderly {
         if batch.is_empty() {
             return Ok(outcome);
         }
-        let results = match self.store.create_orders(&batch, now_ms).await {
+        let results = match self.ports.store.create_orders(&batch, now_ms).await {
             Ok(results) => results,
             Err(error) => {
                 // Tokens stay CLAIMED: the redelivery finds them so and carries on.
                 tracing::warn!(%error, orders = batch.len(), "create batch failed; will be redelivered");
-                let at_ms = self.clock.now_ms() + self.config.redelivery_delay_ms;
+                let at_ms = self.ports.clock.now_ms() + self.config.redelivery_delay_ms;
                 for receipt in &receipts {
-                    self.bus.retry(receipt, at_ms).await?;
+                    self.ports.bus.retry(receipt, at_ms).await?;
                 }
                 outcome.retried += receipts.len();
                 return Ok(outcome);
@@ -68,20 +68,20 @@ impl Orderly {
             match result {
                 CreateOutcome::Created(order) => {
                     if let Some(token) = token {
-                        self.cache.confirm(token, &order.deductions()).await?;
+                        self.ports.cache.confirm(token, &order.deductions()).await?;
                     }
                     tracing::debug!(%order_no, "order created; buyer notified");
                 }
                 CreateOutcome::Rejected { commodity_id } => {
                     if let Some(token) = token {
-                        self.cache.release(token).await?;
+                        self.ports.cache.release(token).await?;
                     }
                     tracing::info!(%order_no, %commodity_id, "order rejected: stock ran out after acceptance");
                 }
                 CreateOutcome::AlreadyDone(existing) => self.settle_tokens(&existing, true).await?,
             }
         }
-        self.bus.ack(&receipts).await?;
+        self.ports.bus.ack(&receipts).await?;
         outcome.done += receipts.len();
         Ok(outcome)
     }
@@ -89,12 +89,12 @@ impl Orderly {
     /// The reservation this order's creation will consume: its entry token claimed, or a fresh one if
     /// that was released or lost. `None`: no stock in the cache, the order will be rejected.
     async fn hold_stock_for(&self, order: &Order) -> Result<Option<Token>, PortError> {
-        let existing = self.store.order(order.order_no).await?;
+        let existing = self.ports.store.order(order.order_no).await?;
         if existing.is_some_and(|o| o.state != OrderState::Pending) {
             // A redelivery of a finished creation: the store reports it as already done.
             return Ok(None);
         }
-        match self.cache.claim(order.entry_token()).await? {
+        match self.ports.cache.claim(order.entry_token()).await? {
             Claim::Claimed | Claim::Confirmed => return Ok(Some(order.entry_token())),
             Claim::Released | Claim::Missing => {}
         }
@@ -120,9 +120,9 @@ impl Orderly {
         for token in [order.entry_token(), order.worker_token()] {
             if order.state != OrderState::Rejected && order.token_generation == Some(token.generation) {
                 let changes = if deductions { order.deductions() } else { Vec::new() };
-                self.cache.confirm(token, &changes).await?;
+                self.ports.cache.confirm(token, &changes).await?;
             } else {
-                self.cache.release(token).await?;
+                self.ports.cache.release(token).await?;
             }
         }
         Ok(())

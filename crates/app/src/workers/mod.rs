@@ -93,7 +93,7 @@ impl Orderly {
     async fn retry_or_dead_letter(&self, delivery: &Delivery, error: &PortError) -> Result<Fate, PortError> {
         if !error.is_retryable() && delivery.attempt >= self.config.delivery_attempts_max {
             tracing::error!(attempt = delivery.attempt, %error, "message failed too often; dead-lettered");
-            self.bus.dead_letter(&delivery.receipt, &error.to_string()).await?;
+            self.ports.bus.dead_letter(&delivery.receipt, &error.to_string()).await?;
             return Ok(Fate::DeadLettered);
         }
         let doublings = delivery.attempt.saturating_sub(1).min(16);
@@ -102,7 +102,7 @@ impl Orderly {
             .redelivery_delay_ms
             .saturating_mul(1 << doublings)
             .min(self.config.redelivery_delay_ms_max.max(self.config.redelivery_delay_ms));
-        self.bus.retry(&delivery.receipt, self.clock.now_ms() + delay_ms).await?;
+        self.ports.bus.retry(&delivery.receipt, self.ports.clock.now_ms() + delay_ms).await?;
         Ok(Fate::Retried)
     }
 }
@@ -129,7 +129,7 @@ pub async fn run(orderly: Orderly, step: Step, idle_ms: u64, mut shutdown: tokio
             }
         };
         tokio::select! {
-            () = orderly.clock.sleep_ms(pause_ms) => {}
+            () = orderly.ports.clock.sleep_ms(pause_ms) => {}
             _ = shutdown.changed() => {}
         }
     }

@@ -13,15 +13,15 @@ impl Orderly {
         if !self.hold_lease("outbox").await? {
             return Ok(Outcome::default());
         }
-        let events = self.store.outbox(self.config.worker_batch_max).await?;
+        let events = self.ports.store.outbox(self.config.worker_batch_max).await?;
         if events.is_empty() {
             return Ok(Outcome::default());
         }
-        let now_ms = self.clock.now_ms();
+        let now_ms = self.ports.clock.now_ms();
         let mut publish = Vec::new();
         for (_, event) in &events {
             match event {
-                OutboxEvent::RestockCache(restock) => self.cache.restock(restock).await?,
+                OutboxEvent::RestockCache(restock) => self.ports.cache.restock(restock).await?,
                 OutboxEvent::ScheduleUnpaidTimeout { order_no, at_ms } => publish
                     .push(Outgoing { message: Message::UnpaidTimeout { order_no: *order_no }, deliver_at_ms: *at_ms }),
                 OutboxEvent::Charge { order_no } => {
@@ -30,10 +30,10 @@ impl Orderly {
             }
         }
         if !publish.is_empty() {
-            self.bus.publish(publish).await?;
+            self.ports.bus.publish(publish).await?;
         }
         let ids: Vec<u64> = events.iter().map(|(id, _)| *id).collect();
-        self.store.outbox_done(&ids).await?;
+        self.ports.store.outbox_done(&ids).await?;
         Ok(Outcome { done: ids.len(), retried: 0 })
     }
 }

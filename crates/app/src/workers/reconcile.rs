@@ -13,20 +13,20 @@ impl Orderly {
         if !self.hold_lease("reconciler").await? {
             return Ok(Outcome::default());
         }
-        let now_ms = self.clock.now_ms();
+        let now_ms = self.ports.clock.now_ms();
         // "Never charged" is concluded only once the charge deadline has passed by the monotonic clock: a
         // clock stepped forward must not end an attempt the service may still start.
-        let due = self.store.payments_due(now_ms, self.config.worker_batch_max).await?;
+        let due = self.ports.store.payments_due(now_ms, self.config.worker_batch_max).await?;
         let mut outcome = Outcome::default();
         for order_no in due {
-            let Some(order) = self.store.order(order_no).await? else { continue };
+            let Some(order) = self.ports.store.order(order_no).await? else { continue };
             let Some(attempt) = order.payment_attempt else { continue };
-            let status = self.payments.query(order_no).await;
+            let status = self.ports.payments.query(order_no).await;
             let result = match status {
                 Ok(PaymentStatus::Succeeded { payment_id }) => Some(PaymentResult::Succeeded { payment_id }),
                 Ok(PaymentStatus::Declined { reason }) => Some(PaymentResult::Declined { reason }),
                 Ok(PaymentStatus::NotFound)
-                    if self.clock.judged_now_ms(attempt.started_ms) > attempt.charge_deadline_ms =>
+                    if self.ports.clock.judged_now_ms(attempt.started_ms) > attempt.charge_deadline_ms =>
                 {
                     Some(PaymentResult::NeverCharged)
                 }
@@ -44,7 +44,7 @@ impl Orderly {
                     let waited_ms = now_ms.saturating_sub(attempt.started_ms);
                     let backoff_ms =
                         waited_ms.clamp(self.config.reconcile_backoff_ms, self.config.reconcile_backoff_ms_max);
-                    self.store.postpone_payment_check(order_no, now_ms + backoff_ms).await?;
+                    self.ports.store.postpone_payment_check(order_no, now_ms + backoff_ms).await?;
                     outcome.retried += 1;
                 }
             }
