@@ -104,17 +104,19 @@ pub trait StockCache: Send + Sync + std::fmt::Debug {
     async fn claim(&self, token: Token) -> PortResult<Claim>;
     /// RESERVED or CLAIMED → CONFIRMED: the stock now lives in the store as sold.
     ///
-    /// `deductions` are what the store took for it, with the versions they made. A token the cache lost
-    /// (missing, or remembered only as an empty release) was never counted by a counter loaded since: each
-    /// deduction is applied once to a counter loaded before its version, and kept for a counter not loaded
-    /// yet (its load applies those newer than what it read). Without deductions a lost token stays lost.
+    /// `deductions` are what the store took for it, with the versions they made. A counter remembers
+    /// every version it counts, so no deduction is counted twice, however late it is reported again: a
+    /// live token's were counted when it reserved; a token the cache lost (missing — expired after its
+    /// confirmation, or lost with the cache — or remembered only as an empty release) has each deduction
+    /// applied to a counter that does not count its version yet, and kept for a counter not loaded yet
+    /// (its load applies those newer than what it read). Without deductions a lost token stays lost.
     async fn confirm(&self, token: Token, deductions: &[StockChange]) -> PortResult<()>;
     /// RESERVED or CLAIMED → RELEASED, returning the stock. Unknown token: remembered as RELEASED, returns
     /// nothing (empty rollback). Answers the state found.
     async fn release(&self, token: Token) -> PortResult<Option<TokenState>>;
     /// Like [`StockCache::release`], but only from RESERVED: a CLAIMED token belongs to a worker.
     async fn release_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>>;
-    /// Returns stock once per `restock.key`; lines whose version the cache already loaded are skipped,
+    /// Returns stock once per `restock.key`; lines whose version the counter already counts are skipped,
     /// and lines of a counter not loaded yet are kept for its load, like a lost token's deductions.
     async fn restock(&self, restock: &Restock) -> PortResult<()>;
     /// What the cache would still sell, per commodity (None: not loaded).

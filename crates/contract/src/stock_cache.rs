@@ -173,6 +173,32 @@ pub async fn confirm_of_a_lost_token_follows_the_stores_deduction_once(cache: Ar
     assert_eq!(available(&cache, &[A]).await, vec![Some(3)]);
 }
 
+/// A store change is counted once, whoever reports it and however late: the confirmation of a create
+/// redelivered after its confirmed token expired (reported here under a token the cache does not know),
+/// a restock reported again after its marker expired (here under another key), a parked change the
+/// load already applied. Before, a counter remembered only its load version, and such a report was
+/// applied a second time: the cache sold fewer units than the store had.
+pub async fn a_counted_version_is_never_counted_again(cache: Arc<dyn StockCache>) {
+    cache.init(&[(A, level(10, 1))]).await.expect("init");
+    assert_eq!(cache.reserve(token(1), &[(A, 3)], false).await.expect("reserve"), Reserve::Reserved);
+    cache.confirm(token(1), &[(A, 3, 2)]).await.expect("confirm");
+    cache.confirm(token(11), &[(A, 3, 2)]).await.expect("confirm, the token forgotten");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(7)]);
+    // Out of order: version 4 (a return) before version 3 (a lost reservation's deduction).
+    cache.restock(&Restock { key: "r-4".into(), shop_id: SHOP, lines: vec![(A, 5, 4)] }).await.expect("restock");
+    cache.restock(&Restock { key: "r-4-again".into(), shop_id: SHOP, lines: vec![(A, 5, 4)] }).await.expect("restock");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(12)]);
+    cache.confirm(token(12), &[(A, 1, 3)]).await.expect("confirm");
+    cache.confirm(token(13), &[(A, 1, 3)]).await.expect("confirm, the token forgotten");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(11)]);
+    // Parked for a counter not loaded yet (reported twice), counted by the load once, then reported again.
+    cache.confirm(token(21), &[(B, 2, 3)]).await.expect("confirm");
+    cache.confirm(token(22), &[(B, 2, 3)]).await.expect("confirm");
+    cache.init(&[(B, level(10, 2))]).await.expect("init");
+    cache.confirm(token(23), &[(B, 2, 3)]).await.expect("confirm");
+    assert_eq!(available(&cache, &[B]).await, vec![Some(8)]);
+}
+
 pub async fn a_lost_tokens_deduction_waits_for_the_load(cache: Arc<dyn StockCache>) {
     // A: the load read the store before the deduction (version 2) and the return (version 3).
     cache.confirm(token(1), &[(A, 4, 2)]).await.expect("confirm");

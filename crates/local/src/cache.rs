@@ -10,8 +10,12 @@
 //!
 //! A counter may go below zero: a lost reservation's deduction applied to a counter that sold the same
 //! units again meanwhile (the store refuses those orders, and their release brings it back).
+//!
+//! A counter remembers which store versions it counts — all up to `counted_through`, and the few above
+//! it that were reported out of order — so a change reported again is never counted twice, however late:
+//! a create redelivered after its confirmed token expired, a restock after its marker expired.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -45,11 +49,30 @@ enum Expiring {
     Parked(CommodityId, u64),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Counter {
     available: i64,
-    /// Store version at load: changes up to it are already counted.
-    loaded_version: u64,
+    /// Every store change up to this version is counted (at load: the version read).
+    counted_through: u64,
+    /// Versions above `counted_through` counted already; they fold into it as the gaps below them fill.
+    counted: BTreeSet<u64>,
+}
+
+impl Counter {
+    fn loaded(available: i64, version: u64) -> Counter {
+        Counter { available, counted_through: version, counted: BTreeSet::new() }
+    }
+
+    /// Whether the store change at `version` is news to this counter; from now on it is counted.
+    fn count(&mut self, version: u64) -> bool {
+        if version <= self.counted_through || !self.counted.insert(version) {
+            return false;
+        }
+        while self.counted.remove(&(self.counted_through + 1)) {
+            self.counted_through += 1;
+        }
+        true
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -134,13 +157,16 @@ impl Inner {
         }
     }
 
-    /// A store change the counter may not count yet: applied if it was loaded before the change, kept
-    /// for its load if it is not loaded.
+    /// A store change the counter may not count yet: applied once if it does not, kept for its load if
+    /// it is not loaded.
     fn follow(&mut self, (id, quantity, version): StockChange, sign: i64, expires_ms: u64) {
         let delta = sign * i64::from(quantity);
         match self.stock.get_mut(&id) {
-            Some(counter) if counter.loaded_version < version => counter.available += delta,
-            Some(_) => {}
+            Some(counter) => {
+                if counter.count(version) {
+                    counter.available += delta;
+                }
+            }
             None => {
                 self.parked.entry(id).or_default().push((version, delta));
                 self.expiries.push_back((expires_ms, Expiring::Parked(id, version)));
@@ -173,10 +199,13 @@ impl StockCache for LocalStockCache {
                 if inner.stock.contains_key(id) {
                     continue;
                 }
-                let parked = inner.parked.remove(id).unwrap_or_default();
-                let later: i64 = parked.iter().filter(|(v, _)| *v > level.version).map(|(_, d)| d).sum();
-                let available = i64::try_from(level.available).unwrap_or(i64::MAX).saturating_add(later);
-                inner.stock.insert(*id, Counter { available, loaded_version: level.version });
+                let mut counter = Counter::loaded(i64::try_from(level.available).unwrap_or(i64::MAX), level.version);
+                for (version, delta) in inner.parked.remove(id).unwrap_or_default() {
+                    if counter.count(version) {
+                        counter.available = counter.available.saturating_add(delta);
+                    }
+                }
+                inner.stock.insert(*id, counter);
             }
         })
     }
@@ -228,6 +257,12 @@ impl StockCache for LocalStockCache {
             let lost = match inner.tokens.get_mut(&token) {
                 Some(record) if matches!(record.state, TokenState::Reserved | TokenState::Claimed) => {
                     record.state = TokenState::Confirmed;
+                    // Counted when it reserved: its versions are, from now on, by the counter itself.
+                    for (id, _, version) in deductions {
+                        if let Some(counter) = inner.stock.get_mut(id) {
+                            counter.count(*version);
+                        }
+                    }
                     false
                 }
                 Some(record) => record.state == TokenState::Released && record.lines.is_empty(),

@@ -6,7 +6,7 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `<ns>:{s:<shop>}:stock:<commodity>` | hash `available`, `version` | what can still be sold, and the store version it was loaded at |
+//! | `<ns>:{s:<shop>}:stock:<commodity>` | hash `available`, `version`, `c:<version>`… | what can still be sold; every store change up to `version` is counted (at load: the version read), and so is each `c:<version>` above it |
 //! | `<ns>:{s:<shop>}:token:<order_no>:<generation>` | hash `state`, `lines` | a reservation, with a time to live |
 //! | `<ns>:{s:<shop>}:restock:<event key>` | string | a restock already applied, with a time to live |
 //! | `<ns>:{s:<shop>}:parked:<commodity>` | list `version:delta` | changes for a counter not loaded yet, with a time to live |
@@ -16,7 +16,7 @@
 //! counter answers `NotLoaded` (the flow reloads it from the store), an absent token answers `Missing`
 //! (the flow reserves again), never "assume reserved". A counter reloaded while reservations it lost
 //! are still being created is corrected by their confirmation, which carries the store's deductions and
-//! versions (`follow.lua`); a counter goes below zero when it sold those units again meanwhile (the store
+//! versions (`follow.lua`), each version counted once however late it is reported again; a counter goes below zero when it sold those units again meanwhile (the store
 //! refuses those orders). Redis must not evict keys (`maxmemory-policy noeviction`): a token lost while
 //! its counter stays would be counted twice.
 
@@ -104,7 +104,7 @@ impl RedisStockCache {
         let client = redis::Client::open(config.url.as_str()).map_err(port_error)?;
         let connection = ConnectionManager::new(client).await.map_err(port_error)?;
         let scripts = Scripts {
-            init: Script::new(include_str!("../lua/init.lua")),
+            init: Script::new(concat!(include_str!("../lua/follow.lua"), include_str!("../lua/init.lua"))),
             reserve: Script::new(include_str!("../lua/reserve.lua")),
             claim: Script::new(include_str!("../lua/claim.lua")),
             confirm: Script::new(concat!(include_str!("../lua/follow.lua"), include_str!("../lua/confirm.lua"))),

@@ -85,3 +85,24 @@ async fn a_claimed_token_does_not_expire_a_reserved_one_does() {
     assert_eq!(cache.claim(own).await.expect("claim"), Claim::Claimed, "a worker's own: still held");
     assert_eq!(cache.claim(reserved).await.expect("claim"), Claim::Missing, "reserved: expired");
 }
+
+/// A create redelivered after its confirmed token expired confirms it again with the store's
+/// deductions: the counter counted them when the token reserved, and must not count them again. Before,
+/// a confirmed token that had been claimed never expired (one key per order, for ever), and one that
+/// expired had its deductions counted again.
+#[tokio::test]
+async fn a_deduction_reported_after_its_token_expired_is_not_counted_again() {
+    let cache = RedisStockCache::connect(RedisCacheConfig { url: url(), namespace: namespace(), token_ttl_ms: 200 })
+        .await
+        .expect("Redis is up (CI starts it; see .ci/run)");
+    let shop = ShopId(100_002);
+    let level = StockLevel { shop_id: shop, initial: 10, available: 10, version: 1 };
+    cache.init(&[(CommodityId(1), level)]).await.expect("init");
+    let token = Token::entry(OrderNo::new(SnowflakeId(1), Uid(7)), shop);
+    assert_eq!(cache.reserve(token, &[(CommodityId(1), 3)], true).await.expect("reserve"), Reserve::Reserved);
+    cache.confirm(token, &[(CommodityId(1), 3, 2)]).await.expect("confirm");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(cache.claim(token).await.expect("claim"), Claim::Missing, "the confirmed token expired");
+    cache.confirm(token, &[(CommodityId(1), 3, 2)]).await.expect("confirm redelivered");
+    assert_eq!(cache.available(&[CommodityId(1)]).await.expect("available"), vec![Some(7)]);
+}

@@ -113,7 +113,7 @@ impl Orderly {
     /// stock is left, or `rejected` — never left `pending` for ever, never "not found" meanwhile.
     async fn check_reservation(&self, token: Token) -> Result<Handled, PortError> {
         match self.ports.store.order(token.order_no).await? {
-            Some(order) if order.state != OrderState::Pending => self.settle_tokens(&order, false).await?,
+            Some(order) if order.state != OrderState::Pending => self.settle_tokens(&order).await?,
             view => {
                 let found = self.ports.cache.release_if_reserved(token).await?;
                 if found == Some(TokenState::Reserved) {

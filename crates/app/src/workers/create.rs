@@ -78,7 +78,7 @@ impl Orderly {
                     }
                     tracing::info!(%order_no, %commodity_id, "order rejected: stock ran out after acceptance");
                 }
-                CreateOutcome::AlreadyDone(existing) => self.settle_tokens(&existing, true).await?,
+                CreateOutcome::AlreadyDone(existing) => self.settle_tokens(&existing).await?,
             }
         }
         self.ports.bus.ack(&receipts).await?;
@@ -110,17 +110,13 @@ impl Orderly {
     }
 
     /// For an order past `pending`: the reservation its creation consumed is confirmed, any other is
-    /// released (a rejected order consumed none). Idempotent.
-    ///
-    /// `deductions`: whether the confirmation tells a cache that lost the token what the store took. Only
-    /// the create path does, right after its commit (or on its redelivery): a lost token's deduction is
-    /// applied once, and a token the cache remembers confirmed is never applied twice. A reservation check
-    /// may come much later, when even a confirmed token has expired; it confirms without deductions.
-    pub(super) async fn settle_tokens(&self, order: &Order, deductions: bool) -> Result<(), PortError> {
+    /// released (a rejected order consumed none). Idempotent, however late: the confirmation carries what
+    /// the store took, which a cache that lost the token applies and one that counted it already skips
+    /// (it remembers the versions it counts, not only the tokens, which expire).
+    pub(super) async fn settle_tokens(&self, order: &Order) -> Result<(), PortError> {
         for token in [order.entry_token(), order.worker_token()] {
             if order.state != OrderState::Rejected && order.token_generation == Some(token.generation) {
-                let changes = if deductions { order.deductions() } else { Vec::new() };
-                self.ports.cache.confirm(token, &changes).await?;
+                self.ports.cache.confirm(token, &order.deductions()).await?;
             } else {
                 self.ports.cache.release(token).await?;
             }
