@@ -17,6 +17,7 @@
 //! - [`time`]: the [`Clock`] port, the wall clock's steps, and [`time::ManualClock`] for tests.
 //! - [`store_rules`]: what every store decides (the batched create, a transition's stock return).
 //! - [`config`]: bounds and delays of the flow, each with a default.
+//! - [`group`]: group commit, for adapters: concurrent calls sent to their engine as one batch.
 
 pub mod admin;
 pub mod audit;
@@ -24,6 +25,7 @@ pub mod buyer;
 pub mod catalog;
 pub mod config;
 pub mod entry;
+pub mod group;
 pub mod ids;
 pub mod model;
 pub mod orderly;

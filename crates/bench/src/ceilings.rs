@@ -145,10 +145,12 @@ async fn forget_keys(url: &str, namespace: &str) -> anyhow::Result<()> {
 }
 
 /// Confirmed publishes a second through `RabbitBus` (a durable message to a quorum queue, its confirm
-/// awaited), one message a publish.
+/// awaited), one message a publish, each its own broker message (`envelope_max` 1: the broker's cost per
+/// message, though concurrent publishes still share a confirm window).
 pub async fn broker_publish(url: &str, callers: usize, duration: Duration) -> anyhow::Result<Ceiling> {
     let config = orderly_rabbitmq::RabbitBusConfig {
         queue_expires_ms: Some(60_000),
+        envelope_max: 1,
         ..orderly_rabbitmq::RabbitBusConfig::new(url, namespace("broker"))
     };
     let bus = Arc::new(

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use orderly_app::PortError;
+use orderly_app::group::Group;
 use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, StockLevel, StoredAnswer};
 use orderly_app::ports::{
     ChangeRejection, ChangeResult, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PortResult, Store,
@@ -43,6 +44,32 @@ pub struct PgStore {
     /// view, an idempotency answer, outbox done marks): a crash may lose the last fraction of a second
     /// of those, never corrupts; the entry does not wait for a WAL flush to record a pending view.
     unsynced: PgPool,
+    /// Concurrent entries' pending views, written by one statement a batch.
+    pending_views: std::sync::Arc<Group<Vec<PendingRow>>>,
+}
+
+/// A pending view as written: order id, shard, buyer, state, body.
+type PendingRow = (i64, i16, i64, &'static str, String);
+
+/// Writes pending views, each if absent only (a fast worker may have created the order already): one
+/// statement for every entry of a batch.
+async fn insert_pending_rows(pool: PgPool, batch: Vec<Vec<PendingRow>>) -> Vec<PortResult<()>> {
+    let rows: Vec<&PendingRow> = batch.iter().flatten().collect();
+    let written = sqlx::query(
+        "INSERT INTO orders (order_id, shard, buyer, state, body)
+         SELECT * FROM UNNEST($1::bigint[], $2::smallint[], $3::bigint[], $4::text[], $5::text[])
+         ON CONFLICT (order_id, shard) DO NOTHING",
+    )
+    .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.4.as_str()).collect::<Vec<_>>())
+    .execute(&pool)
+    .await
+    .map(|_| ())
+    .map_err(database_error);
+    batch.iter().map(|_| written.clone()).collect()
 }
 
 fn database_error(error: sqlx::Error) -> PortError {
@@ -99,7 +126,7 @@ impl PgStore {
         let unsynced = PgPoolOptions::new()
             .max_connections((connections_max / 4).max(2))
             .connect_lazy_with(options.options([("synchronous_commit", "off")]));
-        Ok(PgStore { pool, unsynced })
+        Ok(PgStore { pool, unsynced, pending_views: std::sync::Arc::new(Group::new("postgres")) })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -121,29 +148,77 @@ impl PgStore {
         row.map(|row| decode(&row.try_get::<String, _>("body").map_err(database_error)?)).transpose()
     }
 
+    /// The orders stored under these numbers, read (and locked, in key order) by one statement.
+    async fn read_orders(tx: &mut Tx, order_nos: &[OrderNo]) -> PortResult<HashMap<OrderNo, Order>> {
+        if order_nos.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let keys = order_nos.iter().map(|&n| key(n)).collect::<PortResult<Vec<_>>>()?;
+        let rows = sqlx::query(
+            "SELECT body FROM orders
+             WHERE (order_id, shard) IN (SELECT * FROM UNNEST($1::bigint[], $2::smallint[]))
+             ORDER BY order_id, shard FOR UPDATE",
+        )
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(database_error)?;
+        rows.iter()
+            .map(|row| {
+                let order: Order = decode(&row.try_get::<String, _>("body").map_err(database_error)?)?;
+                Ok((order.order_no, order))
+            })
+            .collect()
+    }
+
     async fn put_order(tx: &mut Tx, order: &Order) -> PortResult<()> {
-        let (id, shard) = key(order.order_no)?;
+        Self::put_orders(tx, std::slice::from_ref(order)).await
+    }
+
+    /// Writes orders (each number once), by one statement.
+    async fn put_orders(tx: &mut Tx, orders: &[Order]) -> PortResult<()> {
+        if orders.is_empty() {
+            return Ok(());
+        }
+        let (mut ids, mut shards, mut buyers, mut states, mut bodies) = (vec![], vec![], vec![], vec![], vec![]);
+        for order in orders {
+            let (id, shard) = key(order.order_no)?;
+            ids.push(id);
+            shards.push(shard);
+            buyers.push(signed(order.buyer.0)?);
+            states.push(order.state.as_str());
+            bodies.push(encode(order)?);
+        }
         sqlx::query(
-            "INSERT INTO orders (order_id, shard, buyer, state, body) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO orders (order_id, shard, buyer, state, body)
+             SELECT * FROM UNNEST($1::bigint[], $2::smallint[], $3::bigint[], $4::text[], $5::text[])
              ON CONFLICT (order_id, shard) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body",
         )
-        .bind(id)
-        .bind(shard)
-        .bind(signed(order.buyer.0)?)
-        .bind(order.state.as_str())
-        .bind(encode(order)?)
+        .bind(ids)
+        .bind(shards)
+        .bind(buyers)
+        .bind(states)
+        .bind(bodies)
         .execute(&mut **tx)
         .await
         .map_err(database_error)?;
         Ok(())
     }
 
-    async fn put_outbox(tx: &mut Tx, event: &OutboxEvent) -> PortResult<()> {
-        sqlx::query("INSERT INTO outbox (event) VALUES ($1)")
-            .bind(encode(event)?)
-            .execute(&mut **tx)
-            .await
-            .map_err(database_error)?;
+    /// Appends outbox events, in their order, by one statement.
+    async fn put_outbox(tx: &mut Tx, events: &[OutboxEvent]) -> PortResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let events = events.iter().map(encode).collect::<PortResult<Vec<_>>>()?;
+        sqlx::query(
+            "INSERT INTO outbox (event) SELECT e FROM UNNEST($1::text[]) WITH ORDINALITY AS u(e, n) ORDER BY n",
+        )
+        .bind(events)
+        .execute(&mut **tx)
+        .await
+        .map_err(database_error)?;
         Ok(())
     }
 
@@ -165,14 +240,28 @@ impl PgStore {
         rows.iter().map(level_of).collect()
     }
 
-    async fn write_stock(tx: &mut Tx, id: CommodityId, level: &StockLevel) -> PortResult<()> {
-        sqlx::query("UPDATE stock SET available = $2, version = $3 WHERE commodity_id = $1")
-            .bind(signed(id.0)?)
-            .bind(signed(level.available)?)
-            .bind(signed(level.version)?)
-            .execute(&mut **tx)
-            .await
-            .map_err(database_error)?;
+    /// Writes stock levels (each commodity once), by one statement.
+    async fn write_stock(tx: &mut Tx, levels: &[(CommodityId, StockLevel)]) -> PortResult<()> {
+        if levels.is_empty() {
+            return Ok(());
+        }
+        let (mut ids, mut available, mut versions) = (vec![], vec![], vec![]);
+        for (id, level) in levels {
+            ids.push(signed(id.0)?);
+            available.push(signed(level.available)?);
+            versions.push(signed(level.version)?);
+        }
+        sqlx::query(
+            "UPDATE stock SET available = u.available, version = u.version
+             FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, available, version)
+             WHERE stock.commodity_id = u.id",
+        )
+        .bind(ids)
+        .bind(available)
+        .bind(versions)
+        .execute(&mut **tx)
+        .await
+        .map_err(database_error)?;
         Ok(())
     }
 
@@ -284,23 +373,13 @@ impl Store for PgStore {
     }
 
     async fn insert_pending(&self, orders: &[Order]) -> PortResult<()> {
+        let mut rows = Vec::with_capacity(orders.len());
         for order in orders {
             let (id, shard) = key(order.order_no)?;
-            // If absent only: a fast worker may have created it already.
-            sqlx::query(
-                "INSERT INTO orders (order_id, shard, buyer, state, body) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (order_id, shard) DO NOTHING",
-            )
-            .bind(id)
-            .bind(shard)
-            .bind(signed(order.buyer.0)?)
-            .bind(order.state.as_str())
-            .bind(encode(order)?)
-            .execute(&self.unsynced)
-            .await
-            .map_err(database_error)?;
+            rows.push((id, shard, signed(order.buyer.0)?, order.state.as_str(), encode(order)?));
         }
-        Ok(())
+        let pool = self.unsynced.clone();
+        self.pending_views.send(rows, |batch| insert_pending_rows(pool, batch)).await
     }
 
     async fn forget_pending(&self, order_nos: &[OrderNo]) -> PortResult<()> {
@@ -320,22 +399,11 @@ impl Store for PgStore {
         let mut tx = self.begin().await?;
         let (order_nos, commodities) = create_batch_keys(requests);
         let levels = Self::lock_stock(&mut tx, &commodities).await?;
-        let mut stored = HashMap::with_capacity(order_nos.len());
-        for order_no in order_nos {
-            if let Some(order) = Self::read_order(&mut tx, order_no, true).await? {
-                stored.insert(order_no, order);
-            }
-        }
+        let stored = Self::read_orders(&mut tx, &order_nos).await?;
         let plan = plan_create(requests, stored, levels, now_ms)?;
-        for order in &plan.orders {
-            Self::put_order(&mut tx, order).await?;
-        }
-        for event in &plan.events {
-            Self::put_outbox(&mut tx, event).await?;
-        }
-        for (id, level) in &plan.stock {
-            Self::write_stock(&mut tx, *id, level).await?;
-        }
+        Self::put_orders(&mut tx, &plan.orders).await?;
+        Self::put_outbox(&mut tx, &plan.events).await?;
+        Self::write_stock(&mut tx, &plan.stock).await?;
         Self::commit(tx).await?;
         Ok(plan.outcomes)
     }
@@ -417,12 +485,8 @@ impl Store for PgStore {
             Ok(plan) => plan,
             Err(rejection) => return Ok(Err(rejection)),
         };
-        for (id, level) in &plan.stock {
-            Self::write_stock(&mut tx, *id, level).await?;
-        }
-        if let Some(event) = &plan.event {
-            Self::put_outbox(&mut tx, event).await?;
-        }
+        Self::write_stock(&mut tx, &plan.stock).await?;
+        Self::put_outbox(&mut tx, plan.event.as_slice()).await?;
         match plan.safe_pay {
             SafePay::Untouched => {}
             SafePay::Enter { due_ms } => Self::enter_safe_pay(&mut tx, order_no, due_ms).await?,

@@ -3,6 +3,15 @@
 //! - One durable **quorum queue** per topic (`<ns>.<topic>`), fed through the default exchange.
 //! - **Publisher confirms**: `publish` returns once the broker confirmed every message (the API answers
 //!   only after that).
+//! - **Group publishing** ([`orderly_app::group`]): concurrent `publish` calls share one confirm window,
+//!   and their messages for the same queue travel as one broker message (an envelope of up to
+//!   `envelope_max`): the broker's cost is per message it stores and confirms, so under load it pays once
+//!   for many carts. Each call is answered by the confirms of the envelopes its messages are in.
+//! - **Envelopes apart on receipt**: each message of an envelope is a delivery of its own, with its own
+//!   receipt; the broker message is acked once every one of them is acked, retried or dead-lettered
+//!   (a retry or a dead letter is published alone). A consumer that dies before that gets the whole
+//!   envelope again: consumers are idempotent per message. `depth` counts broker messages, so an
+//!   envelope counts once.
 //! - **Manual acks**: a delivery stays unacked (and invisible to others) until the consumer acks,
 //!   retries or dead-letters it; if the consumer's connection dies, the broker delivers it again and
 //!   the quorum queue counts the redelivery (`x-delivery-count`), which becomes the attempt number.
@@ -36,6 +45,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use orderly_app::group::Group;
 use orderly_app::model::{Delivery, Message, Outgoing, Topic};
 use orderly_app::ports::{Bus, BusDepth, PortResult};
 use orderly_app::{Clock, PortError};
@@ -55,6 +65,8 @@ pub struct RabbitBusConfig {
     pub prefetch: u16,
     /// How long `receive` waits for a first delivery when none has arrived.
     pub receive_wait_ms: u64,
+    /// Messages one envelope carries at most (1: one broker message per message).
+    pub envelope_max: usize,
 }
 
 impl RabbitBusConfig {
@@ -66,18 +78,33 @@ impl RabbitBusConfig {
             queue_expires_ms: None,
             prefetch: 256,
             receive_wait_ms: 50,
+            envelope_max: 128,
         }
     }
 }
 
-/// The body of every message: the flow's message and what the bus needs to know about it.
+/// The body of every broker message: the flow's messages for one queue and what the bus needs to know
+/// about them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Envelope {
-    message: Message,
+    messages: Vec<Message>,
     /// Deliveries that ended in a retry.
     retries: u32,
+    /// The latest due time of its messages: none is delivered early.
     due_ms: u64,
 }
+
+/// A broker message taken and not yet acked: its messages still to be settled (`None` once acked,
+/// retried or dead-lettered), to ack it when none is left.
+struct Taken {
+    topic: Topic,
+    retries: u32,
+    parts: Vec<Option<Message>>,
+    open: usize,
+}
+
+/// One `publish` call's messages, with their queue and due time.
+type Publication = Vec<(String, Message, u64)>;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct DeadLetter {
@@ -96,8 +123,10 @@ struct Link {
     consumer: Channel,
     /// Counts the connections this process opened: a receipt names the one its tag belongs to.
     epoch: u64,
-    /// Unacked deliveries taken on this connection: tag → (topic, envelope), to retry or dead-letter them.
-    pending: Mutex<HashMap<u64, (Topic, Envelope)>>,
+    /// Unacked broker messages taken on this connection, by tag, to ack, retry or dead-letter their parts.
+    pending: Mutex<HashMap<u64, Taken>>,
+    /// Deliveries taken from the broker but not handed out yet (beyond a `receive`'s `max`), per topic.
+    ready: Mutex<HashMap<Topic, std::collections::VecDeque<Delivery>>>,
     /// One consumer per topic on `consumer`, started by the first `receive` of that topic.
     consumers: tokio::sync::Mutex<HashMap<Topic, Consumer>>,
 }
@@ -109,8 +138,27 @@ impl Link {
             && self.consumer.status().connected()
     }
 
-    fn pending(&self) -> PortResult<MutexGuard<'_, HashMap<u64, (Topic, Envelope)>>> {
-        Ok(self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    fn pending(&self) -> MutexGuard<'_, HashMap<u64, Taken>> {
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn ready(&self) -> MutexGuard<'_, HashMap<Topic, std::collections::VecDeque<Delivery>>> {
+        self.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One part of a taken broker message is done; acks the broker message when it was the last.
+    async fn settle(&self, tag: u64) -> PortResult<()> {
+        let last = {
+            let mut pending = self.pending();
+            match pending.get_mut(&tag) {
+                Some(taken) => {
+                    taken.open = taken.open.saturating_sub(1);
+                    taken.open == 0 && pending.remove(&tag).is_some()
+                }
+                None => false,
+            }
+        };
+        if last { self.ack_tag(tag).await } else { Ok(()) }
     }
 
     async fn ack_tag(&self, tag: u64) -> PortResult<()> {
@@ -118,25 +166,33 @@ impl Link {
     }
 }
 
-/// A delivery taken out of its link's `pending`, to ack, retry or dead-letter.
+/// One part of a taken broker message, taken out of its link's `pending`, to ack, retry or dead-letter.
 struct Held {
     link: Arc<Link>,
     tag: u64,
     topic: Topic,
-    envelope: Envelope,
+    retries: u32,
+    message: Message,
 }
 
 pub struct RabbitBus {
+    core: Arc<Core>,
+}
+
+/// What the bus and its batch-sending tasks share.
+struct Core {
     link: Mutex<Option<Arc<Link>>>,
     /// One reconnect at a time; the others wait for it and use its link.
     reconnect: tokio::sync::Mutex<()>,
     clock: Arc<dyn Clock>,
     config: RabbitBusConfig,
+    /// Concurrent publish calls, sent together.
+    publishing: Group<Publication>,
 }
 
 impl std::fmt::Debug for RabbitBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RabbitBus").field("namespace", &self.config.namespace).finish_non_exhaustive()
+        f.debug_struct("RabbitBus").field("namespace", &self.core.config.namespace).finish_non_exhaustive()
     }
 }
 
@@ -174,16 +230,23 @@ fn unavailable(error: lapin::Error) -> PortError {
     BusError::Broker(error).into()
 }
 
-/// A delivery's receipt: the epoch of the connection it was taken on, then its tag.
-fn receipt_of(epoch: u64, tag: u64) -> Vec<u8> {
+/// A delivery's receipt: the epoch of the connection it was taken on, its broker message's tag, and its
+/// place in that message's envelope.
+fn receipt_of(epoch: u64, tag: u64, part: u32) -> Vec<u8> {
     let mut receipt = epoch.to_be_bytes().to_vec();
     receipt.extend_from_slice(&tag.to_be_bytes());
+    receipt.extend_from_slice(&part.to_be_bytes());
     receipt
 }
 
-fn tag_of(receipt: &[u8]) -> Option<(u64, u64)> {
-    let (epoch, tag) = receipt.split_at_checked(8)?;
-    Some((u64::from_be_bytes(epoch.try_into().ok()?), u64::from_be_bytes(tag.try_into().ok()?)))
+fn tag_of(receipt: &[u8]) -> Option<(u64, u64, usize)> {
+    let (epoch, rest) = receipt.split_at_checked(8)?;
+    let (tag, part) = rest.split_at_checked(8)?;
+    Some((
+        u64::from_be_bytes(epoch.try_into().ok()?),
+        u64::from_be_bytes(tag.try_into().ok()?),
+        usize::try_from(u32::from_be_bytes(part.try_into().ok()?)).ok()?,
+    ))
 }
 
 fn delivery_count(properties: &BasicProperties) -> u32 {
@@ -201,20 +264,29 @@ impl RabbitBus {
     /// Connects, opens the channels, and declares every queue (idempotent).
     pub async fn connect(config: RabbitBusConfig, clock: Arc<dyn Clock>) -> PortResult<RabbitBus> {
         assert!(!config.delay_tiers_ms.is_empty(), "at least one delay tier");
-        let bus = RabbitBus { link: Mutex::new(None), reconnect: tokio::sync::Mutex::new(()), clock, config };
-        bus.link().await?;
-        Ok(bus)
+        assert!(config.envelope_max > 0, "an envelope carries at least one message");
+        let core = Core {
+            link: Mutex::new(None),
+            reconnect: tokio::sync::Mutex::new(()),
+            clock,
+            config,
+            publishing: Group::new("rabbitmq"),
+        };
+        core.link().await?;
+        Ok(RabbitBus { core: Arc::new(core) })
     }
 
     /// Closes the connection: deliveries this process holds go back to their queues at once. The next
     /// call opens a new one.
     pub async fn close(&self) -> PortResult<()> {
-        if let Some(link) = self.current()? {
+        if let Some(link) = self.core.current()? {
             link.connection.close(200, "closing".into()).await.map_err(unavailable)?;
         }
         Ok(())
     }
+}
 
+impl Core {
     fn current(&self) -> PortResult<Option<Arc<Link>>> {
         Ok(self.link.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
     }
@@ -243,6 +315,7 @@ impl RabbitBus {
             consumer,
             epoch,
             pending: Mutex::new(HashMap::new()),
+            ready: Mutex::new(HashMap::new()),
             consumers: tokio::sync::Mutex::new(HashMap::new()),
         });
         self.declare(&link.consumer).await?;
@@ -339,6 +412,84 @@ impl RabbitBus {
         Ok(())
     }
 
+    /// Publishes every body and waits for each confirm: one result per body.
+    async fn send_each(&self, items: Vec<(String, Vec<u8>)>) -> Vec<PortResult<()>> {
+        let link = match self.link().await {
+            Ok(link) => link,
+            Err(error) => return items.iter().map(|_| Err(error.clone())).collect(),
+        };
+        let properties =
+            BasicProperties::default().with_delivery_mode(2).with_content_type(ShortString::from("application/json"));
+        let mut confirms = Vec::with_capacity(items.len());
+        for (queue, body) in items {
+            let published = link
+                .publisher
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties.clone(),
+                )
+                .await;
+            confirms.push(published.map_err(unavailable));
+        }
+        let mut results = Vec::with_capacity(confirms.len());
+        for confirm in confirms {
+            results.push(match confirm {
+                Ok(confirm) => match confirm.await.map_err(unavailable) {
+                    Ok(Confirmation::Ack(_)) => Ok(()),
+                    Ok(other) => Err(BusError::NotConfirmed(format!("{other:?}")).into()),
+                    Err(error) => Err(error),
+                },
+                Err(error) => Err(error),
+            });
+        }
+        results
+    }
+
+    /// Sends one batch of publications: their messages grouped into envelopes per queue, every envelope
+    /// published, then each publication answered by the confirms of the envelopes it has messages in.
+    async fn send_batch(&self, publications: Vec<Publication>) -> Vec<PortResult<()>> {
+        let mut by_queue: std::collections::BTreeMap<String, Vec<(usize, Message, u64)>> = Default::default();
+        let mut answers: Vec<PortResult<()>> = Vec::with_capacity(publications.len());
+        for (index, publication) in publications.into_iter().enumerate() {
+            for (queue, message, due_ms) in publication {
+                by_queue.entry(queue).or_default().push((index, message, due_ms));
+            }
+            answers.push(Ok(()));
+        }
+        let mut bodies = Vec::new();
+        let mut senders: Vec<Vec<usize>> = Vec::new();
+        for (queue, parts) in by_queue {
+            let mut parts = parts.into_iter().peekable();
+            while parts.peek().is_some() {
+                let chunk: Vec<(usize, Message, u64)> = parts.by_ref().take(self.config.envelope_max).collect();
+                let due_ms = chunk.iter().map(|(_, _, due_ms)| *due_ms).max().unwrap_or(0);
+                let mut from: Vec<usize> = chunk.iter().map(|(index, _, _)| *index).collect();
+                from.dedup();
+                let envelope = Envelope {
+                    messages: chunk.into_iter().map(|(_, message, _)| message).collect(),
+                    retries: 0,
+                    due_ms,
+                };
+                match Core::envelope_bytes(&envelope) {
+                    Ok(body) => {
+                        bodies.push((queue.clone(), body));
+                        senders.push(from);
+                    }
+                    Err(error) => from.iter().for_each(|&i| answers[i] = Err(error.clone())),
+                }
+            }
+        }
+        for (result, from) in self.send_each(bodies).await.into_iter().zip(senders) {
+            if let Err(error) = result {
+                from.iter().for_each(|&i| answers[i] = Err(error.clone()));
+            }
+        }
+        answers
+    }
+
     fn envelope_bytes(envelope: &Envelope) -> PortResult<Vec<u8>> {
         serde_json::to_vec(envelope).map_err(|e| BusError::Unencodable(e).into())
     }
@@ -357,35 +508,59 @@ impl RabbitBus {
         moved
     }
 
-    /// A delivery this process holds on the current connection, taken out of `pending`. `None`: not
-    /// ours, or taken on a connection since closed (the broker has it again).
+    /// A delivery this process holds on the current connection, taken out of its broker message's
+    /// parts (so it is settled once). `None`: not ours, settled already, or taken on a connection since
+    /// closed (the broker has it again).
     fn take_pending(&self, receipt: &[u8]) -> PortResult<Option<Held>> {
-        let Some((epoch, tag)) = tag_of(receipt) else { return Ok(None) };
+        let Some((epoch, tag, part)) = tag_of(receipt) else { return Ok(None) };
         let Some(link) = self.current()?.filter(|l| l.epoch == epoch && l.usable()) else { return Ok(None) };
-        let taken = link.pending()?.remove(&tag);
-        Ok(taken.map(|(topic, envelope)| Held { link, tag, topic, envelope }))
+        let held = link.pending().get_mut(&tag).and_then(|taken| {
+            let message = taken.parts.get_mut(part)?.take()?;
+            Some((taken.topic, taken.retries, message))
+        });
+        Ok(held.map(|(topic, retries, message)| Held { link, tag, topic, retries, message }))
+    }
+
+    /// Moves one part of a held broker message on: publishes it alone as `to`, `body`, then settles it.
+    /// If either step fails, the connection is closed (see [`Core::move_on`]).
+    async fn move_part_on(&self, held: &Held, to: String, body: Vec<u8>) -> PortResult<()> {
+        let moved = match self.send(vec![(to, body)]).await {
+            Ok(()) => held.link.settle(held.tag).await,
+            Err(error) => Err(error),
+        };
+        if moved.is_err() {
+            let _ = held.link.connection.close(200, "giving deliveries back".into()).await;
+        }
+        moved
     }
 }
 
 #[async_trait]
 impl Bus for RabbitBus {
     async fn publish(&self, messages: Vec<Outgoing>) -> PortResult<()> {
-        let mut items = Vec::with_capacity(messages.len());
-        for outgoing in messages {
-            let topic = outgoing.message.topic();
-            let envelope = Envelope { message: outgoing.message, retries: 0, due_ms: outgoing.deliver_at_ms };
-            items.push((self.route(topic, envelope.due_ms), Self::envelope_bytes(&envelope)?));
+        if messages.is_empty() {
+            return Ok(());
         }
-        self.send(items).await
+        let parts = messages
+            .into_iter()
+            .map(|o| (self.core.route(o.message.topic(), o.deliver_at_ms), o.message, o.deliver_at_ms))
+            .collect();
+        let core = Arc::clone(&self.core);
+        self.core.publishing.send(parts, |batch| async move { core.send_batch(batch).await }).await
     }
 
     async fn receive(&self, topic: Topic, max: usize) -> PortResult<Vec<Delivery>> {
-        let link = self.link().await?;
+        let link = self.core.link().await?;
         let mut consumers = link.consumers.lock().await;
+        let mut deliveries = Vec::new();
+        if let Some(ready) = link.ready().get_mut(&topic) {
+            let take = ready.len().min(max);
+            deliveries.extend(ready.drain(..take));
+        }
         let consumer = match consumers.entry(topic) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::hash_map::Entry::Vacant(entry) => {
-                let queue = self.work_queue(topic);
+                let queue = self.core.work_queue(topic);
                 let consumer = link
                     .consumer
                     .basic_consume(
@@ -399,9 +574,8 @@ impl Bus for RabbitBus {
                 entry.insert(consumer)
             }
         };
-        let wait = std::time::Duration::from_millis(self.config.receive_wait_ms);
+        let wait = std::time::Duration::from_millis(self.core.config.receive_wait_ms);
         let mut waited = false;
-        let mut deliveries = Vec::new();
         while deliveries.len() < max {
             let next = match consumer.next().now_or_never() {
                 Some(next) => next,
@@ -427,25 +601,41 @@ impl Bus for RabbitBus {
                         topic,
                         message: None,
                         reason: format!("undecodable: {error}"),
-                        at_ms: self.clock.now_ms(),
+                        at_ms: self.core.clock.now_ms(),
                     };
                     let body = serde_json::to_vec(&dead).map_err(|e| PortError::from(BusError::Unencodable(e)))?;
-                    self.move_on(&link, tag, self.dead_queue(), body).await?;
+                    self.core.move_on(&link, tag, self.core.dead_queue(), body).await?;
                     continue;
                 }
             };
-            if envelope.due_ms > self.clock.now_ms() {
+            if envelope.due_ms > self.core.clock.now_ms() {
                 // Early (a tier shorter than the wait, or a clock step): round again, then drop this copy.
-                self.move_on(&link, tag, self.route(topic, envelope.due_ms), Self::envelope_bytes(&envelope)?).await?;
+                self.core
+                    .move_on(&link, tag, self.core.route(topic, envelope.due_ms), Core::envelope_bytes(&envelope)?)
+                    .await?;
+                continue;
+            }
+            if envelope.messages.is_empty() {
+                link.ack_tag(tag).await?;
                 continue;
             }
             let attempt = 1 + envelope.retries + delivery_count(&delivery.properties);
-            deliveries.push(Delivery {
-                receipt: receipt_of(link.epoch, tag),
-                message: envelope.message.clone(),
-                attempt,
-            });
-            link.pending()?.insert(tag, (topic, envelope));
+            let mut parts = Vec::with_capacity(envelope.messages.len());
+            for (part, message) in (0u32..).zip(&envelope.messages) {
+                parts.push(Delivery { receipt: receipt_of(link.epoch, tag, part), message: message.clone(), attempt });
+            }
+            let taken = Taken {
+                topic,
+                retries: envelope.retries,
+                open: envelope.messages.len(),
+                parts: envelope.messages.into_iter().map(Some).collect(),
+            };
+            link.pending().insert(tag, taken);
+            let room = max - deliveries.len();
+            if parts.len() > room {
+                link.ready().entry(topic).or_default().extend(parts.drain(room..));
+            }
+            deliveries.extend(parts);
         }
         Ok(deliveries)
     }
@@ -453,35 +643,34 @@ impl Bus for RabbitBus {
     async fn ack(&self, receipts: &[Vec<u8>]) -> PortResult<()> {
         for receipt in receipts {
             // Only tags this process holds: acking an unknown tag would close the channel.
-            if let Some(Held { link, tag, .. }) = self.take_pending(receipt)? {
-                link.ack_tag(tag).await?;
+            if let Some(held) = self.core.take_pending(receipt)? {
+                held.link.settle(held.tag).await?;
             }
         }
         Ok(())
     }
 
     async fn retry(&self, receipt: &[u8], at_ms: u64) -> PortResult<()> {
-        let Some(Held { link, tag, topic, mut envelope }) = self.take_pending(receipt)? else { return Ok(()) };
-        envelope.retries += 1;
-        envelope.due_ms = at_ms;
-        self.move_on(&link, tag, self.route(topic, at_ms), Self::envelope_bytes(&envelope)?).await
+        let Some(held) = self.core.take_pending(receipt)? else { return Ok(()) };
+        let envelope = Envelope { messages: vec![held.message.clone()], retries: held.retries + 1, due_ms: at_ms };
+        self.core.move_part_on(&held, self.core.route(held.topic, at_ms), Core::envelope_bytes(&envelope)?).await
     }
 
     async fn dead_letter(&self, receipt: &[u8], reason: &str) -> PortResult<()> {
-        let Some(Held { link, tag, topic, envelope }) = self.take_pending(receipt)? else { return Ok(()) };
+        let Some(held) = self.core.take_pending(receipt)? else { return Ok(()) };
         let dead = DeadLetter {
-            topic,
-            message: Some(envelope.message),
+            topic: held.topic,
+            message: Some(held.message.clone()),
             reason: reason.to_owned(),
-            at_ms: self.clock.now_ms(),
+            at_ms: self.core.clock.now_ms(),
         };
         let body = serde_json::to_vec(&dead).map_err(|e| PortError::from(BusError::Unencodable(e)))?;
-        self.move_on(&link, tag, self.dead_queue(), body).await
+        self.core.move_part_on(&held, self.core.dead_queue(), body).await
     }
 
     async fn depth(&self) -> PortResult<BusDepth> {
         let passive = QueueDeclareOptions { passive: true, durable: true, ..QueueDeclareOptions::default() };
-        let link = self.link().await?;
+        let link = self.core.link().await?;
         let link = &link;
         let count = |queue: String| async move {
             link.consumer
@@ -492,12 +681,12 @@ impl Bus for RabbitBus {
         };
         let mut queued = Vec::new();
         for topic in Topic::ALL {
-            let mut total = count(self.work_queue(topic)).await?;
-            for &tier_ms in &self.config.delay_tiers_ms {
-                total += count(self.delay_queue(topic, tier_ms)).await?;
+            let mut total = count(self.core.work_queue(topic)).await?;
+            for &tier_ms in &self.core.config.delay_tiers_ms {
+                total += count(self.core.delay_queue(topic, tier_ms)).await?;
             }
             queued.push((topic, total));
         }
-        Ok(BusDepth { queued, dead_letters: count(self.dead_queue()).await? })
+        Ok(BusDepth { queued, dead_letters: count(self.core.dead_queue()).await? })
     }
 }

@@ -115,3 +115,53 @@ async fn a_dropped_connection_is_reopened_and_stale_receipts_are_skipped() {
     let depth = bus.depth().await.expect("depth");
     assert_eq!(depth.queued.iter().map(|(_, n)| n).sum::<usize>(), 0, "acked for good: {depth:?}");
 }
+
+/// Concurrent publishes travel together: one broker message carries many (the broker pays once for
+/// them). Each is still a delivery of its own, and the broker message is acked only once every one of
+/// them is settled: a consumer that dies before that gets the unsettled ones again (and the settled ones
+/// of the same envelope — consumers are idempotent per message), never loses one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_share_broker_messages_and_an_envelope_is_acked_once_all_its_parts_are() {
+    use orderly_app::model::{Message, Outgoing, Topic};
+    use orderly_domain::{OrderNo, SnowflakeId, Uid};
+
+    let config = fresh_config();
+    let charge = |n: u64| Message::Charge { order_no: OrderNo::new(SnowflakeId(n), Uid(1)) };
+    let first = Arc::new(RabbitBus::connect(config.clone(), Arc::new(SystemClock)).await.expect("connect"));
+    let publishes = (1..=40u64).map(|n| {
+        let bus = Arc::clone(&first);
+        tokio::spawn(async move { bus.publish(vec![Outgoing { message: charge(n), deliver_at_ms: 0 }]).await })
+    });
+    for published in futures_util::future::join_all(publishes).await {
+        published.expect("task").expect("publish");
+    }
+    let queued = first.depth().await.expect("depth").queued.iter().find(|(t, _)| *t == Topic::Charge).map(|(_, n)| *n);
+    assert!(queued.is_some_and(|n| (1..40).contains(&n)), "40 publishes in fewer broker messages: {queued:?}");
+
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.extend(first.receive(Topic::Charge, 40 - held.len()).await.expect("receive"));
+        if held.len() == 40 {
+            break;
+        }
+    }
+    assert_eq!(held.len(), 40, "each message a delivery of its own");
+    let unsettled = held.pop().expect("a delivery");
+    let receipts: Vec<Vec<u8>> = held.into_iter().map(|d| d.receipt).collect();
+    first.ack(&receipts).await.expect("ack all but one");
+    first.close().await.expect("close: the consumer dies");
+
+    let second = RabbitBus::connect(config, Arc::new(SystemClock)).await.expect("connect");
+    let mut again = Vec::new();
+    for _ in 0..100 {
+        again.extend(second.receive(Topic::Charge, 40).await.expect("receive"));
+        if again.iter().any(|d| d.message == unsettled.message) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(again.iter().any(|d| d.message == unsettled.message && d.attempt == 2), "the unsettled one came back");
+    if queued > Some(1) {
+        assert!(again.len() < 40, "broker messages whose parts were all acked are gone: {}", again.len());
+    }
+}
