@@ -37,6 +37,9 @@ pub struct FlowConfig {
     /// How long a process keeps a catalog entry it read (0: read the store every time). A price
     /// change made through another process applies here within this.
     pub catalog_cache_ms: u64,
+    /// How long a process answers "sold out" from memory after it saw a commodity's counter at zero
+    /// (0: never from memory). Stock that comes back is sold again within this.
+    pub sold_out_memory_ms: u64,
     /// With an order cache: the second delete of an order's copy comes this long after a change.
     pub order_cache_second_delete_ms: u64,
     /// Length of a lease on a role that runs once in a cluster (the reconciler): another process
@@ -62,6 +65,7 @@ impl Default for FlowConfig {
             entry_call_timeout_ms: 1_000,
             page_size_max: 100,
             catalog_cache_ms: 1_000,
+            sold_out_memory_ms: 250,
             order_cache_second_delete_ms: 1_000,
             lease_ms: 10_000,
         }

@@ -9,6 +9,7 @@ use orderly_domain::{
 use crate::model::{IdempotencyRecord, Message, Order, Outgoing, StoredAnswer};
 use crate::orderly::Orderly;
 use crate::ports::{CreateOutcome, CreateRequest, IdempotencyBegin, PortError, Reserve};
+use crate::sold_out::Known;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceError {
@@ -61,6 +62,9 @@ impl Orderly {
         };
         let now_ms = self.ports.clock.now_ms();
         let orders = pending_orders(drafts, &order_nos, now_ms);
+        if let Some(commodity_id) = self.known_sold_out(&orders, now_ms).await {
+            return self.sold_out(body.uid, idempotency_key, commodity_id).await;
+        }
 
         // Remark 1: the check is armed before the reservation, so a crash right after reserving still
         // gets the stock back.
@@ -78,16 +82,12 @@ impl Orderly {
         for (index, order) in orders.iter().enumerate() {
             match self.bounded("stock cache", self.reserve(order.entry_token(), &order.stock_lines(), false)).await {
                 Ok(Reserve::Reserved | Reserve::AlreadyHeld(_)) => {}
-                Ok(Reserve::Insufficient { commodity_id, .. }) => {
-                    self.release_all(&orders[..index]).await;
-                    if let Some(key) = idempotency_key {
-                        self.bounded(
-                            "store",
-                            self.ports.store.idempotency_answer(body.uid, key, StoredAnswer::SoldOut { commodity_id }),
-                        )
-                        .await?;
+                Ok(Reserve::Insufficient { commodity_id, available }) => {
+                    if available == 0 {
+                        self.sold_out.remember(commodity_id, now_ms);
                     }
-                    return Err(PlaceError::SoldOut { commodity_id });
+                    self.release_all(&orders[..index]).await;
+                    return self.sold_out(body.uid, idempotency_key, commodity_id).await;
                 }
                 // A commodity of the catalog that was never given stock: sold out.
                 Ok(Reserve::NotLoaded(ids)) => {
@@ -124,6 +124,56 @@ impl Orderly {
         // whatever happens to the steps below, which only make things quicker or clearer.
         self.after_publish(&orders, body.uid, idempotency_key).await;
         Ok(order_nos)
+    }
+
+    /// A commodity of these orders this process knows is sold out: from memory within
+    /// `sold_out_memory_ms` of seeing its counter at zero; after that, from one look at the counter
+    /// (a cache read: nothing on the bus, nothing reserved). A look that fails knows nothing: the
+    /// cart goes the whole way.
+    async fn known_sold_out(&self, orders: &[Order], now_ms: u64) -> Option<CommodityId> {
+        let window_ms = self.config.sold_out_memory_ms;
+        if window_ms == 0 {
+            return None;
+        }
+        let mut stale = Vec::new();
+        for (id, _) in orders.iter().flat_map(Order::stock_lines) {
+            match self.sold_out.known(id, now_ms, window_ms) {
+                Known::SoldOut => return Some(id),
+                Known::Stale => stale.push(id),
+                Known::Unknown => {}
+            }
+        }
+        if stale.is_empty() {
+            return None;
+        }
+        let levels = self.bounded("stock cache", self.ports.cache.available(&stale)).await.unwrap_or_default();
+        let mut sold_out = None;
+        for (id, level) in stale.into_iter().zip(levels) {
+            if level == Some(0) {
+                self.sold_out.remember(id, now_ms);
+                sold_out = sold_out.or(Some(id));
+            } else {
+                self.sold_out.forget(id);
+            }
+        }
+        sold_out
+    }
+
+    /// The "sold out" answer, kept for the idempotency key if there is one.
+    async fn sold_out(
+        &self,
+        buyer: Uid,
+        idempotency_key: Option<&str>,
+        commodity_id: CommodityId,
+    ) -> Result<Vec<OrderNo>, PlaceError> {
+        if let Some(key) = idempotency_key {
+            self.bounded(
+                "store",
+                self.ports.store.idempotency_answer(buyer, key, StoredAnswer::SoldOut { commodity_id }),
+            )
+            .await?;
+        }
+        Err(PlaceError::SoldOut { commodity_id })
     }
 
     /// A cart answered with an error after its reservation: its reservations are given back and its

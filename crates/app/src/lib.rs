@@ -10,6 +10,7 @@
 //! - [`entry`]: the entry (place orders). [`buyer`]: the buyer's actions (query, list, pay, cancel).
 //! - [`admin`]: the admin's (catalog, stock, work to do).
 //! - [`catalog`]: the entry's short-lived copy of catalog entries (prices are checked on every line).
+//! - [`sold_out`]: the entry's short-lived memory of what is sold out (answered without a remote call).
 //! - [`workers`]: steppable consumers of the bus, the outbox relay and the payment reconciler (a module
 //!   each).
 //! - [`ids`]: the leased snowflake generator that stays unique across restarts.
@@ -30,6 +31,7 @@ pub mod ids;
 pub mod model;
 pub mod orderly;
 pub mod ports;
+pub mod sold_out;
 pub mod store_rules;
 pub mod time;
 pub mod workers;

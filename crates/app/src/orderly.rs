@@ -14,6 +14,7 @@ use crate::catalog::CatalogCache;
 use crate::config::FlowConfig;
 use crate::model::{Order, StockLevel, Token};
 use crate::ports::{Bus, Clock, IdGen, OrderCache, Payments, PortError, Reserve, StockCache, Store};
+use crate::sold_out::SoldOutMemory;
 
 /// The ports of one profile, as its adapters were opened.
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct Orderly {
     pub(crate) config: FlowConfig,
     /// Catalog entries this process read lately (`config.catalog_cache_ms`).
     pub(crate) catalog: Arc<CatalogCache>,
+    /// Commodities this process saw sold out lately (`config.sold_out_memory_ms`).
+    pub(crate) sold_out: Arc<SoldOutMemory>,
     /// The leases this process holds on roles that run once in a cluster.
     pub(crate) leases: Arc<Leases>,
 }
@@ -66,7 +69,7 @@ impl Leases {
 impl Orderly {
     /// A profile's ports wired together, with this process's own state empty (catalog copies, leases).
     pub fn new(ports: Ports, config: FlowConfig) -> Orderly {
-        Orderly { ports, config, catalog: Arc::default(), leases: Arc::default() }
+        Orderly { ports, config, catalog: Arc::default(), sold_out: Arc::default(), leases: Arc::default() }
     }
 
     /// The flow's settings.

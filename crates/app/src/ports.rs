@@ -219,6 +219,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// alone (redelivery).
     async fn create_orders(&self, batch: &[CreateRequest], now_ms: u64) -> PortResult<Vec<CreateOutcome>>;
     async fn order(&self, order_no: OrderNo) -> PortResult<Option<Order>>;
+    /// Several orders at once, one answer per number in the same order (a worker's batch: a store that
+    /// can, reads them by one statement).
+    async fn orders(&self, order_nos: &[OrderNo]) -> PortResult<Vec<Option<Order>>> {
+        let mut orders = Vec::with_capacity(order_nos.len());
+        for &order_no in order_nos {
+            orders.push(self.order(order_no).await?);
+        }
+        Ok(orders)
+    }
     /// The buyer's orders, newest first, strictly older than `before` when given.
     async fn orders_of(&self, buyer: Uid, before: Option<OrderNo>, limit: usize) -> PortResult<Vec<Order>>;
     /// Every order and every stock level as of one moment, for the audit: an order read before a

@@ -3,9 +3,9 @@
 mod common;
 
 use common::*;
-use orderly_app::PlaceError;
 use orderly_app::model::Topic;
-use orderly_domain::CommodityId;
+use orderly_app::{Actor, PlaceError};
+use orderly_domain::{CommodityId, Uid};
 
 #[tokio::test]
 async fn a_cart_larger_than_the_stock_is_refused_and_reserves_nothing() {
@@ -50,5 +50,39 @@ async fn exactly_the_stock_is_sold_under_concurrent_buyers() {
     assert_eq!(stock(&ports, 1).await, (0, Some(0)));
     let report = orderly.audit(true, u64::MAX).await.expect("audit");
     assert_eq!(report.orders_by_state.get("paid"), Some(&50));
+    settle_and_audit(&orderly, &clock).await;
+}
+
+async fn checks_queued(ports: &orderly_app::Ports) -> usize {
+    let depth = ports.bus.depth().await.expect("depth");
+    depth.queued.iter().find(|(t, _)| *t == Topic::ReservationCheck).map_or(0, |(_, n)| *n)
+}
+
+/// A commodity seen sold out is answered from memory — no reservation check on the bus, nothing
+/// reserved — for `sold_out_memory_ms`; after that, one look at the counter finds stock that came back
+/// (here a cancellation) and sells it.
+#[tokio::test]
+async fn a_commodity_seen_sold_out_is_answered_from_memory_until_its_stock_comes_back() {
+    let Harness { orderly, ports, clock, .. } = harness(1).await;
+    let window_ms = orderly.config().sold_out_memory_ms;
+    let last = orderly.place_orders(&body(5, false, &[(1, 1)]), None).await.expect("the last unit");
+    let refused = orderly.place_orders(&body(6, false, &[(1, 1)]), None).await;
+    assert!(matches!(refused, Err(PlaceError::SoldOut { commodity_id: CommodityId(1) })), "{refused:?}");
+    let checks = checks_queued(&ports).await;
+    let refused = orderly.place_orders(&body(7, false, &[(2, 1), (1, 1)]), None).await;
+    assert!(matches!(refused, Err(PlaceError::SoldOut { commodity_id: CommodityId(1) })), "{refused:?}");
+    assert_eq!(checks_queued(&ports).await, checks, "answered from memory: no reservation check published");
+    let (store, cache) = stock(&ports, 2).await;
+    assert_eq!(store, 1);
+    assert_ne!(cache, Some(0), "nothing reserved of the cart's other commodity");
+
+    orderly.drain().await.expect("workers run");
+    orderly.cancel(Actor::Buyer(Uid(5)), last[0]).await.expect("cancelled");
+    orderly.drain().await.expect("the unit goes back to the cache");
+    assert_eq!(stock(&ports, 1).await, (1, Some(1)));
+    let refused = orderly.place_orders(&body(8, false, &[(1, 1)]), None).await;
+    assert!(matches!(refused, Err(PlaceError::SoldOut { .. })), "still within the window: {refused:?}");
+    clock.advance_ms(window_ms);
+    orderly.place_orders(&body(8, false, &[(1, 1)]), None).await.expect("the returned unit is sold again");
     settle_and_audit(&orderly, &clock).await;
 }

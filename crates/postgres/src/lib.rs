@@ -150,20 +150,32 @@ impl PgStore {
 
     /// The orders stored under these numbers, read (and locked, in key order) by one statement.
     async fn read_orders(tx: &mut Tx, order_nos: &[OrderNo]) -> PortResult<HashMap<OrderNo, Order>> {
+        Self::orders_by_keys(&mut **tx, order_nos, true).await
+    }
+
+    /// The orders stored under these numbers, by one statement; with `lock`, locked in key order.
+    async fn orders_by_keys<'e>(
+        executor: impl sqlx::PgExecutor<'e>,
+        order_nos: &[OrderNo],
+        lock: bool,
+    ) -> PortResult<HashMap<OrderNo, Order>> {
         if order_nos.is_empty() {
             return Ok(HashMap::new());
         }
         let keys = order_nos.iter().map(|&n| key(n)).collect::<PortResult<Vec<_>>>()?;
-        let rows = sqlx::query(
+        let sql = if lock {
             "SELECT body FROM orders
              WHERE (order_id, shard) IN (SELECT * FROM UNNEST($1::bigint[], $2::smallint[]))
-             ORDER BY order_id, shard FOR UPDATE",
-        )
-        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(database_error)?;
+             ORDER BY order_id, shard FOR UPDATE"
+        } else {
+            "SELECT body FROM orders WHERE (order_id, shard) IN (SELECT * FROM UNNEST($1::bigint[], $2::smallint[]))"
+        };
+        let rows = sqlx::query(sql)
+            .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+            .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+            .fetch_all(executor)
+            .await
+            .map_err(database_error)?;
         rows.iter()
             .map(|row| {
                 let order: Order = decode(&row.try_get::<String, _>("body").map_err(database_error)?)?;
@@ -406,6 +418,11 @@ impl Store for PgStore {
         Self::write_stock(&mut tx, &plan.stock).await?;
         Self::commit(tx).await?;
         Ok(plan.outcomes)
+    }
+
+    async fn orders(&self, order_nos: &[OrderNo]) -> PortResult<Vec<Option<Order>>> {
+        let found = Self::orders_by_keys(&self.pool, order_nos, false).await?;
+        Ok(order_nos.iter().map(|n| found.get(n).cloned()).collect())
     }
 
     async fn order(&self, order_no: OrderNo) -> PortResult<Option<Order>> {

@@ -54,8 +54,11 @@ impl Orderly {
             Message::ReservationCheck { token } => self.check_reservation(*token).await,
             Message::UnpaidTimeout { order_no } => {
                 let now_ms = self.ports.clock.now_ms();
-                if let Some(later_ms) = self.before_unpaid_deadline(*order_no, now_ms).await? {
-                    return Ok(Handled::Later(later_ms));
+                match self.unpaid_deadline(*order_no, now_ms).await? {
+                    Deadline::Passed => {}
+                    Deadline::Later(later_ms) => return Ok(Handled::Later(later_ms)),
+                    // Paid, cancelled, closed, rejected or gone: nothing to close, no transaction to try.
+                    Deadline::Moot => return Ok(Handled::Done),
                 }
                 match self.ports.store.transition(*order_no, OrderAction::AutoCancel, now_ms).await? {
                     Ok(order) => {
@@ -82,15 +85,17 @@ impl Orderly {
         }
     }
 
-    /// `Some(wall time to look again)` while an order's unpaid deadline (its acceptance plus
-    /// `unpaid_timeout_ms`) has not passed by the monotonic clock: a timer the wall clock fired early
-    /// (it was stepped forward) waits out the rest. `None`: due, or no such order.
-    async fn before_unpaid_deadline(&self, order_no: OrderNo, now_ms: u64) -> Result<Option<u64>, PortError> {
-        let Some(order) = self.ports.store.order(order_no).await? else { return Ok(None) };
+    /// Where an order stands against its unpaid deadline (its acceptance plus `unpaid_timeout_ms`), by
+    /// the monotonic clock: a timer the wall clock fired early (it was stepped forward) waits out the
+    /// rest. An order in a final state (or none) is moot: a final state never changes.
+    async fn unpaid_deadline(&self, order_no: OrderNo, now_ms: u64) -> Result<Deadline, PortError> {
+        let Some(order) = self.ports.store.order(order_no).await?.filter(|o| !o.state.is_final()) else {
+            return Ok(Deadline::Moot);
+        };
         let deadline_ms = order.created_ms.saturating_add(self.config.unpaid_timeout_ms);
         let judged_ms = self.ports.clock.judged_now_ms(order.created_ms);
         if judged_ms >= deadline_ms {
-            return Ok(None);
+            return Ok(Deadline::Passed);
         }
         // One line per order: the step itself is said once, as a warning, by the clock.
         tracing::debug!(
@@ -99,7 +104,7 @@ impl Orderly {
             early_ms = deadline_ms - judged_ms,
             "unpaid timeout before its deadline by the monotonic clock; waiting"
         );
-        Ok(Some(now_ms + (deadline_ms - judged_ms)))
+        Ok(Deadline::Later(now_ms + (deadline_ms - judged_ms)))
     }
 
     /// Remark 1's recovery: order created → the reservation is the order's; still RESERVED → give the
@@ -138,4 +143,11 @@ impl Orderly {
 enum Handled {
     Done,
     Later(u64),
+}
+
+enum Deadline {
+    Passed,
+    /// The wall time to look again.
+    Later(u64),
+    Moot,
 }

@@ -18,13 +18,28 @@ impl Orderly {
         let mut batch = Vec::with_capacity(deliveries.len());
         let mut receipts = Vec::with_capacity(deliveries.len());
         let now_ms = self.ports.clock.now_ms();
+        // What the store holds under the batch's numbers, read at once: a redelivery of a finished
+        // creation reserves nothing, the store reports it as already done.
+        let order_nos: Vec<_> = deliveries
+            .iter()
+            .filter_map(|d| match &d.message {
+                Message::CreateOrder(order) => Some(order.order_no),
+                _ => None,
+            })
+            .collect();
+        let stored = self.ports.store.orders(&order_nos).await;
+        let mut created = stored.iter().flatten().map(|o| o.as_ref().is_some_and(|o| o.state != OrderState::Pending));
         for delivery in deliveries {
             let Message::CreateOrder(order) = &delivery.message else {
                 self.ports.bus.dead_letter(&delivery.receipt, "not a create-order message").await?;
                 continue;
             };
             let order = (**order).clone();
-            match self.hold_stock_for(&order).await {
+            let held = match &stored {
+                Ok(_) => self.hold_stock_for(&order, created.next().unwrap_or(false)).await,
+                Err(error) => Err(error.clone()),
+            };
+            match held {
                 Ok(token) => {
                     batch.push(CreateRequest {
                         token,
@@ -87,11 +102,10 @@ impl Orderly {
     }
 
     /// The reservation this order's creation will consume: its entry token claimed, or a fresh one if
-    /// that was released or lost. `None`: no stock in the cache, the order will be rejected.
-    async fn hold_stock_for(&self, order: &Order) -> Result<Option<Token>, PortError> {
-        let existing = self.ports.store.order(order.order_no).await?;
-        if existing.is_some_and(|o| o.state != OrderState::Pending) {
-            // A redelivery of a finished creation: the store reports it as already done.
+    /// that was released or lost. `None`: no stock in the cache, the order will be rejected — or it is
+    /// `created` already (a redelivery), and the store reports it so.
+    async fn hold_stock_for(&self, order: &Order, created: bool) -> Result<Option<Token>, PortError> {
+        if created {
             return Ok(None);
         }
         match self.ports.cache.claim(order.entry_token()).await? {
