@@ -217,24 +217,31 @@ impl Payments for GrpcPayments {
         }
     }
 
+    /// Page after page (the service answers a bounded page, by order number).
     async fn succeeded(&self) -> PortResult<Vec<(OrderNo, String)>> {
-        let reply = self
-            .with_retries(|mut client| {
-                let message = self.request(proto::ListSucceededRequest {});
-                async move { client.list_succeeded(message).await }
-            })
-            .await
-            .map_err(|status| unavailable(&status))?;
-        reply
-            .charges
-            .into_iter()
-            .map(|charge| {
+        let mut succeeded: Vec<(OrderNo, String)> = Vec::new();
+        loop {
+            let after = succeeded.last().map_or_else(String::new, |(order_no, _)| order_no.to_string());
+            let reply = self
+                .with_retries(|mut client| {
+                    let message = self.request(proto::ListSucceededRequest { after: after.clone() });
+                    async move { client.list_succeeded(message).await }
+                })
+                .await
+                .map_err(|status| unavailable(&status))?;
+            if reply.more && reply.charges.is_empty() {
+                return Err(ClientError::BadReply("an empty page with more to come".into()).into());
+            }
+            for charge in reply.charges {
                 let order_no = charge
                     .order_no
                     .parse()
                     .map_err(|_| ClientError::BadReply(format!("order number {}", charge.order_no)))?;
-                Ok((order_no, charge.payment_id))
-            })
-            .collect()
+                succeeded.push((order_no, charge.payment_id));
+            }
+            if !reply.more {
+                return Ok(succeeded);
+            }
+        }
     }
 }

@@ -15,14 +15,23 @@ use crate::proto::payment_server::{Payment, PaymentServer};
 /// Longest idempotency or refund key accepted.
 pub const KEY_LEN_MAX: usize = 200;
 
+/// Charges a `ListSucceeded` page carries at most (about 50 bytes each: far below gRPC's 4 MiB).
+pub const SUCCEEDED_PAGE: usize = 10_000;
+
 #[derive(Debug, Clone)]
 pub struct PaymentService {
     ledger: Arc<dyn Payments>,
+    succeeded_page: usize,
 }
 
 impl PaymentService {
     pub fn new(ledger: Arc<dyn Payments>) -> PaymentService {
-        PaymentService { ledger }
+        PaymentService { ledger, succeeded_page: SUCCEEDED_PAGE }
+    }
+
+    /// Smaller `ListSucceeded` pages (tests).
+    pub fn with_succeeded_page(self, succeeded_page: usize) -> PaymentService {
+        PaymentService { succeeded_page: succeeded_page.max(1), ..self }
     }
 
     pub fn into_server(self) -> PaymentServer<PaymentService> {
@@ -135,16 +144,22 @@ impl Payment for PaymentService {
 
     async fn list_succeeded(
         &self,
-        _request: Request<proto::ListSucceededRequest>,
+        request: Request<proto::ListSucceededRequest>,
     ) -> Result<Response<proto::ListSucceededReply>, Status> {
-        let charges = self
-            .ledger
-            .succeeded()
-            .await
-            .map_err(status_of)?
+        let after = request.into_inner().after;
+        let after: Option<OrderNo> = match after.as_str() {
+            "" => None,
+            text => Some(text.parse().map_err(|_| Status::invalid_argument(format!("order number {text:?}")))?),
+        };
+        let mut charges = self.ledger.succeeded().await.map_err(status_of)?;
+        charges.retain(|(order_no, _)| after.is_none_or(|after| *order_no > after));
+        charges.sort_unstable_by_key(|(order_no, _)| *order_no);
+        let more = charges.len() > self.succeeded_page;
+        let charges = charges
             .into_iter()
+            .take(self.succeeded_page)
             .map(|(order_no, payment_id)| proto::Charge { order_no: order_no.to_string(), payment_id })
             .collect();
-        Ok(Response::new(proto::ListSucceededReply { charges }))
+        Ok(Response::new(proto::ListSucceededReply { charges, more }))
     }
 }
