@@ -131,6 +131,8 @@ pub struct Recorder {
     pub elapsed: Duration,
     /// CPU milliseconds each process group of the run spent during the phase ([`crate::cpu`]).
     pub cpu_ms: BTreeMap<String, f64>,
+    /// Calls each engine served during the phase (`--engine-calls`), by counter.
+    pub engine_calls: BTreeMap<String, u64>,
 }
 
 impl Recorder {
@@ -147,6 +149,7 @@ impl Recorder {
             client_dropped: 0,
             elapsed: Duration::ZERO,
             cpu_ms: BTreeMap::new(),
+            engine_calls: BTreeMap::new(),
         }
     }
 

@@ -13,6 +13,7 @@
 
 mod ceilings;
 mod cpu;
+mod engines;
 mod load;
 mod orders;
 mod payment;

@@ -62,6 +62,11 @@ pub struct BenchArgs {
     /// keys and queues of their own). Reported with accepted orders/s as a share of each.
     #[arg(long)]
     engine_ceilings: bool,
+    /// Also count, around each phase, the calls each engine of the cluster served, as the engine counts
+    /// them: PostgreSQL transactions of `cluster.postgres_url`'s database, Redis script calls and
+    /// commands on `cluster.redis_url`. Reported per accepted order: the round trips an order costs it.
+    #[arg(long)]
+    engine_calls: bool,
     /// Where the report goes (`<out>/<scenario>/`).
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
@@ -275,10 +280,15 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     let settle = Duration::from_secs(args.settle_timeout_s);
     let closed = Mode::Closed { connections: args.connections };
     let mut phases: Vec<(PhaseSpec, Recorder)> = Vec::new();
+    let engines = match args.engine_calls {
+        true => Some(crate::engines::Engines::connect(&config.cluster.postgres_url, &config.cluster.redis_url).await?),
+        false => None,
+    };
+    let engines = engines.as_ref();
     if !args.no_baseline {
         let spec =
             PhaseSpec { name: "healthz".into(), kind: Kind::Healthz, mode: closed, duration, requests_max: None };
-        let recorder = run_with_progress(&spec, &target, &workload, args.seed, &follow_ups).await;
+        let recorder = run_with_progress(&spec, &target, &workload, args.seed, &follow_ups, engines).await?;
         phases.push((spec, recorder));
     }
     let mut ceilings = Vec::new();
@@ -303,7 +313,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     if let Some(naive_workload) = &naive_workload {
         let requests_max = if args.scenario == Scenario::Flash { Some(flash_requests) } else { args.requests };
         let spec = PhaseSpec { name: "naive".into(), kind: Kind::NaiveOrder, mode: closed, duration, requests_max };
-        let recorder = run_with_progress(&spec, &target, naive_workload, args.seed, &follow_ups).await;
+        let recorder = run_with_progress(&spec, &target, naive_workload, args.seed, &follow_ups, engines).await?;
         phases.push((spec, recorder));
         // Its outbox (timeouts, charges) is worked off before our phases start.
         let settled = wait_for(&target, Instant::now(), settle, quiet).await;
@@ -312,12 +322,12 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     match args.scenario {
         Scenario::Flash => {
             let spec = order_phase("flash", closed, Some(flash_requests));
-            let recorder = run_with_progress(&spec, &target, &workload, args.seed, &follow_ups).await;
+            let recorder = run_with_progress(&spec, &target, &workload, args.seed, &follow_ups, engines).await?;
             phases.push((spec, recorder));
         }
         Scenario::Mixed | Scenario::Overload => {
             let spec = order_phase("capacity", closed, args.requests);
-            let recorder = run_with_progress(&spec, &target, &workload, args.seed, &follow_ups).await;
+            let recorder = run_with_progress(&spec, &target, &workload, args.seed, &follow_ups, engines).await?;
             let capacity = recorder.answered() as f64 / recorder.elapsed.as_secs_f64().max(0.001);
             phases.push((spec, recorder));
             // The next phase starts from quiet, not with this one's backlog of creates and timers.
@@ -330,7 +340,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
             // The client must not be the bottleneck: room for half a second of the offered load in flight.
             let in_flight_max = (per_second as usize / 2).clamp(args.connections, 4_096);
             let spec = order_phase(name, Mode::Rate { per_second, in_flight_max }, args.requests);
-            let recorder = run_with_progress(&spec, &target, &workload, args.seed + 1, &follow_ups).await;
+            let recorder = run_with_progress(&spec, &target, &workload, args.seed + 1, &follow_ups, engines).await?;
             phases.push((spec, recorder));
         }
     }
@@ -414,7 +424,8 @@ async fn run_with_progress(
     workload: &Arc<Workload>,
     seed: u64,
     follow_ups: &load::FollowUps,
-) -> Recorder {
+    engines: Option<&crate::engines::Engines>,
+) -> anyhow::Result<Recorder> {
     let live = Arc::new(Live::default());
     let bar = indicatif::ProgressBar::new(spec.duration.as_millis() as u64);
     bar.set_style(
@@ -436,9 +447,16 @@ async fn run_with_progress(
             }
         })
     };
+    let calls_before = match engines {
+        Some(engines) => Some(engines.read().await?),
+        None => None,
+    };
     let cpu_before = crate::cpu::snapshot();
     let mut recorder = load::run_phase(spec, target, workload, seed, live, follow_ups.clone()).await;
     recorder.cpu_ms = crate::cpu::spent_ms(&cpu_before, &crate::cpu::snapshot());
+    if let (Some(engines), Some(before)) = (engines, calls_before) {
+        recorder.engine_calls = crate::engines::spent(&before, &engines.read().await?);
+    }
     ticker.abort();
     bar.finish_and_clear();
     eprintln!(
@@ -449,7 +467,7 @@ async fn run_with_progress(
         recorder.answered() as f64 / recorder.elapsed.as_secs_f64().max(0.001),
         recorder.outcomes.get("ok").copied().unwrap_or(0)
     );
-    recorder
+    Ok(recorder)
 }
 
 /// Nothing left to do: no message waiting, no outbox event to relay, no payment to settle.

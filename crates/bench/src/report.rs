@@ -57,6 +57,8 @@ pub struct PhaseReport {
     /// CPU milliseconds per 200 answer (accepted order, or healthz answer), by process group: what one
     /// costs the API, the workers, the payment service, each engine and the load generator.
     pub cpu_ms_per_ok: BTreeMap<String, f64>,
+    /// Calls each engine served per 200 answer (`--engine-calls`), by counter.
+    pub engine_calls_per_ok: BTreeMap<String, f64>,
 }
 
 impl PhaseReport {
@@ -80,6 +82,10 @@ impl PhaseReport {
             cpu_ms_per_ok: match count("ok") {
                 0 => BTreeMap::new(),
                 ok => recorder.cpu_ms.iter().map(|(group, ms)| (group.clone(), ms / ok as f64)).collect(),
+            },
+            engine_calls_per_ok: match count("ok") {
+                0 => BTreeMap::new(),
+                ok => recorder.engine_calls.iter().map(|(name, n)| (name.clone(), *n as f64 / ok as f64)).collect(),
             },
         }
     }
@@ -397,6 +403,7 @@ impl Report {
             );
         }
         cpu_table(&mut md, &self.phases);
+        engine_calls_table(&mut md, &self.phases);
         if !self.ceilings.is_empty() {
             let ours =
                 self.phases.iter().find(|p| p.name == "capacity" || p.name == "flash").map_or(0.0, |p| p.ok_per_s);
@@ -454,6 +461,28 @@ fn cpu_table(md: &mut String, phases: &[PhaseReport]) {
             .collect();
         let total: f64 = phase.cpu_ms_per_ok.values().sum();
         let _ = writeln!(md, "| {} | {} | {total:.3} |", phase.name, cells.join(" | "));
+    }
+    md.push('\n');
+}
+
+/// Engine calls per 200 answer, a row per phase and a column per counter (none without
+/// `--engine-calls`).
+fn engine_calls_table(md: &mut String, phases: &[PhaseReport]) {
+    let counters: std::collections::BTreeSet<&String> =
+        phases.iter().flat_map(|p| p.engine_calls_per_ok.keys()).collect();
+    if counters.is_empty() {
+        return;
+    }
+    let header: Vec<&str> = counters.iter().map(|c| c.as_str()).collect();
+    let _ = writeln!(md, "Engine calls per 200 answer, as each engine counts them (`--engine-calls`):\n");
+    let _ = writeln!(md, "| phase | {} |", header.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---|".repeat(header.len()));
+    for phase in phases.iter().filter(|p| !p.engine_calls_per_ok.is_empty()) {
+        let cells: Vec<String> = counters
+            .iter()
+            .map(|c| phase.engine_calls_per_ok.get(*c).map_or("-".to_owned(), |n| format!("{n:.2}")))
+            .collect();
+        let _ = writeln!(md, "| {} | {} |", phase.name, cells.join(" | "));
     }
     md.push('\n');
 }
