@@ -136,7 +136,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    fn new() -> Recorder {
+    pub(crate) fn new() -> Recorder {
         Recorder {
             seconds: Vec::new(),
             accept_us: histogram(),

@@ -445,44 +445,42 @@ impl Report {
 /// CPU milliseconds per 200 answer, a row per phase and a column per process group (none when `/proc`
 /// could not be read).
 fn cpu_table(md: &mut String, phases: &[PhaseReport]) {
-    let groups: std::collections::BTreeSet<&String> = phases.iter().flat_map(|p| p.cpu_ms_per_ok.keys()).collect();
-    if groups.is_empty() {
-        return;
-    }
-    let header: Vec<&str> = groups.iter().map(|g| g.as_str()).collect();
-    let _ =
-        writeln!(md, "\nCPU ms per 200 answer (accepted order or healthz answer), by process (`/proc/<pid>/stat`):\n");
-    let _ = writeln!(md, "| phase | {} | total |", header.join(" | "));
-    let _ = writeln!(md, "|---|{}---|", "---|".repeat(header.len()));
-    for phase in phases.iter().filter(|p| !p.cpu_ms_per_ok.is_empty()) {
-        let cells: Vec<String> = groups
-            .iter()
-            .map(|g| phase.cpu_ms_per_ok.get(*g).map_or("-".to_owned(), |ms| format!("{ms:.3}")))
-            .collect();
-        let total: f64 = phase.cpu_ms_per_ok.values().sum();
-        let _ = writeln!(md, "| {} | {} | {total:.3} |", phase.name, cells.join(" | "));
-    }
-    md.push('\n');
+    let title = "\nCPU ms per 200 answer (accepted order or healthz answer), by process (`/proc/<pid>/stat`):";
+    per_ok_table(md, title, phases, |p| &p.cpu_ms_per_ok, 3, true);
 }
 
 /// Engine calls per 200 answer, a row per phase and a column per counter (none without
 /// `--engine-calls`).
 fn engine_calls_table(md: &mut String, phases: &[PhaseReport]) {
-    let counters: std::collections::BTreeSet<&String> =
-        phases.iter().flat_map(|p| p.engine_calls_per_ok.keys()).collect();
-    if counters.is_empty() {
+    let title = "Engine calls per 200 answer, as each engine counts them (`--engine-calls`):";
+    per_ok_table(md, title, phases, |p| &p.engine_calls_per_ok, 2, false);
+}
+
+/// Figures per 200 answer: a row per phase that has them, a column per name, and with `total` a last
+/// column summing the row. Nothing when no phase has any.
+fn per_ok_table(
+    md: &mut String,
+    title: &str,
+    phases: &[PhaseReport],
+    figures: impl Fn(&PhaseReport) -> &BTreeMap<String, f64>,
+    decimals: usize,
+    total: bool,
+) {
+    let names: std::collections::BTreeSet<&String> = phases.iter().flat_map(|p| figures(p).keys()).collect();
+    if names.is_empty() {
         return;
     }
-    let header: Vec<&str> = counters.iter().map(|c| c.as_str()).collect();
-    let _ = writeln!(md, "Engine calls per 200 answer, as each engine counts them (`--engine-calls`):\n");
-    let _ = writeln!(md, "| phase | {} |", header.join(" | "));
-    let _ = writeln!(md, "|---|{}", "---|".repeat(header.len()));
-    for phase in phases.iter().filter(|p| !p.engine_calls_per_ok.is_empty()) {
-        let cells: Vec<String> = counters
-            .iter()
-            .map(|c| phase.engine_calls_per_ok.get(*c).map_or("-".to_owned(), |n| format!("{n:.2}")))
-            .collect();
-        let _ = writeln!(md, "| {} | {} |", phase.name, cells.join(" | "));
+    let header: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+    let (total_header, total_rule) = if total { (" total |", "---|") } else { ("", "") };
+    let _ = writeln!(md, "{title}\n");
+    let _ = writeln!(md, "| phase | {} |{total_header}", header.join(" | "));
+    let _ = writeln!(md, "|---|{}{total_rule}", "---|".repeat(header.len()));
+    for phase in phases.iter().filter(|p| !figures(p).is_empty()) {
+        let row = figures(phase);
+        let cells: Vec<String> =
+            names.iter().map(|n| row.get(*n).map_or("-".to_owned(), |x| format!("{x:.decimals$}"))).collect();
+        let sum = if total { format!(" {:.decimals$} |", row.values().sum::<f64>()) } else { String::new() };
+        let _ = writeln!(md, "| {} | {} |{sum}", phase.name, cells.join(" | "));
     }
     md.push('\n');
 }
@@ -561,4 +559,31 @@ fn charts(out: &Path, phases: &[(PhaseSpec, Recorder)]) -> anyhow::Result<()> {
         "ms",
         &[("p50", &p50, RGBColor(44, 160, 44)), ("p99", &p99, RGBColor(148, 103, 189))],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_order_tables_have_a_row_per_phase_and_a_total_where_asked() {
+        let spec = PhaseSpec {
+            name: "capacity".into(),
+            kind: Kind::Order,
+            mode: Mode::Closed { connections: 1 },
+            duration: Duration::from_secs(1),
+            requests_max: None,
+        };
+        let mut recorder = Recorder::new();
+        recorder.outcomes.insert("ok".into(), 2);
+        recorder.cpu_ms = BTreeMap::from([("api".to_owned(), 1.0), ("redis".to_owned(), 3.0)]);
+        recorder.engine_calls = BTreeMap::from([("redis script calls".to_owned(), 9)]);
+        let phases = vec![PhaseReport::new(&spec, &recorder)];
+        let mut md = String::new();
+        cpu_table(&mut md, &phases);
+        engine_calls_table(&mut md, &phases);
+        let cpu = "| phase | api | redis | total |\n|---|---|---|---|\n| capacity | 0.500 | 1.500 | 2.000 |\n";
+        assert!(md.contains(cpu), "{md}");
+        assert!(md.contains("| phase | redis script calls |\n|---|---|\n| capacity | 4.50 |\n"), "{md}");
+    }
 }

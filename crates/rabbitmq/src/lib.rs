@@ -383,33 +383,9 @@ impl Core {
         self.delay_queue(topic, tier)
     }
 
-    /// Publishes and waits for every confirm.
+    /// Publishes and waits for every confirm: the first failure, if any.
     async fn send(&self, items: Vec<(String, Vec<u8>)>) -> PortResult<()> {
-        let link = self.link().await?;
-        let properties =
-            BasicProperties::default().with_delivery_mode(2).with_content_type(ShortString::from("application/json"));
-        let mut confirms = Vec::with_capacity(items.len());
-        for (queue, body) in items {
-            let confirm = link
-                .publisher
-                .basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties.clone(),
-                )
-                .await
-                .map_err(unavailable)?;
-            confirms.push(confirm);
-        }
-        for confirm in confirms {
-            match confirm.await.map_err(unavailable)? {
-                Confirmation::Ack(_) => {}
-                other => return Err(BusError::NotConfirmed(format!("{other:?}")).into()),
-            }
-        }
-        Ok(())
+        self.send_each(items).await.into_iter().collect()
     }
 
     /// Publishes every body and waits for each confirm: one result per body.

@@ -61,17 +61,24 @@ async fn a_flushed_redis_answers_not_loaded_and_missing_never_reserved() {
     assert_eq!(cache.release(token).await.expect("release"), Some(TokenState::Released));
 }
 
+const SHORT_TTL_SHOP: ShopId = ShopId(100_002);
+
+/// A cache whose tokens live 200 ms, with 10 units of commodity 1 in `SHORT_TTL_SHOP`.
+async fn short_lived_tokens() -> (RedisStockCache, ShopId) {
+    let cache = RedisStockCache::connect(RedisCacheConfig { url: url(), namespace: namespace(), token_ttl_ms: 200 })
+        .await
+        .expect("Redis is up (CI starts it; see .ci/run)");
+    let level = StockLevel { shop_id: SHORT_TTL_SHOP, initial: 10, available: 10, version: 1 };
+    cache.init(&[(CommodityId(1), level)]).await.expect("init");
+    (cache, SHORT_TTL_SHOP)
+}
+
 /// A claimed token outlives the token TTL (its create may wait in a backlog longer than that); a
 /// reserved one expires. Before, a claimed token expired too, and the worker reserved the order's
 /// units a second time.
 #[tokio::test]
 async fn a_claimed_token_does_not_expire_a_reserved_one_does() {
-    let cache = RedisStockCache::connect(RedisCacheConfig { url: url(), namespace: namespace(), token_ttl_ms: 200 })
-        .await
-        .expect("Redis is up (CI starts it; see .ci/run)");
-    let shop = ShopId(100_002);
-    let level = StockLevel { shop_id: shop, initial: 10, available: 10, version: 1 };
-    cache.init(&[(CommodityId(1), level)]).await.expect("init");
+    let (cache, shop) = short_lived_tokens().await;
     let claimed = Token::entry(OrderNo::new(SnowflakeId(1), Uid(7)), shop);
     let reserved = Token::entry(OrderNo::new(SnowflakeId(2), Uid(7)), shop);
     let own = Token::worker(OrderNo::new(SnowflakeId(3), Uid(7)), shop);
@@ -92,12 +99,7 @@ async fn a_claimed_token_does_not_expire_a_reserved_one_does() {
 /// expired had its deductions counted again.
 #[tokio::test]
 async fn a_deduction_reported_after_its_token_expired_is_not_counted_again() {
-    let cache = RedisStockCache::connect(RedisCacheConfig { url: url(), namespace: namespace(), token_ttl_ms: 200 })
-        .await
-        .expect("Redis is up (CI starts it; see .ci/run)");
-    let shop = ShopId(100_002);
-    let level = StockLevel { shop_id: shop, initial: 10, available: 10, version: 1 };
-    cache.init(&[(CommodityId(1), level)]).await.expect("init");
+    let (cache, shop) = short_lived_tokens().await;
     let token = Token::entry(OrderNo::new(SnowflakeId(1), Uid(7)), shop);
     assert_eq!(cache.reserve(token, &[(CommodityId(1), 3)], true).await.expect("reserve"), Reserve::Reserved);
     cache.confirm(token, &[(CommodityId(1), 3, 2)]).await.expect("confirm");
