@@ -35,8 +35,10 @@ impl Orderly {
         idempotency_key: Option<&str>,
     ) -> Result<Vec<OrderNo>, PlaceError> {
         let drafts = self.price(body).await?;
-        let order_nos = match idempotency_key {
-            None => self.bounded("ids", self.new_order_nos(body.uid, drafts.len())).await?,
+        // `retry`: an earlier attempt with this key got as far as pinning these numbers, and maybe further
+        // (its creates may be on the bus): only the idempotent steps on the same numbers tell.
+        let (order_nos, retry) = match idempotency_key {
+            None => (self.bounded("ids", self.new_order_nos(body.uid, drafts.len())).await?, false),
             Some(key) => {
                 let request = serde_json::to_string(body)
                     .map_err(|e| PortError::failed("idempotency", format!("cannot encode the request: {e}")))?;
@@ -46,7 +48,7 @@ impl Orderly {
                     answer: None,
                 };
                 match self.bounded("store", self.ports.store.idempotency_begin(body.uid, key, &fresh)).await? {
-                    IdempotencyBegin::Started => fresh.order_nos,
+                    IdempotencyBegin::Started => (fresh.order_nos, false),
                     IdempotencyBegin::Mismatch => return Err(PlaceError::IdempotencyKeyReused),
                     IdempotencyBegin::Seen(seen) => match seen.answer {
                         Some(StoredAnswer::Accepted) => return Ok(seen.order_nos),
@@ -54,7 +56,7 @@ impl Orderly {
                             return Err(PlaceError::SoldOut { commodity_id });
                         }
                         // Same body, so the same split: the pinned numbers fit the drafts one to one.
-                        None if seen.order_nos.len() == drafts.len() => seen.order_nos,
+                        None if seen.order_nos.len() == drafts.len() => (seen.order_nos, true),
                         None => return Err(PlaceError::IdempotencyKeyReused),
                     },
                 }
@@ -62,7 +64,8 @@ impl Orderly {
         };
         let now_ms = self.ports.clock.now_ms();
         let orders = pending_orders(drafts, &order_nos, now_ms);
-        if let Some(commodity_id) = self.known_sold_out(&orders, now_ms).await {
+        // Not for a retry: its own reservation may be what sold the commodity out.
+        if !retry && let Some(commodity_id) = self.known_sold_out(&orders, now_ms).await {
             return self.sold_out(body.uid, idempotency_key, commodity_id).await;
         }
 

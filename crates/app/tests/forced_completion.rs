@@ -215,6 +215,26 @@ async fn a_store_failure_after_the_publish_still_answers_success() {
     settle_and_audit(&orderly, &clock).await;
 }
 
+/// A retry with a key whose first attempt took the last unit and got no stored answer: the commodity
+/// is sold out now — by that attempt — and the entry remembers it, but the retry must still be answered
+/// the first attempt's numbers (its create is on the bus), not "sold out" from memory.
+#[tokio::test]
+async fn a_retry_is_not_answered_sold_out_by_its_own_reservation() {
+    let Harness { mut orderly, mut ports, clock, .. } = harness(1).await;
+    let store = FaultyStore::install(&mut orderly, &mut ports);
+    let cart = body(5, false, &[(1, 1)]);
+    store.answer_down.store(true, Ordering::SeqCst);
+    let order_nos = orderly.place_orders(&cart, Some("k-last")).await.expect("the last unit");
+    store.answer_down.store(false, Ordering::SeqCst);
+    let other = orderly.place_orders(&body(6, false, &[(1, 1)]), None).await;
+    assert!(matches!(other, Err(PlaceError::SoldOut { .. })), "{other:?}: and now remembered so");
+    let retried = orderly.place_orders(&cart, Some("k-last")).await;
+    assert_eq!(retried.expect("the retry is the first attempt's success"), order_nos);
+    orderly.drain().await.expect("workers run");
+    assert_eq!(state(&ports, order_nos[0]).await, OrderState::ToPay);
+    settle_and_audit(&orderly, &clock).await;
+}
+
 /// Defect 5, second half: an accepted number is never "not found". The pending view is in the store
 /// before the create is handed to the bus (in the standalone profile the publish's sync then makes both
 /// durable together, so a crash right after the answer keeps the view), and the buyer's queries and
