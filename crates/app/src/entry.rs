@@ -110,9 +110,11 @@ impl Orderly {
         // The pending view before the create: from the moment the answer is success the number is found
         // (`pending` until the worker creates it), across a crash too — where the store and the bus share
         // a journal the publish's sync makes the view durable with the create. Nothing is published yet,
-        // so a failure here leaves nothing behind.
+        // but a write that answered an error (cut off by the deadline) may still land after the abort's
+        // clean-up, and the reservation check publishes a create from a view it finds: so the late
+        // creates are refused as after a failed publish.
         if let Err(error) = self.bounded("store", self.ports.store.insert_pending(&orders)).await {
-            self.abort(&orders, false).await;
+            self.abort(&orders, idempotency_key.is_none()).await;
             return Err(error.into());
         }
         let creates = orders

@@ -5,7 +5,10 @@
 //! is a batch of one and waits for nothing else.
 //!
 //! One batch is in flight at a time: the calls that arrive meanwhile make the next one. The batch runs
-//! in a task of its own, so a caller that gives up waiting (a timeout) does not abandon the others.
+//! in a task of its own, so a caller that gives up waiting (a timeout) does not abandon the others; the
+//! work of a caller that gave up before its batch was sent is dropped, not sent (it was answered an
+//! error). Work already sent may still land after its caller gave up: callers treat an error as "maybe
+//! done", as they would for one call cut off by a deadline.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -51,7 +54,10 @@ impl<T: Send + 'static> Group<T> {
             Err(oneshot::error::TryRecvError::Closed) => return Err(self.abandoned()),
             Err(oneshot::error::TryRecvError::Empty) => {}
         }
-        let (batch, answers): (Vec<T>, Vec<_>) = std::mem::take(&mut *self.waiting()).into_iter().unzip();
+        // The work of a caller that stopped waiting (its deadline passed) is not sent: it was answered an
+        // error, and nothing may come of it.
+        let (batch, answers): (Vec<T>, Vec<_>) =
+            std::mem::take(&mut *self.waiting()).into_iter().filter(|(_, answer)| !answer.is_closed()).unzip();
         let sending = send(batch);
         let _ = tokio::spawn(async move {
             let results = sending.await;
@@ -122,6 +128,42 @@ mod tests {
         let batches = batches.lock().expect("lock").clone();
         assert_eq!(batches.len(), 2, "{batches:?}");
         assert_eq!(batches[1].len(), 4, "the four that waited went together: {batches:?}");
+    }
+
+    /// Work whose caller stopped waiting before its batch was sent is not sent: the caller was answered
+    /// an error (its deadline), and nothing may come of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_of_a_caller_gone_before_its_batch_is_not_sent() {
+        let group: Arc<Group<u32>> = Arc::new(Group::new("engine"));
+        let batches = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let send = |batches: Arc<Mutex<Vec<Vec<u32>>>>, mut released: tokio::sync::watch::Receiver<bool>| {
+            move |batch: Vec<u32>| async move {
+                batches.lock().expect("lock").push(batch.clone());
+                let _ = released.wait_for(|r| *r).await;
+                batch.iter().map(|_| Ok(())).collect()
+            }
+        };
+        let first = {
+            let (group, send) = (Arc::clone(&group), send(Arc::clone(&batches), released.clone()));
+            tokio::spawn(async move { group.send(1, send).await })
+        };
+        while batches.lock().expect("lock").is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let gone = {
+            let (group, send) = (Arc::clone(&group), send(Arc::clone(&batches), released.clone()));
+            tokio::spawn(async move { group.send(2, send).await })
+        };
+        while group.waiting().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        let _ = gone.await;
+        release.send(true).expect("release");
+        assert!(first.await.expect("task").is_ok());
+        assert!(group.send(3, send(Arc::clone(&batches), released.clone())).await.is_ok());
+        assert_eq!(*batches.lock().expect("lock"), vec![vec![1], vec![3]], "2 was never sent");
     }
 
     /// A caller that stops waiting does not take the others' answers with it.

@@ -25,6 +25,10 @@ use orderly_domain::{CatalogEntry, CommodityId, OrderNo, OrderState, Uid};
 struct FaultyStore {
     inner: Arc<dyn Store>,
     pending_down: AtomicBool,
+    /// The pending view's write answers an error but lands after the entry's clean-up (a write cut
+    /// off by the entry's deadline that the database still carries out).
+    pending_lands_late: AtomicBool,
+    late_views: std::sync::Mutex<Vec<Order>>,
     answer_down: AtomicBool,
     forget_down: AtomicBool,
 }
@@ -34,6 +38,8 @@ impl FaultyStore {
         let store = Arc::new(FaultyStore {
             inner: Arc::clone(&ports.store),
             pending_down: AtomicBool::new(false),
+            pending_lands_late: AtomicBool::new(false),
+            late_views: std::sync::Mutex::new(Vec::new()),
             answer_down: AtomicBool::new(false),
             forget_down: AtomicBool::new(false),
         });
@@ -68,6 +74,10 @@ impl Store for FaultyStore {
     }
     async fn insert_pending(&self, orders: &[Order]) -> PortResult<()> {
         fails_if(&self.pending_down)?;
+        if self.pending_lands_late.load(Ordering::SeqCst) {
+            self.late_views.lock().expect("lock").extend_from_slice(orders);
+            return Err(PortError::unavailable("store", "injected: cut off by the deadline"));
+        }
         self.inner.insert_pending(orders).await
     }
     async fn forget_pending(&self, order_nos: &[OrderNo]) -> PortResult<()> {
@@ -279,6 +289,30 @@ async fn a_failed_pending_view_answers_an_error_and_leaves_nothing() {
     orderly.drain().await.expect("workers run");
     let (orders, _) = ports.store.audit_view().await.expect("view");
     assert!(orders.is_empty(), "{orders:?}");
+    settle_and_audit(&orderly, &clock).await;
+}
+
+/// The pending view's write answered an error (the entry's deadline cut it off) but the database
+/// carried it out after the entry had cleaned up: without a key the view left behind ends `rejected`,
+/// holding nothing, never created behind the 503. Before, the entry did not refuse the late create
+/// there ("nothing is published yet"), and the reservation check published one from the view.
+#[tokio::test]
+async fn a_pending_view_that_lands_after_its_error_answer_creates_nothing() {
+    let Harness { mut orderly, mut ports, clock, .. } = harness(10).await;
+    let store = FaultyStore::install(&mut orderly, &mut ports);
+    store.pending_lands_late.store(true, Ordering::SeqCst);
+    let answer = orderly.place_orders(&seed_body(), None).await;
+    assert!(matches!(answer, Err(PlaceError::Unavailable(_))), "{answer:?}");
+    store.pending_lands_late.store(false, Ordering::SeqCst);
+    let late = std::mem::take(&mut *store.late_views.lock().expect("lock"));
+    ports.store.insert_pending(&late).await.expect("the write lands after the clean-up");
+    clock.advance_ms(orderly.config().reservation_check_delay_ms);
+    orderly.drain().await.expect("workers run");
+    let (orders, _) = ports.store.audit_view().await.expect("view");
+    assert_eq!(orders.len(), 2, "{orders:?}");
+    assert!(orders.iter().all(|o| o.state == OrderState::Rejected), "{orders:?}");
+    assert_eq!(stock(&ports, 1).await, (10, Some(10)));
+    assert!(ports.payments.succeeded().await.expect("ledger").is_empty(), "nothing charged");
     settle_and_audit(&orderly, &clock).await;
 }
 
