@@ -85,37 +85,68 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use futures_util::future::BoxFuture;
+
     use super::*;
+
+    /// An engine for the tests: it records each batch as it starts, holds it until released, counts the
+    /// work of the batches it finished, and fails the odd items when asked to.
+    struct Engine {
+        started: Mutex<Vec<Vec<u32>>>,
+        finished: AtomicUsize,
+        released: tokio::sync::watch::Receiver<bool>,
+        fail_odd: bool,
+    }
+
+    impl Engine {
+        fn new(fail_odd: bool) -> (Arc<Engine>, tokio::sync::watch::Sender<bool>) {
+            let (release, released) = tokio::sync::watch::channel(false);
+            let engine = Engine { started: Mutex::default(), finished: AtomicUsize::new(0), released, fail_odd };
+            (Arc::new(engine), release)
+        }
+
+        /// What a caller hands [`Group::send`].
+        fn sender(self: &Arc<Self>) -> impl FnOnce(Vec<u32>) -> BoxFuture<'static, Vec<PortResult<()>>> + use<> {
+            let engine = Arc::clone(self);
+            move |batch| {
+                Box::pin(async move {
+                    engine.started.lock().expect("lock").push(batch.clone());
+                    let _ = engine.released.clone().wait_for(|r| *r).await;
+                    engine.finished.fetch_add(batch.len(), Ordering::SeqCst);
+                    let fails = |n: &u32| engine.fail_odd && n % 2 == 1;
+                    batch
+                        .iter()
+                        .map(|n| if fails(n) { Err(PortError::unavailable("engine", n)) } else { Ok(()) })
+                        .collect()
+                })
+            }
+        }
+
+        fn started(&self) -> Vec<Vec<u32>> {
+            self.started.lock().expect("lock").clone()
+        }
+
+        fn spawn_call(self: &Arc<Self>, group: &Arc<Group<u32>>, n: u32) -> tokio::task::JoinHandle<PortResult<()>> {
+            let (group, send) = (Arc::clone(group), self.sender());
+            tokio::spawn(async move { group.send(n, send).await })
+        }
+
+        async fn until_started(&self) {
+            while self.started.lock().expect("lock").is_empty() {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
 
     /// Calls that arrive while a batch is in flight go together in the next one, and each hears its own
     /// result.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn calls_waiting_behind_a_batch_go_together_and_hear_their_own_result() {
         let group: Arc<Group<u32>> = Arc::new(Group::new("engine"));
-        let batches = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
-        let (release, released) = tokio::sync::watch::channel(false);
-        let send = |batches: Arc<Mutex<Vec<Vec<u32>>>>, mut released: tokio::sync::watch::Receiver<bool>| {
-            move |batch: Vec<u32>| async move {
-                batches.lock().expect("lock").push(batch.clone());
-                let _ = released.wait_for(|r| *r).await;
-                batch
-                    .iter()
-                    .map(|n| if n % 2 == 0 { Ok(()) } else { Err(PortError::unavailable("engine", n)) })
-                    .collect()
-            }
-        };
-        let first = {
-            let (group, send) = (Arc::clone(&group), send(Arc::clone(&batches), released.clone()));
-            tokio::spawn(async move { group.send(0, send).await })
-        };
-        while batches.lock().expect("lock").is_empty() {
-            tokio::task::yield_now().await;
-        }
-        let mut later = Vec::new();
-        for n in 1..=4 {
-            let (group, send) = (Arc::clone(&group), send(Arc::clone(&batches), released.clone()));
-            later.push(tokio::spawn(async move { group.send(n, send).await }));
-        }
+        let (engine, release) = Engine::new(true);
+        let first = engine.spawn_call(&group, 0);
+        engine.until_started().await;
+        let later: Vec<_> = (1..=4).map(|n| engine.spawn_call(&group, n)).collect();
         // Let the four queue up behind the first batch, then let the batches finish.
         while group.waiting().len() < 4 {
             tokio::task::yield_now().await;
@@ -125,7 +156,7 @@ mod tests {
         let results: Vec<bool> =
             futures_util::future::join_all(later).await.into_iter().map(|r| r.expect("task").is_ok()).collect();
         assert_eq!(results, vec![false, true, false, true], "odd ones failed, each told its own");
-        let batches = batches.lock().expect("lock").clone();
+        let batches = engine.started();
         assert_eq!(batches.len(), 2, "{batches:?}");
         assert_eq!(batches[1].len(), 4, "the four that waited went together: {batches:?}");
     }
@@ -135,26 +166,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn work_of_a_caller_gone_before_its_batch_is_not_sent() {
         let group: Arc<Group<u32>> = Arc::new(Group::new("engine"));
-        let batches = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
-        let (release, released) = tokio::sync::watch::channel(false);
-        let send = |batches: Arc<Mutex<Vec<Vec<u32>>>>, mut released: tokio::sync::watch::Receiver<bool>| {
-            move |batch: Vec<u32>| async move {
-                batches.lock().expect("lock").push(batch.clone());
-                let _ = released.wait_for(|r| *r).await;
-                batch.iter().map(|_| Ok(())).collect()
-            }
-        };
-        let first = {
-            let (group, send) = (Arc::clone(&group), send(Arc::clone(&batches), released.clone()));
-            tokio::spawn(async move { group.send(1, send).await })
-        };
-        while batches.lock().expect("lock").is_empty() {
-            tokio::task::yield_now().await;
-        }
-        let gone = {
-            let (group, send) = (Arc::clone(&group), send(Arc::clone(&batches), released.clone()));
-            tokio::spawn(async move { group.send(2, send).await })
-        };
+        let (engine, release) = Engine::new(false);
+        let first = engine.spawn_call(&group, 1);
+        engine.until_started().await;
+        let gone = engine.spawn_call(&group, 2);
         while group.waiting().is_empty() {
             tokio::task::yield_now().await;
         }
@@ -162,38 +177,22 @@ mod tests {
         let _ = gone.await;
         release.send(true).expect("release");
         assert!(first.await.expect("task").is_ok());
-        assert!(group.send(3, send(Arc::clone(&batches), released.clone())).await.is_ok());
-        assert_eq!(*batches.lock().expect("lock"), vec![vec![1], vec![3]], "2 was never sent");
+        assert!(group.send(3, engine.sender()).await.is_ok());
+        assert_eq!(engine.started(), vec![vec![1], vec![3]], "2 was never sent");
     }
 
     /// A caller that stops waiting does not take the others' answers with it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_caller_that_gives_up_does_not_abandon_the_batch() {
         let group: Arc<Group<u32>> = Arc::new(Group::new("engine"));
-        let sent = Arc::new(AtomicUsize::new(0));
-        let (release, released) = tokio::sync::watch::channel(false);
-        let started = Arc::new(AtomicUsize::new(0));
-        let send = |sent: Arc<AtomicUsize>, mut released: tokio::sync::watch::Receiver<bool>| {
-            let started = Arc::clone(&started);
-            move |batch: Vec<u32>| async move {
-                started.fetch_add(1, Ordering::SeqCst);
-                let _ = released.wait_for(|r| *r).await;
-                sent.fetch_add(batch.len(), Ordering::SeqCst);
-                batch.iter().map(|_| Ok(())).collect()
-            }
-        };
-        let impatient = {
-            let (group, send) = (Arc::clone(&group), send(Arc::clone(&sent), released.clone()));
-            tokio::spawn(async move { group.send(1, send).await })
-        };
-        while started.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        let (engine, release) = Engine::new(false);
+        let impatient = engine.spawn_call(&group, 1);
+        engine.until_started().await;
         impatient.abort();
         let _ = impatient.await;
         release.send(true).expect("release");
-        let patient = group.send(2, send(Arc::clone(&sent), released.clone())).await;
+        let patient = group.send(2, engine.sender()).await;
         assert!(patient.is_ok());
-        assert_eq!(sent.load(Ordering::SeqCst), 2, "the abandoned caller's work was still sent");
+        assert_eq!(engine.finished.load(Ordering::SeqCst), 2, "the abandoned caller's work was still sent");
     }
 }

@@ -148,11 +148,6 @@ impl PgStore {
         row.map(|row| decode(&row.try_get::<String, _>("body").map_err(database_error)?)).transpose()
     }
 
-    /// The orders stored under these numbers, read (and locked, in key order) by one statement.
-    async fn read_orders(tx: &mut Tx, order_nos: &[OrderNo]) -> PortResult<HashMap<OrderNo, Order>> {
-        Self::orders_by_keys(&mut **tx, order_nos, true).await
-    }
-
     /// The orders stored under these numbers, by one statement; with `lock`, locked in key order.
     async fn orders_by_keys<'e>(
         executor: impl sqlx::PgExecutor<'e>,
@@ -411,7 +406,7 @@ impl Store for PgStore {
         let mut tx = self.begin().await?;
         let (order_nos, commodities) = create_batch_keys(requests);
         let levels = Self::lock_stock(&mut tx, &commodities).await?;
-        let stored = Self::read_orders(&mut tx, &order_nos).await?;
+        let stored = Self::orders_by_keys(&mut *tx, &order_nos, true).await?;
         let plan = plan_create(requests, stored, levels, now_ms)?;
         Self::put_orders(&mut tx, &plan.orders).await?;
         Self::put_outbox(&mut tx, &plan.events).await?;

@@ -18,8 +18,7 @@ impl Orderly {
         let mut batch = Vec::with_capacity(deliveries.len());
         let mut receipts = Vec::with_capacity(deliveries.len());
         let now_ms = self.ports.clock.now_ms();
-        // What the store holds under the batch's numbers, read at once: a redelivery of a finished
-        // creation reserves nothing, the store reports it as already done.
+        // What the store holds under the batch's numbers, read at once.
         let order_nos: Vec<_> = deliveries
             .iter()
             .filter_map(|d| match &d.message {
@@ -36,8 +35,10 @@ impl Orderly {
             };
             let order = (**order).clone();
             let held = match &stored {
-                Ok(_) => self.hold_stock_for(&order, created.next().unwrap_or(false)).await,
                 Err(error) => Err(error.clone()),
+                // A redelivery of a finished creation reserves nothing: the store reports it as done.
+                Ok(_) if created.next().unwrap_or(false) => Ok(None),
+                Ok(_) => self.hold_stock_for(&order).await,
             };
             match held {
                 Ok(token) => {
@@ -102,12 +103,8 @@ impl Orderly {
     }
 
     /// The reservation this order's creation will consume: its entry token claimed, or a fresh one if
-    /// that was released or lost. `None`: no stock in the cache, the order will be rejected — or it is
-    /// `created` already (a redelivery), and the store reports it so.
-    async fn hold_stock_for(&self, order: &Order, created: bool) -> Result<Option<Token>, PortError> {
-        if created {
-            return Ok(None);
-        }
+    /// that was released or lost. `None`: no stock in the cache, the order will be rejected.
+    async fn hold_stock_for(&self, order: &Order) -> Result<Option<Token>, PortError> {
         match self.ports.cache.claim(order.entry_token()).await? {
             Claim::Claimed | Claim::Confirmed => return Ok(Some(order.entry_token())),
             Claim::Released | Claim::Missing => {}
