@@ -17,28 +17,29 @@ use tokio::sync::oneshot;
 
 use crate::ports::{PortError, PortResult};
 
-/// Calls of one kind waiting to be sent together. `T` is one call's work.
+/// Calls of one kind waiting to be sent together. `T` is one call's work, `R` what it is answered (a
+/// read's rows; nothing for a write).
 #[derive(Debug)]
-pub struct Group<T> {
+pub struct Group<T, R = ()> {
     what: &'static str,
-    waiting: Mutex<Vec<(T, oneshot::Sender<PortResult<()>>)>>,
+    waiting: Mutex<Vec<(T, oneshot::Sender<PortResult<R>>)>>,
     /// Held by the call sending a batch until the batch's results are in.
     turn: tokio::sync::Mutex<()>,
 }
 
-impl<T: Send + 'static> Group<T> {
+impl<T: Send + 'static, R: Send + 'static> Group<T, R> {
     /// `what`: the engine, as errors name it.
-    pub fn new(what: &'static str) -> Group<T> {
+    pub fn new(what: &'static str) -> Group<T, R> {
         Group { what, waiting: Mutex::new(Vec::new()), turn: tokio::sync::Mutex::new(()) }
     }
 
     /// Sends `work` with whatever other calls are waiting. `send` gets the batch (this call's work among
     /// it, in arrival order) and answers one result per item, in the same order; it is called only by the
     /// call whose turn it is, so any call's `send` must do the same thing.
-    pub async fn send<F, Fut>(&self, work: T, send: F) -> PortResult<()>
+    pub async fn send<F, Fut>(&self, work: T, send: F) -> PortResult<R>
     where
         F: FnOnce(Vec<T>) -> Fut,
-        Fut: Future<Output = Vec<PortResult<()>>> + Send + 'static,
+        Fut: Future<Output = Vec<PortResult<R>>> + Send + 'static,
     {
         let (answer, mut answered) = oneshot::channel();
         self.waiting().push((work, answer));
@@ -71,7 +72,7 @@ impl<T: Send + 'static> Group<T> {
         answered.await.unwrap_or_else(|_| Err(self.abandoned()))
     }
 
-    fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<(T, oneshot::Sender<PortResult<()>>)>> {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<(T, oneshot::Sender<PortResult<R>>)>> {
         self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 

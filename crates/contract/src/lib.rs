@@ -102,6 +102,7 @@ macro_rules! store_contract {
             meta_values_round_trip,
             a_lease_has_one_holder_at_a_time,
             racing_batches_never_sell_more_than_the_stock,
+            racing_changes_are_each_decided_as_if_alone,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, PaymentAttempt, StoredAnswer, Token};
-use orderly_app::ports::{ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, PaymentResult, Store};
+use orderly_app::ports::{
+    ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PaymentResult, Store,
+};
 use orderly_domain::{
     CatalogEntry, CommodityId, Money, OrderAction, OrderLine, OrderNo, OrderState, ShopId, SnowflakeId,
     TransitionRejection, Uid,
@@ -327,4 +329,71 @@ pub async fn racing_batches_never_sell_more_than_the_stock(store: Arc<dyn Store>
     }
     assert_eq!(created_count, 50);
     assert_eq!((available(&store, A).await, available(&store, B).await), (0, 950));
+}
+
+/// Many changes at once, some of the same order (a store may decide them together): each is decided on
+/// what the ones before it left, exactly one ending an order wins, stock comes back once per ended order
+/// with one restock each, and every order's last accepted answer is the order as stored.
+pub async fn racing_changes_are_each_decided_as_if_alone(store: Arc<dyn Store>) {
+    with_stock(&store, &[(A, 100)]).await;
+    let orders: Vec<Order> = {
+        let mut orders = Vec::new();
+        for n in 1..=20 {
+            orders.push(created(&store, &order(n, &[(A, 2)], false)).await);
+        }
+        orders
+    };
+    assert_eq!(available(&store, A).await, 60);
+    let relayed: Vec<u64> = store.outbox(100).await.expect("outbox").into_iter().map(|(id, _)| id).collect();
+    store.outbox_done(&relayed).await.expect("relayed");
+    let attempt = PaymentAttempt { started_ms: T0_MS + 1, charge_deadline_ms: T0_MS + 2_000 };
+    let changes = [
+        OrderChange::Action(OrderAction::Cancel),
+        OrderChange::BeginPayment(attempt),
+        OrderChange::Action(OrderAction::AutoCancel),
+        OrderChange::Action(OrderAction::Cancel),
+    ];
+    let mut racing = Vec::new();
+    for (i, order) in orders.iter().enumerate() {
+        for k in 0..changes.len() {
+            // Each order's changes start in a different order.
+            let change = changes[(i + k) % changes.len()].clone();
+            let (store, order_no) = (Arc::clone(&store), order.order_no);
+            racing.push(tokio::spawn(async move {
+                let answer = store.change_order(order_no, change.clone(), T0_MS + 1).await.expect("io");
+                (order_no, change, answer)
+            }));
+        }
+    }
+    let missing = Arc::clone(&store);
+    let missing = tokio::spawn(async move { missing.transition(order_no(99), OrderAction::Cancel, T0_MS).await });
+    let mut answers = Vec::new();
+    for change in racing {
+        answers.push(change.await.expect("change"));
+    }
+    assert_eq!(missing.await.expect("change").expect("io"), Err(ChangeRejection::NotFound));
+    let mut ended = 0;
+    for order in &orders {
+        let own: Vec<&(OrderNo, OrderChange, Result<Order, ChangeRejection>)> =
+            answers.iter().filter(|(n, _, _)| *n == order.order_no).collect();
+        let accepted: Vec<&Order> = own.iter().filter_map(|(_, _, answer)| answer.as_ref().ok()).collect();
+        assert_eq!(accepted.len(), 1, "one change wins, the others are refused by what it left: {own:?}");
+        let stored = store.order(order.order_no).await.expect("read").expect("exists");
+        assert_eq!(accepted[0], &stored, "the winner's answer is the order as stored");
+        match stored.state {
+            OrderState::Cancelled | OrderState::Closed => ended += 1,
+            OrderState::ToPay => assert_eq!(stored.payment_attempt, Some(attempt)),
+            other => panic!("unexpected state {other:?}"),
+        }
+    }
+    assert_eq!(available(&store, A).await, 60 + 2 * ended, "stock back once per ended order");
+    let restocks = store
+        .outbox(100)
+        .await
+        .expect("outbox")
+        .into_iter()
+        .filter(|(_, event)| matches!(event, OutboxEvent::RestockCache(_)))
+        .count();
+    assert_eq!(restocks as u64, ended, "one restock per ended order");
+    assert_eq!(store.payments_pending().await.expect("count") as u64, 20 - ended, "the paying ones are in the set");
 }

@@ -18,7 +18,8 @@ pub mod payments;
 
 pub use error::PgError;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use orderly_app::PortError;
@@ -45,8 +46,15 @@ pub struct PgStore {
     /// of those, never corrupts; the entry does not wait for a WAL flush to record a pending view.
     unsynced: PgPool,
     /// Concurrent entries' pending views, written by one statement a batch.
-    pending_views: std::sync::Arc<Group<Vec<PendingRow>>>,
+    pending_views: Arc<Group<Vec<PendingRow>>>,
+    /// Concurrent reads of one order, made by one statement a batch.
+    reads: Arc<Group<OrderNo, Option<Order>>>,
+    /// Concurrent order changes, made by one transaction a batch.
+    changes: Arc<Group<Change, Result<Order, ChangeRejection>>>,
 }
+
+/// One caller's change: the order, the change, the time of the change.
+type Change = (OrderNo, OrderChange, u64);
 
 /// A pending view as written: order id, shard, buyer, state, body.
 type PendingRow = (i64, i16, i64, &'static str, String);
@@ -70,6 +78,90 @@ async fn insert_pending_rows(pool: PgPool, batch: Vec<Vec<PendingRow>>) -> Vec<P
     .map(|_| ())
     .map_err(database_error);
     batch.iter().map(|_| written.clone()).collect()
+}
+
+/// Reads orders for concurrent callers, by one statement.
+async fn read_orders(pool: PgPool, batch: Vec<OrderNo>) -> Vec<PortResult<Option<Order>>> {
+    match PgStore::orders_by_keys(&pool, &batch, false).await {
+        Ok(found) => batch.iter().map(|n| Ok(found.get(n).cloned())).collect(),
+        Err(error) => batch.iter().map(|_| Err(error.clone())).collect(),
+    }
+}
+
+/// Makes concurrent callers' order changes in one transaction: each decided in arrival order on the
+/// order and stock as the changes before it left them, exactly as one transaction per change would, and
+/// written by one statement per table. A refused change (or one whose order cannot be read) writes
+/// nothing and does not hold up the others; a failed transaction fails them all (nothing was done).
+///
+/// Locks are taken in the create batch's order, stock rows (by commodity) before order rows (by key),
+/// so a batch racing a create batch or another process's batch cannot deadlock with it. An order's lines
+/// never change: an unlocked read names the stock rows to lock; the locked read decides.
+async fn change_orders(pool: PgPool, batch: Vec<Change>) -> Vec<ChangeResult> {
+    match change_orders_in_one(&pool, &batch).await {
+        Ok(results) => results,
+        Err(error) => batch.iter().map(|_| Err(error.clone())).collect(),
+    }
+}
+
+async fn change_orders_in_one(pool: &PgPool, batch: &[Change]) -> PortResult<Vec<ChangeResult>> {
+    let mut tx = pool.begin().await.map_err(database_error)?;
+    let returning: Vec<OrderNo> =
+        batch.iter().filter(|(_, change, _)| may_return_stock(change)).map(|(n, _, _)| *n).collect();
+    let unlocked = PgStore::orders_by_keys(&mut *tx, &returning, false).await?;
+    let named: BTreeSet<CommodityId> = batch
+        .iter()
+        .filter_map(|(n, change, _)| unlocked.get(n).map(|order| stock_to_lock(order, change)))
+        .flatten()
+        .collect();
+    let mut levels = PgStore::lock_stock(&mut tx, &named.into_iter().collect::<Vec<_>>()).await?;
+    let order_nos: Vec<OrderNo> = batch.iter().map(|(n, _, _)| *n).collect::<BTreeSet<_>>().into_iter().collect();
+    let mut orders = PgStore::orders_by_keys(&mut *tx, &order_nos, true).await?;
+    let (mut results, mut events) = (Vec::with_capacity(batch.len()), Vec::new());
+    let (mut changed, mut stock, mut safe_pay) = (BTreeSet::new(), BTreeSet::new(), BTreeMap::new());
+    for (order_no, change, now_ms) in batch {
+        let Some(order) = orders.get(order_no).cloned() else {
+            results.push(Ok(Err(ChangeRejection::NotFound)));
+            continue;
+        };
+        let needed = stock_to_lock(&order, change);
+        let unlocked: Vec<CommodityId> = needed.iter().filter(|id| !levels.contains_key(id)).copied().collect();
+        if !unlocked.is_empty() {
+            // Created between the two reads (rare): lock its stock now, after the order — PostgreSQL
+            // detects the deadlock this may meet, and 40P01 is retryable.
+            levels.extend(PgStore::lock_stock(&mut tx, &unlocked).await?);
+        }
+        let own: Levels = needed.iter().filter_map(|id| levels.get(id).map(|level| (*id, *level))).collect();
+        let plan = match plan_change(order, change.clone(), own, *now_ms) {
+            Ok(Ok(plan)) => plan,
+            Ok(Err(rejection)) => {
+                results.push(Ok(Err(rejection)));
+                continue;
+            }
+            Err(error) => {
+                results.push(Err(error));
+                continue;
+            }
+        };
+        for (id, level) in plan.stock {
+            levels.insert(id, level);
+            stock.insert(id);
+        }
+        events.extend(plan.event);
+        if plan.safe_pay != SafePay::Untouched {
+            safe_pay.insert(*order_no, plan.safe_pay);
+        }
+        changed.insert(*order_no);
+        orders.insert(*order_no, plan.order.clone());
+        results.push(Ok(Ok(plan.order)));
+    }
+    let stock: Vec<(CommodityId, StockLevel)> = stock.iter().map(|id| (*id, levels[id])).collect();
+    let changed: Vec<Order> = changed.iter().map(|n| orders[n].clone()).collect();
+    PgStore::write_stock(&mut tx, &stock).await?;
+    PgStore::put_outbox(&mut tx, &events).await?;
+    PgStore::write_safe_pay(&mut tx, &safe_pay).await?;
+    PgStore::put_orders(&mut tx, &changed).await?;
+    PgStore::commit(tx).await?;
+    Ok(results)
 }
 
 fn database_error(error: sqlx::Error) -> PortError {
@@ -126,7 +218,13 @@ impl PgStore {
         let unsynced = PgPoolOptions::new()
             .max_connections((connections_max / 4).max(2))
             .connect_lazy_with(options.options([("synchronous_commit", "off")]));
-        Ok(PgStore { pool, unsynced, pending_views: std::sync::Arc::new(Group::new("postgres")) })
+        Ok(PgStore {
+            pool,
+            unsynced,
+            pending_views: Arc::new(Group::new("postgres")),
+            reads: Arc::new(Group::new("postgres")),
+            changes: Arc::new(Group::new("postgres")),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -135,17 +233,6 @@ impl PgStore {
 
     async fn begin(&self) -> PortResult<Tx> {
         self.pool.begin().await.map_err(database_error)
-    }
-
-    async fn read_order(tx: &mut Tx, order_no: OrderNo, lock: bool) -> PortResult<Option<Order>> {
-        let (id, shard) = key(order_no)?;
-        let sql = if lock {
-            "SELECT body FROM orders WHERE order_id = $1 AND shard = $2 FOR UPDATE"
-        } else {
-            "SELECT body FROM orders WHERE order_id = $1 AND shard = $2"
-        };
-        let row = sqlx::query(sql).bind(id).bind(shard).fetch_optional(&mut **tx).await.map_err(database_error)?;
-        row.map(|row| decode(&row.try_get::<String, _>("body").map_err(database_error)?)).transpose()
     }
 
     /// The orders stored under these numbers, by one statement; with `lock`, locked in key order.
@@ -177,10 +264,6 @@ impl PgStore {
                 Ok((order.order_no, order))
             })
             .collect()
-    }
-
-    async fn put_order(tx: &mut Tx, order: &Order) -> PortResult<()> {
-        Self::put_orders(tx, std::slice::from_ref(order)).await
     }
 
     /// Writes orders (each number once), by one statement.
@@ -272,30 +355,47 @@ impl PgStore {
         Ok(())
     }
 
-    /// Puts `order_no` in the safe-pay set, due at `due_ms` (or moves its entry there).
-    async fn enter_safe_pay(tx: &mut Tx, order_no: OrderNo, due_ms: u64) -> PortResult<()> {
-        let (id, shard) = key(order_no)?;
-        sqlx::query(
-            "INSERT INTO safe_pay (order_id, shard, due_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (order_id, shard) DO UPDATE SET due_ms = EXCLUDED.due_ms",
-        )
-        .bind(id)
-        .bind(shard)
-        .bind(signed(due_ms)?)
-        .execute(&mut **tx)
-        .await
-        .map_err(database_error)?;
-        Ok(())
-    }
-
-    async fn remove_safe_pay(tx: &mut Tx, order_no: OrderNo) -> PortResult<()> {
-        let (id, shard) = key(order_no)?;
-        sqlx::query("DELETE FROM safe_pay WHERE order_id = $1 AND shard = $2")
-            .bind(id)
-            .bind(shard)
+    /// Applies the safe-pay changes of a batch: each order's entry entered (or moved), or removed.
+    async fn write_safe_pay(tx: &mut Tx, changes: &BTreeMap<OrderNo, SafePay>) -> PortResult<()> {
+        let (mut entered, mut left) = ((vec![], vec![], vec![]), (vec![], vec![]));
+        for (&order_no, safe_pay) in changes {
+            let (id, shard) = key(order_no)?;
+            match *safe_pay {
+                SafePay::Untouched => {}
+                SafePay::Enter { due_ms } => {
+                    entered.0.push(id);
+                    entered.1.push(shard);
+                    entered.2.push(signed(due_ms)?);
+                }
+                SafePay::Leave => {
+                    left.0.push(id);
+                    left.1.push(shard);
+                }
+            }
+        }
+        if !entered.0.is_empty() {
+            sqlx::query(
+                "INSERT INTO safe_pay (order_id, shard, due_ms)
+                 SELECT * FROM UNNEST($1::bigint[], $2::smallint[], $3::bigint[])
+                 ON CONFLICT (order_id, shard) DO UPDATE SET due_ms = EXCLUDED.due_ms",
+            )
+            .bind(entered.0)
+            .bind(entered.1)
+            .bind(entered.2)
             .execute(&mut **tx)
             .await
             .map_err(database_error)?;
+        }
+        if !left.0.is_empty() {
+            sqlx::query(
+                "DELETE FROM safe_pay WHERE (order_id, shard) IN (SELECT * FROM UNNEST($1::bigint[], $2::smallint[]))",
+            )
+            .bind(left.0)
+            .bind(left.1)
+            .execute(&mut **tx)
+            .await
+            .map_err(database_error)?;
+        }
         Ok(())
     }
 
@@ -421,14 +521,8 @@ impl Store for PgStore {
     }
 
     async fn order(&self, order_no: OrderNo) -> PortResult<Option<Order>> {
-        let (id, shard) = key(order_no)?;
-        let row = sqlx::query("SELECT body FROM orders WHERE order_id = $1 AND shard = $2")
-            .bind(id)
-            .bind(shard)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(database_error)?;
-        row.map(|row| decode(&row.try_get::<String, _>("body").map_err(database_error)?)).transpose()
+        let pool = self.pool.clone();
+        self.reads.send(order_no, |batch| read_orders(pool, batch)).await
     }
 
     async fn orders_of(&self, buyer: Uid, before: Option<OrderNo>, limit: usize) -> PortResult<Vec<Order>> {
@@ -473,40 +567,8 @@ impl Store for PgStore {
     }
 
     async fn change_order(&self, order_no: OrderNo, change: OrderChange, now_ms: u64) -> ChangeResult {
-        let mut tx = self.begin().await?;
-        // Locks in the create batch's order, stock rows before the order row, so a cancel racing a
-        // redelivered create of the same order cannot deadlock with it. An order's lines never change:
-        // an unlocked read names the stock rows; the locked read decides.
-        let mut levels = Levels::new();
-        if may_return_stock(&change) {
-            let Some(unlocked) = Self::read_order(&mut tx, order_no, false).await? else {
-                return Ok(Err(ChangeRejection::NotFound));
-            };
-            levels = Self::lock_stock(&mut tx, &stock_to_lock(&unlocked, &change)).await?;
-        }
-        let Some(order) = Self::read_order(&mut tx, order_no, true).await? else {
-            return Ok(Err(ChangeRejection::NotFound));
-        };
-        let needed = stock_to_lock(&order, &change);
-        if levels.is_empty() && !needed.is_empty() {
-            // Created between the two reads (rare): lock its stock now, after the order — PostgreSQL
-            // detects the deadlock this may meet, and 40P01 is retryable.
-            levels = Self::lock_stock(&mut tx, &needed).await?;
-        }
-        let plan = match plan_change(order, change, levels, now_ms)? {
-            Ok(plan) => plan,
-            Err(rejection) => return Ok(Err(rejection)),
-        };
-        Self::write_stock(&mut tx, &plan.stock).await?;
-        Self::put_outbox(&mut tx, plan.event.as_slice()).await?;
-        match plan.safe_pay {
-            SafePay::Untouched => {}
-            SafePay::Enter { due_ms } => Self::enter_safe_pay(&mut tx, order_no, due_ms).await?,
-            SafePay::Leave => Self::remove_safe_pay(&mut tx, order_no).await?,
-        }
-        Self::put_order(&mut tx, &plan.order).await?;
-        Self::commit(tx).await?;
-        Ok(Ok(plan.order))
+        let pool = self.pool.clone();
+        self.changes.send((order_no, change, now_ms), |batch| change_orders(pool, batch)).await
     }
 
     async fn payments_due(&self, now_ms: u64, limit: usize) -> PortResult<Vec<OrderNo>> {
