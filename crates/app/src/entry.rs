@@ -238,6 +238,7 @@ impl Orderly {
             .into_iter()
             .map(|order| CreateRequest {
                 token: Some(order.entry_token()),
+                short_of: None,
                 unpaid_deadline_ms: now_ms + self.config.unpaid_timeout_ms,
                 order,
             })

@@ -165,6 +165,9 @@ pub struct CreateRequest {
     /// The cache reservation this creation consumes; `None` when the cache had no stock for it, and
     /// the store rejects the order without deducting.
     pub token: Option<Token>,
+    /// Without a token: the commodity the cache had too little of, named as the order's reason
+    /// (`rejected_for`; its first line when `None`).
+    pub short_of: Option<CommodityId>,
     pub unpaid_deadline_ms: u64,
 }
 

@@ -97,7 +97,7 @@ pub fn decide_create(request: &CreateRequest, levels: &mut Levels, now_ms: u64) 
         ));
     }
     let short = match request.token {
-        None => order.lines.first().map(|l| l.commodity_id),
+        None => request.short_of.or_else(|| order.lines.first().map(|l| l.commodity_id)),
         Some(_) => {
             // What the order takes of each commodity, all its lines counted (a cart names a commodity
             // once, but a create is read off the bus: it is not trusted to).

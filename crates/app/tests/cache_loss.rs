@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use orderly_app::Actor;
-use orderly_domain::{CommodityId, OrderState};
+use orderly_domain::{CatalogEntry, CommodityId, Money, OrderState, ShopId};
 
 #[tokio::test]
 async fn a_cache_lost_between_claim_and_commit_is_corrected_by_the_confirmation() {
@@ -34,6 +34,33 @@ async fn a_cache_lost_between_claim_and_commit_is_corrected_by_the_confirmation(
     settle_and_audit(&h.orderly, &h.clock).await;
     // Never paid: its timeout closed it and everything came back, to both.
     assert_eq!(stock(&h.ports, 1).await, (10, Some(10)));
+}
+
+/// An order whose reservation died with the cache, and whose units another buyer took meanwhile, is
+/// rejected for the commodity that ran out — not for its first line, which had stock to spare.
+#[tokio::test]
+async fn an_order_rejected_after_a_loss_names_the_commodity_that_ran_out() {
+    let mut h = harness(5).await;
+    let same_shop =
+        CatalogEntry { commodity_id: CommodityId(3), shop_id: ShopId(100_001), unit_price: Money::from_cents(2999) };
+    h.orderly.load_catalog(&[same_shop], &[(CommodityId(3), 5)]).await.expect("catalog");
+    let cache = LosableCache::install(&mut h.orderly, &mut h.ports);
+    // One order of two lines (both in shop 100001): one unit of 1, all five of 3.
+    let mut two_lines = body(1, false, &[(1, 1), (1, 5)]);
+    two_lines.commodity_details[1].commodity_id = CommodityId(3);
+    let first = h.orderly.place_orders(&two_lines, None).await.expect("accepted");
+    assert_eq!(first.len(), 1, "one shop, one order");
+    // The cache is lost before the worker claims; another buyer reloads 3 from the store (5: the first
+    // order is not created yet) and takes all of it.
+    cache.lose();
+    let mut all_of_three = body(2, false, &[(1, 5)]);
+    all_of_three.commodity_details[0].commodity_id = CommodityId(3);
+    let second = h.orderly.place_orders(&all_of_three, None).await.expect("accepted");
+    h.orderly.drain().await.expect("drain");
+    let rejected = order(&h.ports, first[0]).await;
+    assert_eq!((rejected.state, rejected.rejected_for), (OrderState::Rejected, Some(CommodityId(3))));
+    assert_eq!(state(&h.ports, second[0]).await, OrderState::ToPay);
+    settle_and_audit(&h.orderly, &h.clock).await;
 }
 
 #[tokio::test]

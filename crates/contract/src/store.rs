@@ -53,6 +53,7 @@ fn create(order: &Order) -> CreateRequest {
     CreateRequest {
         order: order.clone(),
         token: Some(Token::entry(order.order_no, SHOP)),
+        short_of: None,
         unpaid_deadline_ms: T0_MS + 900_000,
     }
 }
@@ -138,6 +139,15 @@ pub async fn create_never_takes_stock_below_zero(store: Arc<dyn Store>) {
         vec![CreateOutcome::Rejected { commodity_id: A }]
     );
     assert_eq!(available(&store, A).await, 1);
+    // … named for the commodity the cache lacked, when the worker says which.
+    let fourth = order(4, &[(A, 1), (B, 1)], false);
+    let request = CreateRequest { token: None, short_of: Some(B), ..create(&fourth) };
+    assert_eq!(
+        store.create_orders(&[request], T0_MS).await.expect("create"),
+        vec![CreateOutcome::Rejected { commodity_id: B }]
+    );
+    let rejected = store.order(fourth.order_no).await.expect("read").expect("exists");
+    assert_eq!(rejected.rejected_for, Some(B));
 }
 
 pub async fn a_duplicate_in_one_batch_is_created_once(store: Arc<dyn Store>) {

@@ -1,6 +1,6 @@
 //! Worker: creates accepted orders, a batch per step (remarks 3–5).
 
-use orderly_domain::OrderState;
+use orderly_domain::{CommodityId, OrderState};
 
 use super::{Fate, Outcome};
 use crate::model::{Message, Order, Token, TokenState, Topic};
@@ -37,13 +37,18 @@ impl Orderly {
             let held = match &stored {
                 Err(error) => Err(error.clone()),
                 // A redelivery of a finished creation reserves nothing: the store reports it as done.
-                Ok(_) if created.next().unwrap_or(false) => Ok(None),
+                Ok(_) if created.next().unwrap_or(false) => Ok(Err(None)),
                 Ok(_) => self.hold_stock_for(&order).await,
             };
             match held {
-                Ok(token) => {
+                Ok(held) => {
+                    let (token, short_of) = match held {
+                        Ok(token) => (Some(token), None),
+                        Err(short_of) => (None, short_of),
+                    };
                     batch.push(CreateRequest {
                         token,
+                        short_of,
                         unpaid_deadline_ms: now_ms + self.config.unpaid_timeout_ms,
                         order,
                     });
@@ -103,20 +108,22 @@ impl Orderly {
     }
 
     /// The reservation this order's creation will consume: its entry token claimed, or a fresh one if
-    /// that was released or lost. `None`: no stock in the cache, the order will be rejected.
-    async fn hold_stock_for(&self, order: &Order) -> Result<Option<Token>, PortError> {
+    /// that was released or lost. `Err`: none, the order will be rejected — for the commodity the cache
+    /// lacked, when that is why.
+    async fn hold_stock_for(&self, order: &Order) -> Result<Result<Token, Option<CommodityId>>, PortError> {
         match self.ports.cache.claim(order.entry_token()).await? {
-            Claim::Claimed | Claim::Confirmed => return Ok(Some(order.entry_token())),
+            Claim::Claimed | Claim::Confirmed => return Ok(Ok(order.entry_token())),
             Claim::Released | Claim::Missing => {}
         }
         let token = order.worker_token();
         match self.reserve(token, &order.stock_lines(), true).await? {
-            Reserve::Reserved | Reserve::AlreadyHeld(TokenState::Reserved | TokenState::Claimed) => Ok(Some(token)),
+            Reserve::Reserved | Reserve::AlreadyHeld(TokenState::Reserved | TokenState::Claimed) => Ok(Ok(token)),
+            Reserve::Insufficient { commodity_id, .. } => Ok(Err(Some(commodity_id))),
+            // A commodity the store has no stock ledger for.
+            Reserve::NotLoaded(ids) => Ok(Err(ids.first().copied())),
             // Released before it was reserved: the entry answered an error for this cart and refused
             // its late create (or the check released it); consumed already: the store says so.
-            Reserve::AlreadyHeld(TokenState::Released | TokenState::Confirmed)
-            | Reserve::Insufficient { .. }
-            | Reserve::NotLoaded(_) => Ok(None),
+            Reserve::AlreadyHeld(TokenState::Released | TokenState::Confirmed) => Ok(Err(None)),
         }
     }
 
