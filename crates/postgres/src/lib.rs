@@ -49,6 +49,8 @@ pub struct PgStore {
     pending_views: Arc<Group<Vec<PendingRow>>>,
     /// Concurrent reads of one order, made by one statement a batch.
     reads: Arc<Group<OrderNo, Option<Order>>>,
+    /// Concurrent reads of one catalog entry, made by one statement a batch.
+    commodities: Arc<Group<CommodityId, Option<CatalogEntry>>>,
     /// Concurrent order changes, made by one transaction a batch.
     changes: Arc<Group<Change, Result<Order, ChangeRejection>>>,
 }
@@ -84,6 +86,35 @@ async fn insert_pending_rows(pool: PgPool, batch: Vec<Vec<PendingRow>>) -> Vec<P
 async fn read_orders(pool: PgPool, batch: Vec<OrderNo>) -> Vec<PortResult<Option<Order>>> {
     match PgStore::orders_by_keys(&pool, &batch, false).await {
         Ok(found) => batch.iter().map(|n| Ok(found.get(n).cloned())).collect(),
+        Err(error) => batch.iter().map(|_| Err(error.clone())).collect(),
+    }
+}
+
+/// Reads catalog entries for concurrent callers, by one statement.
+async fn read_commodities(pool: PgPool, batch: Vec<CommodityId>) -> Vec<PortResult<Option<CatalogEntry>>> {
+    let read = async {
+        let ids = batch.iter().map(|id| signed(id.0)).collect::<PortResult<Vec<_>>>()?;
+        let rows =
+            sqlx::query("SELECT commodity_id, shop_id, unit_price_cents FROM commodities WHERE commodity_id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&pool)
+                .await
+                .map_err(database_error)?;
+        let get = |row: &sqlx::postgres::PgRow, column: &str| row.try_get::<i64, _>(column).map_err(database_error);
+        rows.iter()
+            .map(|row| {
+                let id = CommodityId(unsigned(get(row, "commodity_id")?)?);
+                let entry = CatalogEntry {
+                    commodity_id: id,
+                    shop_id: ShopId(unsigned(get(row, "shop_id")?)?),
+                    unit_price: Money::from_cents(get(row, "unit_price_cents")?),
+                };
+                Ok((id, entry))
+            })
+            .collect::<PortResult<HashMap<_, _>>>()
+    };
+    match read.await {
+        Ok(found) => batch.iter().map(|id| Ok(found.get(id).copied())).collect(),
         Err(error) => batch.iter().map(|_| Err(error.clone())).collect(),
     }
 }
@@ -223,6 +254,7 @@ impl PgStore {
             unsynced,
             pending_views: Arc::new(Group::new("postgres")),
             reads: Arc::new(Group::new("postgres")),
+            commodities: Arc::new(Group::new("postgres")),
             changes: Arc::new(Group::new("postgres")),
         })
     }
@@ -425,19 +457,8 @@ impl Store for PgStore {
     }
 
     async fn commodity(&self, id: CommodityId) -> PortResult<Option<CatalogEntry>> {
-        let row = sqlx::query("SELECT shop_id, unit_price_cents FROM commodities WHERE commodity_id = $1")
-            .bind(signed(id.0)?)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(database_error)?;
-        row.map(|row| {
-            Ok(CatalogEntry {
-                commodity_id: id,
-                shop_id: ShopId(unsigned(row.try_get("shop_id").map_err(database_error)?)?),
-                unit_price: Money::from_cents(row.try_get("unit_price_cents").map_err(database_error)?),
-            })
-        })
-        .transpose()
+        let pool = self.pool.clone();
+        self.commodities.send(id, |batch| read_commodities(pool, batch)).await
     }
 
     async fn add_stock(&self, id: CommodityId, quantity: u64) -> PortResult<StockLevel> {

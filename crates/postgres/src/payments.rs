@@ -8,10 +8,12 @@
 //! `INSERT … ON CONFLICT DO NOTHING`, its answer an `UPDATE` guarded by the attempt's key and state. The acquirer's
 //! "first writer wins" is the primary key of its records.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use orderly_app::PortError;
+use orderly_app::group::Group;
 use orderly_app::ports::{ChargeRequest, PortResult, RefundOutcome};
 use orderly_domain::{Money, OrderNo};
 use orderly_ledger::{
@@ -58,7 +60,13 @@ pub async fn connect_payment_ledger(
     let unsynced = PgPoolOptions::new()
         .max_connections((connections_max / 2).max(2))
         .connect_lazy_with(options.options([("search_path", schema), ("synchronous_commit", "off")]));
-    Ok((Arc::new(PgLedgerBook { pool: pool.clone(), unsynced }), Arc::new(PgCaptureBook { pool })))
+    let ledger = PgLedgerBook {
+        pool: pool.clone(),
+        unsynced,
+        firsts: Arc::new(Group::new("payments")),
+        answers: Arc::new(Group::new("payments")),
+    };
+    Ok((Arc::new(ledger), Arc::new(PgCaptureBook { pool, records: Arc::new(Group::new("acquirer")) })))
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +76,110 @@ pub struct PgLedgerBook {
     /// record, so one lost in a crash is copied again (see `LedgerBook`); the charge does not wait for
     /// a WAL flush to answer.
     unsynced: PgPool,
+    /// Concurrent first charges' entries, written by one statement a batch.
+    firsts: Arc<Group<Entry, bool>>,
+    /// Concurrent answers of running attempts, written by one statement a batch.
+    answers: Arc<Group<Entry, bool>>,
+}
+
+/// An entry as written: order number, idempotency key, state, body.
+type Entry = (String, String, &'static str, String);
+
+fn entry_row(order_no: OrderNo, entry: &LedgerEntry) -> PortResult<Entry> {
+    Ok((order_no.to_string(), entry.idempotency_key.clone(), entry.state.as_str(), encode(entry)?))
+}
+
+/// Runs one statement for a batch of rows and answers for each row whether the statement wrote it (its
+/// key among those the statement returned). A key twice in a batch is sent once: its later rows are
+/// answered `false`, as if they came after the first — their callers then read what the first wrote.
+async fn write_once_each<R, K, F, Fut>(batch: Vec<R>, key: impl Fn(&R) -> K, write: F) -> Vec<PortResult<bool>>
+where
+    R: Clone,
+    K: Eq + std::hash::Hash,
+    F: FnOnce(Vec<R>) -> Fut,
+    Fut: std::future::Future<Output = PortResult<Vec<K>>>,
+{
+    let mut seen = HashSet::new();
+    let first: Vec<bool> = batch.iter().map(|row| seen.insert(key(row))).collect();
+    let sent: Vec<R> = batch.iter().zip(&first).filter(|(_, first)| **first).map(|(row, _)| row.clone()).collect();
+    match write(sent).await {
+        Ok(written) => {
+            let written: HashSet<K> = written.into_iter().collect();
+            batch.iter().zip(first).map(|(row, first)| Ok(first && written.contains(&key(row)))).collect()
+        }
+        Err(error) => batch.iter().map(|_| Err(error.clone())).collect(),
+    }
+}
+
+/// First charges' entries, each unless its order has one already.
+async fn insert_entries(pool: PgPool, batch: Vec<Entry>) -> Vec<PortResult<bool>> {
+    write_once_each(
+        batch,
+        |row| row.0.clone(),
+        |rows| async move {
+            sqlx::query_scalar(
+                "INSERT INTO payment_ledger (order_no, idempotency_key, state, body)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
+             ON CONFLICT (order_no) DO NOTHING RETURNING order_no",
+            )
+            .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.3.as_str()).collect::<Vec<_>>())
+            .fetch_all(&pool)
+            .await
+            .map_err(database_error)
+        },
+    )
+    .await
+}
+
+/// Running attempts' answers, each only over its own attempt's PROCESSING entry.
+async fn settle_entries(pool: PgPool, batch: Vec<Entry>) -> Vec<PortResult<bool>> {
+    write_once_each(
+        batch,
+        |row| (row.0.clone(), row.1.clone()),
+        |rows| async move {
+            sqlx::query_as(
+                "UPDATE payment_ledger SET state = u.state, body = u.body
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u(order_no, idempotency_key, state, body)
+             WHERE payment_ledger.order_no = u.order_no AND payment_ledger.idempotency_key = u.idempotency_key
+               AND payment_ledger.state = 'processing'
+             RETURNING payment_ledger.order_no, payment_ledger.idempotency_key",
+            )
+            .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.3.as_str()).collect::<Vec<_>>())
+            .fetch_all(&pool)
+            .await
+            .map_err(database_error)
+        },
+    )
+    .await
+}
+
+/// Acquirer records, each unless its capture id has one already (first writer wins).
+async fn insert_records(pool: PgPool, batch: Vec<Entry>) -> Vec<PortResult<bool>> {
+    write_once_each(
+        batch,
+        |row| row.0.clone(),
+        |rows| async move {
+            sqlx::query_scalar(
+                "INSERT INTO acquirer_records (capture_id, order_no, outcome, body)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
+             ON CONFLICT (capture_id) DO NOTHING RETURNING capture_id",
+            )
+            .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.3.as_str()).collect::<Vec<_>>())
+            .fetch_all(&pool)
+            .await
+            .map_err(database_error)
+        },
+    )
+    .await
 }
 
 impl PgLedgerBook {
@@ -94,18 +206,8 @@ impl PgLedgerBook {
 
     /// Writes the entry of a first charge; false if the order has one already.
     async fn insert(&self, order_no: OrderNo, entry: &LedgerEntry) -> PortResult<bool> {
-        let done = sqlx::query(
-            "INSERT INTO payment_ledger (order_no, idempotency_key, state, body) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (order_no) DO NOTHING",
-        )
-        .bind(order_no.to_string())
-        .bind(&entry.idempotency_key)
-        .bind(entry.state.as_str())
-        .bind(encode(entry)?)
-        .execute(&self.pool)
-        .await
-        .map_err(database_error)?;
-        Ok(done.rows_affected() == 1)
+        let pool = self.pool.clone();
+        self.firsts.send(entry_row(order_no, entry)?, |batch| insert_entries(pool, batch)).await
     }
 }
 
@@ -158,18 +260,8 @@ impl LedgerBook for PgLedgerBook {
     ) -> PortResult<Option<LedgerEntry>> {
         // One statement: the running attempt's PROCESSING entry is identified by its key (written once).
         if let Some(settled) = settle_step(running, &running.idempotency_key, state) {
-            let done = sqlx::query(
-                "UPDATE payment_ledger SET state = $3, body = $4
-                 WHERE order_no = $1 AND idempotency_key = $2 AND state = 'processing'",
-            )
-            .bind(order_no.to_string())
-            .bind(&settled.idempotency_key)
-            .bind(settled.state.as_str())
-            .bind(encode(&settled)?)
-            .execute(&self.unsynced)
-            .await
-            .map_err(database_error)?;
-            if done.rows_affected() == 1 {
+            let pool = self.unsynced.clone();
+            if self.answers.send(entry_row(order_no, &settled)?, |batch| settle_entries(pool, batch)).await? {
                 return Ok(Some(settled));
             }
         }
@@ -194,23 +286,16 @@ impl LedgerBook for PgLedgerBook {
 #[derive(Debug, Clone)]
 pub struct PgCaptureBook {
     pool: PgPool,
+    /// Concurrent records, written by one statement a batch.
+    records: Arc<Group<Entry, bool>>,
 }
 
 #[async_trait]
 impl CaptureBook for PgCaptureBook {
     async fn record_first(&self, capture_id: &str, record: &CaptureRecord) -> PortResult<CaptureRecord> {
-        let inserted = sqlx::query(
-            "INSERT INTO acquirer_records (capture_id, order_no, outcome, body) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (capture_id) DO NOTHING",
-        )
-        .bind(capture_id)
-        .bind(record.order_no.to_string())
-        .bind(record.outcome.as_str())
-        .bind(encode(record)?)
-        .execute(&self.pool)
-        .await
-        .map_err(database_error)?;
-        if inserted.rows_affected() == 1 {
+        let row = (capture_id.to_owned(), record.order_no.to_string(), record.outcome.as_str(), encode(record)?);
+        let pool = self.pool.clone();
+        if self.records.send(row, |batch| insert_records(pool, batch)).await? {
             return Ok(record.clone());
         }
         // The conflict waited for the other writer's commit: a new statement sees its record.
