@@ -125,16 +125,46 @@ async fn read_commodities(pool: PgPool, batch: Vec<CommodityId>) -> Vec<PortResu
 /// nothing and does not hold up the others; a failed transaction fails them all (nothing was done).
 ///
 /// Locks are taken in the create batch's order, stock rows (by commodity) before order rows (by key),
-/// so a batch racing a create batch or another process's batch cannot deadlock with it. An order's lines
-/// never change: an unlocked read names the stock rows to lock; the locked read decides.
+/// and never a stock row after an order row, so a batch racing a create batch or another process's
+/// batch cannot deadlock with it. An order's lines never change: an unlocked read names the stock rows
+/// to lock; the locked read decides. An order created between the two reads needs stock rows the
+/// batch did not lock: its changes are decided by the next round, whose unlocked read sees it created.
 async fn change_orders(pool: PgPool, batch: Vec<Change>) -> Vec<ChangeResult> {
-    match change_orders_in_one(&pool, &batch).await {
-        Ok(results) => results,
-        Err(error) => batch.iter().map(|_| Err(error.clone())).collect(),
+    let mut results: Vec<Option<ChangeResult>> = vec![None; batch.len()];
+    let mut undecided: Vec<usize> = (0..batch.len()).collect();
+    for _ in 0..CHANGE_ROUNDS_MAX {
+        if undecided.is_empty() {
+            break;
+        }
+        let round: Vec<&Change> = undecided.iter().map(|&i| &batch[i]).collect();
+        match change_orders_in_one(&pool, &round).await {
+            Ok(decided) => {
+                let mut left = Vec::new();
+                for (i, result) in undecided.into_iter().zip(decided) {
+                    match result {
+                        Some(result) => results[i] = Some(result),
+                        None => left.push(i),
+                    }
+                }
+                undecided = left;
+            }
+            Err(error) => {
+                for i in undecided.drain(..) {
+                    results[i] = Some(Err(error.clone()));
+                }
+            }
+        }
     }
+    let again = || Err(PortError::unavailable("postgres", "the order changed under its change; run it again"));
+    results.into_iter().map(|result| result.unwrap_or_else(again)).collect()
 }
 
-async fn change_orders_in_one(pool: &PgPool, batch: &[Change]) -> PortResult<Vec<ChangeResult>> {
+/// Rounds of [`change_orders`]: an order is created at most once, so a second round decides it.
+const CHANGE_ROUNDS_MAX: usize = 3;
+
+/// One round of [`change_orders`]: `None` for a change left to the next round (its order was created
+/// after the unlocked read, and so is every later change of the same order).
+async fn change_orders_in_one(pool: &PgPool, batch: &[&Change]) -> PortResult<Vec<Option<ChangeResult>>> {
     let mut tx = pool.begin().await.map_err(database_error)?;
     let returning: Vec<OrderNo> =
         batch.iter().filter(|(_, change, _)| may_return_stock(change)).map(|(n, _, _)| *n).collect();
@@ -148,28 +178,28 @@ async fn change_orders_in_one(pool: &PgPool, batch: &[Change]) -> PortResult<Vec
     let order_nos: Vec<OrderNo> = batch.iter().map(|(n, _, _)| *n).collect::<BTreeSet<_>>().into_iter().collect();
     let mut orders = PgStore::orders_by_keys(&mut *tx, &order_nos, true).await?;
     let (mut results, mut events) = (Vec::with_capacity(batch.len()), Vec::new());
-    let (mut changed, mut stock, mut safe_pay) = (BTreeSet::new(), BTreeSet::new(), BTreeMap::new());
-    for (order_no, change, now_ms) in batch {
+    let (mut changed, mut stock, mut safe_pay, mut deferred) =
+        (BTreeSet::new(), BTreeSet::new(), BTreeMap::new(), BTreeSet::new());
+    for (order_no, change, now_ms) in batch.iter().copied() {
         let Some(order) = orders.get(order_no).cloned() else {
-            results.push(Ok(Err(ChangeRejection::NotFound)));
+            results.push(Some(Ok(Err(ChangeRejection::NotFound))));
             continue;
         };
         let needed = stock_to_lock(&order, change);
-        let unlocked: Vec<CommodityId> = needed.iter().filter(|id| !levels.contains_key(id)).copied().collect();
-        if !unlocked.is_empty() {
-            // Created between the two reads (rare): lock its stock now, after the order — PostgreSQL
-            // detects the deadlock this may meet, and 40P01 is retryable.
-            levels.extend(PgStore::lock_stock(&mut tx, &unlocked).await?);
+        if deferred.contains(order_no) || needed.iter().any(|id| !levels.contains_key(id)) {
+            deferred.insert(*order_no);
+            results.push(None);
+            continue;
         }
         let own: Levels = needed.iter().filter_map(|id| levels.get(id).map(|level| (*id, *level))).collect();
         let plan = match plan_change(order, change.clone(), own, *now_ms) {
             Ok(Ok(plan)) => plan,
             Ok(Err(rejection)) => {
-                results.push(Ok(Err(rejection)));
+                results.push(Some(Ok(Err(rejection))));
                 continue;
             }
             Err(error) => {
-                results.push(Err(error));
+                results.push(Some(Err(error)));
                 continue;
             }
         };
@@ -183,7 +213,7 @@ async fn change_orders_in_one(pool: &PgPool, batch: &[Change]) -> PortResult<Vec
         }
         changed.insert(*order_no);
         orders.insert(*order_no, plan.order.clone());
-        results.push(Ok(Ok(plan.order)));
+        results.push(Some(Ok(Ok(plan.order))));
     }
     let stock: Vec<(CommodityId, StockLevel)> = stock.iter().map(|id| (*id, levels[id])).collect();
     let changed: Vec<Order> = changed.iter().map(|n| orders[n].clone()).collect();
