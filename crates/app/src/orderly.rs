@@ -5,7 +5,7 @@
 //! ([`crate::workers`]). What several of them share lives here: bounded dependency calls, the reserve
 //! that loads the cache, the order cache's copies.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use orderly_domain::{CatalogEntry, CommodityId, OrderNo};
@@ -13,7 +13,7 @@ use orderly_domain::{CatalogEntry, CommodityId, OrderNo};
 use crate::catalog::CatalogCache;
 use crate::config::FlowConfig;
 use crate::model::{Order, StockLevel, Token};
-use crate::ports::{Bus, Clock, IdGen, OrderCache, Payments, PortError, Reserve, StockCache, Store};
+use crate::ports::{Bus, Clock, Held, IdGen, OrderCache, Payments, PortError, Reserve, StockCache, Store};
 use crate::sold_out::SoldOutMemory;
 
 /// The ports of one profile, as its adapters were opened.
@@ -128,13 +128,34 @@ impl Orderly {
         Err(PortError::unavailable("stock cache", "the counters did not stay loaded (is the cache being flushed?)"))
     }
 
-    /// Loads the stock of `ids` into the cache. `false`: the store has no stock for some of them.
+    /// Loads the stock of `ids` into the cache, with the reservations of the accepted orders not created
+    /// yet that take from them (their `pending` views): a cache that lost those reservations would
+    /// otherwise sell their units a second time, and the accepted orders would be rejected. `false`: the
+    /// store has no stock for some of `ids`.
+    ///
+    /// Read in this order: the pending orders (to name every commodity their reservations take from),
+    /// the levels, the pending orders again. An order pending at the second read was not created before
+    /// the levels were read, so its units are in them and are held back once; one created in between
+    /// is not held, and its creation's deductions reach the counter by its confirmation.
     pub(crate) async fn load_into_cache(&self, ids: &[CommodityId]) -> Result<bool, PortError> {
-        let levels = self.ports.store.stock(ids).await?;
+        let takes_from_ids = |order: &Order| order.lines.iter().any(|line| ids.contains(&line.commodity_id));
+        let before: Vec<Order> =
+            self.ports.store.pending_orders().await?.into_iter().filter(|order| takes_from_ids(order)).collect();
+        let mut wanted: BTreeSet<CommodityId> = ids.iter().copied().collect();
+        wanted.extend(before.iter().flat_map(|order| order.lines.iter().map(|line| line.commodity_id)));
+        let wanted: Vec<CommodityId> = wanted.into_iter().collect();
+        let levels = self.ports.store.stock(&wanted).await?;
         let present: Vec<(CommodityId, StockLevel)> =
-            ids.iter().zip(levels).filter_map(|(id, level)| level.map(|l| (*id, l))).collect();
-        self.ports.cache.init(&present).await?;
-        Ok(present.len() == ids.len())
+            wanted.iter().zip(levels).filter_map(|(id, level)| level.map(|l| (*id, l))).collect();
+        let still: HashSet<OrderNo> =
+            self.ports.store.pending_orders().await?.iter().map(|order| order.order_no).collect();
+        let held: Vec<Held> = before
+            .iter()
+            .filter(|order| still.contains(&order.order_no))
+            .map(|order| Held { token: order.entry_token(), lines: order.stock_lines() })
+            .collect();
+        self.ports.cache.init(&present, &held).await?;
+        Ok(ids.iter().all(|id| present.iter().any(|(loaded, _)| loaded == id)))
     }
 
     /// Best effort: a release that fails here is done by the reservation check instead.

@@ -91,12 +91,24 @@ pub enum Claim {
     Missing,
 }
 
+/// A reservation to make again when its counters are loaded ([`StockCache::init`]): an accepted order
+/// not created yet (its `pending` view), by its entry token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub token: Token,
+    pub lines: Vec<(CommodityId, u32)>,
+}
+
 /// The stock cache: the seed's Redis + Lua role. Every operation is atomic and idempotent per token.
 #[async_trait]
 pub trait StockCache: Send + Sync + std::fmt::Debug {
     /// Loads levels that are absent, plus the changes kept for them that are newer than the level read;
-    /// present ones are left alone (the seed's init script).
-    async fn init(&self, levels: &[(CommodityId, StockLevel)]) -> PortResult<()>;
+    /// present ones are left alone (the seed's init script). With them, the reservations in `held` are
+    /// made again (RESERVED, their lines taken from the counters): each whose token the cache does not
+    /// know and all of whose counters this call loads; any other is skipped whole. So accepted orders
+    /// whose reservations died with the cache keep their units, instead of the reloaded counters selling
+    /// them a second time.
+    async fn init(&self, levels: &[(CommodityId, StockLevel)], held: &[Held]) -> PortResult<()>;
     /// All lines or none. With `claimed`, the token starts CLAIMED (the worker's own reservation).
     /// A token the cache remembers as RELEASED is refused as `AlreadyHeld(Released)` (no hanging reserve).
     async fn reserve(&self, token: Token, lines: &[(CommodityId, u32)], claimed: bool) -> PortResult<Reserve>;
@@ -116,6 +128,9 @@ pub trait StockCache: Send + Sync + std::fmt::Debug {
     async fn release(&self, token: Token) -> PortResult<Option<TokenState>>;
     /// Like [`StockCache::release`], but only from RESERVED: a CLAIMED token belongs to a worker.
     async fn release_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>>;
+    /// RESERVED → CLAIMED: the units stay with an order whose create is published again. Answers the
+    /// state found; an unknown token is not recorded.
+    async fn keep_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>>;
     /// Returns stock once per `restock.key`; lines whose version the counter already counts are skipped,
     /// and lines of a counter not loaded yet are kept for its load, like a lost token's deductions.
     async fn restock(&self, restock: &Restock) -> PortResult<()>;
@@ -217,6 +232,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes the `pending` views among `order_nos` (orders in any other state are left alone): the
     /// views of an entry answered with an error.
     async fn forget_pending(&self, order_nos: &[OrderNo]) -> PortResult<()>;
+    /// Every order still `pending`: accepted, not created or rejected yet.
+    async fn pending_orders(&self) -> PortResult<Vec<Order>>;
     /// One atomic write for the batch: each pending (or absent) order becomes `to_pay` with its stock
     /// deducted (never below zero) and its outbox events, or `rejected`. Already-created orders are left
     /// alone (redelivery).

@@ -84,6 +84,9 @@ impl Store for FaultyStore {
         fails_if(&self.forget_down)?;
         self.inner.forget_pending(order_nos).await
     }
+    async fn pending_orders(&self) -> PortResult<Vec<Order>> {
+        self.inner.pending_orders().await
+    }
     async fn create_orders(&self, batch: &[CreateRequest], now_ms: u64) -> PortResult<Vec<CreateOutcome>> {
         self.inner.create_orders(batch, now_ms).await
     }

@@ -1,5 +1,6 @@
 //! A process that stops without warning loses nothing accepted: after a restart on the same data the
-//! cache is rebuilt from the store, every accepted order is created, and I1–I5 hold.
+//! cache is rebuilt from the store (the reservations of accepted orders not created yet made again from
+//! their pending views), every accepted order is created, and I1–I5 hold.
 
 mod common;
 
@@ -27,7 +28,11 @@ async fn accepted_orders_survive_a_restart_before_any_worker_ran() {
 
     let clock = Arc::new(ManualClock::new(T0_MS + 1_000));
     let (orderly, ports) = reopen_at(dir.path(), Arc::clone(&clock), AcquirerConfig::default()).await;
-    assert_eq!(stock(&ports, 1).await, (10, Some(10)), "cache rebuilt from the store");
+    assert_eq!(
+        stock(&ports, 1).await,
+        (10, Some(2)),
+        "cache rebuilt from the store, the accepted orders' units held back for them (not sold again)"
+    );
     for order_no in &accepted {
         assert_eq!(state(&ports, *order_no).await, OrderState::Pending);
     }

@@ -89,7 +89,7 @@ pub async fn redis_reserve(url: &str, callers: usize, duration: Duration) -> any
             (CommodityId(id), level)
         })
         .collect();
-    cache.init(&levels).await.context("loading the ceiling's counters")?;
+    cache.init(&levels, &[]).await.context("loading the ceiling's counters")?;
     let reserving = Arc::clone(&cache);
     let measured = hammer(callers, duration, move |n, rng| {
         let cache = Arc::clone(&reserving);

@@ -42,6 +42,8 @@ macro_rules! stock_cache_contract {
             confirm_of_a_lost_token_follows_the_stores_deduction_once,
             a_counted_version_is_never_counted_again,
             a_lost_tokens_deduction_waits_for_the_load,
+            init_makes_held_reservations_again_once,
+            keep_if_reserved_keeps_only_a_reserved_token,
             a_counter_that_sold_lost_units_again_goes_below_zero_and_back,
             racing_buyers_never_get_more_than_the_stock,
             shops_are_kept_apart,
@@ -103,6 +105,7 @@ macro_rules! store_contract {
             a_lease_has_one_holder_at_a_time,
             racing_batches_never_sell_more_than_the_stock,
             racing_changes_are_each_decided_as_if_alone,
+            pending_orders_are_the_accepted_ones_not_created_yet,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use orderly_app::model::{Restock, StockLevel, Token, TokenState};
-use orderly_app::ports::{Claim, Reserve, StockCache};
+use orderly_app::ports::{Claim, Held, Reserve, StockCache};
 use orderly_domain::{CommodityId, OrderNo, ShopId, SnowflakeId, Uid};
 
 /// Commodities A and B are sold by `SHOP`; C by `OTHER_SHOP`.
@@ -27,13 +27,13 @@ async fn available(cache: &Arc<dyn StockCache>, ids: &[CommodityId]) -> Vec<Opti
 
 async fn loaded(cache: &Arc<dyn StockCache>, levels: &[(CommodityId, u64)]) {
     let levels: Vec<(CommodityId, StockLevel)> = levels.iter().map(|(id, n)| (*id, level(*n, 1))).collect();
-    cache.init(&levels).await.expect("init");
+    cache.init(&levels, &[]).await.expect("init");
 }
 
 pub async fn init_sets_only_absent_levels(cache: Arc<dyn StockCache>) {
-    cache.init(&[(A, level(10, 1))]).await.expect("init");
+    cache.init(&[(A, level(10, 1))], &[]).await.expect("init");
     // The seed's init: a present counter is never overwritten (it may hold live reservations).
-    cache.init(&[(A, level(99, 5)), (B, level(3, 1))]).await.expect("init");
+    cache.init(&[(A, level(99, 5)), (B, level(3, 1))], &[]).await.expect("init");
     assert_eq!(available(&cache, &[A, B, C]).await, vec![Some(10), Some(3), None]);
 }
 
@@ -128,7 +128,7 @@ pub async fn a_claimed_reservation_starts_claimed(cache: Arc<dyn StockCache>) {
 }
 
 pub async fn restock_counts_once_per_key_and_skips_loaded_versions(cache: Arc<dyn StockCache>) {
-    cache.init(&[(A, level(10, 3))]).await.expect("init");
+    cache.init(&[(A, level(10, 3))], &[]).await.expect("init");
     // Version 3 was loaded: this return is already part of the 10.
     cache.restock(&Restock { key: "r-3".into(), shop_id: SHOP, lines: vec![(A, 5, 3)] }).await.expect("restock");
     assert_eq!(available(&cache, &[A]).await, vec![Some(10)]);
@@ -143,14 +143,14 @@ pub async fn restock_counts_once_per_key_and_skips_loaded_versions(cache: Arc<dy
 pub async fn restock_of_an_unloaded_commodity_waits_for_the_load(cache: Arc<dyn StockCache>) {
     cache.restock(&Restock { key: "r-1".into(), shop_id: SHOP, lines: vec![(A, 5, 2)] }).await.expect("restock");
     assert_eq!(available(&cache, &[A]).await, vec![None], "the load will read the store, which has it");
-    cache.init(&[(A, level(15, 2))]).await.expect("init");
+    cache.init(&[(A, level(15, 2))], &[]).await.expect("init");
     assert_eq!(available(&cache, &[A]).await, vec![Some(15)]);
 }
 
 /// Redis lost a reservation (flushed, restarted) while its order was being created; the counter was
 /// reloaded from the store meanwhile. The confirmation carries what the store took, at which version.
 pub async fn confirm_of_a_lost_token_follows_the_stores_deduction_once(cache: Arc<dyn StockCache>) {
-    cache.init(&[(A, level(10, 3))]).await.expect("init");
+    cache.init(&[(A, level(10, 3))], &[]).await.expect("init");
     // Loaded at version 3: that deduction is part of the 10.
     cache.confirm(token(1), &[(A, 4, 3)]).await.expect("confirm");
     assert_eq!(available(&cache, &[A]).await, vec![Some(10)]);
@@ -179,7 +179,7 @@ pub async fn confirm_of_a_lost_token_follows_the_stores_deduction_once(cache: Ar
 /// load already applied. Before, a counter remembered only its load version, and such a report was
 /// applied a second time: the cache sold fewer units than the store had.
 pub async fn a_counted_version_is_never_counted_again(cache: Arc<dyn StockCache>) {
-    cache.init(&[(A, level(10, 1))]).await.expect("init");
+    cache.init(&[(A, level(10, 1))], &[]).await.expect("init");
     assert_eq!(cache.reserve(token(1), &[(A, 3)], false).await.expect("reserve"), Reserve::Reserved);
     cache.confirm(token(1), &[(A, 3, 2)]).await.expect("confirm");
     cache.confirm(token(11), &[(A, 3, 2)]).await.expect("confirm, the token forgotten");
@@ -194,7 +194,7 @@ pub async fn a_counted_version_is_never_counted_again(cache: Arc<dyn StockCache>
     // Parked for a counter not loaded yet (reported twice), counted by the load once, then reported again.
     cache.confirm(token(21), &[(B, 2, 3)]).await.expect("confirm");
     cache.confirm(token(22), &[(B, 2, 3)]).await.expect("confirm");
-    cache.init(&[(B, level(10, 2))]).await.expect("init");
+    cache.init(&[(B, level(10, 2))], &[]).await.expect("init");
     cache.confirm(token(23), &[(B, 2, 3)]).await.expect("confirm");
     assert_eq!(available(&cache, &[B]).await, vec![Some(8)]);
 }
@@ -204,16 +204,16 @@ pub async fn a_lost_tokens_deduction_waits_for_the_load(cache: Arc<dyn StockCach
     cache.confirm(token(1), &[(A, 4, 2)]).await.expect("confirm");
     cache.restock(&Restock { key: "r-3".into(), shop_id: SHOP, lines: vec![(A, 1, 3)] }).await.expect("restock");
     assert_eq!(available(&cache, &[A]).await, vec![None], "nothing loaded yet");
-    cache.init(&[(A, level(10, 1))]).await.expect("init");
+    cache.init(&[(A, level(10, 1))], &[]).await.expect("init");
     assert_eq!(available(&cache, &[A]).await, vec![Some(7)]);
     // B: the load read the store after the deduction.
     cache.confirm(token(2), &[(B, 4, 2)]).await.expect("confirm");
-    cache.init(&[(B, level(6, 2))]).await.expect("init");
+    cache.init(&[(B, level(6, 2))], &[]).await.expect("init");
     assert_eq!(available(&cache, &[B]).await, vec![Some(6)]);
 }
 
 pub async fn a_counter_that_sold_lost_units_again_goes_below_zero_and_back(cache: Arc<dyn StockCache>) {
-    cache.init(&[(A, level(5, 1))]).await.expect("init");
+    cache.init(&[(A, level(5, 1))], &[]).await.expect("init");
     // Reloaded with 5 while a lost reservation of 5 was being created: the cache sold them again.
     assert_eq!(cache.reserve(token(1), &[(A, 5)], false).await.expect("reserve"), Reserve::Reserved);
     cache.confirm(token(2), &[(A, 5, 2)]).await.expect("confirm");
@@ -251,7 +251,7 @@ pub async fn racing_buyers_never_get_more_than_the_stock(cache: Arc<dyn StockCac
 
 pub async fn shops_are_kept_apart(cache: Arc<dyn StockCache>) {
     let other = StockLevel { shop_id: OTHER_SHOP, initial: 5, available: 5, version: 1 };
-    cache.init(&[(A, level(10, 1)), (C, other)]).await.expect("init");
+    cache.init(&[(A, level(10, 1)), (C, other)], &[]).await.expect("init");
     // The same order number in two shops is two reservations (a cart split into one order per shop
     // gets distinct numbers anyway; the token names its shop).
     let in_other = Token::entry(OrderNo::new(SnowflakeId(1), Uid(7)), OTHER_SHOP);
@@ -264,4 +264,42 @@ pub async fn shops_are_kept_apart(cache: Arc<dyn StockCache>) {
     cache.restock(&back).await.expect("restock");
     assert_eq!(available(&cache, &[C]).await, vec![Some(6)]);
     assert_eq!(cache.claim(token(1)).await.expect("claim"), Claim::Claimed);
+}
+
+/// A load makes the reservations of accepted orders not created yet again (their units are not sold a
+/// second time): each whose token is unknown and all of whose counters that load sets; any other whole
+/// reservation is skipped. A remade reservation is a live one: its confirmation takes nothing more.
+pub async fn init_makes_held_reservations_again_once(cache: Arc<dyn StockCache>) {
+    let held = |n: u64, lines: &[(CommodityId, u32)]| Held { token: token(n), lines: lines.to_vec() };
+    // Token 9 is known already (released): not made again.
+    loaded(&cache, &[(C, 1)]).await;
+    cache.release(token(9)).await.expect("release");
+    let first = [held(1, &[(A, 3)]), held(2, &[(A, 2), (B, 1)]), held(3, &[(A, 1), (C, 1)]), held(9, &[(A, 4)])];
+    cache.init(&[(A, level(10, 1)), (B, level(5, 1))], &first).await.expect("init");
+    assert_eq!(available(&cache, &[A, B, C]).await, vec![Some(5), Some(4), Some(1)], "1 and 2 held, 3 and 9 not");
+    assert_eq!(cache.claim(token(1)).await.expect("claim"), Claim::Claimed);
+    assert_eq!(cache.claim(token(3)).await.expect("claim"), Claim::Missing, "C was loaded before: skipped whole");
+    assert_eq!(cache.claim(token(9)).await.expect("claim"), Claim::Released);
+    // Counters present: a later load makes nothing again.
+    cache.init(&[(A, level(10, 1))], &[held(4, &[(A, 1)])]).await.expect("init");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(5)]);
+    assert_eq!(cache.claim(token(4)).await.expect("claim"), Claim::Missing);
+    // The creation's deduction (version 2) was held back at the load: the confirmation takes nothing more.
+    cache.confirm(token(1), &[(A, 3, 2)]).await.expect("confirm");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(5)]);
+    cache.release(token(2)).await.expect("release");
+    assert_eq!(available(&cache, &[A, B]).await, vec![Some(7), Some(5)], "a remade reservation gives back");
+}
+
+/// `keep_if_reserved`: RESERVED → CLAIMED (the units stay for a create published again); any other state
+/// is answered and left; an unknown token is answered `None` and not recorded.
+pub async fn keep_if_reserved_keeps_only_a_reserved_token(cache: Arc<dyn StockCache>) {
+    loaded(&cache, &[(A, 10)]).await;
+    assert_eq!(cache.reserve(token(1), &[(A, 2)], false).await.expect("reserve"), Reserve::Reserved);
+    assert_eq!(cache.keep_if_reserved(token(1)).await.expect("keep"), Some(TokenState::Reserved));
+    assert_eq!(cache.keep_if_reserved(token(1)).await.expect("keep"), Some(TokenState::Claimed), "kept once");
+    assert_eq!(cache.release_if_reserved(token(1)).await.expect("release"), Some(TokenState::Claimed));
+    assert_eq!(available(&cache, &[A]).await, vec![Some(8)], "still held");
+    assert_eq!(cache.keep_if_reserved(token(2)).await.expect("keep"), None);
+    assert_eq!(cache.reserve(token(2), &[(A, 1)], false).await.expect("reserve"), Reserve::Reserved, "not recorded");
 }

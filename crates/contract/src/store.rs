@@ -407,3 +407,19 @@ pub async fn racing_changes_are_each_decided_as_if_alone(store: Arc<dyn Store>) 
     assert_eq!(restocks as u64, ended, "one restock per ended order");
     assert_eq!(store.payments_pending().await.expect("count") as u64, 20 - ended, "the paying ones are in the set");
 }
+
+/// The orders still `pending` (accepted, not created yet) are listed, and only those.
+pub async fn pending_orders_are_the_accepted_ones_not_created_yet(store: Arc<dyn Store>) {
+    with_stock(&store, &[(A, 10)]).await;
+    let (first, second) = (order(1, &[(A, 1)], false), order(2, &[(A, 2)], false));
+    store.insert_pending(&[first.clone(), second.clone()]).await.expect("views");
+    assert_eq!(pending_nos(&store).await, vec![first.order_no, second.order_no]);
+    created(&store, &first).await;
+    assert_eq!(pending_nos(&store).await, vec![second.order_no], "created: no longer pending");
+}
+
+async fn pending_nos(store: &Arc<dyn Store>) -> Vec<OrderNo> {
+    let mut nos: Vec<OrderNo> = store.pending_orders().await.expect("pending").iter().map(|o| o.order_no).collect();
+    nos.sort();
+    nos
+}

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use orderly_app::model::{Restock, StockChange, StockLevel, Token, TokenState};
-use orderly_app::ports::{Claim, PortResult, Reserve, StockCache};
+use orderly_app::ports::{Claim, Held, PortResult, Reserve, StockCache};
 use orderly_app::{Clock, PortError};
 use orderly_domain::CommodityId;
 
@@ -193,8 +193,9 @@ impl Inner {
 
 #[async_trait]
 impl StockCache for LocalStockCache {
-    async fn init(&self, levels: &[(CommodityId, StockLevel)]) -> PortResult<()> {
-        self.with(|inner, _, _| {
+    async fn init(&self, levels: &[(CommodityId, StockLevel)], held: &[Held]) -> PortResult<()> {
+        self.with(|inner, _, expires_ms| {
+            let mut loaded = HashSet::new();
             for (id, level) in levels {
                 if inner.stock.contains_key(id) {
                     continue;
@@ -206,6 +207,18 @@ impl StockCache for LocalStockCache {
                     }
                 }
                 inner.stock.insert(*id, counter);
+                loaded.insert(*id);
+            }
+            for held in held {
+                if inner.tokens.contains_key(&held.token) || !held.lines.iter().all(|(id, _)| loaded.contains(id)) {
+                    continue;
+                }
+                for (id, quantity) in &held.lines {
+                    if let Some(counter) = inner.stock.get_mut(id) {
+                        counter.available -= i64::from(*quantity);
+                    }
+                }
+                inner.set_token(held.token, TokenState::Reserved, held.lines.clone(), expires_ms);
             }
         })
     }
@@ -283,6 +296,18 @@ impl StockCache for LocalStockCache {
 
     async fn release_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>> {
         self.with(|inner, _, expires_ms| inner.release(token, expires_ms, &[TokenState::Reserved]))
+    }
+
+    async fn keep_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>> {
+        self.with(|inner, _, _| {
+            let record = inner.tokens.get_mut(&token)?;
+            let found = record.state;
+            if found == TokenState::Reserved {
+                // Kept: a claimed token outlives its expiry until its create settles it.
+                record.state = TokenState::Claimed;
+            }
+            Some(found)
+        })
     }
 
     async fn restock(&self, restock: &Restock) -> PortResult<()> {

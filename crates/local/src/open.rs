@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use orderly_app::ids::LeasedSnowflake;
-use orderly_app::ports::Payments;
+use orderly_app::ports::{Held, Payments};
 use orderly_app::{Clock, PortError, Ports, StockCache, Store};
 use orderly_ledger::{LedgerConfig, PaymentLedger};
 use serde::{Deserialize, Serialize};
@@ -74,7 +74,16 @@ pub async fn open(
     let db = LocalDb::open(data_dir, local.durability)?;
     let store: Arc<dyn Store> = Arc::new(LocalStore::new(db.clone())?);
     let cache: Arc<dyn StockCache> = Arc::new(LocalStockCache::new(Arc::clone(&clock), local.token_ttl_ms));
-    cache.init(&store.all_stock().await?).await?;
+    // Nothing else runs yet: the levels and the pending orders are one moment's. Accepted orders not
+    // created yet keep their units (their reservations are made again), so the rebuilt counters do not
+    // sell them a second time.
+    let held: Vec<Held> = store
+        .pending_orders()
+        .await?
+        .iter()
+        .map(|order| Held { token: order.entry_token(), lines: order.stock_lines() })
+        .collect();
+    cache.init(&store.all_stock().await?, &held).await?;
     let bus = Arc::new(LocalBus::new(db.clone(), Arc::clone(&clock), local.bus_lease_ms)?);
     let payments = match payments {
         Some(payments) => payments,

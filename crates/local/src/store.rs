@@ -259,6 +259,18 @@ impl Store for LocalStore {
         Ok(orders)
     }
 
+    async fn pending_orders(&self) -> PortResult<Vec<Order>> {
+        // Read rarely (a counter loaded after the cache lost it): a scan, no index kept for it.
+        let mut pending = Vec::new();
+        for guard in self.db.orders.iter() {
+            let order: Order = decode(&guard.into_inner().map_err(storage_error)?.1)?;
+            if order.state == OrderState::Pending {
+                pending.push(order);
+            }
+        }
+        Ok(pending)
+    }
+
     async fn audit_view(&self) -> PortResult<(Vec<Order>, Vec<(CommodityId, StockLevel)>)> {
         // Every write section commits under the writer lock, so holding it gives one moment's view.
         let _writer = self.lock()?;

@@ -553,6 +553,14 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn pending_orders(&self) -> PortResult<Vec<Order>> {
+        let rows = sqlx::query("SELECT body FROM orders WHERE state = 'pending'")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database_error)?;
+        rows.iter().map(|row| decode(&row.try_get::<String, _>("body").map_err(database_error)?)).collect()
+    }
+
     async fn create_orders(&self, requests: &[CreateRequest], now_ms: u64) -> PortResult<Vec<CreateOutcome>> {
         let mut tx = self.begin().await?;
         let (order_nos, commodities) = create_batch_keys(requests);

@@ -23,7 +23,7 @@
 use async_trait::async_trait;
 use orderly_app::PortError;
 use orderly_app::model::{Restock, StockChange, StockLevel, Token, TokenState};
-use orderly_app::ports::{Claim, PortResult, Reserve, StockCache};
+use orderly_app::ports::{Claim, Held, PortResult, Reserve, StockCache};
 use orderly_domain::{CommodityId, ShopId};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -43,6 +43,7 @@ struct Scripts {
     init: Script,
     reserve: Script,
     claim: Script,
+    keep: Script,
     confirm: Script,
     release: Script,
     restock: Script,
@@ -107,6 +108,7 @@ impl RedisStockCache {
             init: Script::new(concat!(include_str!("../lua/follow.lua"), include_str!("../lua/init.lua"))),
             reserve: Script::new(include_str!("../lua/reserve.lua")),
             claim: Script::new(include_str!("../lua/claim.lua")),
+            keep: Script::new(include_str!("../lua/keep.lua")),
             confirm: Script::new(concat!(include_str!("../lua/follow.lua"), include_str!("../lua/confirm.lua"))),
             release: Script::new(include_str!("../lua/release.lua")),
             restock: Script::new(concat!(include_str!("../lua/follow.lua"), include_str!("../lua/restock.lua"))),
@@ -181,11 +183,11 @@ impl RedisStockCache {
 
 #[async_trait]
 impl StockCache for RedisStockCache {
-    async fn init(&self, levels: &[(CommodityId, StockLevel)]) -> PortResult<()> {
+    async fn init(&self, levels: &[(CommodityId, StockLevel)], held: &[Held]) -> PortResult<()> {
         if levels.is_empty() {
             return Ok(());
         }
-        // One script call per shop: each touches one slot.
+        // One script call per shop: each touches one slot (a reservation's lines are one shop's).
         let mut by_shop: std::collections::BTreeMap<ShopId, Vec<(CommodityId, StockLevel)>> = Default::default();
         for (id, level) in levels {
             by_shop.entry(level.shop_id).or_default().push((*id, *level));
@@ -194,9 +196,23 @@ impl StockCache for RedisStockCache {
         let _: () = self.connection().hset_multiple(self.directory_key(), &directory).await.map_err(port_error)?;
         for (shop, levels) in by_shop {
             let mut invocation = self.scripts.init.prepare_invoke();
+            invocation.arg(levels.len());
             for (id, level) in &levels {
                 invocation.key(self.stock_key(shop, *id)).key(self.parked_key(shop, *id));
                 invocation.arg(level.available).arg(level.version);
+            }
+            invocation.arg(self.config.token_ttl_ms);
+            let index = |id: &CommodityId| levels.iter().position(|(loaded, _)| loaded == id).map(|i| i + 1);
+            for held in held.iter().filter(|h| h.token.shop_id == shop) {
+                // A line on a commodity this call does not load: the reservation is skipped whole.
+                let Some(indices) = held.lines.iter().map(|(id, _)| index(id)).collect::<Option<Vec<_>>>() else {
+                    continue;
+                };
+                invocation.key(self.token_key(held.token));
+                invocation.arg(encode_lines(&held.lines)).arg(held.lines.len());
+                for (i, (_, quantity)) in indices.into_iter().zip(&held.lines) {
+                    invocation.arg(i).arg(*quantity);
+                }
             }
             let _: String = invocation.invoke_async(&mut self.connection()).await.map_err(port_error)?;
         }
@@ -264,6 +280,17 @@ impl StockCache for RedisStockCache {
 
     async fn release_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>> {
         self.release_from(token, &[TokenState::Reserved]).await
+    }
+
+    async fn keep_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>> {
+        let found: String = self
+            .scripts
+            .keep
+            .key(self.token_key(token))
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(port_error)?;
+        if found.is_empty() { Ok(None) } else { state_of(&found).map(Some) }
     }
 
     async fn restock(&self, restock: &Restock) -> PortResult<()> {

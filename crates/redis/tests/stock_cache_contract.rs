@@ -36,7 +36,7 @@ async fn a_flushed_redis_answers_not_loaded_and_missing_never_reserved() {
     let cache = cache(namespace.clone()).await;
     let shop = ShopId(100_001);
     let level = StockLevel { shop_id: shop, initial: 10, available: 10, version: 1 };
-    cache.init(&[(CommodityId(1), level)]).await.expect("init");
+    cache.init(&[(CommodityId(1), level)], &[]).await.expect("init");
     let token = Token::entry(OrderNo::new(SnowflakeId(1), Uid(7)), shop);
     assert_eq!(cache.reserve(token, &[(CommodityId(1), 3)], false).await.expect("reserve"), Reserve::Reserved);
 
@@ -69,7 +69,7 @@ async fn short_lived_tokens() -> (RedisStockCache, ShopId) {
         .await
         .expect("Redis is up (CI starts it; see .ci/run)");
     let level = StockLevel { shop_id: SHORT_TTL_SHOP, initial: 10, available: 10, version: 1 };
-    cache.init(&[(CommodityId(1), level)]).await.expect("init");
+    cache.init(&[(CommodityId(1), level)], &[]).await.expect("init");
     (cache, SHORT_TTL_SHOP)
 }
 

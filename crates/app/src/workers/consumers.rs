@@ -114,14 +114,24 @@ impl Orderly {
     ///
     /// A `pending` view whose token is not CLAIMED was left by an entry that stopped between the view and
     /// the claim (or lost its cache): whether its create reached the bus is unknown, so one is published
-    /// again from the view (a duplicate is a no-op). The worker reserves afresh: the order is created if
-    /// stock is left, or `rejected` — never left `pending` for ever, never "not found" meanwhile.
+    /// again from the view (a duplicate is a no-op). A reservation still RESERVED (or made again from the
+    /// view by a reload of a lost cache) is kept for that create; without one the worker reserves afresh:
+    /// the order is created if stock is left, or `rejected` — never left `pending` for ever, never "not
+    /// found" meanwhile.
     async fn check_reservation(&self, token: Token) -> Result<Handled, PortError> {
         match self.ports.store.order(token.order_no).await? {
             Some(order) if order.state != OrderState::Pending => self.settle_tokens(&order).await?,
             view => {
-                let found = self.ports.cache.release_if_reserved(token).await?;
-                if found == Some(TokenState::Reserved) {
+                let found = match &view {
+                    // An accepted order not created yet: its reservation is kept for the create published
+                    // again below (a cache that lost it made it again from the view when it reloaded).
+                    Some(_) => match self.ports.cache.keep_if_reserved(token).await? {
+                        Some(state) => Some(state),
+                        None => self.ports.cache.release_if_reserved(token).await?,
+                    },
+                    None => self.ports.cache.release_if_reserved(token).await?,
+                };
+                if view.is_none() && found == Some(TokenState::Reserved) {
                     tracing::info!(order_no = %token.order_no, "reservation not consumed in time; stock returned");
                 }
                 if let Some(view) = view

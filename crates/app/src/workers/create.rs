@@ -111,7 +111,17 @@ impl Orderly {
     /// that was released or lost. `Err`: none, the order will be rejected — for the commodity the cache
     /// lacked, when that is why.
     async fn hold_stock_for(&self, order: &Order) -> Result<Result<Token, Option<CommodityId>>, PortError> {
-        match self.ports.cache.claim(order.entry_token()).await? {
+        let mut claim = self.ports.cache.claim(order.entry_token()).await?;
+        if claim == Claim::Missing {
+            // The cache lost it. Loading the counters again makes it again (held for the order's pending
+            // view) unless they were loaded since.
+            let ids: Vec<CommodityId> = order.lines.iter().map(|line| line.commodity_id).collect();
+            if self.ports.cache.available(&ids).await?.contains(&None) {
+                self.load_into_cache(&ids).await?;
+                claim = self.ports.cache.claim(order.entry_token()).await?;
+            }
+        }
+        match claim {
             Claim::Claimed | Claim::Confirmed => return Ok(Ok(order.entry_token())),
             Claim::Released | Claim::Missing => {}
         }

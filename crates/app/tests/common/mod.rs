@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use orderly_app::model::{Order, Restock, StockChange, StockLevel, Token, TokenState};
-use orderly_app::ports::{Claim, PortResult, Reserve};
+use orderly_app::ports::{Claim, Held, PortResult, Reserve};
 use orderly_app::time::ManualClock;
 use orderly_app::{Clock, FlowConfig, Orderly, Ports, StockCache, Store};
 use orderly_domain::{CatalogEntry, CommodityId, Money, OrderNo, OrderState, PlaceOrderBody, ShopId};
@@ -224,8 +224,8 @@ impl LosableCache {
 
 #[async_trait::async_trait]
 impl StockCache for LosableCache {
-    async fn init(&self, levels: &[(CommodityId, StockLevel)]) -> PortResult<()> {
-        self.now().init(levels).await?;
+    async fn init(&self, levels: &[(CommodityId, StockLevel)], held: &[Held]) -> PortResult<()> {
+        self.now().init(levels, held).await?;
         if self.after_loads.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             self.lose();
         }
@@ -238,7 +238,15 @@ impl StockCache for LosableCache {
         let claim = self.now().claim(token).await?;
         if self.at_next_claim.swap(false, Ordering::SeqCst) {
             self.lose();
-            self.now().init(&self.store.all_stock().await?).await?;
+            // As a reload does: the accepted orders not created yet keep their units.
+            let held: Vec<Held> = self
+                .store
+                .pending_orders()
+                .await?
+                .iter()
+                .map(|order| Held { token: order.entry_token(), lines: order.stock_lines() })
+                .collect();
+            self.now().init(&self.store.all_stock().await?, &held).await?;
         }
         Ok(claim)
     }
@@ -250,6 +258,9 @@ impl StockCache for LosableCache {
     }
     async fn release_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>> {
         self.now().release_if_reserved(token).await
+    }
+    async fn keep_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>> {
+        self.now().keep_if_reserved(token).await
     }
     async fn restock(&self, restock: &Restock) -> PortResult<()> {
         self.now().restock(restock).await
