@@ -40,6 +40,9 @@ pub struct Orderly {
     pub(crate) sold_out: Arc<SoldOutMemory>,
     /// The leases this process holds on roles that run once in a cluster.
     pub(crate) leases: Arc<Leases>,
+    /// One counter load at a time in this process: after the cache is lost, every request finds its
+    /// counters missing at once, and one load (which reads the pending orders) serves them all.
+    pub(crate) loading: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Until when this process holds each lease on a role that runs once in a cluster (it holds them as
@@ -69,7 +72,14 @@ impl Leases {
 impl Orderly {
     /// A profile's ports wired together, with this process's own state empty (catalog copies, leases).
     pub fn new(ports: Ports, config: FlowConfig) -> Orderly {
-        Orderly { ports, config, catalog: Arc::default(), sold_out: Arc::default(), leases: Arc::default() }
+        Orderly {
+            ports,
+            config,
+            catalog: Arc::default(),
+            sold_out: Arc::default(),
+            leases: Arc::default(),
+            loading: Arc::default(),
+        }
     }
 
     /// The flow's settings.
@@ -138,6 +148,11 @@ impl Orderly {
     /// the levels were read, so its units are in them and are held back once; one created in between
     /// is not held, and its creation's deductions reach the counter by its confirmation.
     pub(crate) async fn load_into_cache(&self, ids: &[CommodityId]) -> Result<bool, PortError> {
+        let _one_at_a_time = self.loading.lock().await;
+        // Loaded by the load this one waited for?
+        if !self.ports.cache.available(ids).await?.contains(&None) {
+            return Ok(true);
+        }
         let takes_from_ids = |order: &Order| order.lines.iter().any(|line| ids.contains(&line.commodity_id));
         let before: Vec<Order> =
             self.ports.store.pending_orders().await?.into_iter().filter(|order| takes_from_ids(order)).collect();

@@ -184,6 +184,9 @@ struct Core {
     link: Mutex<Option<Arc<Link>>>,
     /// One reconnect at a time; the others wait for it and use its link.
     reconnect: tokio::sync::Mutex<()>,
+    /// Connections opened so far: the next one's epoch is one more (never reused, even after a link
+    /// was dropped without closing).
+    epochs: std::sync::atomic::AtomicU64,
     clock: Arc<dyn Clock>,
     config: RabbitBusConfig,
     /// Concurrent publish calls, sent together.
@@ -206,6 +209,8 @@ pub enum BusError {
     NotConfirmed(String),
     #[error("the consumer was cancelled")]
     ConsumerCancelled,
+    #[error("no answer from the broker within {0:?} ({1})")]
+    TimedOut(std::time::Duration, &'static str),
     #[error("unencodable message: {0}")]
     Unencodable(serde_json::Error),
 }
@@ -229,6 +234,11 @@ impl From<BusError> for PortError {
 fn unavailable(error: lapin::Error) -> PortError {
     BusError::Broker(error).into()
 }
+
+/// How long opening a connection (channels and declarations included) may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a batch's publishes may wait for their confirms.
+const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A delivery's receipt: the epoch of the connection it was taken on, its broker message's tag, and its
 /// place in that message's envelope.
@@ -268,6 +278,7 @@ impl RabbitBus {
         let core = Core {
             link: Mutex::new(None),
             reconnect: tokio::sync::Mutex::new(()),
+            epochs: std::sync::atomic::AtomicU64::new(0),
             clock,
             config,
             publishing: Group::new("rabbitmq"),
@@ -301,7 +312,21 @@ impl Core {
         if let Some(link) = previous.as_ref().filter(|l| l.usable()) {
             return Ok(Arc::clone(link));
         }
-        let epoch = previous.as_ref().map_or(1, |l| l.epoch + 1);
+        let epoch = self.epochs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        // A broker still starting can accept the connection and never finish the handshake: bounded, so
+        // the next call tries again instead of every call waiting behind this one for ever.
+        let link = tokio::time::timeout(CONNECT_TIMEOUT, self.open(epoch))
+            .await
+            .map_err(|_| PortError::from(BusError::TimedOut(CONNECT_TIMEOUT, "opening the connection")))??;
+        if epoch > 1 {
+            tracing::warn!(epoch, "RabbitMQ connection reopened; deliveries held on the old one go back to the broker");
+        }
+        *self.link.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&link));
+        Ok(link)
+    }
+
+    /// A new connection, its channels and the queue declarations.
+    async fn open(&self, epoch: u64) -> PortResult<Arc<Link>> {
         let connection =
             Connection::connect(&self.config.url, ConnectionProperties::default()).await.map_err(unavailable)?;
         let publisher = connection.create_channel().await.map_err(unavailable)?;
@@ -319,11 +344,20 @@ impl Core {
             consumers: tokio::sync::Mutex::new(HashMap::new()),
         });
         self.declare(&link.consumer).await?;
-        if previous.is_some() {
-            tracing::warn!(epoch, "RabbitMQ connection reopened; deliveries held on the old one go back to the broker");
-        }
-        *self.link.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&link));
         Ok(link)
+    }
+
+    /// Drops `link` as the current one (if it still is), so the next call opens a new connection, and
+    /// closes it (bounded, in the background): the broker then takes back the deliveries held on it.
+    fn forget(&self, link: &Arc<Link>) {
+        let mut current = self.link.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
+            *current = None;
+        }
+        let link = Arc::clone(link);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, link.connection.close(320, "not answering".into())).await;
+        });
     }
 
     fn work_queue(&self, topic: Topic) -> String {
@@ -388,12 +422,27 @@ impl Core {
         self.send_each(items).await.into_iter().collect()
     }
 
-    /// Publishes every body and waits for each confirm: one result per body.
+    /// Publishes every body and waits for each confirm: one result per body. Bounded: a connection that
+    /// stopped answering without closing would otherwise hold this batch, and every publish queued behind
+    /// it, for ever; it is dropped, and the next call opens a new one.
     async fn send_each(&self, items: Vec<(String, Vec<u8>)>) -> Vec<PortResult<()>> {
         let link = match self.link().await {
             Ok(link) => link,
             Err(error) => return items.iter().map(|_| Err(error.clone())).collect(),
         };
+        let count = items.len();
+        match tokio::time::timeout(CONFIRM_TIMEOUT, Self::publish_confirmed(&link, items)).await {
+            Ok(results) => results,
+            Err(_) => {
+                tracing::warn!(epoch = link.epoch, "RabbitMQ did not confirm in time; the connection will be reopened");
+                self.forget(&link);
+                let error = PortError::from(BusError::TimedOut(CONFIRM_TIMEOUT, "confirming a publish"));
+                (0..count).map(|_| Err(error.clone())).collect()
+            }
+        }
+    }
+
+    async fn publish_confirmed(link: &Link, items: Vec<(String, Vec<u8>)>) -> Vec<PortResult<()>> {
         let properties =
             BasicProperties::default().with_delivery_mode(2).with_content_type(ShortString::from("application/json"));
         let mut confirms = Vec::with_capacity(items.len());

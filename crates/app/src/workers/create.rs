@@ -91,12 +91,14 @@ impl Orderly {
                     if let Some(token) = token {
                         self.ports.cache.confirm(token, &order.deductions()).await?;
                     }
+                    self.release_entry_token_if_unused(&request.order, token).await?;
                     tracing::debug!(%order_no, "order created; buyer notified");
                 }
                 CreateOutcome::Rejected { commodity_id } => {
                     if let Some(token) = token {
                         self.ports.cache.release(token).await?;
                     }
+                    self.release_entry_token_if_unused(&request.order, token).await?;
                     tracing::info!(%order_no, %commodity_id, "order rejected: stock ran out after acceptance");
                 }
                 CreateOutcome::AlreadyDone(existing) => self.settle_tokens(&existing).await?,
@@ -135,6 +137,16 @@ impl Orderly {
             // its late create (or the check released it); consumed already: the store says so.
             Reserve::AlreadyHeld(TokenState::Released | TokenState::Confirmed) => Ok(Err(None)),
         }
+    }
+
+    /// An order decided on the worker's own reservation (its entry token was lost): the entry token is
+    /// released too, since a load of the counters may have made it again meanwhile (from the order's
+    /// pending view) and nothing else would give those units back. Nothing to do otherwise.
+    async fn release_entry_token_if_unused(&self, order: &Order, consumed: Option<Token>) -> Result<(), PortError> {
+        if consumed.is_none_or(|token| token != order.entry_token()) && order.state == OrderState::Pending {
+            self.ports.cache.release(order.entry_token()).await?;
+        }
+        Ok(())
     }
 
     /// For an order past `pending`: the reservation its creation consumed is confirmed, any other is
