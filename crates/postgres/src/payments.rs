@@ -89,97 +89,60 @@ fn entry_row(order_no: OrderNo, entry: &LedgerEntry) -> PortResult<Entry> {
     Ok((order_no.to_string(), entry.idempotency_key.clone(), entry.state.as_str(), encode(entry)?))
 }
 
-/// Runs one statement for a batch of rows and answers for each row whether the statement wrote it (its
-/// key among those the statement returned). A key twice in a batch is sent once: its later rows are
+/// Runs `sql` once for a batch of rows (bound as four text arrays, the rows' columns in order) and
+/// answers for each row whether the statement wrote it: its key among those the statement returned
+/// (`returned` reads one from a returned row). A key twice in a batch is sent once: its later rows are
 /// answered `false`, as if they came after the first — their callers then read what the first wrote.
-async fn write_once_each<R, K, F, Fut>(batch: Vec<R>, key: impl Fn(&R) -> K, write: F) -> Vec<PortResult<bool>>
-where
-    R: Clone,
-    K: Eq + std::hash::Hash,
-    F: FnOnce(Vec<R>) -> Fut,
-    Fut: std::future::Future<Output = PortResult<Vec<K>>>,
-{
+async fn write_once_each<K: Eq + std::hash::Hash>(
+    pool: &PgPool,
+    sql: &'static str,
+    batch: Vec<Entry>,
+    key: impl Fn(&Entry) -> K,
+    returned: impl Fn(&sqlx::postgres::PgRow) -> Result<K, sqlx::Error>,
+) -> Vec<PortResult<bool>> {
     let mut seen = HashSet::new();
     let first: Vec<bool> = batch.iter().map(|row| seen.insert(key(row))).collect();
-    let sent: Vec<R> = batch.iter().zip(&first).filter(|(_, first)| **first).map(|(row, _)| row.clone()).collect();
-    match write(sent).await {
-        Ok(written) => {
-            let written: HashSet<K> = written.into_iter().collect();
-            batch.iter().zip(first).map(|(row, first)| Ok(first && written.contains(&key(row)))).collect()
-        }
+    let sent: Vec<&Entry> = batch.iter().zip(&first).filter(|(_, first)| **first).map(|(row, _)| row).collect();
+    let written = sqlx::query(sql)
+        .bind(sent.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+        .bind(sent.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+        .bind(sent.iter().map(|r| r.2).collect::<Vec<_>>())
+        .bind(sent.iter().map(|r| r.3.as_str()).collect::<Vec<_>>())
+        .fetch_all(pool)
+        .await
+        .and_then(|rows| rows.iter().map(&returned).collect::<Result<HashSet<K>, _>>())
+        .map_err(database_error);
+    match written {
+        Ok(written) => batch.iter().zip(first).map(|(row, first)| Ok(first && written.contains(&key(row)))).collect(),
         Err(error) => batch.iter().map(|_| Err(error.clone())).collect(),
     }
 }
 
 /// First charges' entries, each unless its order has one already.
 async fn insert_entries(pool: PgPool, batch: Vec<Entry>) -> Vec<PortResult<bool>> {
-    write_once_each(
-        batch,
-        |row| row.0.clone(),
-        |rows| async move {
-            sqlx::query_scalar(
-                "INSERT INTO payment_ledger (order_no, idempotency_key, state, body)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
-             ON CONFLICT (order_no) DO NOTHING RETURNING order_no",
-            )
-            .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.3.as_str()).collect::<Vec<_>>())
-            .fetch_all(&pool)
-            .await
-            .map_err(database_error)
-        },
-    )
-    .await
+    let sql = "INSERT INTO payment_ledger (order_no, idempotency_key, state, body)
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
+               ON CONFLICT (order_no) DO NOTHING RETURNING order_no";
+    write_once_each(&pool, sql, batch, |row| row.0.clone(), |row| row.try_get("order_no")).await
 }
 
 /// Running attempts' answers, each only over its own attempt's PROCESSING entry.
 async fn settle_entries(pool: PgPool, batch: Vec<Entry>) -> Vec<PortResult<bool>> {
-    write_once_each(
-        batch,
-        |row| (row.0.clone(), row.1.clone()),
-        |rows| async move {
-            sqlx::query_as(
-                "UPDATE payment_ledger SET state = u.state, body = u.body
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u(order_no, idempotency_key, state, body)
-             WHERE payment_ledger.order_no = u.order_no AND payment_ledger.idempotency_key = u.idempotency_key
-               AND payment_ledger.state = 'processing'
-             RETURNING payment_ledger.order_no, payment_ledger.idempotency_key",
-            )
-            .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.3.as_str()).collect::<Vec<_>>())
-            .fetch_all(&pool)
-            .await
-            .map_err(database_error)
-        },
-    )
-    .await
+    let sql = "UPDATE payment_ledger SET state = u.state, body = u.body
+               FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS u(order_no, idempotency_key, state, body)
+               WHERE payment_ledger.order_no = u.order_no AND payment_ledger.idempotency_key = u.idempotency_key
+                 AND payment_ledger.state = 'processing'
+               RETURNING payment_ledger.order_no, payment_ledger.idempotency_key";
+    let key = |row: &Entry| (row.0.clone(), row.1.clone());
+    write_once_each(&pool, sql, batch, key, |row| Ok((row.try_get("order_no")?, row.try_get("idempotency_key")?))).await
 }
 
 /// Acquirer records, each unless its capture id has one already (first writer wins).
 async fn insert_records(pool: PgPool, batch: Vec<Entry>) -> Vec<PortResult<bool>> {
-    write_once_each(
-        batch,
-        |row| row.0.clone(),
-        |rows| async move {
-            sqlx::query_scalar(
-                "INSERT INTO acquirer_records (capture_id, order_no, outcome, body)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
-             ON CONFLICT (capture_id) DO NOTHING RETURNING capture_id",
-            )
-            .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.3.as_str()).collect::<Vec<_>>())
-            .fetch_all(&pool)
-            .await
-            .map_err(database_error)
-        },
-    )
-    .await
+    let sql = "INSERT INTO acquirer_records (capture_id, order_no, outcome, body)
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
+               ON CONFLICT (capture_id) DO NOTHING RETURNING capture_id";
+    write_once_each(&pool, sql, batch, |row| row.0.clone(), |row| row.try_get("capture_id")).await
 }
 
 impl PgLedgerBook {

@@ -25,7 +25,10 @@
 //!   network dropped) opens a new connection, channels and queue declarations first. Deliveries taken
 //!   on the old connection are the broker's again (it requeues unacked messages of a dead connection);
 //!   their receipts carry the connection's epoch, so a late ack or retry of one is skipped, never sent
-//!   on a channel that does not know its tag (which would close that channel).
+//!   on a channel that does not know its tag (which would close that channel). Opening a connection
+//!   is bounded (5 s) and so is a batch's wait for its confirms (10 s): a broker that accepts a
+//!   connection but never answers (still starting) fails the call instead of holding it, and every
+//!   publish grouped behind it, for ever; a link that stopped confirming is dropped for a new one.
 //!
 //! `receive` takes from a consumer per topic (`basic.consume` with a bounded prefetch, so the broker
 //! streams deliveries instead of answering one `basic.get` per message) what has arrived, up to `max`;

@@ -124,6 +124,11 @@ impl RedisStockCache {
         format!("{}:{{s:{}}}:token:{}:{}", self.config.namespace, token.shop_id.0, token.order_no, token.generation)
     }
 
+    /// Runs a script whose one key is `token`, answering a word.
+    async fn on_token(&self, script: &Script, token: Token) -> PortResult<String> {
+        script.key(self.token_key(token)).invoke_async(&mut self.connection()).await.map_err(port_error)
+    }
+
     fn parked_key(&self, shop: ShopId, id: CommodityId) -> String {
         format!("{}:{{s:{}}}:parked:{}", self.config.namespace, shop.0, id.0)
     }
@@ -250,13 +255,7 @@ impl StockCache for RedisStockCache {
     }
 
     async fn claim(&self, token: Token) -> PortResult<Claim> {
-        let answer: String = self
-            .scripts
-            .claim
-            .key(self.token_key(token))
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(port_error)?;
+        let answer = self.on_token(&self.scripts.claim, token).await?;
         match answer.as_str() {
             "missing" => Ok(Claim::Missing),
             "claimed" => Ok(Claim::Claimed),
@@ -283,13 +282,7 @@ impl StockCache for RedisStockCache {
     }
 
     async fn keep_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>> {
-        let found: String = self
-            .scripts
-            .keep
-            .key(self.token_key(token))
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(port_error)?;
+        let found = self.on_token(&self.scripts.keep, token).await?;
         if found.is_empty() { Ok(None) } else { state_of(&found).map(Some) }
     }
 
