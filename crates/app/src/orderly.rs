@@ -5,14 +5,14 @@
 //! ([`crate::workers`]). What several of them share lives here: bounded dependency calls, the reserve
 //! that loads the cache, the order cache's copies.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use orderly_domain::{CatalogEntry, CommodityId, OrderNo};
 
 use crate::catalog::CatalogCache;
 use crate::config::FlowConfig;
-use crate::model::{Order, StockLevel, Token};
+use crate::model::{Order, Token};
 use crate::ports::{Bus, Clock, Held, IdGen, OrderCache, Payments, PortError, Reserve, StockCache, Store};
 use crate::sold_out::SoldOutMemory;
 
@@ -138,30 +138,28 @@ impl Orderly {
         Err(PortError::unavailable("stock cache", "the counters did not stay loaded (is the cache being flushed?)"))
     }
 
-    /// Loads the stock of `ids` into the cache, with the reservations of the accepted orders not created
-    /// yet that take from them (their `pending` views): a cache that lost those reservations would
-    /// otherwise sell their units a second time, and the accepted orders would be rejected. `false`: the
-    /// store has no stock for some of `ids`.
+    /// Loads the counters into the cache — every one that is absent, since a cache is lost whole (a
+    /// flush, a restart) and one load then serves every request that finds its counters missing — with
+    /// the reservations of the accepted orders not created yet (their `pending` views): a cache that lost
+    /// those would otherwise sell their units a second time, and the accepted orders would be rejected.
+    /// One load at a time in this process; `false`: the store has no stock for some of `ids`.
     ///
-    /// Read in this order: the pending orders (to name every commodity their reservations take from),
-    /// the levels, the pending orders again. An order pending at the second read was not created before
-    /// the levels were read, so its units are in them and are held back once; one created in between
-    /// is not held, and its creation's deductions reach the counter by its confirmation.
+    /// Read in this order: the pending orders, the levels, the pending orders again. An order pending at
+    /// the second read was not created before the levels were read, so its units are in them and are
+    /// held back once; one created in between is not held, and its creation's deductions reach the
+    /// counter by its confirmation.
     pub(crate) async fn load_into_cache(&self, ids: &[CommodityId]) -> Result<bool, PortError> {
         let _one_at_a_time = self.loading.lock().await;
         // Loaded by the load this one waited for?
         if !self.ports.cache.available(ids).await?.contains(&None) {
             return Ok(true);
         }
-        let takes_from_ids = |order: &Order| order.lines.iter().any(|line| ids.contains(&line.commodity_id));
-        let before: Vec<Order> =
-            self.ports.store.pending_orders().await?.into_iter().filter(|order| takes_from_ids(order)).collect();
-        let mut wanted: BTreeSet<CommodityId> = ids.iter().copied().collect();
-        wanted.extend(before.iter().flat_map(|order| order.lines.iter().map(|line| line.commodity_id)));
-        let wanted: Vec<CommodityId> = wanted.into_iter().collect();
-        let levels = self.ports.store.stock(&wanted).await?;
-        let present: Vec<(CommodityId, StockLevel)> =
-            wanted.iter().zip(levels).filter_map(|(id, level)| level.map(|l| (*id, l))).collect();
+        // A commodity without a stock ledger is never loaded: answered at once, without the full load.
+        if self.ports.store.stock(ids).await?.contains(&None) {
+            return Ok(false);
+        }
+        let before = self.ports.store.pending_orders().await?;
+        let levels = self.ports.store.all_stock().await?;
         let still: HashSet<OrderNo> =
             self.ports.store.pending_orders().await?.iter().map(|order| order.order_no).collect();
         let held: Vec<Held> = before
@@ -169,8 +167,8 @@ impl Orderly {
             .filter(|order| still.contains(&order.order_no))
             .map(|order| Held { token: order.entry_token(), lines: order.stock_lines() })
             .collect();
-        self.ports.cache.init(&present, &held).await?;
-        Ok(ids.iter().all(|id| present.iter().any(|(loaded, _)| loaded == id)))
+        self.ports.cache.init(&levels, &held).await?;
+        Ok(true)
     }
 
     /// Best effort: a release that fails here is done by the reservation check instead.
