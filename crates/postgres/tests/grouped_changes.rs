@@ -1,0 +1,160 @@
+//! `PgStore::change_order` groups concurrent changes into one transaction that locks stock rows before
+//! order rows and never after. A change whose order is created between the batch's unlocked read (which
+//! names the stock rows to lock) and its locked read needs stock rows the batch did not lock: it is
+//! decided by the batch's next round, whose unlocked read sees the order created.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use orderly_app::Store;
+use orderly_app::model::{Order, StockLevel};
+use orderly_app::ports::CreateRequest;
+use orderly_app::store_rules::{Levels, plan_create};
+use orderly_domain::{
+    CatalogEntry, CommodityId, Money, OrderAction, OrderLine, OrderNo, OrderState, ShopId, SnowflakeId, Uid,
+};
+use orderly_postgres::PgStore;
+use rand::TryRngCore;
+use sqlx::Row;
+use sqlx::postgres::PgConnectOptions;
+
+const A: CommodityId = CommodityId(1);
+const SHOP: ShopId = ShopId(100_001);
+const T0_MS: u64 = 1_800_000_000_000;
+
+fn url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A store in a fresh schema, and a plain pool on the same schema for the test's own transaction.
+async fn fresh() -> (PgStore, sqlx::PgPool) {
+    let mut bytes = [0u8; 8];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("randomness");
+    let schema = format!("orderly_test_{}", u64::from_le_bytes(bytes));
+    let options = PgConnectOptions::from_str(&url()).expect("a database URL");
+    let admin = sqlx::PgPool::connect_with(options.clone()).await.expect("PostgreSQL is up (see .ci/run)");
+    // The name is ours (digits after a fixed prefix): nothing to inject.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.expect("schema");
+    admin.close().await;
+    let options = options.options([("search_path", schema.as_str())]);
+    let store = PgStore::connect(options.clone(), 4).await.expect("store");
+    let pool = sqlx::PgPool::connect_with(options).await.expect("pool");
+    (store, pool)
+}
+
+fn pending_order() -> Order {
+    let buyer = Uid(7);
+    Order {
+        order_no: OrderNo::new(SnowflakeId(1), buyer),
+        buyer,
+        to_uid: buyer,
+        shop_id: SHOP,
+        pay_at_once: false,
+        lines: vec![OrderLine { commodity_id: A, quantity: 4, unit_price: Money::from_cents(100) }],
+        total: Money::from_cents(400),
+        state: OrderState::Pending,
+        created_ms: T0_MS,
+        updated_ms: T0_MS,
+        payment_attempt: None,
+        payment_id: None,
+        last_decline: None,
+        rejected_for: None,
+        token_generation: None,
+        stock_versions: Vec::new(),
+    }
+}
+
+fn key(order_no: OrderNo) -> (i64, i16) {
+    (i64::try_from(order_no.id.0).expect("small id"), i16::try_from(order_no.buyer_shard).expect("a shard"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_an_order_created_mid_batch_is_decided_by_the_next_round() {
+    let (store, pool) = fresh().await;
+    store
+        .put_commodities(&[CatalogEntry { commodity_id: A, shop_id: SHOP, unit_price: Money::from_cents(100) }])
+        .await
+        .expect("catalog");
+    store.add_stock(A, 10).await.expect("stock");
+    let order = pending_order();
+    store.insert_pending(std::slice::from_ref(&order)).await.expect("pending view");
+    let (id, shard) = key(order.order_no);
+
+    // A create, held open by hand: the pending view locked and turned into the created order, the stock
+    // deducted — not committed yet.
+    let mut create = pool.begin().await.expect("begin");
+    sqlx::query("SELECT body FROM orders WHERE order_id = $1 AND shard = $2 FOR UPDATE")
+        .bind(id)
+        .bind(shard)
+        .fetch_one(&mut *create)
+        .await
+        .expect("the view");
+    let row = sqlx::query("SELECT initial, available, version FROM stock WHERE commodity_id = 1 FOR UPDATE")
+        .fetch_one(&mut *create)
+        .await
+        .expect("the stock row");
+    let level = |column: &str| u64::try_from(row.get::<i64, _>(column)).expect("not negative");
+    let levels: Levels = [(
+        A,
+        StockLevel {
+            shop_id: SHOP,
+            initial: level("initial"),
+            available: level("available"),
+            version: level("version"),
+        },
+    )]
+    .into();
+    let request = CreateRequest {
+        token: Some(order.entry_token()),
+        short_of: None,
+        unpaid_deadline_ms: T0_MS + 900_000,
+        order: order.clone(),
+    };
+    let plan = plan_create(&[request], HashMap::new(), levels, T0_MS).expect("a plan");
+    let created = &plan.orders[0];
+    assert_eq!(created.state, OrderState::ToPay);
+    sqlx::query("UPDATE orders SET state = $3, body = $4 WHERE order_id = $1 AND shard = $2")
+        .bind(id)
+        .bind(shard)
+        .bind(created.state.as_str())
+        .bind(serde_json::to_string(created).expect("encodes"))
+        .execute(&mut *create)
+        .await
+        .expect("the order");
+    let (_, deducted) = plan.stock[0];
+    sqlx::query("UPDATE stock SET available = $1, version = $2 WHERE commodity_id = 1")
+        .bind(i64::try_from(deducted.available).expect("small"))
+        .bind(i64::try_from(deducted.version).expect("small"))
+        .execute(&mut *create)
+        .await
+        .expect("the stock");
+
+    // The cancel's batch reads the order unlocked (pending: no stock row to lock), then waits for the
+    // create's lock on the order row.
+    let store = std::sync::Arc::new(store);
+    let cancelling = std::sync::Arc::clone(&store);
+    let cancel =
+        tokio::spawn(async move { cancelling.transition(order.order_no, OrderAction::Cancel, T0_MS + 1).await });
+    let mut waiting = false;
+    for _ in 0..200 {
+        let waits: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("activity");
+        if waits > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(waiting, "the cancel waits for the create's lock on the order row");
+    create.commit().await.expect("the create commits");
+
+    let cancelled = cancel.await.expect("task").expect("answered").expect("allowed");
+    assert_eq!(cancelled.state, OrderState::Cancelled);
+    let available = store.stock(&[A]).await.expect("stock")[0].expect("a ledger").available;
+    assert_eq!(available, 10, "deducted by the create, returned once by the cancel");
+}
