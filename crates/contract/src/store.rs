@@ -13,17 +13,20 @@ use orderly_domain::{
     TransitionRejection, Uid,
 };
 
-const A: CommodityId = CommodityId(1);
+/// Commodity A, sold by `SHOP` (an adapter's own tests may build on the suite's fixtures).
+pub const A: CommodityId = CommodityId(1);
 const B: CommodityId = CommodityId(2);
-const SHOP: ShopId = ShopId(100_001);
+pub const SHOP: ShopId = ShopId(100_001);
 const BUYER: Uid = Uid(7);
-const T0_MS: u64 = 1_800_000_000_000;
+/// The suite's clock reading.
+pub const T0_MS: u64 = 1_800_000_000_000;
 
 fn order_no(n: u64) -> OrderNo {
     OrderNo::new(SnowflakeId(n), BUYER)
 }
 
-fn order(n: u64, lines: &[(CommodityId, u32)], pay_at_once: bool) -> Order {
+/// A `pending` order number `n` of the suite's buyer at `SHOP`, each line at 1.00.
+pub fn order(n: u64, lines: &[(CommodityId, u32)], pay_at_once: bool) -> Order {
     let lines: Vec<OrderLine> = lines
         .iter()
         .map(|(id, quantity)| OrderLine { commodity_id: *id, quantity: *quantity, unit_price: Money::from_cents(100) })

@@ -8,20 +8,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use orderly_app::Store;
-use orderly_app::model::{Order, StockLevel};
+use orderly_app::model::StockLevel;
 use orderly_app::ports::CreateRequest;
 use orderly_app::store_rules::{Levels, plan_create};
-use orderly_domain::{
-    CatalogEntry, CommodityId, Money, OrderAction, OrderLine, OrderNo, OrderState, ShopId, SnowflakeId, Uid,
-};
+use orderly_contract::store::{A, SHOP, T0_MS, order};
+use orderly_domain::{CatalogEntry, Money, OrderAction, OrderNo, OrderState};
 use orderly_postgres::PgStore;
 use rand::TryRngCore;
 use sqlx::Row;
 use sqlx::postgres::PgConnectOptions;
-
-const A: CommodityId = CommodityId(1);
-const SHOP: ShopId = ShopId(100_001);
-const T0_MS: u64 = 1_800_000_000_000;
 
 fn url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
@@ -43,28 +38,6 @@ async fn fresh() -> (PgStore, sqlx::PgPool) {
     (store, pool)
 }
 
-fn pending_order() -> Order {
-    let buyer = Uid(7);
-    Order {
-        order_no: OrderNo::new(SnowflakeId(1), buyer),
-        buyer,
-        to_uid: buyer,
-        shop_id: SHOP,
-        pay_at_once: false,
-        lines: vec![OrderLine { commodity_id: A, quantity: 4, unit_price: Money::from_cents(100) }],
-        total: Money::from_cents(400),
-        state: OrderState::Pending,
-        created_ms: T0_MS,
-        updated_ms: T0_MS,
-        payment_attempt: None,
-        payment_id: None,
-        last_decline: None,
-        rejected_for: None,
-        token_generation: None,
-        stock_versions: Vec::new(),
-    }
-}
-
 fn key(order_no: OrderNo) -> (i64, i16) {
     (i64::try_from(order_no.id.0).expect("small id"), i16::try_from(order_no.buyer_shard).expect("a shard"))
 }
@@ -77,7 +50,7 @@ async fn a_change_of_an_order_created_mid_batch_is_decided_by_the_next_round() {
         .await
         .expect("catalog");
     store.add_stock(A, 10).await.expect("stock");
-    let order = pending_order();
+    let order = order(1, &[(A, 4)], false);
     store.insert_pending(std::slice::from_ref(&order)).await.expect("pending view");
     let (id, shard) = key(order.order_no);
 
