@@ -66,7 +66,7 @@ impl Orderly {
     }
 
     pub async fn orders_of(&self, buyer: Uid, before: Option<OrderNo>, limit: usize) -> Result<Vec<Order>, PortError> {
-        self.bounded("store", self.ports.store.orders_of(buyer, before, limit.clamp(1, self.config.page_size_max)))
+        self.bounded("store", self.ports.store.orders_of(buyer, before, limit.clamp(1, self.config().page_size_max)))
             .await
     }
 
@@ -86,7 +86,7 @@ impl Orderly {
         self.order(actor, order_no).await?;
         let now_ms = self.ports.clock.now_ms();
         let attempt =
-            PaymentAttempt { started_ms: now_ms, charge_deadline_ms: now_ms + self.config.payment_call_timeout_ms };
+            PaymentAttempt { started_ms: now_ms, charge_deadline_ms: now_ms + self.config().payment_call_timeout_ms };
         let order = self.bounded("store", self.ports.store.begin_payment(order_no, attempt)).await??;
         self.orders_changed(vec![order_no]).await;
         let request = ChargeRequest {
@@ -99,7 +99,7 @@ impl Orderly {
         };
         let answer = crate::time::within(
             &*self.ports.clock,
-            self.config.payment_call_timeout_ms,
+            self.config().payment_call_timeout_ms,
             self.ports.payments.charge(request),
         )
         .await
@@ -109,7 +109,7 @@ impl Orderly {
             Ok(ChargeOutcome::Declined { reason }) => PaymentResult::Declined { reason },
             Err(error) => {
                 tracing::warn!(%order_no, %error, "charge without a definite answer; left to the reconciler");
-                let later = self.ports.clock.now_ms() + self.config.reconcile_backoff_ms;
+                let later = self.ports.clock.now_ms() + self.config().reconcile_backoff_ms;
                 // The attempt is in the safe-pay set already: without the postponement the reconciler
                 // asks at the charge deadline instead. Never an error answer for a charge that may be done.
                 if let Err(error) = self.ports.store.postpone_payment_check(order_no, later).await {

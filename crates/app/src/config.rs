@@ -71,3 +71,20 @@ impl Default for FlowConfig {
         }
     }
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Order requests admitted per second, sustained.
+    pub orders_per_second: u32,
+    /// Order requests admitted at once after a quiet spell.
+    pub burst: u32,
+    /// Buyer requests (`/api/orders…`, `/api/commodities…`) served at once; more are shed with 503.
+    pub in_flight_max: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig { orders_per_second: 20_000, burst: 2_000, in_flight_max: 512 }
+    }
+}

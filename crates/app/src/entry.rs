@@ -71,7 +71,7 @@ impl Orderly {
 
         // Remark 1: the check is armed before the reservation, so a crash right after reserving still
         // gets the stock back.
-        let check_at_ms = now_ms + self.config.reservation_check_delay_ms;
+        let check_at_ms = now_ms + self.config().reservation_check_delay_ms;
         let checks = orders
             .iter()
             .map(|o| Outgoing {
@@ -136,7 +136,7 @@ impl Orderly {
     /// (a cache read: nothing on the bus, nothing reserved). A look that fails knows nothing: the
     /// cart goes the whole way.
     async fn known_sold_out(&self, orders: &[Order], now_ms: u64) -> Option<CommodityId> {
-        let window_ms = self.config.sold_out_memory_ms;
+        let window_ms = self.config().sold_out_memory_ms;
         if window_ms == 0 {
             return None;
         }
@@ -239,7 +239,7 @@ impl Orderly {
             .map(|order| CreateRequest {
                 token: Some(order.entry_token()),
                 short_of: None,
-                unpaid_deadline_ms: now_ms + self.config.unpaid_timeout_ms,
+                unpaid_deadline_ms: now_ms + self.config().unpaid_timeout_ms,
                 order,
             })
             .collect();
@@ -254,7 +254,7 @@ impl Orderly {
     async fn price(&self, body: &PlaceOrderBody) -> Result<Vec<orderly_domain::OrderDraft>, PlaceError> {
         let mut entries: Vec<CatalogEntry> = Vec::with_capacity(body.commodity_details.len());
         // Bounded before any lookup: a huge cart costs nothing.
-        if body.commodity_details.len() <= self.config.cart.lines_max {
+        if body.commodity_details.len() <= self.config().cart.lines_max {
             for line in &body.commodity_details {
                 if let Some(entry) = self.catalog_entry(line.commodity_id).await? {
                     entries.push(entry);
@@ -262,7 +262,7 @@ impl Orderly {
             }
         }
         let drafts =
-            price_and_split(body, self.config.cart, |id| entries.iter().find(|e| e.commodity_id == id).copied())?;
+            price_and_split(body, self.config().cart, |id| entries.iter().find(|e| e.commodity_id == id).copied())?;
         Ok(drafts)
     }
 

@@ -19,6 +19,8 @@
 //! - [`store_rules`]: what every store decides (the batched create, a transition's stock return).
 //! - [`config`]: bounds and delays of the flow, each with a default.
 //! - [`group`]: group commit, for adapters: concurrent calls sent to their engine as one batch.
+//! - [`registry`]: the [`Registry`] port — members under leases, snowflake worker ids, settings.
+//! - [`settings`]: what changes without a restart ([`settings::Live`]) and how a setting is checked.
 
 pub mod admin;
 pub mod audit;
@@ -31,6 +33,8 @@ pub mod ids;
 pub mod model;
 pub mod orderly;
 pub mod ports;
+pub mod registry;
+pub mod settings;
 pub mod sold_out;
 pub mod store_rules;
 pub mod time;
@@ -41,3 +45,4 @@ pub use config::FlowConfig;
 pub use entry::PlaceError;
 pub use orderly::{Orderly, Ports};
 pub use ports::{Bus, Clock, IdGen, OrderCache, Payments, PortError, StockCache, Store};
+pub use registry::{Member, Registry, Role, Settings};

@@ -33,7 +33,8 @@ pub struct Ports {
 #[derive(Debug, Clone)]
 pub struct Orderly {
     pub(crate) ports: Ports,
-    pub(crate) config: FlowConfig,
+    /// The flow's settings, replaced whole when they change at run time ([`Orderly::set_config`]).
+    pub(crate) config: Arc<arc_swap::ArcSwap<FlowConfig>>,
     /// Catalog entries this process read lately (`config.catalog_cache_ms`).
     pub(crate) catalog: Arc<CatalogCache>,
     /// Commodities this process saw sold out lately (`config.sold_out_memory_ms`).
@@ -74,7 +75,7 @@ impl Orderly {
     pub fn new(ports: Ports, config: FlowConfig) -> Orderly {
         Orderly {
             ports,
-            config,
+            config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),
             catalog: Arc::default(),
             sold_out: Arc::default(),
             leases: Arc::default(),
@@ -82,15 +83,20 @@ impl Orderly {
         }
     }
 
-    /// The flow's settings.
-    pub fn config(&self) -> &FlowConfig {
-        &self.config
+    /// The flow's settings now (each use reads them once: a change applies from the next use).
+    pub fn config(&self) -> Arc<FlowConfig> {
+        self.config.load_full()
+    }
+
+    /// Replaces the flow's settings in this process (and its clones), without a restart.
+    pub fn set_config(&self, config: FlowConfig) {
+        self.config.store(Arc::new(config));
     }
 
     /// A catalog entry, from this process's recent reads or the store.
     pub(crate) async fn catalog_entry(&self, id: CommodityId) -> Result<Option<CatalogEntry>, PortError> {
         let now_ms = self.ports.clock.now_ms();
-        if let Some(entry) = self.catalog.get(id, now_ms, self.config.catalog_cache_ms) {
+        if let Some(entry) = self.catalog.get(id, now_ms, self.config().catalog_cache_ms) {
             return Ok(Some(entry));
         }
         let entry = self.bounded("store", self.ports.store.commodity(id)).await?;
@@ -108,7 +114,7 @@ impl Orderly {
         what: &'static str,
         call: impl std::future::Future<Output = Result<T, PortError>>,
     ) -> Result<T, PortError> {
-        let limit_ms = self.config.entry_call_timeout_ms;
+        let limit_ms = self.config().entry_call_timeout_ms;
         match crate::time::within(&*self.ports.clock, limit_ms, call).await {
             Some(result) => result,
             None => Err(PortError::unavailable(what, format!("no answer within {limit_ms} ms"))),
@@ -209,7 +215,7 @@ impl Orderly {
             tracing::warn!(orders = order_nos.len(), %error, "order cache: delete failed; the copies expire on their own");
         }
         let (orders, second_delete) =
-            (Arc::clone(orders), self.ports.clock.sleep_ms(self.config.order_cache_second_delete_ms));
+            (Arc::clone(orders), self.ports.clock.sleep_ms(self.config().order_cache_second_delete_ms));
         tokio::spawn(async move {
             second_delete.await;
             if let Err(error) = orders.forget(&order_nos).await {

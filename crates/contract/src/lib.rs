@@ -12,16 +12,20 @@
 //! - [`store`]: catalog and ledger, batched create, transitions, payment attempts, outbox, idempotency.
 //! - [`payments`]: the payment ledger over a pair of books — atomic steps under racing retries and
 //!   attempts, first writer wins at the acquirer, leases, refunds.
+//! - [`registry`]: members under leases, a silent participant gone within the TTL, unique worker ids,
+//!   settings that reach every participant.
 //! - [`stock_cache`]: the reservation token lifecycle, all-or-nothing reserve, empty rollback, hanging
 //!   reserve, versioned restock, init-if-absent, and a race for the last units.
 
 pub mod bus;
 pub mod payments;
+pub mod registry;
 pub mod stock_cache;
 pub mod store;
 
 pub use bus::BusFixture;
 pub use orderly_app::{StockCache, Store};
+pub use registry::RegistryFixture;
 
 /// One `#[tokio::test]` per case of [`stock_cache`], each on a fresh adapter from `$factory`.
 #[macro_export]
@@ -144,6 +148,30 @@ macro_rules! payment_ledger_contract {
             async fn $case() {
                 let (books, _guard) = ($factory)().await;
                 $crate::payments::$case(books).await;
+            }
+        )*
+    };
+}
+
+/// One `#[tokio::test]` per case of [`registry`], each on a fresh registry from `$factory`.
+#[macro_export]
+macro_rules! registry_contract {
+    ($factory:expr) => {
+        $crate::registry_contract!(@cases $factory;
+            a_registered_member_is_seen_by_every_participant,
+            a_deregistered_member_leaves_at_once,
+            a_participant_gone_without_a_word_leaves_within_the_ttl,
+            worker_ids_are_unique_among_live_participants,
+            a_setting_reaches_every_participant,
+            status_lists_servers_and_members,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fixture: ::std::sync::Arc<dyn $crate::RegistryFixture> = ($factory)().await;
+                $crate::registry::$case(fixture).await;
             }
         )*
     };

@@ -9,6 +9,7 @@
 //! - [`cache`]: [`LocalStockCache`], the stock cache in memory, rebuilt from the store at start.
 //! - [`payments`]: the payment ledger's and the simulated acquirer's books in the embedded database
 //!   ([`local_payments`]: the payment service in process).
+//! - [`registry`]: [`LocalRegistry`], the registry in process; its settings kept in the database.
 //! - [`error`]: [`LocalError`], what can fail here, mapped to the ports' error.
 //! - [`open`]: every adapter above opened on one data directory, as the profile's `Ports`.
 
@@ -18,6 +19,7 @@ pub mod db;
 pub mod error;
 pub mod open;
 pub mod payments;
+pub mod registry;
 pub mod store;
 
 pub use bus::LocalBus;
@@ -26,6 +28,7 @@ pub use db::{Durability, LocalDb};
 pub use error::LocalError;
 pub use open::{LocalConfig, open, open_payment_ledger};
 pub use payments::{AcquirerConfig, local_payment_books, local_payments};
+pub use registry::LocalRegistry;
 pub use store::LocalStore;
 
 use orderly_app::PortError;

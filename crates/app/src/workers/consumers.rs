@@ -15,13 +15,13 @@ impl Orderly {
     /// (each is about one order; the store serialises what touches the same one), so their commits
     /// share group-commit syncs, and the done ones are acked together.
     pub(super) async fn consume(&self, topic: Topic) -> Result<Outcome, PortError> {
-        let deliveries = self.ports.bus.receive(topic, self.config.worker_batch_max).await?;
+        let deliveries = self.ports.bus.receive(topic, self.config().worker_batch_max).await?;
         let handled: Vec<(Delivery, Result<Handled, PortError>)> = futures_util::stream::iter(deliveries)
             .map(|delivery| async move {
                 let result = self.handle(&delivery.message).await;
                 (delivery, result)
             })
-            .buffer_unordered(self.config.worker_concurrency_max.max(1))
+            .buffer_unordered(self.config().worker_concurrency_max.max(1))
             .collect()
             .await;
         let mut outcome = Outcome::default();
@@ -69,7 +69,7 @@ impl Orderly {
                     // A charge in flight, or a pay-at-once order whose charge has not run yet: its outcome
                     // decides (the buyer asked to pay).
                     Err(ChangeRejection::PaymentInFlight) => {
-                        Ok(Handled::Later(now_ms + self.config.unpaid_timeout_retry_ms))
+                        Ok(Handled::Later(now_ms + self.config().unpaid_timeout_retry_ms))
                     }
                     // Paid, cancelled, already closed, or gone: nothing to do.
                     Err(_) => Ok(Handled::Done),
@@ -92,7 +92,7 @@ impl Orderly {
         let Some(order) = self.ports.store.order(order_no).await?.filter(|o| !o.state.is_final()) else {
             return Ok(Deadline::Moot);
         };
-        let deadline_ms = order.created_ms.saturating_add(self.config.unpaid_timeout_ms);
+        let deadline_ms = order.created_ms.saturating_add(self.config().unpaid_timeout_ms);
         let judged_ms = self.ports.clock.judged_now_ms(order.created_ms);
         if judged_ms >= deadline_ms {
             return Ok(Deadline::Passed);

@@ -10,7 +10,7 @@ use crate::ports::{Claim, CreateOutcome, CreateRequest, PortError, Reserve};
 impl Orderly {
     /// Worker: create orders, a batch per step (remarks 3–5).
     pub(super) async fn create_orders_step(&self) -> Result<Outcome, PortError> {
-        let deliveries = self.ports.bus.receive(Topic::CreateOrder, self.config.worker_batch_max).await?;
+        let deliveries = self.ports.bus.receive(Topic::CreateOrder, self.config().worker_batch_max).await?;
         if deliveries.is_empty() {
             return Ok(Outcome::default());
         }
@@ -49,7 +49,7 @@ impl Orderly {
                     batch.push(CreateRequest {
                         token,
                         short_of,
-                        unpaid_deadline_ms: now_ms + self.config.unpaid_timeout_ms,
+                        unpaid_deadline_ms: now_ms + self.config().unpaid_timeout_ms,
                         order,
                     });
                     receipts.push(delivery.receipt);
@@ -73,7 +73,7 @@ impl Orderly {
             Err(error) => {
                 // Tokens stay CLAIMED: the redelivery finds them so and carries on.
                 tracing::warn!(%error, orders = batch.len(), "create batch failed; will be redelivered");
-                let at_ms = self.ports.clock.now_ms() + self.config.redelivery_delay_ms;
+                let at_ms = self.ports.clock.now_ms() + self.config().redelivery_delay_ms;
                 for receipt in &receipts {
                     self.ports.bus.retry(receipt, at_ms).await?;
                 }

@@ -8,7 +8,7 @@ impl Orderly {
     /// Whether this process holds lease `name` now; renews it once half of it has passed.
     pub(crate) async fn hold_lease(&self, name: &'static str) -> Result<bool, PortError> {
         let now_ms = self.ports.clock.now_ms();
-        let length_ms = self.config.lease_ms.max(2);
+        let length_ms = self.config().lease_ms.max(2);
         if self.leases.held_until(name) > now_ms + length_ms / 2 {
             return Ok(true);
         }

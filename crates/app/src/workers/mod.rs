@@ -91,17 +91,17 @@ impl Orderly {
     /// accepted order is created however long the outage (forced completion). Only a message that fails
     /// for another reason `delivery_attempts_max` times is dead-lettered, for an operator.
     async fn retry_or_dead_letter(&self, delivery: &Delivery, error: &PortError) -> Result<Fate, PortError> {
-        if !error.is_retryable() && delivery.attempt >= self.config.delivery_attempts_max {
+        if !error.is_retryable() && delivery.attempt >= self.config().delivery_attempts_max {
             tracing::error!(attempt = delivery.attempt, %error, "message failed too often; dead-lettered");
             self.ports.bus.dead_letter(&delivery.receipt, &error.to_string()).await?;
             return Ok(Fate::DeadLettered);
         }
         let doublings = delivery.attempt.saturating_sub(1).min(16);
-        let delay_ms = self
-            .config
+        let config = self.config();
+        let delay_ms = config
             .redelivery_delay_ms
             .saturating_mul(1 << doublings)
-            .min(self.config.redelivery_delay_ms_max.max(self.config.redelivery_delay_ms));
+            .min(config.redelivery_delay_ms_max.max(config.redelivery_delay_ms));
         self.ports.bus.retry(&delivery.receipt, self.ports.clock.now_ms() + delay_ms).await?;
         Ok(Fate::Retried)
     }

@@ -13,7 +13,7 @@ impl Orderly {
         if !self.hold_lease("outbox").await? {
             return Ok(Outcome::default());
         }
-        let events = self.ports.store.outbox(self.config.worker_batch_max).await?;
+        let events = self.ports.store.outbox(self.config().worker_batch_max).await?;
         if events.is_empty() {
             return Ok(Outcome::default());
         }

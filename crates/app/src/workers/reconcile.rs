@@ -16,7 +16,7 @@ impl Orderly {
         let now_ms = self.ports.clock.now_ms();
         // "Never charged" is concluded only once the charge deadline has passed by the monotonic clock: a
         // clock stepped forward must not end an attempt the service may still start.
-        let due = self.ports.store.payments_due(now_ms, self.config.worker_batch_max).await?;
+        let due = self.ports.store.payments_due(now_ms, self.config().worker_batch_max).await?;
         let mut outcome = Outcome::default();
         for order_no in due {
             let Some(order) = self.ports.store.order(order_no).await? else { continue };
@@ -43,7 +43,7 @@ impl Orderly {
                 None => {
                     let waited_ms = now_ms.saturating_sub(attempt.started_ms);
                     let backoff_ms =
-                        waited_ms.clamp(self.config.reconcile_backoff_ms, self.config.reconcile_backoff_ms_max);
+                        waited_ms.clamp(self.config().reconcile_backoff_ms, self.config().reconcile_backoff_ms_max);
                     self.ports.store.postpone_payment_check(order_no, now_ms + backoff_ms).await?;
                     outcome.retried += 1;
                 }

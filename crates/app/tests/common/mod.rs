@@ -94,7 +94,7 @@ pub async fn sleeps_ended(clock: &ManualClock) {
 /// Changes the ports behind `orderly` (a test breaking one of them) and wires the flow to them again.
 pub fn rewire(orderly: &mut Orderly, ports: &mut Ports, change: impl FnOnce(&mut Ports)) {
     change(ports);
-    *orderly = Orderly::new(ports.clone(), orderly.config().clone());
+    *orderly = Orderly::new(ports.clone(), (*orderly.config()).clone());
 }
 
 pub async fn harness_with(stock: u32, acquirer: AcquirerConfig) -> Harness {
