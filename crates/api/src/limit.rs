@@ -1,4 +1,4 @@
-//! The entry's limits. A static rate limit: a token bucket (GCRA, `governor`) shared by the whole
+//! The entry's limits. A rate limit (changed at run time by replacing the bucket whole): a token bucket (GCRA, `governor`) shared by the whole
 //! process; a refused request gets 429 with `Retry-After` and costs nothing else (early fail). And load
 //! shedding: at most `in_flight_max` buyer requests are served at once; one more is answered 503 at
 //! once instead of queueing, so under overload the accepted requests keep a bounded latency.
@@ -12,6 +12,8 @@ pub use orderly_app::config::RateLimitConfig;
 
 #[derive(Debug)]
 pub struct EntryLimiter {
+    /// What it was built from: `orders_per_second` and `burst`.
+    rate: (u32, u32),
     limiter: RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock>,
     /// The token bucket's own monotonic clock (governor's), for `Retry-After`; not the Clock port.
     bucket_clock: DefaultClock,
@@ -23,9 +25,15 @@ impl EntryLimiter {
         let burst = NonZeroU32::new(config.burst.max(1)).unwrap_or(NonZeroU32::MIN);
         let clock = DefaultClock::default();
         EntryLimiter {
+            rate: (config.orders_per_second, config.burst),
             limiter: RateLimiter::direct_with_clock(Quota::per_second(rate).allow_burst(burst), clock.clone()),
             bucket_clock: clock,
         }
+    }
+
+    /// Whether this limiter enforces `config`'s rate and burst.
+    pub fn enforces(&self, config: &RateLimitConfig) -> bool {
+        self.rate == (config.orders_per_second, config.burst)
     }
 
     /// `Err(wait)` when the bucket is empty.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
@@ -10,8 +11,10 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use orderly_app::Actor;
+use orderly_app::registry::Registry;
+use orderly_app::settings::Live;
 use orderly_app::{Orderly, PayOutcome};
 use orderly_domain::{CatalogEntry, CommodityId, Money, OrderNo, PlaceOrderBody, ShopId, Uid};
 use serde::Deserialize;
@@ -34,13 +37,17 @@ pub struct ApiState {
     inner: Arc<Inner>,
     /// Serve `POST /api/baseline/orders`, the bench's naive baseline.
     naive_baseline: bool,
+    /// The registry whose settings `/api/admin/config` reads and writes, and the process's own
+    /// configuration they are laid over (to check a value before it is written).
+    registry: Option<(Arc<dyn Registry>, Arc<Live>)>,
 }
 
 #[derive(Debug)]
 struct Inner {
     orderly: Orderly,
     auth: TokenAuth,
-    limiter: EntryLimiter,
+    /// Replaced whole when the rate limit changes at run time.
+    limiter: ArcSwap<EntryLimiter>,
     in_flight_max: usize,
 }
 
@@ -50,10 +57,25 @@ impl ApiState {
             inner: Arc::new(Inner {
                 orderly,
                 auth,
-                limiter: EntryLimiter::new(limits),
+                limiter: ArcSwap::from_pointee(EntryLimiter::new(limits)),
                 in_flight_max: limits.in_flight_max.max(1),
             }),
             naive_baseline: false,
+            registry: None,
+        }
+    }
+
+    /// Serves `/api/admin/config` (the registry's settings, each checked against `base` before it is
+    /// written) and `/api/admin/cluster` (the registry's status).
+    pub fn with_registry(mut self, registry: Arc<dyn Registry>, base: Live) -> ApiState {
+        self.registry = Some((registry, Arc::new(base)));
+        self
+    }
+
+    /// Applies a rate limit changed at run time (a new bucket, full, when rate or burst differ).
+    pub fn set_rate_limit(&self, limits: &RateLimitConfig) {
+        if !self.inner.limiter.load().enforces(limits) {
+            self.inner.limiter.store(Arc::new(EntryLimiter::new(limits)));
         }
     }
 
@@ -89,6 +111,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/admin/stock", post(admin_stock))
         .route("/api/admin/audit", get(admin_audit))
         .route("/api/admin/bus", get(admin_bus))
+        .route("/api/admin/config", get(admin_config))
+        .route("/api/admin/config/{key}", put(admin_config_set).delete(admin_config_unset))
+        .route("/api/admin/cluster", get(admin_cluster))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "no such route") })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)
@@ -172,7 +197,7 @@ fn admit_cart<'h>(
     headers: &'h HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(PlaceOrderBody, Option<&'h str>), ApiError> {
-    state.inner.limiter.admit().map_err(ApiError::rate_limited)?;
+    state.inner.limiter.load().admit().map_err(ApiError::rate_limited)?;
     let uid = state.buyer(headers)?;
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -381,4 +406,75 @@ async fn admin_audit(
     let depth = state.orderly().bus_depth().await?;
     let report = serde_json::to_value(&report).unwrap_or_default();
     Ok(ok(StatusCode::OK, json!({ "report": report, "bus": depth })))
+}
+
+impl ApiState {
+    fn registry(&self) -> Result<(&Arc<dyn Registry>, &Live), ApiError> {
+        match &self.registry {
+            Some((registry, base)) => Ok((registry, base)),
+            None => Err(ApiError::new(StatusCode::NOT_FOUND, "no_registry", "this process has no registry")),
+        }
+    }
+}
+
+/// The settings changed at run time (`settings`) and every setting in force here (`effective`: this
+/// process's configuration with them laid over it).
+async fn admin_config(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    state.admin(&headers)?;
+    let (registry, base) = state.registry()?;
+    let settings = registry.settings().borrow().clone();
+    let effective = base.with(&settings).map(|live| live.flatten()).map_err(invalid_setting)?;
+    Ok(ok(StatusCode::OK, json!({ "settings": settings, "effective": effective })))
+}
+
+/// Sets one setting for every process (the body: its JSON value). Checked first: a bad value is
+/// refused naming the key, and nothing changes.
+async fn admin_config_set(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    key: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    state.admin(&headers)?;
+    let (registry, base) = state.registry()?;
+    let Path(key) = key.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text()))?;
+    let body = body_bytes(body)?;
+    let value = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", "the value is not UTF-8"))?
+        .trim()
+        .to_owned();
+    let mut settings = registry.settings().borrow().clone();
+    settings.insert(key.clone(), value.clone());
+    let live = base.with(&settings).map_err(invalid_setting)?;
+    registry.set_setting(&key, Some(&value)).await?;
+    let effective = live.flatten().remove(&key);
+    Ok(ok(StatusCode::OK, json!({ "key": key, "value": effective })))
+}
+
+/// Removes one setting: every process goes back to its own configuration for it.
+async fn admin_config_unset(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    state.admin(&headers)?;
+    let (registry, _) = state.registry()?;
+    let Path(key) = key.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text()))?;
+    registry.set_setting(&key, None).await?;
+    Ok(ok(StatusCode::OK, json!({ "key": key, "value": null })))
+}
+
+fn invalid_setting(error: orderly_app::settings::SettingError) -> ApiError {
+    let key = error.key.clone();
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_setting", error.to_string())
+        .with_data(json!({ "key": key }))
+}
+
+/// The registry's servers, the processes registered (role, address, version, start) and the worker ids
+/// they hold.
+async fn admin_cluster(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    state.admin(&headers)?;
+    let (registry, _) = state.registry()?;
+    let status = registry.status().await?;
+    Ok(ok(StatusCode::OK, serde_json::to_value(&status).unwrap_or_default()))
 }

@@ -26,7 +26,7 @@ pub use bus::LocalBus;
 pub use cache::LocalStockCache;
 pub use db::{Durability, LocalDb};
 pub use error::LocalError;
-pub use open::{LocalConfig, open, open_payment_ledger};
+pub use open::{LocalConfig, open, open_payment_ledger, open_with_registry};
 pub use payments::{AcquirerConfig, local_payment_books, local_payments};
 pub use registry::LocalRegistry;
 pub use store::LocalStore;

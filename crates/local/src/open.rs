@@ -11,7 +11,9 @@ use orderly_ledger::{LedgerConfig, PaymentLedger};
 use serde::{Deserialize, Serialize};
 
 use crate::error::LocalError;
-use crate::{AcquirerConfig, Durability, LocalBus, LocalDb, LocalStockCache, LocalStore, local_payments};
+use crate::{
+    AcquirerConfig, Durability, LocalBus, LocalDb, LocalRegistry, LocalStockCache, LocalStore, local_payments,
+};
 
 /// Settings of the standalone adapters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +71,16 @@ pub async fn open(
     local: &LocalConfig,
     payments: Option<Arc<dyn Payments>>,
 ) -> Result<Ports, PortError> {
+    Ok(open_with_registry(data_dir, clock, local, payments).await?.0)
+}
+
+/// [`open`], and the in-process registry whose settings are kept in the same database.
+pub async fn open_with_registry(
+    data_dir: &Path,
+    clock: Arc<dyn Clock>,
+    local: &LocalConfig,
+    payments: Option<Arc<dyn Payments>>,
+) -> Result<(Ports, LocalRegistry), PortError> {
     std::fs::create_dir_all(data_dir)
         .map_err(|source| LocalError::Directory { path: data_dir.display().to_string(), source })?;
     let db = LocalDb::open(data_dir, local.durability)?;
@@ -85,6 +97,7 @@ pub async fn open(
         .collect();
     cache.init(&store.all_stock().await?, &held).await?;
     let bus = Arc::new(LocalBus::new(db.clone(), Arc::clone(&clock), local.bus_lease_ms)?);
+    let registry = LocalRegistry::open(Some(db.clone()))?;
     let payments = match payments {
         Some(payments) => payments,
         None => Arc::new(local_payments(db, local.acquirer.clone(), Arc::clone(&clock), local.ledger.clone())),
@@ -92,5 +105,5 @@ pub async fn open(
     let ids = Arc::new(
         LeasedSnowflake::start(Arc::clone(&store), Arc::clone(&clock), local.worker_id, local.id_lease_ms).await?,
     );
-    Ok(Ports { cache, store, bus, payments, clock, ids, orders: None })
+    Ok((Ports { cache, store, bus, payments, clock, ids, orders: None }, registry))
 }

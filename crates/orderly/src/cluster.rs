@@ -1,15 +1,18 @@
-//! The cluster profile: PostgreSQL store, Redis stock cache, RabbitMQ bus, the payment service over
-//! gRPC — one set of adapters shared by any number of `orderly api` and `orderly worker` processes.
+//! The cluster profile: PostgreSQL store, Redis stock cache, RabbitMQ bus, etcd registry, the payment
+//! service over gRPC (its instances found in the registry) — one set of adapters shared by any number
+//! of `orderly api` and `orderly worker` processes.
 
 use std::str::FromStr;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use orderly_app::ids::LeasedSnowflake;
+use orderly_app::registry::{Member, Registry};
 use orderly_app::{Orderly, Ports};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::registry::Opened;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -22,8 +25,14 @@ pub struct ClusterConfig {
     pub amqp_url: String,
     /// Prefix of Redis keys and RabbitMQ queues: several systems can share the servers.
     pub namespace: String,
-    /// Snowflake worker id: unique per process of the cluster (0–1023).
-    pub worker_id: u16,
+    /// Snowflake worker id, unique per process of the cluster (0–1023). Unset (the default): claimed from
+    /// the registry, held while the process lives.
+    pub worker_id: Option<u16>,
+    /// `ORDERLY_CLUSTER__ETCD_ENDPOINTS`: the registry (members, worker ids, settings changed at run time).
+    pub etcd_endpoints: Vec<String>,
+    /// A process's registration lives this long after its last keep-alive: a killed instance leaves
+    /// the balancers within it.
+    pub registry_ttl_s: i64,
     /// Connections to PostgreSQL per process.
     pub postgres_connections_max: u32,
     /// How long the cache remembers a reservation token.
@@ -43,7 +52,9 @@ impl Default for ClusterConfig {
             redis_url: "redis://127.0.0.1:6379/0".to_owned(),
             amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
             namespace: "orderly".to_owned(),
-            worker_id: 1,
+            worker_id: None,
+            etcd_endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            registry_ttl_s: 5,
             postgres_connections_max: 16,
             token_ttl_ms: 60 * 60 * 1000,
             order_cache_ttl_ms: 60_000,
@@ -52,14 +63,36 @@ impl Default for ClusterConfig {
     }
 }
 
-/// Connects every adapter of the cluster profile.
-pub async fn open(config: &Config) -> anyhow::Result<Orderly> {
+/// Connects to the cluster's registry (etcd).
+pub async fn connect_registry(config: &Config) -> anyhow::Result<Arc<orderly_etcd::EtcdRegistry>> {
     let cluster = &config.cluster;
-    if config.payments.endpoints.is_empty() {
-        bail!(
-            "the cluster profile pays through `orderly payment`: set payments.endpoints (ORDERLY_PAYMENTS__ENDPOINTS)"
-        );
-    }
+    let etcd = orderly_etcd::EtcdConfig {
+        lease_ttl_s: cluster.registry_ttl_s.max(1),
+        ..orderly_etcd::EtcdConfig::new(cluster.etcd_endpoints.clone(), cluster.namespace.clone())
+    };
+    let registry = orderly_etcd::EtcdRegistry::connect(etcd)
+        .await
+        .with_context(|| format!("connecting to etcd at {:?} (cluster.etcd_endpoints)", cluster.etcd_endpoints))?;
+    Ok(Arc::new(registry))
+}
+
+/// Connects every adapter of the cluster profile. With a `role`, the process registers as `member` and
+/// takes a worker id from the registry (unless `cluster.worker_id` is set); without one (the audit) it
+/// registers nothing.
+pub async fn open(config: &Config, member: Option<Member>) -> anyhow::Result<Opened> {
+    let cluster = &config.cluster;
+    let registry = connect_registry(config).await?;
+    let worker_id = match (&member, cluster.worker_id) {
+        (_, Some(id)) => id,
+        (None, None) => orderly_domain::snowflake::WORKER_ID_MAX,
+        (Some(member), None) => {
+            registry.register(member.clone()).await.context("registering in etcd")?;
+            registry
+                .claim_worker_id(orderly_domain::snowflake::WORKER_ID_MAX)
+                .await
+                .context("claiming a snowflake worker id")?
+        }
+    };
     let clock: Arc<dyn orderly_app::Clock> = Arc::new(orderly_clock::SystemClock);
     let options = sqlx::postgres::PgConnectOptions::from_str(&cluster.postgres_url).context("postgres_url")?;
     let store = Arc::new(
@@ -95,11 +128,18 @@ pub async fn open(config: &Config) -> anyhow::Result<Orderly> {
                 .context("connecting to Redis (order cache)")?,
         )),
     };
-    let payments = Arc::new(orderly_payment::GrpcPayments::new(config.payments.clone())?);
+    // Configured endpoints win; otherwise the payment instances registered in etcd, followed.
+    let payments = Arc::new(if config.payments.endpoints.is_empty() {
+        orderly_payment::GrpcPayments::discovered(config.payments.clone(), registry.members())
+    } else {
+        orderly_payment::GrpcPayments::new(config.payments.clone())?
+    });
     let ids = Arc::new(
-        LeasedSnowflake::start(store.clone(), Arc::clone(&clock), cluster.worker_id, config.local.id_lease_ms)
+        LeasedSnowflake::start(store.clone(), Arc::clone(&clock), worker_id, config.local.id_lease_ms)
             .await
             .context("leasing the id generator")?,
     );
-    Ok(Orderly::new(Ports { cache, store, bus, payments, clock, ids, orders }, config.flow.clone()))
+    tracing::info!(worker_id, "snowflake worker id");
+    let orderly = Orderly::new(Ports { cache, store, bus, payments, clock, ids, orders }, config.flow.clone());
+    Ok(Opened { orderly, registry })
 }

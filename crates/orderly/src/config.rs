@@ -54,6 +54,10 @@ pub struct PaymentServiceConfig {
     pub postgres_url: Option<String>,
     pub postgres_schema: String,
     pub postgres_connections_max: u32,
+    /// `ORDERLY_PAYMENT_SERVICE__REGISTER`: register in the cluster's etcd (`cluster.etcd_endpoints`) so
+    /// the APIs and workers find this instance (the cluster profile); off, clients are pointed at it by
+    /// `payments.endpoints`.
+    pub register: bool,
 }
 
 impl Default for PaymentServiceConfig {
@@ -64,6 +68,7 @@ impl Default for PaymentServiceConfig {
             postgres_url: None,
             postgres_schema: "payment".to_owned(),
             postgres_connections_max: 8,
+            register: false,
         }
     }
 }
@@ -124,9 +129,10 @@ impl Config {
         figment = figment.merge(env);
         let config: Config = figment.extract().context("invalid configuration")?;
         // A snowflake worker id must fit its bits; a wrong one is a configuration error, not a panic.
-        for (key, worker_id) in
-            [("local.worker_id", config.local.worker_id), ("cluster.worker_id", config.cluster.worker_id)]
-        {
+        for (key, worker_id) in [
+            ("local.worker_id", config.local.worker_id),
+            ("cluster.worker_id", config.cluster.worker_id.unwrap_or_default()),
+        ] {
             anyhow::ensure!(
                 worker_id <= orderly_domain::snowflake::WORKER_ID_MAX,
                 "invalid configuration: {key} = {worker_id} must be at most {}",

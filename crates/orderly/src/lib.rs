@@ -5,10 +5,12 @@
 //! - [`config`]: defaults, TOML file, `ORDERLY_*` environment; the token secrets kept in the data directory.
 //! - [`standalone`]: the standalone profile — every adapter on one embedded database.
 //! - [`cluster`]: the cluster profile — PostgreSQL, Redis, RabbitMQ and the payment service over gRPC.
+//! - [`registry`]: a process in its registry — registration, settings applied without a restart.
 //! - [`serve`]: the roles — HTTP API, workers, the payment service — run until a shutdown signal.
 
 pub mod cluster;
 pub mod config;
+pub mod registry;
 pub mod serve;
 pub mod standalone;
 

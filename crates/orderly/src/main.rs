@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orderly::config::{self, Config};
-use orderly::{cluster, serve, standalone};
+use orderly::{cluster, registry, serve, standalone};
+use orderly_app::registry::Role;
 use orderly_domain::Uid;
 
 #[derive(Debug, Parser)]
@@ -61,6 +62,20 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Settings changed at run time, through a running API's admin endpoint (`/api/admin/config`): every
+    /// process of the system applies a change within a second.
+    Config {
+        /// The API to ask (default: `http_addr` of the configuration).
+        #[arg(long)]
+        url: Option<String>,
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// The cluster as its registry (etcd, `cluster.etcd_endpoints`) sees it.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Checks invariants I1–I5 on a stopped standalone data directory (or, with `--cluster`, on the
     /// cluster profile's PostgreSQL, Redis and payment service); exits 1 on any violation.
     Audit {
@@ -78,6 +93,25 @@ enum Command {
         #[arg(long, requires = "cluster")]
         quiet: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Every setting in force (`*`: changed at run time).
+    List,
+    /// One setting's value in force.
+    Get { key: String },
+    /// Sets a setting for every process (VALUE is JSON: `250`, `"text"`); checked first.
+    Set { key: String, value: String },
+    /// Back to each process's own configuration.
+    Unset { key: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterAction {
+    /// etcd's members (health, leader), the processes registered (role, address, version, age) and the
+    /// snowflake worker ids they hold.
+    Status,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -108,19 +142,84 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Payment => runtime.block_on(serve::payment_service(config)),
         Command::Api { catalog } => runtime.block_on(async {
-            let orderly = cluster::open(&config).await?;
+            let member = registry::member(Role::Api);
+            let opened = cluster::open(&config, Some(member.clone())).await?;
             if let Some(path) = catalog {
-                serve::load_catalog_file(&orderly, &path).await?;
+                serve::load_catalog_file(&opened.orderly, &path).await?;
             }
-            serve::run_roles(&config, orderly, serve::Roles { http: true, workers: false }, "cluster").await
+            serve::run_roles(&config, opened, member, serve::Roles { http: true, workers: false }, "cluster").await
         }),
         Command::Worker => runtime.block_on(async {
-            let orderly = cluster::open(&config).await?;
-            serve::run_roles(&config, orderly, serve::Roles { http: false, workers: true }, "cluster").await
+            let member = registry::member(Role::Worker);
+            let opened = cluster::open(&config, Some(member.clone())).await?;
+            serve::run_roles(&config, opened, member, serve::Roles { http: false, workers: true }, "cluster").await
         }),
+        Command::Config { url, action } => runtime.block_on(admin_config(&config, url, action)),
+        Command::Cluster { action: ClusterAction::Status } => runtime.block_on(cluster_status(&config)),
         Command::Bench { args } => run_bench("orders", &args, cli.config.as_deref()),
         Command::BenchPayment { args } => run_bench("payment", &args, cli.config.as_deref()),
     }
+}
+
+/// `orderly config …`: through an API's admin endpoint, with the admin token of the data directory.
+async fn admin_config(config: &Config, url: Option<String>, action: ConfigAction) -> anyhow::Result<()> {
+    let base = url.unwrap_or_else(|| format!("http://{}", config.http_addr));
+    let admin = config::secrets(config)?.admin_token;
+    let http = reqwest::Client::new();
+    let endpoint = |key: &str| format!("{base}/api/admin/config/{key}");
+    let request = match &action {
+        ConfigAction::List | ConfigAction::Get { .. } => http.get(format!("{base}/api/admin/config")),
+        ConfigAction::Set { key, value } => http.put(endpoint(key)).body(value.clone()),
+        ConfigAction::Unset { key } => http.delete(endpoint(key)),
+    };
+    let answer = request.bearer_auth(admin).send().await.with_context(|| format!("asking {base}"))?;
+    let answer: serde_json::Value = answer.json().await.with_context(|| format!("reading the answer of {base}"))?;
+    if answer["status"] != 200 {
+        anyhow::bail!("{}: {}", answer["code"].as_str().unwrap_or("error"), answer["message"].as_str().unwrap_or(""));
+    }
+    let data = &answer["data"];
+    match action {
+        ConfigAction::List => {
+            let changed = data["settings"].as_object().cloned().unwrap_or_default();
+            for (key, value) in data["effective"].as_object().into_iter().flatten() {
+                let mark = if changed.contains_key(key) { "*" } else { " " };
+                println!("{mark} {key} = {}", value.as_str().unwrap_or_default());
+            }
+        }
+        ConfigAction::Get { key } => match data["effective"].get(&key).and_then(serde_json::Value::as_str) {
+            Some(value) => println!("{value}"),
+            None => anyhow::bail!("no such setting: {key}"),
+        },
+        ConfigAction::Set { key, .. } => println!("{key} = {}", data["value"].as_str().unwrap_or_default()),
+        ConfigAction::Unset { key } => println!("{key}: back to each process's configuration"),
+    }
+    Ok(())
+}
+
+/// `orderly cluster status`: straight from etcd, so it works with every API down.
+async fn cluster_status(config: &Config) -> anyhow::Result<()> {
+    use orderly_app::registry::Registry;
+    let registry = cluster::connect_registry(config).await?;
+    let status = registry.status().await.context("reading the registry")?;
+    println!("etcd:");
+    for server in &status.servers {
+        let health = if server.healthy { "healthy" } else { "not answering" };
+        let leader = if server.leader { ", leader" } else { "" };
+        println!("  {:<6} {:<26} {health}{leader}", server.name, server.endpoint);
+    }
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    let ids: std::collections::BTreeMap<&str, u16> =
+        status.worker_ids.iter().map(|(id, holder)| (holder.as_str(), *id)).collect();
+    println!("members:");
+    for member in &status.members {
+        let age_s = now_ms.saturating_sub(member.started_ms) / 1000;
+        let id = ids.get(member.instance.as_str()).map_or("-".to_owned(), |id| id.to_string());
+        println!(
+            "  {:<8} {:<32} {:<24} worker id {:<5} v{} up {age_s} s",
+            member.role, member.instance, member.address, id, member.version
+        );
+    }
+    Ok(())
 }
 
 /// `orderly bench …` as `orderly-bench <command> …`, the bench binary built beside this one, with this
@@ -148,11 +247,11 @@ fn run_bench(command: &str, args: &[String], config: Option<&std::path::Path>) -
 async fn audit(config: Config, json: Option<PathBuf>, deadline_ms: u64, cluster: Option<bool>) -> anyhow::Result<()> {
     let report = match cluster {
         Some(quiet) => {
-            let orderly = cluster::open(&config).await?;
+            let orderly = cluster::open(&config, None).await?.orderly;
             orderly.audit(quiet, deadline_ms).await.context("auditing")?
         }
         None => {
-            let orderly = standalone::open(&config).await?;
+            let orderly = standalone::open(&config).await?.orderly;
             // Opening rebuilt the cache from the store; draining finishes what was in flight, so the
             // store is quiet.
             orderly.drain().await.context("finishing in-flight work")?;

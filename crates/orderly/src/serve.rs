@@ -7,18 +7,21 @@ use std::time::Duration;
 use anyhow::Context;
 use orderly_api::routes::CatalogBody;
 use orderly_api::{ApiState, TokenAuth};
+use orderly_app::registry::{Member, Registry, Role};
 use orderly_app::workers::{self, Step};
 use orderly_domain::CatalogEntry;
 use orderly_ledger::{PaymentLedger, SimulatedAcquirer};
 
 use crate::config::{self, Config};
+use crate::registry::Opened;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let orderly = crate::standalone::open(&config).await?;
+    let opened = crate::standalone::open(&config).await?;
     if let Some(path) = &config.catalog_file {
-        load_catalog_file(&orderly, path).await?;
+        load_catalog_file(&opened.orderly, path).await?;
     }
-    run_roles(&config, orderly, Roles { http: true, workers: true }, "standalone").await
+    let member = crate::registry::member(Role::Api);
+    run_roles(&config, opened, member, Roles { http: true, workers: true }, "standalone").await
 }
 
 /// What one process does: answer HTTP, run the workers, or both.
@@ -28,14 +31,18 @@ pub struct Roles {
     pub workers: bool,
 }
 
-/// Runs `roles` on `orderly` until SIGTERM or Ctrl-C: in-flight requests finish, then the workers stop
-/// (what they leave unacked is delivered again, to this process or another).
+/// Runs `roles` on `opened` until SIGTERM or Ctrl-C, registered as `member` (with the address it
+/// listens on) and applying the registry's settings as they change: in-flight requests finish, the
+/// registration is withdrawn, then the workers stop (what they leave unacked is delivered again, to this
+/// process or another).
 pub async fn run_roles(
     config: &Config,
-    orderly: orderly_app::Orderly,
+    opened: Opened,
+    member: Member,
     roles: Roles,
     profile: &str,
 ) -> anyhow::Result<()> {
+    let Opened { orderly, registry } = opened;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for step in Step::ALL.into_iter().filter(|_| roles.workers) {
@@ -44,17 +51,23 @@ pub async fn run_roles(
     }
 
     if !roles.http {
+        crate::registry::apply_settings(&*registry, crate::registry::base(config), orderly.clone(), None);
+        registry.register(member).await.context("registering")?;
         tracing::info!(profile, "orderly worker running");
         println!("worker running");
         shutdown_signal().await;
         tracing::info!("shutting down: stopping the workers");
+        withdraw(&*registry).await;
         let _ = shutdown_tx.send(true);
         stop_workers(tasks, config.shutdown_grace_ms).await;
         return Ok(());
     }
     let secrets = config::secrets(config)?;
     let auth = TokenAuth::new(secrets.token_secret.into_bytes(), secrets.admin_token);
-    let state = ApiState::new(orderly.clone(), auth, &config.rate_limit).with_naive_baseline(config.naive_baseline);
+    let state = ApiState::new(orderly.clone(), auth, &config.rate_limit)
+        .with_naive_baseline(config.naive_baseline)
+        .with_registry(Arc::clone(&registry), crate::registry::base(config));
+    crate::registry::apply_settings(&*registry, crate::registry::base(config), orderly.clone(), Some(state.clone()));
     let app = orderly_api::router(state);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
@@ -66,6 +79,7 @@ pub async fn run_roles(
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
     });
+    registry.register(Member { address: format!("http://{address}"), ..member }).await.context("registering")?;
     tracing::info!(%address, profile, workers = roles.workers, "orderly serving");
     // Scripts and tests read this line to find the port.
     println!("listening on {address}");
@@ -79,10 +93,18 @@ pub async fn run_roles(
         tracing::info!("shutting down: finishing in-flight requests");
     });
     let result = server.await;
+    withdraw(&*registry).await;
     // Stop workers after the last request: whatever they leave unacked is redelivered at the next start.
     let _ = shutdown_tx.send(true);
     stop_workers(tasks, config.shutdown_grace_ms).await;
     result.context("HTTP server failed")
+}
+
+/// A graceful stop leaves the registry at once (a killed process leaves when its lease runs out).
+async fn withdraw(registry: &dyn Registry) {
+    if let Err(error) = registry.deregister().await {
+        tracing::warn!(%error, "could not deregister; the registration ends with its lease");
+    }
 }
 
 async fn stop_workers(tasks: Vec<tokio::task::JoinHandle<()>>, grace_ms: u64) {
@@ -150,15 +172,29 @@ pub async fn payment_service(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", service.listen_addr))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, ledger = %home, "payment service serving (gRPC)");
+    // In the cluster, the APIs and workers find this instance in the registry.
+    let registry = match service.register {
+        false => None,
+        true => {
+            let registry = crate::cluster::connect_registry(&config).await?;
+            let member = Member { address: format!("http://{address}"), ..crate::registry::member(Role::Payment) };
+            registry.register(member).await.context("registering in etcd")?;
+            Some(registry)
+        }
+    };
+    tracing::info!(%address, ledger = %home, registered = registry.is_some(), "payment service serving (gRPC)");
     // Scripts and tests read this line to find the port.
     println!("listening on {address}");
-    orderly_payment::serve(listener, Arc::new(ledger), async {
+    let result = orderly_payment::serve(listener, Arc::new(ledger), async {
         shutdown_signal().await;
         tracing::info!("payment service shutting down: finishing in-flight calls");
     })
     .await
-    .context("payment service failed")
+    .context("payment service failed");
+    if let Some(registry) = registry {
+        withdraw(&*registry).await;
+    }
+    result
 }
 
 /// Loads commodities the store does not know yet, with their stock. Known ones are skipped, so a restart

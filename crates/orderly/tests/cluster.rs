@@ -28,6 +28,7 @@ struct Process {
     child: Child,
     /// What it printed first ("listening on …", "worker running").
     ready: String,
+    killed: bool,
 }
 
 impl Process {
@@ -38,6 +39,7 @@ impl Process {
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.killed = true;
     }
 }
 
@@ -52,8 +54,16 @@ struct Settings {
     dir: tempfile::TempDir,
     database: String,
     namespace: String,
-    /// `http://…` of the payment instances, once they run.
-    payment_endpoints: Vec<String>,
+}
+
+/// How long a killed process stays in the registry, at most (the processes' lease TTL).
+const REGISTRY_TTL_S: u64 = 2;
+
+/// etcd (`TEST_ETCD_ENDPOINTS`, comma-separated; `.ci/run` starts it) as a JSON list for the processes.
+fn etcd_endpoints() -> String {
+    let list = env_url("TEST_ETCD_ENDPOINTS", "http://127.0.0.1:2379");
+    let quoted: Vec<String> = list.split(',').map(|e| format!("\"{e}\"")).collect();
+    format!("[{}]", quoted.join(","))
 }
 
 impl Settings {
@@ -69,12 +79,7 @@ impl Settings {
             .execute(&mut connection)
             .await
             .expect("create database");
-        Settings {
-            dir: tempfile::tempdir().expect("temp dir"),
-            database,
-            namespace: format!("orderly-e2e-{id}"),
-            payment_endpoints: Vec::new(),
-        }
+        Settings { dir: tempfile::tempdir().expect("temp dir"), database, namespace: format!("orderly-e2e-{id}") }
     }
 
     fn secrets(&self) -> PathBuf {
@@ -106,11 +111,12 @@ impl Settings {
             .env("ORDERLY_PAYMENT_SERVICE__POSTGRES_CONNECTIONS_MAX", "4")
             .env("ORDERLY_FLOW__UNPAID_TIMEOUT_MS", "3000")
             .env("ORDERLY_FLOW__RESERVATION_CHECK_DELAY_MS", "2000")
+            // Every process registers in etcd under the cluster's namespace: the APIs and workers find
+            // the payment instances there, and take their snowflake worker ids from it.
+            .env("ORDERLY_CLUSTER__ETCD_ENDPOINTS", etcd_endpoints())
+            .env("ORDERLY_CLUSTER__REGISTRY_TTL_S", REGISTRY_TTL_S.to_string())
+            .env("ORDERLY_PAYMENT_SERVICE__REGISTER", "true")
             .stderr(Stdio::inherit());
-        if !self.payment_endpoints.is_empty() {
-            let list: Vec<String> = self.payment_endpoints.iter().map(|e| format!("\"{e}\"")).collect();
-            command.env("ORDERLY_PAYMENTS__ENDPOINTS", format!("[{}]", list.join(",")));
-        }
         command
     }
 
@@ -126,11 +132,11 @@ impl Settings {
         let mut ready = String::new();
         BufReader::new(stdout).read_line(&mut ready).expect("reads the first line");
         assert!(!ready.is_empty(), "orderly {role} exited at start (its log is above)");
-        Process { child, ready }
+        Process { child, ready, killed: false }
     }
 
-    fn worker(&self, n: usize) -> Process {
-        self.spawn("worker", &[("ORDERLY_CLUSTER__WORKER_ID", (10 + n).to_string())])
+    fn worker(&self) -> Process {
+        self.spawn("worker", &[])
     }
 
     fn token(&self, args: &[&str]) -> String {
@@ -172,20 +178,13 @@ impl Cluster {
 
     /// With `payment_env` set on the payment instances.
     async fn start_with_payment(payment_env: &[(&str, String)]) -> Cluster {
-        let mut settings = Settings::fresh().await;
-        // Two payment instances sharing the PostgreSQL ledger; callers balance over both.
+        let settings = Settings::fresh().await;
+        // Two payment instances sharing the PostgreSQL ledger; callers find both in etcd and balance.
         let mut env = vec![("ORDERLY_PAYMENT_SERVICE__LISTEN_ADDR", "127.0.0.1:0".to_owned())];
         env.extend(payment_env.iter().cloned());
         let payments: Vec<Process> = (0..2).map(|_| settings.spawn("payment", &env)).collect();
-        settings.payment_endpoints = payments.iter().map(|p| format!("http://{}", p.address())).collect();
-        let workers = (0..WORKERS).map(|n| settings.worker(n)).collect();
-        let apis = (0..APIS)
-            .map(|n| {
-                let id = (20 + n).to_string();
-                settings
-                    .spawn("api", &[("ORDERLY_CLUSTER__WORKER_ID", id), ("ORDERLY_HTTP_ADDR", "127.0.0.1:0".into())])
-            })
-            .collect();
+        let workers = (0..WORKERS).map(|_| settings.worker()).collect();
+        let apis = (0..APIS).map(|_| settings.spawn("api", &[("ORDERLY_HTTP_ADDR", "127.0.0.1:0".into())])).collect();
         let admin = settings.token(&["--admin"]);
         Cluster {
             apis,
@@ -211,9 +210,57 @@ impl Cluster {
         self.payments.lock().expect("payments")[n].kill();
     }
 
+    /// One more payment instance (it registers; callers find it).
+    fn start_payment(&self) {
+        let payment = self.settings.spawn("payment", &[("ORDERLY_PAYMENT_SERVICE__LISTEN_ADDR", "127.0.0.1:0".into())]);
+        self.payments.lock().expect("payments").push(payment);
+    }
+
     fn restart_worker(&self, n: usize) {
-        let worker = self.settings.worker(n);
+        let worker = self.settings.worker();
         self.workers.lock().expect("workers")[n] = worker;
+    }
+
+    /// The processes registered in etcd for this cluster, by role: (instance, address).
+    async fn registered(&self, role: &str) -> Vec<(String, String)> {
+        let status = self.admin_get("/api/admin/cluster").await;
+        let members = status["members"].as_array().expect("members").iter();
+        members
+            .filter(|m| m["role"] == role)
+            .map(|m| (m["instance"].as_str().unwrap_or("").to_owned(), m["address"].as_str().unwrap_or("").to_owned()))
+            .collect()
+    }
+
+    /// Waits (up to `within`) until the payment instances registered are exactly at `addresses`.
+    async fn wait_payments_registered(&self, addresses: &[String], within: Duration) {
+        let deadline = Instant::now() + within;
+        let mut want: Vec<&String> = addresses.iter().collect();
+        want.sort();
+        loop {
+            let registered = self.registered("payment").await;
+            let mut seen: Vec<&String> = registered.iter().map(|(_, address)| address).collect();
+            seen.sort();
+            if seen == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "payment instances {seen:?}, want {want:?}, not within {within:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn payment_addresses(&self) -> Vec<String> {
+        let payments = self.payments.lock().expect("payments");
+        payments.iter().filter(|p| !p.killed).map(|p| format!("http://{}", p.address())).collect()
+    }
+
+    /// `PUT` (a value) or `DELETE` (none) of a setting through API `via`; the whole answer.
+    async fn set_setting(&self, via: usize, key: &str, value: Option<&str>) -> Value {
+        let url = format!("{}/api/admin/config/{key}", self.api(via));
+        let request = match value {
+            Some(value) => self.http.put(url).body(value.to_owned()),
+            None => self.http.delete(url),
+        };
+        request.bearer_auth(&self.admin).send().await.expect("request").json().await.expect("json")
     }
 
     async fn admin_get(&self, path: &str) -> Value {
@@ -547,7 +594,10 @@ async fn a_payment_instance_killed_mid_load_is_settled_by_the_other() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cluster.kill_payment(0);
-    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    // The killed instance leaves the registry, so the balancers, within its lease's TTL.
+    let survivors = cluster.payment_addresses();
+    cluster.wait_payments_registered(&survivors, Duration::from_secs(REGISTRY_TTL_S + 1)).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
     stop.store(true, Ordering::Relaxed);
     let accepted = running.await.expect("load");
     assert!(accepted.len() > 20, "the load got going ({} accepted)", accepted.len());
@@ -566,4 +616,79 @@ async fn a_payment_instance_killed_mid_load_is_settled_by_the_other() {
         .expect("voids");
     eprintln!("payment ledger after the kill: {states:?}, attempts voided by the survivor: {voided}");
     assert!(states.iter().all(|(state, _)| state != "processing"), "unsettled entries: {states:?}");
+
+    // A third instance registers and takes the calls: with the second one killed too, it is the only
+    // one left, and a pay-at-once order is paid through it.
+    cluster.start_payment();
+    let joined = cluster.payment_addresses();
+    cluster.wait_payments_registered(&joined, Duration::from_secs(1)).await;
+    cluster.kill_payment(1);
+    let buyer = Buyer::new(&cluster, 1);
+    let order_no = buyer.place(0, &one_line(1, 1, 1, true)).await;
+    let order = buyer.wait_state(&order_no[0], "paid").await;
+    assert_eq!(order["payment"]["state"], "succeeded", "{order}");
+}
+
+/// Every process registers in etcd (the APIs at their address, each API and worker with a worker id of
+/// its own, no id configured); a setting changed through one API applies on every API within a second,
+/// and a bad value is refused naming its key, changing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_register_and_settings_apply_everywhere_within_a_second() {
+    let cluster = Cluster::start().await;
+    cluster.load_catalog(&CATALOG).await;
+    let status = cluster.admin_get("/api/admin/cluster").await;
+    let apis = cluster.registered("api").await;
+    let mut addresses: Vec<String> = apis.iter().map(|(_, address)| address.clone()).collect();
+    addresses.sort();
+    let mut expected: Vec<String> = (0..APIS).map(|n| cluster.api(n)).collect();
+    expected.sort();
+    assert_eq!(addresses, expected, "{status:#}");
+    assert_eq!(cluster.registered("worker").await.len(), WORKERS, "{status:#}");
+    assert_eq!(cluster.registered("payment").await.len(), 2, "{status:#}");
+    let holders: Vec<&str> =
+        status["worker_ids"].as_object().expect("ids").values().filter_map(Value::as_str).collect();
+    assert_eq!(holders.len(), APIS + WORKERS, "one worker id per API and worker: {status:#}");
+    let mut unique = holders.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), holders.len(), "each held by one process: {status:#}");
+
+    let refused = cluster.set_setting(0, "rate_limit.orders_per_second", Some("\"fast\"")).await;
+    assert_eq!(refused["status"], 422, "{refused}");
+    assert_eq!(refused["code"], "invalid_setting", "{refused}");
+    assert_eq!(refused["data"]["key"], "rate_limit.orders_per_second", "{refused}");
+    assert_eq!(cluster.admin_get("/api/admin/config").await["settings"], json!({}), "nothing changed");
+
+    // One order a second, set through API 0: both APIs refuse a quick burst within a second.
+    for key in ["rate_limit.orders_per_second", "rate_limit.burst"] {
+        let answer = cluster.set_setting(0, key, Some("1")).await;
+        assert_eq!(answer["status"], 200, "{answer}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let buyer = Buyer::new(&cluster, 2);
+    for via in 0..APIS {
+        let mut limited = 0;
+        for _ in 0..5 {
+            let answer = buyer.post(via, "/api/orders", &one_line(2, 1, 1, false), None).await;
+            if answer["status"] == 429 {
+                assert_eq!(answer["code"], "rate_limited", "{answer}");
+                limited += 1;
+            }
+        }
+        assert!(limited >= 3, "API {via} refused {limited} of 5 at one order a second");
+    }
+    let effective = cluster.admin_get("/api/admin/config").await;
+    assert_eq!(effective["effective"]["rate_limit.orders_per_second"], "1", "{effective}");
+
+    // Removed: every API is back to its own configuration within a second.
+    for key in ["rate_limit.orders_per_second", "rate_limit.burst"] {
+        assert_eq!(cluster.set_setting(1, key, None).await["status"], 200);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for via in 0..APIS {
+        for _ in 0..5 {
+            let answer = buyer.post(via, "/api/orders", &one_line(2, 1, 1, false), None).await;
+            assert_eq!(answer["status"], 200, "API {via}: {answer}");
+        }
+    }
 }

@@ -4,9 +4,11 @@
 //! refund key, queries trivially), so an `UNAVAILABLE` or a transport failure is retried with
 //! exponential backoff and full jitter, a bounded number of times. A charge that still has no answer
 //! is reported as a retryable error — *unknown outcome* — and the flow leaves it to the reconciler.
-//! Instances are balanced client-side (tower's power-of-two-choices over a static list); they must
+//! Instances are balanced client-side (tower's power-of-two-choices over a static list, or over the
+//! instances a registry lists, followed: [`GrpcPayments::discovered`]); they must
 //! share one ledger (the cluster profile's database), or idempotency would not span them.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,10 +16,13 @@ use orderly_app::PortError;
 use orderly_app::ports::{
     ChargeOutcome, ChargeRequest, PaymentStatus, Payments, PortResult, RefundOutcome, RefundRefusal,
 };
+use orderly_app::registry::{Member, Role};
 use orderly_domain::{Money, OrderNo};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
@@ -117,6 +122,55 @@ impl GrpcPayments {
         Ok(GrpcPayments { client: PaymentClient::new(channel), config })
     }
 
+    /// Balances over the payment instances a registry lists, following it: an instance that registers
+    /// takes calls as soon as it is seen; one that leaves (deregistered, or its lease expired) gets no new
+    /// call. `config.endpoints` is not used. While no instance is known, calls fail as unavailable (and are
+    /// settled later like any other failed call). Must run inside a tokio runtime.
+    pub fn discovered(config: ClientConfig, mut members: watch::Receiver<Vec<Member>>) -> GrpcPayments {
+        let timeout = Duration::from_millis(config.call_timeout_ms.max(1));
+        let (channel, changes) = Channel::balance_channel::<String>(64);
+        tokio::spawn(async move {
+            let mut known: BTreeMap<String, String> = BTreeMap::new();
+            loop {
+                let now: BTreeMap<String, String> = members
+                    .borrow_and_update()
+                    .iter()
+                    .filter(|m| m.role == Role::Payment && !m.address.is_empty())
+                    .map(|m| (m.instance.clone(), m.address.clone()))
+                    .collect();
+                for (instance, address) in &known {
+                    if now.get(instance) != Some(address) {
+                        tracing::info!(%instance, %address, "payment instance left the balancer");
+                        if changes.send(Change::Remove(instance.clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                for (instance, address) in &now {
+                    if known.get(instance) == Some(address) {
+                        continue;
+                    }
+                    let endpoint = match Endpoint::from_shared(address.clone()) {
+                        Ok(endpoint) => endpoint.connect_timeout(timeout).timeout(timeout).tcp_nodelay(true),
+                        Err(error) => {
+                            tracing::warn!(%instance, %address, %error, "payment instance with a bad address; left out");
+                            continue;
+                        }
+                    };
+                    tracing::info!(%instance, %address, "payment instance joined the balancer");
+                    if changes.send(Change::Insert(instance.clone(), endpoint)).await.is_err() {
+                        return;
+                    }
+                }
+                known = now;
+                if members.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        GrpcPayments { client: PaymentClient::new(channel), config }
+    }
+
     /// Calls `call` until it answers, fails for good, or the attempts run out.
     async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
@@ -125,8 +179,14 @@ impl GrpcPayments {
     {
         let attempts_max = self.config.attempts_max.max(1);
         let mut attempt = 1;
+        // Bounded here too: over a registry, a call made while no instance is known waits in the
+        // balancer, where no endpoint's own timeout applies.
+        let limit = Duration::from_millis(self.config.call_timeout_ms.max(1));
         loop {
-            match call(self.client.clone()).await {
+            let answer = tokio::time::timeout(limit, call(self.client.clone()))
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("no answer within {limit:?}"))));
+            match answer {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if retryable(&status) && attempt < attempts_max => {
                     let ceiling_ms = self.config.backoff_ms.saturating_mul(1 << (attempt - 1).min(16));
