@@ -3,6 +3,12 @@
 //! Ids are issued only up to a lease stored durably. The caller that finds the lease too short renews it
 //! (one durable write) before taking its id; others wait for that renewal instead of writing too. After
 //! a restart, even with the clock stepped back, the floor is the last stored lease, so no id can repeat.
+//!
+//! Fenced: every write of the lease replaces the value this generator last wrote (or read, at start),
+//! never another's. When a second process takes the same worker id (the registry gave it away after
+//! this one's registration lapsed), it starts above this one's lease and its write replaces it; this
+//! one's next renewal is refused and it issues no more ids — the ids it issued all lie at or below the
+//! lease the other one started above.
 //! Cost: one durable write per `lease_ms` of ids, none otherwise.
 
 use std::sync::{Arc, Mutex};
@@ -16,6 +22,7 @@ use crate::ports::{Clock, IdGen, PortError, PortResult, Store};
 pub struct LeasedSnowflake {
     state: Mutex<LeaseState>,
     /// Held while a renewal is written, so concurrent callers wait for one write instead of each writing.
+    /// A renewal refused (fenced) is refused again on every later call: the stored value stays another's.
     renewal: tokio::sync::Mutex<()>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -32,7 +39,7 @@ struct LeaseState {
 }
 
 impl LeasedSnowflake {
-    /// Reads the last lease of `worker` and stores a fresh one.
+    /// Reads the last lease of `worker` and stores a fresh one above it.
     pub async fn start(store: Arc<dyn Store>, clock: Arc<dyn Clock>, worker: u16, lease_ms: u64) -> PortResult<Self> {
         // After a restart ids start at the last lease, which may be up to `lease_ms` ahead of the clock.
         assert!(
@@ -40,9 +47,20 @@ impl LeasedSnowflake {
             "the id lease must be shorter than the allowed drift"
         );
         let key = format!("snowflake-lease-{worker}");
-        let floor_ms = store.meta(&key).await?.unwrap_or(0);
-        let leased_until_ms = clock.now_ms().max(floor_ms) + lease_ms;
-        store.set_meta(&key, leased_until_ms).await?;
+        let mut attempts = 0;
+        let (floor_ms, leased_until_ms) = loop {
+            let floor = store.meta(&key).await?;
+            let floor_ms = floor.unwrap_or(0);
+            let leased_until_ms = clock.now_ms().max(floor_ms) + lease_ms;
+            // Another holder renewed between the read and the write: read its lease again.
+            if store.replace_meta(&key, floor, leased_until_ms).await? {
+                break (floor_ms, leased_until_ms);
+            }
+            attempts += 1;
+            if attempts >= 10 {
+                return Err(PortError::unavailable("ids", format!("worker id {worker}: its lease keeps changing")));
+            }
+        };
         let state = Mutex::new(LeaseState { generator: Snowflake::new(worker, floor_ms + 1), leased_until_ms });
         Ok(LeasedSnowflake { state, renewal: tokio::sync::Mutex::new(()), store, clock, key, lease_ms, worker })
     }
@@ -74,11 +92,20 @@ impl IdGen for LeasedSnowflake {
         if let Some(id) = self.try_next()? {
             return Ok(id);
         }
-        let until_ms = {
+        let (held_ms, until_ms) = {
             let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.clock.now_ms().max(state.generator.last_unix_ms()) + self.lease_ms
+            (state.leased_until_ms, self.clock.now_ms().max(state.generator.last_unix_ms()) + self.lease_ms)
         };
-        self.store.set_meta(&self.key, until_ms).await?;
+        if !self.store.replace_meta(&self.key, Some(held_ms), until_ms).await? {
+            tracing::error!(
+                worker = self.worker,
+                "snowflake worker id taken over by another process; no more ids here"
+            );
+            return Err(PortError::failed(
+                "ids",
+                format!("worker id {} is held by another process now: this one issues no more ids", self.worker),
+            ));
+        }
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).leased_until_ms = until_ms;
         self.try_next()?.ok_or_else(|| PortError::unavailable("ids", "id lease renewed but still too short"))
     }

@@ -292,7 +292,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Small named values (the id generator's lease).
     async fn meta(&self, key: &str) -> PortResult<Option<u64>>;
-    async fn set_meta(&self, key: &str, value: u64) -> PortResult<()>;
+    /// Sets `key` to `value` if it holds `expected` now (`None`: absent), durably; whether it did. The
+    /// id generator's fencing: a holder whose value was replaced by another's cannot write again.
+    async fn replace_meta(&self, key: &str, expected: Option<u64>, value: u64) -> PortResult<bool>;
 
     /// Takes or renews the lease `name` for `holder` until `until_ms`, if it is free (expired at
     /// `now_ms`) or `holder`'s already: one active instance of a role among many processes. Whether

@@ -132,8 +132,8 @@ impl Store for FaultyStore {
     async fn meta(&self, key: &str) -> PortResult<Option<u64>> {
         self.inner.meta(key).await
     }
-    async fn set_meta(&self, key: &str, value: u64) -> PortResult<()> {
-        self.inner.set_meta(key, value).await
+    async fn replace_meta(&self, key: &str, expected: Option<u64>, value: u64) -> PortResult<bool> {
+        self.inner.replace_meta(key, expected, value).await
     }
     async fn lease(&self, name: &str, holder: u64, now_ms: u64, until_ms: u64) -> PortResult<bool> {
         self.inner.lease(name, holder, now_ms, until_ms).await

@@ -105,7 +105,7 @@ macro_rules! store_contract {
             idempotency_keys_pin_the_first_request,
             a_buyers_orders_page_newest_first,
             forgetting_pending_views_leaves_created_orders_alone,
-            meta_values_round_trip,
+            meta_values_are_replaced_only_from_what_they_hold,
             a_lease_has_one_holder_at_a_time,
             racing_batches_never_sell_more_than_the_stock,
             racing_changes_are_each_decided_as_if_alone,

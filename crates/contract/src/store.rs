@@ -292,11 +292,24 @@ pub async fn forgetting_pending_views_leaves_created_orders_alone(store: Arc<dyn
     assert!(matches!(late.as_slice(), [CreateOutcome::Created(_)]), "{late:?}");
 }
 
-pub async fn meta_values_round_trip(store: Arc<dyn Store>) {
+pub async fn meta_values_are_replaced_only_from_what_they_hold(store: Arc<dyn Store>) {
     assert_eq!(store.meta("lease").await.expect("read"), None);
-    store.set_meta("lease", 42).await.expect("write");
-    store.set_meta("lease", 43).await.expect("overwrite");
+    assert!(store.replace_meta("lease", None, 42).await.expect("create"), "absent: created");
+    assert!(!store.replace_meta("lease", None, 7).await.expect("create"), "present: not created again");
+    assert!(!store.replace_meta("lease", Some(41), 7).await.expect("replace"), "a stale expectation is refused");
+    assert_eq!(store.meta("lease").await.expect("read"), Some(42), "refusals change nothing");
+    assert!(store.replace_meta("lease", Some(42), 43).await.expect("replace"), "from what it holds");
     assert_eq!(store.meta("lease").await.expect("read"), Some(43));
+    // Racing replacements from one value: exactly one wins.
+    let racing = (0..8u64).map(|n| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.replace_meta("lease", Some(43), 100 + n).await.expect("replace") })
+    });
+    let mut won = 0;
+    for task in racing {
+        won += usize::from(task.await.expect("task"));
+    }
+    assert_eq!(won, 1, "one of the racing replacements wins");
 }
 
 pub async fn a_lease_has_one_holder_at_a_time(store: Arc<dyn Store>) {

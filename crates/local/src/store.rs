@@ -407,9 +407,17 @@ impl Store for LocalStore {
         Ok(self.db.meta.get(key).map_err(storage_error)?.and_then(|bytes| key_u64(&bytes)))
     }
 
-    async fn set_meta(&self, key: &str, value: u64) -> PortResult<()> {
-        self.db.meta.insert(key, u64_key(value)).map_err(storage_error)?;
-        self.db.sync().await
+    async fn replace_meta(&self, key: &str, expected: Option<u64>, value: u64) -> PortResult<bool> {
+        {
+            let _writer = self.lock()?;
+            let now = self.db.meta.get(key).map_err(storage_error)?.and_then(|bytes| key_u64(&bytes));
+            if now != expected {
+                return Ok(false);
+            }
+            self.db.meta.insert(key, u64_key(value)).map_err(storage_error)?;
+        }
+        self.db.sync().await?;
+        Ok(true)
     }
 
     async fn lease(&self, name: &str, holder: u64, now_ms: u64, until_ms: u64) -> PortResult<bool> {

@@ -751,16 +751,20 @@ impl Store for PgStore {
         value.map(unsigned).transpose()
     }
 
-    async fn set_meta(&self, key: &str, value: u64) -> PortResult<()> {
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-        )
-        .bind(key)
-        .bind(signed(value)?)
+    async fn replace_meta(&self, key: &str, expected: Option<u64>, value: u64) -> PortResult<bool> {
+        let done = match expected {
+            None => sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+                .bind(key)
+                .bind(signed(value)?),
+            Some(expected) => sqlx::query("UPDATE meta SET value = $2 WHERE key = $1 AND value = $3")
+                .bind(key)
+                .bind(signed(value)?)
+                .bind(signed(expected)?),
+        }
         .execute(&self.pool)
         .await
         .map_err(database_error)?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn lease(&self, name: &str, holder: u64, now_ms: u64, until_ms: u64) -> PortResult<bool> {
