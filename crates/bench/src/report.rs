@@ -59,6 +59,17 @@ pub struct PhaseReport {
     pub cpu_ms_per_ok: BTreeMap<String, f64>,
     /// Calls each engine served per 200 answer (`--engine-calls`), by counter.
     pub engine_calls_per_ok: BTreeMap<String, f64>,
+    /// Answers in each second of the phase, by outcome (what `throughput.svg` draws).
+    pub per_second: Vec<SecondCounts>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SecondCounts {
+    pub accepted: u64,
+    pub sold_out: u64,
+    /// 429 and 503 answers.
+    pub shed: u64,
+    pub other: u64,
 }
 
 impl PhaseReport {
@@ -87,6 +98,11 @@ impl PhaseReport {
                 0 => BTreeMap::new(),
                 ok => recorder.engine_calls.iter().map(|(name, n)| (name.clone(), *n as f64 / ok as f64)).collect(),
             },
+            per_second: recorder
+                .seconds
+                .iter()
+                .map(|s| SecondCounts { accepted: s.accepted, sold_out: s.sold_out, shed: s.shed, other: s.other })
+                .collect(),
         }
     }
 }

@@ -175,7 +175,9 @@ async fn admin_config(config: &Config, url: Option<String>, action: ConfigAction
     let answer = request.bearer_auth(admin).send().await.with_context(|| format!("asking {base}"))?;
     let answer: serde_json::Value = answer.json().await.with_context(|| format!("reading the answer of {base}"))?;
     if answer["status"] != 200 {
-        anyhow::bail!("{}: {}", answer["code"].as_str().unwrap_or("error"), answer["message"].as_str().unwrap_or(""));
+        // A refusal is an answer, not a failure of this command: said plainly, exit status 1.
+        eprintln!("{}: {}", answer["code"].as_str().unwrap_or("error"), answer["message"].as_str().unwrap_or(""));
+        std::process::exit(1);
     }
     let data = &answer["data"];
     match action {
