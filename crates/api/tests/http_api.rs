@@ -37,12 +37,7 @@ async fn app_configured(limits: RateLimitConfig, naive_baseline: bool) -> App {
     let auth = TokenAuth::new(b"test-secret-0123456789".to_vec(), ADMIN.to_owned());
     let router = router(ApiState::new(orderly.clone(), auth.clone(), &limits).with_naive_baseline(naive_baseline));
     let app = App { router, orderly, auth, _dir: dir };
-    let catalog = json!({"commodities": [
-        {"commodity_id": 1, "shop_id": 100001, "price": 29.99, "add_stock": 10},
-        {"commodity_id": 2, "shop_id": 100002, "price": 49.99, "add_stock": 10}
-    ]});
-    let (status, _) = app.call("POST", "/api/admin/catalog", Some(ADMIN), Some(catalog.to_string())).await;
-    assert_eq!(status, StatusCode::OK);
+    app.load_catalog().await;
     app
 }
 
@@ -51,6 +46,16 @@ async fn app() -> App {
 }
 
 impl App {
+    /// Commodities 1 (shop 100001, 29.99) and 2 (shop 100002, 49.99), 10 units each.
+    async fn load_catalog(&self) {
+        let catalog = json!({"commodities": [
+            {"commodity_id": 1, "shop_id": 100001, "price": 29.99, "add_stock": 10},
+            {"commodity_id": 2, "shop_id": 100002, "price": 49.99, "add_stock": 10}
+        ]});
+        let (status, _) = self.call("POST", "/api/admin/catalog", Some(ADMIN), Some(catalog.to_string())).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
     fn token(&self, uid: u64) -> String {
         self.auth.mint(Uid(uid), T0_MS / 1000 + 3600)
     }
@@ -344,4 +349,62 @@ async fn admin_stock_adds_to_a_known_commodity_and_refuses_an_unknown_one() {
     let body = json!({"commodity_id": 99, "add": 5}).to_string();
     let (status, answer) = app.call("POST", "/api/admin/stock", Some(ADMIN), Some(body)).await;
     assert_eq!((status, answer["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_commodity")));
+}
+
+/// Settings at run time through the admin API, on the standalone registry: a good value is written and
+/// in force; a bad one is refused naming its key and changes nothing; a rate limit applied to the
+/// state takes effect on the next request.
+#[tokio::test]
+async fn admin_config_checks_each_setting_and_the_rate_limit_follows() {
+    use orderly_app::registry::Registry;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let local = LocalConfig { durability: Durability::Os, ..LocalConfig::default() };
+    let (ports, registry) = orderly_local::open_with_registry(dir.path(), clock, &local, None).await.expect("opens");
+    let registry: Arc<dyn Registry> = Arc::new(registry);
+    let orderly = Orderly::new(ports, FlowConfig::default());
+    let auth = TokenAuth::new(b"test-secret-0123456789".to_vec(), ADMIN.to_owned());
+    let state = ApiState::new(orderly.clone(), auth.clone(), &RateLimitConfig::default())
+        .with_registry(Arc::clone(&registry), orderly_app::settings::Live::default());
+    let app = App { router: router(state.clone()), orderly, auth, _dir: dir };
+
+    let (status, _) = app.call("PUT", "/api/admin/config/flow.unpaid_timeout_ms", None, Some("60000".into())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "admin only");
+    let (status, body) =
+        app.call("PUT", "/api/admin/config/flow.unpaid_timeout_ms", Some(ADMIN), Some("60000".into())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["value"], "60000");
+    for (key, value) in [
+        ("flow.unpaid_timeout_ms", "\"soon\""),
+        ("flow.unpaid_timeout_ms", "0"),
+        ("flow.no_such_timer_ms", "5"),
+        ("rate_limit.in_flight_max", "10"),
+    ] {
+        let (status, body) =
+            app.call("PUT", &format!("/api/admin/config/{key}"), Some(ADMIN), Some(value.into())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{key}={value}: {body}");
+        assert_eq!(body["code"], "invalid_setting");
+        assert_eq!(body["data"]["key"], key);
+    }
+    let (status, body) = app.call("GET", "/api/admin/config", Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"]["settings"], json!({"flow.unpaid_timeout_ms": "60000"}), "only the good value: {body}");
+    assert_eq!(body["data"]["effective"]["flow.unpaid_timeout_ms"], "60000");
+    assert_eq!(registry.settings().borrow().len(), 1, "in the registry");
+    let (status, _) = app.call("DELETE", "/api/admin/config/flow.unpaid_timeout_ms", Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(registry.settings().borrow().is_empty(), "removed");
+
+    // One order a second, burst one: the second cart in a row is refused.
+    app.load_catalog().await;
+    state.set_rate_limit(&RateLimitConfig { orders_per_second: 1, burst: 1, in_flight_max: 512 });
+    let token = app.token(1);
+    let (first, _) = app.call("POST", "/api/orders", Some(&token), Some(seed_body().to_string())).await;
+    let (second, body) = app.call("POST", "/api/orders", Some(&token), Some(seed_body().to_string())).await;
+    assert_eq!(first, StatusCode::OK);
+    assert_eq!(second, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["code"], "rate_limited");
+    let (status, body) = app.call("GET", "/api/admin/cluster", Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["servers"][0]["healthy"], true);
 }
