@@ -75,7 +75,6 @@ struct Mine {
     member: Option<Member>,
     lease: Option<i64>,
     worker_id: Option<u16>,
-    keeper: Option<JoinHandle<()>>,
 }
 
 pub struct EtcdRegistry {
@@ -83,6 +82,9 @@ pub struct EtcdRegistry {
     keys: Keys,
     config: EtcdConfig,
     mine: Arc<Mutex<Mine>>,
+    /// The keep-alive task, once registered (outside `mine`: a drop must reach it even while `mine` is
+    /// locked).
+    keeper: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     members: watch::Receiver<Vec<Member>>,
     settings: watch::Receiver<Settings>,
     followers: Vec<JoinHandle<()>>,
@@ -141,7 +143,16 @@ impl EtcdRegistry {
             tokio::spawn(follow(client.clone(), keys.members(), raw_members_tx, timeout_ms)),
             tokio::spawn(parse_followed(raw_members, members_tx)),
         ];
-        Ok(EtcdRegistry { client, keys, config, mine: Arc::default(), members, settings, followers })
+        Ok(EtcdRegistry {
+            client,
+            keys,
+            config,
+            mine: Arc::default(),
+            keeper: std::sync::Mutex::default(),
+            members,
+            settings,
+            followers,
+        })
     }
 
     fn timeout_ms(&self) -> u64 {
@@ -156,9 +167,7 @@ impl Drop for EtcdRegistry {
         for task in &self.followers {
             task.abort();
         }
-        if let Ok(mine) = self.mine.try_lock()
-            && let Some(keeper) = &mine.keeper
-        {
+        if let Some(keeper) = self.keeper.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
             keeper.abort();
         }
     }
@@ -404,16 +413,17 @@ impl Registry for EtcdRegistry {
             mine.member = None;
             return Err(error.into());
         }
-        if mine.keeper.is_none() {
+        let mut keeper = self.keeper.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if keeper.is_none() {
             let task = keep_alive(self.client.clone(), self.keys.clone(), Arc::clone(&self.mine), self.config.clone());
-            mine.keeper = Some(tokio::spawn(task));
+            *keeper = Some(tokio::spawn(task).abort_handle());
         }
         Ok(())
     }
 
     async fn deregister(&self) -> PortResult<()> {
         let mut mine = self.mine.lock().await;
-        if let Some(keeper) = mine.keeper.take() {
+        if let Some(keeper) = self.keeper.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
             keeper.abort();
         }
         mine.member = None;
