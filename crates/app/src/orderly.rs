@@ -14,6 +14,7 @@ use crate::catalog::CatalogCache;
 use crate::config::FlowConfig;
 use crate::model::{Order, Token};
 use crate::ports::{Bus, Clock, Held, IdGen, OrderCache, Payments, PortError, Reserve, StockCache, Store};
+use crate::registry::Registry;
 use crate::sold_out::SoldOutMemory;
 
 /// The ports of one profile, as its adapters were opened.
@@ -44,6 +45,9 @@ pub struct Orderly {
     /// One counter load at a time in this process: after the cache is lost, every request finds its
     /// counters missing at once, and one load (which reads the pending orders) serves them all.
     pub(crate) loading: Arc<tokio::sync::Mutex<()>>,
+    /// Where the roles that run once in the system are elected ([`Orderly::elected_through`]); none:
+    /// by leases in the store.
+    pub(crate) registry: Option<Arc<dyn Registry>>,
 }
 
 /// Until when this process holds each lease on a role that runs once in a cluster (it holds them as
@@ -80,7 +84,15 @@ impl Orderly {
             sold_out: Arc::default(),
             leases: Arc::default(),
             loading: Arc::default(),
+            registry: None,
         }
+    }
+
+    /// The roles that run once in the system (the outbox relay, the reconciler) are led through
+    /// `registry` (this process must be registered in it), each step checked against the store's fence.
+    pub fn elected_through(mut self, registry: Arc<dyn Registry>) -> Orderly {
+        self.registry = Some(registry);
+        self
     }
 
     /// The flow's settings now (each use reads them once: a change applies from the next use).

@@ -296,6 +296,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// id generator's fencing: a holder whose value was replaced by another's cannot write again.
     async fn replace_meta(&self, key: &str, expected: Option<u64>, value: u64) -> PortResult<bool>;
 
+    /// Keeps the largest fence seen for `name` (a role's leader, [`crate::Registry::lead`]): whether
+    /// `fence` is it — `false` for a leader that was replaced, however long it slept. Atomic.
+    async fn fence(&self, name: &str, fence: u64) -> PortResult<bool>;
+
     /// Takes or renews the lease `name` for `holder` until `until_ms`, if it is free (expired at
     /// `now_ms`) or `holder`'s already: one active instance of a role among many processes. Whether
     /// `holder` holds it now. Atomic; need not be durable (a lease lost in a crash is taken again).

@@ -69,6 +69,8 @@ pub struct RegistryStatus {
     pub members: Vec<Member>,
     /// Snowflake worker ids and the instance holding each.
     pub worker_ids: BTreeMap<u16, String>,
+    /// Roles that run once in the system (the outbox relay, the reconciler) and the instance leading each.
+    pub leaders: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +98,12 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
     /// A snowflake worker id (0..=`max`) held by this process under its lease: no other live process
     /// holds the same one. Needs [`Registry::register`] first.
     async fn claim_worker_id(&self, max: u16) -> PortResult<u16>;
+
+    /// Leads `role` — one process of the system at a time — if no live process does: `Some(fence)` while
+    /// this process leads it, `None` while another does. The fence is larger for every new leader, so a
+    /// store that keeps the largest it saw refuses an older leader ([`crate::Store::fence`]).
+    /// Leadership lasts as long as the registration; needs [`Registry::register`] first.
+    async fn lead(&self, role: &str) -> PortResult<Option<u64>>;
 
     /// The settings, followed.
     fn settings(&self) -> watch::Receiver<Settings>;

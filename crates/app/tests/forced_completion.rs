@@ -135,6 +135,9 @@ impl Store for FaultyStore {
     async fn replace_meta(&self, key: &str, expected: Option<u64>, value: u64) -> PortResult<bool> {
         self.inner.replace_meta(key, expected, value).await
     }
+    async fn fence(&self, name: &str, fence: u64) -> PortResult<bool> {
+        self.inner.fence(name, fence).await
+    }
     async fn lease(&self, name: &str, holder: u64, now_ms: u64, until_ms: u64) -> PortResult<bool> {
         self.inner.lease(name, holder, now_ms, until_ms).await
     }

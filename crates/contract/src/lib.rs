@@ -106,6 +106,7 @@ macro_rules! store_contract {
             a_buyers_orders_page_newest_first,
             forgetting_pending_views_leaves_created_orders_alone,
             meta_values_are_replaced_only_from_what_they_hold,
+            a_fence_refuses_every_older_leader,
             a_lease_has_one_holder_at_a_time,
             racing_batches_never_sell_more_than_the_stock,
             racing_changes_are_each_decided_as_if_alone,
@@ -162,6 +163,7 @@ macro_rules! registry_contract {
             a_deregistered_member_leaves_at_once,
             a_participant_gone_without_a_word_leaves_within_the_ttl,
             worker_ids_are_unique_among_live_participants,
+            one_leader_per_role_and_a_newer_one_has_a_larger_fence,
             a_setting_reaches_every_participant,
             status_lists_servers_and_members,
         );

@@ -124,6 +124,28 @@ pub async fn worker_ids_are_unique_among_live_participants(fixture: Arc<dyn Regi
     assert_eq!(taken, freed, "the only free id is the dead holder's");
 }
 
+pub async fn one_leader_per_role_and_a_newer_one_has_a_larger_fence(fixture: Arc<dyn RegistryFixture>) {
+    let (a, b) = (fixture.participant().await, fixture.participant().await);
+    a.register(member(Role::Worker, "w-a")).await.expect("register");
+    b.register(member(Role::Worker, "w-b")).await.expect("register");
+    let first = a.lead("reconciler").await.expect("lead").expect("a leads a free role");
+    assert_eq!(a.lead("reconciler").await.expect("lead"), Some(first), "and keeps it, same fence");
+    assert_eq!(b.lead("reconciler").await.expect("lead"), None, "one leader at a time");
+    assert!(b.lead("outbox").await.expect("lead").is_some(), "roles are apart");
+    let status = b.status().await.expect("status");
+    assert_eq!(status.leaders.get("reconciler").map(String::as_str), Some("w-a"), "{status:?}");
+    drop(a);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(fixture.ttl_ms()) + REACH * 2;
+    let next = loop {
+        if let Some(fence) = b.lead("reconciler").await.expect("lead") {
+            break fence;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the role was not free within the TTL");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(next > first, "the new leader's fence {next} is larger than the old one's {first}");
+}
+
 pub async fn a_setting_reaches_every_participant(fixture: Arc<dyn RegistryFixture>) {
     let (a, b) = (fixture.participant().await, fixture.participant().await);
     let watched = b.settings();

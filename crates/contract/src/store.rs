@@ -312,6 +312,22 @@ pub async fn meta_values_are_replaced_only_from_what_they_hold(store: Arc<dyn St
     assert_eq!(won, 1, "one of the racing replacements wins");
 }
 
+pub async fn a_fence_refuses_every_older_leader(store: Arc<dyn Store>) {
+    assert!(store.fence("reconciler", 5).await.expect("fence"), "the first leader");
+    assert!(store.fence("reconciler", 5).await.expect("fence"), "the same leader again");
+    assert!(store.fence("reconciler", 9).await.expect("fence"), "a newer leader");
+    assert!(!store.fence("reconciler", 5).await.expect("fence"), "the older one, back from a pause: refused");
+    assert!(store.fence("outbox", 1).await.expect("fence"), "fences are apart by name");
+    // Racing leaders: only the newest is ever told yes after it was seen.
+    let racing = (10..18u64).map(|fence| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.fence("reconciler", fence).await.expect("fence") })
+    });
+    futures_util::future::join_all(racing).await;
+    assert!(store.fence("reconciler", 17).await.expect("fence"), "the newest");
+    assert!(!store.fence("reconciler", 16).await.expect("fence"), "any older one refused");
+}
+
 pub async fn a_lease_has_one_holder_at_a_time(store: Arc<dyn Store>) {
     assert!(store.lease("reconciler", 1, 0, 100).await.expect("lease"), "free: taken");
     assert!(!store.lease("reconciler", 2, 50, 150).await.expect("lease"), "held by 1 until 100");

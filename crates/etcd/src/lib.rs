@@ -5,6 +5,8 @@
 //! - `worker-ids/<id>`: the instance holding snowflake worker id `<id>`, attached to the same lease,
 //!   created only if absent (a transaction on the key's create revision), so two live processes never
 //!   hold one id;
+//! - `leaders/<role>`: the instance leading a role that runs once in the system, created only if absent
+//!   under its lease; the key's create revision is the leader's fence;
 //! - `settings/<key>`: a setting's value (no lease: settings outlive processes).
 //!
 //! One lease per process, kept alive by a task at a third of its TTL. A lease that expired while etcd
@@ -116,6 +118,9 @@ impl Keys {
     }
     fn settings(&self) -> String {
         format!("{}settings/", self.root)
+    }
+    fn leaders(&self) -> String {
+        format!("{}leaders/", self.root)
     }
 }
 
@@ -463,6 +468,28 @@ impl Registry for EtcdRegistry {
         Err(PortError::unavailable("etcd", format!("all {} worker ids are held by live processes", u32::from(max) + 1)))
     }
 
+    /// The role's key is created only if absent, under this process's lease; the fence is its create
+    /// revision, which etcd makes larger for every key created after it.
+    async fn lead(&self, role: &str) -> PortResult<Option<u64>> {
+        let (instance, lease) = {
+            let mine = self.mine.lock().await;
+            match (&mine.member, mine.lease) {
+                (Some(member), Some(lease)) => (member.instance.clone(), lease),
+                _ => return Err(PortError::failed("etcd", "a role is led after registering")),
+            }
+        };
+        let key = format!("{}{role}", self.keys.leaders());
+        let put = TxnOp::put(key.clone(), instance.as_str(), Some(PutOptions::new().with_lease(lease)));
+        let absent = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([put]);
+        within(self.timeout_ms(), self.client.clone().txn(absent)).await?;
+        let now = within(self.timeout_ms(), self.client.clone().get(key.as_str(), None)).await?;
+        Ok(now
+            .kvs()
+            .first()
+            .filter(|kv| kv.value() == instance.as_bytes())
+            .map(|kv| u64::try_from(kv.create_revision()).unwrap_or(0)))
+    }
+
     fn settings(&self) -> watch::Receiver<Settings> {
         self.settings.clone()
     }
@@ -480,6 +507,7 @@ impl Registry for EtcdRegistry {
         let timeout_ms = self.timeout_ms();
         let (members, _) = read_prefix(&self.client, &self.keys.members(), timeout_ms).await?;
         let (worker_ids, _) = read_prefix(&self.client, &self.keys.worker_ids(), timeout_ms).await?;
+        let (leaders, _) = read_prefix(&self.client, &self.keys.leaders(), timeout_ms).await?;
         let list = within(timeout_ms, self.client.clone().member_list()).await?;
         let mut servers = Vec::new();
         for server in list.members() {
@@ -496,6 +524,7 @@ impl Registry for EtcdRegistry {
             servers,
             members: parse_members(&members),
             worker_ids: worker_ids.into_iter().filter_map(|(id, holder)| Some((id.parse().ok()?, holder))).collect(),
+            leaders,
         })
     }
 }

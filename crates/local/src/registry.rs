@@ -30,6 +30,10 @@ struct State {
     members: BTreeMap<u64, Member>,
     /// Worker id → participant.
     worker_ids: BTreeMap<u16, u64>,
+    /// Role → (participant leading it, its fence).
+    leaders: BTreeMap<String, (u64, u64)>,
+    /// The last fence handed out.
+    fence: u64,
     next_participant: u64,
 }
 
@@ -82,6 +86,7 @@ impl LocalRegistry {
         let mut state = self.state();
         state.members.remove(&self.participant);
         state.worker_ids.retain(|_, holder| *holder != self.participant);
+        state.leaders.retain(|_, (leader, _)| *leader != self.participant);
         self.publish_members(&state);
     }
 }
@@ -125,6 +130,20 @@ impl Registry for LocalRegistry {
         Ok(id)
     }
 
+    async fn lead(&self, role: &str) -> PortResult<Option<u64>> {
+        let mut state = self.state();
+        if !state.members.contains_key(&self.participant) {
+            return Err(PortError::failed("local registry", "a role is led after registering"));
+        }
+        if let Some(&(leader, fence)) = state.leaders.get(role) {
+            return Ok((leader == self.participant).then_some(fence));
+        }
+        state.fence += 1;
+        let fence = state.fence;
+        state.leaders.insert(role.to_owned(), (self.participant, fence));
+        Ok(Some(fence))
+    }
+
     fn settings(&self) -> watch::Receiver<Settings> {
         self.shared.settings.subscribe()
     }
@@ -161,6 +180,7 @@ impl Registry for LocalRegistry {
             }],
             members: state.members.values().cloned().collect(),
             worker_ids: state.worker_ids.iter().map(|(&id, participant)| (id, holder(participant))).collect(),
+            leaders: state.leaders.iter().map(|(role, (leader, _))| (role.clone(), holder(leader))).collect(),
         })
     }
 }

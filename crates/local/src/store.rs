@@ -420,6 +420,17 @@ impl Store for LocalStore {
         Ok(true)
     }
 
+    async fn fence(&self, name: &str, fence: u64) -> PortResult<bool> {
+        let key = format!("fence:{name}");
+        let _writer = self.lock()?;
+        let largest = self.db.meta.get(&key).map_err(storage_error)?.and_then(|bytes| key_u64(&bytes)).unwrap_or(0);
+        if fence < largest {
+            return Ok(false);
+        }
+        self.db.meta.insert(&key, u64_key(fence)).map_err(storage_error)?;
+        Ok(true)
+    }
+
     async fn lease(&self, name: &str, holder: u64, now_ms: u64, until_ms: u64) -> PortResult<bool> {
         let (holder_key, until_key) = (format!("lease:{name}:holder"), format!("lease:{name}:until"));
         let _writer = self.lock()?;

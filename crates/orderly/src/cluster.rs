@@ -140,6 +140,9 @@ pub async fn open(config: &Config, member: Option<Member>) -> anyhow::Result<Ope
             .context("leasing the id generator")?,
     );
     tracing::info!(worker_id, "snowflake worker id");
-    let orderly = Orderly::new(Ports { cache, store, bus, payments, clock, ids, orders }, config.flow.clone());
+    let mut orderly = Orderly::new(Ports { cache, store, bus, payments, clock, ids, orders }, config.flow.clone());
+    if member.is_some() {
+        orderly = orderly.elected_through(Arc::clone(&registry) as Arc<dyn Registry>);
+    }
     Ok(Opened { orderly, registry })
 }

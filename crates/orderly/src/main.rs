@@ -109,8 +109,8 @@ enum ConfigAction {
 
 #[derive(Debug, Subcommand)]
 enum ClusterAction {
-    /// etcd's members (health, leader), the processes registered (role, address, version, age) and the
-    /// snowflake worker ids they hold.
+    /// etcd's members (health, leader), the processes registered (role, address, version, age), the
+    /// snowflake worker ids they hold and the roles they lead.
     Status,
 }
 
@@ -220,6 +220,10 @@ async fn cluster_status(config: &Config) -> anyhow::Result<()> {
             "  {:<8} {:<32} {:<24} worker id {:<5} v{} up {age_s} s",
             member.role, member.instance, member.address, id, member.version
         );
+    }
+    println!("leaders:");
+    for (role, instance) in &status.leaders {
+        println!("  {role:<12} {instance}");
     }
     Ok(())
 }

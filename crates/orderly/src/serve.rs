@@ -43,6 +43,11 @@ pub async fn run_roles(
     profile: &str,
 ) -> anyhow::Result<()> {
     let Opened { orderly, registry } = opened;
+    // Registered before the workers start: the roles that run once are led through the registration.
+    // A process that serves HTTP registers once it listens, with its address.
+    if !roles.http {
+        registry.register(member.clone()).await.context("registering")?;
+    }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for step in Step::ALL.into_iter().filter(|_| roles.workers) {
@@ -52,7 +57,6 @@ pub async fn run_roles(
 
     if !roles.http {
         crate::registry::apply_settings(&*registry, crate::registry::base(config), orderly.clone(), None);
-        registry.register(member).await.context("registering")?;
         tracing::info!(profile, "orderly worker running");
         println!("worker running");
         shutdown_signal().await;

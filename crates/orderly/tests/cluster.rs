@@ -653,6 +653,21 @@ async fn processes_register_and_settings_apply_everywhere_within_a_second() {
     unique.dedup();
     assert_eq!(unique.len(), holders.len(), "each held by one process: {status:#}");
 
+    // The roles that run once are led by workers, elected in etcd.
+    let workers: Vec<String> = cluster.registered("worker").await.into_iter().map(|(instance, _)| instance).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let leaders = cluster.admin_get("/api/admin/cluster").await["leaders"].clone();
+        let led_by_workers = ["outbox", "reconciler"]
+            .iter()
+            .all(|role| leaders[*role].as_str().is_some_and(|leader| workers.iter().any(|w| w == leader)));
+        if led_by_workers {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leaders {leaders} not among the workers {workers:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     let refused = cluster.set_setting(0, "rate_limit.orders_per_second", Some("\"fast\"")).await;
     assert_eq!(refused["status"], 422, "{refused}");
     assert_eq!(refused["code"], "invalid_setting", "{refused}");

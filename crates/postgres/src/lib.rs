@@ -767,6 +767,19 @@ impl Store for PgStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn fence(&self, name: &str, fence: u64) -> PortResult<bool> {
+        let largest: i64 = sqlx::query_scalar(
+            "INSERT INTO meta (key, value) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, EXCLUDED.value) RETURNING value",
+        )
+        .bind(format!("fence:{name}"))
+        .bind(signed(fence)?)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(database_error)?;
+        Ok(unsigned(largest)? == fence)
+    }
+
     async fn lease(&self, name: &str, holder: u64, now_ms: u64, until_ms: u64) -> PortResult<bool> {
         let row = sqlx::query(
             "INSERT INTO leases (name, holder, until_ms) VALUES ($1, $2, $4)

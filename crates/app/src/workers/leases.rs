@@ -1,11 +1,13 @@
-//! The roles one process of a cluster runs at a time (the outbox relay, the reconciler): a lease in the
-//! store, taken by the process's id-generator instance and renewed at half time.
+//! The roles one process of a cluster runs at a time (the outbox relay, the reconciler). Elected in the
+//! registry when there is one: the leader's fence is checked by the store at every renewal, so a leader
+//! that was replaced — paused, cut off — is refused as soon as it tries again. Otherwise a lease in the
+//! store, taken by the process's id-generator instance. Either is renewed at half time.
 
 use crate::orderly::Orderly;
 use crate::ports::PortError;
 
 impl Orderly {
-    /// Whether this process holds lease `name` now; renews it once half of it has passed.
+    /// Whether this process holds role `name` now; asks again once half of `lease_ms` has passed.
     pub(crate) async fn hold_lease(&self, name: &'static str) -> Result<bool, PortError> {
         let now_ms = self.ports.clock.now_ms();
         let length_ms = self.config().lease_ms.max(2);
@@ -13,7 +15,13 @@ impl Orderly {
             return Ok(true);
         }
         let until_ms = now_ms + length_ms;
-        let held = self.ports.store.lease(name, self.ports.ids.instance(), now_ms, until_ms).await?;
+        let held = match &self.registry {
+            Some(registry) => match registry.lead(name).await? {
+                Some(fence) => self.ports.store.fence(name, fence).await?,
+                None => false,
+            },
+            None => self.ports.store.lease(name, self.ports.ids.instance(), now_ms, until_ms).await?,
+        };
         self.leases.set(name, if held { until_ms } else { 0 });
         Ok(held)
     }
