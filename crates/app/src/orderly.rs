@@ -56,6 +56,8 @@ pub struct Orderly {
 #[derive(Debug, Default)]
 pub(crate) struct Leases {
     held_until: Mutex<HashMap<&'static str, u64>>,
+    /// The fence this process last led each role with (elected in a registry).
+    fences: Mutex<HashMap<&'static str, u64>>,
 }
 
 impl Leases {
@@ -71,6 +73,19 @@ impl Leases {
 
     pub(crate) fn set(&self, name: &'static str, until_ms: u64) {
         self.held().insert(name, until_ms);
+    }
+
+    /// The fence this process last led `name` with, if it led it.
+    pub(crate) fn fence(&self, name: &'static str) -> Option<u64> {
+        self.fences.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).copied()
+    }
+
+    pub(crate) fn set_fence(&self, name: &'static str, fence: Option<u64>) {
+        let mut fences = self.fences.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match fence {
+            Some(fence) => fences.insert(name, fence),
+            None => fences.remove(name),
+        };
     }
 }
 

@@ -475,7 +475,9 @@ impl Registry for EtcdRegistry {
             let mine = self.mine.lock().await;
             match (&mine.member, mine.lease) {
                 (Some(member), Some(lease)) => (member.instance.clone(), lease),
-                _ => return Err(PortError::failed("etcd", "a role is led after registering")),
+                // The lease was lost and its replacement is being written: try again later.
+                (Some(_), None) => return Err(PortError::unavailable("etcd", "registering again")),
+                (None, _) => return Err(PortError::failed("etcd", "a role is led after registering")),
             }
         };
         let key = format!("{}{role}", self.keys.leaders());

@@ -54,6 +54,8 @@ struct Settings {
     dir: tempfile::TempDir,
     database: String,
     namespace: String,
+    /// etcd's endpoints as the processes' JSON list.
+    etcd: String,
 }
 
 /// How long a killed process stays in the registry, at most (the processes' lease TTL).
@@ -79,7 +81,12 @@ impl Settings {
             .execute(&mut connection)
             .await
             .expect("create database");
-        Settings { dir: tempfile::tempdir().expect("temp dir"), database, namespace: format!("orderly-e2e-{id}") }
+        Settings {
+            dir: tempfile::tempdir().expect("temp dir"),
+            database,
+            namespace: format!("orderly-e2e-{id}"),
+            etcd: etcd_endpoints(),
+        }
     }
 
     fn secrets(&self) -> PathBuf {
@@ -113,7 +120,7 @@ impl Settings {
             .env("ORDERLY_FLOW__RESERVATION_CHECK_DELAY_MS", "2000")
             // Every process registers in etcd under the cluster's namespace: the APIs and workers find
             // the payment instances there, and take their snowflake worker ids from it.
-            .env("ORDERLY_CLUSTER__ETCD_ENDPOINTS", etcd_endpoints())
+            .env("ORDERLY_CLUSTER__ETCD_ENDPOINTS", &self.etcd)
             .env("ORDERLY_CLUSTER__REGISTRY_TTL_S", REGISTRY_TTL_S.to_string())
             .env("ORDERLY_PAYMENT_SERVICE__REGISTER", "true")
             .stderr(Stdio::inherit());
@@ -178,7 +185,17 @@ impl Cluster {
 
     /// With `payment_env` set on the payment instances.
     async fn start_with_payment(payment_env: &[(&str, String)]) -> Cluster {
-        let settings = Settings::fresh().await;
+        Cluster::start_with(Settings::fresh().await, payment_env).await
+    }
+
+    /// On an etcd of its own (`endpoints`, a JSON list).
+    async fn start_on_etcd(endpoints: String) -> Cluster {
+        let mut settings = Settings::fresh().await;
+        settings.etcd = endpoints;
+        Cluster::start_with(settings, &[]).await
+    }
+
+    async fn start_with(settings: Settings, payment_env: &[(&str, String)]) -> Cluster {
         // Two payment instances sharing the PostgreSQL ledger; callers find both in etcd and balance.
         let mut env = vec![("ORDERLY_PAYMENT_SERVICE__LISTEN_ADDR", "127.0.0.1:0".to_owned())];
         env.extend(payment_env.iter().cloned());
@@ -706,4 +723,109 @@ async fn processes_register_and_settings_apply_everywhere_within_a_second() {
             assert_eq!(answer["status"], 200, "API {via}: {answer}");
         }
     }
+}
+
+/// A one-member etcd of a test's own, on free ports, that the test may kill and start again (on its
+/// data): the shared one serves the other tests.
+struct PrivateEtcd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+}
+
+impl PrivateEtcd {
+    fn start() -> PrivateEtcd {
+        let free_port = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let mut etcd = PrivateEtcd {
+            child: None,
+            dir: tempfile::tempdir().expect("temp dir"),
+            client_port: free_port(),
+            peer_port: free_port(),
+        };
+        etcd.restart();
+        etcd
+    }
+
+    fn endpoints(&self) -> String {
+        format!("[\"http://127.0.0.1:{}\"]", self.client_port)
+    }
+
+    /// Starts the member (again, on its data) and waits until it takes connections.
+    fn restart(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new("etcd")
+            .args(["--name", "solo", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("solo={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd on PATH (scripts/etcd-up installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateEtcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// All of etcd down under load for longer than the registrations' TTL: the processes keep the last
+/// membership (payments still go to the instances they knew) and keep taking orders; when etcd is back
+/// they are registered still. Every accepted order ends definite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_keep_being_accepted_while_etcd_is_down() {
+    let mut etcd = PrivateEtcd::start();
+    let cluster = Arc::new(Cluster::start_on_etcd(etcd.endpoints()).await);
+    cluster.load_catalog(&CATALOG).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = tokio::spawn(load(Arc::clone(&cluster), Arc::clone(&stop)));
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+
+    etcd.kill();
+    tokio::time::sleep(Duration::from_secs(REGISTRY_TTL_S + 1)).await;
+    // Past the TTL without etcd: carts paid at once are accepted and paid, through either API.
+    let buyer = Buyer::new(&cluster, 9);
+    let mut paid_during = Vec::new();
+    for via in 0..APIS {
+        paid_during.extend(buyer.place(via, &one_line(9, 1, 1, true)).await);
+    }
+    for order_no in &paid_during {
+        buyer.wait_state(order_no, "paid").await;
+    }
+
+    etcd.restart();
+    // Back: every process is registered (its lease outlived the outage, or it registered again).
+    let deadline = Instant::now() + Duration::from_secs(REGISTRY_TTL_S * 3);
+    loop {
+        let answer = cluster.http.get(format!("{}/api/admin/cluster", cluster.api(0))).bearer_auth(&cluster.admin);
+        let status: Value = answer.send().await.expect("request").json().await.expect("json");
+        let members = status["data"]["members"].as_array().map_or(0, Vec::len);
+        if status["status"] == 200 && members == APIS + WORKERS + 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not every process registered again: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let accepted = running.await.expect("load");
+    assert!(accepted.len() > 20, "the load got going ({} accepted)", accepted.len());
+    every_accepted_order_is_definite(&cluster, &accepted).await;
 }

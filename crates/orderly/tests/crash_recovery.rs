@@ -127,15 +127,7 @@ async fn killed_mid_load_then_restarted_loses_no_accepted_order() {
     // minutes; they change nothing the audit compares).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let bus: Value = http
-            .get(format!("{}/api/admin/bus", server.base))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .expect("bus request")
-            .json()
-            .await
-            .expect("json");
+        let bus = admin_get(&http, &format!("{}/api/admin/bus", server.base), &admin).await;
         let queues = bus["data"]["queued"].as_array().expect("queues");
         let waiting: u64 = queues
             .iter()
@@ -149,15 +141,7 @@ async fn killed_mid_load_then_restarted_loses_no_accepted_order() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Quiet now (no traffic, creates and checks done): every invariant is owed.
-    let audit: Value = http
-        .get(format!("{}/api/admin/audit?quiet=true", server.base))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("audit request")
-        .json()
-        .await
-        .expect("json");
+    let audit = admin_get(&http, &format!("{}/api/admin/audit?quiet=true", server.base), &admin).await;
     let report = &audit["data"]["report"];
     assert_eq!(report["violations"], json!([]), "audit: {audit:#}");
     let rows = report["stock"].as_array().expect("rows");
@@ -175,4 +159,10 @@ async fn killed_mid_load_then_restarted_loses_no_accepted_order() {
         .status()
         .expect("audit runs");
     assert!(status.success(), "orderly audit found violations");
+}
+
+/// An admin GET's whole answer.
+async fn admin_get(http: &reqwest::Client, url: &str, admin: &str) -> Value {
+    let answer = http.get(url).bearer_auth(admin).send().await.expect("admin request");
+    answer.json().await.expect("json")
 }

@@ -1,6 +1,7 @@
 //! The roles one process of a cluster runs at a time (the outbox relay, the reconciler). Elected in the
 //! registry when there is one: the leader's fence is checked by the store at every renewal, so a leader
-//! that was replaced — paused, cut off — is refused as soon as it tries again. Otherwise a lease in the
+//! that was replaced — paused, cut off — is refused as soon as it tries again; while the registry is out
+//! of reach the leader goes on under the same store check (degraded, not down). Otherwise a lease in the
 //! store, taken by the process's id-generator instance. Either is renewed at half time.
 
 use crate::orderly::Orderly;
@@ -16,10 +17,22 @@ impl Orderly {
         }
         let until_ms = now_ms + length_ms;
         let held = match &self.registry {
-            Some(registry) => match registry.lead(name).await? {
-                Some(fence) => self.ports.store.fence(name, fence).await?,
-                None => false,
-            },
+            Some(registry) => {
+                let fence = match registry.lead(name).await {
+                    Ok(fence) => fence,
+                    // The registry out of reach (etcd down): a leader goes on with its fence for as long
+                    // as the store has seen no newer one — nobody can be elected meanwhile, unless this
+                    // process is the one cut off, and then the newer leader's fence stops it here.
+                    Err(error) if error.is_retryable() => self.leases.fence(name),
+                    Err(error) => return Err(error),
+                };
+                let held = match fence {
+                    Some(fence) => self.ports.store.fence(name, fence).await?,
+                    None => false,
+                };
+                self.leases.set_fence(name, fence.filter(|_| held));
+                held
+            }
             None => self.ports.store.lease(name, self.ports.ids.instance(), now_ms, until_ms).await?,
         };
         self.leases.set(name, if held { until_ms } else { 0 });
