@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// a cluster: requests take them in turn (a dead one answers errors until it is back).
     #[arg(long)]
     url: Vec<String>,
+    /// Bench every API process the cluster's registry lists (etcd at `cluster.etcd_endpoints` of the
+    /// configuration, namespace `cluster.namespace`), as `--url` each.
+    #[arg(long, conflicts_with = "url")]
+    cluster: bool,
     /// Concurrent connections of closed-loop phases.
     #[arg(long, default_value_t = 64)]
     connections: usize,
@@ -211,14 +215,31 @@ fn machine() -> BTreeMap<&'static str, String> {
     machine
 }
 
+/// The addresses of the API processes registered in the cluster's etcd.
+async fn registered_apis(config: &Config) -> anyhow::Result<Vec<String>> {
+    use orderly_app::registry::{Registry, Role};
+    let registry = orderly::cluster::connect_registry(config).await?;
+    let status = registry.status().await.context("reading the registry")?;
+    let apis: Vec<String> = status
+        .members
+        .into_iter()
+        .filter(|m| m.role == Role::Api && !m.address.is_empty())
+        .map(|m| m.address)
+        .collect();
+    anyhow::ensure!(!apis.is_empty(), "no API process is registered in etcd at {:?}", config.cluster.etcd_endpoints);
+    eprintln!("APIs found in the registry: {}", apis.join(" "));
+    Ok(apis)
+}
+
 /// Runs the bench; `Ok(false)` when a check failed (the report says which).
 pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     let out = args.out.join(args.scenario.as_str());
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
-    let (bases, secrets, spawned) = match args.url.as_slice() {
+    let urls = if args.cluster { registered_apis(&config).await? } else { args.url.clone() };
+    let (bases, secrets, spawned) = match urls.as_slice() {
         [_, ..] => {
-            let bases = args.url.iter().map(|url| url.trim_end_matches('/').to_owned()).collect();
+            let bases = urls.iter().map(|url| url.trim_end_matches('/').to_owned()).collect();
             (bases, config::secrets(&config)?, None)
         }
         [] => {

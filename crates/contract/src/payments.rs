@@ -48,12 +48,20 @@ impl Ledger {
     /// Waits for every racer, moving the clock on by `step_ms` whenever the acquirer waits on it (its
     /// latency) so a charge runs to its end. Bounded.
     async fn join_on_clock<T>(&self, racers: Vec<tokio::task::JoinHandle<T>>, step_ms: u64) -> Vec<T> {
+        // Time moves when every racer still running waits on the clock — or, should one wait on something
+        // else behind a sleeper, after a long quiet spell. Moving it at every yield let a racer that was
+        // merely slow to be scheduled (a loaded machine) see its own lease run out under it.
+        let mut quiet = 0;
         for _ in 0..10_000_000 {
-            if racers.iter().all(tokio::task::JoinHandle::is_finished) {
+            let running = racers.iter().filter(|racer| !racer.is_finished()).count();
+            if running == 0 {
                 break;
             }
-            if self.clock.sleepers() > 0 {
+            let sleepers = self.clock.sleepers();
+            quiet += 1;
+            if sleepers > 0 && (sleepers >= running || quiet >= 1_000) {
                 self.clock.advance_ms(step_ms);
+                quiet = 0;
             }
             tokio::task::yield_now().await;
         }
