@@ -23,14 +23,15 @@ use crate::ports::{PortError, PortResult};
 pub struct Group<T, R = ()> {
     what: &'static str,
     waiting: Mutex<Vec<(T, oneshot::Sender<PortResult<R>>)>>,
-    /// Held by the call sending a batch until the batch's results are in.
-    turn: tokio::sync::Mutex<()>,
+    /// Held by the batch being sent until its results are in — by the task sending it, so a caller that
+    /// stops waiting does not let the next batch start beside it.
+    turn: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl<T: Send + 'static, R: Send + 'static> Group<T, R> {
     /// `what`: the engine, as errors name it.
     pub fn new(what: &'static str) -> Group<T, R> {
-        Group { what, waiting: Mutex::new(Vec::new()), turn: tokio::sync::Mutex::new(()) }
+        Group { what, waiting: Mutex::new(Vec::new()), turn: std::sync::Arc::default() }
     }
 
     /// Sends `work` with whatever other calls are waiting. `send` gets the batch (this call's work among
@@ -48,7 +49,7 @@ impl<T: Send + 'static, R: Send + 'static> Group<T, R> {
         let turn = tokio::select! {
             biased;
             result = &mut answered => return result.unwrap_or_else(|_| Err(self.abandoned())),
-            turn = self.turn.lock() => turn,
+            turn = std::sync::Arc::clone(&self.turn).lock_owned() => turn,
         };
         match answered.try_recv() {
             Ok(result) => return result,
@@ -66,9 +67,9 @@ impl<T: Send + 'static, R: Send + 'static> Group<T, R> {
                 // A caller that gave up waiting is not there to hear.
                 let _ = answer.send(result);
             }
+            drop(turn);
         })
         .await;
-        drop(turn);
         answered.await.unwrap_or_else(|_| Err(self.abandoned()))
     }
 
