@@ -437,7 +437,7 @@ async fn admin_config_set(
 ) -> Result<Response, ApiError> {
     state.admin(&headers)?;
     let (registry, base) = state.registry()?;
-    let Path(key) = key.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text()))?;
+    let key = setting_key(key)?;
     let body = body_bytes(body)?;
     let value = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", "the value is not UTF-8"))?
@@ -459,9 +459,14 @@ async fn admin_config_unset(
 ) -> Result<Response, ApiError> {
     state.admin(&headers)?;
     let (registry, _) = state.registry()?;
-    let Path(key) = key.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text()))?;
+    let key = setting_key(key)?;
     registry.set_setting(&key, None).await?;
     Ok(ok(StatusCode::OK, json!({ "key": key, "value": null })))
+}
+
+fn setting_key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(key) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text()))?;
+    Ok(key)
 }
 
 fn invalid_setting(error: orderly_app::settings::SettingError) -> ApiError {
