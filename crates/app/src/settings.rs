@@ -88,7 +88,9 @@ impl Live {
     /// The bounds a value must keep (types are checked by deserialising).
     fn check(&self) -> Result<(), SettingError> {
         let f = &self.flow;
-        let positive: [(&str, u64); 11] = [
+        let positive: [(&str, u64); 13] = [
+            ("flow.cart.lines_max", f.cart.lines_max as u64),
+            ("flow.cart.quantity_per_line_max", u64::from(f.cart.quantity_per_line_max)),
             ("flow.reservation_check_delay_ms", f.reservation_check_delay_ms),
             ("flow.unpaid_timeout_ms", f.unpaid_timeout_ms),
             ("flow.payment_call_timeout_ms", f.payment_call_timeout_ms),
@@ -147,6 +149,7 @@ mod tests {
             ("flow.no_such_timer_ms", "5", "no such setting"),
             ("flow", "{}", "no such setting"),
             ("flow.cart", "{}", "no such setting"),
+            ("flow.cart.lines_max", "0", "at least 1"),
             ("rate_limit.in_flight_max", "10", "read once at start"),
             ("flow.reconcile_backoff_ms_max", "1", "at least flow.reconcile_backoff_ms"),
         ];
