@@ -213,14 +213,11 @@ fn text_entry(prefix: &str, key: &[u8], value: &[u8]) -> Result<(String, String)
 async fn follow(client: Client, prefix: String, tx: watch::Sender<Settings>, timeout_ms: u64) {
     let mut failures = 0u32;
     loop {
-        match follow_once(&client, &prefix, &tx, timeout_ms).await {
-            Ok(()) => failures = 0,
-            Err(error) => {
-                failures += 1;
-                // Once per outage, not once per retry.
-                if failures == 1 {
-                    tracing::warn!(%prefix, %error, "etcd watch broken; keeping the last snapshot and retrying");
-                }
+        if let Err(error) = follow_once(&client, &prefix, &tx, timeout_ms, &mut failures).await {
+            failures += 1;
+            // Once per outage, not once per retry.
+            if failures == 1 {
+                tracing::warn!(%prefix, %error, "etcd watch broken; keeping the last snapshot and retrying");
             }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -232,8 +229,13 @@ async fn follow_once(
     prefix: &str,
     tx: &watch::Sender<Settings>,
     timeout_ms: u64,
+    failures: &mut u32,
 ) -> Result<(), EtcdError> {
     let (mut values, revision) = read_prefix(client, prefix, timeout_ms).await?;
+    if *failures > 0 {
+        tracing::info!(%prefix, "etcd read again; following it");
+        *failures = 0;
+    }
     tx.send_if_modified(|current| replace_if_changed(current, values.clone()));
     let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
     let mut stream = within(timeout_ms, client.clone().watch(prefix, Some(options))).await?;
