@@ -458,8 +458,12 @@ async fn admin_config_unset(
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     state.admin(&headers)?;
-    let (registry, _) = state.registry()?;
+    let (registry, base) = state.registry()?;
     let key = setting_key(key)?;
+    // Checked too: the others may need this one (a maximum set above the configuration's minimum).
+    let mut settings = registry.settings().borrow().clone();
+    settings.remove(&key);
+    base.with(&settings).map_err(invalid_setting)?;
     registry.set_setting(&key, None).await?;
     Ok(ok(StatusCode::OK, json!({ "key": key, "value": null })))
 }

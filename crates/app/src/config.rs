@@ -42,8 +42,9 @@ pub struct FlowConfig {
     pub sold_out_memory_ms: u64,
     /// With an order cache: the second delete of an order's copy comes this long after a change.
     pub order_cache_second_delete_ms: u64,
-    /// Length of a lease on a role that runs once in a cluster (the reconciler): another process
-    /// takes the role this long after its holder stopped.
+    /// Length of a lease on a role that runs once in a cluster (the outbox relay, the reconciler): with
+    /// the store's leases, another process takes the role this long after its holder stopped; elected
+    /// in a registry, the registry's lease decides, and the holder checks its fence every half of this.
     pub lease_ms: u64,
 }
 

@@ -36,6 +36,9 @@ struct LeaseState {
     generator: Snowflake,
     /// Ids up to this Unix ms are covered by a durable lease.
     leased_until_ms: u64,
+    /// The last lease this generator tried to write: a renewal cut off by its caller's deadline may
+    /// have landed, and then the stored value is this one — its own, not another holder's.
+    attempted_ms: u64,
 }
 
 impl LeasedSnowflake {
@@ -61,7 +64,11 @@ impl LeasedSnowflake {
                 return Err(PortError::unavailable("ids", format!("worker id {worker}: its lease keeps changing")));
             }
         };
-        let state = Mutex::new(LeaseState { generator: Snowflake::new(worker, floor_ms + 1), leased_until_ms });
+        let state = Mutex::new(LeaseState {
+            generator: Snowflake::new(worker, floor_ms + 1),
+            leased_until_ms,
+            attempted_ms: leased_until_ms,
+        });
         Ok(LeasedSnowflake { state, renewal: tokio::sync::Mutex::new(()), store, clock, key, lease_ms, worker })
     }
 
@@ -92,11 +99,18 @@ impl IdGen for LeasedSnowflake {
         if let Some(id) = self.try_next()? {
             return Ok(id);
         }
-        let (held_ms, until_ms) = {
-            let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            (state.leased_until_ms, self.clock.now_ms().max(state.generator.last_unix_ms()) + self.lease_ms)
+        let (held_ms, earlier_attempt_ms, until_ms) = {
+            let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let until_ms = self.clock.now_ms().max(state.generator.last_unix_ms()) + self.lease_ms;
+            let earlier = std::mem::replace(&mut state.attempted_ms, until_ms);
+            (state.leased_until_ms, earlier, until_ms)
         };
-        if !self.store.replace_meta(&self.key, Some(held_ms), until_ms).await? {
+        let mut renewed = self.store.replace_meta(&self.key, Some(held_ms), until_ms).await?;
+        if !renewed && earlier_attempt_ms != held_ms {
+            // An earlier renewal answered an error but landed: the stored value is that attempt's.
+            renewed = self.store.replace_meta(&self.key, Some(earlier_attempt_ms), until_ms).await?;
+        }
+        if !renewed {
             tracing::error!(
                 worker = self.worker,
                 "snowflake worker id taken over by another process; no more ids here"

@@ -14,7 +14,7 @@ use crate::catalog::CatalogCache;
 use crate::config::FlowConfig;
 use crate::model::{Order, Token};
 use crate::ports::{Bus, Clock, Held, IdGen, OrderCache, Payments, PortError, Reserve, StockCache, Store};
-use crate::registry::Registry;
+use crate::registry::{Lead, Registry};
 use crate::sold_out::SoldOutMemory;
 
 /// The ports of one profile, as its adapters were opened.
@@ -56,8 +56,8 @@ pub struct Orderly {
 #[derive(Debug, Default)]
 pub(crate) struct Leases {
     held_until: Mutex<HashMap<&'static str, u64>>,
-    /// The fence this process last led each role with (elected in a registry).
-    fences: Mutex<HashMap<&'static str, u64>>,
+    /// What this process last led each role with (elected in a registry).
+    fences: Mutex<HashMap<&'static str, Lead>>,
 }
 
 impl Leases {
@@ -76,11 +76,11 @@ impl Leases {
     }
 
     /// The fence this process last led `name` with, if it led it.
-    pub(crate) fn fence(&self, name: &'static str) -> Option<u64> {
+    pub(crate) fn fence(&self, name: &'static str) -> Option<Lead> {
         self.fences.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).copied()
     }
 
-    pub(crate) fn set_fence(&self, name: &'static str, fence: Option<u64>) {
+    pub(crate) fn set_fence(&self, name: &'static str, fence: Option<Lead>) {
         let mut fences = self.fences.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match fence {
             Some(fence) => fences.insert(name, fence),

@@ -61,6 +61,15 @@ pub struct Member {
 /// processes that apply them (and checked before a value is written).
 pub type Settings = BTreeMap<String, String>;
 
+/// This process's leadership of a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lead {
+    /// The registry's incarnation (etcd's cluster id): fences of a registry created afresh start
+    /// again, and are compared only among themselves.
+    pub era: u64,
+    pub fence: u64,
+}
+
 /// A registry's answer to "who holds what", for operators.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryStatus {
@@ -99,11 +108,11 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
     /// holds the same one. Needs [`Registry::register`] first.
     async fn claim_worker_id(&self, max: u16) -> PortResult<u16>;
 
-    /// Leads `role` — one process of the system at a time — if no live process does: `Some(fence)` while
-    /// this process leads it, `None` while another does. The fence is larger for every new leader, so a
-    /// store that keeps the largest it saw refuses an older leader ([`crate::Store::fence`]).
-    /// Leadership lasts as long as the registration; needs [`Registry::register`] first.
-    async fn lead(&self, role: &str) -> PortResult<Option<u64>>;
+    /// Leads `role` if no live process does: `Some` while this process leads it, `None` while another
+    /// does. The fence is larger for every new leader of the same era, so a store that keeps the
+    /// largest it saw refuses an older leader ([`crate::Store::fence`]). Leadership lasts as long as the
+    /// registration; needs [`Registry::register`] first.
+    async fn lead(&self, role: &str) -> PortResult<Option<Lead>>;
 
     /// The settings, followed.
     fn settings(&self) -> watch::Receiver<Settings>;

@@ -19,6 +19,9 @@ pub struct Live {
     pub rate_limit: RateLimitConfig,
 }
 
+/// The longest duration a setting may give (30 days).
+const DURATION_MS_MAX: u64 = 30 * 24 * 3600 * 1000;
+
 /// Keys that exist but are read once at start.
 const RESTART_ONLY: [&str; 1] = ["rate_limit.in_flight_max"];
 
@@ -106,6 +109,25 @@ impl Live {
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(SettingError::new(key, "must be at least 1"));
         }
+        // Added to the clock: a huge one would wrap, or overflow the store's signed columns.
+        let durations = [
+            ("flow.reservation_check_delay_ms", f.reservation_check_delay_ms),
+            ("flow.unpaid_timeout_ms", f.unpaid_timeout_ms),
+            ("flow.payment_call_timeout_ms", f.payment_call_timeout_ms),
+            ("flow.reconcile_backoff_ms", f.reconcile_backoff_ms),
+            ("flow.reconcile_backoff_ms_max", f.reconcile_backoff_ms_max),
+            ("flow.redelivery_delay_ms", f.redelivery_delay_ms),
+            ("flow.redelivery_delay_ms_max", f.redelivery_delay_ms_max),
+            ("flow.unpaid_timeout_retry_ms", f.unpaid_timeout_retry_ms),
+            ("flow.entry_call_timeout_ms", f.entry_call_timeout_ms),
+            ("flow.catalog_cache_ms", f.catalog_cache_ms),
+            ("flow.sold_out_memory_ms", f.sold_out_memory_ms),
+            ("flow.order_cache_second_delete_ms", f.order_cache_second_delete_ms),
+            ("flow.lease_ms", f.lease_ms),
+        ];
+        if let Some((key, _)) = durations.iter().find(|(_, ms)| *ms > DURATION_MS_MAX) {
+            return Err(SettingError::new(key, format!("must be at most {DURATION_MS_MAX} (30 days)")));
+        }
         if f.reconcile_backoff_ms_max < f.reconcile_backoff_ms {
             return Err(SettingError::new(
                 "flow.reconcile_backoff_ms_max",
@@ -150,6 +172,7 @@ mod tests {
             ("flow", "{}", "no such setting"),
             ("flow.cart", "{}", "no such setting"),
             ("flow.cart.lines_max", "0", "at least 1"),
+            ("flow.unpaid_timeout_ms", "18446744073709551615", "at most"),
             ("rate_limit.in_flight_max", "10", "read once at start"),
             ("flow.reconcile_backoff_ms_max", "1", "at least flow.reconcile_backoff_ms"),
         ];

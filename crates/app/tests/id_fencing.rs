@@ -38,3 +38,24 @@ async fn a_worker_id_taken_over_fences_the_old_holder() {
     clock.advance_ms(5_000);
     assert!(issued.insert(new.next_id().await.expect("the new holder renews")));
 }
+
+/// A renewal whose caller gave up (the entry's deadline) may still land: the next renewal finds the
+/// stored lease is its own earlier attempt, not another holder's, and goes on.
+#[tokio::test]
+async fn a_renewal_cut_off_after_it_landed_is_not_taken_for_a_takeover() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let ports = orderly_local::open(dir.path(), clock.clone(), &orderly_local::LocalConfig::default(), None)
+        .await
+        .expect("open");
+    let ids = LeasedSnowflake::start(Arc::clone(&ports.store), clock.clone(), 7, 1_000).await.expect("start");
+    ids.next_id().await.expect("an id");
+    clock.advance_ms(1_500);
+    // The renewal is cut off after its write, while it waits for the write to be made durable.
+    let mut renewal = Box::pin(ids.next_id());
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(renewal.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "the renewal waits on its sync");
+    drop(renewal);
+    clock.advance_ms(1_500);
+    ids.next_id().await.expect("renewed over its own earlier attempt");
+}

@@ -137,13 +137,14 @@ pub async fn one_leader_per_role_and_a_newer_one_has_a_larger_fence(fixture: Arc
     drop(a);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(fixture.ttl_ms()) + REACH * 2;
     let next = loop {
-        if let Some(fence) = b.lead("reconciler").await.expect("lead") {
-            break fence;
+        if let Some(lead) = b.lead("reconciler").await.expect("lead") {
+            break lead;
         }
         assert!(tokio::time::Instant::now() < deadline, "the role was not free within the TTL");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(next > first, "the new leader's fence {next} is larger than the old one's {first}");
+    assert_eq!(next.era, first.era, "one registry, one era");
+    assert!(next.fence > first.fence, "the new leader's fence {next:?} is larger than the old one's {first:?}");
 }
 
 pub async fn a_setting_reaches_every_participant(fixture: Arc<dyn RegistryFixture>) {

@@ -24,7 +24,7 @@ use etcd_client::{
 };
 use orderly_app::PortError;
 use orderly_app::ports::PortResult;
-use orderly_app::registry::{Member, Registry, RegistryStatus, ServerStatus, Settings};
+use orderly_app::registry::{Lead, Member, Registry, RegistryStatus, ServerStatus, Settings};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
@@ -471,8 +471,8 @@ impl Registry for EtcdRegistry {
     }
 
     /// The role's key is created only if absent, under this process's lease; the fence is its create
-    /// revision, which etcd makes larger for every key created after it.
-    async fn lead(&self, role: &str) -> PortResult<Option<u64>> {
+    /// revision, which etcd makes larger for every key created after it, and the era etcd's cluster id.
+    async fn lead(&self, role: &str) -> PortResult<Option<Lead>> {
         let (instance, lease) = {
             let mine = self.mine.lock().await;
             match (&mine.member, mine.lease) {
@@ -487,11 +487,13 @@ impl Registry for EtcdRegistry {
         let absent = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([put]);
         within(self.timeout_ms(), self.client.clone().txn(absent)).await?;
         let now = within(self.timeout_ms(), self.client.clone().get(key.as_str(), None)).await?;
+        // An etcd created afresh (new cluster id) counts revisions from the start again.
+        let era = now.header().map_or(0, etcd_client::ResponseHeader::cluster_id);
         Ok(now
             .kvs()
             .first()
             .filter(|kv| kv.value() == instance.as_bytes())
-            .map(|kv| u64::try_from(kv.create_revision()).unwrap_or(0)))
+            .map(|kv| Lead { era, fence: u64::try_from(kv.create_revision()).unwrap_or(0) }))
     }
 
     fn settings(&self) -> watch::Receiver<Settings> {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use orderly_app::PortError;
 use orderly_app::ports::PortResult;
-use orderly_app::registry::{Member, Registry, RegistryStatus, ServerStatus, Settings};
+use orderly_app::registry::{Lead, Member, Registry, RegistryStatus, ServerStatus, Settings};
 use tokio::sync::watch;
 
 use crate::db::LocalDb;
@@ -130,18 +130,18 @@ impl Registry for LocalRegistry {
         Ok(id)
     }
 
-    async fn lead(&self, role: &str) -> PortResult<Option<u64>> {
+    async fn lead(&self, role: &str) -> PortResult<Option<Lead>> {
         let mut state = self.state();
         if !state.members.contains_key(&self.participant) {
             return Err(PortError::failed("local registry", "a role is led after registering"));
         }
         if let Some(&(leader, fence)) = state.leaders.get(role) {
-            return Ok((leader == self.participant).then_some(fence));
+            return Ok((leader == self.participant).then_some(Lead { era: 0, fence }));
         }
         state.fence += 1;
         let fence = state.fence;
         state.leaders.insert(role.to_owned(), (self.participant, fence));
-        Ok(Some(fence))
+        Ok(Some(Lead { era: 0, fence }))
     }
 
     fn settings(&self) -> watch::Receiver<Settings> {

@@ -125,7 +125,8 @@ impl GrpcPayments {
     /// Balances over the payment instances a registry lists, following it: an instance that registers
     /// takes calls as soon as it is seen; one that leaves (deregistered, or its lease expired) gets no new
     /// call. `config.endpoints` is not used. While no instance is known, calls fail as unavailable (and are
-    /// settled later like any other failed call). Must run inside a tokio runtime.
+    /// settled later like any other failed call: each attempt waits at most the call timeout). Must run
+    /// inside a tokio runtime.
     pub fn discovered(config: ClientConfig, mut members: watch::Receiver<Vec<Member>>) -> GrpcPayments {
         let timeout = Duration::from_millis(config.call_timeout_ms.max(1));
         let (channel, changes) = Channel::balance_channel::<String>(64);

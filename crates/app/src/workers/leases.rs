@@ -26,8 +26,9 @@ impl Orderly {
                     Err(error) if error.is_retryable() => self.leases.fence(name),
                     Err(error) => return Err(error),
                 };
+                // Fences are compared within their registry's era: an etcd created afresh starts again.
                 let held = match fence {
-                    Some(fence) => self.ports.store.fence(name, fence).await?,
+                    Some(lead) => self.ports.store.fence(&format!("{name}@{:x}", lead.era), lead.fence).await?,
                     None => false,
                 };
                 self.leases.set_fence(name, fence.filter(|_| held));

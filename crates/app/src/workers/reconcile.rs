@@ -42,8 +42,11 @@ impl Orderly {
                 }
                 None => {
                     let waited_ms = now_ms.saturating_sub(attempt.started_ms);
-                    let backoff_ms =
-                        waited_ms.clamp(self.config().reconcile_backoff_ms, self.config().reconcile_backoff_ms_max);
+                    // The settings read once: a change landing between two reads could order the bounds
+                    // the wrong way, and `clamp` panics on that.
+                    let config = self.config();
+                    let low = config.reconcile_backoff_ms;
+                    let backoff_ms = waited_ms.clamp(low, config.reconcile_backoff_ms_max.max(low));
                     self.ports.store.postpone_payment_check(order_no, now_ms + backoff_ms).await?;
                     outcome.retried += 1;
                 }
