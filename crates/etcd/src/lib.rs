@@ -57,14 +57,15 @@ pub enum EtcdError {
     Timeout(u64),
     #[error("unreadable entry {key}: {reason}")]
     Unreadable { key: String, reason: String },
+    #[error("cannot encode an entry: {0}")]
+    Unencodable(String),
 }
 
 impl From<EtcdError> for PortError {
     fn from(error: EtcdError) -> PortError {
         match error {
-            EtcdError::Client(etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_)) => {
-                PortError::failed("etcd", error)
-            }
+            EtcdError::Client(etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_))
+            | EtcdError::Unencodable(_) => PortError::failed("etcd", error),
             EtcdError::Unreadable { .. } => PortError::corrupt("etcd", error),
             error => PortError::unavailable("etcd", error),
         }
@@ -304,15 +305,26 @@ async fn attach(client: &Client, keys: &Keys, mine: &mut Mine, config: &EtcdConf
     let Some(member) = mine.member.clone() else { return Ok(true) };
     let timeout_ms = config.call_timeout_ms;
     let lease = within(timeout_ms, client.clone().lease_grant(config.lease_ttl_s, None)).await?.id();
-    let json = serde_json::to_string(&member)
-        .map_err(|e| EtcdError::Unreadable { key: keys.member(&member), reason: e.to_string() })?;
-    within(timeout_ms, client.clone().put(keys.member(&member), json, Some(PutOptions::new().with_lease(lease))))
-        .await?;
+    put_member(client, keys, &member, lease, timeout_ms).await?;
     mine.lease = Some(lease);
     if let Some(id) = mine.worker_id {
         return take_worker_id(client, keys, &member.instance, lease, id, timeout_ms).await;
     }
     Ok(true)
+}
+
+/// Writes `member`'s entry under `lease`.
+async fn put_member(
+    client: &Client,
+    keys: &Keys,
+    member: &Member,
+    lease: i64,
+    timeout_ms: u64,
+) -> Result<(), EtcdError> {
+    let json = serde_json::to_string(member).map_err(|e| EtcdError::Unencodable(e.to_string()))?;
+    within(timeout_ms, client.clone().put(keys.member(member), json, Some(PutOptions::new().with_lease(lease))))
+        .await?;
+    Ok(())
 }
 
 /// Takes worker id `id` under `lease` if no other process holds it: created if absent, or moved to
@@ -406,12 +418,7 @@ impl Registry for EtcdRegistry {
             if old.role != member.role || old.instance != member.instance {
                 within(self.timeout_ms(), self.client.clone().delete(self.keys.member(old), None)).await?;
             }
-            let json = serde_json::to_string(&member).map_err(|e| PortError::failed("etcd", e))?;
-            within(
-                self.timeout_ms(),
-                self.client.clone().put(self.keys.member(&member), json, Some(PutOptions::new().with_lease(lease))),
-            )
-            .await?;
+            put_member(&self.client, &self.keys, &member, lease, self.timeout_ms()).await?;
             mine.member = Some(member);
             return Ok(());
         }

@@ -76,22 +76,24 @@ pub async fn connect_registry(config: &Config) -> anyhow::Result<Arc<orderly_etc
     Ok(Arc::new(registry))
 }
 
-/// Connects every adapter of the cluster profile. With a `role`, the process registers as `member` and
-/// takes a worker id from the registry (unless `cluster.worker_id` is set); without one (the audit) it
-/// registers nothing.
+/// Connects every adapter of the cluster profile. With a `member`, the process registers as it and takes a
+/// worker id from the registry (unless `cluster.worker_id` is set); without one (the audit) it registers
+/// nothing.
 pub async fn open(config: &Config, member: Option<Member>) -> anyhow::Result<Opened> {
     let cluster = &config.cluster;
     let registry = connect_registry(config).await?;
+    // Registered before anything runs: worker ids are claimed, and the roles that run once are led,
+    // through the registration. A process that serves HTTP registers again once it listens.
+    if let Some(member) = &member {
+        registry.register(member.clone()).await.context("registering in etcd")?;
+    }
     let worker_id = match (&member, cluster.worker_id) {
         (_, Some(id)) => id,
         (None, None) => orderly_domain::snowflake::WORKER_ID_MAX,
-        (Some(member), None) => {
-            registry.register(member.clone()).await.context("registering in etcd")?;
-            registry
-                .claim_worker_id(orderly_domain::snowflake::WORKER_ID_MAX)
-                .await
-                .context("claiming a snowflake worker id")?
-        }
+        (Some(_), None) => registry
+            .claim_worker_id(orderly_domain::snowflake::WORKER_ID_MAX)
+            .await
+            .context("claiming a snowflake worker id")?,
     };
     let clock: Arc<dyn orderly_app::Clock> = Arc::new(orderly_clock::SystemClock);
     let options = sqlx::postgres::PgConnectOptions::from_str(&cluster.postgres_url).context("postgres_url")?;

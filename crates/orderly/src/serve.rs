@@ -31,8 +31,8 @@ pub struct Roles {
     pub workers: bool,
 }
 
-/// Runs `roles` on `opened` until SIGTERM or Ctrl-C, registered as `member` (with the address it
-/// listens on) and applying the registry's settings as they change: in-flight requests finish, the
+/// Runs `roles` on `opened` until SIGTERM or Ctrl-C — a process serving HTTP registered as `member` with
+/// the address it listens on (opening a cluster profile registered it already) — applying the registry's settings as they change: in-flight requests finish, the
 /// registration is withdrawn, then the workers stop (what they leave unacked is delivered again, to this
 /// process or another).
 pub async fn run_roles(
@@ -43,11 +43,7 @@ pub async fn run_roles(
     profile: &str,
 ) -> anyhow::Result<()> {
     let Opened { orderly, registry } = opened;
-    // Registered before the workers start: the roles that run once are led through the registration.
-    // A process that serves HTTP registers once it listens, with its address.
-    if !roles.http {
-        registry.register(member.clone()).await.context("registering")?;
-    }
+    let base = crate::registry::base(config);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for step in Step::ALL.into_iter().filter(|_| roles.workers) {
@@ -56,7 +52,7 @@ pub async fn run_roles(
     }
 
     if !roles.http {
-        crate::registry::apply_settings(&*registry, crate::registry::base(config), orderly.clone(), None);
+        crate::registry::apply_settings(&*registry, base, orderly.clone(), None);
         tracing::info!(profile, "orderly worker running");
         println!("worker running");
         shutdown_signal().await;
@@ -70,8 +66,8 @@ pub async fn run_roles(
     let auth = TokenAuth::new(secrets.token_secret.into_bytes(), secrets.admin_token);
     let state = ApiState::new(orderly.clone(), auth, &config.rate_limit)
         .with_naive_baseline(config.naive_baseline)
-        .with_registry(Arc::clone(&registry), crate::registry::base(config));
-    crate::registry::apply_settings(&*registry, crate::registry::base(config), orderly.clone(), Some(state.clone()));
+        .with_registry(Arc::clone(&registry), base.clone());
+    crate::registry::apply_settings(&*registry, base, orderly.clone(), Some(state.clone()));
     let app = orderly_api::router(state);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
