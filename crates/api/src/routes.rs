@@ -161,8 +161,14 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-fn order_no(path: Result<Path<String>, PathRejection>) -> Result<OrderNo, ApiError> {
+/// The path parameter, or `400 invalid_path`.
+fn path_text(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(text) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text()))?;
+    Ok(text)
+}
+
+fn order_no(path: Result<Path<String>, PathRejection>) -> Result<OrderNo, ApiError> {
+    let text = path_text(path)?;
     // A malformed number cannot name an order: same answer as an unknown one.
     text.parse().map_err(|_| ApiError::not_found())
 }
@@ -437,7 +443,7 @@ async fn admin_config_set(
 ) -> Result<Response, ApiError> {
     state.admin(&headers)?;
     let (registry, base) = state.registry()?;
-    let key = setting_key(key)?;
+    let key = path_text(key)?;
     let body = body_bytes(body)?;
     let value = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", "the value is not UTF-8"))?
@@ -459,18 +465,13 @@ async fn admin_config_unset(
 ) -> Result<Response, ApiError> {
     state.admin(&headers)?;
     let (registry, base) = state.registry()?;
-    let key = setting_key(key)?;
+    let key = path_text(key)?;
     // Checked too: the others may need this one (a maximum set above the configuration's minimum).
     let mut settings = registry.settings().borrow().clone();
     settings.remove(&key);
     base.with(&settings).map_err(invalid_setting)?;
     registry.set_setting(&key, None).await?;
     Ok(ok(StatusCode::OK, json!({ "key": key, "value": null })))
-}
-
-fn setting_key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(key) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text()))?;
-    Ok(key)
 }
 
 fn invalid_setting(error: orderly_app::settings::SettingError) -> ApiError {
