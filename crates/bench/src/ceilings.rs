@@ -75,7 +75,7 @@ pub async fn redis_reserve(url: &str, callers: usize, duration: Duration) -> any
     let namespace = namespace("redis");
     let cache = Arc::new(
         orderly_redis::RedisStockCache::connect(orderly_redis::RedisCacheConfig {
-            url: url.to_owned(),
+            target: orderly_redis::RedisTarget::Single(url.to_owned()),
             namespace: namespace.clone(),
             token_ttl_ms: 60_000,
         })

@@ -19,8 +19,12 @@ use crate::registry::Opened;
 pub struct ClusterConfig {
     /// `ORDERLY_CLUSTER__POSTGRES_URL`: the order store (migrated at start).
     pub postgres_url: String,
-    /// `ORDERLY_CLUSTER__REDIS_URL`: the stock cache.
+    /// `ORDERLY_CLUSTER__REDIS_URL`: the stock cache and the order cache, on one Redis server.
     pub redis_url: String,
+    /// `ORDERLY_CLUSTER__REDIS_CLUSTER_NODES`: a Redis Cluster instead (any of its nodes; the rest are
+    /// found from them), e.g. `["redis://127.0.0.1:7001","redis://127.0.0.1:7002"]`. Empty (the
+    /// default): the one server at `redis_url`.
+    pub redis_cluster_nodes: Vec<String>,
     /// `ORDERLY_CLUSTER__AMQP_URL`: the bus.
     pub amqp_url: String,
     /// Prefix of Redis keys and RabbitMQ queues: several systems can share the servers.
@@ -50,6 +54,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             postgres_url: "postgres://postgres@127.0.0.1:5432/orderly".to_owned(),
             redis_url: "redis://127.0.0.1:6379/0".to_owned(),
+            redis_cluster_nodes: Vec::new(),
             amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
             namespace: "orderly".to_owned(),
             worker_id: None,
@@ -102,15 +107,22 @@ pub async fn open(config: &Config, member: Option<Member>) -> anyhow::Result<Ope
             .await
             .context("connecting to PostgreSQL")?,
     );
-    let cache = Arc::new(
-        orderly_redis::RedisStockCache::connect(orderly_redis::RedisCacheConfig {
-            url: cluster.redis_url.clone(),
+    let redis_target = if cluster.redis_cluster_nodes.is_empty() {
+        orderly_redis::RedisTarget::Single(cluster.redis_url.clone())
+    } else {
+        orderly_redis::RedisTarget::Cluster(cluster.redis_cluster_nodes.clone())
+    };
+    let redis = orderly_redis::RedisConnection::connect(&redis_target)
+        .await
+        .with_context(|| format!("connecting to Redis at {redis_target:?}"))?;
+    let cache = Arc::new(orderly_redis::RedisStockCache::with_connection(
+        redis.clone(),
+        orderly_redis::RedisCacheConfig {
+            target: redis_target,
             namespace: cluster.namespace.clone(),
             token_ttl_ms: cluster.token_ttl_ms,
-        })
-        .await
-        .context("connecting to Redis")?,
-    );
+        },
+    ));
     let bus = Arc::new(
         orderly_rabbitmq::RabbitBus::connect(
             orderly_rabbitmq::RabbitBusConfig {
@@ -124,11 +136,9 @@ pub async fn open(config: &Config, member: Option<Member>) -> anyhow::Result<Ope
     );
     let orders: Option<Arc<dyn orderly_app::OrderCache>> = match cluster.order_cache_ttl_ms {
         0 => None,
-        ttl_ms => Some(Arc::new(
-            orderly_redis::RedisOrderCache::connect(&cluster.redis_url, cluster.namespace.clone(), ttl_ms)
-                .await
-                .context("connecting to Redis (order cache)")?,
-        )),
+        ttl_ms => {
+            Some(Arc::new(orderly_redis::RedisOrderCache::with_connection(redis, cluster.namespace.clone(), ttl_ms)))
+        }
     };
     // Configured endpoints win; otherwise the payment instances registered in etcd, followed.
     let payments = Arc::new(if config.payments.endpoints.is_empty() {

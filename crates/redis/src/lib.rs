@@ -2,14 +2,18 @@
 //!
 //! # Layout
 //! - [`stock_cache`]: [`RedisStockCache`], the `StockCache` port as the seed's Lua scripts (kept as
-//!   `.lua` files under `lua/`, called by EVALSHA and reloaded on NOSCRIPT).
+//!   `.lua` files under `lua/`, called by EVALSHA and reloaded on NOSCRIPT), each guarded against a
+//!   shard that lost writes in a failover.
+//! - [`connection`]: [`RedisConnection`], a single server or a Redis Cluster ([`RedisTarget`]).
 //! - [`error`]: [`CacheError`], what can fail here, mapped to the ports' error.
 //! - [`order_cache`]: [`RedisOrderCache`], copies of orders for the buyers' queries.
 
+pub mod connection;
 pub mod error;
 pub mod order_cache;
 pub mod stock_cache;
 
+pub use connection::{RedisConnection, RedisTarget};
 pub use error::CacheError;
 pub use order_cache::RedisOrderCache;
 pub use stock_cache::{RedisCacheConfig, RedisStockCache};

@@ -8,12 +8,11 @@ use orderly_app::model::Order;
 use orderly_app::ports::{OrderCache, PortResult};
 use orderly_domain::OrderNo;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
-use crate::port_error;
+use crate::{RedisConnection, RedisTarget, port_error};
 
 pub struct RedisOrderCache {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     namespace: String,
     ttl_ms: u64,
 }
@@ -26,10 +25,13 @@ impl std::fmt::Debug for RedisOrderCache {
 
 impl RedisOrderCache {
     /// `ttl_ms`: how long a copy lives at most, should a delete be lost.
-    pub async fn connect(url: &str, namespace: String, ttl_ms: u64) -> PortResult<RedisOrderCache> {
-        let client = redis::Client::open(url).map_err(port_error)?;
-        let connection = ConnectionManager::new(client).await.map_err(port_error)?;
-        Ok(RedisOrderCache { connection, namespace, ttl_ms })
+    pub async fn connect(target: &RedisTarget, namespace: String, ttl_ms: u64) -> PortResult<RedisOrderCache> {
+        Ok(RedisOrderCache::with_connection(RedisConnection::connect(target).await?, namespace, ttl_ms))
+    }
+
+    /// On a connection shared with other adapters.
+    pub fn with_connection(connection: RedisConnection, namespace: String, ttl_ms: u64) -> RedisOrderCache {
+        RedisOrderCache { connection, namespace, ttl_ms }
     }
 
     fn key(&self, order_no: OrderNo) -> String {
@@ -56,8 +58,19 @@ impl OrderCache for RedisOrderCache {
         if order_nos.is_empty() {
             return Ok(());
         }
+        // One key per order, each its own slot: one DEL each on a cluster (the client pipelines them).
+        let mut connection = self.connection.clone();
+        if connection.is_cluster() {
+            let deletes = order_nos.iter().map(|n| {
+                let mut connection = self.connection.clone();
+                let key = self.key(*n);
+                async move { connection.del::<_, ()>(key).await }
+            });
+            futures_util::future::try_join_all(deletes).await.map_err(port_error)?;
+            return Ok(());
+        }
         let keys: Vec<String> = order_nos.iter().map(|n| self.key(*n)).collect();
-        let _: () = self.connection.clone().del(keys).await.map_err(port_error)?;
+        let _: () = connection.del(keys).await.map_err(port_error)?;
         Ok(())
     }
 }

@@ -10,6 +10,7 @@
 //! | `<ns>:{s:<shop>}:token:<order_no>:<generation>` | hash `state`, `lines` | a reservation, with a time to live |
 //! | `<ns>:{s:<shop>}:restock:<event key>` | string | a restock already applied, with a time to live |
 //! | `<ns>:{s:<shop>}:parked:<commodity>` | list `version:delta` | changes for a counter not loaded yet, with a time to live |
+//! | `<ns>:{s:<shop>}:master` | string | the replication id of the master the shop's keys were written on (`guard.lua`) |
 //! | `<ns>:sku-shop` | hash commodity → shop | where to find a commodity's counter (for `available` only) |
 //!
 //! Redis here keeps nothing on disk. Losing it loses counters and tokens, never correctness: an absent
@@ -19,20 +20,26 @@
 //! versions (`follow.lua`), each version counted once however late it is reported again; a counter goes below zero when it sold those units again meanwhile (the store
 //! refuses those orders). Redis must not evict keys (`maxmemory-policy noeviction`): a token lost while
 //! its counter stays would be counted twice.
+//!
+//! On a Redis Cluster, a failover can lose the last writes of one shard while the others keep theirs
+//! (replication is asynchronous). Every script first checks the shop's marker against the master it runs
+//! on (`guard.lua`); on a shop whose keys were written on another master, the adapter drops that shop's
+//! keys (`forget.lua`) and calls again: the shop is then as after a whole loss (above), reloaded from the
+//! store, and no other shop is touched.
 
 use async_trait::async_trait;
 use orderly_app::PortError;
 use orderly_app::model::{Restock, StockChange, StockLevel, Token, TokenState};
 use orderly_app::ports::{Claim, Held, PortResult, Reserve, StockCache};
 use orderly_domain::{CommodityId, ShopId};
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::{AsyncCommands, FromRedisValue, Script, ScriptInvocation, Value};
 
 use crate::port_error;
+use crate::{RedisConnection, RedisTarget};
 
 #[derive(Debug, Clone)]
 pub struct RedisCacheConfig {
-    pub url: String,
+    pub target: RedisTarget,
     /// Prefix of every key (no braces): several systems or test runs can share one Redis.
     pub namespace: String,
     /// How long a token (and a restock marker) is remembered.
@@ -47,10 +54,11 @@ struct Scripts {
     confirm: Script,
     release: Script,
     restock: Script,
+    forget: Script,
 }
 
 pub struct RedisStockCache {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     config: RedisCacheConfig,
     scripts: Scripts,
 }
@@ -101,19 +109,32 @@ fn decode_lines(text: &str) -> PortResult<Vec<(CommodityId, u32)>> {
 
 impl RedisStockCache {
     pub async fn connect(config: RedisCacheConfig) -> PortResult<RedisStockCache> {
-        assert!(!config.namespace.contains(['{', '}']), "the namespace must not contain a hash tag");
-        let client = redis::Client::open(config.url.as_str()).map_err(port_error)?;
-        let connection = ConnectionManager::new(client).await.map_err(port_error)?;
-        let scripts = Scripts {
-            init: Script::new(concat!(include_str!("../lua/follow.lua"), include_str!("../lua/init.lua"))),
-            reserve: Script::new(include_str!("../lua/reserve.lua")),
-            claim: Script::new(include_str!("../lua/claim.lua")),
-            keep: Script::new(include_str!("../lua/keep.lua")),
-            confirm: Script::new(concat!(include_str!("../lua/follow.lua"), include_str!("../lua/confirm.lua"))),
-            release: Script::new(include_str!("../lua/release.lua")),
-            restock: Script::new(concat!(include_str!("../lua/follow.lua"), include_str!("../lua/restock.lua"))),
+        let connection = RedisConnection::connect(&config.target).await?;
+        Ok(RedisStockCache::with_connection(connection, config))
+    }
+
+    /// On a connection shared with other adapters (`config.target` is not used).
+    pub fn with_connection(connection: RedisConnection, config: RedisCacheConfig) -> RedisStockCache {
+        assert!(!config.namespace.contains(['{', '}', '*', '?', '[', ']', '\\']), "the namespace must be plain");
+        let master_id = if connection.is_cluster() {
+            include_str!("../lua/master_id_cluster.lua")
+        } else {
+            include_str!("../lua/master_id_single.lua")
         };
-        Ok(RedisStockCache { connection, config, scripts })
+        let guarded =
+            |parts: &[&str]| Script::new(&format!("{master_id}{}{}", include_str!("../lua/guard.lua"), parts.concat()));
+        let follow = include_str!("../lua/follow.lua");
+        let scripts = Scripts {
+            init: guarded(&[follow, include_str!("../lua/init.lua")]),
+            reserve: guarded(&[include_str!("../lua/reserve.lua")]),
+            claim: guarded(&[include_str!("../lua/claim.lua")]),
+            keep: guarded(&[include_str!("../lua/keep.lua")]),
+            confirm: guarded(&[follow, include_str!("../lua/confirm.lua")]),
+            release: guarded(&[include_str!("../lua/release.lua")]),
+            restock: guarded(&[follow, include_str!("../lua/restock.lua")]),
+            forget: Script::new(&format!("{master_id}{}", include_str!("../lua/forget.lua"))),
+        };
+        RedisStockCache { connection, config, scripts }
     }
 
     fn stock_key(&self, shop: ShopId, id: CommodityId) -> String {
@@ -126,7 +147,51 @@ impl RedisStockCache {
 
     /// Runs a script whose one key is `token`, answering a word.
     async fn on_token(&self, script: &Script, token: Token) -> PortResult<String> {
-        script.key(self.token_key(token)).invoke_async(&mut self.connection()).await.map_err(port_error)
+        self.run(token.shop_id, script.key(self.token_key(token))).await
+    }
+
+    fn shop_prefix(&self, shop: ShopId) -> String {
+        format!("{}:{{s:{}}}:", self.config.namespace, shop.0)
+    }
+
+    fn master_key(&self, shop: ShopId) -> String {
+        format!("{}master", self.shop_prefix(shop))
+    }
+
+    /// Runs a guarded script on `shop`'s keys (the marker is added as its last key). A shop whose keys
+    /// were written on another master is forgotten first, then the script runs again.
+    async fn run<T: FromRedisValue>(&self, shop: ShopId, mut invocation: ScriptInvocation<'_>) -> PortResult<T> {
+        invocation.key(self.master_key(shop));
+        for _ in 0..4 {
+            let answer: Value = invocation.invoke_async(&mut self.connection()).await.map_err(port_error)?;
+            if !matches!(&answer, Value::BulkString(word) if word == b"stale") {
+                return redis::from_redis_value(answer).map_err(crate::bad_answer);
+            }
+            self.forget(shop).await?;
+        }
+        Err(PortError::from(crate::CacheError::Contended("the shop's master kept changing")))
+    }
+
+    /// Drops the keys of a shop written on another master (see the module doc).
+    async fn forget(&self, shop: ShopId) -> PortResult<()> {
+        let prefix = self.shop_prefix(shop);
+        let pattern = format!("{}*", prefix.replace('{', "\\{").replace('}', "\\}"));
+        let dropped: u64 = self
+            .scripts
+            .forget
+            .key(self.master_key(shop))
+            .arg(&prefix)
+            .arg(&pattern)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(port_error)?;
+        tracing::warn!(
+            shop = shop.0,
+            dropped,
+            "the shop's keys were written on another master (a failover may have lost some): forgotten, to be \
+             reloaded from the store"
+        );
+        Ok(())
     }
 
     fn parked_key(&self, shop: ShopId, id: CommodityId) -> String {
@@ -150,7 +215,7 @@ impl RedisStockCache {
         format!("{}:sku-shop", self.config.namespace)
     }
 
-    fn connection(&self) -> ConnectionManager {
+    fn connection(&self) -> RedisConnection {
         self.connection.clone()
     }
 
@@ -171,7 +236,7 @@ impl RedisStockCache {
             for (_, quantity) in &lines {
                 invocation.arg(*quantity);
             }
-            let answer: Vec<String> = invocation.invoke_async(&mut self.connection()).await.map_err(port_error)?;
+            let answer: Vec<String> = self.run(token.shop_id, invocation).await?;
             match answer.first().map(String::as_str) {
                 Some("none") => return Ok(None),
                 Some("was") => {
@@ -219,7 +284,7 @@ impl StockCache for RedisStockCache {
                     invocation.arg(i).arg(*quantity);
                 }
             }
-            let _: String = invocation.invoke_async(&mut self.connection()).await.map_err(port_error)?;
+            let _: String = self.run(shop, invocation).await?;
         }
         Ok(())
     }
@@ -234,7 +299,7 @@ impl StockCache for RedisStockCache {
         for (_, quantity) in lines {
             invocation.arg(*quantity);
         }
-        let answer: Vec<String> = invocation.invoke_async(&mut self.connection()).await.map_err(port_error)?;
+        let answer: Vec<String> = self.run(token.shop_id, invocation).await?;
         let line = |index: &str| -> PortResult<CommodityId> {
             let index: usize = index.parse().map_err(|_| crate::bad_answer("bad line index"))?;
             lines.get(index.wrapping_sub(1)).map(|(id, _)| *id).ok_or_else(|| crate::bad_answer("line index"))
@@ -269,7 +334,7 @@ impl StockCache for RedisStockCache {
         let mut invocation = self.scripts.confirm.key(self.token_key(token));
         invocation.arg(self.config.token_ttl_ms);
         self.follow_args(&mut invocation, token.shop_id, deductions);
-        let _: String = invocation.invoke_async(&mut self.connection()).await.map_err(port_error)?;
+        let _: String = self.run(token.shop_id, invocation).await?;
         Ok(())
     }
 
@@ -290,7 +355,7 @@ impl StockCache for RedisStockCache {
         let mut invocation = self.scripts.restock.key(self.restock_key(restock.shop_id, &restock.key));
         invocation.arg(self.config.token_ttl_ms);
         self.follow_args(&mut invocation, restock.shop_id, &restock.lines);
-        let _: String = invocation.invoke_async(&mut self.connection()).await.map_err(port_error)?;
+        let _: String = self.run(restock.shop_id, invocation).await?;
         Ok(())
     }
 
@@ -305,15 +370,30 @@ impl StockCache for RedisStockCache {
             .query_async(&mut self.connection())
             .await
             .map_err(port_error)?;
-        let mut pipeline = redis::pipe();
-        for (id, shop) in ids.iter().zip(&shops) {
-            // No shop known: never loaded. Ask for a key that cannot exist, to keep positions aligned.
-            let key = shop
-                .map_or_else(|| format!("{}:never", self.config.namespace), |shop| self.stock_key(ShopId(shop), *id));
-            pipeline.hget(key, "available");
+        // One pipeline per shop: a shop's counters share one slot, so this runs on a cluster too.
+        let mut by_shop: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
+        for (position, shop) in shops.iter().enumerate() {
+            // No shop known: never loaded.
+            if let Some(shop) = shop {
+                by_shop.entry(*shop).or_default().push(position);
+            }
+        }
+        let reads = by_shop.into_iter().map(|(shop, positions)| {
+            let mut pipeline = redis::pipe();
+            for position in &positions {
+                pipeline.hget(self.stock_key(ShopId(shop), ids[*position]), "available");
+            }
+            let mut connection = self.connection();
+            async move {
+                let found: Vec<Option<i64>> = pipeline.query_async(&mut connection).await.map_err(port_error)?;
+                PortResult::Ok(positions.into_iter().zip(found))
+            }
+        });
+        let mut levels = vec![None; ids.len()];
+        for (position, level) in futures_util::future::try_join_all(reads).await?.into_iter().flatten() {
+            levels[position] = level;
         }
         // Below zero (see the module doc) sells nothing.
-        let levels: Vec<Option<i64>> = pipeline.query_async(&mut self.connection()).await.map_err(port_error)?;
         Ok(levels.into_iter().map(|level| level.map(|n| n.max(0).unsigned_abs())).collect())
     }
 }

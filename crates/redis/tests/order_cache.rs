@@ -4,7 +4,7 @@
 use orderly_app::OrderCache;
 use orderly_app::model::Order;
 use orderly_domain::{CommodityId, Money, OrderLine, OrderNo, OrderState, ShopId, SnowflakeId, Uid};
-use orderly_redis::RedisOrderCache;
+use orderly_redis::{RedisOrderCache, RedisTarget};
 use rand::TryRngCore;
 
 fn url() -> String {
@@ -15,7 +15,9 @@ async fn cache(ttl_ms: u64) -> RedisOrderCache {
     let mut bytes = [0u8; 8];
     rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("randomness");
     let namespace = format!("orderly-test-{}", u64::from_le_bytes(bytes));
-    RedisOrderCache::connect(&url(), namespace, ttl_ms).await.expect("Redis is up (CI starts it; see .ci/run)")
+    RedisOrderCache::connect(&RedisTarget::Single(url()), namespace, ttl_ms)
+        .await
+        .expect("Redis is up (CI starts it; see .ci/run)")
 }
 
 fn order(n: u64) -> Order {

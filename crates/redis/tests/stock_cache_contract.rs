@@ -1,5 +1,6 @@
 //! The `StockCache` contract suite against Redis (`TEST_REDIS_URL`, default database 15 of the
-//! local server), each case in a namespace of its own; and what losing Redis does.
+//! local server) and against a Redis Cluster (`TEST_REDIS_CLUSTER_NODES`, default the one
+//! `scripts/redis-cluster-up` starts), each case in a namespace of its own; and what losing Redis does.
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use orderly_app::StockCache;
 use orderly_app::model::{StockLevel, Token, TokenState};
 use orderly_app::ports::{Claim, Reserve};
 use orderly_domain::{CommodityId, OrderNo, ShopId, SnowflakeId, Uid};
-use orderly_redis::{RedisCacheConfig, RedisStockCache};
+use orderly_redis::{RedisCacheConfig, RedisStockCache, RedisTarget};
 use rand::TryRngCore;
 
 fn url() -> String {
@@ -21,12 +22,74 @@ fn namespace() -> String {
 }
 
 async fn cache(namespace: String) -> RedisStockCache {
-    RedisStockCache::connect(RedisCacheConfig { url: url(), namespace, token_ttl_ms: 10 * 60 * 1000 })
-        .await
-        .expect("Redis is up (CI starts it; see .ci/run)")
+    RedisStockCache::connect(RedisCacheConfig {
+        target: RedisTarget::Single(url()),
+        namespace,
+        token_ttl_ms: 10 * 60 * 1000,
+    })
+    .await
+    .expect("Redis is up (CI starts it; see .ci/run)")
 }
 
 orderly_contract::stock_cache_contract!(|| async { Arc::new(cache(namespace()).await) as Arc<dyn StockCache> });
+
+mod on_a_cluster {
+    use super::*;
+
+    fn nodes() -> Vec<String> {
+        std::env::var("TEST_REDIS_CLUSTER_NODES")
+            .unwrap_or_else(|_| "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003".to_owned())
+            .split(',')
+            .map(str::to_owned)
+            .collect()
+    }
+
+    async fn cache(namespace: String) -> RedisStockCache {
+        let target = RedisTarget::Cluster(nodes());
+        RedisStockCache::connect(RedisCacheConfig { target, namespace, token_ttl_ms: 10 * 60 * 1000 })
+            .await
+            .expect("a Redis Cluster is up (scripts/redis-cluster-up; CI starts it)")
+    }
+
+    orderly_contract::stock_cache_contract!(|| async { Arc::new(cache(namespace()).await) as Arc<dyn StockCache> });
+}
+
+/// A shop whose keys were written on another master (here: its marker says so, as after a replica that
+/// missed the last writes took over) is forgotten whole — counters not loaded, tokens missing, as after a
+/// loss — and no other shop is touched.
+#[tokio::test]
+async fn a_shop_written_on_another_master_is_forgotten_alone() {
+    let namespace = namespace();
+    let cache = cache(namespace.clone()).await;
+    let (moved, kept) = (ShopId(100_011), ShopId(100_012));
+    let levels = [
+        (CommodityId(1), StockLevel { shop_id: moved, initial: 10, available: 10, version: 1 }),
+        (CommodityId(2), StockLevel { shop_id: kept, initial: 10, available: 10, version: 1 }),
+    ];
+    cache.init(&levels, &[]).await.expect("init");
+    let on_moved = Token::entry(OrderNo::new(SnowflakeId(1), Uid(7)), moved);
+    let on_kept = Token::entry(OrderNo::new(SnowflakeId(2), Uid(7)), kept);
+    assert_eq!(cache.reserve(on_moved, &[(CommodityId(1), 3)], false).await.expect("reserve"), Reserve::Reserved);
+    assert_eq!(cache.reserve(on_kept, &[(CommodityId(2), 4)], false).await.expect("reserve"), Reserve::Reserved);
+
+    let client = redis::Client::open(url()).expect("client");
+    let mut connection = client.get_multiplexed_async_connection().await.expect("connect");
+    let marker = format!("{namespace}:{{s:{}}}:master", moved.0);
+    let _: () = redis::cmd("SET").arg(&marker).arg("another-master").query_async(&mut connection).await.expect("set");
+
+    assert_eq!(cache.claim(on_moved).await.expect("claim"), Claim::Missing, "the moved shop's token is not trusted");
+    assert_eq!(cache.available(&[CommodityId(1), CommodityId(2)]).await.expect("available"), vec![None, Some(6)]);
+    let again = Token::worker(OrderNo::new(SnowflakeId(1), Uid(7)), moved);
+    assert_eq!(
+        cache.reserve(again, &[(CommodityId(1), 3)], true).await.expect("reserve"),
+        Reserve::NotLoaded(vec![CommodityId(1)]),
+        "the moved shop's counter must be reloaded from the store first"
+    );
+    assert_eq!(cache.claim(on_kept).await.expect("claim"), Claim::Claimed, "the other shop keeps its token");
+    cache.init(&levels, &[]).await.expect("reload");
+    assert_eq!(cache.available(&[CommodityId(1), CommodityId(2)]).await.expect("available"), vec![Some(10), Some(6)]);
+    assert_eq!(cache.reserve(again, &[(CommodityId(1), 3)], true).await.expect("reserve"), Reserve::Reserved);
+}
 
 /// Redis keeps nothing on disk here: after FLUSHALL (or a restart) counters and tokens are gone. The cache
 /// must then say so — not loaded, missing — so the flow reloads from the store and reserves again.
@@ -65,7 +128,8 @@ const SHORT_TTL_SHOP: ShopId = ShopId(100_002);
 
 /// A cache whose tokens live 200 ms, with 10 units of commodity 1 in `SHORT_TTL_SHOP`.
 async fn short_lived_tokens() -> (RedisStockCache, ShopId) {
-    let cache = RedisStockCache::connect(RedisCacheConfig { url: url(), namespace: namespace(), token_ttl_ms: 200 })
+    let target = RedisTarget::Single(url());
+    let cache = RedisStockCache::connect(RedisCacheConfig { target, namespace: namespace(), token_ttl_ms: 200 })
         .await
         .expect("Redis is up (CI starts it; see .ci/run)");
     let level = StockLevel { shop_id: SHORT_TTL_SHOP, initial: 10, available: 10, version: 1 };

@@ -1,0 +1,212 @@
+//! A Redis Cluster failover that loses writes on one shard: a private cluster of 3 masters and 3
+//! replicas (Debian's `redis-server`, on free ports), a replica stopped while its master takes writes,
+//! then the master killed and the replica promoted without them. The shop on that shard must be forgotten
+//! whole (reloaded from the store, as after a loss) and the shop on another shard must keep everything.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orderly_app::StockCache;
+use orderly_app::model::{StockLevel, Token};
+use orderly_app::ports::{Claim, Reserve};
+use orderly_domain::{CommodityId, OrderNo, ShopId, SnowflakeId, Uid};
+use orderly_redis::{RedisCacheConfig, RedisStockCache, RedisTarget};
+
+const NAMESPACE: &str = "orderly-failover-test";
+
+/// Six nodes on `base..base + 6` (cluster bus on port + 10000), killed when dropped.
+struct PrivateCluster {
+    base: u16,
+    nodes: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = Command::new("kill").arg("-CONT").arg(node.id().to_string()).status();
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
+fn free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn info_field(port: u16, section: &str, field: &str) -> Option<String> {
+    cli(port, &["info", section])
+        .lines()
+        .find_map(|line| line.trim().strip_prefix(&format!("{field}:")).map(str::to_owned))
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl PrivateCluster {
+    fn start() -> PrivateCluster {
+        let pid = u16::try_from(std::process::id() % 400).expect("small");
+        let base = (0..40)
+            .map(|i| 21_000 + (pid * 20 + i * 200) % 8_000)
+            .find(|base| (0..6).all(|i| free(base + i) && free(base + i + 10_000)))
+            .expect("six free ports (and their bus ports)");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let nodes = (0..6)
+            .map(|i| {
+                let port = (base + i).to_string();
+                Command::new("redis-server")
+                    .args(["--port", &port, "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf"), "--cluster-node-timeout", "1000"])
+                    .args(["--cluster-replica-validity-factor", "0", "--appendonly", "no", "--save", ""])
+                    .arg("--dir")
+                    .arg(dir.path())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("redis-server starts (Debian's redis-server)")
+            })
+            .collect();
+        let cluster = PrivateCluster { base, nodes, _dir: dir };
+        for port in cluster.ports() {
+            wait_for("a node answers", Duration::from_secs(10), || cli(port, &["ping"]) == "PONG");
+        }
+        let addresses: Vec<String> = cluster.ports().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli --cluster create runs");
+        assert!(created.success(), "the cluster was created");
+        for port in cluster.ports() {
+            wait_for("the cluster is ok, every replica linked", Duration::from_secs(20), || {
+                let linked = match info_field(port, "replication", "role").as_deref() {
+                    Some("slave") => info_field(port, "replication", "master_link_status").as_deref() == Some("up"),
+                    role => role.is_some(),
+                };
+                let nodes = cli(port, &["cluster", "nodes"]);
+                linked
+                    && cli(port, &["cluster", "info"]).contains("cluster_state:ok")
+                    && nodes.lines().filter(|line| line.contains("slave")).count() == 3
+            });
+        }
+        cluster
+    }
+
+    fn ports(&self) -> impl Iterator<Item = u16> + use<> {
+        let base = self.base;
+        (0..6).map(move |i| base + i)
+    }
+
+    fn child(&mut self, port: u16) -> &mut Child {
+        &mut self.nodes[usize::from(port - self.base)]
+    }
+
+    /// The master serving `shop`'s slot, and its replica.
+    fn shard_of(&self, shop: ShopId) -> (u16, u16) {
+        let slot = cli(self.base, &["cluster", "keyslot", &format!("{{s:{}}}", shop.0)]);
+        let slot: u16 = slot.parse().expect("a slot");
+        let nodes = cli(self.base, &["cluster", "nodes"]);
+        let port_of = |address: &str| -> u16 {
+            address.split(['@', ':']).nth(1).and_then(|p| p.parse().ok()).expect("a node's port")
+        };
+        let master = nodes
+            .lines()
+            .find(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields[2].contains("master")
+                    && fields[8..].iter().any(|range| {
+                        let (from, to) = range.split_once('-').unwrap_or((range, range));
+                        from.parse::<u16>().is_ok_and(|from| from <= slot)
+                            && to.parse::<u16>().is_ok_and(|to| slot <= to)
+                    })
+            })
+            .expect("a master serves the slot");
+        let master_id = master.split_whitespace().next().expect("an id");
+        let replica = nodes
+            .lines()
+            .find(|line| line.split_whitespace().nth(3) == Some(master_id))
+            .expect("the master has a replica");
+        (
+            port_of(master.split_whitespace().nth(1).expect("address")),
+            port_of(replica.split_whitespace().nth(1).expect("address")),
+        )
+    }
+}
+
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill").arg(signal).arg(child.id().to_string()).status().expect("kill runs");
+    assert!(status.success(), "kill {signal}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_that_lost_writes_reloads_only_the_shards_that_lost_them() {
+    let mut cluster = PrivateCluster::start();
+    let lossy = ShopId(1);
+    let (master, replica) = cluster.shard_of(lossy);
+    let intact = (2..200).map(ShopId).find(|shop| cluster.shard_of(*shop).0 != master).expect("a shop elsewhere");
+
+    let nodes = cluster.ports().map(|p| format!("redis://127.0.0.1:{p}")).collect();
+    let config = RedisCacheConfig {
+        target: RedisTarget::Cluster(nodes),
+        namespace: NAMESPACE.to_owned(),
+        token_ttl_ms: 600_000,
+    };
+    let cache = RedisStockCache::connect(config).await.expect("connect to the private cluster");
+    let levels = [
+        (CommodityId(1), StockLevel { shop_id: lossy, initial: 10, available: 10, version: 1 }),
+        (CommodityId(2), StockLevel { shop_id: intact, initial: 10, available: 10, version: 1 }),
+    ];
+    cache.init(&levels, &[]).await.expect("init");
+    let token = |n: u64, shop: ShopId| Token::entry(OrderNo::new(SnowflakeId(n), Uid(7)), shop);
+    let (kept, lost, elsewhere) = (token(1, lossy), token(2, lossy), token(3, intact));
+    assert_eq!(cache.reserve(kept, &[(CommodityId(1), 3)], false).await.expect("reserve"), Reserve::Reserved);
+    wait_for("the replica has every write", Duration::from_secs(10), || {
+        info_field(master, "replication", "master_repl_offset")
+            == info_field(replica, "replication", "slave_repl_offset")
+    });
+
+    // The replica stops hearing its master; the master takes one more reservation, then dies.
+    signal(cluster.child(replica), "-STOP");
+    // Its link is cut while it sleeps, so nothing written from now on can be waiting in its socket.
+    assert_eq!(cli(master, &["client", "kill", "type", "replica"]), "1");
+    assert_eq!(cache.reserve(lost, &[(CommodityId(1), 2)], false).await.expect("reserve"), Reserve::Reserved);
+    assert_eq!(cache.reserve(elsewhere, &[(CommodityId(2), 4)], false).await.expect("reserve"), Reserve::Reserved);
+    let _ = cluster.child(master).kill();
+    signal(cluster.child(replica), "-CONT");
+    wait_for("the replica takes over", Duration::from_secs(30), || {
+        info_field(replica, "replication", "role").as_deref() == Some("master")
+            && cli(replica, &["cluster", "info"]).contains("cluster_state:ok")
+    });
+
+    // What the promoted replica holds: the earlier reservation, not the later one, and a counter that
+    // counts only the earlier one — trusted as it is, the counter would sell the lost units again.
+    let token_key = |t: Token| format!("{NAMESPACE}:{{s:{}}}:token:{}:{}", t.shop_id.0, t.order_no, t.generation);
+    assert_eq!(cli(replica, &["exists", &token_key(kept)]), "1");
+    assert_eq!(cli(replica, &["exists", &token_key(lost)]), "0");
+    let counter = format!("{NAMESPACE}:{{s:{}}}:stock:1", lossy.0);
+    assert_eq!(cli(replica, &["hget", &counter, "available"]), "7");
+
+    // The shard that lost writes is forgotten whole, reloaded from the store; the other keeps its own.
+    assert_eq!(cache.claim(kept).await.expect("claim"), Claim::Missing, "the lossy shard's tokens are not trusted");
+    assert_eq!(cache.claim(lost).await.expect("claim"), Claim::Missing);
+    assert_eq!(cache.claim(elsewhere).await.expect("claim"), Claim::Claimed, "the other shard keeps its tokens");
+    assert_eq!(cache.available(&[CommodityId(1), CommodityId(2)]).await.expect("available"), vec![None, Some(6)]);
+    let again = Token::worker(OrderNo::new(SnowflakeId(2), Uid(7)), lossy);
+    assert_eq!(
+        cache.reserve(again, &[(CommodityId(1), 2)], true).await.expect("reserve"),
+        Reserve::NotLoaded(vec![CommodityId(1)]),
+        "the lossy shard's counters are reloaded from the store first"
+    );
+}
