@@ -91,6 +91,8 @@ pub struct EtcdRegistry {
     members: watch::Receiver<Vec<Member>>,
     settings: watch::Receiver<Settings>,
     followers: Vec<JoinHandle<()>>,
+    /// Followers started later ([`EtcdRegistry::patroni_primary`]).
+    more_followers: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for EtcdRegistry {
@@ -158,7 +160,31 @@ impl EtcdRegistry {
             members,
             settings,
             followers,
+            more_followers: std::sync::Mutex::default(),
         })
+    }
+
+    /// Follows the primary of the PostgreSQL cluster that Patroni runs as `scope` with this etcd as its
+    /// store (Patroni's own keys: `/service/<scope>/leader` names the leading member, whose
+    /// `/service/<scope>/members/<name>` entry holds its `conn_url`): its host and port, `None` while no
+    /// member leads (a failover under way) or the entry does not read.
+    pub fn patroni_primary(&self, scope: &str) -> watch::Receiver<Option<(String, u16)>> {
+        let prefix = format!("/service/{}/", scope.trim_matches('/'));
+        let (raw_tx, mut raw) = watch::channel(Settings::new());
+        let (tx, primary) = watch::channel(None);
+        let follower = tokio::spawn(follow(self.client.clone(), prefix, raw_tx, self.timeout_ms()));
+        let parser = tokio::spawn(async move {
+            while raw.changed().await.is_ok() {
+                let next = patroni_leader(&raw.borrow_and_update());
+                tx.send_if_modified(|current| {
+                    let changed = *current != next;
+                    *current = next.clone();
+                    changed
+                });
+            }
+        });
+        self.more_followers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend([follower, parser]);
+        primary
     }
 
     fn timeout_ms(&self) -> u64 {
@@ -171,6 +197,9 @@ impl Drop for EtcdRegistry {
     /// registration when the lease runs out.
     fn drop(&mut self) {
         for task in &self.followers {
+            task.abort();
+        }
+        for task in self.more_followers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
             task.abort();
         }
         if let Some(keeper) = self.keeper.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
@@ -271,6 +300,28 @@ fn replace_if_changed(current: &mut Settings, next: Settings) -> bool {
     }
     *current = next;
     true
+}
+
+/// The leader's host and port from Patroni's keys (`leader` → name, `members/<name>` → `{"conn_url": …}`).
+fn patroni_leader(keys: &Settings) -> Option<(String, u16)> {
+    #[derive(serde::Deserialize)]
+    struct PatroniMember {
+        conn_url: String,
+    }
+    let name = keys.get("leader")?;
+    let entry = keys.get(&format!("members/{name}"))?;
+    let member: PatroniMember = match serde_json::from_str(entry) {
+        Ok(member) => member,
+        Err(error) => {
+            tracing::warn!(%name, %error, "unreadable Patroni member entry in etcd");
+            return None;
+        }
+    };
+    // postgres://host:port/db
+    let authority = member.conn_url.split_once("://")?.1.split('/').next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, after)| after);
+    let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "5432"));
+    Some((host.to_owned(), port.parse().ok()?))
 }
 
 /// Members from the raw `role/instance → JSON` map; an entry that does not read is left out (and said).

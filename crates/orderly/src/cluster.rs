@@ -19,6 +19,11 @@ use crate::registry::Opened;
 pub struct ClusterConfig {
     /// `ORDERLY_CLUSTER__POSTGRES_URL`: the order store (migrated at start).
     pub postgres_url: String,
+    /// `ORDERLY_CLUSTER__PATRONI_SCOPE`: PostgreSQL is a Patroni cluster of this scope whose store is this
+    /// etcd (`cluster.etcd_endpoints`): `postgres_url` (and `payment_service.postgres_url`) are used with
+    /// the current primary's host and port instead of their own, followed through every failover. Unset
+    /// (the default): the server the URLs name.
+    pub patroni_scope: Option<String>,
     /// `ORDERLY_CLUSTER__REDIS_URL`: the stock cache and the order cache, on one Redis server.
     pub redis_url: String,
     /// `ORDERLY_CLUSTER__REDIS_CLUSTER_NODES`: a Redis Cluster instead (any of its nodes; the rest are
@@ -53,6 +58,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             postgres_url: "postgres://postgres@127.0.0.1:5432/orderly".to_owned(),
+            patroni_scope: None,
             redis_url: "redis://127.0.0.1:6379/0".to_owned(),
             redis_cluster_nodes: Vec::new(),
             amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
@@ -81,6 +87,46 @@ pub async fn connect_registry(config: &Config) -> anyhow::Result<Arc<orderly_etc
     Ok(Arc::new(registry))
 }
 
+/// With `cluster.patroni_scope`: `options` aimed at the current primary (waiting up to
+/// [`PRIMARY_WAIT`] for one: a failover may be under way), and `primary` moved at every later change of
+/// Patroni's leader, for the life of the process. Without: `options` as they are.
+pub async fn follow_primary(
+    config: &Config,
+    registry: &Arc<orderly_etcd::EtcdRegistry>,
+    options: sqlx::postgres::PgConnectOptions,
+    primary: &Arc<orderly_postgres::Primary>,
+) -> anyhow::Result<sqlx::postgres::PgConnectOptions> {
+    let Some(scope) = &config.cluster.patroni_scope else { return Ok(options) };
+    let mut leader = registry.patroni_primary(scope);
+    let (host, port) = tokio::time::timeout(PRIMARY_WAIT, leader.wait_for(Option::is_some))
+        .await
+        .ok()
+        .and_then(|found| found.ok().and_then(|found| found.clone()))
+        .with_context(|| format!("no PostgreSQL primary in Patroni scope {scope:?} within {PRIMARY_WAIT:?}"))?;
+    tracing::info!(%scope, %host, port, "PostgreSQL primary (Patroni)");
+    let primary = Arc::clone(primary);
+    let mut current = (host.clone(), port);
+    // The registry lives as long as this follower (its watch is the registry's).
+    let registry = Arc::clone(registry);
+    tokio::spawn(async move {
+        let _registry = registry;
+        while leader.changed().await.is_ok() {
+            let next = leader.borrow_and_update().clone();
+            // None: a failover under way; connections fail until the next primary is known.
+            if let Some(next) = next
+                && next != current
+            {
+                primary.moved_to(&next.0, next.1);
+                current = next;
+            }
+        }
+    });
+    Ok(options.host(&host).port(port))
+}
+
+/// How long a process starting waits for Patroni to name a primary.
+const PRIMARY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Connects every adapter of the cluster profile. With a `member`, the process registers as it and takes a
 /// worker id from the registry (unless `cluster.worker_id` is set); without one (the audit) it registers
 /// nothing.
@@ -102,8 +148,10 @@ pub async fn open(config: &Config, member: Option<Member>) -> anyhow::Result<Ope
     };
     let clock: Arc<dyn orderly_app::Clock> = Arc::new(orderly_clock::SystemClock);
     let options = sqlx::postgres::PgConnectOptions::from_str(&cluster.postgres_url).context("postgres_url")?;
+    let primary = orderly_postgres::Primary::new();
+    let options = follow_primary(config, &registry, options, &primary).await?;
     let store = Arc::new(
-        orderly_postgres::PgStore::connect(options, cluster.postgres_connections_max)
+        orderly_postgres::PgStore::connect(options, cluster.postgres_connections_max, &primary)
             .await
             .context("connecting to PostgreSQL")?,
     );

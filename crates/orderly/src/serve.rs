@@ -156,10 +156,20 @@ pub async fn payment_service(config: Config) -> anyhow::Result<()> {
         }
         Some(url) => {
             let options = sqlx::postgres::PgConnectOptions::from_str(url).context("payment_service.postgres_url")?;
+            let primary = orderly_postgres::Primary::new();
+            // On a Patroni cluster, the ledger follows its primary (found in etcd).
+            let options = match &config.cluster.patroni_scope {
+                None => options,
+                Some(_) => {
+                    let registry = crate::cluster::connect_registry(&config).await?;
+                    crate::cluster::follow_primary(&config, &registry, options, &primary).await?
+                }
+            };
             let (book, captures) = orderly_postgres::payments::connect_payment_ledger(
                 options,
                 &service.postgres_schema,
                 service.postgres_connections_max,
+                &primary,
             )
             .await
             .context("connecting to the payment ledger in PostgreSQL")?;

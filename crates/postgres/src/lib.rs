@@ -15,8 +15,10 @@
 
 pub mod error;
 pub mod payments;
+pub mod primary;
 
 pub use error::PgError;
+pub use primary::Primary;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -32,7 +34,7 @@ use orderly_app::store_rules::{
     Levels, SafePay, create_batch_keys, idempotency_seen, may_return_stock, plan_change, plan_create, stock_to_lock,
 };
 use orderly_domain::{CatalogEntry, CommodityId, Money, OrderNo, ShopId, SnowflakeId, Uid};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 /// The schema's migrations, embedded in the binary.
@@ -268,17 +270,26 @@ type Tx = Transaction<'static, Postgres>;
 
 impl PgStore {
     /// Connects (a pool of `connections_max`, and a quarter of that unsynced) and brings the schema up
-    /// to date.
-    pub async fn connect(options: PgConnectOptions, connections_max: u32) -> PortResult<PgStore> {
-        let pool = PgPoolOptions::new()
+    /// to date. The pools follow `primary` (see [`Primary`]).
+    pub async fn connect(
+        options: PgConnectOptions,
+        connections_max: u32,
+        primary: &Arc<Primary>,
+    ) -> PortResult<PgStore> {
+        let pool = primary
+            .pool_options()
             .max_connections(connections_max)
             .connect_with(options.clone())
             .await
             .map_err(database_error)?;
+        primary.follow(&pool, options.clone());
         MIGRATOR.run(&pool).await.map_err(PgError::Migration)?;
-        let unsynced = PgPoolOptions::new()
+        let unsynced_options = options.options([("synchronous_commit", "off")]);
+        let unsynced = primary
+            .pool_options()
             .max_connections((connections_max / 4).max(2))
-            .connect_lazy_with(options.options([("synchronous_commit", "off")]));
+            .connect_lazy_with(unsynced_options.clone());
+        primary.follow(&unsynced, unsynced_options);
         Ok(PgStore {
             pool,
             unsynced,

@@ -30,12 +30,13 @@ use crate::{Tx, database_error, decode, encode};
 pub static PAYMENT_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./payment-migrations");
 
 /// Connects to the payment ledger in `schema` (created if absent; a plain lower-case identifier), with a
-/// pool of `connections_max` (and half that, lazily, for the unsynced answers), and brings it up to
-/// date. Returns the two books.
+/// pool of `connections_max` (and half that, lazily, for the unsynced answers) following `primary`, and
+/// brings it up to date. Returns the two books.
 pub async fn connect_payment_ledger(
     options: PgConnectOptions,
     schema: &str,
     connections_max: u32,
+    primary: &Arc<crate::Primary>,
 ) -> PortResult<(Arc<PgLedgerBook>, Arc<PgCaptureBook>)> {
     let plain = schema.starts_with(|c: char| c.is_ascii_lowercase())
         && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
@@ -51,15 +52,21 @@ pub async fn connect_payment_ledger(
         sqlx::query(sqlx::AssertSqlSafe(create)).execute(&admin).await.map_err(database_error)?;
     }
     admin.close().await;
-    let pool = PgPoolOptions::new()
+    let pool_options = options.clone().options([("search_path", schema)]);
+    let pool = primary
+        .pool_options()
         .max_connections(connections_max)
-        .connect_with(options.clone().options([("search_path", schema)]))
+        .connect_with(pool_options.clone())
         .await
         .map_err(database_error)?;
+    primary.follow(&pool, pool_options);
     PAYMENT_MIGRATOR.run(&pool).await.map_err(PgError::Migration)?;
-    let unsynced = PgPoolOptions::new()
+    let unsynced_options = options.options([("search_path", schema), ("synchronous_commit", "off")]);
+    let unsynced = primary
+        .pool_options()
         .max_connections((connections_max / 2).max(2))
-        .connect_lazy_with(options.options([("search_path", schema), ("synchronous_commit", "off")]));
+        .connect_lazy_with(unsynced_options.clone());
+    primary.follow(&unsynced, unsynced_options);
     let ledger = PgLedgerBook {
         pool: pool.clone(),
         unsynced,

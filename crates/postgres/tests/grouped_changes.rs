@@ -33,7 +33,7 @@ async fn fresh() -> (PgStore, sqlx::PgPool) {
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.expect("schema");
     admin.close().await;
     let options = options.options([("search_path", schema.as_str())]);
-    let store = PgStore::connect(options.clone(), 4).await.expect("store");
+    let store = PgStore::connect(options.clone(), 4, &orderly_postgres::Primary::new()).await.expect("store");
     let pool = sqlx::PgPool::connect_with(options).await.expect("pool");
     (store, pool)
 }

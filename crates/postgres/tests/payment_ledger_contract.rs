@@ -17,8 +17,9 @@ orderly_contract::payment_ledger_contract!(|| async {
     rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("randomness");
     let schema = format!("orderly_test_pay_{}", u64::from_le_bytes(bytes));
     let options = PgConnectOptions::from_str(&url()).expect("a database URL");
-    let (book, captures) = orderly_postgres::payments::connect_payment_ledger(options, &schema, 8)
-        .await
-        .expect("PostgreSQL is up (CI starts it; see .ci/run)");
+    let (book, captures) =
+        orderly_postgres::payments::connect_payment_ledger(options, &schema, 8, &orderly_postgres::Primary::new())
+            .await
+            .expect("PostgreSQL is up (CI starts it; see .ci/run)");
     ((book as Arc<dyn LedgerBook>, captures as Arc<dyn CaptureBook>), ())
 });

@@ -23,7 +23,10 @@ async fn fresh_store() -> (Arc<dyn Store>, ()) {
     // The name is ours (digits after a fixed prefix): nothing to inject.
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.expect("schema");
     admin.close().await;
-    let store = PgStore::connect(options.options([("search_path", schema.as_str())]), 4).await.expect("store");
+    let store =
+        PgStore::connect(options.options([("search_path", schema.as_str())]), 4, &orderly_postgres::Primary::new())
+            .await
+            .expect("store");
     (Arc::new(store) as Arc<dyn Store>, ())
 }
 

@@ -3,12 +3,15 @@
 //! `redis` crate's cluster client follows MOVED and failovers); a shop's keys share one slot (its hash
 //! tag), so a per-shop script stays one call.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use orderly_app::ports::PortResult;
 use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
 use crate::port_error;
 
@@ -24,7 +27,64 @@ pub enum RedisTarget {
 #[derive(Clone)]
 pub enum RedisConnection {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Arc<Cluster>),
+}
+
+/// A cluster connection, made again when it stays broken: after a master was killed under load, the
+/// `redis` crate's cluster client (1.8) was seen to time out every call for good in some processes
+/// while others recovered (`scripts/failover redis-master`). Calls failing on the connection (time-outs,
+/// I/O) for [`REBUILD_AFTER`] make a new one from the client, at most one attempt per that interval.
+pub struct Cluster {
+    client: ClusterClient,
+    current: ArcSwap<ClusterConnection>,
+    /// Since when every call failed on the connection; when the last rebuild was tried.
+    failing: Mutex<(Option<Instant>, Option<Instant>)>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").finish_non_exhaustive()
+    }
+}
+
+const REBUILD_AFTER: Duration = Duration::from_secs(5);
+
+impl Cluster {
+    fn connection(&self) -> ClusterConnection {
+        (**self.current.load()).clone()
+    }
+
+    fn observe<T>(self: &Arc<Self>, result: &RedisResult<T>) {
+        let broken = |error: &RedisError| {
+            error.is_timeout() || error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal()
+        };
+        let now = Instant::now();
+        let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        match result {
+            Err(error) if broken(error) => {
+                let since = *failing.0.get_or_insert(now);
+                let tried_recently = failing.1.is_some_and(|at| now.duration_since(at) < REBUILD_AFTER);
+                if now.duration_since(since) >= REBUILD_AFTER && !tried_recently {
+                    failing.1 = Some(now);
+                    let cluster = Arc::clone(self);
+                    tokio::spawn(async move { cluster.rebuild().await });
+                }
+            }
+            _ => failing.0 = None,
+        }
+    }
+
+    async fn rebuild(&self) {
+        match tokio::time::timeout(REBUILD_AFTER, self.client.get_async_connection()).await {
+            Ok(Ok(connection)) => {
+                self.current.store(Arc::new(connection));
+                self.failing.lock().unwrap_or_else(PoisonError::into_inner).0 = None;
+                tracing::warn!("Redis Cluster connection broken for {REBUILD_AFTER:?}: made a new one");
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "Redis Cluster connection broken; a new one failed too"),
+            Err(_) => tracing::warn!("Redis Cluster connection broken; a new one did not connect in time"),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -51,7 +111,12 @@ impl RedisConnection {
                     .response_timeout(Duration::from_secs(2))
                     .build()
                     .map_err(port_error)?;
-                Ok(RedisConnection::Cluster(client.get_async_connection().await.map_err(port_error)?))
+                let connection = client.get_async_connection().await.map_err(port_error)?;
+                Ok(RedisConnection::Cluster(Arc::new(Cluster {
+                    client,
+                    current: ArcSwap::from_pointee(connection),
+                    failing: Mutex::default(),
+                })))
             }
         }
     }
@@ -65,7 +130,14 @@ impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             RedisConnection::Single(connection) => connection.req_packed_command(cmd),
-            RedisConnection::Cluster(connection) => connection.req_packed_command(cmd),
+            RedisConnection::Cluster(cluster) => {
+                let cluster = Arc::clone(cluster);
+                Box::pin(async move {
+                    let result = cluster.connection().req_packed_command(cmd).await;
+                    cluster.observe(&result);
+                    result
+                })
+            }
         }
     }
 
@@ -77,14 +149,21 @@ impl ConnectionLike for RedisConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             RedisConnection::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
-            RedisConnection::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+            RedisConnection::Cluster(cluster) => {
+                let cluster = Arc::clone(cluster);
+                Box::pin(async move {
+                    let result = cluster.connection().req_packed_commands(pipeline, offset, count).await;
+                    cluster.observe(&result);
+                    result
+                })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             RedisConnection::Single(connection) => connection.get_db(),
-            RedisConnection::Cluster(connection) => connection.get_db(),
+            RedisConnection::Cluster(cluster) => cluster.connection().get_db(),
         }
     }
 }
