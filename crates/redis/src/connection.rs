@@ -33,13 +33,26 @@ pub enum RedisConnection {
 /// A cluster connection, made again when it stays broken: after a master was killed under load, the
 /// `redis` crate's cluster client (1.8) was seen to time out every call for good in some processes
 /// while others recovered (`scripts/failover redis-master`). Calls failing on the connection (time-outs,
-/// I/O) for [`REBUILD_AFTER`] make a new one from the client, at most one attempt per that interval.
+/// I/O) without a pause of [`STREAK_GAP`] for [`REBUILD_AFTER`] — whatever calls to other shards did
+/// meanwhile, since a client can be stuck on one shard's slots only — make a new one from the client,
+/// at most one attempt per that interval. A rebuild during a genuine outage longer than that costs a
+/// reconnect, nothing else.
 pub struct Cluster {
     client: ClusterClient,
     current: ArcSwap<ClusterConnection>,
-    /// Since when every call failed on the connection; when the last rebuild was tried.
-    failing: Mutex<(Option<Instant>, Option<Instant>)>,
+    failing: Mutex<Failing>,
 }
+
+#[derive(Debug, Default)]
+struct Failing {
+    /// The first failure of the current streak, and the last one.
+    streak: Option<(Instant, Instant)>,
+    /// When the last rebuild was tried.
+    rebuilt: Option<Instant>,
+}
+
+/// Failures this far apart are separate streaks.
+const STREAK_GAP: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,19 +71,22 @@ impl Cluster {
         let broken = |error: &RedisError| {
             error.is_timeout() || error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal()
         };
+        let Err(error) = result else { return };
+        if !broken(error) {
+            return;
+        }
         let now = Instant::now();
         let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
-        match result {
-            Err(error) if broken(error) => {
-                let since = *failing.0.get_or_insert(now);
-                let tried_recently = failing.1.is_some_and(|at| now.duration_since(at) < REBUILD_AFTER);
-                if now.duration_since(since) >= REBUILD_AFTER && !tried_recently {
-                    failing.1 = Some(now);
-                    let cluster = Arc::clone(self);
-                    tokio::spawn(async move { cluster.rebuild().await });
-                }
-            }
-            _ => failing.0 = None,
+        let since = match failing.streak {
+            Some((first, last)) if now.duration_since(last) < STREAK_GAP => first,
+            _ => now,
+        };
+        failing.streak = Some((since, now));
+        let tried_recently = failing.rebuilt.is_some_and(|at| now.duration_since(at) < REBUILD_AFTER);
+        if now.duration_since(since) >= REBUILD_AFTER && !tried_recently {
+            failing.rebuilt = Some(now);
+            let cluster = Arc::clone(self);
+            tokio::spawn(async move { cluster.rebuild().await });
         }
     }
 
@@ -78,7 +94,7 @@ impl Cluster {
         match tokio::time::timeout(REBUILD_AFTER, self.client.get_async_connection()).await {
             Ok(Ok(connection)) => {
                 self.current.store(Arc::new(connection));
-                self.failing.lock().unwrap_or_else(PoisonError::into_inner).0 = None;
+                self.failing.lock().unwrap_or_else(PoisonError::into_inner).streak = None;
                 tracing::warn!("Redis Cluster connection broken for {REBUILD_AFTER:?}: made a new one");
             }
             Ok(Err(error)) => tracing::warn!(%error, "Redis Cluster connection broken; a new one failed too"),

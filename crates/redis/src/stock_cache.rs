@@ -10,7 +10,7 @@
 //! | `<ns>:{s:<shop>}:token:<order_no>:<generation>` | hash `state`, `lines` | a reservation, with a time to live |
 //! | `<ns>:{s:<shop>}:restock:<event key>` | string | a restock already applied, with a time to live |
 //! | `<ns>:{s:<shop>}:parked:<commodity>` | list `version:delta` | changes for a counter not loaded yet, with a time to live |
-//! | `<ns>:{s:<shop>}:master` | string | the replication id of the master the shop's keys were written on (`guard.lua`) |
+//! | `<ns>:{s:<shop>}:master` | string | the replication id of the master the shop's keys were written on (`guard.lua`, `master_id.lua`) |
 //! | `<ns>:sku-shop` | hash commodity → shop | where to find a commodity's counter (for `available` only) |
 //!
 //! Redis here keeps nothing on disk. Losing it loses counters and tokens, never correctness: an absent
@@ -22,10 +22,12 @@
 //! its counter stays would be counted twice.
 //!
 //! On a Redis Cluster, a failover can lose the last writes of one shard while the others keep theirs
-//! (replication is asynchronous). Every script first checks the shop's marker against the master it runs
-//! on (`guard.lua`); on a shop whose keys were written on another master, the adapter drops that shop's
-//! keys (`forget.lua`) and calls again: the shop is then as after a whole loss (above), reloaded from the
-//! store, and no other shop is touched.
+//! (replication is asynchronous). Every script — reads of the counters too — first checks the shop's
+//! marker against the master it runs on (`guard.lua`); on a shop whose keys were written on another
+//! master, the adapter drops that shop's keys (`forget.lua`) and calls again: the shop is then as after a
+//! whole loss (above), reloaded from the store, and no other shop is touched. On a single server the drop
+//! scans the whole keyspace inside one script (a promotion by Sentinel, or a restart that kept data:
+//! rare, and it blocks the server for that scan).
 
 use async_trait::async_trait;
 use orderly_app::PortError;
@@ -54,6 +56,7 @@ struct Scripts {
     confirm: Script,
     release: Script,
     restock: Script,
+    read: Script,
     forget: Script,
 }
 
@@ -116,11 +119,7 @@ impl RedisStockCache {
     /// On a connection shared with other adapters (`config.target` is not used).
     pub fn with_connection(connection: RedisConnection, config: RedisCacheConfig) -> RedisStockCache {
         assert!(!config.namespace.contains(['{', '}', '*', '?', '[', ']', '\\']), "the namespace must be plain");
-        let master_id = if connection.is_cluster() {
-            include_str!("../lua/master_id_cluster.lua")
-        } else {
-            include_str!("../lua/master_id_single.lua")
-        };
+        let master_id = include_str!("../lua/master_id.lua");
         let guarded =
             |parts: &[&str]| Script::new(&format!("{master_id}{}{}", include_str!("../lua/guard.lua"), parts.concat()));
         let follow = include_str!("../lua/follow.lua");
@@ -132,6 +131,7 @@ impl RedisStockCache {
             confirm: guarded(&[follow, include_str!("../lua/confirm.lua")]),
             release: guarded(&[include_str!("../lua/release.lua")]),
             restock: guarded(&[follow, include_str!("../lua/restock.lua")]),
+            read: guarded(&[include_str!("../lua/read.lua")]),
             forget: Script::new(&format!("{master_id}{}", include_str!("../lua/forget.lua"))),
         };
         RedisStockCache { connection, config, scripts }
@@ -370,7 +370,6 @@ impl StockCache for RedisStockCache {
             .query_async(&mut self.connection())
             .await
             .map_err(port_error)?;
-        // One pipeline per shop: a shop's counters share one slot, so this runs on a cluster too.
         let mut by_shop: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
         for (position, shop) in shops.iter().enumerate() {
             // No shop known: never loaded.
@@ -378,14 +377,14 @@ impl StockCache for RedisStockCache {
                 by_shop.entry(*shop).or_default().push(position);
             }
         }
+        // A guarded read per shop: a shop whose keys a failover may have made stale is reloaded, not read.
         let reads = by_shop.into_iter().map(|(shop, positions)| {
-            let mut pipeline = redis::pipe();
+            let mut invocation = self.scripts.read.prepare_invoke();
             for position in &positions {
-                pipeline.hget(self.stock_key(ShopId(shop), ids[*position]), "available");
+                invocation.key(self.stock_key(ShopId(shop), ids[*position]));
             }
-            let mut connection = self.connection();
             async move {
-                let found: Vec<Option<i64>> = pipeline.query_async(&mut connection).await.map_err(port_error)?;
+                let found: Vec<Option<i64>> = self.run(ShopId(shop), invocation).await?;
                 PortResult::Ok(positions.into_iter().zip(found))
             }
         });

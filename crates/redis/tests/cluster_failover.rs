@@ -210,3 +210,50 @@ async fn a_failover_that_lost_writes_reloads_only_the_shards_that_lost_them() {
         "the lossy shard's counters are reloaded from the store first"
     );
 }
+
+/// A shard that fails over and back — its first master a master again, under the same node id — may
+/// still have lost writes on the way (the node came back as a replica and copied what its replacement
+/// had), so its shops are reloaded too: the marker is the master's replication id, new at every
+/// promotion, not the node's id. Here the failovers are manual (`CLUSTER FAILOVER FORCE` on a linked
+/// replica, nothing written meanwhile: nothing is lost), and the shop is reloaded all the same; a shop on
+/// another shard keeps its token. With the node's id as the marker, this fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_failed_over_and_back_is_reloaded_too() {
+    let cluster = PrivateCluster::start();
+    let shop = ShopId(1);
+    let (master, replica) = cluster.shard_of(shop);
+    let other = (2..200).map(ShopId).find(|s| cluster.shard_of(*s).0 != master).expect("a shop elsewhere");
+    let nodes = cluster.ports().map(|p| format!("redis://127.0.0.1:{p}")).collect();
+    let config = RedisCacheConfig {
+        target: RedisTarget::Cluster(nodes),
+        namespace: NAMESPACE.to_owned(),
+        token_ttl_ms: 600_000,
+    };
+    let cache = RedisStockCache::connect(config).await.expect("connect to the private cluster");
+    let levels = [
+        (CommodityId(1), StockLevel { shop_id: shop, initial: 10, available: 10, version: 1 }),
+        (CommodityId(2), StockLevel { shop_id: other, initial: 10, available: 10, version: 1 }),
+    ];
+    cache.init(&levels, &[]).await.expect("init");
+    let here = Token::entry(OrderNo::new(SnowflakeId(1), Uid(7)), shop);
+    let elsewhere = Token::entry(OrderNo::new(SnowflakeId(2), Uid(7)), other);
+    assert_eq!(cache.reserve(here, &[(CommodityId(1), 3)], false).await.expect("reserve"), Reserve::Reserved);
+    assert_eq!(cache.reserve(elsewhere, &[(CommodityId(2), 3)], false).await.expect("reserve"), Reserve::Reserved);
+
+    let master_id = cli(master, &["cluster", "myid"]);
+    for (promoted, demoted) in [(replica, master), (master, replica)] {
+        // A manual failover needs a replica linked to its master (a node just demoted is still syncing).
+        wait_for("the replica is linked", Duration::from_secs(20), || {
+            info_field(promoted, "replication", "master_link_status").as_deref() == Some("up")
+        });
+        assert_eq!(cli(promoted, &["cluster", "failover", "force"]), "OK");
+        wait_for("the failover", Duration::from_secs(30), || {
+            info_field(promoted, "replication", "role").as_deref() == Some("master")
+                && info_field(demoted, "replication", "role").as_deref() == Some("slave")
+                && cli(promoted, &["cluster", "info"]).contains("cluster_state:ok")
+        });
+    }
+    assert_eq!(cli(master, &["cluster", "myid"]), master_id, "the same node leads the shard again");
+    assert_eq!(cache.claim(here).await.expect("claim"), Claim::Missing, "the shard changed masters twice: reloaded");
+    assert_eq!(cache.claim(elsewhere).await.expect("claim"), Claim::Claimed, "the other shard keeps its token");
+}
