@@ -137,6 +137,7 @@ macro_rules! payment_ledger_contract {
             a_lost_answer_stays_processing_under_its_lease_then_settles_as_captured,
             a_timeout_settles_as_declined_and_voids_a_late_capture,
             a_charge_past_its_deadline_is_not_started,
+            a_charge_whose_entry_lands_past_its_deadline_is_voided_not_captured,
             refunds_are_idempotent_per_key_and_never_exceed_the_charge,
             racing_refunds_never_exceed_the_charge,
             the_first_record_of_an_attempt_wins_at_the_acquirer,

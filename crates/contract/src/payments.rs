@@ -31,7 +31,10 @@ struct Ledger {
 
 impl Ledger {
     fn new(books: Books, acquirer: AcquirerConfig) -> Ledger {
-        let clock = Arc::new(ManualClock::new(T0_MS));
+        Ledger::with_clock(books, acquirer, Arc::new(ManualClock::new(T0_MS)))
+    }
+
+    fn with_clock(books: Books, acquirer: AcquirerConfig, clock: Arc<ManualClock>) -> Ledger {
         let payments = Arc::new(PaymentLedger::new(
             Arc::clone(&books.0),
             SimulatedAcquirer::new(Arc::clone(&books.1), acquirer, Arc::clone(&clock) as Arc<dyn Clock>),
@@ -187,6 +190,54 @@ pub async fn a_charge_past_its_deadline_is_not_started(books: Books) {
     assert!(ledger.payments.charge(charge(6, "k1")).await.expect_err("too late").is_retryable());
     assert_eq!(ledger.payments.query(order(6)).await.expect("query"), PaymentStatus::NotFound);
     assert_eq!(ledger.captures_of(6).await, 0);
+}
+
+/// The book under test, whose charge entries become durable only once the clock has passed the request's
+/// deadline (a store failing over under the write: the insert waited for the new primary).
+#[derive(Debug)]
+struct LateStart(Arc<dyn LedgerBook>, Arc<ManualClock>);
+
+#[async_trait]
+impl LedgerBook for LateStart {
+    async fn entry(&self, order_no: OrderNo) -> PortResult<Option<LedgerEntry>> {
+        self.0.entry(order_no).await
+    }
+    async fn begin_charge(
+        &self,
+        request: &ChargeRequest,
+        now_ms: u64,
+        config: &LedgerConfig,
+    ) -> PortResult<ChargeStep> {
+        let step = self.0.begin_charge(request, now_ms, config).await;
+        self.1.advance_ms(request.deadline_ms.saturating_sub(now_ms) + 1);
+        step
+    }
+    async fn settle(
+        &self,
+        order_no: OrderNo,
+        running: &LedgerEntry,
+        state: LedgerState,
+    ) -> PortResult<Option<LedgerEntry>> {
+        self.0.settle(order_no, running, state).await
+    }
+    async fn refund(&self, order_no: OrderNo, amount: Money, refund_key: &str) -> PortResult<RefundOutcome> {
+        self.0.refund(order_no, amount, refund_key).await
+    }
+}
+
+/// A charge decided in time whose entry became durable only after the deadline is never captured: the
+/// caller's reconciler may have asked meanwhile, found no entry past the deadline, and concluded that
+/// nothing was charged (and the order was then closed). The attempt is voided instead. Found by
+/// `scripts/failover both`: a PostgreSQL failover held the insert for 10 s, the charge went through after
+/// the order closed.
+pub async fn a_charge_whose_entry_lands_past_its_deadline_is_voided_not_captured(books: Books) {
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let late: Books = (Arc::new(LateStart(Arc::clone(&books.0), Arc::clone(&clock))), Arc::clone(&books.1));
+    let ledger = Ledger::with_clock(late, AcquirerConfig::default(), clock);
+    assert!(ledger.payments.charge(charge(14, "k1")).await.expect_err("too late").is_retryable());
+    assert_eq!(ledger.captures_of(14).await, 0, "nothing is captured past the deadline");
+    let status = ledger.payments.query(order(14)).await.expect("query");
+    assert!(matches!(status, PaymentStatus::Declined { .. }), "a definite no: {status:?}");
 }
 
 pub async fn refunds_are_idempotent_per_key_and_never_exceed_the_charge(books: Books) {

@@ -405,6 +405,17 @@ impl Payments for PaymentLedger {
                 }
                 ChargeStep::Start(started) => {
                     let key = &request.idempotency_key;
+                    // Decided in time, but the entry may have become durable only later (a store failing
+                    // over held the write): past the deadline, the caller may have asked, found no entry and
+                    // concluded that nothing was charged. The attempt is voided, never captured.
+                    if self.clock.now_ms() > request.deadline_ms {
+                        let state = self.acquirer.settle(order_no, key, request.amount).await?;
+                        self.book.settle(order_no, &started, state).await?;
+                        return Err(PortError::unavailable(
+                            "payments",
+                            "charge deadline passed while starting; voided",
+                        ));
+                    }
                     let Some(state) = self.acquirer.capture(order_no, key, request.amount).await? else {
                         return Err(PortError::unavailable("payments", "the acquirer did not answer"));
                     };
