@@ -192,39 +192,6 @@ pub async fn a_charge_past_its_deadline_is_not_started(books: Books) {
     assert_eq!(ledger.captures_of(6).await, 0);
 }
 
-/// The book under test, whose charge entries become durable only once the clock has passed the request's
-/// deadline (a store failing over under the write: the insert waited for the new primary).
-#[derive(Debug)]
-struct LateStart(Arc<dyn LedgerBook>, Arc<ManualClock>);
-
-#[async_trait]
-impl LedgerBook for LateStart {
-    async fn entry(&self, order_no: OrderNo) -> PortResult<Option<LedgerEntry>> {
-        self.0.entry(order_no).await
-    }
-    async fn begin_charge(
-        &self,
-        request: &ChargeRequest,
-        now_ms: u64,
-        config: &LedgerConfig,
-    ) -> PortResult<ChargeStep> {
-        let step = self.0.begin_charge(request, now_ms, config).await;
-        self.1.advance_ms(request.deadline_ms.saturating_sub(now_ms) + 1);
-        step
-    }
-    async fn settle(
-        &self,
-        order_no: OrderNo,
-        running: &LedgerEntry,
-        state: LedgerState,
-    ) -> PortResult<Option<LedgerEntry>> {
-        self.0.settle(order_no, running, state).await
-    }
-    async fn refund(&self, order_no: OrderNo, amount: Money, refund_key: &str) -> PortResult<RefundOutcome> {
-        self.0.refund(order_no, amount, refund_key).await
-    }
-}
-
 /// A charge decided in time whose entry became durable only after the deadline is never captured: the
 /// caller's reconciler may have asked meanwhile, found no entry past the deadline, and concluded that
 /// nothing was charged (and the order was then closed). The attempt is voided instead. Found by
@@ -232,7 +199,7 @@ impl LedgerBook for LateStart {
 /// the order closed.
 pub async fn a_charge_whose_entry_lands_past_its_deadline_is_voided_not_captured(books: Books) {
     let clock = Arc::new(ManualClock::new(T0_MS));
-    let late: Books = (Arc::new(LateStart(Arc::clone(&books.0), Arc::clone(&clock))), Arc::clone(&books.1));
+    let late: Books = (Arc::new(Faulty::LateStart(Arc::clone(&books.0), Arc::clone(&clock))), Arc::clone(&books.1));
     let ledger = Ledger::with_clock(late, AcquirerConfig::default(), clock);
     assert!(ledger.payments.charge(charge(14, "k1")).await.expect_err("too late").is_retryable());
     assert_eq!(ledger.captures_of(14).await, 0, "nothing is captured past the deadline");
@@ -301,14 +268,27 @@ pub async fn the_first_record_of_an_attempt_wins_at_the_acquirer(books: Books) {
     assert_eq!(captured.len(), expected, "the list holds the captures and only them");
 }
 
-/// The book under test, whose `settle` writes are lost (what a crash right after an unsynced settle does).
+/// The book under test with a fault: its `settle` writes lost (what a crash right after an unsynced
+/// settle does), or its charge entries durable only once the clock has passed the request's deadline (a
+/// store failing over under the write: the insert waited for the new primary).
 #[derive(Debug)]
-struct ForgetsAnswers(Arc<dyn LedgerBook>);
+enum Faulty {
+    ForgetsAnswers(Arc<dyn LedgerBook>),
+    LateStart(Arc<dyn LedgerBook>, Arc<ManualClock>),
+}
+
+impl Faulty {
+    fn book(&self) -> &Arc<dyn LedgerBook> {
+        match self {
+            Faulty::ForgetsAnswers(book) | Faulty::LateStart(book, _) => book,
+        }
+    }
+}
 
 #[async_trait]
-impl LedgerBook for ForgetsAnswers {
+impl LedgerBook for Faulty {
     async fn entry(&self, order_no: OrderNo) -> PortResult<Option<LedgerEntry>> {
-        self.0.entry(order_no).await
+        self.book().entry(order_no).await
     }
     async fn begin_charge(
         &self,
@@ -316,25 +296,39 @@ impl LedgerBook for ForgetsAnswers {
         now_ms: u64,
         config: &LedgerConfig,
     ) -> PortResult<ChargeStep> {
-        self.0.begin_charge(request, now_ms, config).await
+        let step = self.book().begin_charge(request, now_ms, config).await;
+        if let Faulty::LateStart(_, clock) = self {
+            clock.advance_ms(request.deadline_ms.saturating_sub(now_ms) + 1);
+        }
+        step
     }
-    async fn settle(&self, order_no: OrderNo, _: &LedgerEntry, _: LedgerState) -> PortResult<Option<LedgerEntry>> {
-        self.0.entry(order_no).await
+    async fn settle(
+        &self,
+        order_no: OrderNo,
+        running: &LedgerEntry,
+        state: LedgerState,
+    ) -> PortResult<Option<LedgerEntry>> {
+        match self {
+            Faulty::ForgetsAnswers(book) => book.entry(order_no).await,
+            Faulty::LateStart(book, _) => book.settle(order_no, running, state).await,
+        }
     }
     async fn refund(&self, order_no: OrderNo, amount: Money, refund_key: &str) -> PortResult<RefundOutcome> {
-        self.0.refund(order_no, amount, refund_key).await
+        self.book().refund(order_no, amount, refund_key).await
     }
 }
 
 /// A settled state need not be durable: lost, the entry stays PROCESSING under its lease, and the next
 /// question after it copies the same acquirer record again — the answer the caller got.
 pub async fn a_lost_answer_write_is_copied_again_from_the_acquirer(books: Books) {
-    let forgetful: Books = (Arc::new(ForgetsAnswers(Arc::clone(&books.0))), Arc::clone(&books.1));
+    let forgetful: Books = (Arc::new(Faulty::ForgetsAnswers(Arc::clone(&books.0))), Arc::clone(&books.1));
     let before_crash = Ledger::new(forgetful, AcquirerConfig::default());
     let paid = before_crash.payments.charge(charge(12, "k1")).await.expect("charge");
     let ChargeOutcome::Succeeded { payment_id } = paid.clone() else { panic!("declined: {paid:?}") };
-    let declined =
-        Ledger::new((Arc::new(ForgetsAnswers(Arc::clone(&books.0))), Arc::clone(&books.1)), faults(1.0, 0.0, 0.0));
+    let declined = Ledger::new(
+        (Arc::new(Faulty::ForgetsAnswers(Arc::clone(&books.0))), Arc::clone(&books.1)),
+        faults(1.0, 0.0, 0.0),
+    );
     let refused = declined.payments.charge(charge(13, "k1")).await.expect("charge");
     assert!(matches!(refused, ChargeOutcome::Declined { .. }), "{refused:?}");
 

@@ -22,6 +22,7 @@ pub use primary::Primary;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use orderly_app::PortError;
@@ -63,10 +64,29 @@ type Change = (OrderNo, OrderChange, u64);
 /// A pending view as written: order id, shard, buyer, state, body.
 type PendingRow = (i64, i16, i64, &'static str, String);
 
+/// How long a batch of pending views may wait for a connection before it gives up unwritten. A view must
+/// land soon after its entry answered, or not at all: an entry cut off by its deadline has answered an
+/// error and the reservation check (seconds later) settles whatever view it finds — a view still waiting
+/// for a connection while PostgreSQL fails over (≈ 10 s) would land after the check and stay pending
+/// (`scripts/failover pg-primary`: 3 such orders in one run). Well under the reservation check's delay.
+const PENDING_VIEW_CONNECT_MS: u64 = 1_000;
+
 /// Writes pending views, each if absent only (a fast worker may have created the order already): one
 /// statement for every entry of a batch.
 async fn insert_pending_rows(pool: PgPool, batch: Vec<Vec<PendingRow>>) -> Vec<PortResult<()>> {
     let rows: Vec<&PendingRow> = batch.iter().flatten().collect();
+    let connection = tokio::time::timeout(Duration::from_millis(PENDING_VIEW_CONNECT_MS), pool.acquire()).await;
+    let mut connection = match connection {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => {
+            let error = database_error(error);
+            return batch.iter().map(|_| Err(error.clone())).collect();
+        }
+        Err(_) => {
+            let error = PortError::unavailable("postgres", "no connection for the pending views in time");
+            return batch.iter().map(|_| Err(error.clone())).collect();
+        }
+    };
     let written = sqlx::query(
         "INSERT INTO orders (order_id, shard, buyer, state, body)
          SELECT * FROM UNNEST($1::bigint[], $2::smallint[], $3::bigint[], $4::text[], $5::text[])
@@ -77,7 +97,7 @@ async fn insert_pending_rows(pool: PgPool, batch: Vec<Vec<PendingRow>>) -> Vec<P
     .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.4.as_str()).collect::<Vec<_>>())
-    .execute(&pool)
+    .execute(&mut *connection)
     .await
     .map(|_| ())
     .map_err(database_error);

@@ -150,13 +150,11 @@ fn signal(child: &Child, signal: &str) {
     assert!(status.success(), "kill {signal}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failover_that_lost_writes_reloads_only_the_shards_that_lost_them() {
-    let mut cluster = PrivateCluster::start();
-    let lossy = ShopId(1);
-    let (master, replica) = cluster.shard_of(lossy);
-    let intact = (2..200).map(ShopId).find(|shop| cluster.shard_of(*shop).0 != master).expect("a shop elsewhere");
-
+/// A cache on the cluster with 10 units of commodity 1 in `shop` and of commodity 2 in a shop on another
+/// shard (returned).
+async fn two_shops(cluster: &PrivateCluster, shop: ShopId) -> (RedisStockCache, ShopId) {
+    let master = cluster.shard_of(shop).0;
+    let other = (2..200).map(ShopId).find(|s| cluster.shard_of(*s).0 != master).expect("a shop elsewhere");
     let nodes = cluster.ports().map(|p| format!("redis://127.0.0.1:{p}")).collect();
     let config = RedisCacheConfig {
         target: RedisTarget::Cluster(nodes),
@@ -165,10 +163,19 @@ async fn a_failover_that_lost_writes_reloads_only_the_shards_that_lost_them() {
     };
     let cache = RedisStockCache::connect(config).await.expect("connect to the private cluster");
     let levels = [
-        (CommodityId(1), StockLevel { shop_id: lossy, initial: 10, available: 10, version: 1 }),
-        (CommodityId(2), StockLevel { shop_id: intact, initial: 10, available: 10, version: 1 }),
+        (CommodityId(1), StockLevel { shop_id: shop, initial: 10, available: 10, version: 1 }),
+        (CommodityId(2), StockLevel { shop_id: other, initial: 10, available: 10, version: 1 }),
     ];
     cache.init(&levels, &[]).await.expect("init");
+    (cache, other)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_that_lost_writes_reloads_only_the_shards_that_lost_them() {
+    let mut cluster = PrivateCluster::start();
+    let lossy = ShopId(1);
+    let (master, replica) = cluster.shard_of(lossy);
+    let (cache, intact) = two_shops(&cluster, lossy).await;
     let token = |n: u64, shop: ShopId| Token::entry(OrderNo::new(SnowflakeId(n), Uid(7)), shop);
     let (kept, lost, elsewhere) = (token(1, lossy), token(2, lossy), token(3, intact));
     assert_eq!(cache.reserve(kept, &[(CommodityId(1), 3)], false).await.expect("reserve"), Reserve::Reserved);
@@ -222,19 +229,7 @@ async fn a_shard_that_failed_over_and_back_is_reloaded_too() {
     let cluster = PrivateCluster::start();
     let shop = ShopId(1);
     let (master, replica) = cluster.shard_of(shop);
-    let other = (2..200).map(ShopId).find(|s| cluster.shard_of(*s).0 != master).expect("a shop elsewhere");
-    let nodes = cluster.ports().map(|p| format!("redis://127.0.0.1:{p}")).collect();
-    let config = RedisCacheConfig {
-        target: RedisTarget::Cluster(nodes),
-        namespace: NAMESPACE.to_owned(),
-        token_ttl_ms: 600_000,
-    };
-    let cache = RedisStockCache::connect(config).await.expect("connect to the private cluster");
-    let levels = [
-        (CommodityId(1), StockLevel { shop_id: shop, initial: 10, available: 10, version: 1 }),
-        (CommodityId(2), StockLevel { shop_id: other, initial: 10, available: 10, version: 1 }),
-    ];
-    cache.init(&levels, &[]).await.expect("init");
+    let (cache, other) = two_shops(&cluster, shop).await;
     let here = Token::entry(OrderNo::new(SnowflakeId(1), Uid(7)), shop);
     let elsewhere = Token::entry(OrderNo::new(SnowflakeId(2), Uid(7)), other);
     assert_eq!(cache.reserve(here, &[(CommodityId(1), 3)], false).await.expect("reserve"), Reserve::Reserved);
