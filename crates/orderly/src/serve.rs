@@ -148,6 +148,11 @@ async fn shutdown_signal() {
 pub async fn payment_service(config: Config) -> anyhow::Result<()> {
     let service = &config.payment_service;
     let clock = Arc::new(orderly_clock::SystemClock);
+    // etcd, once, for the registration and for following a Patroni primary.
+    let etcd = match service.register || config.cluster.patroni_scope.is_some() {
+        true => Some(crate::cluster::connect_registry(&config).await?),
+        false => None,
+    };
     let (ledger, home) = match &service.postgres_url {
         None => {
             let ledger = orderly_local::open_payment_ledger(&service.data_dir, clock, &config.local)
@@ -158,12 +163,9 @@ pub async fn payment_service(config: Config) -> anyhow::Result<()> {
             let options = sqlx::postgres::PgConnectOptions::from_str(url).context("payment_service.postgres_url")?;
             let primary = orderly_postgres::Primary::new();
             // On a Patroni cluster, the ledger follows its primary (found in etcd).
-            let options = match &config.cluster.patroni_scope {
+            let options = match &etcd {
+                Some(registry) => crate::cluster::follow_primary(&config, registry, options, &primary).await?,
                 None => options,
-                Some(_) => {
-                    let registry = crate::cluster::connect_registry(&config).await?;
-                    crate::cluster::follow_primary(&config, &registry, options, &primary).await?
-                }
             };
             let (book, captures) = orderly_postgres::payments::connect_payment_ledger(
                 options,
@@ -183,10 +185,9 @@ pub async fn payment_service(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", service.listen_addr))?;
     let address = listener.local_addr()?;
     // In the cluster, the APIs and workers find this instance in the registry.
-    let registry = match service.register {
-        false => None,
-        true => {
-            let registry = crate::cluster::connect_registry(&config).await?;
+    let registry = match etcd.filter(|_| service.register) {
+        None => None,
+        Some(registry) => {
             let member = Member { address: format!("http://{address}"), ..crate::registry::member(Role::Payment) };
             registry.register(member).await.context("registering in etcd")?;
             Some(registry)

@@ -58,19 +58,9 @@ impl OrderCache for RedisOrderCache {
         if order_nos.is_empty() {
             return Ok(());
         }
-        // One key per order, each its own slot: one DEL each on a cluster (the client pipelines them).
-        let mut connection = self.connection.clone();
-        if connection.is_cluster() {
-            let deletes = order_nos.iter().map(|n| {
-                let mut connection = self.connection.clone();
-                let key = self.key(*n);
-                async move { connection.del::<_, ()>(key).await }
-            });
-            futures_util::future::try_join_all(deletes).await.map_err(port_error)?;
-            return Ok(());
-        }
+        // On a cluster the client splits the DEL by slot (keys of several masters).
         let keys: Vec<String> = order_nos.iter().map(|n| self.key(*n)).collect();
-        let _: () = connection.del(keys).await.map_err(port_error)?;
+        let _: () = self.connection.clone().del(keys).await.map_err(port_error)?;
         Ok(())
     }
 }

@@ -138,11 +138,11 @@ impl RedisStockCache {
     }
 
     fn stock_key(&self, shop: ShopId, id: CommodityId) -> String {
-        format!("{}:{{s:{}}}:stock:{}", self.config.namespace, shop.0, id.0)
+        format!("{}stock:{}", self.shop_prefix(shop), id.0)
     }
 
     fn token_key(&self, token: Token) -> String {
-        format!("{}:{{s:{}}}:token:{}:{}", self.config.namespace, token.shop_id.0, token.order_no, token.generation)
+        format!("{}token:{}:{}", self.shop_prefix(token.shop_id), token.order_no, token.generation)
     }
 
     /// Runs a script whose one key is `token`, answering a word.
@@ -150,6 +150,7 @@ impl RedisStockCache {
         self.run(token.shop_id, script.key(self.token_key(token))).await
     }
 
+    /// What every key of a shop starts with (its hash tag): `forget.lua` finds a shop's keys by it.
     fn shop_prefix(&self, shop: ShopId) -> String {
         format!("{}:{{s:{}}}:", self.config.namespace, shop.0)
     }
@@ -195,7 +196,7 @@ impl RedisStockCache {
     }
 
     fn parked_key(&self, shop: ShopId, id: CommodityId) -> String {
-        format!("{}:{{s:{}}}:parked:{}", self.config.namespace, shop.0, id.0)
+        format!("{}parked:{}", self.shop_prefix(shop), id.0)
     }
 
     /// Adds the keys and arguments `follow.lua` needs for each change, after the script's first key and
@@ -208,7 +209,7 @@ impl RedisStockCache {
     }
 
     fn restock_key(&self, shop: ShopId, key: &str) -> String {
-        format!("{}:{{s:{}}}:restock:{key}", self.config.namespace, shop.0)
+        format!("{}restock:{key}", self.shop_prefix(shop))
     }
 
     fn directory_key(&self) -> String {

@@ -63,3 +63,27 @@ async fn a_copy_expires_on_its_own() {
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     assert_eq!(cache.get(order(1).order_no).await.expect("get"), None);
 }
+
+/// On a Redis Cluster the copies of several orders live in several slots (masters): one delete of
+/// them all removes each.
+#[tokio::test]
+async fn a_delete_of_many_removes_each_on_a_cluster() {
+    let nodes = std::env::var("TEST_REDIS_CLUSTER_NODES")
+        .unwrap_or_else(|_| "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003".to_owned());
+    let mut bytes = [0u8; 8];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("randomness");
+    let namespace = format!("orderly-test-{}", u64::from_le_bytes(bytes));
+    let target = RedisTarget::Cluster(nodes.split(',').map(str::to_owned).collect());
+    let cache = RedisOrderCache::connect(&target, namespace, 60_000)
+        .await
+        .expect("a Redis Cluster is up (scripts/redis-cluster-up; CI starts it)");
+    let orders: Vec<Order> = (1..=20).map(order).collect();
+    for order in &orders {
+        cache.put(order).await.expect("put");
+    }
+    let numbers: Vec<OrderNo> = orders.iter().map(|o| o.order_no).collect();
+    cache.forget(&numbers).await.expect("forget");
+    for number in numbers {
+        assert_eq!(cache.get(number).await.expect("get"), None, "{number} deleted");
+    }
+}
