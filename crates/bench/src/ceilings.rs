@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use orderly_app::model::{Message, Outgoing, StockLevel, Token};
-use orderly_app::ports::{Bus, Reserve, StockCache};
+use orderly_app::ports::{Reserve, StockCache};
 use orderly_app::time::Clock;
 use orderly_domain::{CommodityId, OrderNo, ShopId, SnowflakeId, Uid};
 use rand::rngs::SmallRng;
@@ -144,20 +144,44 @@ async fn forget_keys(url: &str, namespace: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Confirmed publishes a second through `RabbitBus` (a durable message to a quorum queue, its confirm
-/// awaited), one message a publish, each its own broker message (`envelope_max` 1: the broker's cost per
-/// message, though concurrent publishes still share a confirm window).
-pub async fn broker_publish(url: &str, callers: usize, duration: Duration) -> anyhow::Result<Ceiling> {
-    let config = orderly_rabbitmq::RabbitBusConfig {
-        queue_expires_ms: Some(60_000),
-        envelope_max: 1,
-        ..orderly_rabbitmq::RabbitBusConfig::new(url, namespace("broker"))
+/// Confirmed publishes a second through the cluster's bus adapter, one message a publish. On RabbitMQ
+/// (`RabbitBus`): a durable message to a quorum queue, its confirm awaited, each its own broker message
+/// (`envelope_max` 1: the broker's cost per message, though concurrent publishes still share a confirm
+/// window). On Kafka (`KafkaBus`): a record acknowledged by every in-sync replica (`acks=all`), its
+/// delivery awaited; concurrent publishes share the producer's batches, as they do in orderly. The
+/// ceiling's topics are deleted afterwards.
+pub async fn broker_publish(
+    cluster: &orderly::cluster::ClusterConfig,
+    callers: usize,
+    duration: Duration,
+) -> anyhow::Result<Ceiling> {
+    let clock = Arc::new(orderly_clock::SystemClock);
+    let mut kafka_topics = None;
+    let bus: Arc<dyn orderly_app::Bus> = match cluster.bus {
+        orderly::cluster::BusKind::Rabbitmq => {
+            let config = orderly_rabbitmq::RabbitBusConfig {
+                queue_expires_ms: Some(60_000),
+                envelope_max: 1,
+                ..orderly_rabbitmq::RabbitBusConfig::new(&cluster.amqp_url, namespace("broker"))
+            };
+            Arc::new(
+                orderly_rabbitmq::RabbitBus::connect(config, clock)
+                    .await
+                    .context("connecting to RabbitMQ for its ceiling")?,
+            )
+        }
+        orderly::cluster::BusKind::Kafka => {
+            let config = orderly_kafka::KafkaBusConfig {
+                partitions: cluster.kafka_partitions,
+                replication: cluster.kafka_replication,
+                ..orderly_kafka::KafkaBusConfig::new(&cluster.kafka_brokers, namespace("broker"))
+            };
+            kafka_topics = Some(config.clone());
+            Arc::new(
+                orderly_kafka::KafkaBus::connect(config, clock).await.context("connecting to Kafka for its ceiling")?,
+            )
+        }
     };
-    let bus = Arc::new(
-        orderly_rabbitmq::RabbitBus::connect(config, Arc::new(orderly_clock::SystemClock))
-            .await
-            .context("connecting to RabbitMQ for its ceiling")?,
-    );
     let (operations, elapsed_s) = hammer(callers, duration, move |n, _| {
         let bus = Arc::clone(&bus);
         async move {
@@ -168,12 +192,18 @@ pub async fn broker_publish(url: &str, callers: usize, duration: Duration) -> an
         }
     })
     .await?;
-    Ok(Ceiling {
+    let ceiling = Ceiling {
         name: "broker publish",
         what: "confirmed publishes/s through the bus adapter, one message each, no HTTP",
         operations,
         elapsed_s,
         per_s: operations as f64 / elapsed_s.max(0.001),
         callers,
-    })
+    };
+    if let Some(config) = kafka_topics
+        && let Err(error) = orderly_kafka::delete_topics(&config).await
+    {
+        eprintln!("could not delete the Kafka ceiling's topics: {error}");
+    }
+    Ok(ceiling)
 }

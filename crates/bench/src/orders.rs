@@ -62,7 +62,7 @@ pub struct BenchArgs {
     naive_baseline: bool,
     /// Also measure the engines' own ceilings before the scenario, in the same run: one-line reserves/s
     /// on the cluster's Redis through the stock cache's script and client, and confirmed publishes/s on
-    /// its broker through the bus adapter (`cluster.redis_url`, `cluster.amqp_url` of the configuration;
+    /// its broker through the bus adapter (`cluster.redis_url`, and `cluster.bus` with its URL, of the configuration;
     /// keys and queues of their own). Reported with accepted orders/s as a share of each.
     #[arg(long)]
     engine_ceilings: bool,
@@ -316,7 +316,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     if args.engine_ceilings {
         for ceiling in [
             crate::ceilings::redis_reserve(&config.cluster.redis_url, args.connections, duration).await,
-            crate::ceilings::broker_publish(&config.cluster.amqp_url, args.connections, duration).await,
+            crate::ceilings::broker_publish(&config.cluster, args.connections, duration).await,
         ] {
             let ceiling = ceiling.context("measuring an engine's ceiling")?;
             eprintln!("{:>14}: {:.0}/s ({} callers)", ceiling.name, ceiling.per_s, ceiling.callers);

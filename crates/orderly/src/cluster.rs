@@ -1,4 +1,4 @@
-//! The cluster profile: PostgreSQL store, Redis stock cache, RabbitMQ bus, etcd registry, the payment
+//! The cluster profile: PostgreSQL store, Redis stock cache, RabbitMQ or Kafka bus, etcd registry, the payment
 //! service over gRPC (its instances found in the registry) — one set of adapters shared by any number
 //! of `orderly api` and `orderly worker` processes.
 
@@ -30,9 +30,18 @@ pub struct ClusterConfig {
     /// found from them), e.g. `["redis://127.0.0.1:7001","redis://127.0.0.1:7002"]`. Empty (the
     /// default): the one server at `redis_url`.
     pub redis_cluster_nodes: Vec<String>,
-    /// `ORDERLY_CLUSTER__AMQP_URL`: the bus.
+    /// `ORDERLY_CLUSTER__BUS`: `rabbitmq` (the default) or `kafka`.
+    pub bus: BusKind,
+    /// `ORDERLY_CLUSTER__AMQP_URL`: the RabbitMQ bus.
     pub amqp_url: String,
-    /// Prefix of Redis keys and RabbitMQ queues: several systems can share the servers.
+    /// `ORDERLY_CLUSTER__KAFKA_BROKERS`: the Kafka bus's bootstrap brokers, `host:port,host:port`.
+    pub kafka_brokers: String,
+    /// Partitions of each Kafka topic: the most consumers of one topic that work at once.
+    pub kafka_partitions: i32,
+    /// Replicas of each Kafka topic (`min.insync.replicas` is 2 when this is 2 or more). 1 for a broker
+    /// that does not replicate itself (tansu keeps its data in the storage its brokers share).
+    pub kafka_replication: i32,
+    /// Prefix of Redis keys, RabbitMQ queues and Kafka topics: several systems can share the servers.
     pub namespace: String,
     /// Snowflake worker id, unique per process of the cluster (0–1023). Unset (the default): claimed from
     /// the registry, held while the process lives.
@@ -61,7 +70,11 @@ impl Default for ClusterConfig {
             patroni_scope: None,
             redis_url: "redis://127.0.0.1:6379/0".to_owned(),
             redis_cluster_nodes: Vec::new(),
+            bus: BusKind::Rabbitmq,
             amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
+            kafka_brokers: "127.0.0.1:9092".to_owned(),
+            kafka_partitions: 6,
+            kafka_replication: 3,
             namespace: "orderly".to_owned(),
             worker_id: None,
             etcd_endpoints: vec!["http://127.0.0.1:2379".to_owned()],
@@ -72,6 +85,46 @@ impl Default for ClusterConfig {
             queue_expires_ms: None,
         }
     }
+}
+
+/// Which broker carries the cluster's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    Rabbitmq,
+    Kafka,
+}
+
+/// The configured bus, connected.
+pub async fn connect_bus(
+    cluster: &ClusterConfig,
+    clock: Arc<dyn orderly_app::Clock>,
+) -> anyhow::Result<Arc<dyn orderly_app::Bus>> {
+    Ok(match cluster.bus {
+        BusKind::Rabbitmq => Arc::new(
+            orderly_rabbitmq::RabbitBus::connect(
+                orderly_rabbitmq::RabbitBusConfig {
+                    queue_expires_ms: cluster.queue_expires_ms,
+                    ..orderly_rabbitmq::RabbitBusConfig::new(cluster.amqp_url.clone(), cluster.namespace.clone())
+                },
+                clock,
+            )
+            .await
+            .with_context(|| format!("connecting to RabbitMQ at {}", cluster.amqp_url))?,
+        ),
+        BusKind::Kafka => Arc::new(
+            orderly_kafka::KafkaBus::connect(
+                orderly_kafka::KafkaBusConfig {
+                    partitions: cluster.kafka_partitions,
+                    replication: cluster.kafka_replication,
+                    ..orderly_kafka::KafkaBusConfig::new(cluster.kafka_brokers.clone(), cluster.namespace.clone())
+                },
+                clock,
+            )
+            .await
+            .with_context(|| format!("connecting to Kafka at {}", cluster.kafka_brokers))?,
+        ),
+    })
 }
 
 /// Connects to the cluster's registry (etcd).
@@ -171,17 +224,7 @@ pub async fn open(config: &Config, member: Option<Member>) -> anyhow::Result<Ope
             token_ttl_ms: cluster.token_ttl_ms,
         },
     ));
-    let bus = Arc::new(
-        orderly_rabbitmq::RabbitBus::connect(
-            orderly_rabbitmq::RabbitBusConfig {
-                queue_expires_ms: cluster.queue_expires_ms,
-                ..orderly_rabbitmq::RabbitBusConfig::new(cluster.amqp_url.clone(), cluster.namespace.clone())
-            },
-            Arc::clone(&clock),
-        )
-        .await
-        .context("connecting to RabbitMQ")?,
-    );
+    let bus = connect_bus(cluster, Arc::clone(&clock)).await?;
     let orders: Option<Arc<dyn orderly_app::OrderCache>> = match cluster.order_cache_ttl_ms {
         0 => None,
         ttl_ms => {

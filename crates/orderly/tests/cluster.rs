@@ -1,7 +1,8 @@
 //! End to end on the cluster profile: two payment instances on one PostgreSQL ledger, two workers and two
 //! APIs as separate `orderly` processes on the local PostgreSQL (a fresh database per test), Redis
 //! (`TEST_REDIS_URL`, keys under a fresh namespace) and RabbitMQ (`TEST_AMQP_URL`, queues under that
-//! namespace, deleted by the broker once idle). The seed's scenarios over HTTP, then the faults: a worker
+//! namespace, deleted by the broker once idle) — or, with `TEST_BUS=kafka`, Kafka (`TEST_KAFKA_BROKERS`,
+//! topics under that namespace). The seed's scenarios over HTTP, then the faults: a worker
 //! killed with SIGKILL mid-load, the cache lost mid-load, a payment instance killed mid-load. Each ends
 //! quiet with I1–I5 holding (cache = store included).
 
@@ -110,6 +111,9 @@ impl Settings {
             .env("ORDERLY_CLUSTER__POSTGRES_URL", self.postgres_url())
             .env("ORDERLY_CLUSTER__REDIS_URL", env_url("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
             .env("ORDERLY_CLUSTER__AMQP_URL", env_url("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"))
+            // TEST_BUS=kafka: the same tests on Kafka (TEST_KAFKA_BROKERS; scripts/kafka-up starts tansu).
+            .env("ORDERLY_CLUSTER__BUS", env_url("TEST_BUS", "rabbitmq"))
+            .env("ORDERLY_CLUSTER__KAFKA_BROKERS", env_url("TEST_KAFKA_BROKERS", "127.0.0.1:9092"))
             .env("ORDERLY_CLUSTER__NAMESPACE", &self.namespace)
             .env("ORDERLY_CLUSTER__QUEUE_EXPIRES_MS", "600000")
             .env("ORDERLY_CLUSTER__POSTGRES_CONNECTIONS_MAX", "4")
