@@ -149,14 +149,14 @@ async fn forget_keys(url: &str, namespace: &str) -> anyhow::Result<()> {
 /// (`envelope_max` 1: the broker's cost per message, though concurrent publishes still share a confirm
 /// window). On Kafka (`KafkaBus`): a record acknowledged by every in-sync replica (`acks=all`), its
 /// delivery awaited; concurrent publishes share the producer's batches, as they do in orderly. The
-/// ceiling's topics are deleted afterwards.
+/// ceiling's topics stay (a namespace of their own): tansu 0.6 deletes every topic of its cluster when
+/// asked to delete one.
 pub async fn broker_publish(
     cluster: &orderly::cluster::ClusterConfig,
     callers: usize,
     duration: Duration,
 ) -> anyhow::Result<Ceiling> {
     let clock = Arc::new(orderly_clock::SystemClock);
-    let mut kafka_topics = None;
     let bus: Arc<dyn orderly_app::Bus> = match cluster.bus {
         orderly::cluster::BusKind::Rabbitmq => {
             let config = orderly_rabbitmq::RabbitBusConfig {
@@ -174,9 +174,9 @@ pub async fn broker_publish(
             let config = orderly_kafka::KafkaBusConfig {
                 partitions: cluster.kafka_partitions,
                 replication: cluster.kafka_replication,
+                linger_ms: cluster.kafka_linger_ms,
                 ..orderly_kafka::KafkaBusConfig::new(&cluster.kafka_brokers, namespace("broker"))
             };
-            kafka_topics = Some(config.clone());
             Arc::new(
                 orderly_kafka::KafkaBus::connect(config, clock).await.context("connecting to Kafka for its ceiling")?,
             )
@@ -192,18 +192,12 @@ pub async fn broker_publish(
         }
     })
     .await?;
-    let ceiling = Ceiling {
+    Ok(Ceiling {
         name: "broker publish",
         what: "confirmed publishes/s through the bus adapter, one message each, no HTTP",
         operations,
         elapsed_s,
         per_s: operations as f64 / elapsed_s.max(0.001),
         callers,
-    };
-    if let Some(config) = kafka_topics
-        && let Err(error) = orderly_kafka::delete_topics(&config).await
-    {
-        eprintln!("could not delete the Kafka ceiling's topics: {error}");
-    }
-    Ok(ceiling)
+    })
 }

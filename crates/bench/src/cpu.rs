@@ -72,6 +72,8 @@ fn group_of(own: bool, comm: &str, args: &[&str]) -> Option<String> {
         _ if comm.starts_with("redis-server") => Some("redis".to_owned()),
         // RabbitMQ runs on the Erlang VM.
         _ if comm == "beam.smp" || comm.starts_with("erl_") || comm == "epmd" => Some("rabbitmq (erlang)".to_owned()),
+        // The Kafka-protocol broker of scripts/kafka-up (its storage's work is PostgreSQL's).
+        "tansu" => Some("kafka (tansu)".to_owned()),
         _ => None,
     }
 }
@@ -111,6 +113,7 @@ mod tests {
             group_of(false, "beam.smp", &["/usr/lib/erlang/erts/bin/beam.smp"]).as_deref(),
             Some("rabbitmq (erlang)")
         );
+        assert_eq!(group_of(false, "tansu", &["/root/.cargo/bin/tansu", "broker"]).as_deref(), Some("kafka (tansu)"));
         assert_eq!(group_of(false, "bash", &["bash"]), None);
         assert_eq!(group_of(true, "orderly-bench", &["orderly-bench", "orders"]).as_deref(), Some("load generator"));
     }

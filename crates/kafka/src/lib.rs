@@ -3,7 +3,7 @@
 //! cluster in the tests).
 //!
 //! - **Topics**: one per flow topic (`<ns>.<topic>`), a delay topic per flow topic and tier
-//!   (`<ns>.<topic>.delay.<ms>`), and `<ns>.dead`, each with `partitions` partitions, created at connect
+//!   (`<ns>.<topic>.delay.<ms>`, `delay_partitions` partitions), and `<ns>.dead`, created at connect
 //!   (replication `replication`, `min.insync.replicas` up to 2) unless `create_topics` is off.
 //! - **Durable publish**: an idempotent producer with `acks=all`; `publish` returns once the broker
 //!   acknowledged every record (the API answers only after that). Concurrent publishes batch in the
@@ -21,9 +21,9 @@
 //!   consumer died is not counted.)
 //! - **Delays by tier topics**: a message due later goes to the delay topic of the largest tier that
 //!   fits, with the time it may leave (`now + tier`, or its due time if sooner). A mover (consumer group
-//!   `<ns>.delay`, in every process that has the bus) holds each delay partition's head until it may
+//!   `<ns>.delay`, in every process with `move_delayed`) holds each delay partition's head until it may
 //!   leave — pausing that partition, never the others — then publishes it to where it is due next (its
-//!   topic, or a smaller tier) and commits. A message is never delivered early; one that reaches its
+//!   topic, or a smaller tier) and commits. (The cluster runs it in the processes that consume: workers.) A message is never delivered early; one that reaches its
 //!   topic early after a clock step goes round again.
 //! - **Retries and dead letters**: a retry publishes a copy with its retry count through the delay
 //!   tiers, then settles the delivery; a dead letter goes to `<ns>.dead` with its topic and reason.
@@ -60,8 +60,12 @@ pub struct KafkaBusConfig {
     pub brokers: String,
     /// Prefix of every topic and consumer group: several systems or test runs can share the brokers.
     pub namespace: String,
-    /// Partitions of every topic: the most consumers of one topic that work at once.
+    /// Partitions of every flow topic (and of `<ns>.dead`): the most consumers of one topic that work at
+    /// once.
     pub partitions: i32,
+    /// Partitions of every delay topic: the most processes that move one tier's records at once (the
+    /// move is cheap; each partition costs the brokers a fetch per `fetch.wait.max.ms` even when idle).
+    pub delay_partitions: i32,
     /// Replicas of every topic (3 on a cluster of three brokers; 1 on a single broker).
     pub replication: i32,
     /// Whether `connect` creates the topics (a broker without the admin API: create them beforehand).
@@ -76,6 +80,9 @@ pub struct KafkaBusConfig {
     pub batch_max: usize,
     /// A publish not acknowledged by then fails (`message.timeout.ms`).
     pub delivery_timeout_ms: u64,
+    /// Whether this process moves delayed records on (joins the mover's group). Off in processes that
+    /// only publish (the APIs): every member joining or leaving a group makes the group rebalance.
+    pub move_delayed: bool,
     /// A consumer silent this long leaves its group and its partitions go to the others
     /// (`session.timeout.ms`).
     pub session_timeout_ms: u64,
@@ -87,6 +94,7 @@ impl KafkaBusConfig {
             brokers: brokers.into(),
             namespace: namespace.into(),
             partitions: 6,
+            delay_partitions: 1,
             replication: 3,
             create_topics: true,
             delay_tiers_ms: vec![100, 1_000, 10_000, 60_000, 600_000],
@@ -94,7 +102,8 @@ impl KafkaBusConfig {
             linger_ms: 2,
             batch_max: 10_000,
             delivery_timeout_ms: 10_000,
-            session_timeout_ms: 6_000,
+            session_timeout_ms: 10_000,
+            move_delayed: true,
         }
     }
 
@@ -114,14 +123,19 @@ impl KafkaBusConfig {
         format!("{}.delay", self.namespace)
     }
 
-    /// Every topic the bus uses, with the flow topic and tier of the delay topics.
-    pub fn topics(&self) -> Vec<String> {
-        let mut topics = vec![self.dead_topic()];
+    /// Every topic the bus uses, with its partitions.
+    pub fn topics(&self) -> Vec<(String, i32)> {
+        let mut topics = vec![(self.dead_topic(), self.partitions)];
         for topic in Topic::ALL {
-            topics.push(self.work_topic(topic));
-            topics.extend(self.delay_tiers_ms.iter().map(|&tier| self.delay_topic(topic, tier)));
+            topics.push((self.work_topic(topic), self.partitions));
+            topics
+                .extend(self.delay_tiers_ms.iter().map(|&tier| (self.delay_topic(topic, tier), self.delay_partitions)));
         }
         topics
+    }
+
+    fn partitions_of(&self, name: &str) -> i32 {
+        if name.contains(".delay.") { self.delay_partitions } else { self.partitions }
     }
 
     fn client(&self) -> ClientConfig {
@@ -130,7 +144,9 @@ impl KafkaBusConfig {
         config
     }
 
-    fn consumer(&self, group: &str) -> ClientConfig {
+    /// A consumer of `group` whose fetches wait up to `fetch_wait_ms` for records (a broker answers as
+    /// soon as it has some; an idle partition costs a fetch that often).
+    fn consumer(&self, group: &str, fetch_wait_ms: u64) -> ClientConfig {
         let mut config = self.client();
         config
             .set("group.id", group)
@@ -138,13 +154,22 @@ impl KafkaBusConfig {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (self.session_timeout_ms / 3).max(100).to_string())
-            .set("fetch.wait.max.ms", "50")
+            .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
             // No transactions are written, so both levels read the same; tansu 0.6 on PostgreSQL 15
             // answers a read-committed offset query with an SQL error (it needs PostgreSQL 16).
             .set("isolation.level", "read_uncommitted");
         config
     }
 }
+
+/// How often a consumer commits what was settled and handed out since its last commit.
+const COMMIT_EVERY_MS: u64 = 100;
+
+/// How long a flow topic's consumer's fetch waits for records.
+const WORK_FETCH_WAIT_MS: u64 = 100;
+/// How long the mover's fetch waits for delayed records: a record is late by at most this much more than
+/// its tier's hold (the smallest tier is 100 ms).
+const MOVER_FETCH_WAIT_MS: u64 = 200;
 
 /// The body of every record: a flow message and what the bus needs to know about it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -278,7 +303,7 @@ impl ConsumerContext for Tracker {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(revoked) = rebalance {
             // What was settled is committed before another takes the partitions, so it does not redo it.
-            let list = commit_list(&self.name, &mut lock(&self.parts), revoked_partitions(revoked, &self.name));
+            let list = commit_list(&self.name, &mut lock(&self.parts), partitions_in(revoked, &self.name));
             if list.count() > 0
                 && let Err(error) = consumer.commit(&list, CommitMode::Sync)
             {
@@ -290,7 +315,7 @@ impl ConsumerContext for Tracker {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(assigned) => {
-                let partitions = revoked_partitions(assigned, &self.name);
+                let partitions = partitions_in(assigned, &self.name);
                 let notes = previous_notes(consumer, &self.name, &partitions);
                 let mut parts = lock(&self.parts);
                 for partition in partitions {
@@ -304,7 +329,7 @@ impl ConsumerContext for Tracker {
             }
             Rebalance::Revoke(revoked) => {
                 let mut parts = lock(&self.parts);
-                for partition in revoked_partitions(revoked, &self.name) {
+                for partition in partitions_in(revoked, &self.name) {
                     parts.remove(&partition);
                 }
             }
@@ -313,7 +338,7 @@ impl ConsumerContext for Tracker {
     }
 }
 
-fn revoked_partitions(list: &TopicPartitionList, name: &str) -> Vec<i32> {
+fn partitions_in(list: &TopicPartitionList, name: &str) -> Vec<i32> {
     list.elements_for_topic(name).iter().map(|e| e.partition()).collect()
 }
 
@@ -372,6 +397,8 @@ struct Work {
     ready: tokio::sync::Mutex<VecDeque<(Delivery, i32, u64)>>,
     /// Records taken whose move aside (dead letter, another round) failed, to try again.
     aside: Mutex<Vec<(i32, i64, u64, Aside)>>,
+    /// Partitions whose committable offset or note may have changed since the last commit.
+    dirty: Mutex<HashSet<i32>>,
 }
 
 impl std::fmt::Debug for Work {
@@ -381,31 +408,51 @@ impl std::fmt::Debug for Work {
 }
 
 impl Work {
-    /// Settles an offset of a partition; commits what became committable (asynchronously: a commit lost
-    /// means a redelivery, which the flow makes a no-op).
+    /// Settles offsets of partitions; what became committable is committed by the next flush.
     fn settle(&self, settled: &[(i32, i64, u64)]) {
-        let list = {
+        let mut touched = Vec::new();
+        {
             let mut parts = lock(&self.parts);
-            let mut touched = HashSet::new();
             for &(partition, offset, epoch) in settled {
                 if let Some(part) = parts.get_mut(&partition).filter(|p| p.epoch == epoch)
                     && part.open.remove(&offset).is_some()
                 {
-                    touched.insert(partition);
+                    touched.push(partition);
                 }
             }
-            commit_list(&self.name, &mut parts, touched)
-        };
-        self.commit(&list);
+        }
+        lock(&self.dirty).extend(touched);
     }
 
-    fn commit(&self, list: &TopicPartitionList) {
+    /// Commits what changed since the last flush (asynchronously: a commit lost means redeliveries,
+    /// which the flow makes no-ops). Run every [`COMMIT_EVERY_MS`]: one commit for every settle and
+    /// receive in between, instead of one each — a commit is a write on the broker.
+    fn flush(&self) {
+        let dirty = std::mem::take(&mut *lock(&self.dirty));
+        if dirty.is_empty() {
+            return;
+        }
+        let list = commit_list(&self.name, &mut lock(&self.parts), dirty);
         if list.count() == 0 {
             return;
         }
-        if let Err(error) = self.consumer.commit(list, CommitMode::Async) {
+        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
             tracing::debug!(%error, topic = %self.name, "commit (the partitions may have moved)");
         }
+    }
+
+    /// Flushes every [`COMMIT_EVERY_MS`] for as long as the consumer exists.
+    fn flush_every(work: &Arc<Work>) {
+        let work = Arc::downgrade(work);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(COMMIT_EVERY_MS));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(work) = work.upgrade() else { return };
+                work.flush();
+            }
+        });
     }
 
     /// Takes a delivery this process holds out of its partition's open offsets to move it on (retry,
@@ -436,7 +483,7 @@ impl Work {
 
 pub struct KafkaBus {
     core: Arc<Core>,
-    mover: tokio::task::AbortHandle,
+    mover: Option<tokio::task::AbortHandle>,
 }
 
 struct Core {
@@ -461,13 +508,15 @@ impl std::fmt::Debug for KafkaBus {
 
 impl Drop for KafkaBus {
     fn drop(&mut self) {
-        self.mover.abort();
+        if let Some(mover) = &self.mover {
+            mover.abort();
+        }
     }
 }
 
 impl KafkaBus {
     /// Creates the topics (unless configured not to), the producer, and starts this process's mover of
-    /// delayed messages.
+    /// delayed messages (when `move_delayed`).
     pub async fn connect(config: KafkaBusConfig, clock: Arc<dyn Clock>) -> PortResult<KafkaBus> {
         assert!(!config.delay_tiers_ms.is_empty(), "at least one delay tier");
         let producer: FutureProducer = config
@@ -492,7 +541,7 @@ impl KafkaBus {
             lookups: Mutex::new(HashMap::new()),
             mover_assigned: Arc::default(),
         });
-        let mover = Mover::start(Arc::clone(&core))?;
+        let mover = if core.config.move_delayed { Some(Mover::start(Arc::clone(&core))?) } else { None };
         Ok(KafkaBus { core, mover })
     }
 }
@@ -504,8 +553,8 @@ async fn create_topics(config: &KafkaBusConfig) -> PortResult<()> {
     let min_insync = config.replication.clamp(1, 2).to_string();
     let topics: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|name| {
-            NewTopic::new(name, config.partitions, TopicReplication::Fixed(config.replication))
+        .map(|(name, partitions)| {
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(config.replication))
                 .set("min.insync.replicas", &min_insync)
         })
         .collect();
@@ -519,23 +568,9 @@ async fn create_topics(config: &KafkaBusConfig) -> PortResult<()> {
     Ok(())
 }
 
-/// Deletes every topic of `config`'s namespace (a throwaway namespace: a bench's, a test's).
-pub async fn delete_topics(config: &KafkaBusConfig) -> PortResult<()> {
-    let admin: AdminClient<DefaultClientContext> = config.client().create().map_err(unavailable)?;
-    let names = config.topics();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.delete_topics(&names, &options).await.map_err(unavailable)? {
-        if let Err((name, code)) = result {
-            return Err(BusError::Setup(format!("deleting topic {name}: {code}")).into());
-        }
-    }
-    Ok(())
-}
-
 /// Waits (10 s at most) until the brokers' metadata lists every topic with its partitions.
 async fn wait_for_topics(producer: &FutureProducer, config: &KafkaBusConfig) -> PortResult<()> {
-    let names: HashSet<String> = config.topics().into_iter().collect();
+    let names: HashSet<String> = config.topics().into_iter().map(|(name, _)| name).collect();
     let client = producer.client();
     let mut missing = names.len();
     for _ in 0..100 {
@@ -603,7 +638,7 @@ impl Core {
         let parts: Parts = Arc::default();
         let tracker = Tracker { name: name.clone(), parts: Arc::clone(&parts), epochs: Arc::clone(&self.epochs) };
         let consumer: StreamConsumer<Tracker> =
-            self.config.consumer(&name).create_with_context(tracker).map_err(unavailable)?;
+            self.config.consumer(&name, WORK_FETCH_WAIT_MS).create_with_context(tracker).map_err(unavailable)?;
         consumer.subscribe(&[&name]).map_err(unavailable)?;
         let created = Arc::new(Work {
             topic,
@@ -612,7 +647,9 @@ impl Core {
             parts,
             ready: tokio::sync::Mutex::new(VecDeque::new()),
             aside: Mutex::new(Vec::new()),
+            dirty: Mutex::new(HashSet::new()),
         });
+        Work::flush_every(&created);
         work.insert(topic, Arc::clone(&created));
         Ok(created)
     }
@@ -627,7 +664,7 @@ impl Core {
         if let Some(existing) = lookups.get(group) {
             return Ok(Arc::clone(existing));
         }
-        let consumer: BaseConsumer = self.config.consumer(group).create().map_err(unavailable)?;
+        let consumer: BaseConsumer = self.config.consumer(group, WORK_FETCH_WAIT_MS).create().map_err(unavailable)?;
         let consumer = Arc::new(consumer);
         lookups.insert(group.to_owned(), Arc::clone(&consumer));
         Ok(consumer)
@@ -639,7 +676,7 @@ impl Core {
         let timeout = Duration::from_secs(5);
         let mut list = TopicPartitionList::new();
         for topic in topics {
-            for partition in 0..self.config.partitions {
+            for partition in 0..self.config.partitions_of(topic) {
                 list.add_partition(topic, partition);
             }
         }
@@ -660,7 +697,7 @@ impl Core {
     fn count_all(&self, topic: &str) -> PortResult<usize> {
         let lookup = self.lookup(&self.config.delay_group())?;
         let mut total = 0i64;
-        for partition in 0..self.config.partitions {
+        for partition in 0..self.config.partitions_of(topic) {
             let (low, high) = lookup.fetch_watermarks(topic, partition, Duration::from_secs(5)).map_err(unavailable)?;
             total += (high - low).max(0);
         }
@@ -780,7 +817,7 @@ impl KafkaBus {
             PortResult::Ok(())
         });
         futures_util::future::try_join_all(joins).await?;
-        while !self.core.mover_assigned.load(Ordering::SeqCst) {
+        while self.mover.is_some() && !self.core.mover_assigned.load(Ordering::SeqCst) {
             if tokio::time::Instant::now() >= until {
                 return Err(BusError::Setup("the delay mover has no partitions".to_owned()).into());
             }
@@ -843,9 +880,9 @@ impl Bus for KafkaBus {
             }
         }
         drop(ready);
-        // Notes what was handed out, so a consumer taking a partition over counts its redeliveries.
-        let list = commit_list(&work.name, &mut lock(&work.parts), noted);
-        work.commit(&list);
+        // Notes what was handed out (with the next flush), so a consumer taking a partition over counts
+        // its redeliveries.
+        lock(&work.dirty).extend(noted);
         Ok(deliveries)
     }
 
@@ -960,8 +997,11 @@ impl Mover {
     fn start(core: Arc<Core>) -> PortResult<tokio::task::AbortHandle> {
         let revoked = Arc::default();
         let context = MoverContext { revoked: Arc::clone(&revoked), assigned: Arc::clone(&core.mover_assigned) };
-        let consumer: StreamConsumer<MoverContext> =
-            core.config.consumer(&core.config.delay_group()).create_with_context(context).map_err(unavailable)?;
+        let consumer: StreamConsumer<MoverContext> = core
+            .config
+            .consumer(&core.config.delay_group(), MOVER_FETCH_WAIT_MS)
+            .create_with_context(context)
+            .map_err(unavailable)?;
         let mut topics = HashMap::new();
         for topic in Topic::ALL {
             for &tier in &core.config.delay_tiers_ms {

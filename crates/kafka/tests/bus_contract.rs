@@ -24,7 +24,7 @@ fn cluster(partitions: i32) -> (&'static Mock, KafkaBusConfig) {
     let mut config = KafkaBusConfig::new(mock.bootstrap_servers(), "orderly-test");
     config.partitions = partitions;
     config.create_topics = false;
-    for topic in config.topics() {
+    for (topic, partitions) in config.topics() {
         mock.create_topic(&topic, partitions, 3).expect("topic");
     }
     (mock, config)

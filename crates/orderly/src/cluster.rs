@@ -41,6 +41,9 @@ pub struct ClusterConfig {
     /// Replicas of each Kafka topic (`min.insync.replicas` is 2 when this is 2 or more). 1 for a broker
     /// that does not replicate itself (tansu keeps its data in the storage its brokers share).
     pub kafka_replication: i32,
+    /// How long the Kafka producer waits for more records to batch with (`linger.ms`): a publish's
+    /// latency against the broker's cost per record.
+    pub kafka_linger_ms: u64,
     /// Prefix of Redis keys, RabbitMQ queues and Kafka topics: several systems can share the servers.
     pub namespace: String,
     /// Snowflake worker id, unique per process of the cluster (0–1023). Unset (the default): claimed from
@@ -75,6 +78,7 @@ impl Default for ClusterConfig {
             kafka_brokers: "127.0.0.1:9092".to_owned(),
             kafka_partitions: 6,
             kafka_replication: 3,
+            kafka_linger_ms: orderly_kafka::KafkaBusConfig::new("", "").linger_ms,
             namespace: "orderly".to_owned(),
             worker_id: None,
             etcd_endpoints: vec!["http://127.0.0.1:2379".to_owned()],
@@ -95,10 +99,13 @@ pub enum BusKind {
     Kafka,
 }
 
-/// The configured bus, connected.
+/// The configured bus, connected. `consumes`: the process takes messages (a worker) — on Kafka it also
+/// moves delayed records on; a process that only publishes stays out of the consumer groups, whose every
+/// change of members is a rebalance.
 pub async fn connect_bus(
     cluster: &ClusterConfig,
     clock: Arc<dyn orderly_app::Clock>,
+    consumes: bool,
 ) -> anyhow::Result<Arc<dyn orderly_app::Bus>> {
     Ok(match cluster.bus {
         BusKind::Rabbitmq => Arc::new(
@@ -117,6 +124,8 @@ pub async fn connect_bus(
                 orderly_kafka::KafkaBusConfig {
                     partitions: cluster.kafka_partitions,
                     replication: cluster.kafka_replication,
+                    linger_ms: cluster.kafka_linger_ms,
+                    move_delayed: consumes,
                     ..orderly_kafka::KafkaBusConfig::new(cluster.kafka_brokers.clone(), cluster.namespace.clone())
                 },
                 clock,
@@ -224,7 +233,8 @@ pub async fn open(config: &Config, member: Option<Member>) -> anyhow::Result<Ope
             token_ttl_ms: cluster.token_ttl_ms,
         },
     ));
-    let bus = connect_bus(cluster, Arc::clone(&clock)).await?;
+    let consumes = member.as_ref().is_some_and(|m| m.role == orderly_app::registry::Role::Worker);
+    let bus = connect_bus(cluster, Arc::clone(&clock), consumes).await?;
     let orders: Option<Arc<dyn orderly_app::OrderCache>> = match cluster.order_cache_ttl_ms {
         0 => None,
         ttl_ms => {
