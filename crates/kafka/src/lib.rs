@@ -48,7 +48,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
@@ -386,6 +386,81 @@ fn commit_list(
     list
 }
 
+/// Watches a group's partitions that another member holds: one whose committed offset has stayed put
+/// with records behind it for longer than it may (`patience_ms` plus how long its head may be held) is
+/// owned by nobody working — a broker whose coordinator kept an assignment to a member it had already
+/// dropped (seen with tansu 0.6 when a member expired while the group was forming). The consumer then
+/// leaves and joins again, which makes the group rebalance among the members alive. On a healthy broker it
+/// never fires: a member that stops working loses its partitions at its session timeout.
+#[derive(Debug, Default)]
+struct Watch {
+    /// Per partition not ours: its committed offset when last seen to change, and when.
+    seen: HashMap<(String, i32), (i64, u64)>,
+}
+
+/// How often a consumer looks at the partitions others hold.
+const WATCH_EVERY_MS: u64 = 5_000;
+/// How long a partition with records may keep its committed offset before it is taken as stranded.
+const STRANDED_AFTER_MS: u64 = 20_000;
+
+impl Watch {
+    /// Whether a partition of `topics` (name, partitions, longest hold of its head in ms) held by another
+    /// member looks stranded at `now_ms`. Blocking: broker round trips.
+    fn stranded<C: ConsumerContext, K: Consumer<C>>(
+        &mut self,
+        consumer: &K,
+        topics: &[(String, i32, u64)],
+        now_ms: u64,
+    ) -> KafkaResult<bool> {
+        let timeout = Duration::from_secs(5);
+        let mine: HashSet<(String, i32)> =
+            consumer.assignment()?.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+        let mut list = TopicPartitionList::new();
+        for (name, partitions, _) in topics {
+            for partition in 0..*partitions {
+                if !mine.contains(&(name.clone(), partition)) {
+                    list.add_partition(name, partition);
+                }
+            }
+        }
+        if list.count() == 0 {
+            self.seen.clear();
+            return Ok(false);
+        }
+        let committed = consumer.committed_offsets(list, timeout)?;
+        let mut stranded = false;
+        let mut seen = HashMap::new();
+        for element in committed.elements() {
+            let key = (element.topic().to_owned(), element.partition());
+            let (low, high) = consumer.fetch_watermarks(element.topic(), element.partition(), timeout)?;
+            let at = match element.offset() {
+                Offset::Offset(offset) => offset.max(low),
+                _ => low,
+            };
+            let since_ms = match self.seen.get(&key) {
+                Some(&(before, since_ms)) if before == at => since_ms,
+                _ => now_ms,
+            };
+            let hold_ms = topics.iter().find(|(name, _, _)| *name == key.0).map_or(0, |(_, _, hold)| *hold);
+            if at < high && now_ms.saturating_sub(since_ms) > STRANDED_AFTER_MS + hold_ms {
+                tracing::warn!(topic = %key.0, partition = key.1, committed = at, high, "a partition's committed offset has not moved with records behind it; rejoining the group so it rebalances");
+                stranded = true;
+            }
+            seen.insert(key, (at, since_ms));
+        }
+        self.seen = if stranded { HashMap::new() } else { seen };
+        Ok(stranded)
+    }
+}
+
+/// Leaves the group and joins it again: the group rebalances among the members alive.
+fn rejoin<C: ConsumerContext, K: Consumer<C>>(consumer: &K, topics: &[&str]) {
+    consumer.unsubscribe();
+    if let Err(error) = consumer.subscribe(topics) {
+        tracing::warn!(%error, "joining the group again");
+    }
+}
+
 /// One flow topic's consumer, in its group.
 struct Work {
     topic: Topic,
@@ -399,6 +474,9 @@ struct Work {
     aside: Mutex<Vec<(i32, i64, u64, Aside)>>,
     /// Partitions whose committable offset or note may have changed since the last commit.
     dirty: Mutex<HashSet<i32>>,
+    /// The partitions other members hold (see [`Watch`]).
+    watch: Mutex<Watch>,
+    partitions: i32,
 }
 
 impl std::fmt::Debug for Work {
@@ -441,18 +519,36 @@ impl Work {
         }
     }
 
-    /// Flushes every [`COMMIT_EVERY_MS`] for as long as the consumer exists.
-    fn flush_every(work: &Arc<Work>) {
+    /// Flushes every [`COMMIT_EVERY_MS`], and watches the partitions others hold every
+    /// [`WATCH_EVERY_MS`], for as long as the consumer exists.
+    fn flush_every(work: &Arc<Work>, clock: Arc<dyn Clock>) {
         let work = Arc::downgrade(work);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(COMMIT_EVERY_MS));
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_watch_ms = clock.now_ms();
             loop {
                 every.tick().await;
                 let Some(work) = work.upgrade() else { return };
                 work.flush();
+                let now_ms = clock.now_ms();
+                if now_ms.saturating_sub(last_watch_ms) >= WATCH_EVERY_MS {
+                    last_watch_ms = now_ms;
+                    let watched = Arc::clone(&work);
+                    let _ = tokio::task::spawn_blocking(move || watched.watch(now_ms)).await;
+                }
             }
         });
+    }
+
+    /// Rejoins the group when a partition another member holds looks stranded.
+    fn watch(&self, now_ms: u64) {
+        let topics = [(self.name.clone(), self.partitions, 0)];
+        match lock(&self.watch).stranded(&self.consumer, &topics, now_ms) {
+            Ok(true) => rejoin(&self.consumer, &[&self.name]),
+            Ok(false) => {}
+            Err(error) => tracing::debug!(%error, topic = %self.name, "watching the group's partitions"),
+        }
     }
 
     /// Takes a delivery this process holds out of its partition's open offsets to move it on (retry,
@@ -648,8 +744,10 @@ impl Core {
             ready: tokio::sync::Mutex::new(VecDeque::new()),
             aside: Mutex::new(Vec::new()),
             dirty: Mutex::new(HashSet::new()),
+            watch: Mutex::new(Watch::default()),
+            partitions: self.config.partitions,
         });
-        Work::flush_every(&created);
+        Work::flush_every(&created, Arc::clone(&self.clock));
         work.insert(topic, Arc::clone(&created));
         Ok(created)
     }
@@ -986,7 +1084,9 @@ type Waiting = (i64, Topic, Result<Record, String>);
 /// partition), then publishes it where it is due next and commits.
 struct Mover {
     core: Arc<Core>,
-    consumer: StreamConsumer<MoverContext>,
+    consumer: Arc<StreamConsumer<MoverContext>>,
+    watch: Arc<Mutex<Watch>>,
+    last_watch_ms: u64,
     revoked: Arc<Mutex<Vec<(String, i32)>>>,
     topics: HashMap<String, Topic>,
     held: HashMap<(String, i32), VecDeque<Waiting>>,
@@ -1010,7 +1110,17 @@ impl Mover {
         }
         let names: Vec<&str> = topics.keys().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(unavailable)?;
-        let mover = Mover { core, consumer, revoked, topics, held: HashMap::new(), paused: HashSet::new() };
+        let last_watch_ms = core.clock.now_ms();
+        let mover = Mover {
+            core,
+            consumer: Arc::new(consumer),
+            watch: Arc::default(),
+            last_watch_ms,
+            revoked,
+            topics,
+            held: HashMap::new(),
+            paused: HashSet::new(),
+        };
         Ok(tokio::spawn(mover.run()).abort_handle())
     }
 
@@ -1021,6 +1131,10 @@ impl Mover {
                 self.paused.remove(&key);
             }
             let now_ms = self.core.clock.now_ms();
+            if now_ms.saturating_sub(self.last_watch_ms) >= WATCH_EVERY_MS {
+                self.last_watch_ms = now_ms;
+                self.watch(now_ms).await;
+            }
             if !self.move_on(now_ms).await {
                 // A broker refused: what could not leave is held again; wait a little before the next try.
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1052,6 +1166,32 @@ impl Mover {
                 },
                 () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
             }
+        }
+    }
+
+    /// Rejoins the mover's group when a delay partition another member holds looks stranded (a head may
+    /// wait as long as its tier before it leaves).
+    async fn watch(&self, now_ms: u64) {
+        let topics: Vec<(String, i32, u64)> = self
+            .topics
+            .keys()
+            .map(|name| {
+                let tier_ms = name.rsplit('.').next().and_then(|t| t.parse().ok()).unwrap_or(0);
+                (name.clone(), self.core.config.delay_partitions, tier_ms)
+            })
+            .collect();
+        let (consumer, watch) = (Arc::clone(&self.consumer), Arc::clone(&self.watch));
+        let watched = tokio::task::spawn_blocking(move || {
+            let stranded = lock(&watch).stranded(consumer.as_ref(), &topics, now_ms);
+            if let Ok(true) = stranded {
+                let names: Vec<&str> = topics.iter().map(|(name, _, _)| name.as_str()).collect();
+                rejoin(consumer.as_ref(), &names);
+            }
+            stranded
+        })
+        .await;
+        if let Ok(Err(error)) = watched {
+            tracing::debug!(%error, "watching the delay partitions");
         }
     }
 
