@@ -101,11 +101,15 @@ pub enum BusKind {
 
 /// The configured bus, connected. `consumes`: the process takes messages (a worker) — on Kafka it also
 /// moves delayed records on; a process that only publishes stays out of the consumer groups, whose every
-/// change of members is a rebalance.
+/// change of members is a rebalance. `publish_timeout_ms`: on Kafka, how long the producer may go on
+/// retrying a record — the entry's call bound, so a create the entry answered an error for is not still
+/// being sent seconds later (it could land after the entry's clean-up; the flow refuses it, but that
+/// refusal lives in the cache).
 pub async fn connect_bus(
     cluster: &ClusterConfig,
     clock: Arc<dyn orderly_app::Clock>,
     consumes: bool,
+    publish_timeout_ms: u64,
 ) -> anyhow::Result<Arc<dyn orderly_app::Bus>> {
     Ok(match cluster.bus {
         BusKind::Rabbitmq => Arc::new(
@@ -126,6 +130,7 @@ pub async fn connect_bus(
                     replication: cluster.kafka_replication,
                     linger_ms: cluster.kafka_linger_ms,
                     move_delayed: consumes,
+                    delivery_timeout_ms: publish_timeout_ms.max(1),
                     ..orderly_kafka::KafkaBusConfig::new(cluster.kafka_brokers.clone(), cluster.namespace.clone())
                 },
                 clock,
@@ -234,7 +239,7 @@ pub async fn open(config: &Config, member: Option<Member>) -> anyhow::Result<Ope
         },
     ));
     let consumes = member.as_ref().is_some_and(|m| m.role == orderly_app::registry::Role::Worker);
-    let bus = connect_bus(cluster, Arc::clone(&clock), consumes).await?;
+    let bus = connect_bus(cluster, Arc::clone(&clock), consumes, config.flow.entry_call_timeout_ms).await?;
     let orders: Option<Arc<dyn orderly_app::OrderCache>> = match cluster.order_cache_ttl_ms {
         0 => None,
         ttl_ms => {
