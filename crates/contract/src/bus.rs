@@ -19,6 +19,32 @@ pub trait BusFixture: Send + Sync {
     async fn advance_ms(&self, ms: u64);
 }
 
+/// The fixture of a bus on a real broker: the time is `clock`'s, and letting time pass sleeps it, plus
+/// 300 ms for the broker's timers and round trips (a delay tier's lateness, a commit's trip).
+pub struct OnABroker {
+    pub bus: Arc<dyn Bus>,
+    pub clock: Arc<dyn orderly_app::Clock>,
+}
+
+impl std::fmt::Debug for OnABroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnABroker").field("bus", &self.bus).finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl BusFixture for OnABroker {
+    fn bus(&self) -> Arc<dyn Bus> {
+        Arc::clone(&self.bus)
+    }
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+    async fn advance_ms(&self, ms: u64) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms + 300)).await;
+    }
+}
+
 fn timeout(n: u64) -> Message {
     Message::UnpaidTimeout { order_no: OrderNo::new(SnowflakeId(n), Uid(1)) }
 }

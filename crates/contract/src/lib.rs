@@ -23,7 +23,7 @@ pub mod registry;
 pub mod stock_cache;
 pub mod store;
 
-pub use bus::BusFixture;
+pub use bus::{BusFixture, OnABroker};
 pub use orderly_app::{StockCache, Store};
 pub use registry::RegistryFixture;
 

@@ -5,11 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use orderly_app::Bus;
 use orderly_app::model::{Message, Outgoing, Topic};
-use orderly_app::{Bus, Clock};
 use orderly_clock::SystemClock;
-use orderly_contract::BusFixture;
+use orderly_contract::{BusFixture, OnABroker};
 use orderly_domain::{OrderNo, SnowflakeId, Uid};
 use orderly_kafka::{KafkaBus, KafkaBusConfig};
 use rdkafka::mocking::MockCluster;
@@ -36,27 +35,9 @@ async fn joined(config: KafkaBusConfig) -> KafkaBus {
     bus
 }
 
-struct Fixture {
-    bus: Arc<KafkaBus>,
-}
-
-#[async_trait]
-impl BusFixture for Fixture {
-    fn bus(&self) -> Arc<dyn Bus> {
-        Arc::clone(&self.bus) as Arc<dyn Bus>
-    }
-    fn now_ms(&self) -> u64 {
-        SystemClock.now_ms()
-    }
-    async fn advance_ms(&self, ms: u64) {
-        // Real time, plus the mover's and the commits' round trips.
-        tokio::time::sleep(Duration::from_millis(ms + 300)).await;
-    }
-}
-
 async fn fixture() -> Arc<dyn BusFixture> {
     let (_, config) = cluster(3);
-    Arc::new(Fixture { bus: Arc::new(joined(config).await) })
+    Arc::new(OnABroker { bus: Arc::new(joined(config).await), clock: Arc::new(SystemClock) })
 }
 
 orderly_contract::bus_contract!(fixture);

@@ -5,33 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use orderly_app::model::Topic;
-use orderly_app::{Bus, Clock};
 use orderly_clock::SystemClock;
-use orderly_contract::BusFixture;
+use orderly_contract::{BusFixture, OnABroker};
 use orderly_kafka::{KafkaBus, KafkaBusConfig};
 use rand::TryRngCore;
 
 fn brokers() -> String {
     std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094".to_owned())
-}
-
-struct Fixture {
-    bus: Arc<KafkaBus>,
-}
-
-#[async_trait]
-impl BusFixture for Fixture {
-    fn bus(&self) -> Arc<dyn Bus> {
-        Arc::clone(&self.bus) as Arc<dyn Bus>
-    }
-    fn now_ms(&self) -> u64 {
-        SystemClock.now_ms()
-    }
-    async fn advance_ms(&self, ms: u64) {
-        tokio::time::sleep(Duration::from_millis(ms + 300)).await;
-    }
 }
 
 async fn fixture() -> Arc<dyn BusFixture> {
@@ -43,7 +24,7 @@ async fn fixture() -> Arc<dyn BusFixture> {
         .await
         .expect("a Kafka-protocol broker is up (CI starts tansu: scripts/kafka-up)");
     bus.join(&Topic::ALL, Duration::from_secs(30)).await.expect("join the groups");
-    Arc::new(Fixture { bus: Arc::new(bus) })
+    Arc::new(OnABroker { bus: Arc::new(bus), clock: Arc::new(SystemClock) })
 }
 
 orderly_contract::bus_contract!(fixture);

@@ -4,30 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use orderly_app::{Bus, Clock};
+use orderly_app::Bus;
 use orderly_clock::SystemClock;
-use orderly_contract::BusFixture;
+use orderly_contract::{BusFixture, OnABroker};
 use orderly_rabbitmq::{RabbitBus, RabbitBusConfig};
 use rand::TryRngCore;
-
-struct Fixture {
-    bus: Arc<RabbitBus>,
-}
-
-#[async_trait]
-impl BusFixture for Fixture {
-    fn bus(&self) -> Arc<dyn Bus> {
-        Arc::clone(&self.bus) as Arc<dyn Bus>
-    }
-    fn now_ms(&self) -> u64 {
-        SystemClock.now_ms()
-    }
-    async fn advance_ms(&self, ms: u64) {
-        // Real time, plus the broker's TTL timers and the smallest tier's lateness.
-        tokio::time::sleep(Duration::from_millis(ms + 300)).await;
-    }
-}
 
 fn url() -> String {
     std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
@@ -46,7 +27,7 @@ async fn fixture() -> Arc<dyn BusFixture> {
     let config = fresh_config();
     let bus =
         RabbitBus::connect(config, Arc::new(SystemClock)).await.expect("RabbitMQ is up (CI starts it; see .ci/run)");
-    Arc::new(Fixture { bus: Arc::new(bus) })
+    Arc::new(OnABroker { bus: Arc::new(bus), clock: Arc::new(SystemClock) })
 }
 
 orderly_contract::bus_contract!(fixture);
