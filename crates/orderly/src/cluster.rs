@@ -239,7 +239,13 @@ pub async fn open(config: &Config, member: Option<Member>) -> anyhow::Result<Ope
         },
     ));
     let consumes = member.as_ref().is_some_and(|m| m.role == orderly_app::registry::Role::Worker);
-    let bus = connect_bus(cluster, Arc::clone(&clock), consumes, config.flow.entry_call_timeout_ms).await?;
+    // The entry's processes: a publish the entry gave up on must not go on being sent. The workers' own
+    // publishes (the outbox relay's charges, retries) are not bounded by the entry and keep the default.
+    let publish_timeout_ms = match consumes {
+        true => orderly_kafka::KafkaBusConfig::new("", "").delivery_timeout_ms,
+        false => config.flow.entry_call_timeout_ms,
+    };
+    let bus = connect_bus(cluster, Arc::clone(&clock), consumes, publish_timeout_ms).await?;
     let orders: Option<Arc<dyn orderly_app::OrderCache>> = match cluster.order_cache_ttl_ms {
         0 => None,
         ttl_ms => {
