@@ -38,8 +38,8 @@ pub struct ClusterConfig {
     pub kafka_brokers: String,
     /// Partitions of each Kafka topic: the most consumers of one topic that work at once.
     pub kafka_partitions: i32,
-    /// Replicas of each Kafka topic (`min.insync.replicas` is 2 when this is 2 or more). 1 for a broker
-    /// that does not replicate itself (tansu keeps its data in the storage its brokers share).
+    /// Replicas of each Kafka topic (`min.insync.replicas` is 2 when this is 2 or more). tansu takes any
+    /// value and ignores it: its brokers keep their data in the storage they share.
     pub kafka_replication: i32,
     /// How long the Kafka producer waits for more records to batch with (`linger.ms`): a publish's
     /// latency against the broker's cost per record.
@@ -102,9 +102,9 @@ pub enum BusKind {
 /// The configured bus, connected. `consumes`: the process takes messages (a worker) — on Kafka it also
 /// moves delayed records on; a process that only publishes stays out of the consumer groups, whose every
 /// change of members is a rebalance. `publish_timeout_ms`: on Kafka, how long the producer may go on
-/// retrying a record — the entry's call bound, so a create the entry answered an error for is not still
-/// being sent seconds later (it could land after the entry's clean-up; the flow refuses it, but that
-/// refusal lives in the cache).
+/// retrying a record — for the APIs the entry's call bound, so a create the entry answered an error for
+/// is not still being sent seconds later (it could land after the entry's clean-up; the flow refuses it,
+/// but that refusal lives in the cache).
 pub async fn connect_bus(
     cluster: &ClusterConfig,
     clock: Arc<dyn orderly_app::Clock>,
