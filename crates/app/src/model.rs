@@ -183,6 +183,16 @@ pub struct Outgoing {
     pub deliver_at_ms: u64,
 }
 
+/// What a broker's dead-letter queue holds, for an operator: the message (`None` when it could not even
+/// be read), its topic, why it was given up, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub topic: Topic,
+    pub message: Option<Message>,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
 /// A message handed to a consumer. It comes back unless acked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
-use orderly_app::model::{Delivery, Message, Outgoing, Topic};
+use orderly_app::model::{DeadLetter, Delivery, Message, Outgoing, Topic};
 use orderly_app::ports::{Bus, BusDepth, PortResult};
 use orderly_app::{Clock, PortError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -182,14 +182,6 @@ struct Record {
     /// In a delay topic: when it may leave for where it is due next.
     #[serde(default)]
     leave_ms: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct DeadLetter {
-    topic: Topic,
-    message: Option<Message>,
-    reason: String,
-    at_ms: u64,
 }
 
 /// What can go wrong with Kafka. Everything the brokers answer is retryable (librdkafka reconnects and
@@ -386,6 +378,29 @@ fn commit_list(
     list
 }
 
+/// A partition of a topic, by name.
+type PartitionKey = (String, i32);
+
+/// Where the consumer's group stands on each partition of `list`: its committed offset (the low watermark
+/// when it has none, or one below it) and the high watermark. Blocking: broker round trips.
+fn positions<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    list: TopicPartitionList,
+) -> KafkaResult<Vec<(PartitionKey, i64, i64)>> {
+    let timeout = Duration::from_secs(5);
+    let committed = consumer.committed_offsets(list, timeout)?;
+    let mut positions = Vec::new();
+    for element in committed.elements() {
+        let (low, high) = consumer.fetch_watermarks(element.topic(), element.partition(), timeout)?;
+        let at = match element.offset() {
+            Offset::Offset(offset) => offset.max(low),
+            _ => low,
+        };
+        positions.push(((element.topic().to_owned(), element.partition()), at, high));
+    }
+    Ok(positions)
+}
+
 /// Watches a group's partitions that another member holds: one whose committed offset has stayed put
 /// with records behind it for longer than it may (`patience_ms` plus how long its head may be held) is
 /// owned by nobody working — a broker whose coordinator kept an assignment to a member it had already
@@ -412,7 +427,6 @@ impl Watch {
         topics: &[(String, i32, u64)],
         now_ms: u64,
     ) -> KafkaResult<bool> {
-        let timeout = Duration::from_secs(5);
         let mine: HashSet<(String, i32)> =
             consumer.assignment()?.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
         let mut list = TopicPartitionList::new();
@@ -427,16 +441,9 @@ impl Watch {
             self.seen.clear();
             return Ok(false);
         }
-        let committed = consumer.committed_offsets(list, timeout)?;
         let mut stranded = false;
         let mut seen = HashMap::new();
-        for element in committed.elements() {
-            let key = (element.topic().to_owned(), element.partition());
-            let (low, high) = consumer.fetch_watermarks(element.topic(), element.partition(), timeout)?;
-            let at = match element.offset() {
-                Offset::Offset(offset) => offset.max(low),
-                _ => low,
-            };
+        for (key, at, high) in positions(consumer, list)? {
             let since_ms = match self.seen.get(&key) {
                 Some(&(before, since_ms)) if before == at => since_ms,
                 _ => now_ms,
@@ -771,24 +778,17 @@ impl Core {
     /// Records of `topics` not yet committed by `group`.
     fn lag(&self, group: &str, topics: &[String]) -> PortResult<usize> {
         let lookup = self.lookup(group)?;
-        let timeout = Duration::from_secs(5);
         let mut list = TopicPartitionList::new();
         for topic in topics {
             for partition in 0..self.config.partitions_of(topic) {
                 list.add_partition(topic, partition);
             }
         }
-        let committed = lookup.committed_offsets(list, timeout).map_err(unavailable)?;
-        let mut lag = 0i64;
-        for element in committed.elements() {
-            let (low, high) =
-                lookup.fetch_watermarks(element.topic(), element.partition(), timeout).map_err(unavailable)?;
-            let from = match element.offset() {
-                Offset::Offset(offset) => offset.max(low),
-                _ => low,
-            };
-            lag += (high - from).max(0);
-        }
+        let lag: i64 = positions(lookup.as_ref(), list)
+            .map_err(unavailable)?
+            .into_iter()
+            .map(|(_, at, high)| (high - at).max(0))
+            .sum();
         Ok(usize::try_from(lag).unwrap_or(0))
     }
 
@@ -925,6 +925,31 @@ impl KafkaBus {
     }
 }
 
+impl KafkaBus {
+    /// Moves a delivery this process holds on — `send` publishes its next form — then settles it; if the
+    /// publish fails, the delivery is this process's again (handed out by the next `receive`). A receipt
+    /// of a delivery settled already, or of a partition this process lost, is skipped.
+    async fn move_held<'a, F, Fut>(&'a self, receipt: &[u8], send: F) -> PortResult<()>
+    where
+        F: FnOnce(&'a Core, Topic, &Held) -> Fut,
+        Fut: std::future::Future<Output = PortResult<()>> + 'a,
+    {
+        let Some((topic, partition, offset, epoch)) = parse_receipt(receipt) else { return Ok(()) };
+        let Some(work) = self.core.existing_work(topic).await else { return Ok(()) };
+        let Some(held) = work.take(partition, offset, epoch) else { return Ok(()) };
+        match send(&self.core, topic, &held).await {
+            Ok(()) => {
+                work.settle(&[(partition, offset, epoch)]);
+                Ok(())
+            }
+            Err(error) => {
+                work.give_back(partition, offset, epoch, held).await;
+                Err(error)
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Bus for KafkaBus {
     async fn publish(&self, messages: Vec<Outgoing>) -> PortResult<()> {
@@ -998,36 +1023,19 @@ impl Bus for KafkaBus {
     }
 
     async fn retry(&self, receipt: &[u8], at_ms: u64) -> PortResult<()> {
-        let Some((topic, partition, offset, epoch)) = parse_receipt(receipt) else { return Ok(()) };
-        let Some(work) = self.core.existing_work(topic).await else { return Ok(()) };
-        let Some(held) = work.take(partition, offset, epoch) else { return Ok(()) };
-        let again = Record { message: held.message.clone(), retries: held.retries + 1, due_ms: at_ms, leave_ms: 0 };
-        match self.core.forward(topic, again).await {
-            Ok(()) => {
-                work.settle(&[(partition, offset, epoch)]);
-                Ok(())
-            }
-            Err(error) => {
-                work.give_back(partition, offset, epoch, held).await;
-                Err(error)
-            }
-        }
+        self.move_held(receipt, |core, topic, held| {
+            let again = Record { message: held.message.clone(), retries: held.retries + 1, due_ms: at_ms, leave_ms: 0 };
+            async move { core.forward(topic, again).await }
+        })
+        .await
     }
 
     async fn dead_letter(&self, receipt: &[u8], reason: &str) -> PortResult<()> {
-        let Some((topic, partition, offset, epoch)) = parse_receipt(receipt) else { return Ok(()) };
-        let Some(work) = self.core.existing_work(topic).await else { return Ok(()) };
-        let Some(held) = work.take(partition, offset, epoch) else { return Ok(()) };
-        match self.core.dead(topic, Some(held.message.clone()), reason.to_owned()).await {
-            Ok(()) => {
-                work.settle(&[(partition, offset, epoch)]);
-                Ok(())
-            }
-            Err(error) => {
-                work.give_back(partition, offset, epoch, held).await;
-                Err(error)
-            }
-        }
+        self.move_held(receipt, |core, topic, held| {
+            let message = Some(held.message.clone());
+            async move { core.dead(topic, message, reason.to_owned()).await }
+        })
+        .await
     }
 
     async fn depth(&self) -> PortResult<BusDepth> {

@@ -49,7 +49,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use orderly_app::group::Group;
-use orderly_app::model::{Delivery, Message, Outgoing, Topic};
+use orderly_app::model::{DeadLetter, Delivery, Message, Outgoing, Topic};
 use orderly_app::ports::{Bus, BusDepth, PortResult};
 use orderly_app::{Clock, PortError};
 use serde::{Deserialize, Serialize};
@@ -108,14 +108,6 @@ struct Taken {
 
 /// One `publish` call's messages, with their queue and due time.
 type Publication = Vec<(String, Message, u64)>;
-
-#[derive(Debug, Serialize, Deserialize)]
-struct DeadLetter {
-    topic: Topic,
-    message: Option<Message>,
-    reason: String,
-    at_ms: u64,
-}
 
 /// One connection and its channels.
 struct Link {
