@@ -6,7 +6,7 @@ use orderly_domain::{
     CartRejection, CatalogEntry, CommodityId, OrderNo, OrderState, PlaceOrderBody, Uid, price_and_split,
 };
 
-use crate::model::{IdempotencyRecord, Message, Order, Outgoing, StoredAnswer};
+use crate::model::{IdempotencyRecord, Message, Order, Outgoing, StoredAnswer, TokenState};
 use crate::orderly::Orderly;
 use crate::ports::{CreateOutcome, CreateRequest, IdempotencyBegin, PortError, Reserve};
 use crate::sold_out::Known;
@@ -113,20 +113,25 @@ impl Orderly {
         // but a write that answered an error (cut off by the deadline) may still land after the abort's
         // clean-up, and the reservation check publishes a create from a view it finds: so the late
         // creates are refused as after a failed publish.
-        if let Err(error) = self.bounded("store", self.ports.store.insert_pending(&orders)).await {
-            self.abort(&orders, idempotency_key.is_none()).await;
+        let written = self.bounded("store", self.ports.store.insert_pending(&orders)).await;
+        let published = match written {
+            Ok(()) => {
+                let creates = orders
+                    .iter()
+                    .map(|o| Outgoing { message: Message::CreateOrder(Box::new(o.clone())), deliver_at_ms: now_ms })
+                    .collect();
+                self.bounded("bus", self.ports.bus.publish(creates)).await
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = published
+            && self.abort(&orders, idempotency_key.is_none()).await == Aborted::Undone
+        {
             return Err(error.into());
         }
-        let creates = orders
-            .iter()
-            .map(|o| Outgoing { message: Message::CreateOrder(Box::new(o.clone())), deliver_at_ms: now_ms })
-            .collect();
-        if let Err(error) = self.bounded("bus", self.ports.bus.publish(creates)).await {
-            self.abort(&orders, idempotency_key.is_none()).await;
-            return Err(error.into());
-        }
-        // The creates are durable: the orders will exist unless stock runs out, so the answer is success
-        // whatever happens to the steps below, which only make things quicker or clearer.
+        // The creates are durable (or one is already in a worker's hands): the orders will exist unless
+        // stock runs out, so the answer is success whatever happens to the steps below, which only make
+        // things quicker or clearer.
         self.after_publish(&orders, body.uid, idempotency_key).await;
         Ok(order_nos)
     }
@@ -181,27 +186,48 @@ impl Orderly {
         Err(PlaceError::SoldOut { commodity_id })
     }
 
-    /// A cart answered with an error after its reservation: its reservations are given back and its
-    /// pending views deleted. When its creates may have reached the bus (an error can hide a publish that
-    /// landed) and there is no idempotency key, the caller will never ask for these numbers again, so the
-    /// worker's reservation is refused too ([`StockCache::release`] remembers an unknown token as
-    /// released): a create that landed all the same then ends `rejected`, holding nothing, as the error
-    /// answer said. With a key, a retry re-runs the same numbers and must be able to create them. Best
-    /// effort: what fails here is done by the reservation check.
-    async fn abort(&self, orders: &[Order], refuse_late_creates: bool) {
-        self.release_all(orders).await;
+    /// A cart about to be answered with an error after its reservation: its reservations are given back
+    /// and its pending views deleted. When its creates may have reached the bus (an error can hide a
+    /// publish that landed) and there is no idempotency key, the caller will never ask for these numbers
+    /// again, so the worker's reservation is refused too ([`StockCache::release`] remembers an unknown
+    /// token as released): a create that landed all the same then ends `rejected`, holding nothing, as the
+    /// error answer said. With a key, a retry re-runs the same numbers and must be able to create them.
+    ///
+    /// The worker's token is refused before the entry's is released, and only a RESERVED token is
+    /// released: a create that landed and was taken by a worker between the error and this clean-up has
+    /// its token CLAIMED, and the worker is creating the order on it. Its units stay with it (releasing
+    /// them gave them back to the cache while the store sold them), and the cart is [`Aborted::Landed`]:
+    /// the answer is success after all. The other orders of such a cart, refused here, end `rejected`.
+    /// Best effort otherwise: what fails here is done by the reservation check.
+    ///
+    /// [`StockCache::release`]: crate::ports::StockCache::release
+    async fn abort(&self, orders: &[Order], refuse_late_creates: bool) -> Aborted {
+        let mut landed = false;
+        let tokens = orders
+            .iter()
+            .filter(|_| refuse_late_creates)
+            .map(Order::worker_token)
+            .chain(orders.iter().map(Order::entry_token));
+        for token in tokens {
+            match self.ports.cache.release_if_reserved(token).await {
+                Ok(Some(TokenState::Claimed | TokenState::Confirmed)) => landed = true,
+                Ok(_) => {}
+                Err(error) => tracing::warn!(?token, %error, "release failed; the reservation check will do it"),
+            }
+        }
+        if landed {
+            tracing::warn!(
+                orders = orders.len(),
+                "error answer withdrawn: a worker already holds a create of this cart"
+            );
+            return Aborted::Landed;
+        }
         let order_nos: Vec<OrderNo> = orders.iter().map(|o| o.order_no).collect();
         if let Err(error) = self.bounded("store", self.ports.store.forget_pending(&order_nos)).await {
             tracing::warn!(orders = orders.len(), %error, "pending views not deleted; the reservation check will");
         }
         self.orders_changed(order_nos).await;
-        if refuse_late_creates {
-            for order in orders {
-                if let Err(error) = self.ports.cache.release(order.worker_token()).await {
-                    tracing::warn!(order_no = %order.order_no, %error, "could not refuse a late create of an aborted order");
-                }
-            }
-        }
+        Aborted::Undone
     }
 
     /// After the creates are durable. The entry tokens are claimed: a reservation whose create is on the
@@ -273,6 +299,15 @@ impl Orderly {
         }
         Ok(order_nos)
     }
+}
+
+/// What [`Orderly::abort`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aborted {
+    /// Nothing of the cart will be created: the error answer stands.
+    Undone,
+    /// A worker holds a create of the cart: answer success.
+    Landed,
 }
 
 /// The orders of a cart as accepted: `pending`, numbered.
