@@ -171,6 +171,9 @@ const WORK_FETCH_WAIT_MS: u64 = 100;
 /// its tier's hold (the smallest tier is 100 ms).
 const MOVER_FETCH_WAIT_MS: u64 = 200;
 
+/// At most this many delay records taken from the consumer's queue between two moves.
+const MOVE_BATCH_MAX: usize = 1_000;
+
 /// The body of every record: a flow message and what the bus needs to know about it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
@@ -1155,17 +1158,19 @@ impl Mover {
                 .map(|(_, _, record)| record.as_ref().map_or(0, |r| r.leave_ms))
                 .min();
             let sleep_ms = next_ms.map_or(1_000, |at_ms| at_ms.saturating_sub(now_ms).clamp(1, 1_000));
+            let consumer = Arc::clone(&self.consumer);
             tokio::select! {
-                next = self.consumer.recv() => match next {
+                next = consumer.recv() => match next {
                     Ok(message) => {
-                        let name = message.topic().to_owned();
-                        let Some(&topic) = self.topics.get(&name) else { continue };
-                        let record = message
-                            .payload()
-                            .ok_or_else(|| "empty record".to_owned())
-                            .and_then(|p| serde_json::from_slice::<Record>(p).map_err(|e| format!("undecodable: {e}")));
-                        let key = (name, message.partition());
-                        self.held.entry(key).or_default().push_back((message.offset(), topic, record));
+                        self.hold(&message);
+                        // And what else has arrived, so that a backlog moves on as one batch of
+                        // publishes per round, not one record per acknowledgement.
+                        for _ in 1..MOVE_BATCH_MAX {
+                            match consumer.recv().now_or_never() {
+                                Some(Ok(message)) => self.hold(&message),
+                                Some(Err(_)) | None => break,
+                            }
+                        }
                     }
                     Err(error) => {
                         tracing::warn!(%error, "the delay mover could not read from Kafka");
@@ -1175,6 +1180,18 @@ impl Mover {
                 () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
             }
         }
+    }
+
+    /// A delay record fetched: held behind its partition's earlier ones until it may leave.
+    fn hold(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) {
+        let name = message.topic();
+        let Some(&topic) = self.topics.get(name) else { return };
+        let record = message
+            .payload()
+            .ok_or_else(|| "empty record".to_owned())
+            .and_then(|p| serde_json::from_slice::<Record>(p).map_err(|e| format!("undecodable: {e}")));
+        let key = (name.to_owned(), message.partition());
+        self.held.entry(key).or_default().push_back((message.offset(), topic, record));
     }
 
     /// Rejoins the mover's group when a delay partition another member holds looks stranded (a head may
