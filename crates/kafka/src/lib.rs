@@ -144,6 +144,18 @@ impl KafkaBusConfig {
         config
     }
 
+    /// An idempotent producer that waits for every in-sync replica.
+    fn producer(&self) -> PortResult<FutureProducer> {
+        self.client()
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("batch.num.messages", self.batch_max.to_string())
+            .set("message.timeout.ms", self.delivery_timeout_ms.to_string())
+            .create()
+            .map_err(unavailable)
+    }
+
     /// A consumer of `group` whose fetches wait up to `fetch_wait_ms` for records (a broker answers as
     /// soon as it has some; an idle partition costs a fetch that often).
     fn consumer(&self, group: &str, fetch_wait_ms: u64) -> ClientConfig {
@@ -160,6 +172,35 @@ impl KafkaBusConfig {
             .set("isolation.level", "read_uncommitted");
         config
     }
+}
+
+/// A producer is replaced at most this often ([`Core::renew_producer`]).
+const PRODUCER_RENEW_MIN_MS: u64 = 1_000;
+
+/// The producer in use, and which one it is.
+struct Producer {
+    current: FutureProducer,
+    generation: u64,
+    /// When it was made.
+    since_ms: u64,
+}
+
+/// Whether a publish's error means the producer will not publish again. librdkafka's idempotent
+/// producer bumps its epoch on its own after a record timed out (KIP-360); tansu 0.6 does not take the
+/// bump (it has no row for the new epoch) and answers every later produce with UNKNOWN_SERVER_ERROR, and
+/// librdkafka bumps again: a broker fault left the APIs answering every cart `503` for good in a chaos
+/// run. A fatal error (checked apart) leaves a producer unusable on any broker.
+fn wedges_the_producer(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Unknown
+                | RDKafkaErrorCode::Fatal
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+        )
+    )
 }
 
 /// How often a consumer commits what was settled and handed out since its last commit.
@@ -595,7 +636,7 @@ pub struct KafkaBus {
 struct Core {
     config: KafkaBusConfig,
     clock: Arc<dyn Clock>,
-    producer: FutureProducer,
+    producer: Mutex<Producer>,
     /// One consumer per flow topic, started by the first `receive` of that topic.
     work: tokio::sync::Mutex<HashMap<Topic, Arc<Work>>>,
     /// Assignment epochs, across topics: a receipt names the assignment it was taken under.
@@ -625,23 +666,16 @@ impl KafkaBus {
     /// delayed messages (when `move_delayed`).
     pub async fn connect(config: KafkaBusConfig, clock: Arc<dyn Clock>) -> PortResult<KafkaBus> {
         assert!(!config.delay_tiers_ms.is_empty(), "at least one delay tier");
-        let producer: FutureProducer = config
-            .client()
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", config.linger_ms.to_string())
-            .set("batch.num.messages", config.batch_max.to_string())
-            .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
-            .create()
-            .map_err(unavailable)?;
+        let producer = config.producer()?;
         if config.create_topics {
             create_topics(&config).await?;
         }
         wait_for_topics(&producer, &config).await?;
+        let since_ms = clock.now_ms();
         let core = Arc::new(Core {
             config,
             clock,
-            producer,
+            producer: Mutex::new(Producer { current: producer, generation: 0, since_ms }),
             work: tokio::sync::Mutex::new(HashMap::new()),
             epochs: Arc::new(AtomicU64::new(0)),
             lookups: Mutex::new(HashMap::new()),
@@ -710,13 +744,54 @@ impl Core {
 
     /// Sends records and waits for each acknowledgement: one result per record.
     async fn send_each(&self, records: Vec<(String, String, Vec<u8>)>) -> Vec<PortResult<()>> {
+        let (producer, generation) = {
+            let slot = lock(&self.producer);
+            (slot.current.clone(), slot.generation)
+        };
         let sends = records.iter().map(|(topic, key, payload)| {
             let record = FutureRecord::to(topic).key(key).payload(payload);
-            self.producer
-                .send(record, Duration::from_millis(self.config.delivery_timeout_ms))
-                .map(|sent| sent.map(|_| ()).map_err(|(error, _)| unavailable(error)))
+            producer.send(record, Duration::from_millis(self.config.delivery_timeout_ms))
         });
-        futures_util::future::join_all(sends).await
+        let sent = futures_util::future::join_all(sends).await;
+        let mut results = Vec::with_capacity(sent.len());
+        let mut wedged = producer.client().fatal_error().is_some();
+        for result in sent {
+            results.push(result.map(|_| ()).map_err(|(error, _)| {
+                wedged |= wedges_the_producer(&error);
+                unavailable(error)
+            }));
+        }
+        if wedged {
+            self.renew_producer(generation);
+        }
+        results
+    }
+
+    /// Replaces the producer of `generation` (unless it was replaced already, or less than a second
+    /// ago) by a new one, which starts with a new producer id. The old one is dropped off the runtime
+    /// once the sends still on it have had their time.
+    fn renew_producer(&self, generation: u64) {
+        let now_ms = self.clock.now_ms();
+        let mut slot = lock(&self.producer);
+        if slot.generation != generation || now_ms.saturating_sub(slot.since_ms) < PRODUCER_RENEW_MIN_MS {
+            return;
+        }
+        let fresh = match self.config.producer() {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::warn!(%error, "a new Kafka producer could not be made; keeping the old one");
+                return;
+            }
+        };
+        let old = std::mem::replace(&mut slot.current, fresh);
+        slot.generation += 1;
+        slot.since_ms = now_ms;
+        tracing::warn!(generation = slot.generation, "Kafka producer replaced: it could no longer publish");
+        let linger = Duration::from_millis(self.config.delivery_timeout_ms + 1_000);
+        tokio::task::spawn_blocking(move || {
+            std::thread::sleep(linger);
+            drop(old);
+        });
     }
 
     /// Publishes `record` where it is due next.
