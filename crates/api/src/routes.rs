@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use orderly_app::Actor;
+use orderly_app::admin::{CatalogError, CatalogRejection};
 use orderly_app::registry::Registry;
 use orderly_app::settings::Live;
 use orderly_app::{Orderly, PayOutcome};
@@ -115,6 +116,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/admin/config/{key}", put(admin_config_set).delete(admin_config_unset))
         .route("/api/admin/cluster", get(admin_cluster))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "no such route") })
+        // axum keeps the `Allow` header; the answer gets the envelope like every other.
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)
 }
@@ -142,9 +147,22 @@ impl ApiState {
     }
 }
 
-/// Parses a JSON body into the envelope's error shape: bad JSON is 400, a wrong shape is 422.
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|error| match error.classify() {
+/// A JSON request body: declared `application/json` (else `415 unsupported_media_type`), read whole
+/// ([`body_bytes`]), parsed into the envelope's error shape: bad JSON is 400, a wrong shape is 422.
+fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let declared = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
+    let essence = declared.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON, sent with Content-Type: application/json",
+        ));
+    }
+    serde_json::from_slice(&body_bytes(body)?).map_err(|error| match error.classify() {
         serde_json::error::Category::Data => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", error.to_string())
         }
@@ -208,7 +226,9 @@ fn admit_cart<'h>(
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => {
-            let key = value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_LEN_MAX);
+            let key = value.to_str().ok().filter(|k| {
+                (1..=IDEMPOTENCY_KEY_LEN_MAX).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic())
+            });
             Some(key.ok_or_else(|| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -218,7 +238,7 @@ fn admit_cart<'h>(
             })?)
         }
     };
-    let body: PlaceOrderBody = parse_json(&body_bytes(body)?)?;
+    let body: PlaceOrderBody = json_body(headers, body)?;
     if body.uid != uid {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "uid_mismatch", "the body's uid is not the caller"));
     }
@@ -312,6 +332,7 @@ pub struct CatalogItem {
     pub commodity_id: CommodityId,
     /// The shop selling it (the seed's line `user_id`).
     pub shop_id: ShopId,
+    #[serde(deserialize_with = "orderly_domain::money::deserialize_exact")]
     pub price: Money,
     /// Stock to add.
     #[serde(default)]
@@ -333,7 +354,7 @@ async fn admin_catalog(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     state.admin(&headers)?;
-    let body: CatalogBody = parse_json(&body_bytes(body)?)?;
+    let body: CatalogBody = json_body(&headers, body)?;
     if body.commodities.len() > CATALOG_ITEMS_MAX {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -348,8 +369,28 @@ async fn admin_catalog(
         .collect();
     let stock: Vec<(CommodityId, u32)> =
         body.commodities.iter().filter(|c| c.add_stock > 0).map(|c| (c.commodity_id, c.add_stock)).collect();
-    state.orderly().load_catalog(&entries, &stock).await?;
+    state.orderly().load_catalog(&entries, &stock).await.map_err(catalog_refused)?;
     Ok(ok(StatusCode::OK, json!({ "commodities": entries.len() })))
+}
+
+fn catalog_refused(error: CatalogError) -> ApiError {
+    let rejection = match error {
+        CatalogError::Unavailable(error) => return error.into(),
+        CatalogError::Refused(rejection) => rejection,
+    };
+    let (status, code, commodity_id) = match &rejection {
+        CatalogRejection::ZeroId => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_commodity_id", CommodityId(0)),
+        CatalogRejection::ZeroPrice { commodity_id } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_price", *commodity_id)
+        }
+        CatalogRejection::Duplicate { commodity_id } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "duplicate_commodity", *commodity_id)
+        }
+        CatalogRejection::ShopChange { commodity_id, .. } => {
+            (StatusCode::CONFLICT, "commodity_shop_fixed", *commodity_id)
+        }
+    };
+    ApiError::new(status, code, rejection.to_string()).with_data(json!({ "commodity_id": commodity_id }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -365,7 +406,7 @@ async fn admin_stock(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     state.admin(&headers)?;
-    let body: StockBody = parse_json(&body_bytes(body)?)?;
+    let body: StockBody = json_body(&headers, body)?;
     let Some(available) = state.orderly().add_stock(body.commodity_id, body.add).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_commodity", "no such commodity"));
     };

@@ -80,12 +80,19 @@ impl App {
             request = request.header(*name, *value);
         }
         let request = request.body(body.map(Body::from).unwrap_or_else(Body::empty)).expect("request");
+        let (status, value, _) = self.send(request).await;
+        (status, value)
+    }
+
+    /// Any request as built; every answer must be the envelope.
+    async fn send(&self, request: Request<Body>) -> (StatusCode, Value, axum::http::HeaderMap) {
         let response = self.router.clone().oneshot(request).await.expect("router answers");
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.expect("body").to_bytes();
         let value: Value = serde_json::from_slice(&bytes).expect("every answer is JSON");
         assert_eq!(value["status"], json!(status.as_u16()), "envelope status matches: {value}");
-        (status, value)
+        (status, value, headers)
     }
 }
 
@@ -234,6 +241,123 @@ async fn bad_input_gets_a_clear_4xx_with_a_stable_code() {
     assert_eq!(commodity["data"]["stock"], 10);
 }
 
+/// Issue 17, item 5: what an outside client found contradicting docs/API.md, each refused with its code
+/// and nothing reserved.
+#[tokio::test]
+async fn the_api_holds_to_its_contract() {
+    let app = app().await;
+    let token = app.token(1);
+    let seed = seed_body().to_string();
+    assert!(seed.contains(r#""prices":29.99"#), "{seed}");
+    // Money is read from the number's text: what f64 would round to the catalog's price is refused.
+    let long_tail = format!("29.99{}1", "0".repeat(5_000));
+    for price in ["29.9899999999999999999", "29.990000000000000001", long_tail.as_str(), r#""29.99""#, "2.999e1"] {
+        let body = seed.replacen(r#""prices":29.99"#, &format!(r#""prices":{price}"#), 1);
+        let (status, answer) = app.call("POST", "/api/orders", Some(&token), Some(body)).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_body")),
+            "{price:.40}"
+        );
+    }
+    for key in ["a b", "a\tb", "caf\u{e9}"] {
+        let value = axum::http::HeaderValue::from_str(key).expect("a header value");
+        let request = Request::builder()
+            .method("POST")
+            .uri("/api/orders")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .header("idempotency-key", value)
+            .body(Body::from(seed.clone()))
+            .expect("request");
+        let (status, answer, _) = app.send(request).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_idempotency_key")),
+            "{key:?}"
+        );
+    }
+    // The body must be declared JSON.
+    for content_type in [Some("text/plain"), None, Some("application/jsonx")] {
+        let mut request =
+            Request::builder().method("POST").uri("/api/orders").header("authorization", format!("Bearer {token}"));
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let (status, answer, _) = app.send(request.body(Body::from(seed.clone())).expect("request")).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("unsupported_media_type")),
+            "{content_type:?}"
+        );
+    }
+    let (_, commodity) = app.call("GET", "/api/commodities/1", None, None).await;
+    assert_eq!(commodity["data"]["stock"], 10, "nothing reserved by a refused cart");
+    let request = Request::builder()
+        .method("POST")
+        .uri("/api/orders")
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::from(seed.clone()))
+        .expect("request");
+    let (status, answer, _) = app.send(request).await;
+    assert_eq!(status, StatusCode::OK, "JSON with a charset is JSON: {answer}");
+    // A method a route does not take: 405 in the envelope, with `Allow`.
+    for (method, uri) in [("DELETE", "/api/orders"), ("PUT", "/api/admin/catalog"), ("POST", "/healthz")] {
+        let request = Request::builder().method(method).uri(uri).body(Body::empty()).expect("request");
+        let (status, answer, headers) = app.send(request).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")),
+            "{method} {uri}"
+        );
+        assert!(headers.contains_key("allow"), "{method} {uri}: {headers:?}");
+    }
+    // Admin input, as strictly: nothing of a refused catalog is written.
+    let catalog = |items: Value| Some(json!({ "commodities": items }).to_string());
+    let cases = [
+        (
+            json!([{"commodity_id": 0, "shop_id": 100001, "price": 1.00}]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_commodity_id",
+        ),
+        (
+            json!([{"commodity_id": 7, "shop_id": 100001, "price": 0}]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_price",
+        ),
+        (
+            json!([{"commodity_id": 7, "shop_id": 100001, "price": 1}, {"commodity_id": 7, "shop_id": 100002, "price": 1}]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "duplicate_commodity",
+        ),
+        (
+            json!([{"commodity_id": 8, "shop_id": 100001, "price": 1}, {"commodity_id": 1, "shop_id": 100002, "price": 29.99}]),
+            StatusCode::CONFLICT,
+            "commodity_shop_fixed",
+        ),
+    ];
+    for (items, status, code) in cases {
+        let (got, answer) = app.call("POST", "/api/admin/catalog", Some(ADMIN), catalog(items.clone())).await;
+        assert_eq!((got, answer["code"].as_str()), (status, Some(code)), "{items} → {answer}");
+    }
+    let (_, price) = app
+        .call(
+            "POST",
+            "/api/admin/catalog",
+            Some(ADMIN),
+            Some(r#"{"commodities":[{"commodity_id":9,"shop_id":100001,"price":1.005}]}"#.into()),
+        )
+        .await;
+    assert_eq!(price["code"], "invalid_body", "{price}");
+    for id in [7, 8, 9] {
+        let (status, _) = app.call("GET", &format!("/api/commodities/{id}"), None, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "commodity {id} was not written");
+    }
+    let (_, commodity) = app.call("GET", "/api/commodities/1", None, None).await;
+    assert_eq!(commodity["data"]["shop_id"], 100001, "still its first shop");
+}
+
 #[tokio::test]
 async fn idempotency_key_replays_the_first_answer() {
     let app = app().await;
@@ -262,6 +386,7 @@ async fn the_entry_sheds_load_with_429_and_retry_after() {
         let request = Request::builder()
             .method("POST")
             .uri("/api/orders")
+            .header("content-type", "application/json")
             .header("authorization", format!("Bearer {token}"))
             .body(Body::from(body.to_string()))
             .expect("request");

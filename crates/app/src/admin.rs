@@ -1,7 +1,9 @@
 //! The admin's use-cases: the catalog and its stock, the work still to do. (The audit is in
 //! [`crate::audit`].) The API calls these, never the ports behind them.
 
-use orderly_domain::{CatalogEntry, CommodityId};
+use std::collections::HashSet;
+
+use orderly_domain::{CatalogEntry, CommodityId, Money, ShopId};
 
 use crate::model::{Restock, StockLevel, Topic};
 use crate::orderly::Orderly;
@@ -9,6 +11,27 @@ use crate::ports::{BusDepth, PortError};
 
 /// Outbox events counted, at most (an operator only needs "none" or "some").
 pub const OUTBOX_COUNT_MAX: usize = 1_000;
+
+/// Why the admin's catalog was refused (nothing of it written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogRejection {
+    #[error("commodity id 0 names no commodity")]
+    ZeroId,
+    #[error("commodity {commodity_id}: the price must be above zero")]
+    ZeroPrice { commodity_id: CommodityId },
+    #[error("commodity {commodity_id} appears more than once")]
+    Duplicate { commodity_id: CommodityId },
+    #[error("commodity {commodity_id} is sold by shop {shop_id}; it cannot move to shop {to}")]
+    ShopChange { commodity_id: CommodityId, shop_id: ShopId, to: ShopId },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(transparent)]
+    Refused(#[from] CatalogRejection),
+    #[error(transparent)]
+    Unavailable(#[from] PortError),
+}
 
 /// Work still to do: zero everywhere (dead letters aside) means quiet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +65,40 @@ impl Orderly {
     }
 
     /// Admin: catalog entries and stock to add. Stock reaches the cache as a versioned restock, so it
-    /// is counted once whether or not the cache had loaded the commodity.
-    pub async fn load_catalog(&self, entries: &[CatalogEntry], stock: &[(CommodityId, u32)]) -> Result<(), PortError> {
+    /// is counted once whether or not the cache had loaded the commodity. All entries or none: each is
+    /// checked ([`CatalogRejection`]) before anything is written.
+    pub async fn load_catalog(
+        &self,
+        entries: &[CatalogEntry],
+        stock: &[(CommodityId, u32)],
+    ) -> Result<(), CatalogError> {
+        let mut seen = HashSet::with_capacity(entries.len());
+        for entry in entries {
+            let commodity_id = entry.commodity_id;
+            if commodity_id.0 == 0 {
+                return Err(CatalogRejection::ZeroId.into());
+            }
+            if entry.unit_price == Money::ZERO {
+                return Err(CatalogRejection::ZeroPrice { commodity_id }.into());
+            }
+            if !seen.insert(commodity_id) {
+                return Err(CatalogRejection::Duplicate { commodity_id }.into());
+            }
+        }
+        // A commodity's counters live with its shop (a cache sharded by shop) and its orders name it:
+        // it stays with the shop that first sold it.
+        for entry in entries {
+            if let Some(known) = self.ports.store.commodity(entry.commodity_id).await?
+                && known.shop_id != entry.shop_id
+            {
+                return Err(CatalogRejection::ShopChange {
+                    commodity_id: entry.commodity_id,
+                    shop_id: known.shop_id,
+                    to: entry.shop_id,
+                }
+                .into());
+            }
+        }
         self.ports.store.put_commodities(entries).await?;
         self.catalog.forget_all();
         for &(id, quantity) in stock {
@@ -55,7 +110,7 @@ impl Orderly {
     /// Admin: the commodities the store does not know yet, each with the stock it starts with; known ones
     /// are skipped with their stock, so a catalog file loaded at every start adds nothing the second
     /// time. How many were new.
-    pub async fn load_new_commodities(&self, commodities: &[(CatalogEntry, u32)]) -> Result<usize, PortError> {
+    pub async fn load_new_commodities(&self, commodities: &[(CatalogEntry, u32)]) -> Result<usize, CatalogError> {
         let mut entries = Vec::new();
         let mut stock = Vec::new();
         for &(entry, quantity) in commodities {

@@ -21,8 +21,10 @@ pub struct PlaceOrderBody {
     pub uid: Uid,
     pub to_uid: Uid,
     /// The client's idea of the list total. Informational only: never used for charging.
+    #[serde(deserialize_with = "crate::money::deserialize_exact")]
     pub origin_price: Money,
     /// The client's idea of the total to pay. Informational only: never used for charging.
+    #[serde(deserialize_with = "crate::money::deserialize_exact")]
     pub actual_price: Money,
     #[serde(default)]
     pub pay_at_once: bool,
@@ -33,6 +35,7 @@ pub struct PlaceOrderBody {
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderLine {
     /// Unit price the buyer pays.
+    #[serde(deserialize_with = "crate::money::deserialize_exact")]
     pub actual_price: Money,
     pub commodity_id: CommodityId,
     #[serde(default)]
@@ -40,6 +43,7 @@ pub struct PlaceOrderLine {
     #[serde(default)]
     pub page_type: u32,
     /// Unit list price.
+    #[serde(deserialize_with = "crate::money::deserialize_exact")]
     pub prices: Money,
     /// The shop selling this line.
     pub user_id: ShopId,

@@ -1,9 +1,9 @@
 //! Money without floating point.
 //!
-//! Amounts are `i64` minor units (cents). The API accepts the seed's JSON decimals (`29.99`): a JSON
-//! number is read as `f64`, whose shortest round-trip text (`29.99`) is then parsed as a decimal, so any
-//! price with at most 15 significant digits arrives exactly. More than two decimals is refused, never
-//! rounded.
+//! Amounts are `i64` minor units (cents). A request body's amounts are read from the JSON number's own
+//! text ([`deserialize_exact`]): `29.99` is 2 999 cents, and `29.990000000000000001` has a third decimal
+//! and is refused, never rounded. Stored records and messages read them through `f64`, whose shortest
+//! round-trip text (`29.99`) is exact for every amount they hold.
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,6 +28,10 @@ pub enum MoneyParseError {
     TooPrecise,
     #[error("amount is too large")]
     TooLarge,
+    #[error("amount must be a JSON number, not a string")]
+    Quoted,
+    #[error("amount must be written without an exponent")]
+    Exponent,
 }
 
 impl Money {
@@ -84,6 +88,21 @@ impl Money {
             return Err(MoneyParseError::TooLarge);
         }
         Ok(Money(cents))
+    }
+
+    /// A JSON number's text, exactly: digits, at most one point, no sign, no exponent; a string or
+    /// anything else is refused.
+    pub fn from_json_text(text: &str) -> Result<Money, MoneyParseError> {
+        match text.as_bytes().first() {
+            Some(b'0'..=b'9') => {}
+            Some(b'-') => return Err(MoneyParseError::Negative),
+            Some(b'"') => return Err(MoneyParseError::Quoted),
+            _ => return Err(MoneyParseError::NotANumber),
+        }
+        if text.contains(['e', 'E']) {
+            return Err(MoneyParseError::Exponent);
+        }
+        Money::parse_decimal(text)
     }
 
     /// Reads a JSON number exactly through its shortest round-trip text.
@@ -148,6 +167,14 @@ impl<'de> Deserialize<'de> for Money {
     }
 }
 
+/// For the amounts of a request body (`#[serde(deserialize_with = ...)]`): the number as its JSON text,
+/// read by [`Money::from_json_text`] — `f64` would have made `29.9899999999999999999` into `29.99`.
+/// Needs serde_json's deserializer, which keeps the number's text.
+pub fn deserialize_exact<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Money, D::Error> {
+    let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+    Money::from_json_text(raw.get()).map_err(de::Error::custom)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +201,34 @@ mod tests {
         assert_eq!(Money::parse_decimal("1.230"), Ok(Money::from_cents(123)));
         assert_eq!(Money::parse_decimal("000.07"), Ok(Money::from_cents(7)));
         assert!(serde_json::from_str::<Money>("1e400").is_err());
+    }
+
+    /// Issue 17: what `f64` would have rounded to the catalog's price is refused with its reason.
+    #[test]
+    fn request_amounts_are_read_from_their_text() {
+        #[derive(Debug, Deserialize)]
+        struct Priced {
+            #[serde(deserialize_with = "deserialize_exact")]
+            price: Money,
+        }
+        let read = |json: &str| serde_json::from_str::<Priced>(json).map(|p| p.price).map_err(|e| e.to_string());
+        assert_eq!(read(r#"{"price":29.99}"#), Ok(Money::from_cents(2999)));
+        assert_eq!(read(r#"{"price": 30 }"#), Ok(Money::from_cents(3000)));
+        assert_eq!(read(r#"{"price":29.990}"#), Ok(Money::from_cents(2999)));
+        let long_tail = format!(r#"{{"price":3.5{}1}}"#, "0".repeat(5_000));
+        for (json, reason) in [
+            (r#"{"price":29.9899999999999999999}"#, "more than two decimals"),
+            (r#"{"price":29.990000000000000001}"#, "more than two decimals"),
+            (long_tail.as_str(), "more than two decimals"),
+            (r#"{"price":"29.99"}"#, "not a string"),
+            (r#"{"price":2.999e1}"#, "without an exponent"),
+            (r#"{"price":-1}"#, "negative"),
+            (r#"{"price":null}"#, "not a decimal number"),
+            (r#"{"price":true}"#, "not a decimal number"),
+        ] {
+            let answer = read(json);
+            assert!(answer.as_ref().is_err_and(|e| e.contains(reason)), "{json:.60}: {answer:?}");
+        }
     }
 
     #[test]
