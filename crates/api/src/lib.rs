@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod error;
 pub mod limit;
+pub mod observe;
 pub mod routes;
 pub mod views;
 

@@ -12,6 +12,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post, put};
+use metrics_exporter_prometheus::PrometheusHandle;
 use orderly_app::Actor;
 use orderly_app::admin::{CatalogError, CatalogRejection};
 use orderly_app::registry::Registry;
@@ -41,6 +42,8 @@ pub struct ApiState {
     /// The registry whose settings `/api/admin/config` reads and writes, and the process's own
     /// configuration they are laid over (to check a value before it is written).
     registry: Option<(Arc<dyn Registry>, Arc<Live>)>,
+    /// Serves `GET /metrics` ([`crate::observe`]).
+    metrics: Option<PrometheusHandle>,
 }
 
 #[derive(Debug)]
@@ -63,7 +66,14 @@ impl ApiState {
             }),
             naive_baseline: false,
             registry: None,
+            metrics: None,
         }
+    }
+
+    /// Serves `GET /metrics` from this process's recorder ([`crate::observe::install`]).
+    pub fn with_metrics(mut self, handle: PrometheusHandle) -> ApiState {
+        self.metrics = Some(handle);
+        self
     }
 
     /// Serves `/api/admin/config` (the registry's settings, each checked against `base` before it is
@@ -115,12 +125,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/admin/config", get(admin_config))
         .route("/api/admin/config/{key}", put(admin_config_set).delete(admin_config_unset))
         .route("/api/admin/cluster", get(admin_cluster))
+        .route("/metrics", get(metrics_text))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "no such route") })
         // axum keeps the `Allow` header; the answer gets the envelope like every other.
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn(crate::observe::count))
         .with_state(state)
 }
 
@@ -189,6 +201,14 @@ fn order_no(path: Result<Path<String>, PathRejection>) -> Result<OrderNo, ApiErr
     let text = path_text(path)?;
     // A malformed number cannot name an order: same answer as an unknown one.
     text.parse().map_err(|_| ApiError::not_found())
+}
+
+/// Prometheus's text format (not the envelope: a scraper reads it). No token: it names no buyer.
+async fn metrics_text(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let Some(handle) = &state.metrics else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "metrics are not recorded here"));
+    };
+    Ok(crate::observe::text(crate::observe::render(handle, state.orderly()).await))
 }
 
 async fn healthz() -> Response {

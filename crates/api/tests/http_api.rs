@@ -358,6 +358,53 @@ async fn the_api_holds_to_its_contract() {
     assert_eq!(commodity["data"]["shop_id"], 100001, "still its first shop");
 }
 
+/// Issue 17, item 2: `GET /metrics` in Prometheus's text format — the HTTP answers by route and status
+/// with their latency, the order events, the charges, the work still to do.
+#[tokio::test]
+async fn metrics_count_answers_orders_and_work() {
+    let app = app().await;
+    let handle = orderly_api::observe::install().expect("the test process's only recorder");
+    let router =
+        router(ApiState::new(app.orderly.clone(), app.auth.clone(), &RateLimitConfig::default()).with_metrics(handle));
+    let token = app.token(1);
+    let post = Request::builder()
+        .method("POST")
+        .uri("/api/orders")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::from(seed_body().to_string()))
+        .expect("request");
+    assert_eq!(router.clone().oneshot(post).await.expect("answers").status(), StatusCode::OK);
+    let unknown = Request::builder().uri("/api/orders/abc").header("authorization", format!("Bearer {token}"));
+    let unknown = unknown.body(Body::empty()).expect("request");
+    assert_eq!(router.clone().oneshot(unknown).await.expect("answers").status(), StatusCode::NOT_FOUND);
+    app.orderly.drain().await.expect("workers run");
+    let scrape = Request::builder().uri("/metrics").body(Body::empty()).expect("request");
+    let response = router.clone().oneshot(scrape).await.expect("answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(content_type.as_deref(), Some("text/plain; version=0.0.4"));
+    let bytes = response.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).expect("text");
+    for series in [
+        r#"orderly_order_events_total{event="accepted"} 2"#,
+        r#"orderly_order_events_total{event="created"} 2"#,
+        r#"orderly_order_events_total{event="paid"} 2"#,
+        r#"orderly_payments_total{outcome="succeeded"} 2"#,
+        r#"orderly_http_requests_total{route="/api/orders",method="POST",status="200"} 1"#,
+        r#"orderly_http_requests_total{route="/api/orders/{order_no}",method="GET",status="404"} 1"#,
+        r#"orderly_http_request_seconds_bucket{route="/api/orders",le="+Inf"} 1"#,
+        r#"orderly_bus_queued{topic="create_order"} 0"#,
+        "orderly_outbox_events 0",
+        "orderly_payments_pending 0",
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+    // For `promtool check metrics` in `.ci/run`.
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/metrics-sample.prom");
+    std::fs::write(&sample, &text).expect("sample written");
+}
+
 #[tokio::test]
 async fn idempotency_key_replays_the_first_answer() {
     let app = app().await;

@@ -76,6 +76,7 @@ impl Orderly {
             .bounded("store", self.ports.store.transition(order_no, OrderAction::Cancel, self.ports.clock.now_ms()))
             .await??;
         self.orders_changed(vec![order_no]).await;
+        crate::meters::order_events("cancelled", 1);
         tracing::info!(%order_no, buyer = %order.buyer, "order cancelled; buyer notified");
         Ok(order)
     }
@@ -97,6 +98,7 @@ impl Orderly {
             idempotency_key: format!("{order_no}-{}", attempt.started_ms),
             deadline_ms: attempt.charge_deadline_ms,
         };
+        let sent_ms = self.ports.clock.now_ms();
         let answer = crate::time::within(
             &*self.ports.clock,
             self.config().payment_call_timeout_ms,
@@ -104,6 +106,15 @@ impl Orderly {
         )
         .await
         .unwrap_or_else(|| Err(PortError::unavailable("payments", "charge timed out")));
+        let took_ms = self.ports.clock.now_ms().saturating_sub(sent_ms);
+        crate::meters::payment(
+            match &answer {
+                Ok(ChargeOutcome::Succeeded { .. }) => "succeeded",
+                Ok(ChargeOutcome::Declined { .. }) => "declined",
+                Err(_) => "no_answer",
+            },
+            took_ms,
+        );
         let result = match answer {
             Ok(ChargeOutcome::Succeeded { payment_id }) => PaymentResult::Succeeded { payment_id },
             Ok(ChargeOutcome::Declined { reason }) => PaymentResult::Declined { reason },
@@ -144,6 +155,7 @@ impl Orderly {
         self.orders_changed(vec![order_no]).await;
         Ok(match declined {
             None => {
+                crate::meters::order_events("paid", 1);
                 tracing::info!(%order_no, buyer = %order.buyer, "order paid; buyer notified");
                 PayOutcome::Paid(Box::new(order))
             }

@@ -95,6 +95,7 @@ impl Orderly {
                 // A commodity of the catalog that was never given stock: sold out.
                 Ok(Reserve::NotLoaded(ids)) => {
                     self.release_all(&orders[..index]).await;
+                    crate::meters::order_events("sold_out", 1);
                     return Err(match ids.first() {
                         Some(&commodity_id) => PlaceError::SoldOut { commodity_id },
                         None => PortError::corrupt("stock cache", "not loaded, naming no commodity").into(),
@@ -133,6 +134,7 @@ impl Orderly {
         // stock runs out, so the answer is success whatever happens to the steps below, which only make
         // things quicker or clearer.
         self.after_publish(&orders, body.uid, idempotency_key).await;
+        crate::meters::order_events("accepted", order_nos.len());
         Ok(order_nos)
     }
 
@@ -176,6 +178,7 @@ impl Orderly {
         idempotency_key: Option<&str>,
         commodity_id: CommodityId,
     ) -> Result<Vec<OrderNo>, PlaceError> {
+        crate::meters::order_events("sold_out", 1);
         if let Some(key) = idempotency_key {
             self.bounded(
                 "store",

@@ -30,6 +30,7 @@ pub mod config;
 pub mod entry;
 pub mod group;
 pub mod ids;
+pub mod meters;
 pub mod model;
 pub mod orderly;
 pub mod ports;

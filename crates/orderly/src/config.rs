@@ -38,6 +38,9 @@ pub struct Config {
     /// `ORDERLY_NAIVE_BASELINE`: also serve `POST /api/baseline/orders`, the naive design `orderly bench
     /// --naive-baseline` compares against (one synchronous store transaction per cart; bypasses the cache).
     pub naive_baseline: bool,
+    /// `ORDERLY_METRICS_ADDR`: where a worker process serves `GET /metrics` (an API serves it on
+    /// `http_addr`). None: the worker serves none.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,6 +116,7 @@ impl Default for Config {
             cluster: crate::cluster::ClusterConfig::default(),
             shutdown_grace_ms: 10_000,
             naive_baseline: false,
+            metrics_addr: None,
         }
     }
 }

@@ -31,6 +31,26 @@ pub struct Roles {
     pub workers: bool,
 }
 
+/// A worker's `GET /metrics` on `address`, in a task of its own for the life of the process. Where it
+/// listens.
+async fn serve_metrics(
+    address: std::net::SocketAddr,
+    orderly: orderly_app::Orderly,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let handle = orderly_api::observe::install().context("installing the metrics recorder")?;
+    let listener =
+        tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding metrics on {address}"))?;
+    let address = listener.local_addr()?;
+    let app = orderly_api::observe::router(handle, orderly);
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "the metrics server stopped");
+        }
+    });
+    tracing::info!(%address, "metrics served");
+    Ok(address)
+}
+
 /// Runs `roles` on `opened` until SIGTERM or Ctrl-C — a process serving HTTP registered as `member` with
 /// the address it listens on (opening a cluster profile registered it already) — applying the registry's settings as they change: in-flight requests finish, the
 /// registration is withdrawn, then the workers stop (what they leave unacked is delivered again, to this
@@ -52,9 +72,16 @@ pub async fn run_roles(
     }
 
     if !roles.http {
+        let metrics = match config.metrics_addr {
+            Some(address) => Some(serve_metrics(address, orderly.clone()).await?),
+            None => None,
+        };
         crate::registry::apply_settings(&*registry, base, orderly.clone(), None);
         tracing::info!(profile, "orderly worker running");
-        println!("worker running");
+        match metrics {
+            Some(address) => println!("worker running; metrics on {address}"),
+            None => println!("worker running"),
+        }
         shutdown_signal().await;
         tracing::info!("shutting down: stopping the workers");
         withdraw(&*registry).await;
@@ -67,6 +94,14 @@ pub async fn run_roles(
     let state = ApiState::new(orderly.clone(), auth, &config.rate_limit)
         .with_naive_baseline(config.naive_baseline)
         .with_registry(Arc::clone(&registry), base.clone());
+    // One recorder per process; a second server in the same process (tests) goes without.
+    let state = match orderly_api::observe::install() {
+        Ok(handle) => state.with_metrics(handle),
+        Err(error) => {
+            tracing::warn!(%error, "no /metrics in this process");
+            state
+        }
+    };
     crate::registry::apply_settings(&*registry, base, orderly.clone(), Some(state.clone()));
     let app = orderly_api::router(state);
     let listener = tokio::net::TcpListener::bind(config.http_addr)

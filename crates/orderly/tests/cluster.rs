@@ -146,8 +146,9 @@ impl Settings {
         Process { child, ready, killed: false }
     }
 
+    /// A worker serving `/metrics` on a port of its own (named in its first line).
     fn worker(&self) -> Process {
-        self.spawn("worker", &[])
+        self.spawn("worker", &[("ORDERLY_METRICS_ADDR", "127.0.0.1:0".into())])
     }
 
     fn token(&self, args: &[&str]) -> String {
@@ -282,6 +283,13 @@ impl Cluster {
             None => self.http.delete(url),
         };
         request.bearer_auth(&self.admin).send().await.expect("request").json().await.expect("json")
+    }
+
+    /// A `/metrics` text.
+    async fn scrape(&self, url: &str) -> String {
+        let answer = self.http.get(url).send().await.expect("scrape");
+        assert_eq!(answer.status(), 200, "{url}");
+        answer.text().await.expect("metrics text")
     }
 
     async fn admin_get(&self, path: &str) -> Value {
@@ -489,12 +497,47 @@ async fn the_seed_scenarios_run_on_the_cluster() {
     let other = buyer.post(0, "/api/orders", &one_line(1, 2, 2, false), Some("retry-1")).await;
     assert_eq!((other["status"].clone(), other["code"].clone()), (json!(422), json!("idempotency_key_reused")));
     // Sold out: commodity 3 has one unit.
-    buyer.place(0, &one_line(1, 3, 1, false)).await;
+    let last_unit = buyer.place(0, &one_line(1, 3, 1, false)).await;
     let refused = buyer.post(1, "/api/orders", &one_line(1, 3, 1, false), None).await;
     assert_eq!((refused["status"].clone(), refused["code"].clone()), (json!(409), json!("sold_out")));
 
     let report = cluster.audit_clean().await;
     assert_eq!(report["orders_by_state"]["paid"], 3, "{report:#}");
+    // Left unpaid, these two close too (3 s): then every count is final.
+    for order_no in order_nos(&first).iter().chain(&last_unit) {
+        buyer.wait_state(order_no, "closed").await;
+    }
+    // What Prometheus would sum across the processes: the entry's events on the APIs, the rest on the
+    // workers (and the buyer's pay and cancel on the API that took them).
+    let mut scrapes = Vec::new();
+    for api in 0..APIS {
+        scrapes.push(cluster.scrape(&format!("{}/metrics", cluster.api(api))).await);
+    }
+    let workers: Vec<String> = cluster
+        .workers
+        .lock()
+        .expect("workers")
+        .iter()
+        .map(|w| w.ready.rsplit("metrics on ").next().unwrap_or_default().trim().to_owned())
+        .collect();
+    for address in workers {
+        scrapes.push(cluster.scrape(&format!("http://{address}/metrics")).await);
+    }
+    let total = |event: &str| -> f64 {
+        let series = format!("orderly_order_events_total{{event=\"{event}\"}} ");
+        scrapes
+            .iter()
+            .flat_map(|text| text.lines())
+            .filter_map(|line| line.strip_prefix(series.as_str()))
+            .filter_map(|value| value.trim().parse::<f64>().ok())
+            .sum()
+    };
+    // Seven orders accepted and created (two paid at once, one paid later, one cancelled, three closed
+    // unpaid: the abandoned one, the one by key, commodity 3's last unit); the refused cart is sold out.
+    assert_eq!(total("accepted"), 7.0, "{scrapes:#?}");
+    assert_eq!(total("sold_out"), 1.0);
+    assert_eq!(total("created"), 7.0);
+    assert_eq!((total("paid"), total("cancelled"), total("closed")), (3.0, 1.0, 3.0));
     // The command-line audit of the cluster agrees.
     let output = cluster.settings.command(&["audit", "--cluster", "--quiet"]).output().expect("audit runs");
     let printed = String::from_utf8_lossy(&output.stdout);

@@ -63,6 +63,7 @@ impl Orderly {
                 match self.ports.store.transition(*order_no, OrderAction::AutoCancel, now_ms).await? {
                     Ok(order) => {
                         self.orders_changed(vec![*order_no]).await;
+                        crate::meters::order_events("closed", 1);
                         tracing::info!(%order_no, buyer = %order.buyer, "unpaid order closed; buyer notified");
                         Ok(Handled::Done)
                     }
@@ -132,6 +133,7 @@ impl Orderly {
                     None => self.ports.cache.release_if_reserved(token).await?,
                 };
                 if view.is_none() && found == Some(TokenState::Reserved) {
+                    crate::meters::stock_returned_by_check();
                     tracing::info!(order_no = %token.order_no, "reservation not consumed in time; stock returned");
                 }
                 if let Some(view) = view

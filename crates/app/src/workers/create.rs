@@ -88,6 +88,7 @@ impl Orderly {
             let token = request.token;
             match result {
                 CreateOutcome::Created(order) => {
+                    crate::meters::order_events("created", 1);
                     if let Some(token) = token {
                         self.ports.cache.confirm(token, &order.deductions()).await?;
                     }
@@ -95,6 +96,7 @@ impl Orderly {
                     tracing::debug!(%order_no, "order created; buyer notified");
                 }
                 CreateOutcome::Rejected { commodity_id } => {
+                    crate::meters::order_events("rejected", 1);
                     if let Some(token) = token {
                         self.ports.cache.release(token).await?;
                     }

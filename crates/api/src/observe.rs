@@ -1,0 +1,95 @@
+//! `GET /metrics` in Prometheus's text format, and the layer that counts every HTTP answer. The flow's
+//! own counters are [`orderly_app::meters`]; the work still to do is read when scraped.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
+use orderly_app::Orderly;
+
+/// HTTP answers, by `route` (the route's pattern, `unmatched` for none), `method` and `status`.
+pub const HTTP_REQUESTS: &str = "orderly_http_requests_total";
+/// How long an answer took, in seconds, by `route`.
+pub const HTTP_SECONDS: &str = "orderly_http_request_seconds";
+
+/// The work still to do, read when scraped.
+pub const BUS_QUEUED: &str = "orderly_bus_queued";
+pub const BUS_DEAD_LETTERS: &str = "orderly_bus_dead_letters";
+pub const OUTBOX_EVENTS: &str = "orderly_outbox_events";
+pub const PAYMENTS_PENDING: &str = "orderly_payments_pending";
+
+/// Histogram buckets (seconds), for HTTP answers and charges alike.
+const SECONDS_BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Installs this process's recorder: call once, at start. Fails if one is installed already.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new().set_buckets(&SECONDS_BUCKETS)?.install_recorder()?;
+    orderly_app::meters::describe();
+    metrics::describe_counter!(HTTP_REQUESTS, "HTTP answers by route, method and status");
+    metrics::describe_histogram!(HTTP_SECONDS, metrics::Unit::Seconds, "How long an HTTP answer took, by route");
+    metrics::describe_gauge!(BUS_QUEUED, "Messages waiting per topic, delayed ones included");
+    metrics::describe_gauge!(BUS_DEAD_LETTERS, "Dead letters waiting for an operator");
+    metrics::describe_gauge!(OUTBOX_EVENTS, "Outbox events not relayed yet (counted up to 1000)");
+    metrics::describe_gauge!(PAYMENTS_PENDING, "Payments without a definite answer (the safe-pay set)");
+    Ok(handle)
+}
+
+/// Counts the answer and times it (a route layer: it sees the route that matched).
+pub async fn count(matched: Option<MatchedPath>, request: Request, next: Next) -> Response {
+    let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    // Known methods only: a client's invented one must not make a series of its own.
+    let method: &'static str = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status).increment(1);
+    metrics::histogram!(HTTP_SECONDS, "route" => route).record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// What a process that serves no API (a worker) serves on its `metrics_addr`: `GET /metrics` only.
+pub fn router(handle: PrometheusHandle, orderly: Orderly) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (handle, orderly) = (handle.clone(), orderly.clone());
+            async move { text(render(&handle, &orderly).await) }
+        }),
+    )
+}
+
+/// Prometheus's text format (not the envelope: a scraper reads it).
+pub fn text(body: String) -> Response {
+    use axum::response::IntoResponse;
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// The text Prometheus scrapes: the gauges of the work still to do refreshed first (what cannot be read
+/// now keeps its last value), then every series.
+pub async fn render(handle: &PrometheusHandle, orderly: &Orderly) -> String {
+    match orderly.work_to_do().await {
+        Ok(work) => {
+            for (topic, waiting) in &work.queued {
+                metrics::gauge!(BUS_QUEUED, "topic" => topic.as_str()).set(*waiting as f64);
+            }
+            metrics::gauge!(BUS_DEAD_LETTERS).set(work.dead_letters as f64);
+            metrics::gauge!(OUTBOX_EVENTS).set(work.outbox as f64);
+            metrics::gauge!(PAYMENTS_PENDING).set(work.payments_pending as f64);
+        }
+        Err(error) => tracing::debug!(%error, "work to do not read for /metrics"),
+    }
+    handle.run_upkeep();
+    handle.render()
+}
