@@ -59,13 +59,14 @@ pub async fn count(matched: Option<MatchedPath>, request: Request, next: Next) -
     response
 }
 
-/// What a process that serves no API (a worker) serves on its `metrics_addr`: `GET /metrics` only.
-pub fn router(handle: PrometheusHandle, orderly: Orderly) -> axum::Router {
+/// What a process that serves no API (a worker, the payment service) serves on its `metrics_addr`:
+/// `GET /metrics` only; with the work still to do where the process runs the flow.
+pub fn router(handle: PrometheusHandle, orderly: Option<Orderly>) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let (handle, orderly) = (handle.clone(), orderly.clone());
-            async move { text(render(&handle, &orderly).await) }
+            async move { text(render(&handle, orderly.as_ref()).await) }
         }),
     )
 }
@@ -78,9 +79,14 @@ pub fn text(body: String) -> Response {
 
 /// The text Prometheus scrapes: the gauges of the work still to do refreshed first (what cannot be read
 /// now keeps its last value), then every series.
-pub async fn render(handle: &PrometheusHandle, orderly: &Orderly) -> String {
-    match orderly.work_to_do().await {
-        Ok(work) => {
+pub async fn render(handle: &PrometheusHandle, orderly: Option<&Orderly>) -> String {
+    let work = match orderly {
+        Some(orderly) => Some(orderly.work_to_do().await),
+        None => None,
+    };
+    match work {
+        None => {}
+        Some(Ok(work)) => {
             for (topic, waiting) in &work.queued {
                 metrics::gauge!(BUS_QUEUED, "topic" => topic.as_str()).set(*waiting as f64);
             }
@@ -88,7 +94,7 @@ pub async fn render(handle: &PrometheusHandle, orderly: &Orderly) -> String {
             metrics::gauge!(OUTBOX_EVENTS).set(work.outbox as f64);
             metrics::gauge!(PAYMENTS_PENDING).set(work.payments_pending as f64);
         }
-        Err(error) => tracing::debug!(%error, "work to do not read for /metrics"),
+        Some(Err(error)) => tracing::debug!(%error, "work to do not read for /metrics"),
     }
     handle.run_upkeep();
     handle.render()

@@ -208,7 +208,7 @@ async fn metrics_text(State(state): State<ApiState>) -> Result<Response, ApiErro
     let Some(handle) = &state.metrics else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "metrics are not recorded here"));
     };
-    Ok(crate::observe::text(crate::observe::render(handle, state.orderly()).await))
+    Ok(crate::observe::text(crate::observe::render(handle, Some(state.orderly())).await))
 }
 
 async fn healthz() -> Response {

@@ -35,7 +35,7 @@ pub struct Roles {
 /// listens.
 async fn serve_metrics(
     address: std::net::SocketAddr,
-    orderly: orderly_app::Orderly,
+    orderly: Option<orderly_app::Orderly>,
 ) -> anyhow::Result<std::net::SocketAddr> {
     let handle = orderly_api::observe::install().context("installing the metrics recorder")?;
     let listener =
@@ -73,7 +73,7 @@ pub async fn run_roles(
 
     if !roles.http {
         let metrics = match config.metrics_addr {
-            Some(address) => Some(serve_metrics(address, orderly.clone()).await?),
+            Some(address) => Some(serve_metrics(address, Some(orderly.clone())).await?),
             None => None,
         };
         crate::registry::apply_settings(&*registry, base, orderly.clone(), None);
@@ -228,6 +228,11 @@ pub async fn payment_service(config: Config) -> anyhow::Result<()> {
             Some(registry)
         }
     };
+    // Logged, not printed: scripts and tests read the first line for the gRPC port.
+    if let Some(address) = config.metrics_addr {
+        serve_metrics(address, None).await?;
+        orderly_payment::server::describe_metrics();
+    }
     tracing::info!(%address, ledger = %home, registered = registry.is_some(), "payment service serving (gRPC)");
     // Scripts and tests read this line to find the port.
     println!("listening on {address}");

@@ -310,12 +310,24 @@ impl Flow {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standalone_flow_pays_through_the_payment_service() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let service = payment_service(&dir.path().join("ledger"), "127.0.0.1:0", 0);
+    // The service also serves `/metrics` (on a port free a moment ago).
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    let service = start(
+        &["payment"],
+        &[
+            ("ORDERLY_PAYMENT_SERVICE__DATA_DIR", dir.path().join("ledger").display().to_string()),
+            ("ORDERLY_PAYMENT_SERVICE__LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("ORDERLY_METRICS_ADDR", metrics.to_string()),
+        ],
+    );
     let flow = Flow::start(dir.path(), &service.address, "", &[]).await;
     let order_no = flow.place().await;
     flow.payments_settled().await;
     assert_eq!(flow.state(&order_no).await, ("paid".to_owned(), "succeeded".to_owned()));
     assert_eq!(flow.audit(false).await["orders_by_state"]["paid"], 1);
+    let text = reqwest::get(format!("http://{metrics}/metrics")).await.expect("scrape").text().await.expect("text");
+    assert!(text.contains(r#"orderly_payment_service_charges_total{outcome="succeeded"} 1"#), "{text}");
+    assert!(text.contains("orderly_payment_service_charge_seconds_count 1"), "{text}");
 }
 
 /// The flow under a payment-service kill: pay-at-once orders whose charges are in flight when the service

@@ -82,6 +82,21 @@ fn key(text: &str, what: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Charges the service answered, by `outcome`: `succeeded`, `declined`, `error` (no answer given).
+pub const CHARGES: &str = "orderly_payment_service_charges_total";
+/// How long the service took over a charge, in seconds (the acquirer's call included).
+pub const CHARGE_SECONDS: &str = "orderly_payment_service_charge_seconds";
+
+/// Gives the service's series their help text (once, when the process installs its recorder).
+pub fn describe_metrics() {
+    metrics::describe_counter!(CHARGES, "Charges the payment service answered, by outcome");
+    metrics::describe_histogram!(
+        CHARGE_SECONDS,
+        metrics::Unit::Seconds,
+        "How long the payment service took over a charge"
+    );
+}
+
 #[tonic::async_trait]
 impl Payment for PaymentService {
     async fn charge(&self, request: Request<proto::ChargeRequest>) -> Result<Response<proto::ChargeReply>, Status> {
@@ -100,9 +115,17 @@ impl Payment for PaymentService {
         // connection): cut off, it would stay PROCESSING until its lease ran out and then be voided — a
         // needless decline. Its retry or the reconciler's question then finds the answer.
         let ledger = Arc::clone(&self.ledger);
+        let started = std::time::Instant::now();
         let charged = tokio::spawn(async move { ledger.charge(charge).await })
             .await
             .map_err(|_| Status::internal("the charge task failed"))?;
+        let counted = match &charged {
+            Ok(ChargeOutcome::Succeeded { .. }) => "succeeded",
+            Ok(ChargeOutcome::Declined { .. }) => "declined",
+            Err(_) => "error",
+        };
+        metrics::counter!(CHARGES, "outcome" => counted).increment(1);
+        metrics::histogram!(CHARGE_SECONDS).record(started.elapsed().as_secs_f64());
         let outcome = match charged.map_err(status_of)? {
             ChargeOutcome::Succeeded { payment_id } => {
                 proto::charge_reply::Outcome::Succeeded(proto::Succeeded { payment_id })
