@@ -36,6 +36,11 @@ impl EntryLimiter {
         self.rate == (config.orders_per_second, config.burst)
     }
 
+    /// The rate (orders per second) and burst it enforces.
+    pub fn rate(&self) -> (u32, u32) {
+        self.rate
+    }
+
     /// `Err(wait)` when the bucket is empty.
     pub fn admit(&self) -> Result<(), Duration> {
         self.limiter.check().map_err(|not_until| not_until.wait_time_from(self.bucket_clock.now()))

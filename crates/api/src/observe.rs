@@ -21,6 +21,11 @@ pub const BUS_DEAD_LETTERS: &str = "orderly_bus_dead_letters";
 pub const OUTBOX_EVENTS: &str = "orderly_outbox_events";
 pub const PAYMENTS_PENDING: &str = "orderly_payments_pending";
 
+/// The entry's limits in force (their refusals are the 429 and 503 answers).
+pub const RATE_LIMIT: &str = "orderly_rate_limit_orders_per_second";
+pub const RATE_LIMIT_BURST: &str = "orderly_rate_limit_burst";
+pub const IN_FLIGHT_MAX: &str = "orderly_in_flight_max";
+
 /// Histogram buckets (seconds), for HTTP answers and charges alike.
 const SECONDS_BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
@@ -34,6 +39,9 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     metrics::describe_gauge!(BUS_DEAD_LETTERS, "Dead letters waiting for an operator");
     metrics::describe_gauge!(OUTBOX_EVENTS, "Outbox events not relayed yet (counted up to 1000)");
     metrics::describe_gauge!(PAYMENTS_PENDING, "Payments without a definite answer (the safe-pay set)");
+    metrics::describe_gauge!(RATE_LIMIT, "The entry's token bucket rate in force, orders per second");
+    metrics::describe_gauge!(RATE_LIMIT_BURST, "The entry's token bucket burst in force");
+    metrics::describe_gauge!(IN_FLIGHT_MAX, "Buyer requests served at once before shedding (503 overloaded)");
     Ok(handle)
 }
 

@@ -208,6 +208,10 @@ async fn metrics_text(State(state): State<ApiState>) -> Result<Response, ApiErro
     let Some(handle) = &state.metrics else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "metrics are not recorded here"));
     };
+    let (rate, burst) = state.inner.limiter.load().rate();
+    metrics::gauge!(crate::observe::RATE_LIMIT).set(f64::from(rate));
+    metrics::gauge!(crate::observe::RATE_LIMIT_BURST).set(f64::from(burst));
+    metrics::gauge!(crate::observe::IN_FLIGHT_MAX).set(state.inner.in_flight_max as f64);
     Ok(crate::observe::text(crate::observe::render(handle, Some(state.orderly())).await))
 }
 

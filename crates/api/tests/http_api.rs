@@ -96,6 +96,16 @@ impl App {
     }
 }
 
+/// `POST /api/orders` as the buyer of `token`, declared as `content_type` (none: no header).
+fn post_orders(token: &str, content_type: Option<&str>, body: String) -> Request<Body> {
+    let mut request =
+        Request::builder().method("POST").uri("/api/orders").header("authorization", format!("Bearer {token}"));
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    request.body(Body::from(body)).expect("request")
+}
+
 fn seed_body() -> Value {
     json!({
         "uid": 1, "to_uid": 2, "origin_price": 29.99, "actual_price": 29.99, "pay_at_once": true,
@@ -279,12 +289,7 @@ async fn the_api_holds_to_its_contract() {
     }
     // The body must be declared JSON.
     for content_type in [Some("text/plain"), None, Some("application/jsonx")] {
-        let mut request =
-            Request::builder().method("POST").uri("/api/orders").header("authorization", format!("Bearer {token}"));
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
-        }
-        let (status, answer, _) = app.send(request.body(Body::from(seed.clone())).expect("request")).await;
+        let (status, answer, _) = app.send(post_orders(&token, content_type, seed.clone())).await;
         assert_eq!(
             (status, answer["code"].as_str()),
             (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("unsupported_media_type")),
@@ -293,14 +298,8 @@ async fn the_api_holds_to_its_contract() {
     }
     let (_, commodity) = app.call("GET", "/api/commodities/1", None, None).await;
     assert_eq!(commodity["data"]["stock"], 10, "nothing reserved by a refused cart");
-    let request = Request::builder()
-        .method("POST")
-        .uri("/api/orders")
-        .header("content-type", "Application/JSON; charset=utf-8")
-        .header("authorization", format!("Bearer {token}"))
-        .body(Body::from(seed.clone()))
-        .expect("request");
-    let (status, answer, _) = app.send(request).await;
+    let (status, answer, _) =
+        app.send(post_orders(&token, Some("Application/JSON; charset=utf-8"), seed.clone())).await;
     assert_eq!(status, StatusCode::OK, "JSON with a charset is JSON: {answer}");
     // A method a route does not take: 405 in the envelope, with `Allow`.
     for (method, uri) in [("DELETE", "/api/orders"), ("PUT", "/api/admin/catalog"), ("POST", "/healthz")] {
@@ -367,13 +366,7 @@ async fn metrics_count_answers_orders_and_work() {
     let router =
         router(ApiState::new(app.orderly.clone(), app.auth.clone(), &RateLimitConfig::default()).with_metrics(handle));
     let token = app.token(1);
-    let post = Request::builder()
-        .method("POST")
-        .uri("/api/orders")
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {token}"))
-        .body(Body::from(seed_body().to_string()))
-        .expect("request");
+    let post = post_orders(&token, Some("application/json"), seed_body().to_string());
     assert_eq!(router.clone().oneshot(post).await.expect("answers").status(), StatusCode::OK);
     let unknown = Request::builder().uri("/api/orders/abc").header("authorization", format!("Bearer {token}"));
     let unknown = unknown.body(Body::empty()).expect("request");
@@ -397,6 +390,8 @@ async fn metrics_count_answers_orders_and_work() {
         r#"orderly_bus_queued{topic="create_order"} 0"#,
         "orderly_outbox_events 0",
         "orderly_payments_pending 0",
+        "orderly_rate_limit_orders_per_second 20000",
+        "orderly_in_flight_max 512",
     ] {
         assert!(text.contains(series), "{series} missing from:\n{text}");
     }
@@ -430,13 +425,7 @@ async fn the_entry_sheds_load_with_429_and_retry_after() {
     for _ in 0..4 {
         let mut body = seed_body();
         body["commodity_details"] = json!([body["commodity_details"][0].clone()]);
-        let request = Request::builder()
-            .method("POST")
-            .uri("/api/orders")
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {token}"))
-            .body(Body::from(body.to_string()))
-            .expect("request");
+        let request = post_orders(&token, Some("application/json"), body.to_string());
         let response = app.router.clone().oneshot(request).await.expect("answers");
         statuses.push((response.status(), response.headers().get("retry-after").cloned()));
     }
