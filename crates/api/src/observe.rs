@@ -88,21 +88,18 @@ pub fn text(body: String) -> Response {
 /// The text Prometheus scrapes: the gauges of the work still to do refreshed first (what cannot be read
 /// now keeps its last value), then every series.
 pub async fn render(handle: &PrometheusHandle, orderly: Option<&Orderly>) -> String {
-    let work = match orderly {
-        Some(orderly) => Some(orderly.work_to_do().await),
-        None => None,
-    };
-    match work {
-        None => {}
-        Some(Ok(work)) => {
-            for (topic, waiting) in &work.queued {
-                metrics::gauge!(BUS_QUEUED, "topic" => topic.as_str()).set(*waiting as f64);
+    if let Some(orderly) = orderly {
+        match orderly.work_to_do().await {
+            Ok(work) => {
+                for (topic, waiting) in &work.queued {
+                    metrics::gauge!(BUS_QUEUED, "topic" => topic.as_str()).set(*waiting as f64);
+                }
+                metrics::gauge!(BUS_DEAD_LETTERS).set(work.dead_letters as f64);
+                metrics::gauge!(OUTBOX_EVENTS).set(work.outbox as f64);
+                metrics::gauge!(PAYMENTS_PENDING).set(work.payments_pending as f64);
             }
-            metrics::gauge!(BUS_DEAD_LETTERS).set(work.dead_letters as f64);
-            metrics::gauge!(OUTBOX_EVENTS).set(work.outbox as f64);
-            metrics::gauge!(PAYMENTS_PENDING).set(work.payments_pending as f64);
+            Err(error) => tracing::debug!(%error, "work to do not read for /metrics"),
         }
-        Some(Err(error)) => tracing::debug!(%error, "work to do not read for /metrics"),
     }
     handle.run_upkeep();
     handle.render()

@@ -33,6 +33,24 @@ pub enum CatalogError {
     Unavailable(#[from] PortError),
 }
 
+/// The checks of [`CatalogRejection`] that need no store: an id, a price, each commodity once.
+fn check_entries(entries: &[CatalogEntry]) -> Result<(), CatalogRejection> {
+    let mut seen = HashSet::with_capacity(entries.len());
+    for entry in entries {
+        let commodity_id = entry.commodity_id;
+        if commodity_id.0 == 0 {
+            return Err(CatalogRejection::ZeroId);
+        }
+        if entry.unit_price == Money::ZERO {
+            return Err(CatalogRejection::ZeroPrice { commodity_id });
+        }
+        if !seen.insert(commodity_id) {
+            return Err(CatalogRejection::Duplicate { commodity_id });
+        }
+    }
+    Ok(())
+}
+
 /// Work still to do: zero everywhere (dead letters aside) means quiet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkToDo {
@@ -72,19 +90,7 @@ impl Orderly {
         entries: &[CatalogEntry],
         stock: &[(CommodityId, u32)],
     ) -> Result<(), CatalogError> {
-        let mut seen = HashSet::with_capacity(entries.len());
-        for entry in entries {
-            let commodity_id = entry.commodity_id;
-            if commodity_id.0 == 0 {
-                return Err(CatalogRejection::ZeroId.into());
-            }
-            if entry.unit_price == Money::ZERO {
-                return Err(CatalogRejection::ZeroPrice { commodity_id }.into());
-            }
-            if !seen.insert(commodity_id) {
-                return Err(CatalogRejection::Duplicate { commodity_id }.into());
-            }
-        }
+        check_entries(entries)?;
         // A commodity's counters live with its shop (a cache sharded by shop) and its orders name it:
         // it stays with the shop that first sold it.
         for entry in entries {
@@ -99,6 +105,11 @@ impl Orderly {
                 .into());
             }
         }
+        self.write_catalog(entries, stock).await
+    }
+
+    /// Entries checked, and any known commodity's shop unchanged: written, and their stock added.
+    async fn write_catalog(&self, entries: &[CatalogEntry], stock: &[(CommodityId, u32)]) -> Result<(), CatalogError> {
         self.ports.store.put_commodities(entries).await?;
         self.catalog.forget_all();
         for &(id, quantity) in stock {
@@ -122,7 +133,9 @@ impl Orderly {
                 stock.push((entry.commodity_id, quantity));
             }
         }
-        self.load_catalog(&entries, &stock).await?;
+        // Every one was just found unknown: no shop to compare with.
+        check_entries(&entries)?;
+        self.write_catalog(&entries, &stock).await?;
         Ok(entries.len())
     }
 

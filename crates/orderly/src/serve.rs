@@ -31,8 +31,8 @@ pub struct Roles {
     pub workers: bool,
 }
 
-/// A worker's `GET /metrics` on `address`, in a task of its own for the life of the process. Where it
-/// listens.
+/// `GET /metrics` of a process that serves no API (a worker, the payment service) on `address`, in a
+/// task of its own for the life of the process. Where it listens.
 async fn serve_metrics(
     address: std::net::SocketAddr,
     orderly: Option<orderly_app::Orderly>,
