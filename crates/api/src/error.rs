@@ -5,9 +5,76 @@ use axum::response::{IntoResponse, Response};
 use orderly_app::ports::ChangeRejection;
 use orderly_app::{OrderError, PlaceError, PortError};
 use orderly_domain::{CartRejection, TransitionRejection};
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use crate::auth::AuthRejection;
+
+/// Every `code` an error answer can carry (docs/API.md's table; the OpenAPI document's enum).
+pub const CODES: &[&str] = &[
+    "malformed_json",
+    "invalid_idempotency_key",
+    "unreadable_body",
+    "invalid_query",
+    "invalid_path",
+    "unauthorized",
+    "payment_declined",
+    "uid_mismatch",
+    "not_found",
+    "unknown_commodity",
+    "no_such_route",
+    "no_registry",
+    "method_not_allowed",
+    "sold_out",
+    "order_not_created_yet",
+    "order_already_created",
+    "order_already_final",
+    "payment_in_flight",
+    "commodity_shop_fixed",
+    "body_too_large",
+    "unsupported_media_type",
+    "invalid_body",
+    "empty_cart",
+    "too_many_lines",
+    "quantity_out_of_range",
+    "duplicate_commodity",
+    "wrong_shop",
+    "price_mismatch",
+    "total_too_large",
+    "buying_from_self",
+    "idempotency_key_reused",
+    "too_many_items",
+    "invalid_commodity_id",
+    "invalid_price",
+    "invalid_setting",
+    "rate_limited",
+    "overloaded",
+    "unavailable",
+    "internal",
+];
+
+/// What an error answer's body is: the envelope with a stable `code`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Equals the HTTP status.
+    pub status: u16,
+    /// For people; clients branch on `code`.
+    pub message: String,
+    #[schema(schema_with = code_schema)]
+    pub code: &'static str,
+    /// What the error is about (`line`, `commodity_id`, `key`, or the order), or null.
+    #[schema(value_type = Value)]
+    pub data: Value,
+}
+
+fn code_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(CODES.iter().copied()))
+        .description(Some("Stable; documented in docs/API.md."))
+        .build()
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -21,6 +88,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        debug_assert!(CODES.contains(&code), "error code {code} is not in error::CODES");
         ApiError { status, code, message: message.into(), data: Value::Null, retry_after_s: None }
     }
 
@@ -135,12 +203,7 @@ impl From<OrderError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "status": self.status.as_u16(),
-            "message": self.message,
-            "code": self.code,
-            "data": self.data,
-        });
+        let body = ErrorBody { status: self.status.as_u16(), message: self.message, code: self.code, data: self.data };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after_s {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -150,6 +213,6 @@ impl IntoResponse for ApiError {
 }
 
 /// The seed's success envelope.
-pub fn ok(status: StatusCode, data: Value) -> Response {
-    (status, axum::Json(json!({ "status": status.as_u16(), "message": "OK", "data": data }))).into_response()
+pub fn ok<T: Serialize>(status: StatusCode, data: T) -> Response {
+    (status, axum::Json(crate::views::Envelope { status: status.as_u16(), message: "OK", data })).into_response()
 }

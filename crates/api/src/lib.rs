@@ -6,12 +6,16 @@
 //! - [`error`]: [`error::ApiError`], the one place domain and port errors become HTTP answers.
 //! - [`auth`]: bearer tokens (HMAC-signed `uid` + expiry) and the admin token.
 //! - [`limit`]: the token-bucket rate limit at the entry.
-//! - [`views`]: what the API shows of orders and commodities.
+//! - [`views`]: what the API shows, one type per answer.
+//! - [`dashboard`]: the live page at `/dashboard` and its data.
+//! - [`openapi`]: the OpenAPI 3.1 document (`/api/openapi.json`, Swagger UI at `/docs`).
 
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod limit;
 pub mod observe;
+pub mod openapi;
 pub mod routes;
 pub mod views;
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::Router;
 use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
@@ -11,7 +11,6 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
 use orderly_app::Actor;
 use orderly_app::admin::{CatalogError, CatalogRejection};
@@ -23,11 +22,16 @@ use serde::Deserialize;
 use serde_json::json;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::TokenAuth;
-use crate::error::{ApiError, ok};
+use crate::dashboard::{self, AuditVerdict};
+use crate::error::{ApiError, ErrorBody, ok};
 use crate::limit::{EntryLimiter, RateLimitConfig};
-use crate::views;
+use crate::views::{self, Envelope};
 
 /// Largest request body accepted.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
@@ -53,6 +57,8 @@ struct Inner {
     /// Replaced whole when the rate limit changes at run time.
     limiter: ArcSwap<EntryLimiter>,
     in_flight_max: usize,
+    /// What the last `GET /api/admin/audit` found, for the dashboard.
+    last_audit: ArcSwapOption<AuditVerdict>,
 }
 
 impl ApiState {
@@ -63,6 +69,7 @@ impl ApiState {
                 auth,
                 limiter: ArcSwap::from_pointee(EntryLimiter::new(limits)),
                 in_flight_max: limits.in_flight_max.max(1),
+                last_audit: ArcSwapOption::empty(),
             }),
             naive_baseline: false,
             registry: None,
@@ -99,33 +106,57 @@ impl ApiState {
     }
 }
 
-pub fn router(state: ApiState) -> Router {
+/// Where the OpenAPI document is served; Swagger UI reads it at `/docs`.
+pub const OPENAPI_PATH: &str = "/api/openapi.json";
+
+/// The routes with their OpenAPI operations: each handler is added through `routes!`, which takes its
+/// `#[utoipa::path]`, so a route cannot exist without its entry in the document (the `openapi` test
+/// checks that nothing is added around them).
+fn documented_routes(in_flight_max: usize, naive_baseline: bool) -> OpenApiRouter<ApiState> {
     // One semaphore for every buyer route (a per-route limit would multiply the bound).
     let shed = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(|_: BoxError| async { ApiError::overloaded() }))
         .load_shed()
-        .layer(GlobalConcurrencyLimitLayer::new(state.inner.in_flight_max));
-    let mut buyer = Router::new()
-        .route("/api/orders", post(place_orders).get(list_orders))
-        .route("/api/orders/{order_no}", get(get_order))
-        .route("/api/orders/{order_no}/pay", post(pay_order))
-        .route("/api/orders/{order_no}/cancel", post(cancel_order))
-        .route("/api/commodities/{id}", get(get_commodity));
-    if state.naive_baseline {
-        buyer = buyer.route("/api/baseline/orders", post(place_orders_naive));
+        .layer(GlobalConcurrencyLimitLayer::new(in_flight_max));
+    let mut buyer = OpenApiRouter::new()
+        .routes(routes!(place_orders, list_orders))
+        .routes(routes!(get_order))
+        .routes(routes!(pay_order))
+        .routes(routes!(cancel_order))
+        .routes(routes!(get_commodity));
+    if naive_baseline {
+        buyer = buyer.routes(routes!(place_orders_naive));
     }
-    let buyer = buyer.route_layer(shed);
-    Router::new()
-        .route("/healthz", get(healthz))
-        .merge(buyer)
-        .route("/api/admin/catalog", post(admin_catalog))
-        .route("/api/admin/stock", post(admin_stock))
-        .route("/api/admin/audit", get(admin_audit))
-        .route("/api/admin/bus", get(admin_bus))
-        .route("/api/admin/config", get(admin_config))
-        .route("/api/admin/config/{key}", put(admin_config_set).delete(admin_config_unset))
-        .route("/api/admin/cluster", get(admin_cluster))
-        .route("/metrics", get(metrics_text))
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .merge(buyer.route_layer(shed))
+        .routes(routes!(admin_catalog))
+        .routes(routes!(admin_stock))
+        .routes(routes!(admin_audit))
+        .routes(routes!(admin_bus))
+        .routes(routes!(admin_config))
+        .routes(routes!(admin_config_set, admin_config_unset))
+        .routes(routes!(admin_cluster))
+        .routes(routes!(dashboard::data))
+        .routes(routes!(metrics_text))
+        .routes(routes!(dashboard::page))
+        .routes(routes!(dashboard::uplot_js))
+        .routes(routes!(dashboard::uplot_css))
+}
+
+/// The OpenAPI 3.1 document of the routes a server with this setting serves (the naive baseline's
+/// route only when it is served).
+pub fn openapi(naive_baseline: bool) -> utoipa::openapi::OpenApi {
+    let mut document = documented_routes(1, naive_baseline).into_openapi();
+    crate::openapi::complete(&mut document);
+    document
+}
+
+pub fn router(state: ApiState) -> Router {
+    let (routes, mut document) = documented_routes(state.inner.in_flight_max, state.naive_baseline).split_for_parts();
+    crate::openapi::complete(&mut document);
+    routes
+        .merge(SwaggerUi::new("/docs").url(OPENAPI_PATH, document))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "no such route") })
         // axum keeps the `Allow` header; the answer gets the envelope like every other.
         .method_not_allowed_fallback(|| async {
@@ -141,8 +172,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 impl ApiState {
-    fn orderly(&self) -> &Orderly {
+    pub(crate) fn orderly(&self) -> &Orderly {
         &self.inner.orderly
+    }
+
+    pub(crate) fn last_audit(&self) -> Option<AuditVerdict> {
+        self.inner.last_audit.load_full().map(|verdict| (*verdict).clone())
     }
 
     fn buyer(&self, headers: &HeaderMap) -> Result<Uid, ApiError> {
@@ -151,7 +186,7 @@ impl ApiState {
         Ok(self.inner.auth.verify(token, now_s)?)
     }
 
-    fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(crate) fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         match bearer(headers) {
             Some(token) if self.inner.auth.is_admin(token) => Ok(()),
             _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "admin token required")),
@@ -204,6 +239,11 @@ fn order_no(path: Result<Path<String>, PathRejection>) -> Result<OrderNo, ApiErr
 }
 
 /// Prometheus's text format (not the envelope: a scraper reads it). No token: it names no buyer.
+#[utoipa::path(get, path = "/metrics", tag = "operator",
+    responses(
+        (status = 200, description = "Prometheus's text format (not the envelope); series in docs/ARCHITECTURE.md", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 404, description = "`no_such_route`: this process records no metrics", body = ErrorBody),
+    ))]
 async fn metrics_text(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let Some(handle) = &state.metrics else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "metrics are not recorded here"));
@@ -215,10 +255,26 @@ async fn metrics_text(State(state): State<ApiState>) -> Result<Response, ApiErro
     Ok(crate::observe::text(crate::observe::render(handle, Some(state.orderly())).await))
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operator",
+    responses((status = 200, description = "The process answers", body = Envelope<views::Health>)))]
 async fn healthz() -> Response {
-    ok(StatusCode::OK, json!({ "ok": true }))
+    ok(StatusCode::OK, views::Health { ok: true })
 }
 
+#[utoipa::path(post, path = "/api/orders", tag = "buyer", security(("buyer" = [])),
+    description = "Reserves the cart's stock and accepts one order per shop, all or none. The orders are accepted, not yet persisted: poll them.",
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,128}$", description = "1 to 128 visible ASCII characters: a retry with the same key and body returns the first answer and creates nothing")),
+    request_body = PlaceOrderBody,
+    responses(
+        (status = 200, description = "Accepted: the order numbers, one per shop, ordered by shop id", body = Envelope<views::Placed>),
+        (status = 400, description = "`malformed_json`, `invalid_idempotency_key`, `unreadable_body`", body = ErrorBody),
+        (status = 403, description = "`uid_mismatch`: the body's uid is not the caller", body = ErrorBody),
+        (status = 409, description = "`sold_out`: not enough stock (`data.commodity_id`)", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_body` or a cart the catalog refuses (`price_mismatch`, `unknown_commodity`, `wrong_shop`, ...; `data.line`), `idempotency_key_reused`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
 async fn place_orders(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -226,9 +282,22 @@ async fn place_orders(
 ) -> Result<Response, ApiError> {
     let (body, key) = admit_cart(&state, &headers, body)?;
     let order_nos = state.orderly().place_orders(&body, key).await?;
-    Ok(ok(StatusCode::OK, json!({ "order_no": order_nos })))
+    Ok(ok(StatusCode::OK, views::Placed { order_no: order_nos }))
 }
 
+#[utoipa::path(post, path = "/api/baseline/orders", tag = "buyer", security(("buyer" = [])),
+    description = "The bench's naive baseline (served with `ORDERLY_NAIVE_BASELINE=true` only): the same checks as `POST /api/orders`, the orders created by one database transaction before the answer.",
+    request_body = PlaceOrderBody,
+    responses(
+        (status = 200, description = "Created, `to_pay`", body = Envelope<views::Placed>),
+        (status = 400, description = "`malformed_json`, `invalid_idempotency_key`, `unreadable_body`", body = ErrorBody),
+        (status = 403, description = "`uid_mismatch`", body = ErrorBody),
+        (status = 409, description = "`sold_out`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_body` or a cart the catalog refuses", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
 async fn place_orders_naive(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -236,7 +305,7 @@ async fn place_orders_naive(
 ) -> Result<Response, ApiError> {
     let (body, _) = admit_cart(&state, &headers, body)?;
     let order_nos = state.orderly().place_orders_naive(&body).await?;
-    Ok(ok(StatusCode::OK, json!({ "order_no": order_nos })))
+    Ok(ok(StatusCode::OK, views::Placed { order_no: order_nos }))
 }
 
 /// The entry's checks before the use-case: rate limit, the buyer, the idempotency key, the body.
@@ -269,6 +338,13 @@ fn admit_cart<'h>(
     Ok((body, key))
 }
 
+#[utoipa::path(get, path = "/api/orders/{order_no}", tag = "buyer", security(("buyer" = [])),
+    params(("order_no" = OrderNo, Path, description = "An order of the caller")),
+    responses(
+        (status = 200, description = "The order", body = Envelope<views::OrderView>),
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order, or another buyer's", body = ErrorBody),
+    ))]
 async fn get_order(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -279,13 +355,24 @@ async fn get_order(
     Ok(ok(StatusCode::OK, views::order(&order)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
+    /// Orders older than this one (the previous page's `next_before`).
+    #[param(value_type = Option<OrderNo>)]
     before: Option<String>,
-    limit: Option<usize>,
+    /// Page size, clamped to 1–100 (20 when absent).
+    #[param(minimum = 0, maximum = 18446744073709551615_u64)]
+    limit: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/api/orders", tag = "buyer", security(("buyer" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of the caller's orders, newest first", body = Envelope<views::OrderPage>),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+    ))]
 async fn list_orders(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -300,12 +387,24 @@ async fn list_orders(
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "before must be an order number")
             })?),
         };
-    let orders = state.orderly().orders_of(uid, before, params.limit.unwrap_or(20)).await?;
+    let limit = usize::try_from(params.limit.unwrap_or(20)).unwrap_or(usize::MAX);
+    let orders = state.orderly().orders_of(uid, before, limit).await?;
     let next_before = orders.last().map(|o| o.order_no);
-    let orders: Vec<_> = orders.iter().map(views::order).collect();
-    Ok(ok(StatusCode::OK, json!({ "orders": orders, "next_before": next_before })))
+    let orders = orders.iter().map(views::order).collect();
+    Ok(ok(StatusCode::OK, views::OrderPage { orders, next_before }))
 }
 
+#[utoipa::path(post, path = "/api/orders/{order_no}/pay", tag = "buyer", security(("buyer" = [])),
+    description = "Charges the order's total through the payment service. An order is never charged twice.",
+    params(("order_no" = OrderNo, Path, description = "An order of the caller")),
+    responses(
+        (status = 200, description = "Paid", body = Envelope<views::OrderView>),
+        (status = 202, description = "No definite answer yet: the reconciler settles it; poll the order", body = Envelope<views::OrderView>),
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
+        (status = 402, description = "`payment_declined`: the order stays `to_pay`; `data` is the order", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`payment_in_flight`, `order_already_final`, `order_not_created_yet`", body = ErrorBody),
+    ))]
 async fn pay_order(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -318,11 +417,19 @@ async fn pay_order(
         PayOutcome::Pending(order) => Ok(ok(StatusCode::ACCEPTED, views::order(&order))),
         PayOutcome::Declined { order, reason } => {
             Err(ApiError::new(StatusCode::PAYMENT_REQUIRED, "payment_declined", format!("payment declined: {reason}"))
-                .with_data(views::order(&order)))
+                .with_data(serde_json::to_value(views::order(&order)).unwrap_or_default()))
         }
     }
 }
 
+#[utoipa::path(post, path = "/api/orders/{order_no}/cancel", tag = "buyer", security(("buyer" = [])),
+    params(("order_no" = OrderNo, Path, description = "An order of the caller")),
+    responses(
+        (status = 200, description = "Cancelled, its stock returned", body = Envelope<views::OrderView>),
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`order_already_final`, `order_not_created_yet`, `payment_in_flight`", body = ErrorBody),
+    ))]
 async fn cancel_order(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -333,6 +440,12 @@ async fn cancel_order(
     Ok(ok(StatusCode::OK, views::order(&order)))
 }
 
+#[utoipa::path(get, path = "/api/commodities/{id}", tag = "buyer",
+    params(("id" = u64, Path, description = "A commodity id")),
+    responses(
+        (status = 200, description = "Price and what can still be sold", body = Envelope<views::CommodityView>),
+        (status = 404, description = "`unknown_commodity`", body = ErrorBody),
+    ))]
 async fn get_commodity(
     State(state): State<ApiState>,
     path: Result<Path<u64>, PathRejection>,
@@ -345,12 +458,17 @@ async fn get_commodity(
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_commodity", "no such commodity"))?;
     Ok(ok(
         StatusCode::OK,
-        json!({ "commodity_id": entry.commodity_id, "shop_id": entry.shop_id, "price": entry.unit_price, "stock": stock }),
+        views::CommodityView {
+            commodity_id: entry.commodity_id,
+            shop_id: entry.shop_id,
+            price: entry.unit_price,
+            stock,
+        },
     ))
 }
 
 /// One commodity of the admin catalog (also the format of the catalog file loaded at start).
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogItem {
     pub commodity_id: CommodityId,
@@ -360,10 +478,12 @@ pub struct CatalogItem {
     pub price: Money,
     /// Stock to add.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 4294967295_u64)]
     pub add_stock: u32,
 }
 
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, ToSchema)]
+#[schema(example = json!({"commodities": [{"commodity_id": 4, "shop_id": 100003, "price": 19.99, "add_stock": 50}]}))]
 #[serde(deny_unknown_fields)]
 pub struct CatalogBody {
     pub commodities: Vec<CatalogItem>,
@@ -372,6 +492,17 @@ pub struct CatalogBody {
 /// Commodities in one request, at most.
 pub const CATALOG_ITEMS_MAX: usize = 1_000;
 
+#[utoipa::path(post, path = "/api/admin/catalog", tag = "admin", security(("admin" = [])),
+    description = "Adds commodities (and stock), all or nothing. The same format is the catalog file loaded at start.",
+    request_body = CatalogBody,
+    responses(
+        (status = 200, description = "Loaded: how many commodities", body = Envelope<views::CatalogLoaded>),
+        (status = 400, description = "`malformed_json`, `unreadable_body`", body = ErrorBody),
+        (status = 409, description = "`commodity_shop_fixed`: a known commodity under another shop (`data.commodity_id`)", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_body`, `too_many_items`, `invalid_commodity_id`, `invalid_price`, `duplicate_commodity` (`data.commodity_id`)", body = ErrorBody),
+    ))]
 async fn admin_catalog(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -394,7 +525,7 @@ async fn admin_catalog(
     let stock: Vec<(CommodityId, u32)> =
         body.commodities.iter().filter(|c| c.add_stock > 0).map(|c| (c.commodity_id, c.add_stock)).collect();
     state.orderly().load_catalog(&entries, &stock).await.map_err(catalog_refused)?;
-    Ok(ok(StatusCode::OK, json!({ "commodities": entries.len() })))
+    Ok(ok(StatusCode::OK, views::CatalogLoaded { commodities: entries.len() }))
 }
 
 fn catalog_refused(error: CatalogError) -> ApiError {
@@ -417,13 +548,26 @@ fn catalog_refused(error: CatalogError) -> ApiError {
     ApiError::new(status, code, rejection.to_string()).with_data(json!({ "commodity_id": commodity_id }))
 }
 
-#[derive(Debug, Deserialize)]
+/// Stock to add to a known commodity.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"commodity_id": 1, "add": 10}))]
 #[serde(deny_unknown_fields)]
 struct StockBody {
     commodity_id: CommodityId,
+    #[schema(minimum = 0, maximum = 4294967295_u64)]
     add: u32,
 }
 
+#[utoipa::path(post, path = "/api/admin/stock", tag = "admin", security(("admin" = [])),
+    request_body = StockBody,
+    responses(
+        (status = 200, description = "Stock added: what is available now", body = Envelope<views::StockAdded>),
+        (status = 400, description = "`malformed_json`, `unreadable_body`", body = ErrorBody),
+        (status = 404, description = "`unknown_commodity`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_body`", body = ErrorBody),
+    ))]
 async fn admin_stock(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -434,23 +578,22 @@ async fn admin_stock(
     let Some(available) = state.orderly().add_stock(body.commodity_id, body.add).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_commodity", "no such commodity"));
     };
-    Ok(ok(StatusCode::OK, json!({ "commodity_id": body.commodity_id, "available": available })))
+    Ok(ok(StatusCode::OK, views::StockAdded { commodity_id: body.commodity_id, available }))
 }
 
 /// Work still to do: messages waiting per topic (delayed ones included), dead letters, outbox events
 /// not relayed yet (up to 1000), payments without a definite answer. Zero everywhere (dead letters
 /// aside) means quiet.
+#[utoipa::path(get, path = "/api/admin/bus", tag = "admin", security(("admin" = [])),
+    responses((status = 200, description = "Work still to do; everything but dead letters at zero means quiet", body = Envelope<views::Work>)))]
 async fn admin_bus(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     state.admin(&headers)?;
     let work = state.orderly().work_to_do().await?;
-    Ok(ok(
-        StatusCode::OK,
-        json!({ "queued": work.queued, "dead_letters": work.dead_letters, "outbox": work.outbox,
-                "payments_pending": work.payments_pending }),
-    ))
+    Ok(ok(StatusCode::OK, views::Work::from(work)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditParams {
     /// The caller vouches that traffic stopped and queues drained: I2's equalities are owed.
@@ -458,6 +601,7 @@ struct AuditParams {
     quiet: bool,
     /// How long an order may take to become definite.
     #[serde(default = "default_deadline_ms")]
+    #[param(minimum = 0, maximum = 18446744073709551615_u64)]
     deadline_ms: u64,
 }
 
@@ -466,6 +610,13 @@ fn default_deadline_ms() -> u64 {
 }
 
 /// I1–I5 over the live store and cache (the store is locked by this process, so the CLI cannot read it).
+#[utoipa::path(get, path = "/api/admin/audit", tag = "admin", security(("admin" = [])),
+    description = "Invariants I1–I5 on the live system.",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "The report and the bus's depth", body = Envelope<views::Audit>),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+    ))]
 async fn admin_audit(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -474,9 +625,16 @@ async fn admin_audit(
     state.admin(&headers)?;
     let Query(params) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let report = state.orderly().audit(params.quiet, params.deadline_ms).await?;
+    state.inner.last_audit.store(Some(Arc::new(AuditVerdict {
+        at_ms: state.orderly().now_ms(),
+        quiet: report.quiet,
+        violations: report.violations.len(),
+        orders_by_state: report.orders_by_state.iter().map(|(state, n)| ((*state).to_owned(), *n)).collect(),
+    })));
     let depth = state.orderly().bus_depth().await?;
     let report = serde_json::to_value(&report).unwrap_or_default();
-    Ok(ok(StatusCode::OK, json!({ "report": report, "bus": depth })))
+    let bus = serde_json::to_value(&depth).unwrap_or_default();
+    Ok(ok(StatusCode::OK, views::Audit { report, bus }))
 }
 
 impl ApiState {
@@ -490,16 +648,33 @@ impl ApiState {
 
 /// The settings changed at run time (`settings`) and every setting in force here (`effective`: this
 /// process's configuration with them laid over it).
+#[utoipa::path(get, path = "/api/admin/config", tag = "admin", security(("admin" = [])),
+    responses(
+        (status = 200, description = "Settings changed at run time, and every setting in force here", body = Envelope<views::Config>),
+        (status = 404, description = "`no_registry`", body = ErrorBody),
+        (status = 422, description = "`invalid_setting`: a stored setting this process refuses", body = ErrorBody),
+    ))]
 async fn admin_config(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     state.admin(&headers)?;
     let (registry, base) = state.registry()?;
     let settings = registry.settings().borrow().clone();
     let effective = base.with(&settings).map(|live| live.flatten()).map_err(invalid_setting)?;
-    Ok(ok(StatusCode::OK, json!({ "settings": settings, "effective": effective })))
+    Ok(ok(StatusCode::OK, views::Config { settings, effective }))
 }
 
 /// Sets one setting for every process (the body: its JSON value). Checked first: a bad value is
 /// refused naming the key, and nothing changes.
+#[utoipa::path(put, path = "/api/admin/config/{key}", tag = "admin", security(("admin" = [])),
+    description = "Sets one setting for every process (each applies it within a second), after checking it.",
+    params(("key" = String, Path, description = "A setting, e.g. `rate_limit.orders_per_second`")),
+    request_body(content = serde_json::Value, description = "The setting's JSON value (`250`, `\"text\"`)", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Set: the value now in force", body = Envelope<views::Setting>),
+        (status = 400, description = "`invalid_path`, `unreadable_body`", body = ErrorBody),
+        (status = 404, description = "`no_registry`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 422, description = "`invalid_setting` (`data.key`); nothing written", body = ErrorBody),
+    ))]
 async fn admin_config_set(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -519,10 +694,19 @@ async fn admin_config_set(
     let live = base.with(&settings).map_err(invalid_setting)?;
     registry.set_setting(&key, Some(&value)).await?;
     let effective = live.flatten().remove(&key);
-    Ok(ok(StatusCode::OK, json!({ "key": key, "value": effective })))
+    Ok(ok(StatusCode::OK, views::Setting { key, value: effective }))
 }
 
 /// Removes one setting: every process goes back to its own configuration for it.
+#[utoipa::path(delete, path = "/api/admin/config/{key}", tag = "admin", security(("admin" = [])),
+    description = "Removes a setting: every process goes back to its own configuration for it.",
+    params(("key" = String, Path, description = "A setting")),
+    responses(
+        (status = 200, description = "Removed", body = Envelope<views::Setting>),
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
+        (status = 404, description = "`no_registry`", body = ErrorBody),
+        (status = 422, description = "`invalid_setting`: another setting needs it", body = ErrorBody),
+    ))]
 async fn admin_config_unset(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -536,7 +720,7 @@ async fn admin_config_unset(
     settings.remove(&key);
     base.with(&settings).map_err(invalid_setting)?;
     registry.set_setting(&key, None).await?;
-    Ok(ok(StatusCode::OK, json!({ "key": key, "value": null })))
+    Ok(ok(StatusCode::OK, views::Setting { key, value: None }))
 }
 
 fn invalid_setting(error: orderly_app::settings::SettingError) -> ApiError {
@@ -547,9 +731,14 @@ fn invalid_setting(error: orderly_app::settings::SettingError) -> ApiError {
 
 /// The registry's servers, the processes registered (role, address, version, start) and the worker ids
 /// they hold.
+#[utoipa::path(get, path = "/api/admin/cluster", tag = "admin", security(("admin" = [])),
+    responses(
+        (status = 200, description = "The registry's servers, the processes registered, worker ids and leaders", body = Envelope<views::Cluster>),
+        (status = 404, description = "`no_registry`", body = ErrorBody),
+    ))]
 async fn admin_cluster(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     state.admin(&headers)?;
     let (registry, _) = state.registry()?;
     let status = registry.status().await?;
-    Ok(ok(StatusCode::OK, serde_json::to_value(&status).unwrap_or_default()))
+    Ok(ok(StatusCode::OK, views::Cluster(serde_json::to_value(&status).unwrap_or_default())))
 }

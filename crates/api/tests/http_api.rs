@@ -386,7 +386,7 @@ async fn metrics_count_answers_orders_and_work() {
         r#"orderly_payments_total{outcome="succeeded"} 2"#,
         r#"orderly_http_requests_total{route="/api/orders",method="POST",status="200"} 1"#,
         r#"orderly_http_requests_total{route="/api/orders/{order_no}",method="GET",status="404"} 1"#,
-        r#"orderly_http_request_seconds_bucket{route="/api/orders",le="+Inf"} 1"#,
+        r#"orderly_http_request_seconds_bucket{route="/api/orders",method="POST",le="+Inf"} 1"#,
         r#"orderly_bus_queued{topic="create_order"} 0"#,
         "orderly_outbox_events 0",
         "orderly_payments_pending 0",
@@ -568,4 +568,107 @@ async fn admin_config_checks_each_setting_and_the_rate_limit_follows() {
     let (status, body) = app.call("GET", "/api/admin/cluster", Some(ADMIN), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["servers"][0]["healthy"], true);
+}
+
+/// `(method, path)` of every route docs/API.md names in backticks (`` `GET /api/orders?limit=…` ``),
+/// query strings left off.
+fn documented_routes(api_md: &str) -> std::collections::BTreeSet<(String, String)> {
+    let mut routes = std::collections::BTreeSet::new();
+    for (start, _) in api_md.match_indices('`') {
+        let rest = &api_md[start + 1..];
+        let Some((method, path)) = rest.split_once(' ') else { continue };
+        if !["GET", "POST", "PUT", "DELETE", "PATCH"].contains(&method) || !path.starts_with('/') {
+            continue;
+        }
+        let path = path.split(['`', '?', ' ']).next().unwrap_or_default();
+        routes.insert((method.to_lowercase(), path.to_owned()));
+    }
+    routes
+}
+
+/// The OpenAPI document (issue 17, item 1): served with Swagger UI; the router serves exactly the
+/// document's methods on its paths and builds no route outside it; docs/API.md names the same routes
+/// and the same error codes.
+#[tokio::test]
+async fn the_openapi_document_names_every_route_and_code() {
+    let app = app_configured(RateLimitConfig::default(), true).await;
+    let get = |uri: &str| Request::builder().uri(uri).body(Body::empty()).expect("request");
+    let response = app.router.clone().oneshot(get("/api/openapi.json")).await.expect("answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    let document: Value =
+        serde_json::from_slice(&response.into_body().collect().await.expect("body").to_bytes()).expect("JSON");
+    assert!(document["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")), "{}", document["openapi"]);
+    let response = app.router.clone().oneshot(get("/docs/")).await.expect("answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    let page = response.into_body().collect().await.expect("body").to_bytes();
+    assert!(String::from_utf8_lossy(&page).contains("swagger-ui"), "Swagger UI's page");
+
+    // Routes are added only through `routes!` (each takes its handler's `#[utoipa::path]`).
+    let source = include_str!("../src/routes.rs").replace("OpenApiRouter", "");
+    for builder in [".route(", ".route_service(", ".nest(", ".nest_service(", "Router::new()", ".fallback_service("] {
+        assert!(!source.contains(builder), "routes.rs adds a route outside the document with {builder}");
+    }
+    for (at, _) in source.match_indices(".merge(") {
+        let merged = &source[at + ".merge(".len()..];
+        assert!(
+            merged.starts_with("buyer") || merged.starts_with("SwaggerUi"),
+            "routes.rs merges a router that is not documented: {}",
+            merged.lines().next().unwrap_or_default()
+        );
+    }
+
+    // The router takes exactly the document's methods on each of its paths.
+    let paths = document["paths"].as_object().expect("paths");
+    let mut in_document = std::collections::BTreeSet::new();
+    for (path, item) in paths {
+        let uri = path
+            .replace("{order_no}", "38385726281849241600001")
+            .replace("{id}", "1")
+            .replace("{key}", "flow.unpaid_timeout_ms");
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            let documented = item.get(method.to_lowercase()).is_some();
+            if documented {
+                in_document.insert((method.to_lowercase(), path.clone()));
+            }
+            let request = Request::builder().method(method).uri(&uri).body(Body::empty()).expect("request");
+            let response = app.router.clone().oneshot(request).await.expect("answers");
+            let status = response.status();
+            let bytes = response.into_body().collect().await.expect("body").to_bytes();
+            // The dashboard's page and files are not JSON.
+            let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if documented {
+                assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {answer}");
+                // (This app records no metrics: its `/metrics` answers the documented 404.)
+                if path != "/metrics" {
+                    assert_ne!(answer["code"], "no_such_route", "{method} {path}");
+                }
+            } else {
+                assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is not in the document: {answer}");
+            }
+        }
+    }
+
+    // docs/API.md names the document's routes (and the two that serve the document itself).
+    let api_md = include_str!("../../../docs/API.md");
+    let mut expected = in_document.clone();
+    expected.insert(("get".to_owned(), "/api/openapi.json".to_owned()));
+    expected.insert(("get".to_owned(), "/docs".to_owned()));
+    assert_eq!(documented_routes(api_md), expected, "docs/API.md and the OpenAPI document name other routes");
+
+    // The error codes: docs/API.md's table, the document's enum and `error::CODES` are one list.
+    let table: std::collections::BTreeSet<&str> = api_md
+        .lines()
+        .filter(|line| line.starts_with("| 4") || line.starts_with("| 5"))
+        .flat_map(|line| line.split('|').nth(2).unwrap_or_default().split('`').skip(1).step_by(2))
+        .collect();
+    let codes: std::collections::BTreeSet<&str> = orderly_api::error::CODES.iter().copied().collect();
+    assert_eq!(table, codes, "docs/API.md's error codes and error::CODES differ");
+    let in_schema: std::collections::BTreeSet<&str> =
+        document["components"]["schemas"]["ErrorBody"]["properties"]["code"]["enum"]
+            .as_array()
+            .expect("the code's enum")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+    assert_eq!(in_schema, codes);
 }

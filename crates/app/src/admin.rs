@@ -51,6 +51,19 @@ fn check_entries(entries: &[CatalogEntry]) -> Result<(), CatalogRejection> {
     Ok(())
 }
 
+/// A commodity's stock, for the operator's view ([`Orderly::hot_stock`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HotStock {
+    pub commodity_id: CommodityId,
+    /// Everything ever added.
+    pub initial: u64,
+    /// Deducted in the store by live orders (to pay or paid).
+    pub deducted: u64,
+    /// What the cache can still sell now (accepted orders not yet created are already out of it);
+    /// `None` when the cache has not loaded the commodity.
+    pub selling: Option<u64>,
+}
+
 /// Work still to do: zero everywhere (dead letters aside) means quiet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkToDo {
@@ -173,6 +186,26 @@ impl Orderly {
             outbox: self.ports.store.outbox(OUTBOX_COUNT_MAX).await?.len(),
             payments_pending: self.ports.store.payments_pending().await?,
         })
+    }
+
+    /// The `n` commodities with the most units deducted by live orders in the store (`initial -
+    /// available`), most first, with what the cache can still sell of each now (`None`: not loaded).
+    pub async fn hot_stock(&self, n: usize) -> Result<Vec<HotStock>, PortError> {
+        let mut levels = self.ports.store.all_stock().await?;
+        levels.sort_by_key(|(id, level)| (std::cmp::Reverse(level.initial.saturating_sub(level.available)), *id));
+        levels.truncate(n);
+        let ids: Vec<CommodityId> = levels.iter().map(|(id, _)| *id).collect();
+        let selling = self.ports.cache.available(&ids).await?;
+        Ok(levels
+            .into_iter()
+            .zip(selling)
+            .map(|((commodity_id, level), selling)| HotStock {
+                commodity_id,
+                initial: level.initial,
+                deducted: level.initial.saturating_sub(level.available),
+                selling,
+            })
+            .collect())
     }
 
     /// The wall clock, for the API's token expiry.

@@ -16,6 +16,14 @@ use crate::money::Money;
 
 /// The seed's request body (`POST /api/orders`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({
+    "uid": 1, "to_uid": 2, "origin_price": 29.99, "actual_price": 29.99, "pay_at_once": false,
+    "commodity_details": [
+        {"actual_price": 29.99, "commodity_id": 1, "good_type": 1, "page_type": 0, "prices": 29.99, "user_id": 100001, "num": 1},
+        {"actual_price": 49.99, "commodity_id": 2, "good_type": 1, "page_type": 0, "prices": 49.99, "user_id": 100002, "num": 1}
+    ]
+})))]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderBody {
     pub uid: Uid,
@@ -31,7 +39,9 @@ pub struct PlaceOrderBody {
     pub commodity_details: Vec<PlaceOrderLine>,
 }
 
+/// One line of the seed's cart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderLine {
     /// Unit price the buyer pays.
@@ -47,7 +57,8 @@ pub struct PlaceOrderLine {
     pub prices: Money,
     /// The shop selling this line.
     pub user_id: ShopId,
-    /// Quantity. Signed so that a negative number gets a precise rejection, not a parse error.
+    /// Quantity, 1 to the cart limit (1 000 by default). Signed so that a negative number gets a precise
+    /// rejection, not a parse error.
     pub num: i64,
 }
 

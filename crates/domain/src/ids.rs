@@ -11,6 +11,7 @@ macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(transparent)]
         pub struct $name(pub u64);
 
@@ -48,7 +49,7 @@ pub struct OrderNo {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OrderNoParseError {
-    #[error("order number must be 5 to 24 decimal digits")]
+    #[error("order number must be 5 to 23 decimal digits")]
     Malformed,
 }
 
@@ -83,7 +84,8 @@ impl fmt::Display for OrderNo {
 impl FromStr for OrderNo {
     type Err = OrderNoParseError;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if !(5..=24).contains(&text.len()) || !text.bytes().all(|b| b.is_ascii_digit()) {
+        // At most 19 digits of id: every such number fits a u64 (a snowflake id has 63 bits, 19 digits).
+        if !(5..=23).contains(&text.len()) || !text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(OrderNoParseError::Malformed);
         }
         let (id, shard) = text.split_at(text.len() - 4);
@@ -105,6 +107,23 @@ impl<'de> Deserialize<'de> for OrderNo {
         text.parse().map_err(serde::de::Error::custom)
     }
 }
+
+/// Text of 5 to 23 digits: the snowflake id, then the buyer's shard as four digits. Exactly the texts
+/// that parse.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for OrderNo {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9]{5,23}$"))
+            .examples(["3838572628184924160001"])
+            .description(Some("An order number: the snowflake id followed by the buyer's shard (4 digits)."))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for OrderNo {}
 
 #[cfg(test)]
 mod tests {

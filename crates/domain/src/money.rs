@@ -167,6 +167,25 @@ impl<'de> Deserialize<'de> for Money {
     }
 }
 
+/// A JSON number with at most two decimals and no exponent, 0 to [`MONEY_CENTS_MAX`] cents. (No
+/// `multipleOf: 0.01`: JSON Schema validators check it in binary floating point, where `29.99` is no
+/// multiple of `0.01`.)
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Money {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Number)
+            .minimum(Some(0))
+            .maximum(Some(MONEY_CENTS_MAX / 100))
+            .examples([29.99])
+            .description(Some("An amount: a JSON number with at most two decimals, no exponent, not a string."))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Money {}
+
 /// For the amounts of a request body (`#[serde(deserialize_with = ...)]`): the number as its JSON text,
 /// read by [`Money::from_json_text`] — `f64` would have made `29.9899999999999999999` into `29.99`.
 /// Needs serde_json's deserializer, which keeps the number's text.
