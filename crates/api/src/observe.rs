@@ -25,6 +25,17 @@ pub const PAYMENTS_PENDING: &str = "orderly_payments_pending";
 pub const RATE_LIMIT: &str = "orderly_rate_limit_orders_per_second";
 pub const RATE_LIMIT_BURST: &str = "orderly_rate_limit_burst";
 pub const IN_FLIGHT_MAX: &str = "orderly_in_flight_max";
+/// Buyer requests being served now (admitted past the in-flight bound), read when scraped.
+pub const IN_FLIGHT: &str = "orderly_http_in_flight";
+
+/// The stock of the most deducted commodities (the dashboard's list), by `commodity_id`, read when
+/// scraped by an API: what the cache can still sell, and what live orders hold in the store.
+pub const STOCK_SELLING: &str = "orderly_stock_selling";
+pub const STOCK_DEDUCTED: &str = "orderly_stock_deducted";
+
+/// A gauge not set for this long leaves the output: a commodity that is no longer among the most
+/// deducted stops being reported. Every gauge here is set when scraped, so a scrape never misses one.
+const GAUGE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Histogram buckets (seconds), for HTTP answers and charges alike: fine below 100 ms, where an
 /// accepted order's latency is judged (the dashboard's p99 interpolates within a bucket).
@@ -35,7 +46,10 @@ const SECONDS_BUCKETS: [f64; 19] = [
 
 /// Installs this process's recorder: call once, at start. Fails if one is installed already.
 pub fn install() -> Result<PrometheusHandle, BuildError> {
-    let handle = PrometheusBuilder::new().set_buckets(&SECONDS_BUCKETS)?.install_recorder()?;
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&SECONDS_BUCKETS)?
+        .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(GAUGE_IDLE))
+        .install_recorder()?;
     orderly_app::meters::describe();
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP answers by route, method and status");
     metrics::describe_histogram!(
@@ -50,6 +64,9 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     metrics::describe_gauge!(RATE_LIMIT, "The entry's token bucket rate in force, orders per second");
     metrics::describe_gauge!(RATE_LIMIT_BURST, "The entry's token bucket burst in force");
     metrics::describe_gauge!(IN_FLIGHT_MAX, "Buyer requests served at once before shedding (503 overloaded)");
+    metrics::describe_gauge!(IN_FLIGHT, "Buyer requests being served now");
+    metrics::describe_gauge!(STOCK_SELLING, "What the cache can still sell, for the most deducted commodities");
+    metrics::describe_gauge!(STOCK_DEDUCTED, "Units live orders hold in the store, for the most deducted commodities");
     Ok(handle)
 }
 
@@ -111,4 +128,20 @@ pub async fn render(handle: &PrometheusHandle, orderly: Option<&Orderly>) -> Str
     }
     handle.run_upkeep();
     handle.render()
+}
+
+/// Sets the stock gauges of the most deducted commodities (an API's scrape; a worker's would repeat them).
+pub async fn stock_gauges(orderly: &Orderly) {
+    match orderly.hot_stock(crate::dashboard::HOT_COMMODITIES).await {
+        Ok(hot) => {
+            for stock in hot {
+                let commodity_id = stock.commodity_id.to_string();
+                metrics::gauge!(STOCK_DEDUCTED, "commodity_id" => commodity_id.clone()).set(stock.deducted as f64);
+                if let Some(selling) = stock.selling {
+                    metrics::gauge!(STOCK_SELLING, "commodity_id" => commodity_id).set(selling as f64);
+                }
+            }
+        }
+        Err(error) => tracing::debug!(%error, "stock not read for /metrics"),
+    }
 }

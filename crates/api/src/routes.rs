@@ -2,6 +2,7 @@
 //! → the use-case; answers in the seed's envelope.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::Router;
@@ -57,6 +58,8 @@ struct Inner {
     /// Replaced whole when the rate limit changes at run time.
     limiter: ArcSwap<EntryLimiter>,
     in_flight_max: usize,
+    /// Buyer requests being served now.
+    in_flight: AtomicUsize,
     /// What the last `GET /api/admin/audit` found, for the dashboard.
     last_audit: ArcSwapOption<AuditVerdict>,
 }
@@ -69,6 +72,7 @@ impl ApiState {
                 auth,
                 limiter: ArcSwap::from_pointee(EntryLimiter::new(limits)),
                 in_flight_max: limits.in_flight_max.max(1),
+                in_flight: AtomicUsize::new(0),
                 last_audit: ArcSwapOption::empty(),
             }),
             naive_baseline: false,
@@ -112,12 +116,15 @@ pub const OPENAPI_PATH: &str = "/api/openapi.json";
 /// The routes with their OpenAPI operations: each handler is added through `routes!`, which takes its
 /// `#[utoipa::path]`, so a route cannot exist without its entry in the document (the `openapi` test
 /// checks that nothing is added around them).
-fn documented_routes(in_flight_max: usize, naive_baseline: bool) -> OpenApiRouter<ApiState> {
-    // One semaphore for every buyer route (a per-route limit would multiply the bound).
+fn documented_routes(state: Option<&ApiState>, naive_baseline: bool) -> OpenApiRouter<ApiState> {
+    // One semaphore for every buyer route (a per-route limit would multiply the bound); inside it, the
+    // count of requests being served.
+    let in_flight_max = state.map_or(1, |state| state.inner.in_flight_max);
     let shed = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(|_: BoxError| async { ApiError::overloaded() }))
         .load_shed()
-        .layer(GlobalConcurrencyLimitLayer::new(in_flight_max));
+        .layer(GlobalConcurrencyLimitLayer::new(in_flight_max))
+        .option_layer(state.map(|state| axum::middleware::from_fn_with_state(state.clone(), count_in_flight)));
     let mut buyer = OpenApiRouter::new()
         .routes(routes!(place_orders, list_orders))
         .routes(routes!(get_order))
@@ -147,13 +154,13 @@ fn documented_routes(in_flight_max: usize, naive_baseline: bool) -> OpenApiRoute
 /// The OpenAPI 3.1 document of the routes a server with this setting serves (the naive baseline's
 /// route only when it is served).
 pub fn openapi(naive_baseline: bool) -> utoipa::openapi::OpenApi {
-    let mut document = documented_routes(1, naive_baseline).into_openapi();
+    let mut document = documented_routes(None, naive_baseline).into_openapi();
     crate::openapi::complete(&mut document);
     document
 }
 
 pub fn router(state: ApiState) -> Router {
-    let (routes, mut document) = documented_routes(state.inner.in_flight_max, state.naive_baseline).split_for_parts();
+    let (routes, mut document) = documented_routes(Some(&state), state.naive_baseline).split_for_parts();
     crate::openapi::complete(&mut document);
     routes
         .merge(SwaggerUi::new("/docs").url(OPENAPI_PATH, document))
@@ -165,6 +172,23 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(axum::middleware::from_fn(crate::observe::count))
         .with_state(state)
+}
+
+/// Counts a buyer request while it is served (also when its client goes away mid-way: the guard drops).
+async fn count_in_flight(
+    State(state): State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    struct Serving<'a>(&'a AtomicUsize);
+    impl Drop for Serving<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    state.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+    let _serving = Serving(&state.inner.in_flight);
+    next.run(request).await
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -252,6 +276,8 @@ async fn metrics_text(State(state): State<ApiState>) -> Result<Response, ApiErro
     metrics::gauge!(crate::observe::RATE_LIMIT).set(f64::from(rate));
     metrics::gauge!(crate::observe::RATE_LIMIT_BURST).set(f64::from(burst));
     metrics::gauge!(crate::observe::IN_FLIGHT_MAX).set(state.inner.in_flight_max as f64);
+    metrics::gauge!(crate::observe::IN_FLIGHT).set(state.inner.in_flight.load(Ordering::Relaxed) as f64);
+    crate::observe::stock_gauges(state.orderly()).await;
     Ok(crate::observe::text(crate::observe::render(handle, Some(state.orderly())).await))
 }
 

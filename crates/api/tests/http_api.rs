@@ -358,7 +358,8 @@ async fn the_api_holds_to_its_contract() {
 }
 
 /// Issue 17, item 2: `GET /metrics` in Prometheus's text format — the HTTP answers by route and status
-/// with their latency, the order events, the charges, the work still to do.
+/// with their latency, the order events, the charges, the work still to do, the requests in flight, the
+/// most deducted commodities' stock.
 #[tokio::test]
 async fn metrics_count_answers_orders_and_work() {
     let app = app().await;
@@ -392,6 +393,11 @@ async fn metrics_count_answers_orders_and_work() {
         "orderly_payments_pending 0",
         "orderly_rate_limit_orders_per_second 20000",
         "orderly_in_flight_max 512",
+        "orderly_http_in_flight 0",
+        // The seed's cart took one unit of each commodity (10 each): paid, deducted in the store.
+        r#"orderly_stock_deducted{commodity_id="1"} 1"#,
+        r#"orderly_stock_selling{commodity_id="1"} 9"#,
+        r#"orderly_stock_deducted{commodity_id="2"} 1"#,
     ] {
         assert!(text.contains(series), "{series} missing from:\n{text}");
     }
@@ -439,7 +445,18 @@ async fn the_entry_sheds_load_with_429_and_retry_after() {
 /// one still completes, and once it did the next request is served again. Healthz is never shed.
 #[tokio::test]
 async fn requests_beyond_the_in_flight_bound_are_shed_with_503() {
-    let app = app_with(RateLimitConfig { in_flight_max: 1, ..RateLimitConfig::default() }).await;
+    let limits = RateLimitConfig { in_flight_max: 1, ..RateLimitConfig::default() };
+    let mut app = app_with(limits.clone()).await;
+    let handle = orderly_api::observe::install().expect("the test process's only recorder");
+    app.router = router(ApiState::new(app.orderly.clone(), app.auth.clone(), &limits).with_metrics(handle));
+    let in_flight = async |app: &App| {
+        let scrape = Request::builder().uri("/metrics").body(Body::empty()).expect("request");
+        let response = app.router.clone().oneshot(scrape).await.expect("answers");
+        let text = response.into_body().collect().await.expect("body").to_bytes();
+        let text = String::from_utf8_lossy(&text).into_owned();
+        let line = text.lines().find(|line| line.starts_with("orderly_http_in_flight ")).map(str::to_owned);
+        line.expect("the in-flight gauge")
+    };
     let token = app.token(1);
     // A request whose body is still arriving holds the only slot.
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
@@ -461,6 +478,7 @@ async fn requests_beyond_the_in_flight_bound_are_shed_with_503() {
     assert_eq!(body["code"], "overloaded");
     let (status, _) = app.call("GET", "/healthz", None, None).await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(in_flight(&app).await, "orderly_http_in_flight 1", "the held request is counted, the shed one not");
 
     sender.send(Ok(seed_body().to_string().into_bytes())).await.expect("body sent");
     drop(sender);
@@ -468,6 +486,7 @@ async fn requests_beyond_the_in_flight_bound_are_shed_with_503() {
     let (status, body) = app.call("GET", "/api/orders", Some(&token), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["orders"].as_array().map(Vec::len), Some(2), "the held request placed its orders");
+    assert_eq!(in_flight(&app).await, "orderly_http_in_flight 0");
 }
 
 /// The bench's naive baseline: served only when asked for; the same entry checks, then the order is
