@@ -1,6 +1,7 @@
 //! The router and its handlers. Order of work at the entry (ARCHITECTURE.md): limit → auth → validate
 //! → the use-case; answers in the seed's envelope.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -17,6 +18,7 @@ use orderly_app::Actor;
 use orderly_app::admin::{CatalogError, CatalogRejection};
 use orderly_app::registry::Registry;
 use orderly_app::settings::Live;
+use orderly_app::trace::{TraceIds, TraceParent};
 use orderly_app::{Orderly, PayOutcome};
 use orderly_domain::{CatalogEntry, CommodityId, Money, OrderNo, PlaceOrderBody, ShopId, Uid};
 use serde::Deserialize;
@@ -62,6 +64,8 @@ struct Inner {
     in_flight: AtomicUsize,
     /// What the last `GET /api/admin/audit` found, for the dashboard.
     last_audit: ArcSwapOption<AuditVerdict>,
+    /// Trace contexts for carts placed without a `traceparent`.
+    trace_ids: TraceIds,
 }
 
 impl ApiState {
@@ -74,6 +78,8 @@ impl ApiState {
                 in_flight_max: limits.in_flight_max.max(1),
                 in_flight: AtomicUsize::new(0),
                 last_audit: ArcSwapOption::empty(),
+                // A prefix of its own per process: std's hasher keys are random per process.
+                trace_ids: TraceIds::new(std::hash::RandomState::new().hash_one(std::process::id())),
             }),
             naive_baseline: false,
             registry: None,
@@ -289,7 +295,10 @@ async fn healthz() -> Response {
 
 #[utoipa::path(post, path = "/api/orders", tag = "buyer", security(("buyer" = [])),
     description = "Reserves the cart's stock and accepts one order per shop, all or none. The orders are accepted, not yet persisted: poll them.",
-    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,128}$", description = "1 to 128 visible ASCII characters: a retry with the same key and body returns the first answer and creates nothing")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,128}$", description = "1 to 128 visible ASCII characters: a retry with the same key and body returns the first answer and creates nothing"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context: the orders' steps in every process log under its trace id (a new one when absent or malformed)"),
+    ),
     request_body = PlaceOrderBody,
     responses(
         (status = 200, description = "Accepted: the order numbers, one per shop, ordered by shop id", body = Envelope<views::Placed>),
@@ -307,7 +316,13 @@ async fn place_orders(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (body, key) = admit_cart(&state, &headers, body)?;
-    let order_nos = state.orderly().place_orders(&body, key).await?;
+    // The client's trace context, or a new one: each order keeps it (orderly_app::trace).
+    let trace = headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .and_then(TraceParent::parse)
+        .unwrap_or_else(|| state.inner.trace_ids.next());
+    let order_nos = state.orderly().place_orders_traced(&body, key, Some(trace)).await?;
     Ok(ok(StatusCode::OK, views::Placed { order_no: order_nos }))
 }
 

@@ -6,6 +6,8 @@ use orderly_domain::{OrderAction, OrderNo, TransitionRejection, Uid};
 use crate::model::{Order, PaymentAttempt};
 use crate::orderly::Orderly;
 use crate::ports::{ChangeRejection, ChargeOutcome, ChargeRequest, PaymentResult, PortError};
+use crate::trace::{TARGET as TRACE, order_span};
+use tracing::Instrument;
 
 /// A buyer's or the system's action on an order: refused by the rules (the same refusals a store's
 /// change gives, one type for both), or not done because a dependency is unavailable.
@@ -71,7 +73,12 @@ impl Orderly {
     }
 
     pub async fn cancel(&self, actor: Actor, order_no: OrderNo) -> Result<Order, OrderError> {
-        self.order(actor, order_no).await?;
+        let order = self.order(actor, order_no).await?;
+        let span = order_span(order_no, order.trace.as_deref());
+        self.cancel_order(order_no).instrument(span).await
+    }
+
+    async fn cancel_order(&self, order_no: OrderNo) -> Result<Order, OrderError> {
         let order = self
             .bounded("store", self.ports.store.transition(order_no, OrderAction::Cancel, self.ports.clock.now_ms()))
             .await??;
@@ -84,7 +91,12 @@ impl Orderly {
     /// Pays through the FSM: the attempt is recorded in the safe-pay set *before* the charge is sent,
     /// so a crash or a lost answer leaves a trace the reconciler settles (remark 6, forced completion).
     pub async fn pay(&self, actor: Actor, order_no: OrderNo) -> Result<PayOutcome, OrderError> {
-        self.order(actor, order_no).await?;
+        let order = self.order(actor, order_no).await?;
+        let span = order_span(order_no, order.trace.as_deref());
+        self.pay_order(order_no).instrument(span).await
+    }
+
+    async fn pay_order(&self, order_no: OrderNo) -> Result<PayOutcome, OrderError> {
         let now_ms = self.ports.clock.now_ms();
         let attempt =
             PaymentAttempt { started_ms: now_ms, charge_deadline_ms: now_ms + self.config().payment_call_timeout_ms };
@@ -97,7 +109,9 @@ impl Orderly {
             // may charge, and the service never charges an order that already has a success.
             idempotency_key: format!("{order_no}-{}", attempt.started_ms),
             deadline_ms: attempt.charge_deadline_ms,
+            trace: order.trace.clone(),
         };
+        tracing::debug!(target: TRACE, amount = %order.total, key = %request.idempotency_key, "charge sent");
         let sent_ms = self.ports.clock.now_ms();
         let answer = crate::time::within(
             &*self.ports.clock,

@@ -10,6 +10,7 @@ use crate::model::{IdempotencyRecord, Message, Order, Outgoing, StoredAnswer, To
 use crate::orderly::Orderly;
 use crate::ports::{CreateOutcome, CreateRequest, IdempotencyBegin, PortError, Reserve};
 use crate::sold_out::Known;
+use crate::trace::{TARGET as TRACE, TraceParent, order_span};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceError {
@@ -33,6 +34,17 @@ impl Orderly {
         &self,
         body: &PlaceOrderBody,
         idempotency_key: Option<&str>,
+    ) -> Result<Vec<OrderNo>, PlaceError> {
+        self.place_orders_traced(body, idempotency_key, None).await
+    }
+
+    /// [`Orderly::place_orders`] under the request's trace context, which each order keeps
+    /// ([`crate::trace`]).
+    pub async fn place_orders_traced(
+        &self,
+        body: &PlaceOrderBody,
+        idempotency_key: Option<&str>,
+        trace: Option<TraceParent>,
     ) -> Result<Vec<OrderNo>, PlaceError> {
         let drafts = self.price(body).await?;
         // `retry`: an earlier attempt with this key got as far as pinning these numbers, and maybe further
@@ -63,7 +75,12 @@ impl Orderly {
             }
         };
         let now_ms = self.ports.clock.now_ms();
-        let orders = pending_orders(drafts, &order_nos, now_ms);
+        let mut orders = pending_orders(drafts, &order_nos, now_ms);
+        if let Some(trace) = trace {
+            for order in &mut orders {
+                order.trace = Some(trace.to_string());
+            }
+        }
         // Not for a retry: its own reservation may be what sold the commodity out.
         if !retry && let Some(commodity_id) = self.known_sold_out(&orders, now_ms).await {
             return self.sold_out(body.uid, idempotency_key, commodity_id).await;
@@ -135,6 +152,13 @@ impl Orderly {
         // things quicker or clearer.
         self.after_publish(&orders, body.uid, idempotency_key).await;
         crate::meters::order_events("accepted", order_nos.len());
+        if tracing::enabled!(target: TRACE, tracing::Level::DEBUG) {
+            for order in &orders {
+                order_span(order.order_no, order.trace.as_deref()).in_scope(|| {
+                    tracing::debug!(target: TRACE, buyer = %order.buyer, shop = %order.shop_id, total = %order.total, "accepted");
+                });
+            }
+        }
         Ok(order_nos)
     }
 
@@ -335,6 +359,7 @@ fn pending_orders(drafts: Vec<orderly_domain::OrderDraft>, order_nos: &[OrderNo]
             rejected_for: None,
             token_generation: None,
             stock_versions: Vec::new(),
+            trace: None,
         })
         .collect()
 }

@@ -21,6 +21,7 @@
 //! - [`group`]: group commit, for adapters: concurrent calls sent to their engine as one batch.
 //! - [`registry`]: the [`Registry`] port — members under leases, snowflake worker ids, settings.
 //! - [`settings`]: what changes without a restart ([`settings::Live`]) and how a setting is checked.
+//! - [`trace`]: one order's path across processes (its request's `traceparent`, kept on the order).
 
 pub mod admin;
 pub mod audit;
@@ -39,6 +40,7 @@ pub mod settings;
 pub mod sold_out;
 pub mod store_rules;
 pub mod time;
+pub mod trace;
 pub mod workers;
 
 pub use buyer::{Actor, OrderError, PayOutcome};

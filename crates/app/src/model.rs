@@ -30,6 +30,10 @@ pub struct Order {
     /// lost the reservation uses it to tell whether a counter it reloaded already counts the deduction.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stock_versions: Vec<u64>,
+    /// The trace context (`traceparent`) of the request that placed it: its steps in every process log
+    /// under it ([`crate::trace`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 impl Order {

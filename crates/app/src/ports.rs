@@ -342,6 +342,8 @@ pub struct ChargeRequest {
     pub idempotency_key: String,
     /// The service must not start the charge after this time.
     pub deadline_ms: u64,
+    /// The order's trace context (`traceparent`), sent along as gRPC metadata ([`crate::trace`]).
+    pub trace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,6 +30,7 @@ fn order(id: u64, buyer: u64, state: OrderState, commodity: u64, token_generatio
         rejected_for: None,
         token_generation,
         stock_versions: Vec::new(),
+        trace: None,
     }
 }
 

@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(server) = cli.server_exe {
         let _ = orders::SERVER_EXE.set(server);
     }
-    orderly::init_logging();
+    let _telemetry = orderly::init_logging(None, "orderly-bench")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let passed = match cli.command {
         Command::RunServe => return runtime.block_on(orderly::serve::serve(config)),

@@ -99,6 +99,7 @@ async fn phase(
                         amount: Money::from_cents(2999),
                         idempotency_key: format!("{order_no}-1"),
                         deadline_ms: clock.now_ms() + 60_000,
+                        trace: None,
                     };
                     match payments.charge(request).await {
                         Ok(ChargeOutcome::Succeeded { .. }) => "succeeded",

@@ -90,6 +90,7 @@ fn charge(n: u64, key: &str) -> ChargeRequest {
         amount: Money::from_cents(2_999),
         idempotency_key: key.to_owned(),
         deadline_ms: T0_MS + 60_000,
+        trace: None,
     }
 }
 

@@ -49,6 +49,7 @@ pub fn order(n: u64, lines: &[(CommodityId, u32)], pay_at_once: bool) -> Order {
         rejected_for: None,
         token_generation: None,
         stock_versions: Vec::new(),
+        trace: None,
     }
 }
 

@@ -455,6 +455,7 @@ mod tests {
             amount: Money::from_cents(500),
             idempotency_key: key.to_owned(),
             deadline_ms,
+            trace: None,
         }
     }
 

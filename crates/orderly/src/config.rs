@@ -41,6 +41,9 @@ pub struct Config {
     /// `ORDERLY_METRICS_ADDR`: where a worker process serves `GET /metrics` (an API serves it on
     /// `http_addr`). None: the worker serves none.
     pub metrics_addr: Option<SocketAddr>,
+    /// `ORDERLY_OTLP_ENDPOINT` (e.g. `http://127.0.0.1:4317`): export the order path's spans over OTLP
+    /// gRPC to a collector (Jaeger, Tempo, the OpenTelemetry Collector). None (the default): logs only.
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,6 +120,7 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             naive_baseline: false,
             metrics_addr: None,
+            otlp_endpoint: None,
         }
     }
 }

@@ -117,8 +117,17 @@ enum ClusterAction {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut config = Config::load(cli.config.as_deref())?;
-    orderly::init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let service = match &cli.command {
+        Command::Api { .. } => "orderly-api",
+        Command::Worker => "orderly-worker",
+        Command::Payment => "orderly-payment",
+        _ => "orderly",
+    };
+    let _telemetry = {
+        let _inside = runtime.enter();
+        orderly::init_logging(config.otlp_endpoint.as_deref(), service)?
+    };
     match cli.command {
         Command::Serve { catalog } => {
             if catalog.is_some() {

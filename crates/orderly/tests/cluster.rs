@@ -57,6 +57,10 @@ struct Settings {
     namespace: String,
     /// etcd's endpoints as the processes' JSON list.
     etcd: String,
+    /// Each process's log in a file of its own here, with the order path's events
+    /// (`orderly::trace`); `None`: warnings to the test's stderr.
+    logs: Option<PathBuf>,
+    started: std::sync::atomic::AtomicUsize,
 }
 
 /// How long a killed process stays in the registry, at most (the processes' lease TTL).
@@ -87,6 +91,8 @@ impl Settings {
             database,
             namespace: format!("orderly-e2e-{id}"),
             etcd: etcd_endpoints(),
+            logs: None,
+            started: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -128,7 +134,26 @@ impl Settings {
             .env("ORDERLY_CLUSTER__REGISTRY_TTL_S", REGISTRY_TTL_S.to_string())
             .env("ORDERLY_PAYMENT_SERVICE__REGISTER", "true")
             .stderr(Stdio::inherit());
+        if let Some(logs) = &self.logs {
+            let n = self.started.fetch_add(1, Ordering::Relaxed);
+            let log = std::fs::File::create(logs.join(format!("{}-{n}.log", args.first().unwrap_or(&"orderly"))))
+                .expect("log file");
+            command.env("ORDERLY_LOG", "warn,orderly_app=info,orderly::trace=debug").stderr(log);
+        }
         command
+    }
+
+    /// The lines of every process log (`logs`) that started as `role` and mention `needle`.
+    fn log_lines(&self, role: &str, needle: &str) -> Vec<String> {
+        let logs = self.logs.as_ref().expect("logs kept");
+        let mut lines = Vec::new();
+        for entry in std::fs::read_dir(logs).expect("log directory").flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&format!("{role}-")) {
+                let text = std::fs::read_to_string(entry.path()).expect("log");
+                lines.extend(text.lines().filter(|line| line.contains(needle)).map(str::to_owned));
+            }
+        }
+        lines
     }
 
     /// Starts `orderly <role>` with the cluster's settings and waits for its first line.
@@ -455,17 +480,54 @@ async fn stock_of(cluster: &Cluster, commodity: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_scenarios_run_on_the_cluster() {
-    let cluster = Cluster::start().await;
+    let mut settings = Settings::fresh().await;
+    let logs = settings.dir.path().join("logs");
+    std::fs::create_dir(&logs).expect("log directory");
+    settings.logs = Some(logs);
+    let cluster = Cluster::start_with(settings, &[]).await;
     cluster.load_catalog(&CATALOG).await;
     let buyer = Buyer::new(&cluster, 1);
 
-    // The seed's request, paid at once: one order per shop, both paid through the payment service.
-    let paid = buyer.place(0, &seed_body(1, true)).await;
+    // The seed's request, paid at once: one order per shop, both paid through the payment service. Sent
+    // with a trace context: its orders' path is followed below in every process's log.
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let answer: Value = cluster
+        .http
+        .post(format!("{}/api/orders", cluster.api(0)))
+        .bearer_auth(&buyer.bearer)
+        .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
+        .json(&seed_body(1, true))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answer["status"], 200, "{answer}");
+    let paid = order_nos(&answer);
     assert_eq!(paid.len(), 2, "split by shop");
     for order_no in &paid {
         let order = buyer.wait_state(order_no, "paid").await;
         assert_eq!(order["payment"]["state"], "succeeded");
     }
+    // One order's path across the processes, by its trace id: accepted by the API, created and charged
+    // by a worker, answered by a payment instance (the trace context went as gRPC metadata), paid.
+    for order_no in &paid {
+        let lines = |role: &str, what: &str| {
+            cluster
+                .settings
+                .log_lines(role, TRACE_ID)
+                .into_iter()
+                .filter(|line| line.contains(order_no.as_str()) && line.contains(what))
+                .count()
+        };
+        assert_eq!(lines("api", "accepted"), 1, "{order_no}: the API's log");
+        assert_eq!(lines("worker", "order created"), 1, "{order_no}: a worker's log");
+        assert!(lines("worker", "charge sent") >= 1, "{order_no}: a worker's log");
+        assert!(lines("payment", "charge answered") >= 1, "{order_no}: a payment instance's log");
+        assert_eq!(lines("worker", "order paid"), 1, "{order_no}: a worker's log");
+    }
+    assert!(cluster.settings.log_lines("api", TRACE_ID).len() >= 2, "both orders under the request's trace");
     // Paid later, through the other API.
     let later = buyer.place(1, &one_line(1, 1, 2, false)).await;
     buyer.wait_state(&later[0], "to_pay").await;

@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use orderly_app::Clock;
 use orderly_app::ports::{ChargeOutcome, ChargeRequest, PaymentStatus, Payments};
 use orderly_domain::{Money, OrderNo, SnowflakeId, Uid};
@@ -60,6 +62,7 @@ fn charge(key: &str) -> ChargeRequest {
         amount: Money::from_cents(2999),
         idempotency_key: key.to_owned(),
         deadline_ms: orderly_clock::SystemClock.now_ms() + 60_000,
+        trace: None,
     }
 }
 
@@ -266,11 +269,19 @@ impl Flow {
 
     /// Places a pay-at-once order of commodity 1; its number.
     async fn place(&self) -> String {
+        self.place_traced(None).await
+    }
+
+    /// [`Flow::place`], sent with a `traceparent` header.
+    async fn place_traced(&self, traceparent: Option<&str>) -> String {
         let body = json!({"uid": 1, "to_uid": 2, "origin_price": 29.99, "actual_price": 29.99, "pay_at_once": true,
             "commodity_details": [{"actual_price": 29.99, "commodity_id": 1, "good_type": 1, "page_type": 0,
                                    "prices": 29.99, "user_id": 100001, "num": 1}]});
-        let answer =
-            self.http.post(format!("{}/api/orders", self.base)).bearer_auth(&self.buyer).json(&body).send().await;
+        let mut request = self.http.post(format!("{}/api/orders", self.base)).bearer_auth(&self.buyer).json(&body);
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let answer = request.send().await;
         let placed: Value = answer.expect("place").json().await.expect("json");
         placed["data"]["order_no"][0].as_str().expect("an order number").to_owned()
     }
@@ -310,19 +321,43 @@ impl Flow {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standalone_flow_pays_through_the_payment_service() {
     let dir = tempfile::tempdir().expect("temp dir");
+    // Both processes export the order path's spans to a collector (issue 17, item 4).
+    let collector = Collector::start().await;
+    let exporting = [
+        ("ORDERLY_OTLP_ENDPOINT", format!("http://{}", collector.address)),
+        ("ORDERLY_LOG", "warn,orderly::trace=debug".to_owned()),
+        // The batch exporter's delay (the SDK reads it from the environment): 5 s by default.
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ];
     // The service also serves `/metrics` (on a port free a moment ago).
     let metrics = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
-    let service = start(
-        &["payment"],
-        &[
-            ("ORDERLY_PAYMENT_SERVICE__DATA_DIR", dir.path().join("ledger").display().to_string()),
-            ("ORDERLY_PAYMENT_SERVICE__LISTEN_ADDR", "127.0.0.1:0".to_owned()),
-            ("ORDERLY_METRICS_ADDR", metrics.to_string()),
-        ],
-    );
-    let flow = Flow::start(dir.path(), &service.address, "", &[]).await;
-    let order_no = flow.place().await;
+    let mut service_env = vec![
+        ("ORDERLY_PAYMENT_SERVICE__DATA_DIR", dir.path().join("ledger").display().to_string()),
+        ("ORDERLY_PAYMENT_SERVICE__LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("ORDERLY_METRICS_ADDR", metrics.to_string()),
+    ];
+    service_env.extend(exporting.iter().cloned());
+    let service = start(&["payment"], &service_env);
+    let flow = Flow::start(dir.path(), &service.address, "", &exporting).await;
+    let order_no = flow.place_traced(Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")).await;
     flow.payments_settled().await;
+    // The order's spans, from the server (accepted, created, charged) and from the payment service (the
+    // charge it answered: the context came as gRPC metadata), all in the request's trace, under its span.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let spans = collector.spans_of(&order_no);
+        let services: std::collections::BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+        if spans.len() >= 4 && services.contains("orderly") && services.contains("orderly-payment") {
+            for span in &spans {
+                assert_eq!(span.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736", "{spans:#?}");
+                assert_eq!(span.parent_span_id, "00f067aa0ba902b7", "{spans:#?}");
+                assert_eq!(span.name, "order", "{spans:#?}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "the order's spans did not all reach the collector: {spans:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(flow.state(&order_no).await, ("paid".to_owned(), "succeeded".to_owned()));
     assert_eq!(flow.audit(false).await["orders_by_state"]["paid"], 1);
     let text = reqwest::get(format!("http://{metrics}/metrics")).await.expect("scrape").text().await.expect("text");
@@ -366,4 +401,80 @@ async fn orders_paying_when_the_service_dies_settle_after_it_returns() {
     }
     let report = flow.audit(true).await;
     assert_eq!(report["orders_by_state"]["paid"].as_u64().unwrap_or(0), order_nos.len() as u64);
+}
+
+/// An OTLP collector that keeps what it is sent (the OpenTelemetry protocol's trace service).
+struct Collector {
+    address: std::net::SocketAddr,
+    received: std::sync::Arc<std::sync::Mutex<Vec<ExportTraceServiceRequest>>>,
+}
+
+#[derive(Debug)]
+struct ExportedSpan {
+    service: String,
+    name: String,
+    trace_id: String,
+    parent_span_id: String,
+}
+
+#[derive(Clone)]
+struct Keep(std::sync::Arc<std::sync::Mutex<Vec<ExportTraceServiceRequest>>>);
+
+#[tonic::async_trait]
+impl TraceService for Keep {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.lock().expect("spans").push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+impl Collector {
+    async fn start() -> Collector {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let address = listener.local_addr().expect("its address");
+        let received = std::sync::Arc::default();
+        let server = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Keep(std::sync::Arc::clone(&received))))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+        tokio::spawn(server);
+        Collector { address, received }
+    }
+
+    /// The spans received whose attributes name `order_no`.
+    fn spans_of(&self, order_no: &str) -> Vec<ExportedSpan> {
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let text = |value: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| {
+            use opentelemetry_proto::tonic::common::v1::any_value::Value;
+            match value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(text)) => text.clone(),
+                _ => String::new(),
+            }
+        };
+        let mut spans = Vec::new();
+        for request in self.received.lock().expect("spans").iter() {
+            for resource in &request.resource_spans {
+                let service = resource
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|a| a.key == "service.name")
+                    .map(|a| text(&a.value))
+                    .unwrap_or_default();
+                for span in resource.scope_spans.iter().flat_map(|s| &s.spans) {
+                    if span.attributes.iter().any(|a| a.key == "order_no" && text(&a.value) == order_no) {
+                        spans.push(ExportedSpan {
+                            service: service.clone(),
+                            name: span.name.clone(),
+                            trace_id: hex(&span.trace_id),
+                            parent_span_id: hex(&span.parent_span_id),
+                        });
+                    }
+                }
+            }
+        }
+        spans
+    }
 }

@@ -22,10 +22,12 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tonic::metadata::MetadataValue;
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
+use crate::TRACEPARENT;
 use crate::proto;
 use crate::proto::payment_client::PaymentClient;
 
@@ -218,9 +220,14 @@ impl Payments for GrpcPayments {
             idempotency_key: request.idempotency_key,
             deadline_ms: request.deadline_ms,
         };
+        // The order's trace context, for the service's log (`orderly_app::trace`).
+        let traceparent = request.trace.as_deref().and_then(|trace| MetadataValue::try_from(trace).ok());
         let reply = self
             .with_retries(|mut client| {
-                let message = self.request(message.clone());
+                let mut message = self.request(message.clone());
+                if let Some(traceparent) = &traceparent {
+                    message.metadata_mut().insert(TRACEPARENT, traceparent.clone());
+                }
                 async move { client.charge(message).await }
             })
             .await

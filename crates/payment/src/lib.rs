@@ -22,3 +22,6 @@ pub use server::{PaymentService, serve};
 
 /// The only currency the ledger keeps (the seed's prices are yuan).
 pub const CURRENCY: &str = "CNY";
+
+/// The gRPC metadata key of a charge's trace context (W3C `traceparent`; `orderly_app::trace`).
+pub const TRACEPARENT: &str = "traceparent";

@@ -8,6 +8,7 @@ use orderly_app::PortError;
 use orderly_app::ports::{ChargeOutcome, ChargeRequest, PaymentStatus, Payments, RefundOutcome, RefundRefusal};
 use orderly_domain::{MONEY_CENTS_MAX, Money, OrderNo};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::proto;
 use crate::proto::payment_server::{Payment, PaymentServer};
@@ -97,10 +98,13 @@ pub fn describe_metrics() {
     );
 }
 
-#[tonic::async_trait]
-impl Payment for PaymentService {
-    async fn charge(&self, request: Request<proto::ChargeRequest>) -> Result<Response<proto::ChargeReply>, Status> {
-        let request = request.into_inner();
+impl PaymentService {
+    /// `charge` inside the order's span.
+    async fn charge_traced(
+        &self,
+        request: proto::ChargeRequest,
+        trace: Option<String>,
+    ) -> Result<Response<proto::ChargeReply>, Status> {
         if request.currency != crate::CURRENCY {
             return Err(Status::invalid_argument(format!("currency must be {}", crate::CURRENCY)));
         }
@@ -110,6 +114,7 @@ impl Payment for PaymentService {
             amount: amount(request.amount_cents)?,
             idempotency_key: request.idempotency_key,
             deadline_ms: request.deadline_ms,
+            trace,
         };
         // A started charge runs to its end even if the caller goes away (its deadline, a dropped
         // connection): cut off, it would stay PROCESSING until its lease ran out and then be voided — a
@@ -126,6 +131,7 @@ impl Payment for PaymentService {
         };
         metrics::counter!(CHARGES, "outcome" => counted).increment(1);
         metrics::histogram!(CHARGE_SECONDS).record(started.elapsed().as_secs_f64());
+        tracing::debug!(target: orderly_app::trace::TARGET, outcome = counted, "charge answered");
         let outcome = match charged.map_err(status_of)? {
             ChargeOutcome::Succeeded { payment_id } => {
                 proto::charge_reply::Outcome::Succeeded(proto::Succeeded { payment_id })
@@ -133,6 +139,20 @@ impl Payment for PaymentService {
             ChargeOutcome::Declined { reason } => proto::charge_reply::Outcome::Declined(proto::Declined { reason }),
         };
         Ok(Response::new(proto::ChargeReply { outcome: Some(outcome) }))
+    }
+}
+
+#[tonic::async_trait]
+impl Payment for PaymentService {
+    async fn charge(&self, request: Request<proto::ChargeRequest>) -> Result<Response<proto::ChargeReply>, Status> {
+        // The caller's trace context: the charge logs under the order's trace id.
+        let trace = request.metadata().get(crate::TRACEPARENT).and_then(|value| value.to_str().ok()).map(str::to_owned);
+        let request = request.into_inner();
+        let span = match order_no(&request.order_no) {
+            Ok(number) => orderly_app::trace::order_span(number, trace.as_deref()),
+            Err(_) => tracing::Span::none(),
+        };
+        self.charge_traced(request, trace).instrument(span).await
     }
 
     async fn query(&self, request: Request<proto::QueryRequest>) -> Result<Response<proto::QueryReply>, Status> {

@@ -71,6 +71,7 @@ fn charge(n: u64, key: &str) -> ChargeRequest {
         amount: Money::from_cents(2999),
         idempotency_key: key.to_owned(),
         deadline_ms: SystemClock.now_ms() + 60_000,
+        trace: None,
     }
 }
 

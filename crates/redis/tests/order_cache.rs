@@ -38,6 +38,7 @@ fn order(n: u64) -> Order {
         rejected_for: None,
         token_generation: Some(0),
         stock_versions: vec![3],
+        trace: None,
     }
 }
 

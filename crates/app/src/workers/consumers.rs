@@ -64,7 +64,9 @@ impl Orderly {
                     Ok(order) => {
                         self.orders_changed(vec![*order_no]).await;
                         crate::meters::order_events("closed", 1);
-                        tracing::info!(%order_no, buyer = %order.buyer, "unpaid order closed; buyer notified");
+                        crate::trace::order_span(*order_no, order.trace.as_deref()).in_scope(|| {
+                            tracing::info!(%order_no, buyer = %order.buyer, "unpaid order closed; buyer notified");
+                        });
                         Ok(Handled::Done)
                     }
                     // A charge in flight, or a pay-at-once order whose charge has not run yet: its outcome

@@ -93,7 +93,9 @@ impl Orderly {
                         self.ports.cache.confirm(token, &order.deductions()).await?;
                     }
                     self.release_entry_token_if_unused(&request.order, token).await?;
-                    tracing::debug!(%order_no, "order created; buyer notified");
+                    crate::trace::order_span(order_no, request.order.trace.as_deref()).in_scope(|| {
+                        tracing::debug!(target: crate::trace::TARGET, "order created; buyer notified");
+                    });
                 }
                 CreateOutcome::Rejected { commodity_id } => {
                     crate::meters::order_events("rejected", 1);
@@ -101,7 +103,9 @@ impl Orderly {
                         self.ports.cache.release(token).await?;
                     }
                     self.release_entry_token_if_unused(&request.order, token).await?;
-                    tracing::info!(%order_no, %commodity_id, "order rejected: stock ran out after acceptance");
+                    crate::trace::order_span(order_no, request.order.trace.as_deref()).in_scope(|| {
+                        tracing::info!(%order_no, %commodity_id, "order rejected: stock ran out after acceptance");
+                    });
                 }
                 CreateOutcome::AlreadyDone(existing) => self.settle_tokens(&existing).await?,
             }

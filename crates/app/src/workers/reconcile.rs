@@ -4,6 +4,7 @@ use super::Outcome;
 use crate::buyer::OrderError;
 use crate::orderly::Orderly;
 use crate::ports::{PaymentResult, PaymentStatus, PortError};
+use tracing::Instrument;
 
 impl Orderly {
     /// Safe pay: asks the payment service about every attempt without a definite answer, until it has one.
@@ -32,9 +33,11 @@ impl Orderly {
                 }
                 Ok(PaymentStatus::NotFound | PaymentStatus::Processing) | Err(_) => None,
             };
+            let span = crate::trace::order_span(order_no, order.trace.as_deref());
             match result {
                 Some(result) => {
-                    match self.settle_payment(order_no, result).await {
+                    tracing::debug!(target: crate::trace::TARGET, parent: &span, ?result, "reconciler settles the charge");
+                    match self.settle_payment(order_no, result).instrument(span).await {
                         Ok(_) | Err(OrderError::Refused(_)) => {}
                         Err(OrderError::Unavailable(error)) => return Err(error),
                     }
@@ -47,6 +50,7 @@ impl Orderly {
                     let config = self.config();
                     let low = config.reconcile_backoff_ms;
                     let backoff_ms = waited_ms.clamp(low, config.reconcile_backoff_ms_max.max(low));
+                    tracing::debug!(target: crate::trace::TARGET, parent: &span, backoff_ms, "charge still without an answer; asked again later");
                     self.ports.store.postpone_payment_check(order_no, now_ms + backoff_ms).await?;
                     outcome.retried += 1;
                 }
