@@ -46,6 +46,7 @@ pub struct HotCommodity {
     /// Deducted in the store by live orders (to pay or paid).
     pub deducted: u64,
     /// What the cache can still sell now; null when it has not loaded the commodity.
+    #[schema(required = true)]
     pub selling: Option<u64>,
 }
 
@@ -69,6 +70,7 @@ pub struct Dashboard {
     /// The most deducted commodities, most first.
     pub hot: Vec<HotCommodity>,
     /// The last audit run through this process, or null.
+    #[schema(required = true)]
     pub audit: Option<AuditVerdict>,
 }
 

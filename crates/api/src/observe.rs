@@ -111,7 +111,7 @@ pub fn text(body: String) -> Response {
 }
 
 /// The text Prometheus scrapes: the gauges of the work still to do refreshed first (what cannot be read
-/// now keeps its last value), then every series.
+/// now keeps its last value, for a minute: then it leaves the output), then every series.
 pub async fn render(handle: &PrometheusHandle, orderly: Option<&Orderly>) -> String {
     if let Some(orderly) = orderly {
         match orderly.work_to_do().await {

@@ -41,6 +41,7 @@ pub struct OrderView {
     pub lines: Vec<LineView>,
     pub payment: PaymentView,
     /// The commodity that ran out when the order was rejected after acceptance.
+    #[schema(required = true)]
     pub rejected_for: Option<CommodityId>,
     pub created_ms: u64,
     pub updated_ms: u64,
@@ -59,6 +60,7 @@ pub struct LineView {
 pub enum PaymentView {
     /// No charge succeeded; the last one declined, if any, says why.
     None {
+        #[schema(required = true)]
         last_decline: Option<String>,
     },
     /// A charge without a definite answer: the reconciler settles it.
@@ -99,6 +101,7 @@ pub fn order(order: &Order) -> OrderView {
 pub struct OrderPage {
     pub orders: Vec<OrderView>,
     /// Pass as `before` for the next page; null on an empty page.
+    #[schema(required = true)]
     pub next_before: Option<OrderNo>,
 }
 
@@ -177,6 +180,7 @@ pub struct Config {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Setting {
     pub key: String,
+    #[schema(required = true)]
     pub value: Option<String>,
 }
 

@@ -76,9 +76,9 @@ impl Orderly {
         };
         let now_ms = self.ports.clock.now_ms();
         let mut orders = pending_orders(drafts, &order_nos, now_ms);
-        if let Some(trace) = trace {
+        if let Some(trace) = trace.map(|trace| trace.to_string()) {
             for order in &mut orders {
-                order.trace = Some(trace.to_string());
+                order.trace = Some(trace.clone());
             }
         }
         // Not for a retry: its own reservation may be what sold the commodity out.

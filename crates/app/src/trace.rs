@@ -2,9 +2,10 @@
 //! `traceparent`: the client's, or a new one); each of its orders keeps it (`Order::trace`), so it
 //! travels in the create message with the order, is stored with it, and every later step — the worker's
 //! create, the charge (as gRPC metadata to the payment service), the reconciler's settling, the unpaid
-//! close — logs under a span carrying the order's `trace_id`. Those events go to the target
+//! close — logs under a span carrying the order's `trace_id`. Those spans and events go to the target
 //! [`TARGET`] at debug level: `ORDERLY_LOG=info,orderly::trace=debug` prints one order's path in every
-//! process, `grep <trace id>` follows it.
+//! process, `grep <trace id>` follows it; with OTLP export on, the spans are exported whatever the log
+//! filter says (`orderly::init_logging`).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,10 +92,11 @@ impl TraceIds {
 }
 
 /// The span an order's step runs in: its number and its trace id (empty when the order has none: placed
-/// before traces were kept). At info level, so the order's info events (paid, closed, rejected) carry
-/// the trace id too; the path's own events are at debug.
+/// before traces were kept). At debug level, like the path's own events: with `orderly::trace=debug`
+/// the order's info events (paid, closed, rejected) carry the trace id too; without it no span is made
+/// (a disabled span costs one check).
 pub fn order_span(order_no: OrderNo, trace: Option<&str>) -> tracing::Span {
-    let span = tracing::info_span!(target: TARGET, "order", %order_no, trace_id = tracing::field::Empty);
+    let span = tracing::debug_span!(target: TARGET, "order", %order_no, trace_id = tracing::field::Empty);
     if !span.is_disabled()
         && let Some(trace) = trace.and_then(TraceParent::parse)
     {

@@ -35,10 +35,11 @@ impl Drop for Telemetry {
 }
 
 /// Logs to stderr, filtered by `ORDERLY_LOG` (default: our own events at info); with `otlp_endpoint`,
-/// the same spans (those the filter lets through: `orderly::trace=debug` for the order path's) are also
-/// exported over OTLP gRPC as `service` — an order's spans in every process share its trace id
-/// (`orderly_app::trace`). Call inside the tokio runtime (the exporter's client runs on it).
+/// the order path's spans (`orderly::trace`, whatever the log filter says) are also exported over OTLP
+/// gRPC as `service` — an order's spans in every process share its trace id (`orderly_app::trace`).
+/// Call inside the tokio runtime (the exporter's client runs on it).
 pub fn init_logging(otlp_endpoint: Option<&str>, service: &str) -> anyhow::Result<Telemetry> {
+    use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
@@ -66,9 +67,12 @@ pub fn init_logging(otlp_endpoint: Option<&str>, service: &str) -> anyhow::Resul
                 .build();
             let tracer = provider.tracer("orderly");
             telemetry.provider = Some(provider);
-            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+            // The order path's spans only, whatever ORDERLY_LOG says (not the exporter's own gRPC calls).
+            let only_orders = tracing_subscriber::filter::Targets::new()
+                .with_target(orderly_app::trace::TARGET, tracing::Level::DEBUG);
+            Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(only_orders))
         }
     };
-    tracing_subscriber::registry().with(filter).with(log).with(export).init();
+    tracing_subscriber::registry().with(log.with_filter(filter)).with(export).init();
     Ok(telemetry)
 }
