@@ -21,6 +21,7 @@ struct App {
     router: Router,
     orderly: Orderly,
     auth: TokenAuth,
+    clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
 }
 
@@ -32,11 +33,11 @@ async fn app_configured(limits: RateLimitConfig, naive_baseline: bool) -> App {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(ManualClock::new(T0_MS));
     let local = LocalConfig { durability: Durability::Os, ..LocalConfig::default() };
-    let ports = orderly_local::open(dir.path(), clock, &local, None).await.expect("opens");
+    let ports = orderly_local::open(dir.path(), clock.clone(), &local, None).await.expect("opens");
     let orderly = Orderly::new(ports, FlowConfig::default());
     let auth = TokenAuth::new(b"test-secret-0123456789".to_vec(), ADMIN.to_owned());
     let router = router(ApiState::new(orderly.clone(), auth.clone(), &limits).with_naive_baseline(naive_baseline));
-    let app = App { router, orderly, auth, _dir: dir };
+    let app = App { router, orderly, auth, clock, _dir: dir };
     app.load_catalog().await;
     app
 }
@@ -372,6 +373,8 @@ async fn metrics_count_answers_orders_and_work() {
     let unknown = Request::builder().uri("/api/orders/abc").header("authorization", format!("Bearer {token}"));
     let unknown = unknown.body(Body::empty()).expect("request");
     assert_eq!(router.clone().oneshot(unknown).await.expect("answers").status(), StatusCode::NOT_FOUND);
+    // The creates wait 2.5 s for a worker.
+    app.clock.advance_ms(2_500);
     app.orderly.drain().await.expect("workers run");
     let scrape = Request::builder().uri("/metrics").body(Body::empty()).expect("request");
     let response = router.clone().oneshot(scrape).await.expect("answers");
@@ -394,6 +397,10 @@ async fn metrics_count_answers_orders_and_work() {
         "orderly_rate_limit_orders_per_second 20000",
         "orderly_in_flight_max 512",
         "orderly_http_in_flight 0",
+        // Both creates waited 2.5 s; the worker's last receive found nothing waiting.
+        r#"orderly_bus_wait_seconds_count{topic="create_order"} 2"#,
+        r#"orderly_bus_wait_seconds_sum{topic="create_order"} 5"#,
+        r#"orderly_bus_oldest_age_seconds{topic="create_order"} 0"#,
         // The seed's cart took one unit of each commodity (10 each): paid, deducted in the store.
         r#"orderly_stock_deducted{commodity_id="1"} 1"#,
         r#"orderly_stock_selling{commodity_id="1"} 9"#,
@@ -540,13 +547,14 @@ async fn admin_config_checks_each_setting_and_the_rate_limit_follows() {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(ManualClock::new(T0_MS));
     let local = LocalConfig { durability: Durability::Os, ..LocalConfig::default() };
-    let (ports, registry) = orderly_local::open_with_registry(dir.path(), clock, &local, None).await.expect("opens");
+    let (ports, registry) =
+        orderly_local::open_with_registry(dir.path(), clock.clone(), &local, None).await.expect("opens");
     let registry: Arc<dyn Registry> = Arc::new(registry);
     let orderly = Orderly::new(ports, FlowConfig::default());
     let auth = TokenAuth::new(b"test-secret-0123456789".to_vec(), ADMIN.to_owned());
     let state = ApiState::new(orderly.clone(), auth.clone(), &RateLimitConfig::default())
         .with_registry(Arc::clone(&registry), orderly_app::settings::Live::default());
-    let app = App { router: router(state.clone()), orderly, auth, _dir: dir };
+    let app = App { router: router(state.clone()), orderly, auth, clock, _dir: dir };
 
     let (status, _) = app.call("PUT", "/api/admin/config/flow.unpaid_timeout_ms", None, Some("60000".into())).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "admin only");

@@ -10,6 +10,11 @@ pub const ORDER_EVENTS: &str = "orderly_order_events_total";
 pub const PAYMENTS: &str = "orderly_payments_total";
 /// How long a charge call took, in seconds (answered or not).
 pub const PAYMENT_SECONDS: &str = "orderly_payment_seconds";
+/// How long each message a worker received had waited past its due time, by `topic` (seconds).
+pub const BUS_WAIT_SECONDS: &str = "orderly_bus_wait_seconds";
+/// The longest such wait in a worker's last receive, by `topic` (0 when it found nothing waiting): the
+/// age of the queue's oldest message as a worker last saw it (the queues hand out the oldest first).
+pub const BUS_OLDEST_AGE_SECONDS: &str = "orderly_bus_oldest_age_seconds";
 /// Reservation checks that found a reservation without its order and gave its stock back.
 pub const STOCK_RETURNED_BY_CHECK: &str = "orderly_reservation_checks_returned_stock_total";
 
@@ -22,6 +27,16 @@ pub fn describe() {
     metrics::describe_counter!(PAYMENTS, "Charge calls by outcome: succeeded, declined, no_answer");
     metrics::describe_histogram!(PAYMENT_SECONDS, metrics::Unit::Seconds, "How long a charge call took");
     metrics::describe_counter!(STOCK_RETURNED_BY_CHECK, "Reservation checks that gave a reservation's stock back");
+    metrics::describe_histogram!(
+        BUS_WAIT_SECONDS,
+        metrics::Unit::Seconds,
+        "How long a message waited past its due time when a worker received it"
+    );
+    metrics::describe_gauge!(
+        BUS_OLDEST_AGE_SECONDS,
+        metrics::Unit::Seconds,
+        "The oldest message's wait past its due time in a worker's last receive (0: none waiting)"
+    );
 }
 
 pub fn order_events(event: &'static str, count: usize) {
@@ -31,6 +46,17 @@ pub fn order_events(event: &'static str, count: usize) {
 pub fn payment(outcome: &'static str, took_ms: u64) {
     metrics::counter!(PAYMENTS, "outcome" => outcome).increment(1);
     metrics::histogram!(PAYMENT_SECONDS).record(took_ms as f64 / 1_000.0);
+}
+
+/// A worker's receive on `topic`: each message's wait (`now - due`), and the oldest one's.
+pub fn received(topic: crate::model::Topic, now_ms: u64, due_ms: impl Iterator<Item = u64>) {
+    let mut oldest_ms = 0;
+    for due_ms in due_ms {
+        let waited_ms = now_ms.saturating_sub(due_ms);
+        oldest_ms = oldest_ms.max(waited_ms);
+        metrics::histogram!(BUS_WAIT_SECONDS, "topic" => topic.as_str()).record(waited_ms as f64 / 1_000.0);
+    }
+    metrics::gauge!(BUS_OLDEST_AGE_SECONDS, "topic" => topic.as_str()).set(oldest_ms as f64 / 1_000.0);
 }
 
 pub fn stock_returned_by_check() {

@@ -205,6 +205,8 @@ pub struct Delivery {
     pub message: Message,
     /// 1 on the first delivery.
     pub attempt: u32,
+    /// When it was due (published, or its delay or retry over): how long it waited is `now - due_ms`.
+    pub due_ms: u64,
 }
 
 /// What the entry answered to an `Idempotency-Key`, kept so a retry gets the same answer.

@@ -77,11 +77,13 @@ async fn queued(bus: &Arc<dyn Bus>, topic: Topic) -> usize {
 
 pub async fn published_messages_are_delivered_then_gone_once_acked(fixture: Arc<dyn BusFixture>) {
     let bus = fixture.bus();
-    let messages = (1..=3).map(|n| now(fixture.as_ref(), timeout(n))).collect();
+    let at_ms = fixture.now_ms();
+    let messages = (1..=3).map(|n| Outgoing { message: timeout(n), deliver_at_ms: at_ms }).collect();
     bus.publish(messages).await.expect("publish");
     let got = receive(fixture.as_ref(), Topic::UnpaidTimeout, 3).await;
     assert_eq!(got.len(), 3);
     assert!(got.iter().all(|d| d.attempt == 1), "first delivery");
+    assert!(got.iter().all(|d| d.due_ms == at_ms), "due when published: how long each waited is known");
     let mut messages: Vec<Message> = got.iter().map(|d| d.message.clone()).collect();
     messages.sort_by_key(|m| format!("{m:?}"));
     assert_eq!(messages, vec![timeout(1), timeout(2), timeout(3)]);
@@ -114,25 +116,28 @@ pub async fn topics_are_separate_queues(fixture: Arc<dyn BusFixture>) {
 
 pub async fn delayed_messages_wait_until_due(fixture: Arc<dyn BusFixture>) {
     let bus = fixture.bus();
-    let later = Outgoing { message: timeout(1), deliver_at_ms: fixture.now_ms() + 1_000 };
-    bus.publish(vec![later]).await.expect("publish");
+    let due_ms = fixture.now_ms() + 1_000;
+    bus.publish(vec![Outgoing { message: timeout(1), deliver_at_ms: due_ms }]).await.expect("publish");
     assert!(bus.receive(Topic::UnpaidTimeout, 10).await.expect("receive").is_empty(), "not due yet");
     fixture.advance_ms(1_000).await;
     let got = receive(fixture.as_ref(), Topic::UnpaidTimeout, 1).await;
     assert_eq!(got.len(), 1, "due now");
+    assert_eq!(got[0].due_ms, due_ms, "its wait counts from when it was due, not from the publish");
 }
 
 pub async fn a_retry_comes_back_later_with_its_attempt_count(fixture: Arc<dyn BusFixture>) {
     let bus = fixture.bus();
     bus.publish(vec![now(fixture.as_ref(), timeout(1))]).await.expect("publish");
     let got = receive(fixture.as_ref(), Topic::UnpaidTimeout, 1).await;
-    bus.retry(&got[0].receipt, fixture.now_ms() + 500).await.expect("retry");
+    let retry_at_ms = fixture.now_ms() + 500;
+    bus.retry(&got[0].receipt, retry_at_ms).await.expect("retry");
     assert!(bus.receive(Topic::UnpaidTimeout, 10).await.expect("receive").is_empty(), "not before its time");
     fixture.advance_ms(500).await;
     let again = receive(fixture.as_ref(), Topic::UnpaidTimeout, 1).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].message, timeout(1));
     assert_eq!(again[0].attempt, 2);
+    assert_eq!(again[0].due_ms, retry_at_ms);
 }
 
 pub async fn a_dead_letter_leaves_the_queue_and_is_counted(fixture: Arc<dyn BusFixture>) {

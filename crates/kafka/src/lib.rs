@@ -318,6 +318,7 @@ struct Held {
     message: Message,
     retries: u32,
     attempt: u32,
+    due_ms: u64,
 }
 
 type Parts = Arc<Mutex<HashMap<i32, Part>>>;
@@ -620,7 +621,7 @@ impl Work {
         };
         let receipt = receipt_of(self.topic, partition, offset, epoch);
         ready.push_front((
-            Delivery { receipt, message: held.message.clone(), attempt: held.attempt },
+            Delivery { receipt, message: held.message.clone(), attempt: held.attempt, due_ms: held.due_ms },
             partition,
             epoch,
         ));
@@ -915,6 +916,7 @@ impl Core {
                 message: record.message.clone(),
                 retries: record.retries,
                 attempt: 1 + record.retries + u32::from(redelivered),
+                due_ms: record.due_ms,
             });
             part.open.insert(offset, held);
             (part.epoch, redelivered)
@@ -930,7 +932,8 @@ impl Core {
         }
         let attempt = 1 + record.retries + u32::from(redelivered);
         let receipt = receipt_of(work.topic, partition, offset, epoch);
-        Ok(Some((Delivery { receipt, message: record.message, attempt }, partition, epoch)))
+        let due_ms = record.due_ms;
+        Ok(Some((Delivery { receipt, message: record.message, attempt, due_ms }, partition, epoch)))
     }
 }
 

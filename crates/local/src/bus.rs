@@ -157,7 +157,8 @@ impl Bus for LocalBus {
             }
             let stored: Stored = decode(&value)?;
             cursor.leases.insert(key.clone(), now_ms + self.lease_ms);
-            deliveries.push(Delivery { receipt: key, message: stored.message, attempt: stored.retries + 1 });
+            let due_ms = key.get(1..9).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+            deliveries.push(Delivery { receipt: key, message: stored.message, attempt: stored.retries + 1, due_ms });
         }
         // Nothing sorts below the first key seen (or below `end`, when none was): writers lower it
         // again after this lock is released.

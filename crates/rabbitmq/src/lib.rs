@@ -642,7 +642,12 @@ impl Bus for RabbitBus {
             let attempt = 1 + envelope.retries + delivery_count(&delivery.properties);
             let mut parts = Vec::with_capacity(envelope.messages.len());
             for (part, message) in (0u32..).zip(&envelope.messages) {
-                parts.push(Delivery { receipt: receipt_of(link.epoch, tag, part), message: message.clone(), attempt });
+                parts.push(Delivery {
+                    receipt: receipt_of(link.epoch, tag, part),
+                    message: message.clone(),
+                    attempt,
+                    due_ms: envelope.due_ms,
+                });
             }
             let taken = Taken {
                 topic,

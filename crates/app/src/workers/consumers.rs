@@ -16,6 +16,7 @@ impl Orderly {
     /// share group-commit syncs, and the done ones are acked together.
     pub(super) async fn consume(&self, topic: Topic) -> Result<Outcome, PortError> {
         let deliveries = self.ports.bus.receive(topic, self.config().worker_batch_max).await?;
+        crate::meters::received(topic, self.ports.clock.now_ms(), deliveries.iter().map(|d| d.due_ms));
         let handled: Vec<(Delivery, Result<Handled, PortError>)> = futures_util::stream::iter(deliveries)
             .map(|delivery| async move {
                 let result = self.handle(&delivery.message).await;

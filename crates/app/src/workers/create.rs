@@ -11,6 +11,7 @@ impl Orderly {
     /// Worker: create orders, a batch per step (remarks 3–5).
     pub(super) async fn create_orders_step(&self) -> Result<Outcome, PortError> {
         let deliveries = self.ports.bus.receive(Topic::CreateOrder, self.config().worker_batch_max).await?;
+        crate::meters::received(Topic::CreateOrder, self.ports.clock.now_ms(), deliveries.iter().map(|d| d.due_ms));
         if deliveries.is_empty() {
             return Ok(Outcome::default());
         }
