@@ -302,13 +302,7 @@ async fn healthz() -> Response {
     request_body = PlaceOrderBody,
     responses(
         (status = 200, description = "Accepted: the order numbers, one per shop, ordered by shop id", body = Envelope<views::Placed>),
-        (status = 400, description = "`malformed_json`, `invalid_idempotency_key`, `unreadable_body`", body = ErrorBody),
-        (status = 403, description = "`uid_mismatch`: the body's uid is not the caller", body = ErrorBody),
-        (status = 409, description = "`sold_out`: not enough stock (`data.commodity_id`)", body = ErrorBody),
-        (status = 413, description = "`body_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`invalid_body` or a cart the catalog refuses (`price_mismatch`, `unknown_commodity`, `wrong_shop`, ...; `data.line`), `idempotency_key_reused`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        CartRefused,
     ))]
 async fn place_orders(
     State(state): State<ApiState>,
@@ -316,13 +310,15 @@ async fn place_orders(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (body, key) = admit_cart(&state, &headers, body)?;
-    // The client's trace context, or a new one: each order keeps it (orderly_app::trace).
-    let trace = headers
-        .get("traceparent")
-        .and_then(|value| value.to_str().ok())
-        .and_then(TraceParent::parse)
-        .unwrap_or_else(|| state.inner.trace_ids.next());
-    let order_nos = state.orderly().place_orders_traced(&body, key, Some(trace)).await?;
+    // The client's trace context, or a new one while this process traces orders: each order keeps it
+    // (orderly_app::trace). Otherwise none — the order number names the order in the logs, and its
+    // records stay as small as without traces.
+    let sent = headers.get("traceparent").and_then(|value| value.to_str().ok()).and_then(TraceParent::parse);
+    let trace = sent.or_else(|| {
+        tracing::enabled!(target: orderly_app::trace::TARGET, tracing::Level::DEBUG)
+            .then(|| state.inner.trace_ids.next())
+    });
+    let order_nos = state.orderly().place_orders_traced(&body, key, trace).await?;
     Ok(ok(StatusCode::OK, views::Placed { order_no: order_nos }))
 }
 
@@ -331,13 +327,7 @@ async fn place_orders(
     request_body = PlaceOrderBody,
     responses(
         (status = 200, description = "Created, `to_pay`", body = Envelope<views::Placed>),
-        (status = 400, description = "`malformed_json`, `invalid_idempotency_key`, `unreadable_body`", body = ErrorBody),
-        (status = 403, description = "`uid_mismatch`", body = ErrorBody),
-        (status = 409, description = "`sold_out`", body = ErrorBody),
-        (status = 413, description = "`body_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`invalid_body` or a cart the catalog refuses", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        CartRefused,
     ))]
 async fn place_orders_naive(
     State(state): State<ApiState>,
@@ -347,6 +337,30 @@ async fn place_orders_naive(
     let (body, _) = admit_cart(&state, &headers, body)?;
     let order_nos = state.orderly().place_orders_naive(&body).await?;
     Ok(ok(StatusCode::OK, views::Placed { order_no: order_nos }))
+}
+
+/// The refusals both cart routes answer ([`admit_cart`] and the use-case), for the OpenAPI document: a
+/// description only, never built (every answer here is an [`ApiError`]).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum CartRefused {
+    #[response(status = 400, description = "`malformed_json`, `invalid_idempotency_key`, `unreadable_body`")]
+    BadRequest(ErrorBody),
+    #[response(status = 403, description = "`uid_mismatch`: the body's uid is not the caller")]
+    NotTheCaller(ErrorBody),
+    #[response(status = 409, description = "`sold_out`: not enough stock (`data.commodity_id`)")]
+    SoldOut(ErrorBody),
+    #[response(status = 413, description = "`body_too_large`")]
+    TooLarge(ErrorBody),
+    #[response(status = 415, description = "`unsupported_media_type`")]
+    NotJson(ErrorBody),
+    #[response(
+        status = 422,
+        description = "`invalid_body` or a cart the catalog refuses (`price_mismatch`, `unknown_commodity`, `wrong_shop`, ...; `data.line`), `idempotency_key_reused`"
+    )]
+    Refused(ErrorBody),
+    #[response(status = 429, description = "`rate_limited`", headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    RateLimited(ErrorBody),
 }
 
 /// The entry's checks before the use-case: rate limit, the buyer, the idempotency key, the body.

@@ -1,5 +1,6 @@
 //! Following one order across processes. The request that places a cart has a trace context (W3C
-//! `traceparent`: the client's, or a new one); each of its orders keeps it (`Order::trace`), so it
+//! `traceparent`: the client's, or a new one when the process traces orders — `orderly::trace` at debug
+//! or OTLP export on); each of its orders keeps it (`Order::trace`), so it
 //! travels in the create message with the order, is stored with it, and every later step — the worker's
 //! create, the charge (as gRPC metadata to the payment service), the reconciler's settling, the unpaid
 //! close — logs under a span carrying the order's `trace_id`. Those spans and events go to the target
