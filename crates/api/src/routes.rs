@@ -363,6 +363,18 @@ enum CartRefused {
     RateLimited(ErrorBody),
 }
 
+/// How [`json_body`] refuses an admin's body, for the OpenAPI document (a description only).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum BodyRefused {
+    #[response(status = 400, description = "`malformed_json`, `unreadable_body`")]
+    Unreadable(ErrorBody),
+    #[response(status = 413, description = "`body_too_large`")]
+    TooLarge(ErrorBody),
+    #[response(status = 415, description = "`unsupported_media_type`")]
+    NotJson(ErrorBody),
+}
+
 /// The entry's checks before the use-case: rate limit, the buyer, the idempotency key, the body.
 fn admit_cart<'h>(
     state: &ApiState,
@@ -552,10 +564,8 @@ pub const CATALOG_ITEMS_MAX: usize = 1_000;
     request_body = CatalogBody,
     responses(
         (status = 200, description = "Loaded: how many commodities", body = Envelope<views::CatalogLoaded>),
-        (status = 400, description = "`malformed_json`, `unreadable_body`", body = ErrorBody),
+        BodyRefused,
         (status = 409, description = "`commodity_shop_fixed`: a known commodity under another shop (`data.commodity_id`)", body = ErrorBody),
-        (status = 413, description = "`body_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 422, description = "`invalid_body`, `too_many_items`, `invalid_commodity_id`, `invalid_price`, `duplicate_commodity` (`data.commodity_id`)", body = ErrorBody),
     ))]
 async fn admin_catalog(
@@ -617,10 +627,8 @@ struct StockBody {
     request_body = StockBody,
     responses(
         (status = 200, description = "Stock added: what is available now", body = Envelope<views::StockAdded>),
-        (status = 400, description = "`malformed_json`, `unreadable_body`", body = ErrorBody),
+        BodyRefused,
         (status = 404, description = "`unknown_commodity`", body = ErrorBody),
-        (status = 413, description = "`body_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 422, description = "`invalid_body`", body = ErrorBody),
     ))]
 async fn admin_stock(
