@@ -122,22 +122,21 @@ pub const OPENAPI_PATH: &str = "/api/openapi.json";
 /// The routes with their OpenAPI operations: each handler is added through `routes!`, which takes its
 /// `#[utoipa::path]`, so a route cannot exist without its entry in the document (the `openapi` test
 /// checks that nothing is added around them).
-fn documented_routes(state: Option<&ApiState>, naive_baseline: bool) -> OpenApiRouter<ApiState> {
+fn documented_routes(state: &ApiState) -> OpenApiRouter<ApiState> {
     // One semaphore for every buyer route (a per-route limit would multiply the bound); inside it, the
     // count of requests being served.
-    let in_flight_max = state.map_or(1, |state| state.inner.in_flight_max);
     let shed = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(|_: BoxError| async { ApiError::overloaded() }))
         .load_shed()
-        .layer(GlobalConcurrencyLimitLayer::new(in_flight_max))
-        .option_layer(state.map(|state| axum::middleware::from_fn_with_state(state.clone(), count_in_flight)));
+        .layer(GlobalConcurrencyLimitLayer::new(state.inner.in_flight_max))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_in_flight));
     let mut buyer = OpenApiRouter::new()
         .routes(routes!(place_orders, list_orders))
         .routes(routes!(get_order))
         .routes(routes!(pay_order))
         .routes(routes!(cancel_order))
         .routes(routes!(get_commodity));
-    if naive_baseline {
+    if state.naive_baseline {
         buyer = buyer.routes(routes!(place_orders_naive));
     }
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
@@ -157,16 +156,9 @@ fn documented_routes(state: Option<&ApiState>, naive_baseline: bool) -> OpenApiR
         .routes(routes!(dashboard::uplot_css))
 }
 
-/// The OpenAPI 3.1 document of the routes a server with this setting serves (the naive baseline's
-/// route only when it is served).
-pub fn openapi(naive_baseline: bool) -> utoipa::openapi::OpenApi {
-    let mut document = documented_routes(None, naive_baseline).into_openapi();
-    crate::openapi::complete(&mut document);
-    document
-}
-
 pub fn router(state: ApiState) -> Router {
-    let (routes, mut document) = documented_routes(Some(&state), state.naive_baseline).split_for_parts();
+    // The document lists the routes this server serves (the naive baseline's only when it is served).
+    let (routes, mut document) = documented_routes(&state).split_for_parts();
     crate::openapi::complete(&mut document);
     routes
         .merge(SwaggerUi::new("/docs").url(OPENAPI_PATH, document))
