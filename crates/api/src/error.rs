@@ -49,6 +49,9 @@ pub const CODES: &[&str] = &[
     "invalid_price",
     "invalid_setting",
     "rate_limited",
+    "rate_limited_buyer",
+    "rate_limited_commodity",
+    "rate_limited_shop",
     "overloaded",
     "unavailable",
     "internal",
@@ -101,13 +104,22 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such order")
     }
 
-    pub fn rate_limited(wait: std::time::Duration) -> ApiError {
-        let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; retry later");
+    /// A cart refused by a rate rule: the rule's code, and when it would have had a token.
+    pub fn rate_limited(refused: crate::limit::Refused) -> ApiError {
+        let wait = refused.retry_after;
+        let what = match refused.rule {
+            crate::limit::Rule::Global => "too many orders",
+            crate::limit::Rule::Buyer => "too many orders from this buyer",
+            crate::limit::Rule::Commodity => "too many orders for this commodity",
+            crate::limit::Rule::Shop => "too many orders for this shop",
+        };
+        let mut error =
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, refused.rule.code(), format!("{what}; retry later"));
         error.retry_after_s = Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
         error
     }
 
-    /// Load shedding: more buyer requests in flight than the configured bound.
+    /// Load shedding: the buyer requests in flight are at the concurrency limit.
     pub fn overloaded() -> ApiError {
         let mut error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "overloaded; retry later");
         error.retry_after_s = Some(1);

@@ -1,48 +1,348 @@
-//! The entry's limits. A rate limit (changed at run time by replacing the bucket whole): a token bucket (GCRA, `governor`) shared by the whole
-//! process; a refused request gets 429 with `Retry-After` and costs nothing else (early fail). And load
-//! shedding: at most `in_flight_max` buyer requests are served at once; one more is answered 503 at
-//! once instead of queueing, so under overload the accepted requests keep a bounded latency.
+//! The entry's rate rules (docs/API.md "Limits"): token buckets (GCRA, `governor`) for the whole process,
+//! per buyer, per commodity and per shop, each with its mode — refuse a cart over the rate at once
+//! (429 with `Retry-After` and the rule's code, nothing else done: early fail) or make it wait for its
+//! turn up to a bound. The rules are replaced at run time ([`Rules::with`]); a rule whose setting did not
+//! change keeps its buckets.
 
+use std::cell::Cell;
 use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-pub use orderly_app::config::RateLimitConfig;
+pub use orderly_app::config::{KeyRule, RateLimitConfig};
+use orderly_domain::PlaceOrderBody;
 
-#[derive(Debug)]
-pub struct EntryLimiter {
-    /// What it was built from: `orders_per_second` and `burst`.
-    rate: (u32, u32),
-    limiter: RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock>,
-    /// The token bucket's own monotonic clock (governor's), for `Retry-After`; not the Clock port.
-    bucket_clock: DefaultClock,
+/// The rule that refused a cart, named by its error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    Global,
+    Buyer,
+    Commodity,
+    Shop,
 }
 
-impl EntryLimiter {
-    pub fn new(config: &RateLimitConfig) -> EntryLimiter {
-        let rate = NonZeroU32::new(config.orders_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(config.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        let clock = DefaultClock::default();
-        EntryLimiter {
-            rate: (config.orders_per_second, config.burst),
-            limiter: RateLimiter::direct_with_clock(Quota::per_second(rate).allow_burst(burst), clock.clone()),
-            bucket_clock: clock,
+impl Rule {
+    pub const ALL: [Rule; 4] = [Rule::Global, Rule::Buyer, Rule::Commodity, Rule::Shop];
+
+    /// The stable code of its 429 (docs/API.md).
+    pub fn code(self) -> &'static str {
+        match self {
+            Rule::Global => "rate_limited",
+            Rule::Buyer => "rate_limited_buyer",
+            Rule::Commodity => "rate_limited_commodity",
+            Rule::Shop => "rate_limited_shop",
         }
     }
 
-    /// Whether this limiter enforces `config`'s rate and burst.
-    pub fn enforces(&self, config: &RateLimitConfig) -> bool {
-        self.rate == (config.orders_per_second, config.burst)
+    /// The rule's name in metrics and `GET /api/admin/limits`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::Global => "global",
+            Rule::Buyer => "buyer",
+            Rule::Commodity => "commodity",
+            Rule::Shop => "shop",
+        }
+    }
+}
+
+/// A cart refused by a rule; `retry_after` is when the rule would have a token for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub rule: Rule,
+    pub retry_after: Duration,
+}
+
+/// Checks between two sweeps of the per-key buckets that are back to full (so that a key seen once does
+/// not stay in memory).
+const SWEEP_EVERY: u64 = 1 << 14;
+
+/// One rule's buckets (`None` while the rule is off), with the rate and burst they were made for.
+#[derive(Debug)]
+struct Bucket<C: Clock + Clone> {
+    rate: (u32, u32),
+    limiter: Option<Limiter<C>>,
+}
+
+#[derive(Debug)]
+enum Limiter<C: Clock + Clone> {
+    Direct(RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>),
+    Keyed(RateLimiter<u64, DashMapStateStore<u64>, C, NoOpMiddleware<C::Instant>>),
+}
+
+impl<C: Clock + Clone> Bucket<C> {
+    fn new(rule: &KeyRule, keyed: bool, clock: &C) -> Bucket<C> {
+        let limiter = NonZeroU32::new(rule.per_second).map(|rate| {
+            let quota = Quota::per_second(rate).allow_burst(NonZeroU32::new(rule.burst).unwrap_or(NonZeroU32::MIN));
+            if keyed {
+                Limiter::Keyed(RateLimiter::dashmap_with_clock(quota, clock.clone()))
+            } else {
+                Limiter::Direct(RateLimiter::direct_with_clock(quota, clock.clone()))
+            }
+        });
+        Bucket { rate: (rule.per_second, rule.burst), limiter }
     }
 
-    /// The rate (orders per second) and burst it enforces.
-    pub fn rate(&self) -> (u32, u32) {
-        self.rate
+    /// Takes a token for `key` (ignored by the global bucket), or says how long until there is one.
+    fn take(&self, key: u64, clock: &C) -> Result<(), Duration> {
+        let outcome = match &self.limiter {
+            None => return Ok(()),
+            Some(Limiter::Direct(limiter)) => limiter.check(),
+            Some(Limiter::Keyed(limiter)) => limiter.check_key(&key),
+        };
+        outcome.map_err(|not_until| not_until.wait_time_from(clock.now()))
     }
 
-    /// `Err(wait)` when the bucket is empty.
-    pub fn admit(&self) -> Result<(), Duration> {
-        self.limiter.check().map_err(|not_until| not_until.wait_time_from(self.bucket_clock.now()))
+    fn sweep(&self) {
+        if let Some(Limiter::Keyed(limiter)) = &self.limiter {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    fn keys(&self) -> usize {
+        match &self.limiter {
+            Some(Limiter::Keyed(limiter)) => limiter.len(),
+            _ => 0,
+        }
+    }
+}
+
+tokio::task_local! {
+    /// How long the request being served waited for its turn in a rule's queue (the concurrency limit
+    /// leaves it out of the latency it learns from).
+    pub static QUEUED: Cell<Duration>;
+}
+
+/// The rules in force, in [`Rule::ALL`]'s order. Cheap to check: one GCRA cell per rule and key.
+#[derive(Debug)]
+pub struct Rules<C: Clock + Clone = DefaultClock> {
+    settings: [KeyRule; 4],
+    buckets: [Arc<Bucket<C>>; 4],
+    clock: C,
+    checks: AtomicU64,
+}
+
+impl Rules<DefaultClock> {
+    pub fn new(config: &RateLimitConfig) -> Rules<DefaultClock> {
+        Rules::with_clock(config, DefaultClock::default())
+    }
+}
+
+/// The settings of [`Rule::ALL`] in `config` (the global rule's are the top-level keys).
+fn settings(config: &RateLimitConfig) -> [KeyRule; 4] {
+    let global =
+        KeyRule { per_second: config.orders_per_second.max(1), burst: config.burst.max(1), queue_ms: config.queue_ms };
+    [global, config.buyer.clone(), config.commodity.clone(), config.shop.clone()]
+}
+
+impl<C: Clock + Clone> Rules<C> {
+    /// Rules on `clock` (governor's monotonic clock in a server; a fake one in tests).
+    pub fn with_clock(config: &RateLimitConfig, clock: C) -> Rules<C> {
+        let settings = settings(config);
+        let buckets =
+            Rule::ALL.map(|rule| Arc::new(Bucket::new(&settings[rule as usize], rule != Rule::Global, &clock)));
+        Rules { settings, buckets, clock, checks: AtomicU64::new(0) }
+    }
+
+    /// The rules of `config`: a rule whose rate and burst are the same keeps its buckets (and what they
+    /// hold); a changed one starts full.
+    pub fn with(&self, config: &RateLimitConfig) -> Rules<C> {
+        let settings = settings(config);
+        let buckets = Rule::ALL.map(|rule| {
+            let (bucket, setting) = (&self.buckets[rule as usize], &settings[rule as usize]);
+            if bucket.rate == (setting.per_second, setting.burst) {
+                bucket.clone()
+            } else {
+                Arc::new(Bucket::new(setting, rule != Rule::Global, &self.clock))
+            }
+        });
+        Rules { settings, buckets, clock: self.clock.clone(), checks: AtomicU64::new(0) }
+    }
+
+    /// Whether these rules are `config`'s.
+    pub fn enforce(&self, config: &RateLimitConfig) -> bool {
+        self.settings == settings(config)
+    }
+
+    /// The setting of `rule` in force.
+    pub fn rule(&self, rule: Rule) -> &KeyRule {
+        &self.settings[rule as usize]
+    }
+
+    /// Keys the per-key buckets of `rule` remember now.
+    pub fn keys(&self, rule: Rule) -> usize {
+        self.buckets[rule as usize].keys()
+    }
+
+    /// Takes `rule`'s token for `key` now, or says how long until there is one.
+    pub fn take(&self, rule: Rule, key: u64) -> Result<(), Duration> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            for bucket in &self.buckets {
+                bucket.sweep();
+            }
+        }
+        self.buckets[rule as usize].take(key, &self.clock)
+    }
+}
+
+/// What a cart asks of the rules, most specific first: its buyer, then each distinct commodity and shop
+/// of its lines, then the process's rate — so a buyer or a commodity over its own rate is refused
+/// before it takes a token the others need.
+pub fn cart_keys(body: &PlaceOrderBody) -> Vec<(Rule, u64)> {
+    let mut keys = vec![(Rule::Buyer, body.uid.0)];
+    let mut commodities: Vec<u64> = body.commodity_details.iter().map(|line| line.commodity_id.0).collect();
+    let mut shops: Vec<u64> = body.commodity_details.iter().map(|line| line.user_id.0).collect();
+    commodities.sort_unstable();
+    commodities.dedup();
+    shops.sort_unstable();
+    shops.dedup();
+    keys.extend(commodities.into_iter().map(|id| (Rule::Commodity, id)));
+    keys.extend(shops.into_iter().map(|id| (Rule::Shop, id)));
+    keys.push((Rule::Global, 0));
+    keys
+}
+
+impl<C: Clock + Clone> Rules<C> {
+    /// Admits a cart through every rule, in [`cart_keys`]'s order. A rule in queue mode makes the cart
+    /// wait for its token while the whole wait stays within the rule's `queue_ms`; otherwise the cart is
+    /// refused. Tokens taken by the rules before the refusing one stay taken (as a refused request's
+    /// cost); nothing else was done.
+    pub async fn admit(&self, keys: &[(Rule, u64)]) -> Result<(), Refused> {
+        self.admit_with(keys, tokio::time::sleep).await
+    }
+
+    /// [`Rules::admit`], waiting with `sleep` (a test's sleep advances its fake clock).
+    async fn admit_with<S, F>(&self, keys: &[(Rule, u64)], sleep: S) -> Result<(), Refused>
+    where
+        S: Fn(Duration) -> F,
+        F: Future<Output = ()>,
+    {
+        let mut waited = Duration::ZERO;
+        for &(rule, key) in keys {
+            loop {
+                match self.take(rule, key) {
+                    Ok(()) => break,
+                    Err(wait) => {
+                        let bound = Duration::from_millis(self.rule(rule).queue_ms);
+                        if waited + wait > bound {
+                            return Err(Refused { rule, retry_after: wait });
+                        }
+                        sleep(wait).await;
+                        waited += wait;
+                        // Outside a request (tests), nobody is told.
+                        let _ = QUEUED.try_with(|queued| queued.set(queued.get() + wait));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use governor::clock::FakeRelativeClock;
+
+    use super::*;
+
+    fn config(global: u32, buyer: u32, commodity: u32) -> RateLimitConfig {
+        RateLimitConfig {
+            orders_per_second: global,
+            burst: global,
+            buyer: KeyRule { per_second: buyer, burst: buyer.max(1), queue_ms: 0 },
+            commodity: KeyRule { per_second: commodity, burst: commodity.max(1), queue_ms: 0 },
+            ..RateLimitConfig::default()
+        }
+    }
+
+    #[test]
+    fn each_buyer_has_a_bucket_of_its_own() {
+        let clock = FakeRelativeClock::default();
+        let rules = Rules::with_clock(&config(1000, 2, 0), clock.clone());
+        assert_eq!(rules.take(Rule::Buyer, 7), Ok(()));
+        assert_eq!(rules.take(Rule::Buyer, 7), Ok(()));
+        let wait = rules.take(Rule::Buyer, 7).expect_err("the third in the same instant");
+        assert_eq!(wait, Duration::from_millis(500), "2 per second: one token every 500 ms");
+        assert_eq!(rules.take(Rule::Buyer, 8), Ok(()), "another buyer is not touched");
+        clock.advance(Duration::from_millis(499));
+        assert!(rules.take(Rule::Buyer, 7).is_err());
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(rules.take(Rule::Buyer, 7), Ok(()), "its token came back");
+        assert_eq!(rules.keys(Rule::Buyer), 2);
+    }
+
+    #[test]
+    fn a_rule_that_is_off_admits_everything() {
+        let rules = Rules::with_clock(&config(1000, 0, 0), FakeRelativeClock::default());
+        for _ in 0..10_000 {
+            assert_eq!(rules.take(Rule::Commodity, 1), Ok(()));
+        }
+        assert_eq!(rules.keys(Rule::Commodity), 0, "nothing remembered");
+    }
+
+    #[test]
+    fn a_cart_asks_its_buyer_then_each_commodity_and_shop_once_then_the_process() {
+        let body: PlaceOrderBody = serde_json::from_value(serde_json::json!({
+            "uid": 5, "to_uid": 5, "origin_price": 0, "actual_price": 0,
+            "commodity_details": [
+                {"actual_price": 1, "commodity_id": 30, "prices": 1, "user_id": 2, "num": 1},
+                {"actual_price": 1, "commodity_id": 10, "prices": 1, "user_id": 2, "num": 1},
+                {"actual_price": 1, "commodity_id": 30, "prices": 1, "user_id": 1, "num": 1},
+            ],
+        }))
+        .expect("a cart");
+        assert_eq!(
+            cart_keys(&body),
+            vec![
+                (Rule::Buyer, 5),
+                (Rule::Commodity, 10),
+                (Rule::Commodity, 30),
+                (Rule::Shop, 1),
+                (Rule::Shop, 2),
+                (Rule::Global, 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_changed_rule_starts_full_and_an_unchanged_one_keeps_its_state() {
+        let clock = FakeRelativeClock::default();
+        let rules = Rules::with_clock(&config(1, 1, 1), clock.clone());
+        assert_eq!(rules.take(Rule::Global, 0), Ok(()));
+        assert_eq!(rules.take(Rule::Commodity, 3), Ok(()));
+        let changed = rules.with(&config(1, 1, 5));
+        assert!(changed.enforce(&config(1, 1, 5)) && !rules.enforce(&config(1, 1, 5)));
+        assert!(changed.take(Rule::Global, 0).is_err(), "same global rule: still empty");
+        assert_eq!(changed.take(Rule::Commodity, 3), Ok(()), "new commodity rule: full again");
+    }
+
+    #[tokio::test]
+    async fn a_queueing_rule_makes_the_cart_wait_within_its_bound() {
+        let clock = FakeRelativeClock::default();
+        let sleep = |wait: Duration| {
+            clock.advance(wait);
+            std::future::ready(())
+        };
+        let mut limits = config(1000, 1, 0);
+        limits.buyer.queue_ms = 1500;
+        let rules = Rules::with_clock(&limits, clock.clone());
+        let keys = [(Rule::Buyer, 1), (Rule::Global, 0)];
+        assert_eq!(rules.admit_with(&keys, sleep).await, Ok(()));
+        let second = QUEUED.scope(Cell::new(Duration::ZERO), async {
+            let admitted = rules.admit_with(&keys, sleep).await;
+            (admitted, QUEUED.with(Cell::get))
+        });
+        assert_eq!(second.await, (Ok(()), Duration::from_secs(1)), "waited its turn, a second");
+
+        limits.buyer.queue_ms = 900;
+        let rules = rules.with(&limits);
+        let refused = rules.admit_with(&keys, sleep).await.expect_err("its turn is beyond the bound");
+        assert_eq!(refused, Refused { rule: Rule::Buyer, retry_after: Duration::from_secs(1) });
     }
 }

@@ -27,6 +27,12 @@ pub const RATE_LIMIT_BURST: &str = "orderly_rate_limit_burst";
 pub const IN_FLIGHT_MAX: &str = "orderly_in_flight_max";
 /// Buyer requests being served now (admitted past the in-flight bound), read when scraped.
 pub const IN_FLIGHT: &str = "orderly_http_in_flight";
+/// The concurrency limit in force (adaptive: it follows latency), read when scraped.
+pub const CONCURRENCY_LIMIT: &str = "orderly_concurrency_limit";
+/// Carts refused by a rate rule, by `rule` (global, buyer, commodity, shop).
+pub const RATE_LIMITED: &str = "orderly_rate_limited_total";
+/// Buyer requests shed at the concurrency limit, by `priority` (changes, orders, queries).
+pub const SHED: &str = "orderly_shed_total";
 
 /// The stock of the most deducted commodities (the dashboard's list), by `commodity_id`, read when
 /// scraped by an API: what the cache can still sell, and what live orders hold in the store.
@@ -63,8 +69,11 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     metrics::describe_gauge!(PAYMENTS_PENDING, "Payments without a definite answer (the safe-pay set)");
     metrics::describe_gauge!(RATE_LIMIT, "The entry's token bucket rate in force, orders per second");
     metrics::describe_gauge!(RATE_LIMIT_BURST, "The entry's token bucket burst in force");
-    metrics::describe_gauge!(IN_FLIGHT_MAX, "Buyer requests served at once before shedding (503 overloaded)");
+    metrics::describe_gauge!(IN_FLIGHT_MAX, "The concurrency limit's ceiling (rate_limit.in_flight_max)");
     metrics::describe_gauge!(IN_FLIGHT, "Buyer requests being served now");
+    metrics::describe_gauge!(CONCURRENCY_LIMIT, "Buyer requests served at once before shedding, now (adaptive)");
+    metrics::describe_counter!(RATE_LIMITED, "Carts refused by a rate rule (429), by rule");
+    metrics::describe_counter!(SHED, "Buyer requests shed at the concurrency limit (503 overloaded), by priority");
     metrics::describe_gauge!(STOCK_SELLING, "What the cache can still sell, for the most deducted commodities");
     metrics::describe_gauge!(STOCK_DEDUCTED, "Units live orders hold in the store, for the most deducted commodities");
     Ok(handle)

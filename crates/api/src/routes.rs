@@ -1,18 +1,19 @@
 //! The router and its handlers. Order of work at the entry (ARCHITECTURE.md): limit → auth → validate
 //! → the use-case; answers in the seed's envelope.
 
+use std::cell::Cell;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::Router;
 use axum::body::Bytes;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
 use orderly_app::Actor;
 use orderly_app::admin::{CatalogError, CatalogRejection};
@@ -23,17 +24,16 @@ use orderly_app::{Orderly, PayOutcome};
 use orderly_domain::{CatalogEntry, CommodityId, Money, OrderNo, PlaceOrderBody, ShopId, Uid};
 use serde::Deserialize;
 use serde_json::json;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::{BoxError, ServiceBuilder};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::adaptive::{ConcurrencyLimit, Priority};
 use crate::auth::TokenAuth;
 use crate::dashboard::{self, AuditVerdict};
 use crate::error::{ApiError, ErrorBody, ok};
-use crate::limit::{EntryLimiter, RateLimitConfig};
+use crate::limit::{QUEUED, RateLimitConfig, Rule, Rules};
 use crate::views::{self, Envelope};
 
 /// Largest request body accepted.
@@ -57,11 +57,14 @@ pub struct ApiState {
 struct Inner {
     orderly: Orderly,
     auth: TokenAuth,
-    /// Replaced whole when the rate limit changes at run time.
-    limiter: ArcSwap<EntryLimiter>,
-    in_flight_max: usize,
-    /// Buyer requests being served now.
-    in_flight: AtomicUsize,
+    /// The entry's limits in force (replaced when they change at run time).
+    limits: ArcSwap<RateLimitConfig>,
+    /// Rebuilt from `limits` when they change; a rule that did not change keeps its buckets.
+    rules: ArcSwap<Rules>,
+    /// Carts refused per rule, in [`Rule::ALL`]'s order, since the process started.
+    refused: [AtomicU64; 4],
+    /// Buyer requests served at once (adaptive), shared by priority.
+    concurrency: Arc<ConcurrencyLimit>,
     /// What the last `GET /api/admin/audit` found, for the dashboard.
     last_audit: ArcSwapOption<AuditVerdict>,
     /// Trace contexts for carts placed without a `traceparent`.
@@ -74,9 +77,10 @@ impl ApiState {
             inner: Arc::new(Inner {
                 orderly,
                 auth,
-                limiter: ArcSwap::from_pointee(EntryLimiter::new(limits)),
-                in_flight_max: limits.in_flight_max.max(1),
-                in_flight: AtomicUsize::new(0),
+                limits: ArcSwap::from_pointee(limits.clone()),
+                rules: ArcSwap::from_pointee(Rules::new(limits)),
+                refused: Default::default(),
+                concurrency: Arc::new(ConcurrencyLimit::new(limits)),
                 last_audit: ArcSwapOption::empty(),
                 // A prefix of its own per process: std's hasher keys are random per process.
                 trace_ids: TraceIds::new(std::hash::RandomState::new().hash_one(std::process::id())),
@@ -100,11 +104,15 @@ impl ApiState {
         self
     }
 
-    /// Applies a rate limit changed at run time (a new bucket, full, when rate or burst differ).
-    pub fn set_rate_limit(&self, limits: &RateLimitConfig) {
-        if !self.inner.limiter.load().enforces(limits) {
-            self.inner.limiter.store(Arc::new(EntryLimiter::new(limits)));
+    /// Applies limits changed at run time: a rule whose rate or burst changed starts with a full bucket,
+    /// the others keep theirs; the concurrency limit takes its new bounds from the limit in force.
+    pub fn set_limits(&self, limits: &RateLimitConfig) {
+        let rules = self.inner.rules.load();
+        if !rules.enforce(limits) {
+            self.inner.rules.store(Arc::new(rules.with(limits)));
         }
+        self.inner.concurrency.reconfigure(limits);
+        self.inner.limits.store(Arc::new(limits.clone()));
     }
 
     /// Also serves `POST /api/baseline/orders`: the same entry (limit, auth, validation, pricing), then
@@ -123,13 +131,8 @@ pub const OPENAPI_PATH: &str = "/api/openapi.json";
 /// `#[utoipa::path]`, so a route cannot exist without its entry in the document (the `openapi` test
 /// checks that nothing is added around them).
 fn documented_routes(state: &ApiState) -> OpenApiRouter<ApiState> {
-    // One semaphore for every buyer route (a per-route limit would multiply the bound); inside it, the
-    // count of requests being served.
-    let shed = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(|_: BoxError| async { ApiError::overloaded() }))
-        .load_shed()
-        .layer(GlobalConcurrencyLimitLayer::new(state.inner.in_flight_max))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count_in_flight));
+    // One concurrency limit for every buyer route (a per-route limit would multiply the bound).
+    let shed = axum::middleware::from_fn_with_state(state.clone(), admit);
     let mut buyer = OpenApiRouter::new()
         .routes(routes!(place_orders, list_orders))
         .routes(routes!(get_order))
@@ -149,6 +152,7 @@ fn documented_routes(state: &ApiState) -> OpenApiRouter<ApiState> {
         .routes(routes!(admin_config))
         .routes(routes!(admin_config_set, admin_config_unset))
         .routes(routes!(admin_cluster))
+        .routes(routes!(admin_limits))
         .routes(routes!(dashboard::data))
         .routes(routes!(metrics_text))
         .routes(routes!(dashboard::page))
@@ -172,21 +176,28 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Counts a buyer request while it is served (also when its client goes away mid-way: the guard drops).
-async fn count_in_flight(
+/// Admits a buyer request under the concurrency limit or sheds it at once (503 `overloaded`); an admitted
+/// one holds its slot while it is served (also when its client goes away mid-way: the permit drops), and
+/// its latency — less any wait in a rule's queue — is one sample for the limit.
+async fn admit(
     State(state): State<ApiState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    struct Serving<'a>(&'a AtomicUsize);
-    impl Drop for Serving<'_> {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    state.inner.in_flight.fetch_add(1, Ordering::Relaxed);
-    let _serving = Serving(&state.inner.in_flight);
-    next.run(request).await
+    let priority = Priority::of(request.method(), request.uri().path());
+    let Some(permit) = state.inner.concurrency.try_acquire(priority) else {
+        metrics::counter!(crate::observe::SHED, "priority" => priority.name()).increment(1);
+        return ApiError::overloaded().into_response();
+    };
+    let started = Instant::now();
+    let (response, queued) = QUEUED
+        .scope(Cell::new(Duration::ZERO), async {
+            let response = next.run(request).await;
+            (response, QUEUED.with(Cell::get))
+        })
+        .await;
+    permit.served(started.elapsed().saturating_sub(queued));
+    response
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -270,11 +281,13 @@ async fn metrics_text(State(state): State<ApiState>) -> Result<Response, ApiErro
     let Some(handle) = &state.metrics else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "metrics are not recorded here"));
     };
-    let (rate, burst) = state.inner.limiter.load().rate();
-    metrics::gauge!(crate::observe::RATE_LIMIT).set(f64::from(rate));
-    metrics::gauge!(crate::observe::RATE_LIMIT_BURST).set(f64::from(burst));
-    metrics::gauge!(crate::observe::IN_FLIGHT_MAX).set(state.inner.in_flight_max as f64);
-    metrics::gauge!(crate::observe::IN_FLIGHT).set(state.inner.in_flight.load(Ordering::Relaxed) as f64);
+    let limits = state.inner.limits.load();
+    let concurrency = state.inner.concurrency.view();
+    metrics::gauge!(crate::observe::RATE_LIMIT).set(f64::from(limits.orders_per_second));
+    metrics::gauge!(crate::observe::RATE_LIMIT_BURST).set(f64::from(limits.burst));
+    metrics::gauge!(crate::observe::IN_FLIGHT_MAX).set(concurrency.max as f64);
+    metrics::gauge!(crate::observe::CONCURRENCY_LIMIT).set(concurrency.limit as f64);
+    metrics::gauge!(crate::observe::IN_FLIGHT).set(state.inner.concurrency.in_flight() as f64);
     crate::observe::stock_gauges(state.orderly()).await;
     Ok(crate::observe::text(crate::observe::render(handle, Some(state.orderly())).await))
 }
@@ -301,7 +314,7 @@ async fn place_orders(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (body, key) = admit_cart(&state, &headers, body)?;
+    let (body, key) = admit_cart(&state, &headers, body).await?;
     // The client's trace context, or a new one while this process traces orders: each order keeps it
     // (orderly_app::trace). Otherwise none — the order number names the order in the logs, and its
     // records stay as small as without traces.
@@ -326,7 +339,7 @@ async fn place_orders_naive(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (body, _) = admit_cart(&state, &headers, body)?;
+    let (body, _) = admit_cart(&state, &headers, body).await?;
     let order_nos = state.orderly().place_orders_naive(&body).await?;
     Ok(ok(StatusCode::OK, views::Placed { order_no: order_nos }))
 }
@@ -351,7 +364,11 @@ enum CartRefused {
         description = "`invalid_body` or a cart the catalog refuses (`price_mismatch`, `unknown_commodity`, `wrong_shop`, ...; `data.line`), `idempotency_key_reused`"
     )]
     Refused(ErrorBody),
-    #[response(status = 429, description = "`rate_limited`", headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    #[response(
+        status = 429,
+        description = "`rate_limited` (the process's rate), `rate_limited_buyer`, `rate_limited_commodity`, `rate_limited_shop`: the rule that refused",
+        headers(("Retry-After" = u64, description = "Seconds until the rule has a token"))
+    )]
     RateLimited(ErrorBody),
 }
 
@@ -367,13 +384,13 @@ enum BodyRefused {
     NotJson(ErrorBody),
 }
 
-/// The entry's checks before the use-case: rate limit, the buyer, the idempotency key, the body.
-fn admit_cart<'h>(
+/// The entry's checks before the use-case: the buyer, the idempotency key, the body, then the rate rules
+/// (which need the buyer and the cart's commodities and shops).
+async fn admit_cart<'h>(
     state: &ApiState,
     headers: &'h HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(PlaceOrderBody, Option<&'h str>), ApiError> {
-    state.inner.limiter.load().admit().map_err(ApiError::rate_limited)?;
     let uid = state.buyer(headers)?;
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -393,6 +410,12 @@ fn admit_cart<'h>(
     let body: PlaceOrderBody = json_body(headers, body)?;
     if body.uid != uid {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "uid_mismatch", "the body's uid is not the caller"));
+    }
+    let rules = state.inner.rules.load_full();
+    if let Err(refused) = rules.admit(&crate::limit::cart_keys(&body)).await {
+        state.inner.refused[refused.rule as usize].fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::observe::RATE_LIMITED, "rule" => refused.rule.name()).increment(1);
+        return Err(ApiError::rate_limited(refused));
     }
     Ok((body, key))
 }
@@ -782,6 +805,31 @@ fn invalid_setting(error: orderly_app::settings::SettingError) -> ApiError {
     let key = error.key.clone();
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_setting", error.to_string())
         .with_data(json!({ "key": key }))
+}
+
+/// The entry's limits in force in this process: each rate rule with what it refused, and the concurrency
+/// limit with its partitions. Changed through `/api/admin/config/rate_limit.…`.
+#[utoipa::path(get, path = "/api/admin/limits", tag = "admin", security(("admin" = [])),
+    responses((status = 200, description = "The rules and the concurrency limit in force here", body = Envelope<views::Limits>)))]
+async fn admin_limits(State(state): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    state.admin(&headers)?;
+    let rules = state.inner.rules.load();
+    let rules = Rule::ALL
+        .iter()
+        .map(|&rule| {
+            let setting = rules.rule(rule);
+            views::RuleView {
+                rule: rule.name(),
+                code: rule.code(),
+                per_second: setting.per_second,
+                burst: setting.burst,
+                queue_ms: setting.queue_ms,
+                keys: rules.keys(rule),
+                refused: state.inner.refused[rule as usize].load(Ordering::Relaxed),
+            }
+        })
+        .collect();
+    Ok(ok(StatusCode::OK, views::Limits { rules, concurrency: state.inner.concurrency.view() }))
 }
 
 /// The registry's servers, the processes registered (role, address, version, start) and the worker ids

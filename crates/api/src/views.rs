@@ -188,3 +188,27 @@ pub struct Setting {
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(value_type = Object)]
 pub struct Cluster(pub Value);
+
+/// `GET /api/admin/limits`: the rate rules in force with what they refused, and the concurrency limit.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Limits {
+    pub rules: Vec<RuleView>,
+    pub concurrency: crate::adaptive::LimitView,
+}
+
+/// One rate rule: its setting, the keys it tracks, the carts it refused since the process started.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuleView {
+    /// `global`, `buyer`, `commodity` or `shop`.
+    pub rule: &'static str,
+    /// Its 429's code.
+    pub code: &'static str,
+    /// Admitted per second (per key); 0: off.
+    pub per_second: u32,
+    pub burst: u32,
+    /// 0: refuse at once; more: wait up to this long for a token.
+    pub queue_ms: u64,
+    /// Keys with a bucket now (buyers, commodities or shops seen lately).
+    pub keys: usize,
+    pub refused: u64,
+}

@@ -448,8 +448,93 @@ async fn the_entry_sheds_load_with_429_and_retry_after() {
     assert!(statuses[2].1.is_some(), "Retry-After is set");
 }
 
-/// Over `in_flight_max` buyer requests at once, one more is shed at once with 503 `overloaded`; the held
-/// one still completes, and once it did the next request is served again. Healthz is never shed.
+/// A one-line cart of `commodity` (1: shop 100001, 2: shop 100002) for buyer `uid`.
+fn one_line(uid: u64, commodity: u64) -> String {
+    let mut body = seed_body();
+    body["uid"] = json!(uid);
+    let line = body["commodity_details"][commodity as usize - 1].clone();
+    body["commodity_details"] = json!([line]);
+    body.to_string()
+}
+
+/// Each rule refuses with its own code and `Retry-After`, for its own key only, and a refused cart
+/// reserves nothing; `GET /api/admin/limits` shows the rules and what they refused.
+#[tokio::test]
+async fn each_rate_rule_refuses_its_own_key_with_its_own_code() {
+    use orderly_api::limit::KeyRule;
+    let one_per_second = KeyRule { per_second: 1, burst: 1, queue_ms: 0 };
+    let stock = async |app: &App, commodity: u64| {
+        let (_, answer) = app.call("GET", &format!("/api/commodities/{commodity}"), None, None).await;
+        answer["data"]["stock"].clone()
+    };
+    for rule in ["buyer", "commodity", "shop"] {
+        let mut limits = RateLimitConfig::default();
+        match rule {
+            "buyer" => limits.buyer = one_per_second.clone(),
+            "commodity" => limits.commodity = one_per_second.clone(),
+            _ => limits.shop = one_per_second.clone(),
+        }
+        let app = app_with(limits).await;
+        let (buyer_1, buyer_2) = (app.token(1), app.token(2));
+        let (status, answer) = app.call("POST", "/api/orders", Some(&buyer_1), Some(one_line(1, 1))).await;
+        assert_eq!(status, StatusCode::OK, "{rule}: {answer}");
+        let request = post_orders(&buyer_1, Some("application/json"), one_line(1, 1));
+        let (status, answer, headers) = app.send(request).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{rule}: {answer}");
+        assert_eq!(answer["code"], format!("rate_limited_{rule}"));
+        assert_eq!(headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"), "{rule}");
+        assert_eq!(stock(&app, 1).await, 9, "{rule}: the refused cart reserved nothing");
+        // Another key of the same rule is not touched: buyer 2 on commodity 1 is refused only by the
+        // commodity and shop rules (same commodity, same shop); commodity 2 (shop 100002) by none.
+        let (status, answer) = app.call("POST", "/api/orders", Some(&buyer_2), Some(one_line(2, 1))).await;
+        let expected = if rule == "buyer" { StatusCode::OK } else { StatusCode::TOO_MANY_REQUESTS };
+        assert_eq!(status, expected, "{rule}: {answer}");
+        let (status, answer) = app.call("POST", "/api/orders", Some(&app.token(3)), Some(one_line(3, 2))).await;
+        assert_eq!(status, StatusCode::OK, "{rule}: {answer}");
+
+        let (status, limits) = app.call("GET", "/api/admin/limits", Some(ADMIN), None).await;
+        assert_eq!(status, StatusCode::OK, "{limits}");
+        let rules = limits["data"]["rules"].as_array().expect("rules");
+        let view = rules.iter().find(|view| view["rule"] == rule).expect("the rule is shown");
+        assert_eq!(
+            (view["per_second"].clone(), view["code"].clone()),
+            (json!(1), json!(format!("rate_limited_{rule}")))
+        );
+        let refused = if rule == "buyer" { 1 } else { 2 };
+        assert_eq!(view["refused"], refused, "{rule}: {limits}");
+        let keys = if rule == "buyer" { 3 } else { 2 };
+        assert_eq!(view["keys"], keys, "{rule}: the buyers, commodities or shops seen");
+        let global = rules.iter().find(|view| view["rule"] == "global").expect("global");
+        assert_eq!((global["per_second"].clone(), global["refused"].clone()), (json!(20_000), json!(0)));
+        let concurrency = &limits["data"]["concurrency"];
+        assert_eq!((concurrency["adaptive"].clone(), concurrency["max"].clone()), (json!(true), json!(512)));
+        assert_eq!(concurrency["partitions"][1]["priority"], "orders");
+        let in_flight: Vec<Value> = (0..3).map(|i| concurrency["partitions"][i]["in_flight"].clone()).collect();
+        assert_eq!(in_flight, [json!(0), json!(0), json!(0)], "every slot given back: {limits}");
+    }
+}
+
+/// In queue mode a cart over its rule's rate waits for its turn (within the bound) and is accepted.
+#[tokio::test]
+async fn a_queueing_rule_serves_the_cart_later_instead_of_refusing_it() {
+    let limits = RateLimitConfig {
+        commodity: orderly_api::limit::KeyRule { per_second: 20, burst: 1, queue_ms: 500 },
+        ..RateLimitConfig::default()
+    };
+    let app = app_with(limits).await;
+    let token = app.token(1);
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let (status, answer) = app.call("POST", "/api/orders", Some(&token), Some(one_line(1, 1))).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    // Three carts of one commodity at 20 a second with a burst of one: the last two waited their turn.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(90), "{:?}", started.elapsed());
+}
+
+/// Over `in_flight_max` buyer requests at once, one more of the same kind is shed at once with 503
+/// `overloaded`; the held one still completes, and once it did the next request is served again. Healthz
+/// is never shed.
 #[tokio::test]
 async fn requests_beyond_the_in_flight_bound_are_shed_with_503() {
     let limits = RateLimitConfig { in_flight_max: 1, ..RateLimitConfig::default() };
@@ -480,7 +565,7 @@ async fn requests_beyond_the_in_flight_bound_are_shed_with_503() {
     tokio::task::yield_now().await;
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 
-    let (status, body) = app.call("GET", "/api/orders", Some(&token), None).await;
+    let (status, body) = app.call("POST", "/api/orders", Some(&token), Some(seed_body().to_string())).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["code"], "overloaded");
     let (status, _) = app.call("GET", "/healthz", None, None).await;
@@ -566,13 +651,15 @@ async fn admin_config_checks_each_setting_and_the_rate_limit_follows() {
         ("flow.unpaid_timeout_ms", "\"soon\""),
         ("flow.unpaid_timeout_ms", "0"),
         ("flow.no_such_timer_ms", "5"),
-        ("rate_limit.in_flight_max", "10"),
+        ("rate_limit.in_flight_max", "0"),
+        ("rate_limit.adaptive.shares.queries", "0.9"),
     ] {
         let (status, body) =
             app.call("PUT", &format!("/api/admin/config/{key}"), Some(ADMIN), Some(value.into())).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{key}={value}: {body}");
         assert_eq!(body["code"], "invalid_setting");
-        assert_eq!(body["data"]["key"], key);
+        let blamed = if key.contains("shares") { "rate_limit.adaptive.shares" } else { key };
+        assert_eq!(body["data"]["key"], blamed);
     }
     let (status, body) = app.call("GET", "/api/admin/config", Some(ADMIN), None).await;
     assert_eq!(status, StatusCode::OK);
@@ -585,7 +672,7 @@ async fn admin_config_checks_each_setting_and_the_rate_limit_follows() {
 
     // One order a second, burst one: the second cart in a row is refused.
     app.load_catalog().await;
-    state.set_rate_limit(&RateLimitConfig { orders_per_second: 1, burst: 1, in_flight_max: 512 });
+    state.set_limits(&RateLimitConfig { orders_per_second: 1, burst: 1, ..RateLimitConfig::default() });
     let token = app.token(1);
     let (first, _) = app.call("POST", "/api/orders", Some(&token), Some(seed_body().to_string())).await;
     let (second, body) = app.call("POST", "/api/orders", Some(&token), Some(seed_body().to_string())).await;

@@ -73,19 +73,112 @@ impl Default for FlowConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The entry's overload protection (docs/API.md "Limits"): rate rules, each a token bucket with a mode, and
+/// the concurrency limit that adapts to latency, shared by priority.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
-    /// Order requests admitted per second, sustained.
+    /// Carts admitted per second by this process, sustained (the global rule).
     pub orders_per_second: u32,
-    /// Order requests admitted at once after a quiet spell.
+    /// Carts admitted at once after a quiet spell.
     pub burst: u32,
-    /// Buyer requests (`/api/orders…`, `/api/commodities…`) served at once; more are shed with 503.
+    /// The global rule's mode: 0 refuses a cart over the rate at once (429); more makes it wait up to
+    /// this long for its turn, and refuses it only if its turn is further away.
+    pub queue_ms: u64,
+    /// Carts per buyer.
+    pub buyer: KeyRule,
+    /// Cart lines per commodity (the hot parameter: one sale's buyers cannot crowd out the others).
+    pub commodity: KeyRule,
+    /// Cart lines per shop.
+    pub shop: KeyRule,
+    /// Buyer requests (`/api/orders…`, `/api/commodities…`) served at once, at most: the adaptive limit's
+    /// ceiling, or the fixed limit when adaptation is off. More are shed with 503 `overloaded`.
     pub in_flight_max: usize,
+    pub adaptive: AdaptiveConfig,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        RateLimitConfig { orders_per_second: 20_000, burst: 2_000, in_flight_max: 512 }
+        RateLimitConfig {
+            orders_per_second: 20_000,
+            burst: 2_000,
+            queue_ms: 0,
+            buyer: KeyRule::default(),
+            commodity: KeyRule::default(),
+            shop: KeyRule::default(),
+            in_flight_max: 512,
+            adaptive: AdaptiveConfig::default(),
+        }
+    }
+}
+
+/// A token bucket per key (buyer, commodity or shop), each key its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyRule {
+    /// Admitted per second per key, sustained; 0 turns the rule off.
+    pub per_second: u32,
+    /// Admitted at once per key after a quiet spell (at least 1 when the rule is on).
+    pub burst: u32,
+    /// Mode: 0 refuses at once; more waits up to this long for the key's turn.
+    pub queue_ms: u64,
+}
+
+impl Default for KeyRule {
+    fn default() -> Self {
+        KeyRule { per_second: 0, burst: 1, queue_ms: 0 }
+    }
+}
+
+/// The concurrency limit that follows latency (Gradient2), and the shares it guarantees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaptiveConfig {
+    /// Off: the limit stays at `in_flight_max`.
+    pub enabled: bool,
+    /// The limit never goes below this.
+    pub min: usize,
+    /// How much slower than the long-term latency a window may be before the limit shrinks (≥ 1).
+    pub rtt_tolerance: f64,
+    /// Weight of each new estimate in the limit (0 < smoothing ≤ 1).
+    pub smoothing: f64,
+    /// Windows averaged into the long-term latency.
+    pub long_window: usize,
+    /// Requests measured per window: each window's mean latency is one sample of the algorithm.
+    pub window_requests: usize,
+    /// Guaranteed shares of the limit under pressure, by priority.
+    pub shares: Shares,
+}
+
+impl Default for AdaptiveConfig {
+    fn default() -> Self {
+        AdaptiveConfig {
+            enabled: true,
+            min: 16,
+            rtt_tolerance: 1.5,
+            smoothing: 0.2,
+            long_window: 600,
+            window_requests: 100,
+            shares: Shares::default(),
+        }
+    }
+}
+
+/// Parts of the concurrency limit each kind of request is sure of when the limit is reached: pay and
+/// cancel first, then new orders, then queries. Below the limit any kind takes any free slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Shares {
+    /// `POST /api/orders/{no}/pay` and `/cancel`.
+    pub changes: f64,
+    /// `POST /api/orders`.
+    pub orders: f64,
+    /// Every `GET` of a buyer.
+    pub queries: f64,
+}
+
+impl Default for Shares {
+    fn default() -> Self {
+        Shares { changes: 0.3, orders: 0.5, queries: 0.2 }
     }
 }

@@ -1,5 +1,5 @@
 //! Settings that change without a restart: the flow's timers and bounds ([`FlowConfig`], every key
-//! under `flow.`) and the entry's rate limit (`rate_limit.orders_per_second`, `rate_limit.burst`).
+//! under `flow.`) and the entry's limits ([`RateLimitConfig`], every key under `rate_limit.`).
 //!
 //! A process starts from its own configuration (file and environment) and lays the registry's
 //! [`Settings`] over it. A value is checked before it is written ([`Live::with`]) and again by every
@@ -22,8 +22,8 @@ pub struct Live {
 /// The longest duration a setting may give (30 days).
 const DURATION_MS_MAX: u64 = 30 * 24 * 3600 * 1000;
 
-/// Keys that exist but are read once at start.
-const RESTART_ONLY: [&str; 1] = ["rate_limit.in_flight_max"];
+/// The longest a rule may make a request wait for its turn (a rule's `queue_ms`).
+const QUEUE_MS_MAX: u64 = 10_000;
 
 /// A setting refused, naming its key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,9 +44,6 @@ impl Live {
     pub fn with(&self, settings: &Settings) -> Result<Live, SettingError> {
         let mut tree = serde_json::to_value(self).map_err(|e| SettingError::new("*", e))?;
         for (key, text) in settings {
-            if RESTART_ONLY.contains(&key.as_str()) {
-                return Err(SettingError::new(key, "is read once at start: change it in the configuration"));
-            }
             let value: Value = serde_json::from_str(text)
                 .map_err(|e| SettingError::new(key, format!("{text:?} is not a JSON value ({e})")))?;
             let slot = key
@@ -140,6 +137,59 @@ impl Live {
         if f.lease_ms < 2 {
             return Err(SettingError::new("flow.lease_ms", "must be at least 2"));
         }
+        self.check_limits()
+    }
+
+    /// The entry's rules and the adaptive limit's parameters: bounds the limiters rely on (no bucket
+    /// without a token, no limit below one, shares that add up to at most the whole).
+    fn check_limits(&self) -> Result<(), SettingError> {
+        let r = &self.rate_limit;
+        let rules =
+            [("rate_limit.buyer", &r.buyer), ("rate_limit.commodity", &r.commodity), ("rate_limit.shop", &r.shop)];
+        for (name, rule) in rules {
+            if rule.per_second > 0 && rule.burst == 0 {
+                return Err(SettingError::new(&format!("{name}.burst"), "must be at least 1 while the rule is on"));
+            }
+        }
+        let queues = [
+            ("rate_limit.queue_ms", r.queue_ms),
+            ("rate_limit.buyer.queue_ms", r.buyer.queue_ms),
+            ("rate_limit.commodity.queue_ms", r.commodity.queue_ms),
+            ("rate_limit.shop.queue_ms", r.shop.queue_ms),
+        ];
+        if let Some((key, _)) = queues.iter().find(|(_, ms)| *ms > QUEUE_MS_MAX) {
+            return Err(SettingError::new(key, format!("must be at most {QUEUE_MS_MAX}")));
+        }
+        if !(1..=1_000_000).contains(&r.in_flight_max) {
+            return Err(SettingError::new("rate_limit.in_flight_max", "must be 1 to 1000000"));
+        }
+        let a = &r.adaptive;
+        if a.min == 0 || a.min > r.in_flight_max {
+            return Err(SettingError::new("rate_limit.adaptive.min", "must be 1 to rate_limit.in_flight_max"));
+        }
+        if !(1.0..=10.0).contains(&a.rtt_tolerance) {
+            return Err(SettingError::new("rate_limit.adaptive.rtt_tolerance", "must be 1 to 10"));
+        }
+        if !(a.smoothing > 0.0 && a.smoothing <= 1.0) {
+            return Err(SettingError::new("rate_limit.adaptive.smoothing", "must be above 0 and at most 1"));
+        }
+        if !(1..=100_000).contains(&a.long_window) {
+            return Err(SettingError::new("rate_limit.adaptive.long_window", "must be 1 to 100000"));
+        }
+        if !(1..=100_000).contains(&a.window_requests) {
+            return Err(SettingError::new("rate_limit.adaptive.window_requests", "must be 1 to 100000"));
+        }
+        let shares = [
+            ("rate_limit.adaptive.shares.changes", a.shares.changes),
+            ("rate_limit.adaptive.shares.orders", a.shares.orders),
+            ("rate_limit.adaptive.shares.queries", a.shares.queries),
+        ];
+        if let Some((key, _)) = shares.iter().find(|(_, share)| !(0.0..=1.0).contains(share)) {
+            return Err(SettingError::new(key, "must be 0 to 1"));
+        }
+        if shares.iter().map(|(_, share)| share).sum::<f64>() > 1.0 + 1e-9 {
+            return Err(SettingError::new("rate_limit.adaptive.shares", "must add up to at most 1"));
+        }
         Ok(())
     }
 }
@@ -173,7 +223,12 @@ mod tests {
             ("flow.cart", "{}", "no such setting"),
             ("flow.cart.lines_max", "0", "at least 1"),
             ("flow.unpaid_timeout_ms", "18446744073709551615", "at most"),
-            ("rate_limit.in_flight_max", "10", "read once at start"),
+            ("rate_limit.in_flight_max", "0", "1 to 1000000"),
+            ("rate_limit.adaptive.min", "100000", "to rate_limit.in_flight_max"),
+            ("rate_limit.adaptive.rtt_tolerance", "0.5", "1 to 10"),
+            ("rate_limit.adaptive.smoothing", "0", "above 0"),
+            ("rate_limit.adaptive.shares.orders", "1.5", "0 to 1"),
+            ("rate_limit.commodity.queue_ms", "60000", "at most 10000"),
             ("flow.reconcile_backoff_ms_max", "1", "at least flow.reconcile_backoff_ms"),
         ];
         for (key, value, reason) in cases {
@@ -184,12 +239,26 @@ mod tests {
     }
 
     #[test]
+    fn the_limits_are_checked_as_a_whole() {
+        let on_without_tokens = Settings::from([
+            ("rate_limit.buyer.per_second".to_owned(), "5".to_owned()),
+            ("rate_limit.buyer.burst".to_owned(), "0".to_owned()),
+        ]);
+        let error = Live::default().with(&on_without_tokens).expect_err("a rule with no token");
+        assert_eq!(error.key, "rate_limit.buyer.burst");
+        let off = one("rate_limit.buyer.burst", "0");
+        Live::default().with(&off).expect("a rule that is off needs no burst");
+        let error = Live::default().with(&one("rate_limit.adaptive.shares.orders", "0.9")).expect_err("1.4 in all");
+        assert_eq!(error.key, "rate_limit.adaptive.shares");
+        assert!(error.reason.contains("add up to at most 1"), "{}", error.reason);
+    }
+
+    #[test]
     fn every_listed_key_can_be_set_to_its_own_value() {
         let live = Live::default();
-        let mut listed = live.flatten();
-        for key in RESTART_ONLY {
-            assert!(listed.remove(key).is_some(), "{key} is listed");
-        }
+        let listed = live.flatten();
+        assert!(listed.contains_key("rate_limit.in_flight_max"));
+        assert!(listed.contains_key("rate_limit.adaptive.shares.orders"));
         assert!(listed.contains_key("flow.unpaid_timeout_ms"));
         assert!(listed.contains_key("flow.cart.lines_max"));
         let same = live.with(&listed).expect("its own values are valid");

@@ -45,7 +45,7 @@ pub fn apply_settings(registry: &dyn Registry, base: Live, orderly: Orderly, api
         Ok(live) => {
             orderly.set_config(live.flow);
             if let Some(api) = &api {
-                api.set_rate_limit(&live.rate_limit);
+                api.set_limits(&live.rate_limit);
             }
             tracing::info!(?settings, "settings in force");
         }

@@ -318,7 +318,11 @@ impl Cluster {
     }
 
     async fn admin_get(&self, path: &str) -> Value {
-        let answer = self.http.get(format!("{}{path}", self.api(0))).bearer_auth(&self.admin).send().await;
+        self.admin_get_via(0, path).await
+    }
+
+    async fn admin_get_via(&self, via: usize, path: &str) -> Value {
+        let answer = self.http.get(format!("{}{path}", self.api(via))).bearer_auth(&self.admin).send().await;
         let answer: Value = answer.expect("admin request").json().await.expect("json");
         assert_eq!(answer["status"], 200, "{path}: {answer}");
         answer["data"].clone()
@@ -831,6 +835,30 @@ async fn processes_register_and_settings_apply_everywhere_within_a_second() {
             let answer = buyer.post(via, "/api/orders", &one_line(2, 1, 1, false), None).await;
             assert_eq!(answer["status"], 200, "API {via}: {answer}");
         }
+    }
+
+    // A rule per buyer, set through API 1: within a second every API refuses a buyer's second cart in a
+    // second with the rule's code — another buyer's first cart still passes — and shows the rule.
+    for key in ["rate_limit.buyer.per_second", "rate_limit.buyer.burst"] {
+        assert_eq!(cluster.set_setting(1, key, Some("1")).await["status"], 200);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for via in 0..APIS {
+        let (hasty, other) = (Buyer::new(&cluster, 10 + via as u64), Buyer::new(&cluster, 20 + via as u64));
+        let first = hasty.post(via, "/api/orders", &one_line(10 + via as u64, 1, 1, false), None).await;
+        assert_eq!(first["status"], 200, "API {via}: {first}");
+        let second = hasty.post(via, "/api/orders", &one_line(10 + via as u64, 1, 1, false), None).await;
+        assert_eq!((second["status"].clone(), second["code"].clone()), (json!(429), json!("rate_limited_buyer")));
+        let another = other.post(via, "/api/orders", &one_line(20 + via as u64, 1, 1, false), None).await;
+        assert_eq!(another["status"], 200, "API {via}: {another}");
+        let limits = cluster.admin_get_via(via, "/api/admin/limits").await;
+        let rule =
+            limits["rules"].as_array().and_then(|rules| rules.iter().find(|rule| rule["rule"] == "buyer").cloned());
+        let rule = rule.expect("the buyer rule is shown");
+        assert_eq!((rule["per_second"].clone(), rule["refused"].clone()), (json!(1), json!(1)), "API {via}: {limits}");
+    }
+    for key in ["rate_limit.buyer.per_second", "rate_limit.buyer.burst"] {
+        assert_eq!(cluster.set_setting(0, key, None).await["status"], 200);
     }
 }
 

@@ -1,0 +1,344 @@
+//! The entry's concurrency limit (docs/API.md "Limits"): how many buyer requests are served at once. It
+//! follows latency (Gradient2: the limit shrinks while recent requests are slower than the long-term
+//! latency by more than a tolerance, and grows back while they are not), so under overload a request is
+//! shed at once (503 `overloaded`) rather than queued behind others, and the accepted ones keep their
+//! latency. The limit is shared by priority as Netflix's partitioned limiters do: below it any request
+//! takes a free slot; at it, a request is admitted only while its kind holds less than its guaranteed
+//! share — pay and cancel, then new orders, then queries.
+//!
+//! The algorithm is tower-acc's `Gradient2`, fed as Netflix's `WindowedLimit` feeds its own: one sample
+//! per window of requests (their mean latency, the most in flight during it), not one per request — a
+//! single fast query after a slow order says nothing about queueing. tower-acc's own layer has neither
+//! windows nor partitions nor a limit one can read, hence this module around its algorithm.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use orderly_app::config::{AdaptiveConfig, RateLimitConfig};
+use serde::Serialize;
+use tower_acc::{Algorithm, Gradient2};
+use utoipa::ToSchema;
+
+/// The kinds of buyer requests, highest priority first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// `POST /api/orders/{no}/pay` and `/cancel`: a buyer finishing what was accepted.
+    Changes,
+    /// `POST /api/orders`.
+    Orders,
+    /// Every `GET` of a buyer.
+    Queries,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::Changes, Priority::Orders, Priority::Queries];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Changes => "changes",
+            Priority::Orders => "orders",
+            Priority::Queries => "queries",
+        }
+    }
+
+    /// A buyer request's kind from its method and path.
+    pub fn of(method: &axum::http::Method, path: &str) -> Priority {
+        if method == axum::http::Method::GET {
+            Priority::Queries
+        } else if path.ends_with("/pay") || path.ends_with("/cancel") {
+            Priority::Changes
+        } else {
+            Priority::Orders
+        }
+    }
+
+    fn share(self, config: &AdaptiveConfig) -> f64 {
+        match self {
+            Priority::Changes => config.shares.changes,
+            Priority::Orders => config.shares.orders,
+            Priority::Queries => config.shares.queries,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    config: AdaptiveConfig,
+    /// `in_flight_max`: the ceiling.
+    max: usize,
+    algorithm: Gradient2,
+    in_flight: [usize; 3],
+    shed: [u64; 3],
+    /// The window being measured: its requests' summed latency, their count, the most in flight.
+    window_ns: u128,
+    window_count: usize,
+    window_in_flight: usize,
+}
+
+impl State {
+    fn limit(&self) -> usize {
+        if self.config.enabled { self.algorithm.max_concurrency().clamp(self.floor(), self.max) } else { self.max }
+    }
+
+    fn floor(&self) -> usize {
+        self.config.min.clamp(1, self.max)
+    }
+
+    /// The slots `priority` is sure of at `limit`.
+    fn guaranteed(&self, priority: Priority, limit: usize) -> usize {
+        (limit as f64 * priority.share(&self.config)).ceil() as usize
+    }
+}
+
+/// Gradient2 between `min` and `max`, starting at `initial`. Every bound is clamped here, so that a
+/// setting that slipped past its check cannot make the builder panic.
+fn gradient2(config: &AdaptiveConfig, max: usize, initial: usize) -> Gradient2 {
+    let min = config.min.clamp(1, max);
+    Gradient2::builder()
+        .initial_limit(initial.clamp(min, max))
+        .min_limit(min)
+        .max_limit(max)
+        .rtt_tolerance(if config.rtt_tolerance.is_finite() { config.rtt_tolerance.max(1.0) } else { 1.0 })
+        .smoothing(if config.smoothing > 0.0 && config.smoothing <= 1.0 { config.smoothing } else { 0.2 })
+        .long_window(config.long_window.max(1))
+        .build()
+}
+
+/// The limit and the slots in use, shared by every buyer route of a process.
+#[derive(Debug)]
+pub struct ConcurrencyLimit {
+    state: Mutex<State>,
+}
+
+/// What `GET /api/admin/limits` and `/metrics` show of the limit.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LimitView {
+    /// Whether the limit follows latency (else it stays at `max`).
+    pub adaptive: bool,
+    /// Requests served at once before shedding, now.
+    pub limit: usize,
+    pub min: usize,
+    pub max: usize,
+    pub partitions: Vec<PartitionView>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PartitionView {
+    pub priority: Priority,
+    /// Its guaranteed part of the limit.
+    pub share: f64,
+    /// Slots it is sure of at the current limit.
+    pub guaranteed: usize,
+    pub in_flight: usize,
+    /// Its requests shed since the process started.
+    pub shed: u64,
+}
+
+impl ConcurrencyLimit {
+    /// Starts at the ceiling: a process that was never slow sheds nothing it did not shed before.
+    pub fn new(config: &RateLimitConfig) -> ConcurrencyLimit {
+        let max = config.in_flight_max.max(1);
+        ConcurrencyLimit {
+            state: Mutex::new(State {
+                config: config.adaptive.clone(),
+                max,
+                algorithm: gradient2(&config.adaptive, max, max),
+                in_flight: [0; 3],
+                shed: [0; 3],
+                window_ns: 0,
+                window_count: 0,
+                window_in_flight: 0,
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing here panics while holding it; a poisoned lock still holds consistent counts.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies changed settings: the algorithm starts again from the limit in force (clamped into the
+    /// new bounds); the slots in use and the counts stay.
+    pub fn reconfigure(&self, config: &RateLimitConfig) {
+        let mut state = self.state();
+        let max = config.in_flight_max.max(1);
+        if state.config == config.adaptive && state.max == max {
+            return;
+        }
+        let current = state.limit();
+        state.config = config.adaptive.clone();
+        state.max = max;
+        state.algorithm = gradient2(&config.adaptive, max, current);
+        state.window_ns = 0;
+        state.window_count = 0;
+        state.window_in_flight = 0;
+    }
+
+    /// A slot for a request of `priority`, or `None`: shed it.
+    pub fn try_acquire(self: &Arc<Self>, priority: Priority) -> Option<Permit> {
+        let mut state = self.state();
+        let limit = state.limit();
+        let total: usize = state.in_flight.iter().sum();
+        let index = priority as usize;
+        if total >= limit && state.in_flight[index] >= state.guaranteed(priority, limit) {
+            state.shed[index] += 1;
+            return None;
+        }
+        state.in_flight[index] += 1;
+        let in_flight = total + 1;
+        state.window_in_flight = state.window_in_flight.max(in_flight);
+        Some(Permit { limit: self.clone(), priority })
+    }
+
+    /// One served request's latency (its wait in a rule's queue left out).
+    fn record(&self, latency: Duration) {
+        let mut state = self.state();
+        state.window_ns += latency.as_nanos();
+        state.window_count += 1;
+        if state.window_count >= state.config.window_requests.max(1) {
+            let mean =
+                Duration::from_nanos(u64::try_from(state.window_ns / state.window_count as u128).unwrap_or(u64::MAX));
+            let in_flight = state.window_in_flight;
+            state.algorithm.update(mean, in_flight, false, false);
+            state.window_ns = 0;
+            state.window_count = 0;
+            state.window_in_flight = state.in_flight.iter().sum();
+        }
+    }
+
+    pub fn view(&self) -> LimitView {
+        let state = self.state();
+        let limit = state.limit();
+        LimitView {
+            adaptive: state.config.enabled,
+            limit,
+            min: state.floor(),
+            max: state.max,
+            partitions: Priority::ALL
+                .iter()
+                .map(|&priority| PartitionView {
+                    priority,
+                    share: priority.share(&state.config),
+                    guaranteed: state.guaranteed(priority, limit),
+                    in_flight: state.in_flight[priority as usize],
+                    shed: state.shed[priority as usize],
+                })
+                .collect(),
+        }
+    }
+
+    /// Requests being served now.
+    pub fn in_flight(&self) -> usize {
+        self.state().in_flight.iter().sum()
+    }
+}
+
+/// A request's slot; given back when dropped (also when its client went away mid-way).
+#[derive(Debug)]
+pub struct Permit {
+    limit: Arc<ConcurrencyLimit>,
+    priority: Priority,
+}
+
+impl Permit {
+    /// The request was served in `latency`: one sample for the limit.
+    pub fn served(self, latency: Duration) {
+        self.limit.record(latency);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut state = self.limit.state();
+        let slot = &mut state.in_flight[self.priority as usize];
+        *slot = slot.saturating_sub(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: usize, min: usize) -> RateLimitConfig {
+        RateLimitConfig {
+            in_flight_max: max,
+            adaptive: AdaptiveConfig { min, window_requests: 10, ..AdaptiveConfig::default() },
+            ..RateLimitConfig::default()
+        }
+    }
+
+    /// Serves `windows` windows of requests, `in_flight` at a time, each taking `latency`.
+    fn serve(limit: &Arc<ConcurrencyLimit>, priority: Priority, in_flight: usize, latency: Duration, windows: usize) {
+        for _ in 0..windows {
+            let permits: Vec<Permit> = (0..in_flight).filter_map(|_| limit.try_acquire(priority)).collect();
+            for permit in permits {
+                permit.served(latency);
+            }
+        }
+    }
+
+    #[test]
+    fn the_limit_shrinks_when_latency_grows_and_grows_back_when_it_falls() {
+        let limit = Arc::new(ConcurrencyLimit::new(&limits(200, 10)));
+        assert_eq!(limit.view().limit, 200, "starts at the ceiling");
+        serve(&limit, Priority::Orders, 150, Duration::from_millis(2), 20);
+        let steady = limit.view().limit;
+        assert!(steady >= 190, "steady latency keeps it: {steady}");
+        // Queueing: each window four times slower than the long-term latency.
+        serve(&limit, Priority::Orders, 150, Duration::from_millis(8), 30);
+        let loaded = limit.view().limit;
+        assert!(loaded < steady / 2, "slower requests shrink it: {steady} → {loaded}");
+        assert!(loaded >= 10, "never below its floor: {loaded}");
+        // The queue drains: requests as fast as before.
+        for _ in 0..400 {
+            let in_flight = limit.view().limit;
+            serve(&limit, Priority::Orders, in_flight, Duration::from_millis(2), 1);
+        }
+        let recovered = limit.view().limit;
+        assert!(recovered > loaded * 2, "fast requests let it grow back: {loaded} → {recovered}");
+    }
+
+    #[test]
+    fn at_the_limit_each_kind_keeps_its_share() {
+        let mut config = limits(10, 10);
+        config.adaptive.enabled = false;
+        let limit = Arc::new(ConcurrencyLimit::new(&config));
+        // Queries take every slot while nothing else asks: below the limit any kind takes any slot.
+        let queries: Vec<Permit> = (0..10).map_while(|_| limit.try_acquire(Priority::Queries)).collect();
+        assert_eq!(queries.len(), 10);
+        assert!(limit.try_acquire(Priority::Queries).is_none(), "beyond its share at the limit: shed");
+        // Pay and cancel, and new orders, still get their guaranteed shares (3 and 5 of 10).
+        let changes: Vec<Permit> = (0..10).map_while(|_| limit.try_acquire(Priority::Changes)).collect();
+        let orders: Vec<Permit> = (0..10).map_while(|_| limit.try_acquire(Priority::Orders)).collect();
+        assert_eq!((changes.len(), orders.len()), (3, 5));
+        let view = limit.view();
+        let shed: Vec<u64> = view.partitions.iter().map(|p| p.shed).collect();
+        assert_eq!(shed, [1, 1, 1]);
+        assert_eq!(limit.in_flight(), 18);
+        drop((queries, changes, orders));
+        assert_eq!(limit.in_flight(), 0, "every slot given back");
+    }
+
+    #[test]
+    fn off_the_limit_stays_at_its_ceiling() {
+        let mut config = limits(50, 10);
+        config.adaptive.enabled = false;
+        let limit = Arc::new(ConcurrencyLimit::new(&config));
+        serve(&limit, Priority::Orders, 40, Duration::from_millis(2), 20);
+        serve(&limit, Priority::Orders, 40, Duration::from_millis(50), 20);
+        assert_eq!(limit.view().limit, 50);
+    }
+
+    #[test]
+    fn new_settings_apply_from_the_limit_in_force() {
+        let limit = Arc::new(ConcurrencyLimit::new(&limits(200, 10)));
+        let permit = limit.try_acquire(Priority::Orders).expect("a slot");
+        limit.reconfigure(&limits(100, 20));
+        let view = limit.view();
+        assert_eq!((view.limit, view.min, view.max), (100, 20, 100));
+        assert_eq!(limit.in_flight(), 1, "slots in use stay counted");
+        drop(permit);
+        assert_eq!(limit.in_flight(), 0);
+    }
+}
