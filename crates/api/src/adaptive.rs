@@ -2,19 +2,21 @@
 //! follows latency (Gradient2: the limit shrinks while recent requests are slower than the long-term
 //! latency by more than a tolerance, and grows back while they are not), so under overload a request is
 //! shed at once (503 `overloaded`) rather than queued behind others, and the accepted ones keep their
-//! latency. The limit is shared by priority as Netflix's partitioned limiters do: below it any request
-//! takes a free slot; at it, a request is admitted only while its kind holds less than its guaranteed
-//! share — pay and cancel, then new orders, then queries.
+//! latency. It is shared by priority: each kind of request is shed once the requests in flight reach
+//! its part of the limit — queries first (70 %), then new orders (85 %); pay and cancel may use the
+//! whole — so the slots above a lower kind's part are kept for the kinds above it, and a buyer paying
+//! for an accepted order is not crowded out by new carts. Each kind also keeps a small guaranteed part
+//! however busy the others are (Netflix's partitions), so none starves.
 //!
 //! The algorithm is tower-acc's `Gradient2`, fed as Netflix's `WindowedLimit` feeds its own: one sample
 //! per window of requests (their mean latency, the most in flight during it), not one per request — a
 //! single fast query after a slow order says nothing about queueing. tower-acc's own layer has neither
-//! windows nor partitions nor a limit one can read, hence this module around its algorithm.
+//! windows nor priorities nor a limit one can read, hence this module around its algorithm.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use orderly_app::config::{AdaptiveConfig, RateLimitConfig};
+use orderly_app::config::{AdaptiveConfig, Priorities, RateLimitConfig};
 use serde::Serialize;
 use tower_acc::{Algorithm, Gradient2};
 use utoipa::ToSchema;
@@ -53,11 +55,12 @@ impl Priority {
         }
     }
 
-    fn share(self, config: &AdaptiveConfig) -> f64 {
+    /// The part of the limit below which it is admitted.
+    fn below(self, priorities: &Priorities) -> f64 {
         match self {
-            Priority::Changes => config.shares.changes,
-            Priority::Orders => config.shares.orders,
-            Priority::Queries => config.shares.queries,
+            Priority::Changes => 1.0,
+            Priority::Orders => priorities.orders_below,
+            Priority::Queries => priorities.queries_below,
         }
     }
 }
@@ -70,7 +73,9 @@ struct State {
     algorithm: Gradient2,
     in_flight: [usize; 3],
     shed: [u64; 3],
-    /// The window being measured: its requests' summed latency, their count, the most in flight.
+    /// The window being measured: when it started (its first request's end), its requests' summed
+    /// latency, their count, the most in flight.
+    window_start: Option<Instant>,
     window_ns: u128,
     window_count: usize,
     window_in_flight: usize,
@@ -85,9 +90,14 @@ impl State {
         self.config.min.clamp(1, self.max)
     }
 
-    /// The slots `priority` is sure of at `limit`.
-    fn guaranteed(&self, priority: Priority, limit: usize) -> usize {
-        (limit as f64 * priority.share(&self.config)).ceil() as usize
+    /// Requests in flight below which `priority` is admitted, at `limit` (at least one).
+    fn admitted_below(&self, priority: Priority, limit: usize) -> usize {
+        ((limit as f64 * priority.below(&self.config.priorities)).ceil() as usize).max(1)
+    }
+
+    /// The slots of its own `priority` is sure of at `limit`, however busy the others are.
+    fn guaranteed(&self, limit: usize) -> usize {
+        (limit as f64 * self.config.priorities.guaranteed).ceil() as usize
     }
 }
 
@@ -126,9 +136,9 @@ pub struct LimitView {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PartitionView {
     pub priority: Priority,
-    /// Its guaranteed part of the limit.
-    pub share: f64,
-    /// Slots it is sure of at the current limit.
+    /// It is admitted while fewer requests than this are in flight, at the current limit.
+    pub admitted_below: usize,
+    /// Slots of its own it is sure of at the current limit, however busy the others are.
     pub guaranteed: usize,
     pub in_flight: usize,
     /// Its requests shed since the process started.
@@ -146,6 +156,7 @@ impl ConcurrencyLimit {
                 algorithm: gradient2(&config.adaptive, max, max),
                 in_flight: [0; 3],
                 shed: [0; 3],
+                window_start: None,
                 window_ns: 0,
                 window_count: 0,
                 window_in_flight: 0,
@@ -170,6 +181,7 @@ impl ConcurrencyLimit {
         state.config = config.adaptive.clone();
         state.max = max;
         state.algorithm = gradient2(&config.adaptive, max, current);
+        state.window_start = None;
         state.window_ns = 0;
         state.window_count = 0;
         state.window_in_flight = 0;
@@ -181,7 +193,7 @@ impl ConcurrencyLimit {
         let limit = state.limit();
         let total: usize = state.in_flight.iter().sum();
         let index = priority as usize;
-        if total >= limit && state.in_flight[index] >= state.guaranteed(priority, limit) {
+        if total >= state.admitted_below(priority, limit) && state.in_flight[index] >= state.guaranteed(limit) {
             state.shed[index] += 1;
             return None;
         }
@@ -191,16 +203,19 @@ impl ConcurrencyLimit {
         Some(Permit { limit: self.clone(), priority })
     }
 
-    /// One served request's latency (its wait in a rule's queue left out).
-    fn record(&self, latency: Duration) {
+    /// One served request's latency (its wait in a rule's queue left out), ended at `now`.
+    fn record(&self, latency: Duration, now: Instant) {
         let mut state = self.state();
+        let start = *state.window_start.get_or_insert(now);
         state.window_ns += latency.as_nanos();
         state.window_count += 1;
-        if state.window_count >= state.config.window_requests.max(1) {
+        let long_enough = now.saturating_duration_since(start) >= Duration::from_millis(state.config.window_ms);
+        if long_enough && state.window_count >= state.config.window_requests.max(1) {
             let mean =
                 Duration::from_nanos(u64::try_from(state.window_ns / state.window_count as u128).unwrap_or(u64::MAX));
             let in_flight = state.window_in_flight;
             state.algorithm.update(mean, in_flight, false, false);
+            state.window_start = None;
             state.window_ns = 0;
             state.window_count = 0;
             state.window_in_flight = state.in_flight.iter().sum();
@@ -219,8 +234,8 @@ impl ConcurrencyLimit {
                 .iter()
                 .map(|&priority| PartitionView {
                     priority,
-                    share: priority.share(&state.config),
-                    guaranteed: state.guaranteed(priority, limit),
+                    admitted_below: state.admitted_below(priority, limit),
+                    guaranteed: state.guaranteed(limit),
                     in_flight: state.in_flight[priority as usize],
                     shed: state.shed[priority as usize],
                 })
@@ -242,9 +257,9 @@ pub struct Permit {
 }
 
 impl Permit {
-    /// The request was served in `latency`: one sample for the limit.
-    pub fn served(self, latency: Duration) {
-        self.limit.record(latency);
+    /// The request was served in `latency`, ending `now`: one sample for the limit.
+    pub fn served(self, latency: Duration, now: Instant) {
+        self.limit.record(latency, now);
     }
 }
 
@@ -263,60 +278,91 @@ mod tests {
     fn limits(max: usize, min: usize) -> RateLimitConfig {
         RateLimitConfig {
             in_flight_max: max,
-            adaptive: AdaptiveConfig { min, window_requests: 10, ..AdaptiveConfig::default() },
+            adaptive: AdaptiveConfig { min, window_ms: 100, window_requests: 10, ..AdaptiveConfig::default() },
             ..RateLimitConfig::default()
         }
     }
 
-    /// Serves `windows` windows of requests, `in_flight` at a time, each taking `latency`.
-    fn serve(limit: &Arc<ConcurrencyLimit>, priority: Priority, in_flight: usize, latency: Duration, windows: usize) {
+    /// Serves `windows` windows of requests (100 ms each, on the test's own `clock`), `in_flight` at a
+    /// time, each taking `latency`.
+    fn serve(limit: &Arc<ConcurrencyLimit>, clock: &mut Instant, in_flight: usize, latency: Duration, windows: usize) {
         for _ in 0..windows {
-            let permits: Vec<Permit> = (0..in_flight).filter_map(|_| limit.try_acquire(priority)).collect();
-            for permit in permits {
-                permit.served(latency);
+            let permits: Vec<Permit> = (0..in_flight).filter_map(|_| limit.try_acquire(Priority::Orders)).collect();
+            let count = permits.len().max(1) as u32;
+            for (index, permit) in permits.into_iter().enumerate() {
+                // Spread over the window; the last one ends it.
+                permit.served(latency, *clock + Duration::from_millis(100) * (index as u32 + 1) / count);
             }
+            *clock += Duration::from_millis(100);
         }
     }
 
     #[test]
     fn the_limit_shrinks_when_latency_grows_and_grows_back_when_it_falls() {
         let limit = Arc::new(ConcurrencyLimit::new(&limits(200, 10)));
+        let clock = &mut Instant::now();
         assert_eq!(limit.view().limit, 200, "starts at the ceiling");
-        serve(&limit, Priority::Orders, 150, Duration::from_millis(2), 20);
+        serve(&limit, clock, 150, Duration::from_millis(2), 20);
         let steady = limit.view().limit;
         assert!(steady >= 190, "steady latency keeps it: {steady}");
         // Queueing: each window four times slower than the long-term latency.
-        serve(&limit, Priority::Orders, 150, Duration::from_millis(8), 30);
+        serve(&limit, clock, 150, Duration::from_millis(8), 30);
         let loaded = limit.view().limit;
         assert!(loaded < steady / 2, "slower requests shrink it: {steady} → {loaded}");
         assert!(loaded >= 10, "never below its floor: {loaded}");
         // The queue drains: requests as fast as before.
         for _ in 0..400 {
             let in_flight = limit.view().limit;
-            serve(&limit, Priority::Orders, in_flight, Duration::from_millis(2), 1);
+            serve(&limit, clock, in_flight, Duration::from_millis(2), 1);
         }
         let recovered = limit.view().limit;
         assert!(recovered > loaded * 2, "fast requests let it grow back: {loaded} → {recovered}");
     }
 
     #[test]
-    fn at_the_limit_each_kind_keeps_its_share() {
-        let mut config = limits(10, 10);
+    fn near_the_limit_queries_go_first_then_new_orders_and_none_starves() {
+        let mut config = limits(20, 10);
         config.adaptive.enabled = false;
         let limit = Arc::new(ConcurrencyLimit::new(&config));
-        // Queries take every slot while nothing else asks: below the limit any kind takes any slot.
-        let queries: Vec<Permit> = (0..10).map_while(|_| limit.try_acquire(Priority::Queries)).collect();
-        assert_eq!(queries.len(), 10);
-        assert!(limit.try_acquire(Priority::Queries).is_none(), "beyond its share at the limit: shed");
-        // Pay and cancel, and new orders, still get their guaranteed shares (3 and 5 of 10).
-        let changes: Vec<Permit> = (0..10).map_while(|_| limit.try_acquire(Priority::Changes)).collect();
-        let orders: Vec<Permit> = (0..10).map_while(|_| limit.try_acquire(Priority::Orders)).collect();
-        assert_eq!((changes.len(), orders.len()), (3, 5));
+        let take = |priority: Priority, most: usize| -> Vec<Permit> {
+            (0..most).map_while(|_| limit.try_acquire(priority)).collect()
+        };
+        // Queries alone take slots up to 70 % of the limit (14 of 20), then one more of their own
+        // guaranteed part (5 %: 1 slot)... which they already hold: shed at 14.
+        let mut queries = take(Priority::Queries, 100);
+        assert_eq!(queries.len(), 14);
+        // New orders up to 85 % of the limit (17 in flight): 3 more.
+        let orders = take(Priority::Orders, 100);
+        assert_eq!(orders.len(), 3);
+        // Pay and cancel may use the whole limit: 3 more.
+        let changes = take(Priority::Changes, 100);
+        assert_eq!(changes.len(), 3);
+        // Two queries end: 18 in flight, above the orders' part; only pay and cancel get the slots.
+        queries.truncate(12);
+        assert!(limit.try_acquire(Priority::Orders).is_none(), "18 in flight: above the orders' part");
+        let paying = limit.try_acquire(Priority::Changes).expect("below the whole limit");
         let view = limit.view();
         let shed: Vec<u64> = view.partitions.iter().map(|p| p.shed).collect();
-        assert_eq!(shed, [1, 1, 1]);
-        assert_eq!(limit.in_flight(), 18);
-        drop((queries, changes, orders));
+        assert_eq!(shed, [1, 2, 1], "one refusal each that ended each take, and the order above");
+        let below: Vec<usize> = view.partitions.iter().map(|p| p.admitted_below).collect();
+        assert_eq!(below, [20, 17, 14]);
+        drop((orders, changes, paying));
+        assert_eq!(limit.in_flight(), 12, "the 12 queries left");
+    }
+
+    #[test]
+    fn a_kind_crowded_out_still_has_its_guaranteed_part() {
+        let mut config = limits(40, 10);
+        config.adaptive.enabled = false;
+        let limit = Arc::new(ConcurrencyLimit::new(&config));
+        let changes: Vec<Permit> = (0..40).map_while(|_| limit.try_acquire(Priority::Changes)).collect();
+        assert_eq!(changes.len(), 40, "pay and cancel fill the limit");
+        // 5 % of 40: each other kind still gets two slots of its own.
+        let orders: Vec<Permit> = (0..10).map_while(|_| limit.try_acquire(Priority::Orders)).collect();
+        let queries: Vec<Permit> = (0..10).map_while(|_| limit.try_acquire(Priority::Queries)).collect();
+        assert_eq!((orders.len(), queries.len()), (2, 2));
+        assert!(limit.try_acquire(Priority::Changes).is_none(), "pay and cancel hold more than their part");
+        drop((changes, orders, queries));
         assert_eq!(limit.in_flight(), 0, "every slot given back");
     }
 
@@ -325,8 +371,9 @@ mod tests {
         let mut config = limits(50, 10);
         config.adaptive.enabled = false;
         let limit = Arc::new(ConcurrencyLimit::new(&config));
-        serve(&limit, Priority::Orders, 40, Duration::from_millis(2), 20);
-        serve(&limit, Priority::Orders, 40, Duration::from_millis(50), 20);
+        let clock = &mut Instant::now();
+        serve(&limit, clock, 40, Duration::from_millis(2), 20);
+        serve(&limit, clock, 40, Duration::from_millis(50), 20);
         assert_eq!(limit.view().limit, 50);
     }
 

@@ -196,7 +196,8 @@ async fn admit(
             (response, QUEUED.with(Cell::get))
         })
         .await;
-    permit.served(started.elapsed().saturating_sub(queued));
+    let now = Instant::now();
+    permit.served(now.saturating_duration_since(started).saturating_sub(queued), now);
     response
 }
 

@@ -508,6 +508,7 @@ async fn each_rate_rule_refuses_its_own_key_with_its_own_code() {
         assert_eq!((global["per_second"].clone(), global["refused"].clone()), (json!(20_000), json!(0)));
         let concurrency = &limits["data"]["concurrency"];
         assert_eq!((concurrency["adaptive"].clone(), concurrency["max"].clone()), (json!(true), json!(512)));
+        assert_eq!(concurrency["partitions"][0]["admitted_below"], 512, "pay and cancel: the whole limit");
         assert_eq!(concurrency["partitions"][1]["priority"], "orders");
         let in_flight: Vec<Value> = (0..3).map(|i| concurrency["partitions"][i]["in_flight"].clone()).collect();
         assert_eq!(in_flight, [json!(0), json!(0), json!(0)], "every slot given back: {limits}");
@@ -652,14 +653,13 @@ async fn admin_config_checks_each_setting_and_the_rate_limit_follows() {
         ("flow.unpaid_timeout_ms", "0"),
         ("flow.no_such_timer_ms", "5"),
         ("rate_limit.in_flight_max", "0"),
-        ("rate_limit.adaptive.shares.queries", "0.9"),
+        ("rate_limit.adaptive.priorities.queries_below", "0.9"),
     ] {
         let (status, body) =
             app.call("PUT", &format!("/api/admin/config/{key}"), Some(ADMIN), Some(value.into())).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{key}={value}: {body}");
         assert_eq!(body["code"], "invalid_setting");
-        let blamed = if key.contains("shares") { "rate_limit.adaptive.shares" } else { key };
-        assert_eq!(body["data"]["key"], blamed);
+        assert_eq!(body["data"]["key"], key);
     }
     let (status, body) = app.call("GET", "/api/admin/config", Some(ADMIN), None).await;
     assert_eq!(status, StatusCode::OK);

@@ -130,7 +130,7 @@ impl Default for KeyRule {
     }
 }
 
-/// The concurrency limit that follows latency (Gradient2), and the shares it guarantees.
+/// The concurrency limit that follows latency (Gradient2), and how it is shared by priority.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdaptiveConfig {
@@ -144,41 +144,45 @@ pub struct AdaptiveConfig {
     pub smoothing: f64,
     /// Windows averaged into the long-term latency.
     pub long_window: usize,
-    /// Requests measured per window: each window's mean latency is one sample of the algorithm.
+    /// A window lasts at least this long and holds at least `window_requests` requests; its mean
+    /// latency is one sample of the algorithm (Netflix's `WindowedLimit`: a single request says nothing).
+    pub window_ms: u64,
     pub window_requests: usize,
-    /// Guaranteed shares of the limit under pressure, by priority.
-    pub shares: Shares,
+    pub priorities: Priorities,
 }
 
 impl Default for AdaptiveConfig {
     fn default() -> Self {
         AdaptiveConfig {
             enabled: true,
-            min: 16,
-            rtt_tolerance: 1.5,
+            min: 32,
+            rtt_tolerance: 2.0,
             smoothing: 0.2,
             long_window: 600,
-            window_requests: 100,
-            shares: Shares::default(),
+            window_ms: 100,
+            window_requests: 10,
+            priorities: Priorities::default(),
         }
     }
 }
 
-/// Parts of the concurrency limit each kind of request is sure of when the limit is reached: pay and
-/// cancel first, then new orders, then queries. Below the limit any kind takes any free slot.
+/// Who goes first when the limit is near: each kind of buyer request is shed once the requests in flight
+/// reach its part of the limit — queries first, then new orders; pay and cancel may use the whole of it.
+/// So the slots above a lower kind's part are kept for the kinds above it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Shares {
-    /// `POST /api/orders/{no}/pay` and `/cancel`.
-    pub changes: f64,
-    /// `POST /api/orders`.
-    pub orders: f64,
-    /// Every `GET` of a buyer.
-    pub queries: f64,
+pub struct Priorities {
+    /// `POST /api/orders` is admitted while fewer than this part of the limit are in flight.
+    pub orders_below: f64,
+    /// Every buyer `GET` is admitted while fewer than this part of the limit are in flight.
+    pub queries_below: f64,
+    /// However busy, each kind is admitted while it holds less than this part of the limit itself:
+    /// no kind starves.
+    pub guaranteed: f64,
 }
 
-impl Default for Shares {
+impl Default for Priorities {
     fn default() -> Self {
-        Shares { changes: 0.3, orders: 0.5, queries: 0.2 }
+        Priorities { orders_below: 0.85, queries_below: 0.7, guaranteed: 0.05 }
     }
 }

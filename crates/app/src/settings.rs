@@ -141,7 +141,7 @@ impl Live {
     }
 
     /// The entry's rules and the adaptive limit's parameters: bounds the limiters rely on (no bucket
-    /// without a token, no limit below one, shares that add up to at most the whole).
+    /// without a token, no limit below one, priorities in their order).
     fn check_limits(&self) -> Result<(), SettingError> {
         let r = &self.rate_limit;
         let rules =
@@ -176,19 +176,27 @@ impl Live {
         if !(1..=100_000).contains(&a.long_window) {
             return Err(SettingError::new("rate_limit.adaptive.long_window", "must be 1 to 100000"));
         }
+        if !(1..=60_000).contains(&a.window_ms) {
+            return Err(SettingError::new("rate_limit.adaptive.window_ms", "must be 1 to 60000"));
+        }
         if !(1..=100_000).contains(&a.window_requests) {
             return Err(SettingError::new("rate_limit.adaptive.window_requests", "must be 1 to 100000"));
         }
-        let shares = [
-            ("rate_limit.adaptive.shares.changes", a.shares.changes),
-            ("rate_limit.adaptive.shares.orders", a.shares.orders),
-            ("rate_limit.adaptive.shares.queries", a.shares.queries),
-        ];
-        if let Some((key, _)) = shares.iter().find(|(_, share)| !(0.0..=1.0).contains(share)) {
-            return Err(SettingError::new(key, "must be 0 to 1"));
+        let p = &a.priorities;
+        if !(p.orders_below > 0.0 && p.orders_below <= 1.0) {
+            return Err(SettingError::new(
+                "rate_limit.adaptive.priorities.orders_below",
+                "must be above 0 and at most 1",
+            ));
         }
-        if shares.iter().map(|(_, share)| share).sum::<f64>() > 1.0 + 1e-9 {
-            return Err(SettingError::new("rate_limit.adaptive.shares", "must add up to at most 1"));
+        if !(p.queries_below > 0.0 && p.queries_below <= p.orders_below) {
+            return Err(SettingError::new(
+                "rate_limit.adaptive.priorities.queries_below",
+                "must be above 0 and at most rate_limit.adaptive.priorities.orders_below",
+            ));
+        }
+        if !(0.0..=0.3).contains(&p.guaranteed) {
+            return Err(SettingError::new("rate_limit.adaptive.priorities.guaranteed", "must be 0 to 0.3"));
         }
         Ok(())
     }
@@ -227,7 +235,8 @@ mod tests {
             ("rate_limit.adaptive.min", "100000", "to rate_limit.in_flight_max"),
             ("rate_limit.adaptive.rtt_tolerance", "0.5", "1 to 10"),
             ("rate_limit.adaptive.smoothing", "0", "above 0"),
-            ("rate_limit.adaptive.shares.orders", "1.5", "0 to 1"),
+            ("rate_limit.adaptive.priorities.orders_below", "1.5", "at most 1"),
+            ("rate_limit.adaptive.priorities.guaranteed", "0.5", "0 to 0.3"),
             ("rate_limit.commodity.queue_ms", "60000", "at most 10000"),
             ("flow.reconcile_backoff_ms_max", "1", "at least flow.reconcile_backoff_ms"),
         ];
@@ -248,9 +257,9 @@ mod tests {
         assert_eq!(error.key, "rate_limit.buyer.burst");
         let off = one("rate_limit.buyer.burst", "0");
         Live::default().with(&off).expect("a rule that is off needs no burst");
-        let error = Live::default().with(&one("rate_limit.adaptive.shares.orders", "0.9")).expect_err("1.4 in all");
-        assert_eq!(error.key, "rate_limit.adaptive.shares");
-        assert!(error.reason.contains("add up to at most 1"), "{}", error.reason);
+        let queries_first = one("rate_limit.adaptive.priorities.orders_below", "0.5");
+        let error = Live::default().with(&queries_first).expect_err("queries admitted above new orders");
+        assert_eq!(error.key, "rate_limit.adaptive.priorities.queries_below");
     }
 
     #[test]
@@ -258,7 +267,7 @@ mod tests {
         let live = Live::default();
         let listed = live.flatten();
         assert!(listed.contains_key("rate_limit.in_flight_max"));
-        assert!(listed.contains_key("rate_limit.adaptive.shares.orders"));
+        assert!(listed.contains_key("rate_limit.adaptive.priorities.orders_below"));
         assert!(listed.contains_key("flow.unpaid_timeout_ms"));
         assert!(listed.contains_key("flow.cart.lines_max"));
         let same = live.with(&listed).expect("its own values are valid");

@@ -108,6 +108,17 @@ pub struct Accepted {
     pub at: Instant,
 }
 
+/// One look at an API's concurrency limit during a phase (`GET /api/admin/limits`).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LimitSample {
+    /// Seconds since the phase started.
+    pub at_s: f64,
+    /// Which API (its index among the bench's URLs).
+    pub api: usize,
+    pub limit: u64,
+    pub in_flight: u64,
+}
+
 /// Everything one phase measured.
 #[derive(Debug)]
 pub struct Recorder {
@@ -133,6 +144,8 @@ pub struct Recorder {
     pub cpu_ms: BTreeMap<String, f64>,
     /// Calls each engine served during the phase (`--engine-calls`), by counter.
     pub engine_calls: BTreeMap<String, u64>,
+    /// The APIs' concurrency limits, looked at every 250 ms.
+    pub limits: Vec<LimitSample>,
 }
 
 impl Recorder {
@@ -150,6 +163,7 @@ impl Recorder {
             elapsed: Duration::ZERO,
             cpu_ms: BTreeMap::new(),
             engine_calls: BTreeMap::new(),
+            limits: Vec::new(),
         }
     }
 

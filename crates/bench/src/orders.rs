@@ -136,13 +136,56 @@ impl Target {
 
     /// To the first server only: an admin write is not retried elsewhere.
     async fn admin_post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.admin_write(reqwest::Method::POST, path, Some(body.to_string())).await
+    }
+
+    /// An admin write to the first server (`body`: raw JSON text).
+    async fn admin_write(&self, method: reqwest::Method, path: &str, body: Option<String>) -> anyhow::Result<Value> {
         let base = &self.bases[0];
-        let answer = self.http.post(format!("{base}{path}")).bearer_auth(&self.admin_token).json(body).send().await?;
+        let mut request = self.http.request(method.clone(), format!("{base}{path}")).bearer_auth(&self.admin_token);
+        if let Some(body) = body {
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        }
+        let answer = request.send().await?;
         let status = answer.status();
         let body: Value = answer.json().await?;
-        anyhow::ensure!(status.is_success(), "POST {path}: {status} {body}");
+        anyhow::ensure!(status.is_success(), "{method} {path}: {status} {body}");
         Ok(body["data"].clone())
     }
+
+    /// Every API's concurrency limit and requests in flight now; an API that does not answer is skipped.
+    async fn limits(&self, at_s: f64) -> Vec<load::LimitSample> {
+        let mut samples = Vec::new();
+        for (api, base) in self.bases.iter().enumerate() {
+            let answer = self.http.get(format!("{base}/api/admin/limits")).bearer_auth(&self.admin_token).send().await;
+            let Ok(answer) = answer else { continue };
+            let Ok(body) = answer.json::<Value>().await else { continue };
+            let concurrency = &body["data"]["concurrency"];
+            let in_flight = concurrency["partitions"]
+                .as_array()
+                .map(|parts| parts.iter().filter_map(|p| p["in_flight"].as_u64()).sum())
+                .unwrap_or(0);
+            if let Some(limit) = concurrency["limit"].as_u64() {
+                samples.push(load::LimitSample { at_s, api, limit, in_flight });
+            }
+        }
+        samples
+    }
+}
+
+/// What a phase measures besides the answers.
+#[derive(Debug, Clone, Copy)]
+struct Measure {
+    /// CPU per process and engine calls: only meaningful for a phase that runs alone.
+    cost: bool,
+    /// The APIs' concurrency limits over the phase.
+    limits: bool,
+}
+
+impl Measure {
+    const ALL: Measure = Measure { cost: true, limits: true };
+    /// A phase beside others (the abusers of `abuse`): its answers only.
+    const ANSWERS: Measure = Measure { cost: false, limits: false };
 }
 
 /// A mutex whose holder panicked still holds plain counters: keep going with them.
@@ -282,7 +325,15 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     let naive_workload = args.naive_baseline.then(|| {
         Arc::new(Workload::new(args.scenario, id_base + 5_000, args.flash_stock, &mut rng).with_buyers_after(&workload))
     });
-    for body in workload.catalog_bodies().into_iter().chain(naive_workload.iter().flat_map(|w| w.catalog_bodies())) {
+    // `abuse`'s abusers: commodities and buyers of their own, after everyone else's.
+    let abusers = (args.scenario == Scenario::Abuse).then(|| {
+        let last = naive_workload.as_deref().unwrap_or(workload.as_ref());
+        let buyer = Workload::hammering_buyer(id_base + 9_000).with_buyers_after(last);
+        let crowd = Workload::hammering_crowd(id_base + 9_100).with_buyers_after(&buyer);
+        (Arc::new(buyer), Arc::new(crowd))
+    });
+    let others = naive_workload.iter().chain(abusers.iter().flat_map(|(buyer, crowd)| [buyer, crowd]));
+    for body in workload.catalog_bodies().into_iter().chain(others.flat_map(|w| w.catalog_bodies())) {
         target.admin_post("/api/admin/catalog", &body).await.context("loading the catalog")?;
     }
     eprintln!(
@@ -309,7 +360,8 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     if !args.no_baseline {
         let spec =
             PhaseSpec { name: "healthz".into(), kind: Kind::Healthz, mode: closed, duration, requests_max: None };
-        let recorder = run_with_progress(&spec, &target, &workload, args.seed, &follow_ups, engines).await?;
+        let recorder =
+            run_with_progress(&spec, &target, &workload, args.seed, &follow_ups, engines, Measure::ALL).await?;
         phases.push((spec, recorder));
     }
     let mut ceilings = Vec::new();
@@ -334,7 +386,8 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     if let Some(naive_workload) = &naive_workload {
         let requests_max = if args.scenario == Scenario::Flash { Some(flash_requests) } else { args.requests };
         let spec = PhaseSpec { name: "naive".into(), kind: Kind::NaiveOrder, mode: closed, duration, requests_max };
-        let recorder = run_with_progress(&spec, &target, naive_workload, args.seed, &follow_ups, engines).await?;
+        let recorder =
+            run_with_progress(&spec, &target, naive_workload, args.seed, &follow_ups, engines, Measure::ALL).await?;
         phases.push((spec, recorder));
         // Its outbox (timeouts, charges) is worked off before our phases start.
         let settled = wait_for(&target, Instant::now(), settle, quiet).await;
@@ -343,26 +396,91 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     match args.scenario {
         Scenario::Flash => {
             let spec = order_phase("flash", closed, Some(flash_requests));
-            let recorder = run_with_progress(&spec, &target, &workload, args.seed, &follow_ups, engines).await?;
+            let recorder =
+                run_with_progress(&spec, &target, &workload, args.seed, &follow_ups, engines, Measure::ALL).await?;
             phases.push((spec, recorder));
         }
-        Scenario::Mixed | Scenario::Overload => {
+        Scenario::Mixed | Scenario::Overload | Scenario::Abuse => {
             let spec = order_phase("capacity", closed, args.requests);
-            let recorder = run_with_progress(&spec, &target, &workload, args.seed, &follow_ups, engines).await?;
+            let recorder =
+                run_with_progress(&spec, &target, &workload, args.seed, &follow_ups, engines, Measure::ALL).await?;
             let capacity = recorder.answered() as f64 / recorder.elapsed.as_secs_f64().max(0.001);
             phases.push((spec, recorder));
             // The next phase starts from quiet, not with this one's backlog of creates and timers.
-            let since = Instant::now();
-            let settled = wait_for(&target, since, settle, quiet).await;
+            let settled = wait_for(&target, Instant::now(), settle, quiet).await;
             settles.insert("capacity".into(), settled.map(|d| d.as_millis() as u64));
-            let (name, factor) =
-                if args.scenario == Scenario::Mixed { ("at_70_percent", 0.7) } else { ("overload_3x", 3.0) };
-            let per_second = ((capacity * factor) as u64).max(1);
-            // The client must not be the bottleneck: room for half a second of the offered load in flight.
-            let in_flight_max = (per_second as usize / 2).clamp(args.connections, 4_096);
-            let spec = order_phase(name, Mode::Rate { per_second, in_flight_max }, args.requests);
-            let recorder = run_with_progress(&spec, &target, &workload, args.seed + 1, &follow_ups, engines).await?;
-            phases.push((spec, recorder));
+            // Fixed-rate phases at a share of the capacity; the client must not be the bottleneck: room
+            // for half a second of the offered load in flight.
+            let at_rate = |name: &str, factor: f64| {
+                let per_second = ((capacity * factor) as u64).max(1);
+                let in_flight_max = (per_second as usize / 2).clamp(args.connections, 4_096);
+                order_phase(name, Mode::Rate { per_second, in_flight_max }, args.requests)
+            };
+            match args.scenario {
+                Scenario::Abuse => {
+                    let abusers = abusers.as_ref().context("the abusers' workloads")?;
+                    let rules = abuse_rules(&workload, capacity * ORDINARY_SHARE);
+                    for (key, value) in &rules {
+                        let path = format!("/api/admin/config/{key}");
+                        target.admin_write(reqwest::Method::PUT, &path, Some(value.clone())).await?;
+                    }
+                    eprintln!("rules set for the abuse phases: {rules:?}");
+                    // Every API applies a setting within a second.
+                    tokio::time::sleep(Duration::from_millis(1_500)).await;
+                    let spec = at_rate("ordinary", ORDINARY_SHARE);
+                    let seed = args.seed + 1;
+                    let recorder =
+                        run_with_progress(&spec, &target, &workload, seed, &follow_ups, engines, Measure::ALL).await?;
+                    phases.push((spec, recorder));
+                    let settled = wait_for(&target, Instant::now(), settle, quiet).await;
+                    settles.insert("ordinary".into(), settled.map(|d| d.as_millis() as u64));
+                    // The same ordinary buyers, the same requests, while the abusers hammer beside them.
+                    let ordinary = at_rate("ordinary_abused", ORDINARY_SHARE);
+                    let hammering_buyer = at_rate("abuser_buyer", ABUSER_SHARE);
+                    let hammering_crowd = at_rate("abuser_crowd", ABUSER_SHARE);
+                    let (a, b, c) = tokio::join!(
+                        run_with_progress(&ordinary, &target, &workload, seed, &follow_ups, engines, Measure::ALL),
+                        run_with_progress(
+                            &hammering_buyer,
+                            &target,
+                            &abusers.0,
+                            seed + 2,
+                            &follow_ups,
+                            None,
+                            Measure::ANSWERS
+                        ),
+                        run_with_progress(
+                            &hammering_crowd,
+                            &target,
+                            &abusers.1,
+                            seed + 3,
+                            &follow_ups,
+                            None,
+                            Measure::ANSWERS
+                        ),
+                    );
+                    phases.extend([(ordinary, a?), (hammering_buyer, b?), (hammering_crowd, c?)]);
+                    for (key, _) in &rules {
+                        target.admin_write(reqwest::Method::DELETE, &format!("/api/admin/config/{key}"), None).await?;
+                    }
+                }
+                _ => {
+                    let seed = args.seed + 1;
+                    let spec = at_rate("at_70_percent", 0.7);
+                    let recorder =
+                        run_with_progress(&spec, &target, &workload, seed, &follow_ups, engines, Measure::ALL).await?;
+                    phases.push((spec, recorder));
+                    if args.scenario == Scenario::Overload {
+                        let settled = wait_for(&target, Instant::now(), settle, quiet).await;
+                        settles.insert("at_70_percent".into(), settled.map(|d| d.as_millis() as u64));
+                        let spec = at_rate("overload_3x", 3.0);
+                        let recorder =
+                            run_with_progress(&spec, &target, &workload, seed, &follow_ups, engines, Measure::ALL)
+                                .await?;
+                        phases.push((spec, recorder));
+                    }
+                }
+            }
         }
     }
     let load_end = Instant::now();
@@ -457,7 +575,9 @@ async fn run_with_progress(
     seed: u64,
     follow_ups: &load::FollowUps,
     engines: Option<&crate::engines::Engines>,
+    measure: Measure,
 ) -> anyhow::Result<Recorder> {
+    let engines = engines.filter(|_| measure.cost);
     let live = Arc::new(Live::default());
     let bar = indicatif::ProgressBar::new(spec.duration.as_millis() as u64);
     bar.set_style(
@@ -483,9 +603,27 @@ async fn run_with_progress(
         Some(engines) => Some(engines.read().await?),
         None => None,
     };
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let sampler = measure.limits.then(|| {
+        let (target, samples) = (target.clone(), Arc::clone(&samples));
+        tokio::spawn(async move {
+            let start = Instant::now();
+            loop {
+                let taken = target.limits(start.elapsed().as_secs_f64()).await;
+                lock(&samples).extend(taken);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    });
     let cpu_before = crate::cpu::snapshot();
     let mut recorder = load::run_phase(spec, target, workload, seed, live, follow_ups.clone()).await;
-    recorder.cpu_ms = crate::cpu::spent_ms(&cpu_before, &crate::cpu::snapshot());
+    if measure.cost {
+        recorder.cpu_ms = crate::cpu::spent_ms(&cpu_before, &crate::cpu::snapshot());
+    }
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
+    recorder.limits = std::mem::take(&mut *lock(&samples));
     if let (Some(engines), Some(before)) = (engines, calls_before) {
         recorder.engine_calls = crate::engines::spent(&before, &engines.read().await?);
     }
@@ -500,6 +638,30 @@ async fn run_with_progress(
         recorder.outcomes.get("ok").copied().unwrap_or(0)
     );
     Ok(recorder)
+}
+
+/// `abuse`: the ordinary buyers' rate, and each abuser's, as shares of the measured capacity (the two
+/// abusers together offer as much as the service can accept).
+const ORDINARY_SHARE: f64 = 0.5;
+const ABUSER_SHARE: f64 = 0.5;
+
+/// The rules an operator sets against abuse, from the ordinary demand (`ordinary_per_s` carts a second of
+/// `workload`): a buyer may place 10 carts a second (burst 20), two orders of magnitude above what an
+/// ordinary buyer does; a commodity takes three times the lines the hottest one gets from ordinary buyers
+/// (burst: one second of that). Settings as `(key, JSON text)`.
+fn abuse_rules(workload: &Workload, ordinary_per_s: f64) -> Vec<(String, String)> {
+    let lines_per_cart = (1 + workload.lines_max) as f64 / 2.0;
+    let hottest_share = workload.hot_share / workload.hot.max(1) as f64;
+    let per_commodity = (3.0 * ordinary_per_s * lines_per_cart * hottest_share).ceil().max(10.0) as u64;
+    [
+        ("rate_limit.buyer.per_second", "10".to_owned()),
+        ("rate_limit.buyer.burst", "20".to_owned()),
+        ("rate_limit.commodity.per_second", per_commodity.to_string()),
+        ("rate_limit.commodity.burst", per_commodity.to_string()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect()
 }
 
 /// Audits at most this many more times, a second apart, until two in a row read the same.

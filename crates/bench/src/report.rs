@@ -61,6 +61,33 @@ pub struct PhaseReport {
     pub engine_calls_per_ok: BTreeMap<String, f64>,
     /// Answers in each second of the phase, by outcome (what `throughput.svg` draws).
     pub per_second: Vec<SecondCounts>,
+    /// The APIs' concurrency limits over the phase (what `concurrency.svg` draws); none when not looked at.
+    pub concurrency: Option<ConcurrencySpan>,
+}
+
+/// What the APIs' concurrency limits did during a phase (every API's looks together).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConcurrencySpan {
+    pub looks: usize,
+    pub limit_min: u64,
+    pub limit_max: u64,
+    /// At the phase's last look (the APIs' summed).
+    pub limit_last: u64,
+    /// The most buyer requests one API was serving at a look.
+    pub in_flight_max: u64,
+}
+
+impl ConcurrencySpan {
+    fn of(samples: &[crate::load::LimitSample]) -> Option<ConcurrencySpan> {
+        let last_at = samples.iter().map(|s| s.at_s).fold(f64::NEG_INFINITY, f64::max);
+        Some(ConcurrencySpan {
+            looks: samples.len(),
+            limit_min: samples.iter().map(|s| s.limit).min()?,
+            limit_max: samples.iter().map(|s| s.limit).max()?,
+            limit_last: samples.iter().filter(|s| s.at_s == last_at).map(|s| s.limit).sum(),
+            in_flight_max: samples.iter().map(|s| s.in_flight).max()?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +130,7 @@ impl PhaseReport {
                 .iter()
                 .map(|s| SecondCounts { accepted: s.accepted, sold_out: s.sold_out, shed: s.shed, other: s.other })
                 .collect(),
+            concurrency: ConcurrencySpan::of(&recorder.limits),
         }
     }
 }
@@ -341,15 +369,49 @@ pub fn targets(phases: &[PhaseReport], ceilings: &[Ceiling]) -> Vec<TargetResult
         let goodput = overload.ok_per_s / capacity.ok_per_s.max(0.001);
         targets.push(TargetResult {
             name: "goodput at 3x offered load vs capacity",
-            goal: ">= 0.80",
+            goal: ">= 0.90",
             measured: format!("{goodput:.2} ({:.0} / {:.0})", overload.ok_per_s, capacity.ok_per_s),
-            met: goodput >= 0.8,
+            met: goodput >= 0.9,
         });
+        if let Some(at_70) = find("at_70_percent") {
+            let ratio = overload.ok_latency.p99_ms / at_70.ok_latency.p99_ms.max(0.001);
+            targets.push(TargetResult {
+                name: "p99 accept latency at 3x vs at 70% of max load",
+                goal: "<= 2x",
+                measured: format!(
+                    "{ratio:.2}x ({:.2} / {:.2} ms)",
+                    overload.ok_latency.p99_ms, at_70.ok_latency.p99_ms
+                ),
+                met: ratio <= 2.0,
+            });
+        }
         targets.push(TargetResult {
             name: "p99 accept latency at 3x offered load",
             goal: "<= 100 ms",
             measured: format!("{:.2} ms", overload.ok_latency.p99_ms),
             met: overload.ok_latency.p99_ms <= 100.0,
+        });
+    }
+    if let (Some(alone), Some(abused)) = (find("ordinary"), find("ordinary_abused")) {
+        let ratio = abused.ok_latency.p99_ms / alone.ok_latency.p99_ms.max(0.001);
+        targets.push(TargetResult {
+            name: "ordinary buyers' p99 accept latency beside the abusers vs alone",
+            goal: "<= 1.5x",
+            measured: format!("{ratio:.2}x ({:.2} / {:.2} ms)", abused.ok_latency.p99_ms, alone.ok_latency.p99_ms),
+            met: ratio <= 1.5,
+        });
+        // Served: accepted or sold out — an answer about the stock, not a refusal by a limit (the hot
+        // commodities sell out over the phases, so accepted alone would not compare).
+        let served = |p: &PhaseReport| {
+            let count = |outcome: &str| p.outcomes.get(outcome).copied().unwrap_or(0) as f64;
+            (count("ok") + count("sold_out")) / (p.answered as f64).max(1.0)
+        };
+        let ratio = served(abused) / served(alone).max(0.000_001);
+        targets.push(TargetResult {
+            name: "ordinary buyers' carts served (accepted or sold out) beside the abusers vs alone",
+            goal: ">= 0.99x",
+            measured: format!("{ratio:.3}x ({:.4} / {:.4})", served(abused), served(alone)),
+            met: ratio >= 0.99,
         });
     }
     targets
@@ -424,6 +486,7 @@ impl Report {
                 if other.is_empty() { "-".to_owned() } else { other.join(", ") }
             );
         }
+        concurrency_table(&mut md, &self.phases);
         cpu_table(&mut md, &self.phases);
         engine_calls_table(&mut md, &self.phases);
         if !self.ceilings.is_empty() {
@@ -462,6 +525,27 @@ impl Report {
         }
         md
     }
+}
+
+/// The APIs' concurrency limits per phase (none when no phase looked at them).
+fn concurrency_table(md: &mut String, phases: &[PhaseReport]) {
+    let spans: Vec<(&str, &ConcurrencySpan)> =
+        phases.iter().filter_map(|p| p.concurrency.as_ref().map(|c| (p.name.as_str(), c))).collect();
+    if spans.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\nConcurrency limit of the APIs (`GET /api/admin/limits` every 250 ms; `concurrency.svg`):\n\n| phase | looks | limit min / max | limit at the end (APIs summed) | most in flight at one API |\n|---|---|---|---|---|"
+    );
+    for (name, c) in spans {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} / {} | {} | {} |",
+            c.looks, c.limit_min, c.limit_max, c.limit_last, c.in_flight_max
+        );
+    }
+    md.push('\n');
 }
 
 /// CPU milliseconds per 200 answer, a row per phase and a column per process group (none when `/proc`
@@ -520,10 +604,20 @@ fn charts(out: &Path, phases: &[(PhaseSpec, Recorder)]) -> anyhow::Result<()> {
     let mut other = Vec::new();
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
+    // The concurrency limit and the requests in flight, per API (two APIs at most are drawn apart).
+    let mut limits: [Vec<(f64, f64)>; 2] = Default::default();
+    let mut in_flight: [Vec<(f64, f64)>; 2] = Default::default();
     let mut offset = 0.0;
     // Order phases only (the naive baseline's too): the healthz baseline answers ten times as fast and
     // would flatten them (its figures are in the table).
-    for (_, recorder) in phases.iter().filter(|(spec, _)| spec.kind != Kind::Healthz) {
+    // Phases run beside another (the abusers) are drawn in the table only: they share its seconds.
+    let alone = |spec: &PhaseSpec| spec.kind != Kind::Healthz && !spec.name.starts_with("abuser");
+    for (_, recorder) in phases.iter().filter(|(spec, _)| alone(spec)) {
+        for sample in &recorder.limits {
+            let api = sample.api.min(1);
+            limits[api].push((offset + sample.at_s, sample.limit as f64));
+            in_flight[api].push((offset + sample.at_s, sample.in_flight as f64));
+        }
         for (index, second) in recorder.seconds.iter().enumerate() {
             let x = offset + index as f64 + 0.5;
             accepted.push((x, second.accepted as f64));
@@ -580,6 +674,25 @@ fn charts(out: &Path, phases: &[(PhaseSpec, Recorder)]) -> anyhow::Result<()> {
         "accepted-order latency per second",
         "ms",
         &[("p50", &p50, RGBColor(44, 160, 44)), ("p99", &p99, RGBColor(148, 103, 189))],
+    )?;
+    if limits.iter().all(Vec::is_empty) {
+        return Ok(());
+    }
+    let series: Vec<Series<'_>> = [
+        ("limit, API 1", &limits[0], RGBColor(31, 119, 180)),
+        ("in flight, API 1", &in_flight[0], RGBColor(174, 199, 232)),
+        ("limit, API 2", &limits[1], RGBColor(214, 39, 40)),
+        ("in flight, API 2", &in_flight[1], RGBColor(255, 152, 150)),
+    ]
+    .into_iter()
+    .filter(|(_, points, _)| !points.is_empty())
+    .map(|(label, points, color)| (label, points.as_slice(), color))
+    .collect();
+    draw(
+        "concurrency.svg",
+        "the APIs' concurrency limit and buyer requests in flight (every 250 ms)",
+        "requests",
+        &series,
     )
 }
 

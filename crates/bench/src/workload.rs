@@ -14,8 +14,13 @@ pub enum Scenario {
     Flash,
     /// A long tail plus hot SKUs, carts across shops, pay now / later / cancel / abandon.
     Mixed,
-    /// `mixed` offered at three times the measured capacity: the service must shed, not collapse.
+    /// `mixed` offered at 70 %, then three times the measured capacity: the service must shed, not
+    /// collapse, and keep the accepted requests' latency.
     Overload,
+    /// `mixed` buyers at half the capacity, alone and then beside two abusers (one buyer hammering, and a
+    /// crowd hammering one commodity, each offering half the capacity) under per-buyer and per-commodity
+    /// rules: the ordinary buyers' latency and success must not change.
+    Abuse,
 }
 
 impl Scenario {
@@ -24,6 +29,7 @@ impl Scenario {
             Scenario::Flash => "flash",
             Scenario::Mixed => "mixed",
             Scenario::Overload => "overload",
+            Scenario::Abuse => "abuse",
         }
     }
 }
@@ -101,7 +107,7 @@ impl Workload {
                 buyers: 100_000,
                 buyer_base: 0,
             },
-            Scenario::Mixed | Scenario::Overload => {
+            Scenario::Mixed | Scenario::Overload | Scenario::Abuse => {
                 let (sku_count, shop_count, hot) = (1_000usize, 50u64, 10usize);
                 let skus = (0..sku_count)
                     .map(|index| Sku {
@@ -127,6 +133,37 @@ impl Workload {
                     buyer_base: 0,
                 }
             }
+        }
+    }
+
+    /// `abuse`: one buyer hammering one-line carts over ten commodities of a shop of their own; its orders
+    /// are left unpaid (closed by the timeout).
+    pub fn hammering_buyer(id_base: u64) -> Workload {
+        Workload::hammering(id_base, 10, SHOP_ID_BASE + 900, 1)
+    }
+
+    /// `abuse`: a thousand buyers hammering one commodity (a sale too hot for its own good).
+    pub fn hammering_crowd(id_base: u64) -> Workload {
+        Workload::hammering(id_base, 1, SHOP_ID_BASE + 901, 1_000)
+    }
+
+    fn hammering(id_base: u64, sku_count: usize, shop_id: u64, buyers: u64) -> Workload {
+        let skus = (0..sku_count)
+            .map(|index| Sku { commodity_id: id_base + index as u64, shop_id, price_cents: 1_000, stock: 1_000_000 })
+            .collect();
+        Workload {
+            skus,
+            sku_count,
+            shop_count: 1,
+            hot: sku_count,
+            hot_share: 1.0,
+            lines_max: 1,
+            quantity_max: 1,
+            pay_at_once_share: 0.0,
+            pay_later_share: 0.0,
+            cancel_share: 0.0,
+            buyers,
+            buyer_base: 0,
         }
     }
 
