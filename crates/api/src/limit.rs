@@ -3,6 +3,12 @@
 //! (429 with `Retry-After` and the rule's code, nothing else done: early fail) or make it wait for its
 //! turn up to a bound. The rules are replaced at run time ([`Rules::with`]); a rule whose setting did not
 //! change keeps its buckets.
+//!
+//! In a cluster ([`Sharing`]), the process-wide and per-commodity rules hold across every API: each takes
+//! its tokens from a bucket in Redis ([`SharedRates`]) a few at a time (20 ms of the rate) and spends them
+//! locally. While Redis does not answer, each API falls back to a local bucket of the rate divided by the
+//! APIs registered, and asks Redis again a second later: a rate shared through one engine must not stop
+//! the entry when that engine does (Sentinel's token server is such a single point; this is not).
 
 use std::cell::Cell;
 use std::num::NonZeroU32;
@@ -16,6 +22,7 @@ use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 pub use orderly_app::config::{KeyRule, RateLimitConfig};
+use orderly_app::ports::{SharedRates, Taken};
 use orderly_domain::PlaceOrderBody;
 
 /// The rule that refused a cart, named by its error code.
@@ -119,11 +126,111 @@ tokio::task_local! {
     pub static QUEUED: Cell<Duration>;
 }
 
-/// The rules in force, in [`Rule::ALL`]'s order. Cheap to check: one GCRA cell per rule and key.
+/// Where a cluster's shared buckets are, and how many APIs share them (for the fallback's share).
+#[derive(Clone)]
+pub struct Sharing {
+    pub rates: Arc<dyn SharedRates>,
+    /// The APIs running now (at least one).
+    pub apis: Arc<dyn Fn() -> usize + Send + Sync>,
+}
+
+impl std::fmt::Debug for Sharing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sharing").field("rates", &self.rates).field("apis", &(self.apis)()).finish()
+    }
+}
+
+/// The longest wait for the shared bucket before the local fallback answers.
+const SHARED_CALL_MAX: Duration = Duration::from_millis(100);
+/// After the shared bucket failed, how long the fallback answers alone.
+const SHARED_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A shared rule in this process: tokens taken from the shared bucket and not spent yet, per key, and
+/// the fallback.
+#[derive(Debug)]
+struct Leased<C: Clock + Clone> {
+    rule: KeyRule,
+    unspent: dashmap::DashMap<u64, u32>,
+    /// The local bucket used while the shared one does not answer, for the API count it was made for.
+    fallback: arc_swap::ArcSwapOption<(usize, Bucket<C>)>,
+    /// Until when the fallback answers alone (ms since `epoch`).
+    down_until_ms: AtomicU64,
+    epoch: std::time::Instant,
+}
+
+impl<C: Clock + Clone> Leased<C> {
+    fn new(rule: &KeyRule) -> Leased<C> {
+        Leased {
+            rule: rule.clone(),
+            unspent: dashmap::DashMap::new(),
+            fallback: arc_swap::ArcSwapOption::empty(),
+            down_until_ms: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    /// Tokens taken per call: 20 ms of the rate, within the burst.
+    fn batch(&self) -> u32 {
+        (self.rule.per_second / 50).clamp(1, self.rule.burst.max(1))
+    }
+
+    fn spend(&self, key: u64) -> bool {
+        let Some(mut unspent) = self.unspent.get_mut(&key) else { return false };
+        if *unspent == 0 {
+            return false;
+        }
+        *unspent -= 1;
+        true
+    }
+
+    async fn take(&self, rule: Rule, key: u64, sharing: &Sharing, clock: &C) -> Result<(), Duration> {
+        if self.spend(key) {
+            return Ok(());
+        }
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        if now_ms >= self.down_until_ms.load(Ordering::Relaxed) {
+            let bucket = format!("{}:{key}", rule.name());
+            let call = sharing.rates.take(&bucket, self.rule.per_second, self.rule.burst, self.batch());
+            match tokio::time::timeout(SHARED_CALL_MAX, call).await {
+                Ok(Ok(Taken { granted: 0, wait_ms })) => return Err(Duration::from_millis(wait_ms.max(1))),
+                Ok(Ok(Taken { granted, .. })) => {
+                    if granted > 1 {
+                        *self.unspent.entry(key).or_insert(0) += granted - 1;
+                    }
+                    return Ok(());
+                }
+                Ok(Err(error)) => tracing::warn!(%error, rule = rule.name(), "shared rate unavailable: local share"),
+                Err(_) => tracing::warn!(rule = rule.name(), "shared rate did not answer: local share"),
+            }
+            let retry_ms = now_ms + SHARED_RETRY_AFTER.as_millis() as u64;
+            self.down_until_ms.store(retry_ms, Ordering::Relaxed);
+        }
+        self.fallback(rule, (sharing.apis)().max(1), clock).1.take(key, clock)
+    }
+
+    /// The local bucket of this process's share: the rate and burst divided by the APIs running.
+    fn fallback(&self, rule: Rule, apis: usize, clock: &C) -> Arc<(usize, Bucket<C>)> {
+        if let Some(current) = self.fallback.load_full().filter(|current| current.0 == apis) {
+            return current;
+        }
+        let share = |value: u32| (value / apis as u32).max(1);
+        let local = KeyRule { per_second: share(self.rule.per_second), burst: share(self.rule.burst), queue_ms: 0 };
+        let made = Arc::new((apis, Bucket::new(&local, rule != Rule::Global, clock)));
+        self.fallback.store(Some(made.clone()));
+        made
+    }
+}
+
+/// The rules in force, in [`Rule::ALL`]'s order. Cheap to check: one GCRA cell per rule and key (a
+/// shared rule: a local count, and one call to the shared bucket per 20 ms of its rate).
 #[derive(Debug)]
 pub struct Rules<C: Clock + Clone = DefaultClock> {
     settings: [KeyRule; 4],
     buckets: [Arc<Bucket<C>>; 4],
+    /// The rules shared across a cluster (the global and per-commodity ones, when on and shared).
+    leased: [Option<Arc<Leased<C>>>; 4],
+    sharing: Option<Sharing>,
+    shared: bool,
     clock: C,
     checks: AtomicU64,
 }
@@ -147,7 +254,36 @@ impl<C: Clock + Clone> Rules<C> {
         let settings = settings(config);
         let buckets =
             Rule::ALL.map(|rule| Arc::new(Bucket::new(&settings[rule as usize], rule != Rule::Global, &clock)));
-        Rules { settings, buckets, clock, checks: AtomicU64::new(0) }
+        Rules {
+            settings,
+            buckets,
+            leased: Default::default(),
+            sharing: None,
+            shared: config.shared,
+            clock,
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// These rules, the global and per-commodity ones taken from `sharing`'s buckets (when
+    /// `rate_limit.shared`).
+    pub fn sharing(mut self, sharing: Sharing) -> Rules<C> {
+        self.sharing = Some(sharing);
+        self.leased = self.leases(None);
+        self
+    }
+
+    /// The shared rules' local state: kept from `before` for a rule whose setting did not change.
+    fn leases(&self, before: Option<&Rules<C>>) -> [Option<Arc<Leased<C>>>; 4] {
+        Rule::ALL.map(|rule| {
+            let setting = &self.settings[rule as usize];
+            let shareable = matches!(rule, Rule::Global | Rule::Commodity);
+            if self.sharing.is_none() || !self.shared || !shareable || setting.per_second == 0 {
+                return None;
+            }
+            let kept = before.and_then(|b| b.leased[rule as usize].clone()).filter(|l| l.rule == *setting);
+            Some(kept.unwrap_or_else(|| Arc::new(Leased::new(setting))))
+        })
     }
 
     /// The rules of `config`: a rule whose rate and burst are the same keeps its buckets (and what they
@@ -162,12 +298,27 @@ impl<C: Clock + Clone> Rules<C> {
                 Arc::new(Bucket::new(setting, rule != Rule::Global, &self.clock))
             }
         });
-        Rules { settings, buckets, clock: self.clock.clone(), checks: AtomicU64::new(0) }
+        let mut rules = Rules {
+            settings,
+            buckets,
+            leased: Default::default(),
+            sharing: self.sharing.clone(),
+            shared: config.shared,
+            clock: self.clock.clone(),
+            checks: AtomicU64::new(0),
+        };
+        rules.leased = rules.leases(Some(self));
+        rules
     }
 
     /// Whether these rules are `config`'s.
     pub fn enforce(&self, config: &RateLimitConfig) -> bool {
-        self.settings == settings(config)
+        self.settings == settings(config) && self.shared == config.shared
+    }
+
+    /// Whether `rule` is taken from the cluster's shared buckets.
+    pub fn is_shared(&self, rule: Rule) -> bool {
+        self.leased[rule as usize].is_some()
     }
 
     /// The setting of `rule` in force.
@@ -180,7 +331,17 @@ impl<C: Clock + Clone> Rules<C> {
         self.buckets[rule as usize].keys()
     }
 
-    /// Takes `rule`'s token for `key` now, or says how long until there is one.
+    /// Takes `rule`'s token for `key` now — from the shared bucket for a shared rule — or says how long
+    /// until there is one.
+    async fn take_any(&self, rule: Rule, key: u64) -> Result<(), Duration> {
+        match (&self.leased[rule as usize], &self.sharing) {
+            (Some(leased), Some(sharing)) => leased.take(rule, key, sharing, &self.clock).await,
+            _ => self.take(rule, key),
+        }
+    }
+
+    /// Takes `rule`'s token for `key` from this process's own bucket now, or says how long until there
+    /// is one.
     pub fn take(&self, rule: Rule, key: u64) -> Result<(), Duration> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             for bucket in &self.buckets {
@@ -226,7 +387,7 @@ impl<C: Clock + Clone> Rules<C> {
         let mut waited = Duration::ZERO;
         for &(rule, key) in keys {
             loop {
-                match self.take(rule, key) {
+                match self.take_any(rule, key).await {
                     Ok(()) => break,
                     Err(wait) => {
                         let bound = Duration::from_millis(self.rule(rule).queue_ms);
@@ -344,5 +505,74 @@ mod tests {
         let rules = rules.with(&limits);
         let refused = rules.admit_with(&keys, sleep).await.expect_err("its turn is beyond the bound");
         assert_eq!(refused, Refused { rule: Rule::Buyer, retry_after: Duration::from_secs(1) });
+    }
+
+    /// A shared bucket holding `left` tokens, or failing.
+    #[derive(Debug, Default)]
+    struct FakeShared {
+        left: std::sync::Mutex<u32>,
+        failing: bool,
+        calls: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl SharedRates for FakeShared {
+        async fn take(
+            &self,
+            _key: &str,
+            _per_second: u32,
+            _burst: u32,
+            want: u32,
+        ) -> orderly_app::ports::PortResult<Taken> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            if self.failing {
+                return Err(orderly_app::PortError::unavailable("redis", "connection refused"));
+            }
+            let mut left = self.left.lock().expect("not poisoned");
+            let granted = want.min(*left);
+            *left -= granted;
+            Ok(Taken { granted, wait_ms: if granted == 0 { 40 } else { 0 } })
+        }
+    }
+
+    fn shared(fake: &Arc<FakeShared>, apis: usize) -> Sharing {
+        Sharing { rates: fake.clone(), apis: Arc::new(move || apis) }
+    }
+
+    #[tokio::test]
+    async fn a_shared_rule_takes_its_tokens_a_batch_at_a_time_and_refuses_when_the_cluster_spent_them() {
+        let fake = Arc::new(FakeShared { left: std::sync::Mutex::new(25), ..FakeShared::default() });
+        // 500 a second: batches of 10 (20 ms of the rate).
+        let rules = Rules::with_clock(&config(500, 0, 0), FakeRelativeClock::default()).sharing(shared(&fake, 2));
+        assert!(rules.is_shared(Rule::Global) && !rules.is_shared(Rule::Buyer));
+        let keys = [(Rule::Global, 0)];
+        for cart in 0..25 {
+            assert_eq!(rules.admit(&keys).await, Ok(()), "cart {cart}");
+        }
+        assert_eq!(fake.calls.load(Ordering::Relaxed), 3, "10 + 10 + 5 tokens");
+        let refused = rules.admit(&keys).await.expect_err("the shared bucket is empty");
+        assert_eq!(refused, Refused { rule: Rule::Global, retry_after: Duration::from_millis(40) });
+        // The local bucket of the same rule was never used: it would still be full.
+        assert_eq!(rules.take(Rule::Global, 0), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn while_the_shared_bucket_is_down_each_api_enforces_its_share_locally() {
+        let fake = Arc::new(FakeShared { failing: true, ..FakeShared::default() });
+        let clock = FakeRelativeClock::default();
+        // 10 a second, burst 10, over 2 APIs: 5 and 5 here.
+        let rules = Rules::with_clock(&config(10, 0, 0), clock.clone()).sharing(shared(&fake, 2));
+        let keys = [(Rule::Global, 0)];
+        for cart in 0..5 {
+            assert_eq!(rules.admit(&keys).await, Ok(()), "cart {cart}");
+        }
+        let refused = rules.admit(&keys).await.expect_err("this API's share is spent");
+        assert_eq!(refused.rule, Rule::Global);
+        assert_eq!(refused.retry_after, Duration::from_millis(200), "5 a second here");
+        assert_eq!(fake.calls.load(Ordering::Relaxed), 1, "asked once, then left alone for a second");
+        // Not shared when the setting says so: the process's own bucket, full.
+        let own = rules.with(&RateLimitConfig { shared: false, ..config(10, 0, 0) });
+        assert!(!own.is_shared(Rule::Global));
+        assert_eq!(own.admit(&keys).await, Ok(()));
     }
 }

@@ -1,5 +1,5 @@
-//! The router and its handlers. Order of work at the entry (ARCHITECTURE.md): limit → auth → validate
-//! → the use-case; answers in the seed's envelope.
+//! The router and its handlers. Order of work at the entry (ARCHITECTURE.md): the concurrency limit →
+//! auth → validate → the rate rules → the use-case; answers in the seed's envelope.
 
 use std::cell::Cell;
 use std::hash::BuildHasher;
@@ -101,6 +101,22 @@ impl ApiState {
     /// written) and `/api/admin/cluster` (the registry's status).
     pub fn with_registry(mut self, registry: Arc<dyn Registry>, base: Live) -> ApiState {
         self.registry = Some((registry, Arc::new(base)));
+        self
+    }
+
+    /// Takes the global and per-commodity rules from the cluster's shared buckets (`rate_limit.shared`);
+    /// the fallback's share divides them by the APIs registered in the registry given to
+    /// [`ApiState::with_registry`] (call that first), else by one.
+    pub fn with_shared_rates(self, rates: Arc<dyn orderly_app::SharedRates>) -> ApiState {
+        let members = self.registry.as_ref().map(|(registry, _)| registry.members());
+        let apis = move || {
+            members.as_ref().map_or(1, |members| {
+                members.borrow().iter().filter(|m| m.role == orderly_app::registry::Role::Api).count().max(1)
+            })
+        };
+        let sharing = crate::limit::Sharing { rates, apis: Arc::new(apis) };
+        let limits = self.inner.limits.load_full();
+        self.inner.rules.store(Arc::new(Rules::new(&limits).sharing(sharing)));
         self
     }
 
@@ -825,6 +841,7 @@ async fn admin_limits(State(state): State<ApiState>, headers: HeaderMap) -> Resu
                 per_second: setting.per_second,
                 burst: setting.burst,
                 queue_ms: setting.queue_ms,
+                shared: rules.is_shared(rule),
                 keys: rules.keys(rule),
                 refused: state.inner.refused[rule as usize].load(Ordering::Relaxed),
             }

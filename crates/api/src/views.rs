@@ -208,6 +208,8 @@ pub struct RuleView {
     pub burst: u32,
     /// 0: refuse at once; more: wait up to this long for a token.
     pub queue_ms: u64,
+    /// Taken from the cluster's shared buckets (the rate holds across every API), not this process's.
+    pub shared: bool,
     /// Keys with a bucket now (buyers, commodities or shops seen lately).
     pub keys: usize,
     pub refused: u64,

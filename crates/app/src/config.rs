@@ -78,7 +78,8 @@ impl Default for FlowConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
-    /// Carts admitted per second by this process, sustained (the global rule).
+    /// Carts admitted per second, sustained (the global rule): by the whole cluster when `shared`, else
+    /// by each process.
     pub orders_per_second: u32,
     /// Carts admitted at once after a quiet spell.
     pub burst: u32,
@@ -91,6 +92,10 @@ pub struct RateLimitConfig {
     pub commodity: KeyRule,
     /// Cart lines per shop.
     pub shop: KeyRule,
+    /// In a cluster, the global and per-commodity rules hold across every API (buckets in Redis, taken
+    /// a few tokens at a time; each API's share locally while Redis does not answer). Off, or without
+    /// a cluster: each process enforces them on its own.
+    pub shared: bool,
     /// Buyer requests (`/api/orders…`, `/api/commodities…`) served at once, at most: the adaptive limit's
     /// ceiling, or the fixed limit when adaptation is off. More are shed with 503 `overloaded`.
     pub in_flight_max: usize,
@@ -106,6 +111,7 @@ impl Default for RateLimitConfig {
             buyer: KeyRule::default(),
             commodity: KeyRule::default(),
             shop: KeyRule::default(),
+            shared: true,
             in_flight_max: 512,
             adaptive: AdaptiveConfig::default(),
         }

@@ -47,5 +47,5 @@ pub use buyer::{Actor, OrderError, PayOutcome};
 pub use config::FlowConfig;
 pub use entry::PlaceError;
 pub use orderly::{Orderly, Ports};
-pub use ports::{Bus, Clock, IdGen, OrderCache, Payments, PortError, StockCache, Store};
+pub use ports::{Bus, Clock, IdGen, OrderCache, Payments, PortError, SharedRates, StockCache, Store};
 pub use registry::{Member, Registry, Role, Settings};

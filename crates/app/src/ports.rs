@@ -410,3 +410,22 @@ pub trait Payments: Send + Sync + std::fmt::Debug {
     /// Every successful charge, for the audit (I5).
     async fn succeeded(&self) -> PortResult<Vec<(OrderNo, String)>>;
 }
+
+/// What a shared bucket gave ([`SharedRates::take`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// Tokens granted now, at most what was asked.
+    pub granted: u32,
+    /// When none was granted: milliseconds until the bucket has one.
+    pub wait_ms: u64,
+}
+
+/// Token buckets shared by every process of a cluster (the entry's process-wide and per-commodity rate
+/// rules): a process takes a few tokens at a time and spends them locally. The engine's own clock
+/// decides (the processes' clocks are not compared).
+#[async_trait]
+pub trait SharedRates: Send + Sync + std::fmt::Debug {
+    /// Up to `want` tokens of bucket `key` — `per_second` sustained, at most `burst` at once — taken
+    /// atomically: as many as it holds now, none beyond.
+    async fn take(&self, key: &str, per_second: u32, burst: u32, want: u32) -> PortResult<Taken>;
+}

@@ -146,6 +146,8 @@ pub struct Recorder {
     pub engine_calls: BTreeMap<String, u64>,
     /// The APIs' concurrency limits, looked at every 250 ms.
     pub limits: Vec<LimitSample>,
+    /// When each outcome was first answered by each API (its index), since the phase started.
+    pub first_answered: BTreeMap<(String, usize), Duration>,
 }
 
 impl Recorder {
@@ -164,6 +166,7 @@ impl Recorder {
             cpu_ms: BTreeMap::new(),
             engine_calls: BTreeMap::new(),
             limits: Vec::new(),
+            first_answered: BTreeMap::new(),
         }
     }
 
@@ -217,29 +220,33 @@ struct Shared {
 }
 
 impl Shared {
-    /// A buyer's cart, posted to `path` of the next server.
-    async fn post_cart(&self, path: &str, uid: u64, body: &Value) -> reqwest::Result<reqwest::Response> {
-        let url = format!("{}{path}", self.target.base());
-        self.target.http.post(url).bearer_auth(self.target.buyer_token(uid)).json(body).send().await
+    /// A buyer's cart, posted to `path` of the next server; which server it was.
+    async fn post_cart(&self, path: &str, uid: u64, body: &Value) -> (usize, reqwest::Result<reqwest::Response>) {
+        let (api, base) = self.target.next_base();
+        let url = format!("{base}{path}");
+        (api, self.target.http.post(url).bearer_auth(self.target.buyer_token(uid)).json(body).send().await)
     }
 
     /// Sends one request and records it against `scheduled` (its intended start).
     async fn one(&self, rng: &mut SmallRng, scheduled: Instant) {
         let mut buyer = None;
-        let (outcome, accepted) = match self.kind {
+        let (api, outcome, accepted) = match self.kind {
             Kind::Healthz => {
-                let answer = self.target.http.get(format!("{}/healthz", self.target.base())).send().await;
-                (classify(answer).await.0, None)
+                let (api, base) = self.target.next_base();
+                let answer = self.target.http.get(format!("{base}/healthz")).send().await;
+                (api, classify(answer).await.0, None)
             }
             Kind::NaiveOrder => {
                 let (uid, body, _) = self.workload.cart(rng);
-                (classify(self.post_cart("/api/baseline/orders", uid, &body).await).await.0, None)
+                let (api, answer) = self.post_cart("/api/baseline/orders", uid, &body).await;
+                (api, classify(answer).await.0, None)
             }
             Kind::Order => {
                 let (uid, body, pay_at_once) = self.workload.cart(rng);
                 buyer = Some(uid);
                 let sent = Instant::now();
-                let (outcome, body) = classify(self.post_cart("/api/orders", uid, &body).await).await;
+                let (api, answer) = self.post_cart("/api/orders", uid, &body).await;
+                let (outcome, body) = classify(answer).await;
                 let accepted = (outcome == "ok").then(|| {
                     let order_nos: Vec<String> = body["data"]["order_no"]
                         .as_array()
@@ -252,7 +259,7 @@ impl Shared {
                         .map(|order_no| Accepted { order_no, uid, follow_up, pay_at_once, sent, at })
                         .collect::<Vec<_>>()
                 });
-                (outcome, accepted)
+                (api, outcome, accepted)
             }
         };
         if outcome == "transport_error" {
@@ -273,6 +280,9 @@ impl Shared {
         }
         let mut recorder = lock(&self.recorder);
         recorder.record(at, latency, &outcome);
+        let answered = now.saturating_duration_since(self.start);
+        let first = recorder.first_answered.entry((outcome.clone(), api)).or_insert(answered);
+        *first = (*first).min(answered);
         if let Some(uid) = buyer
             && outcome != "ok"
         {

@@ -104,8 +104,19 @@ impl std::fmt::Debug for Target {
 impl Target {
     /// The server for the next request: each in turn.
     pub fn base(&self) -> &str {
+        self.next_base().1
+    }
+
+    /// The server for the next request, with its index among the bases.
+    pub fn next_base(&self) -> (usize, &str) {
         let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        &self.bases[turn % self.bases.len()]
+        let index = turn % self.bases.len();
+        (index, &self.bases[index])
+    }
+
+    /// How many servers the bench drives.
+    pub fn base_count(&self) -> usize {
+        self.bases.len()
     }
 
     pub fn bases(&self) -> String {
@@ -365,6 +376,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
         phases.push((spec, recorder));
     }
     let mut ceilings = Vec::new();
+    let mut rule_change: Option<report::RuleChange> = None;
     if args.engine_ceilings {
         for ceiling in [
             crate::ceilings::redis_reserve(&config.cluster.redis_url, args.connections, duration).await,
@@ -463,6 +475,33 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
                     for (key, _) in &rules {
                         target.admin_write(reqwest::Method::DELETE, &format!("/api/admin/config/{key}"), None).await?;
                     }
+                    // A rule changed under load: the hammering buyer alone and unlimited, until a third
+                    // into the phase the buyer rule is set through the first API; each API's first
+                    // refusal with the rule's code says when it was in force there.
+                    let spec = at_rate("rule_change", ABUSER_SHARE);
+                    let buyer_rule: Vec<(String, String)> =
+                        rules.iter().filter(|(key, _)| key.starts_with("rate_limit.buyer.")).cloned().collect();
+                    let phase_start = Instant::now();
+                    let setter = {
+                        let (target, buyer_rule) = (target.clone(), buyer_rule.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(duration / 3).await;
+                            for (key, value) in &buyer_rule {
+                                let path = format!("/api/admin/config/{key}");
+                                target.admin_write(reqwest::Method::PUT, &path, Some(value.clone())).await?;
+                            }
+                            anyhow::Ok(phase_start.elapsed())
+                        })
+                    };
+                    let recorder =
+                        run_with_progress(&spec, &target, &abusers.0, seed + 4, &follow_ups, None, Measure::ANSWERS)
+                            .await?;
+                    let set_at = setter.await.context("setting the rule")??;
+                    rule_change = Some(report::RuleChange::new(set_at, &recorder, target.base_count()));
+                    phases.push((spec, recorder));
+                    for (key, _) in &buyer_rule {
+                        target.admin_write(reqwest::Method::DELETE, &format!("/api/admin/config/{key}"), None).await?;
+                    }
                 }
                 _ => {
                     let seed = args.seed + 1;
@@ -549,7 +588,8 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
         server: if spawned.is_some() { "standalone, started by the bench".into() } else { target.bases() },
         machine: machine(),
         workload: (*workload).clone(),
-        targets: report::targets(&phase_reports, &ceilings),
+        targets: report::targets(&phase_reports, &ceilings, rule_change.as_ref()),
+        rule_change,
         phases: phase_reports,
         ceilings,
         follow_ups: follow_ups.counts,

@@ -311,7 +311,30 @@ pub struct TargetResult {
     pub met: bool,
 }
 
-pub fn targets(phases: &[PhaseReport], ceilings: &[Ceiling]) -> Vec<TargetResult> {
+/// `abuse`: a rule set through the admin API while a buyer hammers, and when each API first refused
+/// that buyer with the rule's code.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleChange {
+    /// When the setting's last write was answered, since the phase started.
+    pub set_after_ms: u64,
+    /// Per API: its first `rate_limited_buyer` after the write was answered, in ms (`None`: never).
+    /// It includes the time the buyer took to use up the new rule's burst.
+    pub in_force_after_ms: Vec<Option<i64>>,
+}
+
+impl RuleChange {
+    pub fn new(set_at: Duration, recorder: &Recorder, apis: usize) -> RuleChange {
+        let in_force_after_ms = (0..apis)
+            .map(|api| {
+                let first = recorder.first_answered.get(&("rate_limited_buyer".to_owned(), api))?;
+                Some(first.as_millis() as i64 - set_at.as_millis() as i64)
+            })
+            .collect();
+        RuleChange { set_after_ms: set_at.as_millis() as u64, in_force_after_ms }
+    }
+}
+
+pub fn targets(phases: &[PhaseReport], ceilings: &[Ceiling], rule_change: Option<&RuleChange>) -> Vec<TargetResult> {
     let find = |name: &str| phases.iter().find(|p| p.name == name);
     let mut targets = Vec::new();
     // Issue 12: accepted orders as a share of what the cluster's Redis reserves on its own.
@@ -392,6 +415,15 @@ pub fn targets(phases: &[PhaseReport], ceilings: &[Ceiling]) -> Vec<TargetResult
             met: overload.ok_latency.p99_ms <= 100.0,
         });
     }
+    if let Some(change) = rule_change {
+        let slowest = change.in_force_after_ms.iter().map(|ms| ms.unwrap_or(i64::MAX)).max().unwrap_or(i64::MAX);
+        targets.push(TargetResult {
+            name: "a rule changed under load refuses on every API within",
+            goal: "<= 1000 ms",
+            measured: format!("{:?} ms after the write was answered (per API)", change.in_force_after_ms),
+            met: slowest <= 1000,
+        });
+    }
     if let (Some(alone), Some(abused)) = (find("ordinary"), find("ordinary_abused")) {
         let ratio = abused.ok_latency.p99_ms / alone.ok_latency.p99_ms.max(0.001);
         targets.push(TargetResult {
@@ -436,6 +468,8 @@ pub struct Report {
     pub targets: Vec<TargetResult>,
     /// The engines' own rates measured before the scenario (`--engine-ceilings`).
     pub ceilings: Vec<Ceiling>,
+    /// `abuse`: a rule changed under load.
+    pub rule_change: Option<RuleChange>,
     pub checks: Checks,
 }
 

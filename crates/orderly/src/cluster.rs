@@ -246,6 +246,8 @@ pub async fn open(config: &Config, member: Option<Member>) -> anyhow::Result<Ope
         false => config.flow.entry_call_timeout_ms,
     };
     let bus = connect_bus(cluster, Arc::clone(&clock), consumes, publish_timeout_ms).await?;
+    let shared_rates: Arc<dyn orderly_app::SharedRates> =
+        Arc::new(orderly_redis::RedisSharedRates::with_connection(redis.clone(), cluster.namespace.clone()));
     let orders: Option<Arc<dyn orderly_app::OrderCache>> = match cluster.order_cache_ttl_ms {
         0 => None,
         ttl_ms => {
@@ -268,5 +270,5 @@ pub async fn open(config: &Config, member: Option<Member>) -> anyhow::Result<Ope
     if member.is_some() {
         orderly = orderly.elected_through(Arc::clone(&registry) as Arc<dyn Registry>);
     }
-    Ok(Opened { orderly, registry })
+    Ok(Opened { orderly, registry, shared_rates: Some(shared_rates) })
 }

@@ -14,6 +14,8 @@ use crate::config::Config;
 pub struct Opened {
     pub orderly: Orderly,
     pub registry: Arc<dyn Registry>,
+    /// The buckets the APIs of a cluster share (none in the standalone profile: one process).
+    pub shared_rates: Option<Arc<dyn orderly_app::SharedRates>>,
 }
 
 /// This process as a member of `role` (no address yet: it is set once the process listens).

@@ -62,7 +62,7 @@ pub async fn run_roles(
     roles: Roles,
     profile: &str,
 ) -> anyhow::Result<()> {
-    let Opened { orderly, registry } = opened;
+    let Opened { orderly, registry, shared_rates } = opened;
     let base = crate::registry::base(config);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
@@ -91,9 +91,12 @@ pub async fn run_roles(
     }
     let secrets = config::secrets(config)?;
     let auth = TokenAuth::new(secrets.token_secret.into_bytes(), secrets.admin_token);
-    let state = ApiState::new(orderly.clone(), auth, &config.rate_limit)
+    let mut state = ApiState::new(orderly.clone(), auth, &config.rate_limit)
         .with_naive_baseline(config.naive_baseline)
         .with_registry(Arc::clone(&registry), base.clone());
+    if let Some(rates) = shared_rates {
+        state = state.with_shared_rates(rates);
+    }
     // One recorder per process; a second server in the same process (tests) goes without.
     let state = match orderly_api::observe::install() {
         Ok(handle) => state.with_metrics(handle),

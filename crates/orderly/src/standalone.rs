@@ -23,5 +23,5 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
         orderly_local::open_with_registry(&config.data_dir, clock, &config.local, payments).await.with_context(
             || format!("opening the store in {} (is a server still running on it?)", config.data_dir.display()),
         )?;
-    Ok(Opened { orderly: Orderly::new(ports, config.flow.clone()), registry: Arc::new(registry) })
+    Ok(Opened { orderly: Orderly::new(ports, config.flow.clone()), registry: Arc::new(registry), shared_rates: None })
 }

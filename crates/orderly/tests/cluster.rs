@@ -860,6 +860,32 @@ async fn processes_register_and_settings_apply_everywhere_within_a_second() {
     for key in ["rate_limit.buyer.per_second", "rate_limit.buyer.burst"] {
         assert_eq!(cluster.set_setting(0, key, None).await["status"], 200);
     }
+
+    // A commodity rule holds across the APIs (rate_limit.shared, buckets in Redis): 2 a second, burst 2.
+    // Six carts of that commodity in quick turns over both APIs: 2 pass (3 if a token came back
+    // meanwhile), where each API on its own would have passed 2.
+    for key in ["rate_limit.commodity.per_second", "rate_limit.commodity.burst"] {
+        assert_eq!(cluster.set_setting(0, key, Some("2")).await["status"], 200);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut passed = 0;
+    for turn in 0..6_u64 {
+        let buyer = Buyer::new(&cluster, 30 + turn);
+        let answer = buyer.post(turn as usize % APIS, "/api/orders", &one_line(30 + turn, 2, 1, false), None).await;
+        match answer["status"].as_u64() {
+            Some(200) => passed += 1,
+            _ => assert_eq!(answer["code"], "rate_limited_commodity", "{answer}"),
+        }
+    }
+    assert!((2..=3).contains(&passed), "{passed} of 6 carts passed a shared rule of 2 a second, burst 2");
+    for via in 0..APIS {
+        let limits = cluster.admin_get_via(via, "/api/admin/limits").await;
+        let rule = limits["rules"].as_array().and_then(|r| r.iter().find(|r| r["rule"] == "commodity").cloned());
+        assert_eq!(rule.map(|r| r["shared"].clone()), Some(json!(true)), "API {via}: {limits}");
+    }
+    for key in ["rate_limit.commodity.per_second", "rate_limit.commodity.burst"] {
+        assert_eq!(cluster.set_setting(0, key, None).await["status"], 200);
+    }
 }
 
 /// A one-member etcd of a test's own, on free ports, that the test may kill and start again (on its

@@ -7,15 +7,18 @@
 //! - [`connection`]: [`RedisConnection`], a single server or a Redis Cluster ([`RedisTarget`]).
 //! - [`error`]: [`CacheError`], what can fail here, mapped to the ports' error.
 //! - [`order_cache`]: [`RedisOrderCache`], copies of orders for the buyers' queries.
+//! - [`shared_rates`]: [`RedisSharedRates`], token buckets shared by a cluster's APIs (the entry's rate rules).
 
 pub mod connection;
 pub mod error;
 pub mod order_cache;
+pub mod shared_rates;
 pub mod stock_cache;
 
 pub use connection::{RedisConnection, RedisTarget};
 pub use error::CacheError;
 pub use order_cache::RedisOrderCache;
+pub use shared_rates::RedisSharedRates;
 pub use stock_cache::{RedisCacheConfig, RedisStockCache};
 
 /// Maps a Redis failure to the port's: connection trouble is retryable, anything else is not.
