@@ -151,6 +151,13 @@ const SHARED_RETRY_AFTER: Duration = Duration::from_secs(1);
 struct Leased<C: Clock + Clone> {
     rule: KeyRule,
     unspent: dashmap::DashMap<u64, u32>,
+    /// One call to the shared bucket at a time per key: the requests that find nothing unspent wait for
+    /// it and spend what it brought (each calling for its own batch at once would ask the shared bucket
+    /// for many batches, more than its burst, and be refused with tokens to spare).
+    refilling: dashmap::DashMap<u64, Arc<tokio::sync::Mutex<()>>>,
+    /// Per key, until when (ms since `epoch`) the shared bucket said it is empty: requests meanwhile are
+    /// refused here, without a call (a hot key must not queue its refusals behind one another's calls).
+    empty_until_ms: dashmap::DashMap<u64, u64>,
     /// The local bucket used while the shared one does not answer, for the API count it was made for.
     fallback: arc_swap::ArcSwapOption<(usize, Bucket<C>)>,
     /// Until when the fallback answers alone (ms since `epoch`).
@@ -163,6 +170,8 @@ impl<C: Clock + Clone> Leased<C> {
         Leased {
             rule: rule.clone(),
             unspent: dashmap::DashMap::new(),
+            refilling: dashmap::DashMap::new(),
+            empty_until_ms: dashmap::DashMap::new(),
             fallback: arc_swap::ArcSwapOption::empty(),
             down_until_ms: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
@@ -187,12 +196,22 @@ impl<C: Clock + Clone> Leased<C> {
         if self.spend(key) {
             return Ok(());
         }
+        self.still_empty(key)?;
+        let refilling = self.refilling.entry(key).or_default().clone();
+        let _turn = refilling.lock().await;
+        if self.spend(key) {
+            return Ok(());
+        }
+        self.still_empty(key)?;
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         if now_ms >= self.down_until_ms.load(Ordering::Relaxed) {
             let bucket = format!("{}:{key}", rule.name());
             let call = sharing.rates.take(&bucket, self.rule.per_second, self.rule.burst, self.batch());
             match tokio::time::timeout(SHARED_CALL_MAX, call).await {
-                Ok(Ok(Taken { granted: 0, wait_ms })) => return Err(Duration::from_millis(wait_ms.max(1))),
+                Ok(Ok(Taken { granted: 0, wait_ms })) => {
+                    self.empty_until_ms.insert(key, now_ms + wait_ms.max(1));
+                    return Err(Duration::from_millis(wait_ms.max(1)));
+                }
                 Ok(Ok(Taken { granted, .. })) => {
                     if granted > 1 {
                         *self.unspent.entry(key).or_insert(0) += granted - 1;
@@ -206,6 +225,17 @@ impl<C: Clock + Clone> Leased<C> {
             self.down_until_ms.store(retry_ms, Ordering::Relaxed);
         }
         self.fallback(rule, (sharing.apis)().max(1), clock).1.take(key, clock)
+    }
+
+    /// Refuses while the shared bucket last said it is empty, with the time left.
+    fn still_empty(&self, key: u64) -> Result<(), Duration> {
+        let Some(until_ms) = self.empty_until_ms.get(&key).map(|until| *until) else { return Ok(()) };
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        if now_ms < until_ms {
+            return Err(Duration::from_millis(until_ms - now_ms));
+        }
+        self.empty_until_ms.remove_if(&key, |_, until| *until <= now_ms);
+        Ok(())
     }
 
     /// The local bucket of this process's share: the rate and burst divided by the APIs running.
@@ -525,6 +555,8 @@ mod tests {
             want: u32,
         ) -> orderly_app::ports::PortResult<Taken> {
             self.calls.fetch_add(1, Ordering::Relaxed);
+            // A round trip: other requests run meanwhile.
+            tokio::task::yield_now().await;
             if self.failing {
                 return Err(orderly_app::PortError::unavailable("redis", "connection refused"));
             }
@@ -552,8 +584,24 @@ mod tests {
         assert_eq!(fake.calls.load(Ordering::Relaxed), 3, "10 + 10 + 5 tokens");
         let refused = rules.admit(&keys).await.expect_err("the shared bucket is empty");
         assert_eq!(refused, Refused { rule: Rule::Global, retry_after: Duration::from_millis(40) });
+        // Until then, carts are refused here without asking again (a hot key's refusals do not queue).
+        for _ in 0..20 {
+            let refused = rules.admit(&keys).await.expect_err("still empty");
+            assert!(refused.retry_after <= Duration::from_millis(40), "{refused:?}");
+        }
+        assert_eq!(fake.calls.load(Ordering::Relaxed), 4, "one call said it was empty");
         // The local bucket of the same rule was never used: it would still be full.
         assert_eq!(rules.take(Rule::Global, 0), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn requests_that_find_nothing_unspent_wait_for_one_call_and_share_what_it_brought() {
+        let fake = Arc::new(FakeShared { left: std::sync::Mutex::new(1_000), ..FakeShared::default() });
+        let rules = Rules::with_clock(&config(500, 0, 0), FakeRelativeClock::default()).sharing(shared(&fake, 2));
+        let keys = [(Rule::Global, 0)];
+        let carts = futures_util::future::join_all((0..50).map(|_| rules.admit(&keys))).await;
+        assert!(carts.iter().all(Result::is_ok), "{carts:?}");
+        assert_eq!(fake.calls.load(Ordering::Relaxed), 5, "50 carts, batches of 10, one call at a time");
     }
 
     #[tokio::test]
