@@ -227,6 +227,18 @@ impl<C: Clock + Clone> Leased<C> {
         self.fallback(rule, (sharing.apis)().max(1), clock).1.take(key, clock)
     }
 
+    /// Forgets what no request needs: keys with nothing unspent, emptiness that has passed, turns nobody
+    /// waits for, and the fallback's full buckets (keys come from carts: they must not pile up).
+    fn sweep(&self) {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        self.unspent.retain(|_, unspent| *unspent > 0);
+        self.empty_until_ms.retain(|_, until| *until > now_ms);
+        self.refilling.retain(|_, turn| Arc::strong_count(turn) > 1);
+        if let Some(fallback) = self.fallback.load_full() {
+            fallback.1.sweep();
+        }
+    }
+
     /// Refuses while the shared bucket last said it is empty, with the time left.
     fn still_empty(&self, key: u64) -> Result<(), Duration> {
         let Some(until_ms) = self.empty_until_ms.get(&key).map(|until| *until) else { return Ok(()) };
@@ -311,7 +323,8 @@ impl<C: Clock + Clone> Rules<C> {
             if self.sharing.is_none() || !self.shared || !shareable || setting.per_second == 0 {
                 return None;
             }
-            let kept = before.and_then(|b| b.leased[rule as usize].clone()).filter(|l| l.rule == *setting);
+            let same = |l: &Arc<Leased<C>>| (l.rule.per_second, l.rule.burst) == (setting.per_second, setting.burst);
+            let kept = before.and_then(|b| b.leased[rule as usize].clone()).filter(same);
             Some(kept.unwrap_or_else(|| Arc::new(Leased::new(setting))))
         })
     }
@@ -356,28 +369,41 @@ impl<C: Clock + Clone> Rules<C> {
         &self.settings[rule as usize]
     }
 
-    /// Keys the per-key buckets of `rule` remember now.
+    /// Keys the per-key buckets of `rule` remember now (a shared rule: the keys with tokens taken here and
+    /// not spent yet).
     pub fn keys(&self, rule: Rule) -> usize {
-        self.buckets[rule as usize].keys()
+        match &self.leased[rule as usize] {
+            Some(leased) => leased.unspent.len(),
+            None => self.buckets[rule as usize].keys(),
+        }
     }
 
     /// Takes `rule`'s token for `key` now — from the shared bucket for a shared rule — or says how long
     /// until there is one.
     async fn take_any(&self, rule: Rule, key: u64) -> Result<(), Duration> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.sweep();
+        }
         match (&self.leased[rule as usize], &self.sharing) {
             (Some(leased), Some(sharing)) => leased.take(rule, key, sharing, &self.clock).await,
             _ => self.take(rule, key),
         }
     }
 
+    /// Forgets the keys no bucket needs (full again, nothing unspent): carts name them, so they must not
+    /// pile up. Done every [`SWEEP_EVERY`] checks.
+    fn sweep(&self) {
+        for bucket in &self.buckets {
+            bucket.sweep();
+        }
+        for leased in self.leased.iter().flatten() {
+            leased.sweep();
+        }
+    }
+
     /// Takes `rule`'s token for `key` from this process's own bucket now, or says how long until there
     /// is one.
     pub fn take(&self, rule: Rule, key: u64) -> Result<(), Duration> {
-        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            for bucket in &self.buckets {
-                bucket.sweep();
-            }
-        }
         self.buckets[rule as usize].take(key, &self.clock)
     }
 }
@@ -401,8 +427,9 @@ pub fn cart_keys(body: &PlaceOrderBody) -> Vec<(Rule, u64)> {
 
 impl<C: Clock + Clone> Rules<C> {
     /// Admits a cart through every rule, in [`cart_keys`]'s order. A rule in queue mode makes the cart
-    /// wait for its token while the whole wait stays within the rule's `queue_ms`; otherwise the cart is
-    /// refused. Tokens taken by the rules before the refusing one stay taken (as a refused request's
+    /// wait for its token while the whole wait stays within the rule's `queue_ms` (it sleeps until the
+    /// bucket said a token would be there and asks again: not a strict arrival order — a newcomer may
+    /// take that token first); otherwise the cart is refused. Tokens taken by the rules before the refusing one stay taken (as a refused request's
     /// cost); nothing else was done.
     pub async fn admit(&self, keys: &[(Rule, u64)]) -> Result<(), Refused> {
         self.admit_with(keys, tokio::time::sleep).await
@@ -590,8 +617,6 @@ mod tests {
             assert!(refused.retry_after <= Duration::from_millis(40), "{refused:?}");
         }
         assert_eq!(fake.calls.load(Ordering::Relaxed), 4, "one call said it was empty");
-        // The local bucket of the same rule was never used: it would still be full.
-        assert_eq!(rules.take(Rule::Global, 0), Ok(()));
     }
 
     #[tokio::test]
@@ -602,6 +627,27 @@ mod tests {
         let carts = futures_util::future::join_all((0..50).map(|_| rules.admit(&keys))).await;
         assert!(carts.iter().all(Result::is_ok), "{carts:?}");
         assert_eq!(fake.calls.load(Ordering::Relaxed), 5, "50 carts, batches of 10, one call at a time");
+    }
+
+    #[tokio::test]
+    async fn the_keys_carts_named_are_forgotten_once_nothing_is_held_for_them() {
+        let fake = Arc::new(FakeShared { left: std::sync::Mutex::new(1_000), ..FakeShared::default() });
+        let limits =
+            RateLimitConfig { commodity: KeyRule { per_second: 100, burst: 100, queue_ms: 0 }, ..config(1000, 5, 0) };
+        let rules = Rules::with_clock(&limits, FakeRelativeClock::default()).sharing(shared(&fake, 1));
+        for id in 0..200 {
+            assert_eq!(rules.admit(&[(Rule::Buyer, id), (Rule::Commodity, id)]).await, Ok(()));
+        }
+        // Each commodity took a batch of 2 and spent 1; each buyer has a bucket.
+        assert_eq!((rules.keys(Rule::Commodity), rules.keys(Rule::Buyer)), (200, 200));
+        for id in 0..200 {
+            assert_eq!(rules.admit(&[(Rule::Commodity, id)]).await, Ok(()), "its unspent token");
+        }
+        rules.sweep();
+        assert_eq!(rules.keys(Rule::Commodity), 0, "nothing unspent: forgotten");
+        let leased = rules.leased[Rule::Commodity as usize].as_ref().expect("shared");
+        assert_eq!(leased.refilling.len(), 0, "no turn kept for keys nobody asks for");
+        assert_eq!(rules.keys(Rule::Buyer), 200, "the buyers' buckets are not full again yet (fake clock)");
     }
 
     #[tokio::test]

@@ -569,6 +569,10 @@ async fn requests_beyond_the_in_flight_bound_are_shed_with_503() {
     let (status, body) = app.call("POST", "/api/orders", Some(&token), Some(seed_body().to_string())).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["code"], "overloaded");
+    // Another kind still has its guaranteed part (5 % of the limit, at least one slot): a query is served
+    // beside the held cart — the documented overshoot of the limit.
+    let (status, body) = app.call("GET", "/api/orders", Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let (status, _) = app.call("GET", "/healthz", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(in_flight(&app).await, "orderly_http_in_flight 1", "the held request is counted, the shed one not");

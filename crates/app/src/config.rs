@@ -96,8 +96,9 @@ pub struct RateLimitConfig {
     /// a few tokens at a time; each API's share locally while Redis does not answer). Off, or without
     /// a cluster: each process enforces them on its own.
     pub shared: bool,
-    /// Buyer requests (`/api/orders…`, `/api/commodities…`) served at once, at most: the adaptive limit's
-    /// ceiling, or the fixed limit when adaptation is off. More are shed with 503 `overloaded`.
+    /// Buyer requests (`/api/orders…`, `/api/commodities…`) served at once: the adaptive limit's ceiling,
+    /// or the fixed limit when adaptation is off (each kind's guaranteed part may go past it). More are
+    /// shed with 503 `overloaded`.
     pub in_flight_max: usize,
     pub adaptive: AdaptiveConfig,
 }

@@ -315,10 +315,11 @@ pub struct TargetResult {
 /// that buyer with the rule's code.
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleChange {
-    /// When the setting's last write was answered, since the phase started.
+    /// When the setting's first write was sent, since the phase started.
     pub set_after_ms: u64,
-    /// Per API: its first `rate_limited_buyer` after the write was answered, in ms (`None`: never).
-    /// It includes the time the buyer took to use up the new rule's burst.
+    /// Per API: its first `rate_limited_buyer` of the phase, in ms after the first write was sent
+    /// (`None`: never; negative: before it — a rule left over, which fails the target). It includes
+    /// the time the buyer took to use up the new rule's burst.
     pub in_force_after_ms: Vec<Option<i64>>,
 }
 
@@ -417,11 +418,12 @@ pub fn targets(phases: &[PhaseReport], ceilings: &[Ceiling], rule_change: Option
     }
     if let Some(change) = rule_change {
         let slowest = change.in_force_after_ms.iter().map(|ms| ms.unwrap_or(i64::MAX)).max().unwrap_or(i64::MAX);
+        let earliest = change.in_force_after_ms.iter().map(|ms| ms.unwrap_or(i64::MIN)).min().unwrap_or(i64::MIN);
         targets.push(TargetResult {
             name: "a rule changed under load refuses on every API within",
             goal: "<= 1000 ms",
-            measured: format!("{:?} ms after the write was answered (per API)", change.in_force_after_ms),
-            met: slowest <= 1000,
+            measured: format!("{:?} ms after its first write was sent (per API)", change.in_force_after_ms),
+            met: (0..=1000).contains(&earliest) && slowest <= 1000,
         });
     }
     if let (Some(alone), Some(abused)) = (find("ordinary"), find("ordinary_abused")) {

@@ -64,6 +64,8 @@ pub async fn run_roles(
 ) -> anyhow::Result<()> {
     let Opened { orderly, registry, shared_rates } = opened;
     let base = crate::registry::base(config);
+    // The configuration's own values pass the same checks as a setting, or the process does not start.
+    base.with(&orderly_app::Settings::new()).context("the configuration")?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for step in Step::ALL.into_iter().filter(|_| roles.workers) {

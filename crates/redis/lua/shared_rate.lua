@@ -10,6 +10,8 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then
     tat = now
 end
+-- Never more than a burst of debt, whatever the key held.
+tat = math.min(tat, now + burst * interval)
 local available = math.floor(burst - (tat - now) / interval + 1e-9)
 if available < 1 then
     return {0, math.max(1, math.ceil((tat - now - (burst - 1) * interval) / 1000))}

@@ -1,6 +1,7 @@
 //! [`RedisSharedRates`]: the [`SharedRates`] port as one Lua script (`lua/shared_rate.lua`, a GCRA bucket
 //! per key on the Redis server's clock), so a rate rule holds across every API of a cluster. One key per
-//! bucket, `<ns>:rate:<key>`; on a Redis Cluster each bucket lives on its key's shard.
+//! bucket and setting, `<ns>:rate:<key>:<per_second>:<burst>` (a changed rule starts full); on a Redis
+//! Cluster each bucket lives on its key's shard.
 
 use async_trait::async_trait;
 use orderly_app::ports::{PortResult, SharedRates, Taken};
@@ -32,7 +33,8 @@ impl SharedRates for RedisSharedRates {
     async fn take(&self, key: &str, per_second: u32, burst: u32, want: u32) -> PortResult<Taken> {
         let (granted, wait_ms): (u32, u64) = self
             .script
-            .key(format!("{}:rate:{key}", self.namespace))
+            // A rule changed to another rate or burst is another bucket: it starts full.
+            .key(format!("{}:rate:{key}:{per_second}:{burst}", self.namespace))
             .arg(per_second.max(1))
             .arg(burst.max(1))
             .arg(want.max(1))
