@@ -143,7 +143,7 @@ impl Default for KeyRule {
 pub struct AdaptiveConfig {
     /// Off: the limit stays at `in_flight_max`.
     pub enabled: bool,
-    /// The limit never goes below this.
+    /// The limit never goes below this (nor above `in_flight_max`, which wins when it is lower).
     pub min: usize,
     /// How much slower than the long-term latency a window may be before the limit shrinks (≥ 1).
     pub rtt_tolerance: f64,

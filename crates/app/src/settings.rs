@@ -164,8 +164,9 @@ impl Live {
             return Err(SettingError::new("rate_limit.in_flight_max", "must be 1 to 1000000"));
         }
         let a = &r.adaptive;
-        if a.min == 0 || a.min > r.in_flight_max {
-            return Err(SettingError::new("rate_limit.adaptive.min", "must be 1 to rate_limit.in_flight_max"));
+        // Above `in_flight_max` it is that: lowering the ceiling alone must not be refused.
+        if a.min == 0 {
+            return Err(SettingError::new("rate_limit.adaptive.min", "must be at least 1"));
         }
         if !(1.0..=10.0).contains(&a.rtt_tolerance) {
             return Err(SettingError::new("rate_limit.adaptive.rtt_tolerance", "must be 1 to 10"));
@@ -232,7 +233,7 @@ mod tests {
             ("flow.cart.lines_max", "0", "at least 1"),
             ("flow.unpaid_timeout_ms", "18446744073709551615", "at most"),
             ("rate_limit.in_flight_max", "0", "1 to 1000000"),
-            ("rate_limit.adaptive.min", "100000", "to rate_limit.in_flight_max"),
+            ("rate_limit.adaptive.min", "0", "at least 1"),
             ("rate_limit.adaptive.rtt_tolerance", "0.5", "1 to 10"),
             ("rate_limit.adaptive.smoothing", "0", "above 0"),
             ("rate_limit.adaptive.priorities.orders_below", "1.5", "at most 1"),
