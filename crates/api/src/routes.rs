@@ -430,11 +430,7 @@ async fn admit_cart<'h>(
     }
     // Bounded before the rules: a cart of hundreds of lines must not take hundreds of tokens (nor, shared,
     // make hundreds of calls) before the use-case refuses it for its size.
-    let lines_max = state.orderly().config().cart.lines_max;
-    if body.commodity_details.len() > lines_max {
-        let lines = body.commodity_details.len();
-        return Err(orderly_domain::CartRejection::TooManyLines { lines, lines_max }.into());
-    }
+    state.orderly().config().cart.check_size(body.commodity_details.len())?;
     let rules = state.inner.rules.load_full();
     if let Err(refused) = rules.admit(&crate::limit::cart_keys(&body)).await {
         state.inner.refused[refused.rule as usize].fetch_add(1, Ordering::Relaxed);

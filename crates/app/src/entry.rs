@@ -307,7 +307,7 @@ impl Orderly {
     async fn price(&self, body: &PlaceOrderBody) -> Result<Vec<orderly_domain::OrderDraft>, PlaceError> {
         let mut entries: Vec<CatalogEntry> = Vec::with_capacity(body.commodity_details.len());
         // Bounded before any lookup: a huge cart costs nothing.
-        if body.commodity_details.len() <= self.config().cart.lines_max {
+        if self.config().cart.check_size(body.commodity_details.len()).is_ok() {
             for line in &body.commodity_details {
                 if let Some(entry) = self.catalog_entry(line.commodity_id).await? {
                     entries.push(entry);

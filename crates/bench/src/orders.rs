@@ -164,6 +164,22 @@ impl Target {
         Ok(body["data"].clone())
     }
 
+    /// Sets each `(key, JSON text)` through the admin API, in order (every process applies it).
+    async fn set_settings(&self, settings: &[(String, String)]) -> anyhow::Result<()> {
+        for (key, value) in settings {
+            self.admin_write(reqwest::Method::PUT, &format!("/api/admin/config/{key}"), Some(value.clone())).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes those settings: every process goes back to its own configuration.
+    async fn unset_settings(&self, settings: &[(String, String)]) -> anyhow::Result<()> {
+        for (key, _) in settings {
+            self.admin_write(reqwest::Method::DELETE, &format!("/api/admin/config/{key}"), None).await?;
+        }
+        Ok(())
+    }
+
     /// Every API's concurrency limit and requests in flight now; an API that does not answer is skipped.
     async fn limits(&self, at_s: f64) -> Vec<load::LimitSample> {
         let mut samples = Vec::new();
@@ -432,10 +448,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
                 Scenario::Abuse => {
                     let abusers = abusers.as_ref().context("the abusers' workloads")?;
                     let rules = abuse_rules(&workload, capacity * ORDINARY_SHARE);
-                    for (key, value) in &rules {
-                        let path = format!("/api/admin/config/{key}");
-                        target.admin_write(reqwest::Method::PUT, &path, Some(value.clone())).await?;
-                    }
+                    target.set_settings(&rules).await?;
                     eprintln!("rules set for the abuse phases: {rules:?}");
                     // Every API applies a setting within a second.
                     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -474,9 +487,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
                         ),
                     );
                     phases.extend([(ordinary, a?), (hammering_buyer, b?), (hammering_crowd, c?)]);
-                    for (key, _) in &rules {
-                        target.admin_write(reqwest::Method::DELETE, &format!("/api/admin/config/{key}"), None).await?;
-                    }
+                    target.unset_settings(&rules).await?;
                     // Every API applies the removal within a second: no rule left over refuses early.
                     tokio::time::sleep(Duration::from_millis(1_500)).await;
                     // A rule changed under load: the hammering buyer alone and unlimited, until a third
@@ -492,10 +503,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
                             tokio::time::sleep(duration / 3).await;
                             // From the first write: the rule may be in force as soon as that one applies.
                             let writing = phase_start.elapsed();
-                            for (key, value) in &buyer_rule {
-                                let path = format!("/api/admin/config/{key}");
-                                target.admin_write(reqwest::Method::PUT, &path, Some(value.clone())).await?;
-                            }
+                            target.set_settings(&buyer_rule).await?;
                             anyhow::Ok(writing)
                         })
                     };
@@ -505,9 +513,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
                     let set_at = setter.await.context("setting the rule")??;
                     rule_change = Some(report::RuleChange::new(set_at, &recorder, target.base_count()));
                     phases.push((spec, recorder));
-                    for (key, _) in &buyer_rule {
-                        target.admin_write(reqwest::Method::DELETE, &format!("/api/admin/config/{key}"), None).await?;
-                    }
+                    target.unset_settings(&buyer_rule).await?;
                 }
                 _ => {
                     let seed = args.seed + 1;

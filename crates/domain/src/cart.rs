@@ -125,6 +125,17 @@ pub struct OrderDraft {
     pub total: Money,
 }
 
+impl CartLimits {
+    /// A cart of `lines` lines is within bounds: checked before anything is looked up or limited for
+    /// it, so a huge cart costs nothing.
+    pub fn check_size(&self, lines: usize) -> Result<(), CartRejection> {
+        match lines > self.lines_max {
+            true => Err(CartRejection::TooManyLines { lines, lines_max: self.lines_max }),
+            false => Ok(()),
+        }
+    }
+}
+
 /// Validates the body, prices it from `catalog`, and splits it one order per shop (ordered by shop id,
 /// lines in request order). `catalog` answers `None` for an unknown commodity.
 pub fn price_and_split(
@@ -136,9 +147,7 @@ pub fn price_and_split(
     if lines.is_empty() {
         return Err(CartRejection::Empty);
     }
-    if lines.len() > limits.lines_max {
-        return Err(CartRejection::TooManyLines { lines: lines.len(), lines_max: limits.lines_max });
-    }
+    limits.check_size(lines.len())?;
     let mut seen = BTreeMap::new();
     let mut by_shop: BTreeMap<ShopId, Vec<OrderLine>> = BTreeMap::new();
     let mut cart_total = Money::ZERO;
