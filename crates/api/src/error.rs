@@ -52,6 +52,8 @@ pub const CODES: &[&str] = &[
     "rate_limited_buyer",
     "rate_limited_commodity",
     "rate_limited_shop",
+    "purchase_cap_reached",
+    "unpaid_orders_cap_reached",
     "overloaded",
     "unavailable",
     "internal",
@@ -188,6 +190,26 @@ impl From<PlaceError> for ApiError {
                 "idempotency_key_reused",
                 "this Idempotency-Key was used with another request",
             ),
+            PlaceError::PurchaseCap { commodity_id, held, cap, retry_after_ms } => {
+                let mut error = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "purchase_cap_reached",
+                    format!("this buyer may hold {cap} units of commodity {commodity_id} and holds {held}"),
+                )
+                .with_data(json!({ "commodity_id": commodity_id, "held": held, "cap": cap }));
+                error.retry_after_s = Some(retry_after_ms.div_ceil(1_000));
+                error
+            }
+            PlaceError::UnpaidCap { held, cap, retry_after_ms } => {
+                let mut error = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "unpaid_orders_cap_reached",
+                    format!("this buyer may have {cap} unpaid orders and has {held}; pay or cancel one first"),
+                )
+                .with_data(json!({ "held": held, "cap": cap }));
+                error.retry_after_s = Some(retry_after_ms.div_ceil(1_000));
+                error
+            }
             PlaceError::Unavailable(error) => error.into(),
         }
     }

@@ -20,7 +20,7 @@ use orderly_app::admin::{CatalogError, CatalogRejection};
 use orderly_app::registry::Registry;
 use orderly_app::settings::Live;
 use orderly_app::trace::{TraceIds, TraceParent};
-use orderly_app::{Orderly, PayOutcome};
+use orderly_app::{Orderly, PayOutcome, PlaceError};
 use orderly_domain::{CatalogEntry, CommodityId, Money, OrderNo, PlaceOrderBody, ShopId, Uid};
 use serde::Deserialize;
 use serde_json::json;
@@ -63,6 +63,8 @@ struct Inner {
     rules: ArcSwap<Rules>,
     /// Carts refused per rule, in [`Rule::ALL`]'s order, since the process started.
     refused: [AtomicU64; 4],
+    /// Carts refused by the buyer's caps since the process started: units of a commodity, unpaid orders.
+    capped: [AtomicU64; 2],
     /// Buyer requests served at once (adaptive), shared by priority.
     concurrency: Arc<ConcurrencyLimit>,
     /// What the last `GET /api/admin/audit` found, for the dashboard.
@@ -80,6 +82,7 @@ impl ApiState {
                 limits: ArcSwap::from_pointee(limits.clone()),
                 rules: ArcSwap::from_pointee(Rules::new(limits)),
                 refused: Default::default(),
+                capped: Default::default(),
                 concurrency: Arc::new(ConcurrencyLimit::new(limits)),
                 last_audit: ArcSwapOption::empty(),
                 // A prefix of its own per process: std's hasher keys are random per process.
@@ -340,8 +343,16 @@ async fn place_orders(
         tracing::enabled!(target: orderly_app::trace::TARGET, tracing::Level::DEBUG)
             .then(|| state.inner.trace_ids.next())
     });
-    let order_nos = state.orderly().place_orders_traced(&body, key, trace).await?;
-    Ok(ok(StatusCode::OK, views::Placed { order_no: order_nos }))
+    let placed = state.orderly().place_orders_traced(&body, key, trace).await;
+    let capped = match &placed {
+        Err(PlaceError::PurchaseCap { .. }) => Some(0),
+        Err(PlaceError::UnpaidCap { .. }) => Some(1),
+        _ => None,
+    };
+    if let Some(cap) = capped {
+        state.inner.capped[cap].fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(ok(StatusCode::OK, views::Placed { order_no: placed? }))
 }
 
 #[utoipa::path(post, path = "/api/baseline/orders", tag = "buyer", security(("buyer" = [])),
@@ -383,8 +394,8 @@ enum CartRefused {
     Refused(ErrorBody),
     #[response(
         status = 429,
-        description = "`rate_limited` (the process's rate), `rate_limited_buyer`, `rate_limited_commodity`, `rate_limited_shop`: the rule that refused",
-        headers(("Retry-After" = u64, description = "Seconds until the rule has a token"))
+        description = "`rate_limited` (the process's rate), `rate_limited_buyer`, `rate_limited_commodity`, `rate_limited_shop`: the rule that refused; `purchase_cap_reached` (`data.commodity_id`, `held`, `cap`), `unpaid_orders_cap_reached` (`data.held`, `cap`): the buyer's cap",
+        headers(("Retry-After" = u64, description = "Seconds until the rule has a token, or until an order counted by the cap may free room"))
     )]
     RateLimited(ErrorBody),
 }
@@ -850,7 +861,15 @@ async fn admin_limits(State(state): State<ApiState>, headers: HeaderMap) -> Resu
             }
         })
         .collect();
-    Ok(ok(StatusCode::OK, views::Limits { rules, concurrency: state.inner.concurrency.view() }))
+    let caps = state.orderly().config().buyer_caps;
+    let caps = views::CapsView {
+        units_per_commodity: caps.units_per_commodity,
+        window_ms: caps.window_ms,
+        unpaid_orders: caps.unpaid_orders,
+        refused_purchase_cap: state.inner.capped[0].load(Ordering::Relaxed),
+        refused_unpaid_orders_cap: state.inner.capped[1].load(Ordering::Relaxed),
+    };
+    Ok(ok(StatusCode::OK, views::Limits { rules, caps, concurrency: state.inner.concurrency.view() }))
 }
 
 /// The registry's servers, the processes registered (role, address, version, start) and the worker ids

@@ -193,7 +193,22 @@ pub struct Cluster(pub Value);
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Limits {
     pub rules: Vec<RuleView>,
+    pub caps: CapsView,
     pub concurrency: crate::adaptive::LimitView,
+}
+
+/// The buyer's caps in force (`flow.buyer_caps.…`; 0: off) and the carts they refused since the process
+/// started.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CapsView {
+    /// Units of one commodity a buyer may hold in live orders (`purchase_cap_reached`).
+    pub units_per_commodity: u32,
+    /// How far back a paid order counts towards them.
+    pub window_ms: u64,
+    /// Orders a buyer may have unpaid at once (`unpaid_orders_cap_reached`).
+    pub unpaid_orders: u32,
+    pub refused_purchase_cap: u64,
+    pub refused_unpaid_orders_cap: u64,
 }
 
 /// One rate rule: its setting, the keys it tracks, the carts it refused since the process started.

@@ -515,6 +515,47 @@ async fn each_rate_rule_refuses_its_own_key_with_its_own_code() {
     }
 }
 
+/// The buyer's caps answer 429 with their own code, what the buyer holds and `Retry-After`; the refused
+/// cart reserves nothing; `GET /api/admin/limits` shows the caps and what they refused.
+#[tokio::test]
+async fn the_buyers_caps_refuse_with_their_own_codes() {
+    let app = app().await;
+    let mut config = (*app.orderly.config()).clone();
+    config.buyer_caps.units_per_commodity = 2;
+    config.buyer_caps.unpaid_orders = 3;
+    app.orderly.set_config(config);
+    let token = app.token(1);
+    for _ in 0..2 {
+        let (status, answer) = app.call("POST", "/api/orders", Some(&token), Some(one_line(1, 1))).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let (status, answer, headers) = app.send(post_orders(&token, Some("application/json"), one_line(1, 1))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
+    assert_eq!(answer["code"], "purchase_cap_reached");
+    assert_eq!(answer["data"], json!({"commodity_id": 1, "held": 2, "cap": 2}));
+    let timeout_s = FlowConfig::default().unpaid_timeout_ms / 1000;
+    assert_eq!(headers.get("retry-after").and_then(|v| v.to_str().ok()), Some(timeout_s.to_string().as_str()));
+    let (_, commodity) = app.call("GET", "/api/commodities/1", None, None).await;
+    assert_eq!(commodity["data"]["stock"], 8, "the refused cart reserved nothing");
+
+    let (status, answer) = app.call("POST", "/api/orders", Some(&token), Some(one_line(1, 2))).await;
+    assert_eq!(status, StatusCode::OK, "another commodity: {answer}");
+    let (status, answer, headers) = app.send(post_orders(&token, Some("application/json"), one_line(1, 2))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
+    assert_eq!(answer["code"], "unpaid_orders_cap_reached");
+    assert_eq!(answer["data"], json!({"held": 3, "cap": 3}));
+    assert!(headers.get("retry-after").is_some());
+
+    let (status, limits) = app.call("GET", "/api/admin/limits", Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::OK, "{limits}");
+    let caps = &limits["data"]["caps"];
+    assert_eq!(
+        (caps["units_per_commodity"].clone(), caps["unpaid_orders"].clone(), caps["window_ms"].clone()),
+        (json!(2), json!(3), json!(86_400_000))
+    );
+    assert_eq!((caps["refused_purchase_cap"].clone(), caps["refused_unpaid_orders_cap"].clone()), (json!(1), json!(1)));
+}
+
 /// In queue mode a cart over its rule's rate waits for its turn (within the bound) and is accepted.
 #[tokio::test]
 async fn a_queueing_rule_serves_the_cart_later_instead_of_refusing_it() {
@@ -658,6 +699,8 @@ async fn admin_config_checks_each_setting_and_the_rate_limit_follows() {
         ("flow.no_such_timer_ms", "5"),
         ("rate_limit.in_flight_max", "0"),
         ("rate_limit.adaptive.priorities.queries_below", "0.9"),
+        ("flow.buyer_caps.window_ms", "0"),
+        ("flow.buyer_caps.unpaid_orders", "-1"),
     ] {
         let (status, body) =
             app.call("PUT", &format!("/api/admin/config/{key}"), Some(ADMIN), Some(value.into())).await;

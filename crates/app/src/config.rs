@@ -46,6 +46,35 @@ pub struct FlowConfig {
     /// the store's leases, another process takes the role this long after its holder stopped; elected
     /// in a registry, the registry's lease decides, and the holder checks its fence every half of this.
     pub lease_ms: u64,
+    /// What one buyer may hold ([`crate::caps`]): units of one commodity, unpaid orders.
+    pub buyer_caps: BuyerCaps,
+}
+
+/// The buyer's caps (docs/API.md "Limits"), checked at the entry by one atomic call per cart
+/// ([`crate::ports::Holdings`]); 0 turns a cap off. Off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuyerCaps {
+    /// Units of one commodity a buyer may hold in live orders (`pending`, `to_pay`, `paid`) placed within
+    /// `window_ms`; cancelled, closed and rejected orders hold nothing.
+    pub units_per_commodity: u32,
+    /// How far back a paid order counts towards `units_per_commodity` (a day: "two per buyer per day").
+    pub window_ms: u64,
+    /// Orders a buyer may have unpaid (`pending` or `to_pay`) at once: stock hoarded in unpaid orders is
+    /// stock nobody else can buy until their timeout.
+    pub unpaid_orders: u32,
+}
+
+impl BuyerCaps {
+    pub fn any(&self) -> bool {
+        self.units_per_commodity > 0 || self.unpaid_orders > 0
+    }
+}
+
+impl Default for BuyerCaps {
+    fn default() -> Self {
+        BuyerCaps { units_per_commodity: 0, window_ms: 24 * 3600 * 1000, unpaid_orders: 0 }
+    }
 }
 
 impl Default for FlowConfig {
@@ -69,6 +98,7 @@ impl Default for FlowConfig {
             sold_out_memory_ms: 250,
             order_cache_second_delete_ms: 1_000,
             lease_ms: 10_000,
+            buyer_caps: BuyerCaps::default(),
         }
     }
 }

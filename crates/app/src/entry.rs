@@ -6,6 +6,7 @@ use orderly_domain::{
     CartRejection, CatalogEntry, CommodityId, OrderNo, OrderState, PlaceOrderBody, Uid, price_and_split,
 };
 
+use crate::caps::Admit;
 use crate::model::{IdempotencyRecord, Message, Order, Outgoing, StoredAnswer, TokenState};
 use crate::orderly::Orderly;
 use crate::ports::{CreateOutcome, CreateRequest, IdempotencyBegin, PortError, Reserve};
@@ -20,6 +21,12 @@ pub enum PlaceError {
     SoldOut { commodity_id: CommodityId },
     #[error("this Idempotency-Key was used with another request")]
     IdempotencyKeyReused,
+    /// The buyer's cap of units of one commodity ([`crate::config::BuyerCaps`]).
+    #[error("the buyer holds {held} units of commodity {commodity_id} in live orders; the cap is {cap}")]
+    PurchaseCap { commodity_id: CommodityId, held: u64, cap: u32, retry_after_ms: u64 },
+    /// The buyer's cap of unpaid orders.
+    #[error("the buyer has {held} unpaid orders; the cap is {cap}")]
+    UnpaidCap { held: u64, cap: u32, retry_after_ms: u64 },
     #[error(transparent)]
     Unavailable(#[from] PortError),
 }
@@ -85,7 +92,71 @@ impl Orderly {
         if !retry && let Some(commodity_id) = self.known_sold_out(&orders, now_ms).await {
             return self.sold_out(body.uid, idempotency_key, commodity_id).await;
         }
+        let admitted = self.admit_to_caps(body.uid, &orders, now_ms).await?;
+        let placed = self.reserve_and_publish(body.uid, idempotency_key, &orders, now_ms).await;
+        if placed.is_err() && admitted {
+            let order_nos: Vec<OrderNo> = orders.iter().map(|o| o.order_no).collect();
+            if let Err(error) = self.bounded("holdings", self.ports.holdings.withdraw(body.uid, &order_nos)).await {
+                tracing::warn!(buyer = %body.uid, %error, "refused cart not withdrawn from the caps' gate; it counts there for a minute");
+            }
+        }
+        placed?;
+        crate::meters::order_events("accepted", order_nos.len());
+        if tracing::enabled!(target: TRACE, tracing::Level::DEBUG) {
+            for order in &orders {
+                order_span(order.order_no, order.trace.as_deref()).in_scope(|| {
+                    tracing::debug!(target: TRACE, buyer = %order.buyer, shop = %order.shop_id, total = %order.total, "accepted");
+                });
+            }
+        }
+        Ok(order_nos)
+    }
 
+    /// The buyer's caps, if any is on: the buyer's orders read from the store, then one call to the gate
+    /// ([`crate::caps`]). `true`: the cart's orders were admitted (withdrawn if it is refused later).
+    async fn admit_to_caps(&self, buyer: Uid, orders: &[Order], now_ms: u64) -> Result<bool, PlaceError> {
+        let caps = self.config().buyer_caps;
+        if !caps.any() {
+            return Ok(false);
+        }
+        let unpaid_timeout_ms = self.config().unpaid_timeout_ms;
+        let since_ms = now_ms.saturating_sub(crate::caps::lookback_ms(&caps, unpaid_timeout_ms));
+        let mut held: Vec<Order> = Vec::new();
+        for _ in 0..crate::caps::PAGES {
+            let before = held.last().map(|o| o.order_no);
+            let page = self.bounded("store", self.ports.store.orders_of(buyer, before, crate::caps::PAGE)).await?;
+            let last = page.len() < crate::caps::PAGE || page.last().is_some_and(|o| o.created_ms < since_ms);
+            held.extend(page);
+            if last {
+                break;
+            }
+        }
+        let admission = crate::caps::admission(orders, &held, now_ms, &caps);
+        let refusal = self.bounded("holdings", self.ports.holdings.admit(buyer, &admission)).await?;
+        if refusal == Admit::Admitted {
+            return Ok(true);
+        }
+        let retry_after_ms = crate::caps::retry_after_ms(&refusal, &held, now_ms, &caps, unpaid_timeout_ms);
+        let refused = match refusal {
+            Admit::PurchaseCap { commodity_id, held, cap } => {
+                PlaceError::PurchaseCap { commodity_id, held, cap, retry_after_ms }
+            }
+            Admit::UnpaidCap { held, cap } => PlaceError::UnpaidCap { held, cap, retry_after_ms },
+            Admit::Admitted => return Ok(true),
+        };
+        crate::meters::order_events("capped", 1);
+        Err(refused)
+    }
+
+    /// Arms the reservation checks, reserves, writes the pending views and publishes the creates. An
+    /// error: nothing of the cart will be created.
+    async fn reserve_and_publish(
+        &self,
+        buyer: Uid,
+        idempotency_key: Option<&str>,
+        orders: &[Order],
+        now_ms: u64,
+    ) -> Result<(), PlaceError> {
         // Remark 1: the check is armed before the reservation, so a crash right after reserving still
         // gets the stock back.
         let check_at_ms = now_ms + self.config().reservation_check_delay_ms;
@@ -107,7 +178,7 @@ impl Orderly {
                         self.sold_out.remember(commodity_id, now_ms);
                     }
                     self.release_all(&orders[..index]).await;
-                    return self.sold_out(body.uid, idempotency_key, commodity_id).await;
+                    return self.sold_out(buyer, idempotency_key, commodity_id).await.map(drop);
                 }
                 // A commodity of the catalog that was never given stock: sold out.
                 Ok(Reserve::NotLoaded(ids)) => {
@@ -131,7 +202,7 @@ impl Orderly {
         // but a write that answered an error (cut off by the deadline) may still land after the abort's
         // clean-up, and the reservation check publishes a create from a view it finds: so the late
         // creates are refused as after a failed publish.
-        let written = self.bounded("store", self.ports.store.insert_pending(&orders)).await;
+        let written = self.bounded("store", self.ports.store.insert_pending(orders)).await;
         let published = match written {
             Ok(()) => {
                 let creates = orders
@@ -143,23 +214,15 @@ impl Orderly {
             Err(error) => Err(error),
         };
         if let Err(error) = published
-            && self.abort(&orders, idempotency_key.is_none()).await == Aborted::Undone
+            && self.abort(orders, idempotency_key.is_none()).await == Aborted::Undone
         {
             return Err(error.into());
         }
         // The creates are durable (or one is already in a worker's hands): the orders will exist unless
         // stock runs out, so the answer is success whatever happens to the steps below, which only make
         // things quicker or clearer.
-        self.after_publish(&orders, body.uid, idempotency_key).await;
-        crate::meters::order_events("accepted", order_nos.len());
-        if tracing::enabled!(target: TRACE, tracing::Level::DEBUG) {
-            for order in &orders {
-                order_span(order.order_no, order.trace.as_deref()).in_scope(|| {
-                    tracing::debug!(target: TRACE, buyer = %order.buyer, shop = %order.shop_id, total = %order.total, "accepted");
-                });
-            }
-        }
-        Ok(order_nos)
+        self.after_publish(orders, buyer, idempotency_key).await;
+        Ok(())
     }
 
     /// A commodity of these orders this process knows is sold out: from memory within

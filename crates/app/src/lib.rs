@@ -9,6 +9,7 @@
 //! - [`orderly`]: the wiring — [`Ports`], and [`Orderly`], the use-cases' one receiver (private fields).
 //! - [`entry`]: the entry (place orders). [`buyer`]: the buyer's actions (query, list, pay, cancel).
 //! - [`admin`]: the admin's (catalog, stock, work to do).
+//! - [`caps`]: the buyer's caps (units of one commodity, unpaid orders) and their gate's rule.
 //! - [`catalog`]: the entry's short-lived copy of catalog entries (prices are checked on every line).
 //! - [`sold_out`]: the entry's short-lived memory of what is sold out (answered without a remote call).
 //! - [`workers`]: steppable consumers of the bus, the outbox relay and the payment reconciler (a module
@@ -26,6 +27,7 @@
 pub mod admin;
 pub mod audit;
 pub mod buyer;
+pub mod caps;
 pub mod catalog;
 pub mod config;
 pub mod entry;
@@ -47,5 +49,5 @@ pub use buyer::{Actor, OrderError, PayOutcome};
 pub use config::FlowConfig;
 pub use entry::PlaceError;
 pub use orderly::{Orderly, Ports};
-pub use ports::{Bus, Clock, IdGen, OrderCache, Payments, PortError, SharedRates, StockCache, Store};
+pub use ports::{Bus, Clock, Holdings, IdGen, OrderCache, Payments, PortError, SharedRates, StockCache, Store};
 pub use registry::{Member, Registry, Role, Settings};

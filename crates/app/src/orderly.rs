@@ -13,7 +13,7 @@ use orderly_domain::{CatalogEntry, CommodityId, OrderNo};
 use crate::catalog::CatalogCache;
 use crate::config::FlowConfig;
 use crate::model::{Order, Token};
-use crate::ports::{Bus, Clock, Held, IdGen, OrderCache, Payments, PortError, Reserve, StockCache, Store};
+use crate::ports::{Bus, Clock, Held, Holdings, IdGen, OrderCache, Payments, PortError, Reserve, StockCache, Store};
 use crate::registry::{Lead, Registry};
 use crate::sold_out::SoldOutMemory;
 
@@ -28,6 +28,8 @@ pub struct Ports {
     pub ids: Arc<dyn IdGen>,
     /// Copies of orders for the buyers' queries; `None`: every query reads the store.
     pub orders: Option<Arc<dyn OrderCache>>,
+    /// The gate of the buyer's caps.
+    pub holdings: Arc<dyn Holdings>,
 }
 
 /// A profile's ports wired to the flow. Cheap to clone: every clone shares the same state.

@@ -6,6 +6,7 @@
 use async_trait::async_trait;
 use orderly_domain::{CatalogEntry, CommodityId, OrderAction, OrderNo, SnowflakeId, TransitionRejection, Uid};
 
+use crate::caps::{Admission, Admit};
 use crate::model::{
     Delivery, IdempotencyRecord, Order, OutboxEvent, Outgoing, PaymentAttempt, Restock, StockChange, StockLevel,
     StoredAnswer, Token, TokenState, Topic,
@@ -136,6 +137,17 @@ pub trait StockCache: Send + Sync + std::fmt::Debug {
     async fn restock(&self, restock: &Restock) -> PortResult<()>;
     /// What the cache would still sell, per commodity (None: not loaded).
     async fn available(&self, ids: &[CommodityId]) -> PortResult<Vec<Option<u64>>>;
+}
+
+/// The gate of the buyer's caps ([`crate::caps`]): one atomic call per cart, so racing carts of one
+/// buyer cannot pass a cap together. Remembers the orders it admitted for `recent_ms`.
+#[async_trait]
+pub trait Holdings: Send + Sync + std::fmt::Debug {
+    /// Judges the cart by [`crate::caps::judge`] against the orders admitted lately, and records the
+    /// cart's orders if it passes; a refusal records nothing.
+    async fn admit(&self, buyer: Uid, admission: &Admission) -> PortResult<Admit>;
+    /// Forgets orders admitted for a cart that was then refused (sold out, an error).
+    async fn withdraw(&self, buyer: Uid, order_nos: &[OrderNo]) -> PortResult<()>;
 }
 
 /// Why a change to an order was refused.

@@ -88,7 +88,7 @@ impl Live {
     /// The bounds a value must keep (types are checked by deserialising).
     fn check(&self) -> Result<(), SettingError> {
         let f = &self.flow;
-        let positive: [(&str, u64); 13] = [
+        let positive: [(&str, u64); 14] = [
             ("flow.cart.lines_max", f.cart.lines_max as u64),
             ("flow.cart.quantity_per_line_max", u64::from(f.cart.quantity_per_line_max)),
             ("flow.reservation_check_delay_ms", f.reservation_check_delay_ms),
@@ -100,6 +100,7 @@ impl Live {
             ("flow.delivery_attempts_max", u64::from(f.delivery_attempts_max)),
             ("flow.entry_call_timeout_ms", f.entry_call_timeout_ms),
             ("flow.page_size_max", f.page_size_max as u64),
+            ("flow.buyer_caps.window_ms", f.buyer_caps.window_ms),
             ("rate_limit.orders_per_second", u64::from(self.rate_limit.orders_per_second)),
             ("rate_limit.burst", u64::from(self.rate_limit.burst)),
         ];
@@ -121,6 +122,7 @@ impl Live {
             ("flow.sold_out_memory_ms", f.sold_out_memory_ms),
             ("flow.order_cache_second_delete_ms", f.order_cache_second_delete_ms),
             ("flow.lease_ms", f.lease_ms),
+            ("flow.buyer_caps.window_ms", f.buyer_caps.window_ms),
         ];
         if let Some((key, _)) = durations.iter().find(|(_, ms)| *ms > DURATION_MS_MAX) {
             return Err(SettingError::new(key, format!("must be at most {DURATION_MS_MAX} (30 days)")));

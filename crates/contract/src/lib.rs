@@ -10,6 +10,8 @@
 //! # Layout
 //! - [`bus`]: delivery, acks, retries with attempt counts, delays, dead letters, topics, depth.
 //! - [`store`]: catalog and ledger, batched create, transitions, payment attempts, outbox, idempotency.
+//! - [`holdings`]: the gate of the buyer's caps — one step per cart, racing carts, lately admitted
+//!   orders and the store's word, withdrawals, retries.
 //! - [`payments`]: the payment ledger over a pair of books — atomic steps under racing retries and
 //!   attempts, first writer wins at the acquirer, leases, refunds.
 //! - [`registry`]: members under leases, a silent participant gone within the TTL, unique worker ids,
@@ -18,13 +20,14 @@
 //!   reserve, versioned restock, init-if-absent, and a race for the last units.
 
 pub mod bus;
+pub mod holdings;
 pub mod payments;
 pub mod registry;
 pub mod stock_cache;
 pub mod store;
 
 pub use bus::{BusFixture, OnABroker};
-pub use orderly_app::{StockCache, Store};
+pub use orderly_app::{Holdings, StockCache, Store};
 pub use registry::RegistryFixture;
 
 /// One `#[tokio::test]` per case of [`stock_cache`], each on a fresh adapter from `$factory`.
@@ -59,6 +62,32 @@ macro_rules! stock_cache_contract {
             async fn $case() {
                 let cache: ::std::sync::Arc<dyn $crate::StockCache> = ($factory)().await;
                 $crate::stock_cache::$case(cache).await;
+            }
+        )*
+    };
+}
+
+/// One `#[tokio::test]` per case of [`holdings`], each on a fresh adapter from `$factory`.
+#[macro_export]
+macro_rules! holdings_contract {
+    ($factory:expr) => {
+        $crate::holdings_contract!(@cases $factory;
+            a_cart_past_the_units_cap_is_refused_and_records_nothing,
+            racing_carts_never_pass_a_cap_together,
+            admitted_orders_count_until_the_store_shows_them,
+            an_admission_stops_counting_after_recent_ms,
+            withdrawn_orders_no_longer_count,
+            a_retry_of_admitted_orders_passes_and_counts_once,
+            buyers_are_kept_apart,
+            caps_off_record_and_refuse_nothing_that_counts,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let gate: ::std::sync::Arc<dyn $crate::Holdings> = ($factory)().await;
+                $crate::holdings::$case(gate).await;
             }
         )*
     };

@@ -7,6 +7,7 @@
 //!   idempotency keys. The seed's wish: the LSM-tree as inventory persistence.
 //! - [`bus`]: [`LocalBus`], a durable queue with delayed delivery in the same database.
 //! - [`cache`]: [`LocalStockCache`], the stock cache in memory, rebuilt from the store at start.
+//! - [`holdings`]: [`LocalHoldings`], the gate of the buyer's caps in memory.
 //! - [`payments`]: the payment ledger's and the simulated acquirer's books in the embedded database
 //!   ([`local_payments`]: the payment service in process).
 //! - [`registry`]: [`LocalRegistry`], the registry in process; its settings kept in the database.
@@ -17,6 +18,7 @@ pub mod bus;
 pub mod cache;
 pub mod db;
 pub mod error;
+pub mod holdings;
 pub mod open;
 pub mod payments;
 pub mod registry;
@@ -26,6 +28,7 @@ pub use bus::LocalBus;
 pub use cache::LocalStockCache;
 pub use db::{Durability, LocalDb};
 pub use error::LocalError;
+pub use holdings::LocalHoldings;
 pub use open::{LocalConfig, open, open_payment_ledger, open_with_registry};
 pub use payments::{AcquirerConfig, local_payment_books, local_payments};
 pub use registry::LocalRegistry;

@@ -105,5 +105,6 @@ pub async fn open_with_registry(
     let ids = Arc::new(
         LeasedSnowflake::start(Arc::clone(&store), Arc::clone(&clock), local.worker_id, local.id_lease_ms).await?,
     );
-    Ok((Ports { cache, store, bus, payments, clock, ids, orders: None }, registry))
+    let holdings = Arc::new(crate::LocalHoldings::new());
+    Ok((Ports { cache, store, bus, payments, clock, ids, orders: None, holdings }, registry))
 }

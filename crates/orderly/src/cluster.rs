@@ -248,6 +248,7 @@ pub async fn open(config: &Config, member: Option<Member>) -> anyhow::Result<Ope
     let bus = connect_bus(cluster, Arc::clone(&clock), consumes, publish_timeout_ms).await?;
     let shared_rates: Arc<dyn orderly_app::SharedRates> =
         Arc::new(orderly_redis::RedisSharedRates::with_connection(redis.clone(), cluster.namespace.clone()));
+    let holdings = Arc::new(orderly_redis::RedisHoldings::with_connection(redis.clone(), cluster.namespace.clone()));
     let orders: Option<Arc<dyn orderly_app::OrderCache>> = match cluster.order_cache_ttl_ms {
         0 => None,
         ttl_ms => {
@@ -266,7 +267,8 @@ pub async fn open(config: &Config, member: Option<Member>) -> anyhow::Result<Ope
             .context("leasing the id generator")?,
     );
     tracing::info!(worker_id, "snowflake worker id");
-    let mut orderly = Orderly::new(Ports { cache, store, bus, payments, clock, ids, orders }, config.flow.clone());
+    let mut orderly =
+        Orderly::new(Ports { cache, store, bus, payments, clock, ids, orders, holdings }, config.flow.clone());
     if member.is_some() {
         orderly = orderly.elected_through(Arc::clone(&registry) as Arc<dyn Registry>);
     }

@@ -8,15 +8,18 @@
 //! - [`error`]: [`CacheError`], what can fail here, mapped to the ports' error.
 //! - [`order_cache`]: [`RedisOrderCache`], copies of orders for the buyers' queries.
 //! - [`shared_rates`]: [`RedisSharedRates`], token buckets shared by a cluster's APIs (the entry's rate rules).
+//! - [`holdings`]: [`RedisHoldings`], the gate of the buyer's caps, one key per buyer.
 
 pub mod connection;
 pub mod error;
+pub mod holdings;
 pub mod order_cache;
 pub mod shared_rates;
 pub mod stock_cache;
 
 pub use connection::{RedisConnection, RedisTarget};
 pub use error::CacheError;
+pub use holdings::RedisHoldings;
 pub use order_cache::RedisOrderCache;
 pub use shared_rates::RedisSharedRates;
 pub use stock_cache::{RedisCacheConfig, RedisStockCache};
