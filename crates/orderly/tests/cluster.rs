@@ -886,6 +886,29 @@ async fn processes_register_and_settings_apply_everywhere_within_a_second() {
     for key in ["rate_limit.commodity.per_second", "rate_limit.commodity.burst"] {
         assert_eq!(cluster.set_setting(0, key, None).await["status"], 200);
     }
+
+    // A buyer's cap holds across the APIs (the gate in Redis): at most 2 units of a commodity. Six carts
+    // of one unit each, sent at once over both APIs: exactly 2 pass.
+    assert_eq!(cluster.set_setting(1, "flow.buyer_caps.units_per_commodity", Some("2")).await["status"], 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let capped = Buyer::new(&cluster, 40);
+    let cart = one_line(40, 1, 1, false);
+    let answers = tokio::join!(
+        capped.post(0, "/api/orders", &cart, None),
+        capped.post(1, "/api/orders", &cart, None),
+        capped.post(0, "/api/orders", &cart, None),
+        capped.post(1, "/api/orders", &cart, None),
+        capped.post(0, "/api/orders", &cart, None),
+        capped.post(1, "/api/orders", &cart, None),
+    );
+    let answers = [answers.0, answers.1, answers.2, answers.3, answers.4, answers.5];
+    let passed = answers.iter().filter(|answer| answer["status"] == 200).count();
+    for answer in answers.iter().filter(|answer| answer["status"] != 200) {
+        assert_eq!(answer["code"], "purchase_cap_reached", "{answer}");
+        assert_eq!(answer["data"]["cap"], 2, "{answer}");
+    }
+    assert_eq!(passed, 2, "racing carts over two APIs passed a cap of 2: {answers:?}");
+    assert_eq!(cluster.set_setting(1, "flow.buyer_caps.units_per_commodity", None).await["status"], 200);
 }
 
 /// A one-member etcd of a test's own, on free ports, that the test may kill and start again (on its
