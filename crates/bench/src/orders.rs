@@ -393,6 +393,8 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     }
     let mut ceilings = Vec::new();
     let mut rule_change: Option<report::RuleChange> = None;
+    // `abuse`: the orders accepted while the buyer's caps were on.
+    let mut capped = std::collections::BTreeSet::new();
     if args.engine_ceilings {
         for ceiling in [
             crate::ceilings::redis_reserve(&config.cluster.redis_url, args.connections, duration).await,
@@ -488,6 +490,10 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
                     );
                     phases.extend([(ordinary, a?), (hammering_buyer, b?), (hammering_crowd, c?)]);
                     target.unset_settings(&rules).await?;
+                    let under_caps = ["ordinary", "ordinary_abused", "abuser_buyer", "abuser_crowd"];
+                    for (_, recorder) in phases.iter().filter(|(spec, _)| under_caps.contains(&spec.name.as_str())) {
+                        capped.extend(recorder.accepted.iter().map(|a| a.order_no.clone()));
+                    }
                     // Every API applies the removal within a second: no rule left over refuses early.
                     tokio::time::sleep(Duration::from_millis(1_500)).await;
                     // A rule changed under load: the hammering buyer alone and unlimited, until a third
@@ -594,6 +600,9 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
         &follow_ups.told_final,
         unpaid_timeout_ms,
     ));
+    if args.scenario == Scenario::Abuse {
+        checks.0.push(report::cap_check(&finals.orders, &capped, ABUSE_UNITS_CAP, ABUSE_UNPAID_CAP, unpaid_timeout_ms));
+    }
     let report = Report {
         scenario: args.scenario,
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -697,10 +706,16 @@ async fn run_with_progress(
 const ORDINARY_SHARE: f64 = 0.5;
 const ABUSER_SHARE: f64 = 0.5;
 
+/// `abuse`: the buyer's caps set with the rules — far above what an ordinary buyer holds (a cart of at
+/// most 3 lines of 3 units, a couple of carts in a run), well below what the hammering buyer would
+/// hoard unpaid.
+const ABUSE_UNITS_CAP: u64 = 10;
+const ABUSE_UNPAID_CAP: u64 = 20;
+
 /// The rules an operator sets against abuse, from the ordinary demand (`ordinary_per_s` carts a second of
 /// `workload`): a buyer may place 10 carts a second (burst 20), two orders of magnitude above what an
 /// ordinary buyer does; a commodity takes three times the lines the hottest one gets from ordinary buyers
-/// (burst: one second of that). Settings as `(key, JSON text)`.
+/// (burst: one second of that); and the buyer's caps. Settings as `(key, JSON text)`.
 fn abuse_rules(workload: &Workload, ordinary_per_s: f64) -> Vec<(String, String)> {
     let lines_per_cart = (1 + workload.lines_max) as f64 / 2.0;
     let hottest_share = workload.hot_share / workload.hot.max(1) as f64;
@@ -710,6 +725,8 @@ fn abuse_rules(workload: &Workload, ordinary_per_s: f64) -> Vec<(String, String)
         ("rate_limit.buyer.burst", "20".to_owned()),
         ("rate_limit.commodity.per_second", per_commodity.to_string()),
         ("rate_limit.commodity.burst", per_commodity.to_string()),
+        ("flow.buyer_caps.units_per_commodity", ABUSE_UNITS_CAP.to_string()),
+        ("flow.buyer_caps.unpaid_orders", ABUSE_UNPAID_CAP.to_string()),
     ]
     .into_iter()
     .map(|(key, value)| (key.to_owned(), value))

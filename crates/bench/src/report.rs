@@ -210,6 +210,65 @@ impl Checks {
     }
 }
 
+/// `abuse`: the buyer's caps held, judged from what the bench saw. An order accepted under the caps holds
+/// its room from its acceptance at least until the end if it is live then (`pending`, `to_pay`: unpaid;
+/// `paid`: its units), or until its deadline if it ended `closed` (never closed earlier: checked by
+/// "no order closed before its deadline"); a cancelled or paid-later one frees it at a moment the bench
+/// does not know, and is left out. So at any moment the orders counted here were held together, and
+/// their most, per buyer and per buyer and commodity, must stay within `unpaid_cap` and `units_cap`.
+pub fn cap_check(
+    finals: &[(Accepted, String, Value, std::time::Instant)],
+    capped: &std::collections::BTreeSet<String>,
+    units_cap: u64,
+    unpaid_cap: u64,
+    timers_ms: u64,
+) -> Check {
+    use std::time::Instant;
+    // (held from, held until (None: the end), weight)
+    type Held = Vec<(Instant, Option<Instant>, u64)>;
+    let mut units: BTreeMap<(u64, u64), Held> = BTreeMap::new();
+    let mut unpaid: BTreeMap<u64, Held> = BTreeMap::new();
+    for (order, state, body, _) in finals.iter().filter(|(o, _, _, _)| capped.contains(&o.order_no)) {
+        let until = match state.as_str() {
+            "pending" | "to_pay" | "paid" => None,
+            "closed" => Some(order.sent + Duration::from_millis(timers_ms)),
+            _ => continue,
+        };
+        if state != "paid" {
+            unpaid.entry(order.uid).or_default().push((order.at, until, 1));
+        }
+        for line in body["lines"].as_array().into_iter().flatten() {
+            if let (Some(commodity), Some(num)) = (line["commodity_id"].as_u64(), line["num"].as_u64()) {
+                units.entry((order.uid, commodity)).or_default().push((order.at, until, num));
+            }
+        }
+    }
+    // The most held at once: the sum over the spans that cover one span's start, at each start.
+    let most = |spans: &Held| -> u64 {
+        spans
+            .iter()
+            .map(|&(at, _, _)| {
+                spans.iter().filter(|(from, until, _)| *from <= at && until.is_none_or(|u| at < u)).map(|s| s.2).sum()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let most_units = units.iter().map(|(&(uid, c), spans)| (most(spans), uid, c)).max();
+    let most_unpaid = unpaid.iter().map(|(&uid, spans)| (most(spans), uid)).max();
+    let units_held = most_units.map_or(0, |(n, _, _)| n);
+    let unpaid_held = most_unpaid.map_or(0, |(n, _)| n);
+    Check {
+        name: "no buyer holds more than the caps",
+        passed: units_held <= units_cap && unpaid_held <= unpaid_cap,
+        detail: format!(
+            "{} orders accepted under the caps; held at once by one buyer, at most: {units_held} units of one commodity (cap {units_cap}{}), {unpaid_held} unpaid orders (cap {unpaid_cap}{})",
+            capped.len(),
+            most_units.map_or(String::new(), |(_, uid, c)| format!("; buyer {uid}, commodity {c}")),
+            most_unpaid.map_or(String::new(), |(_, uid)| format!("; buyer {uid}")),
+        ),
+    }
+}
+
 /// The checks of the buyer's word (issue 10), from what the bench was told and saw:
 /// - answered error but created: an order of a buyer whose unaccepted carts were all refused, that the
 ///   bench was never given, and that holds or held stock (anything but `rejected`);
@@ -756,5 +815,38 @@ mod tests {
         let cpu = "| phase | api | redis | total |\n|---|---|---|---|\n| capacity | 0.500 | 1.500 | 2.000 |\n";
         assert!(md.contains(cpu), "{md}");
         assert!(md.contains("| phase | redis script calls |\n|---|---|\n| capacity | 4.50 |\n"), "{md}");
+    }
+
+    #[test]
+    fn the_cap_check_counts_what_was_held_at_once_and_fails_past_a_cap() {
+        let t0 = std::time::Instant::now();
+        let order = |n: u64, at_ms: u64, state: &str, units: u64| {
+            let at = t0 + Duration::from_millis(at_ms);
+            let accepted =
+                Accepted { order_no: format!("o{n}"), uid: 7, follow_up: None, pay_at_once: false, sent: at, at };
+            let body = serde_json::json!({"lines": [{"commodity_id": 1, "num": units}]});
+            (accepted, state.to_owned(), body, at)
+        };
+        // Two closed by their timeout (1 s) before the next two were accepted, one cancelled: at most
+        // two unpaid, three units, at once.
+        let finals = vec![
+            order(1, 0, "closed", 1),
+            order(2, 10, "closed", 2),
+            order(3, 2_000, "to_pay", 1),
+            order(4, 2_010, "paid", 2),
+            order(5, 2_020, "cancelled", 5),
+        ];
+        let capped = finals.iter().map(|(a, _, _, _)| a.order_no.clone()).collect();
+        let check = cap_check(&finals, &capped, 3, 2, 1_000);
+        assert!(check.passed, "{}", check.detail);
+        assert!(
+            check.detail.contains("3 units of one commodity") && check.detail.contains("2 unpaid orders"),
+            "{}",
+            check.detail
+        );
+        // With a timeout of 3 s the first two were still unpaid when the third came: three at once.
+        let check = cap_check(&finals, &capped, 10, 2, 3_000);
+        assert!(!check.passed, "{}", check.detail);
+        assert!(check.detail.contains("3 unpaid orders"), "{}", check.detail);
     }
 }
