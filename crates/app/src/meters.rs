@@ -2,7 +2,7 @@
 //! installed no recorder, as in most tests). Names and labels are listed in docs/ARCHITECTURE.md
 //! ("What an operator sees").
 
-/// Order events, by `event`: `accepted` (orders) and `sold_out` (carts) at the entry — a replayed
+/// Order events, by `event`: `accepted` (orders), `sold_out` and `capped` (carts refused by a buyer's cap) at the entry — a replayed
 /// answer to an Idempotency-Key counts nothing — `created` and `rejected` (the create worker), `paid`,
 /// `cancelled`, `closed`.
 pub const ORDER_EVENTS: &str = "orderly_order_events_total";

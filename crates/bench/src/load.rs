@@ -146,8 +146,8 @@ pub struct Recorder {
     pub engine_calls: BTreeMap<String, u64>,
     /// The APIs' concurrency limits, looked at every 250 ms.
     pub limits: Vec<LimitSample>,
-    /// When each outcome was first answered by each API (its index), since the phase started.
-    pub first_answered: BTreeMap<(String, usize), Duration>,
+    /// When each outcome was first answered by each API (its index).
+    pub first_answered: BTreeMap<(String, usize), Instant>,
 }
 
 impl Recorder {
@@ -280,9 +280,8 @@ impl Shared {
         }
         let mut recorder = lock(&self.recorder);
         recorder.record(at, latency, &outcome);
-        let answered = now.saturating_duration_since(self.start);
-        let first = recorder.first_answered.entry((outcome.clone(), api)).or_insert(answered);
-        *first = (*first).min(answered);
+        let first = recorder.first_answered.entry((outcome.clone(), api)).or_insert(now);
+        *first = (*first).min(now);
         if let Some(uid) = buyer
             && outcome != "ok"
         {

@@ -383,14 +383,24 @@ pub struct RuleChange {
 }
 
 impl RuleChange {
-    pub fn new(set_at: Duration, recorder: &Recorder, apis: usize) -> RuleChange {
+    /// `set_at`: when the first write was sent; `phase_start`: when the phase began. Both on the bench's
+    /// clock, as the answers' instants are.
+    pub fn new(
+        set_at: std::time::Instant,
+        phase_start: std::time::Instant,
+        recorder: &Recorder,
+        apis: usize,
+    ) -> RuleChange {
         let in_force_after_ms = (0..apis)
             .map(|api| {
-                let first = recorder.first_answered.get(&("rate_limited_buyer".to_owned(), api))?;
-                Some(first.as_millis() as i64 - set_at.as_millis() as i64)
+                let first = *recorder.first_answered.get(&("rate_limited_buyer".to_owned(), api))?;
+                Some(match first.checked_duration_since(set_at) {
+                    Some(after) => after.as_millis() as i64,
+                    None => -(set_at.duration_since(first).as_millis() as i64),
+                })
             })
             .collect();
-        RuleChange { set_after_ms: set_at.as_millis() as u64, in_force_after_ms }
+        RuleChange { set_after_ms: set_at.saturating_duration_since(phase_start).as_millis() as u64, in_force_after_ms }
     }
 }
 
