@@ -50,12 +50,39 @@ const SECONDS_BUCKETS: [f64; 19] = [
     10.0,
 ];
 
+/// Why [`install`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error(transparent)]
+    Recorder(#[from] BuildError),
+    #[error("cannot start the metrics upkeep thread: {0}")]
+    Upkeep(std::io::Error),
+}
+
+/// How often the recorder's histograms are drained into their buckets when nobody scrapes.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs this process's recorder: call once, at start. Fails if one is installed already.
-pub fn install() -> Result<PrometheusHandle, BuildError> {
+///
+/// A thread of its own drains the histograms every [`UPKEEP_EVERY`]: the recorder keeps each sample until
+/// an upkeep folds it into its buckets, and without one (a process nobody scrapes) that is about 20
+/// bytes more memory per HTTP answer, for ever (measured: 21 → 129 MB of RSS over 2 minutes of
+/// `/healthz` at ~40 000/s; metrics-rs/metrics#467). `install_recorder` starts no upkeep itself.
+pub fn install() -> Result<PrometheusHandle, InstallError> {
     let handle = PrometheusBuilder::new()
         .set_buckets(&SECONDS_BUCKETS)?
         .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(GAUGE_IDLE))
         .install_recorder()?;
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            }
+        })
+        .map_err(InstallError::Upkeep)?;
     orderly_app::meters::describe();
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP answers by route, method and status");
     metrics::describe_histogram!(

@@ -16,7 +16,7 @@
 //!
 //! [`Holdings`]: crate::ports::Holdings
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use orderly_domain::{CommodityId, OrderNo, OrderState};
 
@@ -90,16 +90,7 @@ pub struct Admitted {
 /// cart's orders already counted (known to the store, or admitted lately: a retry) are not counted again;
 /// a cart that adds nothing passes.
 pub fn judge(admission: &Admission, recent: &[Admitted]) -> Admit {
-    let known: HashMap<OrderNo, &HeldOrder> = admission.known.iter().map(|o| (o.order_no, o)).collect();
-    let mut counted: Vec<(Holding, &[(CommodityId, u32)])> =
-        admission.known.iter().filter(|o| o.holding != Holding::Free).map(|o| (o.holding, &o.lines[..])).collect();
-    let mut seen: HashSet<OrderNo> = known.keys().copied().collect();
-    for admitted in recent {
-        if admitted.at_ms.saturating_add(admission.recent_ms) >= admission.now_ms && seen.insert(admitted.order_no) {
-            counted.push((Holding::Unpaid, &admitted.lines));
-        }
-    }
-    let fresh: Vec<&HeldOrder> = admission.new.iter().filter(|o| !seen.contains(&o.order_no)).collect();
+    let (counted, fresh) = count(admission, recent);
     if fresh.is_empty() {
         return Admit::Admitted;
     }
@@ -124,6 +115,30 @@ pub fn judge(admission: &Admission, recent: &[Admitted]) -> Admit {
         }
     }
     Admit::Admitted
+}
+
+/// The cart's orders not counted yet (neither in the store's read nor admitted lately): what a pass
+/// records.
+pub fn fresh<'a>(admission: &'a Admission, recent: &'a [Admitted]) -> Vec<&'a HeldOrder> {
+    count(admission, recent).1
+}
+
+/// An order that counts: what it holds, and its lines.
+type Counted<'a> = (Holding, &'a [(CommodityId, u32)]);
+
+/// What counts (each live order once: the store's word first, then the orders admitted lately), and the
+/// cart's orders that would add to it.
+fn count<'a>(admission: &'a Admission, recent: &'a [Admitted]) -> (Vec<Counted<'a>>, Vec<&'a HeldOrder>) {
+    let mut counted: Vec<Counted> =
+        admission.known.iter().filter(|o| o.holding != Holding::Free).map(|o| (o.holding, &o.lines[..])).collect();
+    let mut seen: HashSet<OrderNo> = admission.known.iter().map(|o| o.order_no).collect();
+    for admitted in recent {
+        if admitted.at_ms.saturating_add(admission.recent_ms) >= admission.now_ms && seen.insert(admitted.order_no) {
+            counted.push((Holding::Unpaid, &admitted.lines));
+        }
+    }
+    let fresh = admission.new.iter().filter(|o| !seen.contains(&o.order_no)).collect();
+    (counted, fresh)
 }
 
 /// What `order` holds at `now_ms` under `caps`.
@@ -181,8 +196,9 @@ pub fn retry_after_ms(refusal: &Admit, orders: &[Order], now_ms: u64, caps: &Buy
             orders.iter().filter(|o| o.lines.iter().any(|l| l.commodity_id == *commodity_id)).filter_map(frees_at).min()
         }
     };
-    // Only orders admitted lately (not in the store read yet): they are as young as they come.
-    let first = first.unwrap_or(now_ms.saturating_add(unpaid_timeout_ms));
+    // Only orders admitted lately (not in the store's read yet): the store shows them, or the gate forgets
+    // them, within RECENT_MS; ask again then.
+    let first = first.unwrap_or(now_ms.saturating_add(RECENT_MS.min(unpaid_timeout_ms)));
     first.saturating_sub(now_ms).max(1_000)
 }
 

@@ -94,7 +94,11 @@ impl Orderly {
         }
         let admitted = self.admit_to_caps(body.uid, &orders, now_ms).await?;
         let placed = self.reserve_and_publish(body.uid, idempotency_key, &orders, now_ms).await;
-        if placed.is_err() && admitted {
+        // Taken back out of the caps' gate only when nothing of the cart can come to exist: without a key
+        // a late create is refused (`abort`), and sold out is sold out. With a key, an error may hide a
+        // create that lands later (or a first attempt still under way): its records stay for their minute.
+        let nothing_left = matches!(placed, Err(PlaceError::SoldOut { .. })) || idempotency_key.is_none();
+        if placed.is_err() && admitted && nothing_left {
             let order_nos: Vec<OrderNo> = orders.iter().map(|o| o.order_no).collect();
             if let Err(error) = self.bounded("holdings", self.ports.holdings.withdraw(body.uid, &order_nos)).await {
                 tracing::warn!(buyer = %body.uid, %error, "refused cart not withdrawn from the caps' gate; it counts there for a minute");

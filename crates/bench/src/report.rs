@@ -858,5 +858,8 @@ mod tests {
         let check = cap_check(&finals, &capped, 10, 2, 3_000);
         assert!(!check.passed, "{}", check.detail);
         assert!(check.detail.contains("3 unpaid orders"), "{}", check.detail);
+        // And on units: three of commodity 1 held at once against a cap of 2.
+        let check = cap_check(&finals, &capped, 2, 10, 1_000);
+        assert!(!check.passed && check.detail.contains("3 units of one commodity"), "{}", check.detail);
     }
 }

@@ -145,11 +145,19 @@ pub async fn buyers_are_kept_apart(gate: Arc<dyn Holdings>) {
     assert_eq!(gate.admit(other, &theirs).await.expect("admit"), Admit::Admitted);
 }
 
-pub async fn caps_off_record_and_refuse_nothing_that_counts(gate: Arc<dyn Holdings>) {
+pub async fn caps_off_refuse_nothing_but_still_record(gate: Arc<dyn Holdings>) {
     let known = vec![order(1, Holding::Unpaid, &[(A, 50)])];
     assert_eq!(admit(&gate, admission(NOW, known, cart(2, &[(A, 50)]), 0, 0)).await, Admit::Admitted);
     // Turned on: the store's read and the admission above count.
     let on =
         admit(&gate, admission(NOW, vec![order(1, Holding::Unpaid, &[(A, 50)])], cart(3, &[(A, 1)]), 100, 0)).await;
     assert_eq!(on, Admit::PurchaseCap { commodity_id: A, held: 100, cap: 100 });
+}
+
+pub async fn orders_the_store_already_shows_are_not_recorded_again(gate: Arc<dyn Holdings>) {
+    // A keyed retry after the store showed the order: nothing to record.
+    let known = vec![order(1, Holding::Paid, &[(A, 1)])];
+    assert_eq!(admit(&gate, admission(NOW, known, cart(1, &[(A, 1)]), 0, 1)).await, Admit::Admitted);
+    // Had it been recorded, it would count here as an unpaid order the store read does not show.
+    assert_eq!(admit(&gate, admission(NOW + 1, vec![], cart(2, &[(A, 1)]), 0, 1)).await, Admit::Admitted);
 }

@@ -79,7 +79,8 @@ macro_rules! holdings_contract {
             withdrawn_orders_no_longer_count,
             a_retry_of_admitted_orders_passes_and_counts_once,
             buyers_are_kept_apart,
-            caps_off_record_and_refuse_nothing_that_counts,
+            caps_off_refuse_nothing_but_still_record,
+            orders_the_store_already_shows_are_not_recorded_again,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use orderly_app::PortError;
-use orderly_app::caps::{Admission, Admit, Admitted, judge};
+use orderly_app::caps::{Admission, Admit, Admitted, fresh, judge};
 use orderly_app::ports::{Holdings, PortResult};
 use orderly_domain::{OrderNo, Uid};
 
@@ -53,15 +53,11 @@ impl Holdings for LocalHoldings {
         mine.retain(|a| !stale(a));
         let answer = judge(admission, mine);
         if answer == Admit::Admitted {
-            for order in &admission.new {
-                if !mine.iter().any(|a| a.order_no == order.order_no) {
-                    mine.push(Admitted {
-                        order_no: order.order_no,
-                        at_ms: admission.now_ms,
-                        lines: order.lines.clone(),
-                    });
-                }
-            }
+            let fresh: Vec<Admitted> = fresh(admission, mine)
+                .into_iter()
+                .map(|order| Admitted { order_no: order.order_no, at_ms: admission.now_ms, lines: order.lines.clone() })
+                .collect();
+            mine.extend(fresh);
         }
         if mine.is_empty() {
             recent.remove(&buyer);

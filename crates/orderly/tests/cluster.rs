@@ -890,7 +890,7 @@ async fn processes_register_and_settings_apply_everywhere_within_a_second() {
     // A buyer's cap holds across the APIs (the gate in Redis): at most 2 units of a commodity. Six carts
     // of one unit each, sent at once over both APIs: exactly 2 pass.
     assert_eq!(cluster.set_setting(1, "flow.buyer_caps.units_per_commodity", Some("2")).await["status"], 200);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     let capped = Buyer::new(&cluster, 40);
     let cart = one_line(40, 1, 1, false);
     let answers = tokio::join!(
