@@ -119,11 +119,11 @@ impl Orderly {
     /// The buyer's caps, if any is on: the buyer's orders read from the store, then one call to the gate
     /// ([`crate::caps`]). `true`: the cart's orders were admitted (withdrawn if it is refused later).
     async fn admit_to_caps(&self, buyer: Uid, orders: &[Order], now_ms: u64) -> Result<bool, PlaceError> {
-        let caps = self.config().buyer_caps;
+        let config = self.config();
+        let (caps, unpaid_timeout_ms) = (config.buyer_caps, config.unpaid_timeout_ms);
         if !caps.any() {
             return Ok(false);
         }
-        let unpaid_timeout_ms = self.config().unpaid_timeout_ms;
         let since_ms = now_ms.saturating_sub(crate::caps::lookback_ms(&caps, unpaid_timeout_ms));
         let mut held: Vec<Order> = Vec::new();
         for _ in 0..crate::caps::PAGES {
@@ -136,17 +136,14 @@ impl Orderly {
             }
         }
         let admission = crate::caps::admission(orders, &held, now_ms, &caps);
-        let refusal = self.bounded("holdings", self.ports.holdings.admit(buyer, &admission)).await?;
-        if refusal == Admit::Admitted {
-            return Ok(true);
-        }
-        let retry_after_ms = crate::caps::retry_after_ms(&refusal, &held, now_ms, &caps, unpaid_timeout_ms);
-        let refused = match refusal {
-            Admit::PurchaseCap { commodity_id, held, cap } => {
-                PlaceError::PurchaseCap { commodity_id, held, cap, retry_after_ms }
-            }
-            Admit::UnpaidCap { held, cap } => PlaceError::UnpaidCap { held, cap, retry_after_ms },
+        let answer = self.bounded("holdings", self.ports.holdings.admit(buyer, &admission)).await?;
+        let retry_after_ms = || crate::caps::retry_after_ms(&answer, &held, now_ms, &caps, unpaid_timeout_ms);
+        let refused = match answer {
             Admit::Admitted => return Ok(true),
+            Admit::PurchaseCap { commodity_id, held, cap } => {
+                PlaceError::PurchaseCap { commodity_id, held, cap, retry_after_ms: retry_after_ms() }
+            }
+            Admit::UnpaidCap { held, cap } => PlaceError::UnpaidCap { held, cap, retry_after_ms: retry_after_ms() },
         };
         crate::meters::order_events("capped", 1);
         Err(refused)

@@ -5,11 +5,12 @@
 //! not show yet: carts in flight at that moment may pass a cap together.
 
 use async_trait::async_trait;
-use orderly_app::caps::{Admission, Admit, HeldOrder, Holding};
+use orderly_app::caps::{Admission, Admit, Holding};
 use orderly_app::ports::{Holdings, PortResult};
 use orderly_domain::{CommodityId, OrderNo, Uid};
 use redis::Script;
 
+use crate::stock_cache::encode_lines;
 use crate::{RedisConnection, port_error};
 
 pub struct RedisHoldings {
@@ -35,11 +36,6 @@ impl RedisHoldings {
     }
 }
 
-/// `id:qty;id:qty`.
-fn encode_lines(order: &HeldOrder) -> String {
-    order.lines.iter().map(|(id, quantity)| format!("{}:{quantity}", id.0)).collect::<Vec<_>>().join(";")
-}
-
 #[async_trait]
 impl Holdings for RedisHoldings {
     async fn admit(&self, buyer: Uid, admission: &Admission) -> PortResult<Admit> {
@@ -56,10 +52,10 @@ impl Holdings for RedisHoldings {
                 Holding::Paid => "p",
                 Holding::Free => "f",
             };
-            invocation.arg(order.order_no.to_string()).arg(holding).arg(encode_lines(order));
+            invocation.arg(order.order_no.to_string()).arg(holding).arg(encode_lines(&order.lines));
         }
         for order in &admission.new {
-            invocation.arg(order.order_no.to_string()).arg(encode_lines(order));
+            invocation.arg(order.order_no.to_string()).arg(encode_lines(&order.lines));
         }
         let answer: Vec<String> = invocation.invoke_async(&mut self.connection.clone()).await.map_err(port_error)?;
         let number = |text: Option<&String>| -> PortResult<u64> {

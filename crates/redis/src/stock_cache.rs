@@ -91,8 +91,8 @@ fn state_of(name: &str) -> PortResult<TokenState> {
     }
 }
 
-/// `id:qty;id:qty`, in the order of the reservation.
-fn encode_lines(lines: &[(CommodityId, u32)]) -> String {
+/// `id:qty;id:qty`, in the order of the reservation (the buyer's gate writes its lines the same way).
+pub(crate) fn encode_lines(lines: &[(CommodityId, u32)]) -> String {
     lines.iter().map(|(id, quantity)| format!("{}:{quantity}", id.0)).collect::<Vec<_>>().join(";")
 }
 
