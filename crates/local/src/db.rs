@@ -3,8 +3,15 @@
 //! Writers write (into the memtable and the journal buffer), then wait for a sync that *started after*
 //! their write. One background task runs syncs back to back; every writer waiting when a sync starts is
 //! answered by it, so N concurrent commits cost one fsync, not N.
+//!
+//! A sync does not hold the journal's lock across its `fdatasync`, as fjall's own `persist` does: every
+//! commit (taken on the runtime's threads) would wait for the disk behind that lock, and with syncs back
+//! to back under load that is most of the time. So [`JournalSync`] empties the journal's buffer into the
+//! file under the lock (`PersistMode::Buffer`: a `write`), then syncs the active journal file by a handle
+//! of its own, outside the lock.
 
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -90,7 +97,8 @@ impl LocalDb {
             Durability::Fsync => PersistMode::SyncData,
             Durability::Os => PersistMode::Buffer,
         };
-        tokio::spawn(group_commit(Arc::new(db), mode, commit_rx));
+        let journal = JournalSync { dir: path.to_path_buf(), mode, active: None };
+        tokio::spawn(group_commit(Arc::new(db), journal, commit_rx));
         Ok(local)
     }
 
@@ -108,23 +116,75 @@ impl LocalDb {
 
 async fn group_commit(
     db: Arc<Database>,
-    mode: PersistMode,
+    journal: JournalSync,
     mut requests: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
 ) {
+    let journal = Arc::new(std::sync::Mutex::new(journal));
     while let Some(first) = requests.recv().await {
         let mut waiting = vec![first];
         while let Ok(next) = requests.try_recv() {
             waiting.push(next);
         }
-        let db = Arc::clone(&db);
-        let result = tokio::task::spawn_blocking(move || db.persist(mode).map_err(|e| e.to_string()))
-            .await
-            .unwrap_or_else(|e| Err(format!("sync task failed: {e}")));
+        let (db, journal) = (Arc::clone(&db), Arc::clone(&journal));
+        let result = tokio::task::spawn_blocking(move || {
+            // One sync at a time (this loop), so the lock is never contended.
+            journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).sync(&db)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("sync task failed: {e}")));
         for waiter in waiting {
             // A waiter that went away no longer needs the answer.
             let _ = waiter.send(result.clone());
         }
     }
+}
+
+/// Makes everything committed so far durable, without holding the journal's lock across the disk.
+///
+/// fjall keeps its journal in `<data dir>/<id>.jnl`, writes only the one of the highest id, and syncs a
+/// journal fully (under its lock) before it starts the next. So after the buffer is written out under the
+/// lock, every commit before it is in the file of the highest id found afterwards, or in an older one
+/// already synced; syncing that file by any handle to it makes them durable. When no journal is found
+/// there (another layout), the sync falls back to fjall's own, under its lock.
+#[derive(Debug)]
+pub(crate) struct JournalSync {
+    dir: PathBuf,
+    mode: PersistMode,
+    /// The active journal's id and a handle to it, from the last sync.
+    active: Option<(u64, File)>,
+}
+
+impl JournalSync {
+    fn sync(&mut self, db: &Database) -> Result<(), String> {
+        if self.mode == PersistMode::Buffer {
+            return db.persist(PersistMode::Buffer).map_err(|e| e.to_string());
+        }
+        db.persist(PersistMode::Buffer).map_err(|e| e.to_string())?;
+        let Some(id) = active_journal(&self.dir).map_err(|e| e.to_string())? else {
+            return db.persist(self.mode).map_err(|e| e.to_string());
+        };
+        if self.active.as_ref().is_none_or(|(open, _)| *open != id) {
+            let file = File::open(self.dir.join(format!("{id}.jnl"))).map_err(|e| e.to_string())?;
+            self.active = Some((id, file));
+        }
+        let Some((_, file)) = &self.active else { return Err("journal handle missing".to_owned()) };
+        match self.mode {
+            PersistMode::SyncAll => file.sync_all(),
+            _ => file.sync_data(),
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// The highest journal id in `dir`, if any.
+fn active_journal(dir: &Path) -> std::io::Result<Option<u64>> {
+    let mut highest = None;
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let id = name.to_str().and_then(|name| name.strip_suffix(".jnl")).and_then(|id| id.parse::<u64>().ok());
+        highest = highest.max(id);
+    }
+    Ok(highest)
 }
 
 /// Big-endian u64 key.
@@ -144,5 +204,33 @@ pub(crate) fn last_sequence(keyspace: &Keyspace) -> Result<u64, PortError> {
             let (key, _) = guard.into_inner().map_err(storage_error)?;
             Ok(key_u64(&key[key.len().saturating_sub(8)..]).unwrap_or(0))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_active_journal_is_the_highest_id() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert_eq!(active_journal(dir.path()).expect("read"), None);
+        for name in ["0.jnl", "12.jnl", "3.jnl", "x.jnl", "7.jnl.tmp", "version"] {
+            std::fs::write(dir.path().join(name), b"").expect("write");
+        }
+        std::fs::create_dir(dir.path().join("keyspaces")).expect("dir");
+        assert_eq!(active_journal(dir.path()).expect("read"), Some(12));
+    }
+
+    #[test]
+    fn a_sync_finds_fjalls_journal_instead_of_falling_back_to_its_lock() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Database::builder(dir.path()).open().expect("db");
+        let keyspace = db.keyspace("k", KeyspaceCreateOptions::default).expect("keyspace");
+        keyspace.insert("a", "1").expect("insert");
+        let mut journal = JournalSync { dir: dir.path().to_path_buf(), mode: PersistMode::SyncData, active: None };
+        journal.sync(&db).expect("sync");
+        let (id, _) = journal.active.as_ref().expect("the journal was found (fjall's layout as assumed)");
+        assert_eq!(Some(*id), active_journal(dir.path()).expect("read"));
     }
 }
