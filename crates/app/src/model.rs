@@ -136,6 +136,23 @@ pub enum OutboxEvent {
     Charge { order_no: OrderNo },
 }
 
+impl OutboxEvent {
+    /// The bus message this event is carried out as, due at once (`now_ms`) or at its time; `None` for a
+    /// restock, which the relay applies to the cache itself. The relay's rule, and a store's that shares
+    /// its bus's atomic writes (the standalone one writes these messages in the change's own write).
+    pub fn message(&self, now_ms: u64) -> Option<Outgoing> {
+        match self {
+            OutboxEvent::RestockCache(_) => None,
+            OutboxEvent::ScheduleUnpaidTimeout { order_no, at_ms } => {
+                Some(Outgoing { message: Message::UnpaidTimeout { order_no: *order_no }, deliver_at_ms: *at_ms })
+            }
+            OutboxEvent::Charge { order_no } => {
+                Some(Outgoing { message: Message::Charge { order_no: *order_no }, deliver_at_ms: now_ms })
+            }
+        }
+    }
+}
+
 /// Messages on the bus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

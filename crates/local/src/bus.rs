@@ -85,17 +85,33 @@ fn message_key(topic: Topic, due_ms: u64, sequence: u64) -> Vec<u8> {
 impl LocalBus {
     fn write(&self, messages: Vec<Outgoing>) -> PortResult<()> {
         let mut batch = self.db.batch();
-        let mut keys = Vec::with_capacity(messages.len());
+        let keys = self.stage(&mut batch, messages)?;
+        batch.commit().map_err(storage_error)?;
+        self.landed(&keys)
+    }
+
+    /// Puts `messages` into `batch` (the caller's atomic write: a store's change carries its messages in
+    /// its own write, with no outbox to relay them) and gives their keys, for [`LocalBus::landed`] once
+    /// the batch is committed.
+    pub(crate) fn stage(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        messages: impl IntoIterator<Item = Outgoing>,
+    ) -> PortResult<Vec<Vec<u8>>> {
+        let mut keys = Vec::new();
         for outgoing in messages {
             let key = message_key(outgoing.message.topic(), outgoing.deliver_at_ms, self.next_sequence());
             batch.insert(&self.db.bus, key.clone(), encode(&Stored { message: outgoing.message, retries: 0 })?);
             keys.push(key);
         }
-        batch.commit().map_err(storage_error)?;
-        // After the commit, under the cursor lock: a scan running now either saw these keys or will
-        // have its low water lowered to them when it is done.
+        Ok(keys)
+    }
+
+    /// Messages [`LocalBus::stage`]d were committed: after the commit, under the cursor lock, so a scan
+    /// running now either saw these keys or will have its low water lowered to them when it is done.
+    pub(crate) fn landed(&self, keys: &[Vec<u8>]) -> PortResult<()> {
         let mut cursor = self.cursor()?;
-        for key in &keys {
+        for key in keys {
             cursor.lower_to(key);
         }
         Ok(())

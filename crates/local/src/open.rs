@@ -84,7 +84,8 @@ pub async fn open_with_registry(
     std::fs::create_dir_all(data_dir)
         .map_err(|source| LocalError::Directory { path: data_dir.display().to_string(), source })?;
     let db = LocalDb::open(data_dir, local.durability)?;
-    let store: Arc<dyn Store> = Arc::new(LocalStore::new(db.clone())?);
+    let bus = Arc::new(LocalBus::new(db.clone(), Arc::clone(&clock), local.bus_lease_ms)?);
+    let store: Arc<dyn Store> = Arc::new(LocalStore::with_bus(db.clone(), Arc::clone(&bus))?);
     let cache: Arc<dyn StockCache> = Arc::new(LocalStockCache::new(Arc::clone(&clock), local.token_ttl_ms));
     // Nothing else runs yet: the levels and the pending orders are one moment's. Accepted orders not
     // created yet keep their units (their reservations are made again), so the rebuilt counters do not
@@ -96,7 +97,6 @@ pub async fn open_with_registry(
         .map(|order| Held { token: order.entry_token(), lines: order.stock_lines() })
         .collect();
     cache.init(&store.all_stock().await?, &held).await?;
-    let bus = Arc::new(LocalBus::new(db.clone(), Arc::clone(&clock), local.bus_lease_ms)?);
     let registry = LocalRegistry::open(Some(db.clone()))?;
     let payments = match payments {
         Some(payments) => payments,

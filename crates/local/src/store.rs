@@ -3,8 +3,13 @@
 //! Read-check-write sections (stock decrements, transitions, payments, idempotency) run under one
 //! writer lock, so a check and its write are atomic; each section ends in one atomic batch, and the
 //! caller is answered after a group-commit sync that covers it.
+//!
+//! Opened with its bus ([`LocalStore::with_bus`], as the standalone profile is), a change's timers and
+//! charges are written as bus messages in the change's own batch: store and bus share one journal, so
+//! the write that changes the order is the one that queues its messages, and only restocks (the cache's,
+//! in memory) go through the outbox and its relay.
 
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
@@ -18,6 +23,7 @@ use orderly_app::store_rules::{
 };
 use orderly_domain::{CatalogEntry, CommodityId, OrderNo, OrderState, Uid};
 
+use crate::bus::LocalBus;
 use crate::db::{LocalDb, key_u64, last_sequence, u64_key};
 use crate::error::LocalError;
 use crate::{decode, encode, storage_error};
@@ -26,13 +32,21 @@ use crate::{decode, encode, storage_error};
 pub struct LocalStore {
     db: LocalDb,
     /// Serialises read-check-write sections; reads outside them see committed batches only.
-    writer: Mutex<()>,
+    writer: tokio::sync::Mutex<()>,
     outbox_sequence: AtomicU64,
     /// No outbox event has a smaller id: scans start here instead of walking the tombstones of every
     /// event ever relayed (ids grow in commit order, under the writer lock).
     outbox_low_water: AtomicU64,
     /// No safe-pay entry is due before this (ms); read and written under the writer lock.
     safe_pay_low_water_ms: AtomicU64,
+    /// The bus on the same database: outbox events that are messages go straight to it.
+    bus: Option<Arc<LocalBus>>,
+}
+
+/// One section's atomic write: its batch, and the bus messages staged in it.
+struct Write {
+    batch: fjall::OwnedWriteBatch,
+    messages: Vec<Vec<u8>>,
 }
 
 fn buyer_key(buyer: Uid, order_no: OrderNo) -> Vec<u8> {
@@ -58,17 +72,37 @@ impl LocalStore {
         let outbox_sequence = AtomicU64::new(last_sequence(&db.outbox)?);
         Ok(LocalStore {
             db,
-            writer: Mutex::new(()),
+            writer: tokio::sync::Mutex::new(()),
             outbox_sequence,
             outbox_low_water: AtomicU64::new(0),
             safe_pay_low_water_ms: AtomicU64::new(0),
+            bus: None,
         })
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, PortError> {
-        // It guards no data of its own (each section ends in one atomic batch): a holder that panicked
-        // left nothing half-written.
-        Ok(self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    /// A store whose outbox events that are messages (unpaid timeouts, charges) are written to `bus`
+    /// in the change's own batch instead of waiting for the relay: `bus` must be on the same database.
+    pub fn with_bus(db: LocalDb, bus: Arc<LocalBus>) -> Result<LocalStore, PortError> {
+        Ok(LocalStore { bus: Some(bus), ..LocalStore::new(db)? })
+    }
+
+    fn write(&self) -> Write {
+        Write { batch: self.db.batch(), messages: Vec::new() }
+    }
+
+    fn commit(&self, write: Write) -> PortResult<()> {
+        write.batch.commit().map_err(storage_error)?;
+        match &self.bus {
+            Some(bus) if !write.messages.is_empty() => bus.landed(&write.messages),
+            _ => Ok(()),
+        }
+    }
+
+    /// A task waiting for it yields its thread to others: a create batch holds it for its reads, plan
+    /// and write (hundreds of µs), and a runtime thread blocked meanwhile would stall every request on it.
+    /// It guards no data of its own (each section ends in one atomic batch, with no await inside).
+    async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writer.lock().await
     }
 
     fn read_order(&self, order_no: OrderNo) -> PortResult<Option<Order>> {
@@ -89,15 +123,27 @@ impl LocalStore {
         Ok(all)
     }
 
-    fn put_order(&self, batch: &mut fjall::OwnedWriteBatch, order: &Order) -> PortResult<()> {
+    /// Writes `order`; `indexed`: the buyer's index already names it (an order's buyer never changes),
+    /// so only its first write adds the index entry.
+    fn put_order(&self, batch: &mut fjall::OwnedWriteBatch, order: &Order, indexed: bool) -> PortResult<()> {
         batch.insert(&self.db.orders, order.order_no.to_key(), encode(order)?);
-        batch.insert(&self.db.orders_by_buyer, buyer_key(order.buyer, order.order_no), []);
+        if !indexed {
+            batch.insert(&self.db.orders_by_buyer, buyer_key(order.buyer, order.order_no), []);
+        }
         Ok(())
     }
 
-    fn put_outbox(&self, batch: &mut fjall::OwnedWriteBatch, event: &OutboxEvent) -> PortResult<()> {
+    /// An outbox event in `write`: straight onto the bus when it is a message and the bus is here.
+    fn put_outbox(&self, write: &mut Write, event: &OutboxEvent, now_ms: u64) -> PortResult<()> {
+        if let Some(bus) = &self.bus
+            && let Some(message) = event.message(now_ms)
+        {
+            let keys = bus.stage(&mut write.batch, [message])?;
+            write.messages.extend(keys);
+            return Ok(());
+        }
         let id = self.outbox_sequence.fetch_add(1, Ordering::SeqCst) + 1;
-        batch.insert(&self.db.outbox, u64_key(id), encode(event)?);
+        write.batch.insert(&self.db.outbox, u64_key(id), encode(event)?);
         Ok(())
     }
 
@@ -136,7 +182,7 @@ impl Store for LocalStore {
 
     async fn add_stock(&self, id: CommodityId, quantity: u64) -> PortResult<StockLevel> {
         let level = {
-            let _writer = self.lock()?;
+            let _writer = self.lock().await;
             let mut level = match self.read_stock(id)? {
                 Some(level) => level,
                 None => {
@@ -171,19 +217,19 @@ impl Store for LocalStore {
     }
 
     async fn insert_pending(&self, orders: &[Order]) -> PortResult<()> {
-        let _writer = self.lock()?;
+        let _writer = self.lock().await;
         let mut batch = self.db.batch();
         for order in orders {
             // If absent only: a fast worker may have created it already.
             if !self.db.orders.contains_key(order.order_no.to_key()).map_err(storage_error)? {
-                self.put_order(&mut batch, order)?;
+                self.put_order(&mut batch, order, false)?;
             }
         }
         batch.commit().map_err(storage_error)
     }
 
     async fn forget_pending(&self, order_nos: &[OrderNo]) -> PortResult<()> {
-        let _writer = self.lock()?;
+        let _writer = self.lock().await;
         let mut batch = self.db.batch();
         for &order_no in order_nos {
             if let Some(order) = self.read_order(order_no)?.filter(|o| o.state == OrderState::Pending) {
@@ -196,7 +242,7 @@ impl Store for LocalStore {
 
     async fn create_orders(&self, requests: &[CreateRequest], now_ms: u64) -> PortResult<Vec<CreateOutcome>> {
         let outcomes = {
-            let _writer = self.lock()?;
+            let _writer = self.lock().await;
             let (order_nos, commodities) = create_batch_keys(requests);
             let mut stored = std::collections::HashMap::with_capacity(order_nos.len());
             for order_no in order_nos {
@@ -210,18 +256,20 @@ impl Store for LocalStore {
                     levels.insert(id, level);
                 }
             }
+            // Their pending views (or earlier creates) put them in the buyer's index already.
+            let indexed: std::collections::HashSet<OrderNo> = stored.keys().copied().collect();
             let plan = plan_create(requests, stored, levels, now_ms)?;
-            let mut batch = self.db.batch();
+            let mut write = self.write();
             for order in &plan.orders {
-                self.put_order(&mut batch, order)?;
+                self.put_order(&mut write.batch, order, indexed.contains(&order.order_no))?;
             }
             for event in &plan.events {
-                self.put_outbox(&mut batch, event)?;
+                self.put_outbox(&mut write, event, now_ms)?;
             }
             for (id, level) in &plan.stock {
-                batch.insert(&self.db.stock, u64_key(id.0), encode(level)?);
+                write.batch.insert(&self.db.stock, u64_key(id.0), encode(level)?);
             }
-            batch.commit().map_err(storage_error)?;
+            self.commit(write)?;
             plan.outcomes
         };
         self.db.sync().await?;
@@ -273,7 +321,7 @@ impl Store for LocalStore {
 
     async fn audit_view(&self) -> PortResult<(Vec<Order>, Vec<(CommodityId, StockLevel)>)> {
         // Every write section commits under the writer lock, so holding it gives one moment's view.
-        let _writer = self.lock()?;
+        let _writer = self.lock().await;
         let orders = self
             .db
             .orders
@@ -285,7 +333,7 @@ impl Store for LocalStore {
 
     async fn change_order(&self, order_no: OrderNo, change: OrderChange, now_ms: u64) -> ChangeResult {
         let changed = {
-            let _writer = self.lock()?;
+            let _writer = self.lock().await;
             let Some(order) = self.read_order(order_no)? else { return Ok(Err(ChangeRejection::NotFound)) };
             let mut levels = Levels::new();
             for id in stock_to_lock(&order, &change) {
@@ -297,20 +345,21 @@ impl Store for LocalStore {
                 Ok(plan) => plan,
                 Err(rejection) => return Ok(Err(rejection)),
             };
-            let mut batch = self.db.batch();
+            let mut write = self.write();
             for (id, level) in &plan.stock {
-                batch.insert(&self.db.stock, u64_key(id.0), encode(level)?);
+                write.batch.insert(&self.db.stock, u64_key(id.0), encode(level)?);
             }
             if let Some(event) = &plan.event {
-                self.put_outbox(&mut batch, event)?;
+                self.put_outbox(&mut write, event, now_ms)?;
             }
             match plan.safe_pay {
                 SafePay::Untouched => {}
-                SafePay::Enter { due_ms } => self.enter_safe_pay(&mut batch, order_no, due_ms),
-                SafePay::Leave => self.remove_safe_pay(&mut batch, order_no)?,
+                SafePay::Enter { due_ms } => self.enter_safe_pay(&mut write.batch, order_no, due_ms),
+                SafePay::Leave => self.remove_safe_pay(&mut write.batch, order_no)?,
             }
-            self.put_order(&mut batch, &plan.order)?;
-            batch.commit().map_err(storage_error)?;
+            // It was read above: the buyer's index names it.
+            self.put_order(&mut write.batch, &plan.order, true)?;
+            self.commit(write)?;
             plan.order
         };
         self.db.sync().await?;
@@ -320,7 +369,7 @@ impl Store for LocalStore {
     async fn payments_due(&self, now_ms: u64, limit: usize) -> PortResult<Vec<OrderNo>> {
         // Under the writer lock, so no entry is added while the low water moves: scans then skip the
         // tombstones of settled payments.
-        let _writer = self.lock()?;
+        let _writer = self.lock().await;
         let low_ms = self.safe_pay_low_water_ms.load(Ordering::SeqCst);
         let end_ms = now_ms.saturating_add(1);
         let mut due = Vec::new();
@@ -339,7 +388,7 @@ impl Store for LocalStore {
     }
 
     async fn postpone_payment_check(&self, order_no: OrderNo, at_ms: u64) -> PortResult<()> {
-        let _writer = self.lock()?;
+        let _writer = self.lock().await;
         if self.db.safe_pay.get(order_no.to_key()).map_err(storage_error)?.is_none() {
             return Ok(());
         }
@@ -383,7 +432,7 @@ impl Store for LocalStore {
         record: &IdempotencyRecord,
     ) -> PortResult<IdempotencyBegin> {
         {
-            let _writer = self.lock()?;
+            let _writer = self.lock().await;
             let storage_key = idempotency_key(buyer, key);
             if let Some(bytes) = self.db.idempotency.get(&storage_key).map_err(storage_error)? {
                 return Ok(idempotency_seen(decode(&bytes)?, record));
@@ -395,7 +444,7 @@ impl Store for LocalStore {
     }
 
     async fn idempotency_answer(&self, buyer: Uid, key: &str, answer: StoredAnswer) -> PortResult<()> {
-        let _writer = self.lock()?;
+        let _writer = self.lock().await;
         let storage_key = idempotency_key(buyer, key);
         let Some(bytes) = self.db.idempotency.get(&storage_key).map_err(storage_error)? else { return Ok(()) };
         let mut record: IdempotencyRecord = decode(&bytes)?;
@@ -409,7 +458,7 @@ impl Store for LocalStore {
 
     async fn replace_meta(&self, key: &str, expected: Option<u64>, value: u64) -> PortResult<bool> {
         {
-            let _writer = self.lock()?;
+            let _writer = self.lock().await;
             let now = self.db.meta.get(key).map_err(storage_error)?.and_then(|bytes| key_u64(&bytes));
             if now != expected {
                 return Ok(false);
@@ -422,7 +471,7 @@ impl Store for LocalStore {
 
     async fn fence(&self, name: &str, fence: u64) -> PortResult<bool> {
         let key = format!("fence:{name}");
-        let _writer = self.lock()?;
+        let _writer = self.lock().await;
         let largest = self.db.meta.get(&key).map_err(storage_error)?.and_then(|bytes| key_u64(&bytes)).unwrap_or(0);
         if fence < largest {
             return Ok(false);
@@ -433,7 +482,7 @@ impl Store for LocalStore {
 
     async fn lease(&self, name: &str, holder: u64, now_ms: u64, until_ms: u64) -> PortResult<bool> {
         let (holder_key, until_key) = (format!("lease:{name}:holder"), format!("lease:{name}:until"));
-        let _writer = self.lock()?;
+        let _writer = self.lock().await;
         let read = |key: &str| -> PortResult<Option<u64>> {
             Ok(self.db.meta.get(key).map_err(storage_error)?.and_then(|bytes| key_u64(&bytes)))
         };

@@ -1,7 +1,7 @@
 //! Worker: the outbox relay. Events written with a store's change are carried out here, oldest first.
 
 use super::Outcome;
-use crate::model::{Message, OutboxEvent, Outgoing};
+use crate::model::OutboxEvent;
 use crate::orderly::Orderly;
 use crate::ports::PortError;
 
@@ -22,11 +22,7 @@ impl Orderly {
         for (_, event) in &events {
             match event {
                 OutboxEvent::RestockCache(restock) => self.ports.cache.restock(restock).await?,
-                OutboxEvent::ScheduleUnpaidTimeout { order_no, at_ms } => publish
-                    .push(Outgoing { message: Message::UnpaidTimeout { order_no: *order_no }, deliver_at_ms: *at_ms }),
-                OutboxEvent::Charge { order_no } => {
-                    publish.push(Outgoing { message: Message::Charge { order_no: *order_no }, deliver_at_ms: now_ms })
-                }
+                other => publish.extend(other.message(now_ms)),
             }
         }
         if !publish.is_empty() {
