@@ -22,6 +22,11 @@ mod workload;
 
 use std::path::PathBuf;
 
+/// The allocator of `orderly` (its `main.rs` says why): the bench's own server (`run-serve`) is this
+/// binary, and measures what `orderly serve` runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orderly::config::Config;
