@@ -198,20 +198,20 @@ impl Orderly {
         }
 
         // The pending view before the create: from the moment the answer is success the number is found
-        // (`pending` until the worker creates it), across a crash too — where the store and the bus share
-        // a journal the publish's sync makes the view durable with the create. Nothing is published yet,
-        // but a write that answered an error (cut off by the deadline) may still land after the abort's
-        // clean-up, and the reservation check publishes a create from a view it finds: so the late
-        // creates are refused as after a failed publish.
-        let written = self.bounded("store", self.ports.store.insert_pending(orders)).await;
+        // (`pending` until the worker creates it), across a crash too. Where the store writes its bus's
+        // messages (standalone: one journal) the views and the creates are one atomic write and one sync.
+        // Elsewhere nothing is published yet when the view is written, but a write that answered an error
+        // (cut off by the deadline) may still land after the abort's clean-up, and the reservation check
+        // publishes a create from a view it finds: so the late creates are refused as after a failed
+        // publish.
+        let creates: Vec<Outgoing> = orders
+            .iter()
+            .map(|o| Outgoing { message: Message::CreateOrder(Box::new(o.clone())), deliver_at_ms: now_ms })
+            .collect();
+        let written = self.bounded("store", self.ports.store.insert_pending_publishing(orders, &creates)).await;
         let published = match written {
-            Ok(()) => {
-                let creates = orders
-                    .iter()
-                    .map(|o| Outgoing { message: Message::CreateOrder(Box::new(o.clone())), deliver_at_ms: now_ms })
-                    .collect();
-                self.bounded("bus", self.ports.bus.publish(creates)).await
-            }
+            Ok(true) => Ok(()),
+            Ok(false) => self.bounded("bus", self.ports.bus.publish(creates)).await,
             Err(error) => Err(error),
         };
         if let Err(error) = published

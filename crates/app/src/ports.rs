@@ -241,6 +241,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// not be durable on its own: where the store and the bus share a journal (standalone), the publish's
     /// sync makes it durable with the create; elsewhere the store's own commit does.
     async fn insert_pending(&self, orders: &[Order]) -> PortResult<()>;
+    /// [`Store::insert_pending`], and `creates` published in the same atomic write, durable on return,
+    /// where this store writes its bus's messages in its own writes (the standalone store opened with
+    /// its bus): `true`. Elsewhere only the views are written and `false`: the caller publishes.
+    async fn insert_pending_publishing(&self, orders: &[Order], creates: &[Outgoing]) -> PortResult<bool> {
+        let _ = creates;
+        self.insert_pending(orders).await.map(|()| false)
+    }
     /// Deletes the `pending` views among `order_nos` (orders in any other state are left alone): the
     /// views of an entry answered with an error.
     async fn forget_pending(&self, order_nos: &[OrderNo]) -> PortResult<()>;

@@ -159,7 +159,10 @@ struct FaultyBus {
 }
 
 impl FaultyBus {
+    /// Also puts a pass-through store in front (no fault set): it does not publish with the pending
+    /// views, as the standalone store does, so the creates go through this bus, as on a cluster.
     fn install(orderly: &mut orderly_app::Orderly, ports: &mut Ports) -> Arc<FaultyBus> {
+        FaultyStore::install(orderly, ports);
         let bus = Arc::new(FaultyBus {
             inner: Arc::clone(&ports.bus),
             store: Arc::clone(&ports.store),

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use orderly_app::PortError;
-use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, StockLevel, StoredAnswer};
+use orderly_app::model::{IdempotencyRecord, Order, OutboxEvent, Outgoing, StockLevel, StoredAnswer};
 use orderly_app::ports::{
     ChangeRejection, ChangeResult, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PortResult, Store,
 };
@@ -133,6 +133,16 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Pending views of `orders`, each if absent only: a fast worker may have created it already.
+    fn put_pending(&self, write: &mut Write, orders: &[Order]) -> PortResult<()> {
+        for order in orders {
+            if !self.db.orders.contains_key(order.order_no.to_key()).map_err(storage_error)? {
+                self.put_order(&mut write.batch, order, false)?;
+            }
+        }
+        Ok(())
+    }
+
     /// An outbox event in `write`: straight onto the bus when it is a message and the bus is here.
     fn put_outbox(&self, write: &mut Write, event: &OutboxEvent, now_ms: u64) -> PortResult<()> {
         if let Some(bus) = &self.bus
@@ -218,14 +228,23 @@ impl Store for LocalStore {
 
     async fn insert_pending(&self, orders: &[Order]) -> PortResult<()> {
         let _writer = self.lock().await;
-        let mut batch = self.db.batch();
-        for order in orders {
-            // If absent only: a fast worker may have created it already.
-            if !self.db.orders.contains_key(order.order_no.to_key()).map_err(storage_error)? {
-                self.put_order(&mut batch, order, false)?;
-            }
+        let mut write = self.write();
+        self.put_pending(&mut write, orders)?;
+        self.commit(write)
+    }
+
+    async fn insert_pending_publishing(&self, orders: &[Order], creates: &[Outgoing]) -> PortResult<bool> {
+        let Some(bus) = &self.bus else { return self.insert_pending(orders).await.map(|()| false) };
+        {
+            let _writer = self.lock().await;
+            let mut write = self.write();
+            self.put_pending(&mut write, orders)?;
+            let keys = bus.stage(&mut write.batch, creates.iter().cloned())?;
+            write.messages.extend(keys);
+            self.commit(write)?;
         }
-        batch.commit().map_err(storage_error)
+        self.db.sync().await?;
+        Ok(true)
     }
 
     async fn forget_pending(&self, order_nos: &[OrderNo]) -> PortResult<()> {

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use orderly_app::model::{Message, OutboxEvent, Token, Topic};
+use orderly_app::model::{Message, OutboxEvent, Outgoing, Token, Topic};
 use orderly_app::ports::{CreateOutcome, CreateRequest};
 use orderly_app::time::ManualClock;
 use orderly_app::{Bus, Store};
@@ -107,4 +107,39 @@ async fn a_pending_views_index_entry_serves_its_created_order() {
         listed.iter().map(|o| (o.order_no, o.state)).collect::<Vec<_>>(),
         vec![(request.order.order_no, OrderState::ToPay)]
     );
+}
+
+#[tokio::test]
+async fn the_entrys_pending_views_and_creates_are_one_write() {
+    let f = fixture().await;
+    let orders = [order(5, &[(A, 1)], false), order(6, &[(A, 1)], true)];
+    let creates: Vec<Outgoing> = orders
+        .iter()
+        .map(|o| Outgoing { message: Message::CreateOrder(Box::new(o.clone())), deliver_at_ms: T0_MS })
+        .collect();
+    // An empty scan first: the topic's low water moves past the creates about to be due now.
+    assert!(f.bus.receive(Topic::CreateOrder, 10).await.expect("receive").is_empty());
+    assert!(f.store.insert_pending_publishing(&orders, &creates).await.expect("written"), "published with the views");
+    for o in &orders {
+        let view = f.store.order(o.order_no).await.expect("read").expect("a pending view");
+        assert_eq!(view.state, OrderState::Pending);
+    }
+    let published: HashSet<OrderNo> = f
+        .bus
+        .receive(Topic::CreateOrder, 10)
+        .await
+        .expect("receive")
+        .into_iter()
+        .map(|d| match d.message {
+            Message::CreateOrder(order) => order.order_no,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(published, orders.iter().map(|o| o.order_no).collect());
+
+    // A store without its bus writes the views only, and says so: the caller publishes.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let alone = LocalStore::new(LocalDb::open(dir.path(), Durability::Os).expect("db")).expect("store");
+    assert!(!alone.insert_pending_publishing(&orders, &creates).await.expect("written"));
+    assert!(alone.order(orders[0].order_no).await.expect("read").is_some());
 }
