@@ -106,7 +106,7 @@ impl LocalDb {
             Durability::Fsync => PersistMode::SyncData,
             Durability::Os => PersistMode::Buffer,
         };
-        let journal = JournalSync { dir: path.to_path_buf(), mode, active: None };
+        let journal = JournalSync::new(path, mode);
         tokio::spawn(group_commit(Arc::new(db), journal, commit_rx));
         Ok(local)
     }
@@ -150,38 +150,75 @@ async fn group_commit(
 
 /// Makes everything committed so far durable, without holding the journal's lock across the disk.
 ///
-/// fjall keeps its journal in `<data dir>/<id>.jnl`, writes only the one of the highest id, and syncs a
-/// journal fully (under its lock) before it starts the next. So after the buffer is written out under the
-/// lock, every commit before it is in the file of the highest id found afterwards, or in an older one
-/// already synced; syncing that file by any handle to it makes them durable. When no journal is found
-/// there (another layout), the sync falls back to fjall's own, under its lock.
+/// fjall (pinned in Cargo.toml: this relies on its journal's layout) keeps its journal in
+/// `<data dir>/<id>.jnl`, writes only the one of the highest id, and syncs a journal fully (under its
+/// lock) before it creates the next, `<id + 1>.jnl`. So after the buffer is written out under the lock,
+/// every commit before it is in the active file found afterwards, or in an older one already synced;
+/// syncing that file by any handle to it makes them durable. The directory is listed once; a rotation
+/// since the last sync is seen by the next id's file existing (a `stat`, no descriptor). When no journal
+/// is found, or its file cannot be opened, the sync falls back to fjall's own, under its lock.
+///
+/// A failed sync fails every later one, as fjall poisons its database when its own sync fails: after a
+/// write-back error the kernel may report a later `fdatasync` as successful while the pages it could
+/// not write are gone, so no commit after it may be acknowledged.
 #[derive(Debug)]
 pub(crate) struct JournalSync {
     dir: PathBuf,
     mode: PersistMode,
     /// The active journal's id and a handle to it, from the last sync.
     active: Option<(u64, File)>,
+    failed: Option<String>,
 }
 
 impl JournalSync {
+    pub(crate) fn new(dir: &Path, mode: PersistMode) -> JournalSync {
+        JournalSync { dir: dir.to_path_buf(), mode, active: None, failed: None }
+    }
+
     fn sync(&mut self, db: &Database) -> Result<(), String> {
-        if self.mode == PersistMode::Buffer {
-            return db.persist(PersistMode::Buffer).map_err(|e| e.to_string());
+        if let Some(failed) = &self.failed {
+            return Err(failed.clone());
         }
+        let synced = self.try_sync(db);
+        if let Err(error) = &synced {
+            self.failed =
+                Some(format!("the journal could not be made durable, nothing is acknowledged any more: {error}"));
+        }
+        synced
+    }
+
+    fn try_sync(&mut self, db: &Database) -> Result<(), String> {
         db.persist(PersistMode::Buffer).map_err(|e| e.to_string())?;
-        let Some(id) = active_journal(&self.dir).map_err(|e| e.to_string())? else {
-            return db.persist(self.mode).map_err(|e| e.to_string());
-        };
-        if self.active.as_ref().is_none_or(|(open, _)| *open != id) {
-            let file = File::open(self.dir.join(format!("{id}.jnl"))).map_err(|e| e.to_string())?;
-            self.active = Some((id, file));
+        if self.mode == PersistMode::Buffer {
+            return Ok(());
         }
-        let Some((_, file)) = &self.active else { return Err("journal handle missing".to_owned()) };
-        match self.mode {
+        let mode = self.mode;
+        let Some(file) = self.active_file() else {
+            return db.persist(mode).map_err(|e| e.to_string());
+        };
+        match mode {
             PersistMode::SyncAll => file.sync_all(),
             _ => file.sync_data(),
         }
         .map_err(|e| e.to_string())
+    }
+
+    /// A handle to the active journal, `None` when it cannot be found or opened.
+    fn active_file(&mut self) -> Option<&File> {
+        let known = match &self.active {
+            Some((id, _)) => *id,
+            None => active_journal(&self.dir).ok()??,
+        };
+        let mut id = known;
+        while self.dir.join(format!("{}.jnl", id + 1)).exists() {
+            id += 1;
+        }
+        if self.active.is_none() || id != known {
+            self.active = None;
+            let file = File::open(self.dir.join(format!("{id}.jnl"))).ok()?;
+            self.active = Some((id, file));
+        }
+        self.active.as_ref().map(|(_, file)| file)
     }
 }
 
@@ -232,14 +269,50 @@ mod tests {
     }
 
     #[test]
-    fn a_sync_finds_fjalls_journal_instead_of_falling_back_to_its_lock() {
+    fn a_sync_finds_fjalls_journal_and_follows_its_rotation() {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Database::builder(dir.path()).open().expect("db");
         let keyspace = db.keyspace("k", KeyspaceCreateOptions::default).expect("keyspace");
         keyspace.insert("a", "1").expect("insert");
-        let mut journal = JournalSync { dir: dir.path().to_path_buf(), mode: PersistMode::SyncData, active: None };
+        let mut journal = JournalSync::new(dir.path(), PersistMode::SyncData);
         journal.sync(&db).expect("sync");
         let (id, _) = journal.active.as_ref().expect("the journal was found (fjall's layout as assumed)");
-        assert_eq!(Some(*id), active_journal(dir.path()).expect("read"));
+        let first = *id;
+        assert_eq!(Some(first), active_journal(dir.path()).expect("read"));
+        // fjall starts the next journal when a flush finds the active one past 64 MB (of incompressible
+        // values: the journal compresses).
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for n in 0..70u32 {
+            let value: Vec<u8> = (0..1 << 17)
+                .flat_map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state.to_le_bytes()
+                })
+                .collect();
+            keyspace.insert(n.to_be_bytes(), value).expect("insert");
+        }
+        keyspace.rotate_memtable_and_wait().expect("rotated");
+        keyspace.insert("b", "2").expect("insert");
+        let newest = active_journal(dir.path()).expect("read").expect("a journal");
+        assert!(newest > first, "fjall rotated its journal ({first} → {newest})");
+        journal.sync(&db).expect("sync");
+        assert_eq!(journal.active.as_ref().map(|(id, _)| *id), Some(newest), "the sync follows the rotation");
+    }
+
+    #[test]
+    fn a_failed_sync_fails_every_later_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Database::builder(dir.path()).open().expect("db");
+        let mut journal = JournalSync::new(dir.path(), PersistMode::SyncData);
+        journal.sync(&db).expect("sync");
+        let id = journal.active.as_ref().map(|(id, _)| *id).expect("found");
+        // A handle whose fdatasync fails (a pipe: EINVAL) in place of the journal's.
+        let (reader, _writer) = std::io::pipe().expect("pipe");
+        journal.active = Some((id, File::from(std::os::fd::OwnedFd::from(reader))));
+        assert!(journal.sync(&db).is_err());
+        journal.active = None;
+        assert!(journal.sync(&db).is_err(), "not acknowledged after a failure, though the journal is fine");
     }
 }
