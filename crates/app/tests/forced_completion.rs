@@ -31,6 +31,10 @@ struct FaultyStore {
     late_views: std::sync::Mutex<Vec<Order>>,
     answer_down: AtomicBool,
     forget_down: AtomicBool,
+    /// The entry's views and creates go to the inner store as one write (the standalone store's), and
+    /// with `one_write_fails_after` the write lands but answers an error (its sync cut off).
+    one_write: AtomicBool,
+    one_write_fails_after: AtomicBool,
 }
 
 impl FaultyStore {
@@ -42,6 +46,8 @@ impl FaultyStore {
             late_views: std::sync::Mutex::new(Vec::new()),
             answer_down: AtomicBool::new(false),
             forget_down: AtomicBool::new(false),
+            one_write: AtomicBool::new(false),
+            one_write_fails_after: AtomicBool::new(false),
         });
         rewire(orderly, ports, |ports| ports.store = Arc::clone(&store) as Arc<dyn Store>);
         store
@@ -79,6 +85,14 @@ impl Store for FaultyStore {
             return Err(PortError::unavailable("store", "injected: cut off by the deadline"));
         }
         self.inner.insert_pending(orders).await
+    }
+    async fn insert_pending_publishing(&self, orders: &[Order], creates: &[Outgoing]) -> PortResult<bool> {
+        if !self.one_write.load(Ordering::SeqCst) {
+            return self.insert_pending(orders).await.map(|()| false);
+        }
+        let published = self.inner.insert_pending_publishing(orders, creates).await?;
+        fails_if(&self.one_write_fails_after)?;
+        Ok(published)
     }
     async fn forget_pending(&self, order_nos: &[OrderNo]) -> PortResult<()> {
         fails_if(&self.forget_down)?;
@@ -418,6 +432,32 @@ async fn a_publish_that_landed_behind_an_error_answer_creates_nothing() {
     assert_eq!(stock(&ports, 2).await, (10, Some(10)));
     assert!(ports.payments.succeeded().await.expect("ledger").is_empty(), "nothing charged");
     // The buyer's retry (a new cart, no key) is accepted and created.
+    let order_nos = orderly.place_orders(&seed_body(), None).await.expect("accepted");
+    orderly.drain().await.expect("workers run");
+    assert_eq!(state(&ports, order_nos[0]).await, OrderState::Paid);
+    settle_and_audit(&orderly, &clock).await;
+}
+
+/// The standalone entry's one write (views and creates) landed, but its sync answered an error: the
+/// buyer hears an error, so nothing may be created — the creates already on the bus end `rejected`,
+/// holding nothing, as after a publish that landed behind an error.
+#[tokio::test]
+async fn a_one_write_that_landed_behind_an_error_answer_creates_nothing() {
+    let Harness { mut orderly, mut ports, clock, .. } = harness(10).await;
+    let store = FaultyStore::install(&mut orderly, &mut ports);
+    store.one_write.store(true, Ordering::SeqCst);
+    store.one_write_fails_after.store(true, Ordering::SeqCst);
+    let answer = orderly.place_orders(&seed_body(), None).await;
+    assert!(matches!(answer, Err(PlaceError::Unavailable(_))), "{answer:?}");
+    store.one_write_fails_after.store(false, Ordering::SeqCst);
+    assert_eq!(stock(&ports, 1).await, (10, Some(10)), "nothing held after the error answer");
+    orderly.drain().await.expect("workers run");
+    let (orders, _) = ports.store.audit_view().await.expect("view");
+    assert_eq!(orders.len(), 2, "the creates did land");
+    assert!(orders.iter().all(|o| o.state == OrderState::Rejected), "{orders:?}");
+    assert_eq!(stock(&ports, 1).await, (10, Some(10)));
+    assert!(ports.payments.succeeded().await.expect("ledger").is_empty(), "nothing charged");
+    // The buyer's retry (a new cart, no key) goes the one-write way and is created.
     let order_nos = orderly.place_orders(&seed_body(), None).await.expect("accepted");
     orderly.drain().await.expect("workers run");
     assert_eq!(state(&ports, order_nos[0]).await, OrderState::Paid);

@@ -22,14 +22,14 @@ mod workload;
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orderly::config::Config;
+
 /// The allocator of `orderly` (its `main.rs` says why): the bench's own server (`run-serve`) is this
 /// binary, and measures what `orderly serve` runs.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use anyhow::Context;
-use clap::{Parser, Subcommand};
-use orderly::config::Config;
 
 #[derive(Debug, Parser)]
 #[command(name = "orderly-bench", version, about = "Load generator and verdicts for orderly")]
