@@ -16,6 +16,7 @@ use orderly_app::ports::{
     BusDepth, ChangeRejection, ChangeResult, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PortError,
     PortResult,
 };
+use orderly_app::time::ManualClock;
 use orderly_app::{Bus, OrderError, PlaceError, Ports, StockCache, Store};
 use orderly_domain::{CatalogEntry, CommodityId, OrderNo, OrderState, Uid};
 
@@ -423,19 +424,24 @@ async fn a_publish_that_landed_behind_an_error_answer_creates_nothing() {
     let answer = orderly.place_orders(&seed_body(), None).await;
     assert!(matches!(answer, Err(PlaceError::Unavailable(_))), "{answer:?}");
     bus.lying.store(false, Ordering::SeqCst);
-    assert_eq!(stock(&ports, 1).await, (10, Some(10)), "nothing held after the error answer");
+    nothing_came_of_the_landed_creates(&orderly, &ports, &clock).await;
+}
+
+/// After an error answer whose creates landed on the bus (the seed cart, stock 10): nothing is held,
+/// the creates end `rejected`, nothing is charged, and the buyer's retry (a new cart, no key) is created.
+async fn nothing_came_of_the_landed_creates(orderly: &orderly_app::Orderly, ports: &Ports, clock: &ManualClock) {
+    assert_eq!(stock(ports, 1).await, (10, Some(10)), "nothing held after the error answer");
     orderly.drain().await.expect("workers run");
     let (orders, _) = ports.store.audit_view().await.expect("view");
     assert_eq!(orders.len(), 2, "the creates did land");
     assert!(orders.iter().all(|o| o.state == OrderState::Rejected), "{orders:?}");
-    assert_eq!(stock(&ports, 1).await, (10, Some(10)));
-    assert_eq!(stock(&ports, 2).await, (10, Some(10)));
+    assert_eq!(stock(ports, 1).await, (10, Some(10)));
+    assert_eq!(stock(ports, 2).await, (10, Some(10)));
     assert!(ports.payments.succeeded().await.expect("ledger").is_empty(), "nothing charged");
-    // The buyer's retry (a new cart, no key) is accepted and created.
     let order_nos = orderly.place_orders(&seed_body(), None).await.expect("accepted");
     orderly.drain().await.expect("workers run");
-    assert_eq!(state(&ports, order_nos[0]).await, OrderState::Paid);
-    settle_and_audit(&orderly, &clock).await;
+    assert_eq!(state(ports, order_nos[0]).await, OrderState::Paid);
+    settle_and_audit(orderly, clock).await;
 }
 
 /// The standalone entry's one write (views and creates) landed, but its sync answered an error: the
@@ -450,18 +456,8 @@ async fn a_one_write_that_landed_behind_an_error_answer_creates_nothing() {
     let answer = orderly.place_orders(&seed_body(), None).await;
     assert!(matches!(answer, Err(PlaceError::Unavailable(_))), "{answer:?}");
     store.one_write_fails_after.store(false, Ordering::SeqCst);
-    assert_eq!(stock(&ports, 1).await, (10, Some(10)), "nothing held after the error answer");
-    orderly.drain().await.expect("workers run");
-    let (orders, _) = ports.store.audit_view().await.expect("view");
-    assert_eq!(orders.len(), 2, "the creates did land");
-    assert!(orders.iter().all(|o| o.state == OrderState::Rejected), "{orders:?}");
-    assert_eq!(stock(&ports, 1).await, (10, Some(10)));
-    assert!(ports.payments.succeeded().await.expect("ledger").is_empty(), "nothing charged");
-    // The buyer's retry (a new cart, no key) goes the one-write way and is created.
-    let order_nos = orderly.place_orders(&seed_body(), None).await.expect("accepted");
-    orderly.drain().await.expect("workers run");
-    assert_eq!(state(&ports, order_nos[0]).await, OrderState::Paid);
-    settle_and_audit(&orderly, &clock).await;
+    // The retry goes the one-write way too.
+    nothing_came_of_the_landed_creates(&orderly, &ports, &clock).await;
 }
 
 /// The create landed behind an error of its publish, and a worker took it (claimed its reservation)
