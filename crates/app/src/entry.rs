@@ -208,10 +208,10 @@ impl Orderly {
             .iter()
             .map(|o| Outgoing { message: Message::CreateOrder(Box::new(o.clone())), deliver_at_ms: now_ms })
             .collect();
-        let written = self.bounded("store", self.ports.store.insert_pending_publishing(orders, &creates)).await;
+        let written = self.bounded("store", self.ports.store.insert_pending_publishing(orders, creates)).await;
         let published = match written {
-            Ok(true) => Ok(()),
-            Ok(false) => self.bounded("bus", self.ports.bus.publish(creates)).await,
+            Ok(None) => Ok(()),
+            Ok(Some(creates)) => self.bounded("bus", self.ports.bus.publish(creates)).await,
             Err(error) => Err(error),
         };
         if let Err(error) = published

@@ -238,15 +238,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn all_stock(&self) -> PortResult<Vec<(CommodityId, StockLevel)>>;
 
     /// Records accepted orders as `pending`, if absent. Written before the create is published and need
-    /// not be durable on its own: where the store and the bus share a journal (standalone), the publish's
-    /// sync makes it durable with the create; elsewhere the store's own commit does.
+    /// not be durable on its own: the publish that follows makes it durable with the create where the
+    /// store and the bus share a journal; elsewhere the store's own commit does.
     async fn insert_pending(&self, orders: &[Order]) -> PortResult<()>;
     /// [`Store::insert_pending`], and `creates` published in the same atomic write, durable on return,
     /// where this store writes its bus's messages in its own writes (the standalone store opened with
-    /// its bus): `true`. Elsewhere only the views are written and `false`: the caller publishes.
-    async fn insert_pending_publishing(&self, orders: &[Order], creates: &[Outgoing]) -> PortResult<bool> {
-        let _ = creates;
-        self.insert_pending(orders).await.map(|()| false)
+    /// its bus): `None`. Elsewhere only the views are written and the creates come back, for the caller
+    /// to publish.
+    async fn insert_pending_publishing(
+        &self,
+        orders: &[Order],
+        creates: Vec<Outgoing>,
+    ) -> PortResult<Option<Vec<Outgoing>>> {
+        self.insert_pending(orders).await.map(|()| Some(creates))
     }
     /// Deletes the `pending` views among `order_nos` (orders in any other state are left alone): the
     /// views of an entry answered with an error.

@@ -87,9 +87,13 @@ impl Store for FaultyStore {
         }
         self.inner.insert_pending(orders).await
     }
-    async fn insert_pending_publishing(&self, orders: &[Order], creates: &[Outgoing]) -> PortResult<bool> {
+    async fn insert_pending_publishing(
+        &self,
+        orders: &[Order],
+        creates: Vec<Outgoing>,
+    ) -> PortResult<Option<Vec<Outgoing>>> {
         if !self.one_write.load(Ordering::SeqCst) {
-            return self.insert_pending(orders).await.map(|()| false);
+            return self.insert_pending(orders).await.map(|()| Some(creates));
         }
         let published = self.inner.insert_pending_publishing(orders, creates).await?;
         fails_if(&self.one_write_fails_after)?;

@@ -49,6 +49,15 @@ struct Write {
     messages: Vec<Vec<u8>>,
 }
 
+impl Write {
+    /// `messages` onto `bus` in this write, their keys kept for [`LocalBus::landed`] after the commit.
+    fn stage(&mut self, bus: &LocalBus, messages: impl IntoIterator<Item = Outgoing>) -> PortResult<()> {
+        let keys = bus.stage(&mut self.batch, messages)?;
+        self.messages.extend(keys);
+        Ok(())
+    }
+}
+
 fn buyer_key(buyer: Uid, order_no: OrderNo) -> Vec<u8> {
     let mut key = buyer.0.to_be_bytes().to_vec();
     key.extend_from_slice(&order_no.to_key());
@@ -148,9 +157,7 @@ impl LocalStore {
         if let Some(bus) = &self.bus
             && let Some(message) = event.message(now_ms)
         {
-            let keys = bus.stage(&mut write.batch, [message])?;
-            write.messages.extend(keys);
-            return Ok(());
+            return write.stage(bus, [message]);
         }
         let id = self.outbox_sequence.fetch_add(1, Ordering::SeqCst) + 1;
         write.batch.insert(&self.db.outbox, u64_key(id), encode(event)?);
@@ -233,18 +240,21 @@ impl Store for LocalStore {
         self.commit(write)
     }
 
-    async fn insert_pending_publishing(&self, orders: &[Order], creates: &[Outgoing]) -> PortResult<bool> {
-        let Some(bus) = &self.bus else { return self.insert_pending(orders).await.map(|()| false) };
+    async fn insert_pending_publishing(
+        &self,
+        orders: &[Order],
+        creates: Vec<Outgoing>,
+    ) -> PortResult<Option<Vec<Outgoing>>> {
+        let Some(bus) = &self.bus else { return self.insert_pending(orders).await.map(|()| Some(creates)) };
         {
             let _writer = self.lock().await;
             let mut write = self.write();
             self.put_pending(&mut write, orders)?;
-            let keys = bus.stage(&mut write.batch, creates.iter().cloned())?;
-            write.messages.extend(keys);
+            write.stage(bus, creates)?;
             self.commit(write)?;
         }
         self.db.sync().await?;
-        Ok(true)
+        Ok(None)
     }
 
     async fn forget_pending(&self, order_nos: &[OrderNo]) -> PortResult<()> {
