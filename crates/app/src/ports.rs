@@ -120,9 +120,10 @@ pub trait StockCache: Send + Sync + std::fmt::Debug {
     /// `deductions` are what the store took for it, with the versions they made. A counter remembers
     /// every version it counts, so no deduction is counted twice, however late it is reported again: a
     /// live token's were counted when it reserved; a token the cache lost (missing — expired after its
-    /// confirmation, or lost with the cache — or remembered only as an empty release) has each deduction
-    /// applied to a counter that does not count its version yet, and kept for a counter not loaded yet
-    /// (its load applies those newer than what it read). Without deductions a lost token stays lost.
+    /// confirmation, or lost with the cache — or remembered only as an empty release) or released (its
+    /// units given back while the store sold them) has each deduction applied to a counter that does not
+    /// count its version yet, and kept for a counter not loaded yet (its load applies those newer than
+    /// what it read). Without deductions a lost token stays lost.
     async fn confirm(&self, token: Token, deductions: &[StockChange]) -> PortResult<()>;
     /// RESERVED or CLAIMED → RELEASED, returning the stock. Unknown token: remembered as RELEASED, returns
     /// nothing (empty rollback). Answers the state found.

@@ -47,6 +47,7 @@ macro_rules! stock_cache_contract {
             restock_counts_once_per_key_and_skips_loaded_versions,
             restock_of_an_unloaded_commodity_waits_for_the_load,
             confirm_of_a_lost_token_follows_the_stores_deduction_once,
+            confirm_after_a_release_takes_the_stores_deduction_once,
             a_counted_version_is_never_counted_again,
             a_lost_tokens_deduction_waits_for_the_load,
             init_makes_held_reservations_again_once,

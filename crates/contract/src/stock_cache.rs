@@ -173,6 +173,37 @@ pub async fn confirm_of_a_lost_token_follows_the_stores_deduction_once(cache: Ar
     assert_eq!(available(&cache, &[A]).await, vec![Some(3)]);
 }
 
+/// A reservation given back while its create went on, then that create confirmed: the store sold the
+/// units the release returned, so the counter takes them again — once. Seen in a failover: a worker
+/// claimed the token on a Redis master that died, a load made the reservation again from the order's
+/// pending view, the reservation check released it (it was RESERVED again), and the worker's create
+/// then confirmed on a RELEASED token: the counter stayed the order's units above the store.
+pub async fn confirm_after_a_release_takes_the_stores_deduction_once(cache: Arc<dyn StockCache>) {
+    let held = Held { token: token(1), lines: vec![(A, 3)] };
+    cache.init(&[(A, level(10, 1))], std::slice::from_ref(&held)).await.expect("init");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(7)], "made again from the pending view");
+    assert_eq!(cache.release_if_reserved(token(1)).await.expect("release"), Some(TokenState::Reserved));
+    assert_eq!(available(&cache, &[A]).await, vec![Some(10)]);
+    cache.confirm(token(1), &[(A, 3, 2)]).await.expect("confirm");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(7)], "the store's deduction");
+    cache.confirm(token(1), &[(A, 3, 2)]).await.expect("confirm redelivered");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(7)], "once");
+    assert_eq!(cache.release(token(1)).await.expect("release"), Some(TokenState::Confirmed), "nothing back");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(7)]);
+    // The same without a load: reserved, released, then the create's confirmation.
+    assert_eq!(cache.reserve(token(2), &[(A, 2)], false).await.expect("reserve"), Reserve::Reserved);
+    assert_eq!(cache.release(token(2)).await.expect("release"), Some(TokenState::Reserved));
+    cache.confirm(token(2), &[(A, 2, 3)]).await.expect("confirm");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(5)]);
+    // A counter loaded after the deduction counts it already: nothing more.
+    assert_eq!(cache.reserve(token(3), &[(B, 1)], false).await.expect("reserve"), Reserve::NotLoaded(vec![B]));
+    cache.init(&[(B, level(4, 5))], &[]).await.expect("init");
+    assert_eq!(cache.reserve(token(3), &[(B, 1)], false).await.expect("reserve"), Reserve::Reserved);
+    assert_eq!(cache.release(token(3)).await.expect("release"), Some(TokenState::Reserved));
+    cache.confirm(token(3), &[(B, 1, 5)]).await.expect("confirm");
+    assert_eq!(available(&cache, &[B]).await, vec![Some(4)], "version 5 is in the load");
+}
+
 /// A store change is counted once, whoever reports it and however late: the confirmation of a create
 /// redelivered after its confirmed token expired (reported here under a token the cache does not know),
 /// a restock reported again after its marker expired (here under another key), a parked change the

@@ -278,7 +278,8 @@ impl StockCache for LocalStockCache {
                     }
                     false
                 }
-                Some(record) => record.state == TokenState::Released && record.lines.is_empty(),
+                // Given back (its units returned) or never known: the store's deduction is followed.
+                Some(record) => record.state == TokenState::Released,
                 None => true,
             };
             if lost && !deductions.is_empty() {
