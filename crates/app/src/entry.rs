@@ -168,9 +168,12 @@ impl Orderly {
                 deliver_at_ms: check_at_ms,
             })
             .collect();
+        let started = std::time::Instant::now();
         self.bounded("bus", self.ports.bus.publish_guards(checks)).await?;
+        crate::meters::entry_step("guards", started);
 
         // Remark 2: fail early on stock. All orders of the cart or none.
+        let started = std::time::Instant::now();
         for (index, order) in orders.iter().enumerate() {
             match self.bounded("stock cache", self.reserve(order.entry_token(), &order.stock_lines(), false)).await {
                 Ok(Reserve::Reserved | Reserve::AlreadyHeld(_)) => {}
@@ -204,14 +207,22 @@ impl Orderly {
         // (cut off by the deadline) may still land after the abort's clean-up, and the reservation check
         // publishes a create from a view it finds: so the late creates are refused as after a failed
         // publish.
+        crate::meters::entry_step("reserve", started);
         let creates: Vec<Outgoing> = orders
             .iter()
             .map(|o| Outgoing { message: Message::CreateOrder(Box::new(o.clone())), deliver_at_ms: now_ms })
             .collect();
+        let started = std::time::Instant::now();
         let written = self.bounded("store", self.ports.store.insert_pending_publishing(orders, creates)).await;
+        crate::meters::entry_step("pending", started);
         let published = match written {
             Ok(None) => Ok(()),
-            Ok(Some(creates)) => self.bounded("bus", self.ports.bus.publish(creates)).await,
+            Ok(Some(creates)) => {
+                let started = std::time::Instant::now();
+                let published = self.bounded("bus", self.ports.bus.publish(creates)).await;
+                crate::meters::entry_step("creates", started);
+                published
+            }
             Err(error) => Err(error),
         };
         if let Err(error) = published
@@ -327,8 +338,11 @@ impl Orderly {
     /// leaves the reservation to the check (the worker then reserves again), and a missing idempotency
     /// answer makes a retry re-run the idempotent steps on the same numbers.
     async fn after_publish(&self, orders: &[Order], buyer: Uid, idempotency_key: Option<&str>) {
+        let started = std::time::Instant::now();
         let claims = orders.iter().map(|o| self.bounded("stock cache", self.ports.cache.claim(o.entry_token())));
-        for (order, claim) in orders.iter().zip(futures_util::future::join_all(claims).await) {
+        let claimed = futures_util::future::join_all(claims).await;
+        crate::meters::entry_step("claim", started);
+        for (order, claim) in orders.iter().zip(claimed) {
             if let Err(error) = claim {
                 tracing::warn!(order_no = %order.order_no, %error, "accepted, but the reservation could not be claimed for its create");
             }

@@ -15,6 +15,11 @@ pub const BUS_WAIT_SECONDS: &str = "orderly_bus_wait_seconds";
 /// The longest such wait in a worker's last receive, by `topic` (0 when it found nothing waiting): the
 /// age of the queue's oldest message as a worker last saw it (the queues hand out the oldest first).
 pub const BUS_OLDEST_AGE_SECONDS: &str = "orderly_bus_oldest_age_seconds";
+/// How long each step of the entry took for one cart, by `step` (seconds): `guards` (the reservation
+/// checks published), `reserve` (the cart's reservations), `pending` (the pending views written, and
+/// the creates with them where the store writes its bus's messages), `creates` (the creates published
+/// elsewhere), `claim` (the reservations claimed for their creates). Where a buyer's request waits.
+pub const ENTRY_STEP_SECONDS: &str = "orderly_entry_step_seconds";
 /// Reservation checks that found a reservation without its order and gave its stock back.
 pub const STOCK_RETURNED_BY_CHECK: &str = "orderly_reservation_checks_returned_stock_total";
 
@@ -26,6 +31,11 @@ pub fn describe() {
     );
     metrics::describe_counter!(PAYMENTS, "Charge calls by outcome: succeeded, declined, no_answer");
     metrics::describe_histogram!(PAYMENT_SECONDS, metrics::Unit::Seconds, "How long a charge call took");
+    metrics::describe_histogram!(
+        ENTRY_STEP_SECONDS,
+        metrics::Unit::Seconds,
+        "How long each step of the entry took for one cart: guards, reserve, pending, creates, claim"
+    );
     metrics::describe_counter!(STOCK_RETURNED_BY_CHECK, "Reservation checks that gave a reservation's stock back");
     metrics::describe_histogram!(
         BUS_WAIT_SECONDS,
@@ -61,4 +71,10 @@ pub fn received(topic: crate::model::Topic, now_ms: u64, due_ms: impl Iterator<I
 
 pub fn stock_returned_by_check() {
     metrics::counter!(STOCK_RETURNED_BY_CHECK).increment(1);
+}
+
+/// One step of the entry for one cart, from `started` (an observation, not a decision: the real time,
+/// not the injected clock).
+pub fn entry_step(step: &'static str, started: std::time::Instant) {
+    metrics::histogram!(ENTRY_STEP_SECONDS, "step" => step).record(started.elapsed().as_secs_f64());
 }

@@ -288,6 +288,32 @@ fn level_of(row: &sqlx::postgres::PgRow) -> PortResult<(CommodityId, StockLevel)
 
 type Tx = Transaction<'static, Postgres>;
 
+/// What every session of ours sets: each statement planned for its own parameters
+/// (`plan_cache_mode = force_custom_plan`). A prepared statement's generic plan is picked after five
+/// executions from the statistics of that moment and kept for the connection's life until an `ANALYZE`
+/// of its tables invalidates it. On a fresh database (tables empty; never analyzed at all where
+/// autovacuum is off) the batched reads and updates keyed by `UNNEST` arrays got hash joins over
+/// sequential scans and kept them while the tables grew: one 20 s bench read 109 M ledger rows in 2 338
+/// sequential scans and 68 M order rows in 679 (docs/BENCHMARKS.md, issue 12). A custom plan sees the
+/// table's current size and the array's length every time; its planning did not show in PostgreSQL's
+/// CPU per order, which fell by a quarter.
+pub fn session_options(options: PgConnectOptions) -> PgConnectOptions {
+    options.options([("plan_cache_mode", "force_custom_plan")])
+}
+
+/// Says so when the server does not run autovacuum: nothing reclaims dead rows (every order change leaves
+/// one) and the planner has no statistics. The server's setting, not ours to change; said once per pool.
+async fn warn_without_autovacuum(pool: &PgPool) {
+    match sqlx::query_scalar::<_, String>("SHOW autovacuum").fetch_one(pool).await {
+        Ok(on) if on == "on" => {}
+        Ok(off) => tracing::warn!(
+            autovacuum = %off,
+            "PostgreSQL runs without autovacuum: dead rows of orders and payments are never reclaimed and tables are never analyzed; turn it on (postgresql.conf)"
+        ),
+        Err(error) => tracing::debug!(%error, "could not read the server's autovacuum setting"),
+    }
+}
+
 impl PgStore {
     /// Connects (a pool of `connections_max`, and a quarter of that unsynced) and brings the schema up
     /// to date. The pools follow `primary` (see [`Primary`]).
@@ -296,6 +322,7 @@ impl PgStore {
         connections_max: u32,
         primary: &Arc<Primary>,
     ) -> PortResult<PgStore> {
+        let options = session_options(options);
         let pool = primary
             .pool_options()
             .max_connections(connections_max)
@@ -304,6 +331,7 @@ impl PgStore {
             .map_err(database_error)?;
         primary.follow(&pool, options.clone());
         MIGRATOR.run(&pool).await.map_err(PgError::Migration)?;
+        warn_without_autovacuum(&pool).await;
         let unsynced_options = options.options([("synchronous_commit", "off")]);
         let unsynced = primary
             .pool_options()

@@ -43,6 +43,7 @@ pub async fn connect_payment_ledger(
     if !plain || schema.len() > 63 {
         return Err(PgError::SchemaName(schema.to_owned()).into());
     }
+    let options = crate::session_options(options);
     let admin = PgPoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(database_error)?;
     // Checked above: only [a-z0-9_].
     let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");

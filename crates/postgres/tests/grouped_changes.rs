@@ -131,3 +131,12 @@ async fn a_change_of_an_order_created_mid_batch_is_decided_by_the_next_round() {
     let available = store.stock(&[A]).await.expect("stock")[0].expect("a ledger").available;
     assert_eq!(available, 10, "deducted by the create, returned once by the cancel");
 }
+
+/// Every session of the store plans each statement for its own parameters: a generic plan picked while
+/// the tables were empty went on scanning them whole for every batch as they grew (issue 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stores_sessions_plan_each_statement_for_its_parameters() {
+    let (store, _pool) = fresh().await;
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(store.pool()).await.expect("show");
+    assert_eq!(mode, "force_custom_plan");
+}
