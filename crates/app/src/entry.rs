@@ -335,17 +335,28 @@ impl Orderly {
     /// After the creates are durable. The entry tokens are claimed: a reservation whose create is on the
     /// bus belongs to that create (the reservation check leaves a CLAIMED token to the worker, however long
     /// the backlog). Then the idempotency answer. Neither can turn the answer into an error: a failed claim
-    /// leaves the reservation to the check (the worker then reserves again), and a missing idempotency
-    /// answer makes a retry re-run the idempotent steps on the same numbers.
+    /// leaves the reservation to the check (which publishes the create again from its pending view; the
+    /// worker claims the token when it takes either), and a missing idempotency answer makes a retry re-run
+    /// the idempotent steps on the same numbers. So claims that are not done at once (a cache over the
+    /// network) are not waited for: they go on beside the answer, a round trip less on every cart.
     async fn after_publish(&self, orders: &[Order], buyer: Uid, idempotency_key: Option<&str>) {
-        let started = std::time::Instant::now();
-        let claims = orders.iter().map(|o| self.bounded("stock cache", self.ports.cache.claim(o.entry_token())));
-        let claimed = futures_util::future::join_all(claims).await;
-        crate::meters::entry_step("claim", started);
-        for (order, claim) in orders.iter().zip(claimed) {
-            if let Err(error) = claim {
-                tracing::warn!(order_no = %order.order_no, %error, "accepted, but the reservation could not be claimed for its create");
+        let claiming = self.clone();
+        let tokens: Vec<(OrderNo, crate::model::Token)> =
+            orders.iter().map(|o| (o.order_no, o.entry_token())).collect();
+        let mut claims = Box::pin(async move {
+            let started = std::time::Instant::now();
+            let claims =
+                tokens.iter().map(|&(_, token)| claiming.bounded("stock cache", claiming.ports.cache.claim(token)));
+            let claimed = futures_util::future::join_all(claims).await;
+            crate::meters::entry_step("claim", started);
+            for ((order_no, _), claim) in tokens.iter().zip(claimed) {
+                if let Err(error) = claim {
+                    tracing::warn!(%order_no, %error, "accepted, but the reservation could not be claimed for its create");
+                }
             }
+        });
+        if futures_util::FutureExt::now_or_never(&mut claims).is_none() {
+            tokio::spawn(claims);
         }
         if let Some(key) = idempotency_key
             && let Err(error) =

@@ -40,3 +40,16 @@ async fn order_without_pay_at_once_waits_to_pay_then_pays_later() {
     assert_eq!(state(&ports, order_nos[0]).await, OrderState::Paid);
     settle_and_audit(&orderly, &clock).await;
 }
+
+/// An accepted cart's reservations are claimed for their creates (the reservation check then leaves them
+/// to the worker): by an in-process cache at once, before the answer — only a cache over the network is
+/// left to finish beside it.
+#[tokio::test]
+async fn an_in_process_cache_claims_the_reservations_before_the_answer() {
+    let Harness { orderly, ports, .. } = harness(10).await;
+    let order_nos = orderly.place_orders(&body(7, false, &[(1, 2)]), None).await.expect("accepted");
+    let token = orderly_app::model::Token::entry(order_nos[0], orderly_domain::ShopId(100_001));
+    // Nothing has yielded since the answer: a claim spawned instead of done would not have run yet.
+    let found = ports.cache.keep_if_reserved(token).await.expect("cache answers");
+    assert_eq!(found, Some(orderly_app::model::TokenState::Claimed));
+}
