@@ -15,10 +15,11 @@ pub const BUS_WAIT_SECONDS: &str = "orderly_bus_wait_seconds";
 /// The longest such wait in a worker's last receive, by `topic` (0 when it found nothing waiting): the
 /// age of the queue's oldest message as a worker last saw it (the queues hand out the oldest first).
 pub const BUS_OLDEST_AGE_SECONDS: &str = "orderly_bus_oldest_age_seconds";
-/// How long each step of the entry took for one cart, by `step` (seconds): `guards` (the reservation
-/// checks published), `reserve` (the cart's reservations), `pending` (the pending views written, and
-/// the creates with them where the store writes its bus's messages), `creates` (the creates published
-/// elsewhere), `claim` (the reservations claimed for their creates). Where a buyer's request waits.
+/// How long each step of the entry took for one cart, by `step` (seconds, from the Clock port's
+/// milliseconds): `guards` (the reservation checks published), `reserve` (the cart's reservations),
+/// `pending` (the pending views written, and the creates with them where the store writes its bus's
+/// messages), `creates` (the creates published elsewhere), `claim` (the reservations claimed for their
+/// creates — beside the answer when the cache is remote). A refused cart records the steps it passed.
 pub const ENTRY_STEP_SECONDS: &str = "orderly_entry_step_seconds";
 /// Reservation checks that found a reservation without its order and gave its stock back.
 pub const STOCK_RETURNED_BY_CHECK: &str = "orderly_reservation_checks_returned_stock_total";

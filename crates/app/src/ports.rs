@@ -131,7 +131,10 @@ pub trait StockCache: Send + Sync + std::fmt::Debug {
     /// Like [`StockCache::release`], but only from RESERVED: a CLAIMED token belongs to a worker.
     async fn release_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>>;
     /// RESERVED → CLAIMED: the units stay with an order whose create is published again. Answers the
-    /// state found; an unknown token is not recorded.
+    /// state found. An unknown token is remembered as RELEASED with no lines, in the same atomic step
+    /// (like [`StockCache::release`]'s empty rollback): no reservation is made for it afterwards — not a
+    /// late entry's, not one a load of a lost cache would make again from the order's pending view, which
+    /// a separate release would give back while a worker creates the order on the token.
     async fn keep_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>>;
     /// Returns stock once per `restock.key`; lines whose version the counter already counts are skipped,
     /// and lines of a counter not loaded yet are kept for its load, like a lost token's deductions.

@@ -323,7 +323,8 @@ pub async fn init_makes_held_reservations_again_once(cache: Arc<dyn StockCache>)
 }
 
 /// `keep_if_reserved`: RESERVED → CLAIMED (the units stay for a create published again); any other state
-/// is answered and left; an unknown token is answered `None` and not recorded.
+/// is answered and left; an unknown token is answered `None` and remembered as an empty rollback in the
+/// same step, so neither a late reserve nor a load holding it for its pending view makes it again.
 pub async fn keep_if_reserved_keeps_only_a_reserved_token(cache: Arc<dyn StockCache>) {
     loaded(&cache, &[(A, 10)]).await;
     assert_eq!(cache.reserve(token(1), &[(A, 2)], false).await.expect("reserve"), Reserve::Reserved);
@@ -332,5 +333,16 @@ pub async fn keep_if_reserved_keeps_only_a_reserved_token(cache: Arc<dyn StockCa
     assert_eq!(cache.release_if_reserved(token(1)).await.expect("release"), Some(TokenState::Claimed));
     assert_eq!(available(&cache, &[A]).await, vec![Some(8)], "still held");
     assert_eq!(cache.keep_if_reserved(token(2)).await.expect("keep"), None);
-    assert_eq!(cache.reserve(token(2), &[(A, 1)], false).await.expect("reserve"), Reserve::Reserved, "not recorded");
+    assert_eq!(
+        cache.reserve(token(2), &[(A, 1)], false).await.expect("reserve"),
+        Reserve::AlreadyHeld(TokenState::Released),
+        "a late reserve is refused"
+    );
+    assert_eq!(cache.keep_if_reserved(token(2)).await.expect("keep"), Some(TokenState::Released));
+    // A load that would hold token 3 for its pending view, after the keep found it unknown: not made.
+    assert_eq!(cache.keep_if_reserved(token(3)).await.expect("keep"), None);
+    let held = Held { token: token(3), lines: vec![(B, 2)] };
+    cache.init(&[(B, level(5, 1))], &[held]).await.expect("init");
+    assert_eq!(available(&cache, &[A, B]).await, vec![Some(8), Some(5)], "nothing held for token 3");
+    assert_eq!(cache.claim(token(3)).await.expect("claim"), Claim::Released);
 }

@@ -300,8 +300,12 @@ impl StockCache for LocalStockCache {
     }
 
     async fn keep_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>> {
-        self.with(|inner, _, _| {
-            let record = inner.tokens.get_mut(&token)?;
+        self.with(|inner, _, expires_ms| {
+            let Some(record) = inner.tokens.get_mut(&token) else {
+                // Remembered as an empty rollback: no reservation is made for it afterwards.
+                inner.set_token(token, TokenState::Released, Vec::new(), expires_ms);
+                return None;
+            };
             let found = record.state;
             if found == TokenState::Reserved {
                 // Kept: a claimed token outlives its expiry until its create settles it.

@@ -302,7 +302,8 @@ pub fn session_options(options: PgConnectOptions) -> PgConnectOptions {
 }
 
 /// Says so when the server does not run autovacuum: nothing reclaims dead rows (every order change leaves
-/// one) and the planner has no statistics. The server's setting, not ours to change; said once per pool.
+/// one) and the planner has no statistics. The server's setting, not ours to change; said by each store
+/// at start (the payment ledger, on the same server, says nothing more).
 async fn warn_without_autovacuum(pool: &PgPool) {
     match sqlx::query_scalar::<_, String>("SHOW autovacuum").fetch_one(pool).await {
         Ok(on) if on == "on" => {}

@@ -348,7 +348,9 @@ impl StockCache for RedisStockCache {
     }
 
     async fn keep_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>> {
-        let found = self.on_token(&self.scripts.keep, token).await?;
+        let mut invocation = self.scripts.keep.key(self.token_key(token));
+        invocation.arg(self.config.token_ttl_ms);
+        let found: String = self.run(token.shop_id, invocation).await?;
         if found.is_empty() { Ok(None) } else { state_of(&found).map(Some) }
     }
 

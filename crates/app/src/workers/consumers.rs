@@ -129,10 +129,8 @@ impl Orderly {
                 let found = match &view {
                     // An accepted order not created yet: its reservation is kept for the create published
                     // again below (a cache that lost it made it again from the view when it reloaded).
-                    Some(_) => match self.ports.cache.keep_if_reserved(token).await? {
-                        Some(state) => Some(state),
-                        None => self.ports.cache.release_if_reserved(token).await?,
-                    },
+                    // An unknown token is refused in the same step: nothing reserves it afterwards.
+                    Some(_) => self.ports.cache.keep_if_reserved(token).await?,
                     None => self.ports.cache.release_if_reserved(token).await?,
                 };
                 if view.is_none() && found == Some(TokenState::Reserved) {
