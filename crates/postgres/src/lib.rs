@@ -295,8 +295,9 @@ type Tx = Transaction<'static, Postgres>;
 /// autovacuum is off) the batched reads and updates keyed by `UNNEST` arrays got hash joins over
 /// sequential scans and kept them while the tables grew: one 20 s bench read 109 M ledger rows in 2 338
 /// sequential scans and 68 M order rows in 679 (docs/BENCHMARKS.md, issue 12). A custom plan sees the
-/// table's current size and the array's length every time; its planning did not show in PostgreSQL's
-/// CPU per order, which fell by a quarter.
+/// table's current size and the array's length every time. PostgreSQL's CPU per order fell by a quarter;
+/// against plans kept fresh by an `ANALYZE` every 5 s the planning did not show at capacity and cost
+/// 9–12 % at 70 % load (single runs).
 pub fn session_options(options: PgConnectOptions) -> PgConnectOptions {
     options.options([("plan_cache_mode", "force_custom_plan")])
 }
