@@ -172,32 +172,41 @@ impl Orderly {
         self.bounded("bus", self.ports.bus.publish_guards(checks)).await?;
         self.step_took("guards", started_ms);
 
-        // Remark 2: fail early on stock. All orders of the cart or none.
+        // Remark 2: fail early on stock. All orders of the cart or none: every order reserves at once (one
+        // round trip for the cart, not one per shop), and if any cannot, those that did give their units
+        // back. The first order of the cart that could not says why.
         let started_ms = self.ports.clock.now_ms();
-        for (index, order) in orders.iter().enumerate() {
-            match self.bounded("stock cache", self.reserve(order.entry_token(), &order.stock_lines(), false)).await {
-                Ok(Reserve::Reserved | Reserve::AlreadyHeld(_)) => {}
-                Ok(Reserve::Insufficient { commodity_id, available }) => {
+        let reserves = orders.iter().map(|order| async move {
+            let lines = order.stock_lines();
+            self.bounded("stock cache", self.reserve(order.entry_token(), &lines, false)).await
+        });
+        let reserved = futures_util::future::join_all(reserves).await;
+        if let Some(refusal) = reserved.iter().position(|result| !held(result)) {
+            // Only what this call reserved: releasing a token it did not reserve would record an empty
+            // rollback, and a reserve cut off by its deadline is the reservation check's.
+            let taken: Vec<&Order> =
+                orders.iter().zip(&reserved).filter(|(_, result)| held(result)).map(|(order, _)| order).collect();
+            self.release_all(taken).await;
+            return match reserved.into_iter().nth(refusal) {
+                Some(Ok(Reserve::Insufficient { commodity_id, available })) => {
                     if available == 0 {
                         self.sold_out.remember(commodity_id, now_ms);
                     }
-                    self.release_all(&orders[..index]).await;
-                    return self.sold_out(buyer, idempotency_key, commodity_id).await.map(drop);
+                    self.sold_out(buyer, idempotency_key, commodity_id).await.map(drop)
                 }
                 // A commodity of the catalog that was never given stock: sold out.
-                Ok(Reserve::NotLoaded(ids)) => {
-                    self.release_all(&orders[..index]).await;
+                Some(Ok(Reserve::NotLoaded(ids))) => {
                     crate::meters::order_events("sold_out", 1);
-                    return Err(match ids.first() {
+                    Err(match ids.first() {
                         Some(&commodity_id) => PlaceError::SoldOut { commodity_id },
                         None => PortError::corrupt("stock cache", "not loaded, naming no commodity").into(),
-                    });
+                    })
                 }
-                Err(error) => {
-                    self.release_all(&orders[..index]).await;
-                    return Err(error.into());
+                Some(Err(error)) => Err(error.into()),
+                Some(Ok(Reserve::Reserved | Reserve::AlreadyHeld(_))) | None => {
+                    Err(PortError::corrupt("stock cache", "a refusal that was not one").into())
                 }
-            }
+            };
         }
 
         // The pending view before the create: from the moment the answer is success the number is found
@@ -420,6 +429,11 @@ impl Orderly {
         }
         Ok(order_nos)
     }
+}
+
+/// A reserve that left the cart's order holding its units (or found them held already).
+fn held(result: &Result<Reserve, PortError>) -> bool {
+    matches!(result, Ok(Reserve::Reserved | Reserve::AlreadyHeld(_)))
 }
 
 /// What [`Orderly::abort`] found.

@@ -209,7 +209,7 @@ impl Orderly {
     /// The entry's reservations of a cart it refuses, given back. Only from RESERVED: a CLAIMED token is
     /// a worker's, creating its order on it (a retry with a key meets its first attempt's). Best effort:
     /// a release that fails here is done by the reservation check instead.
-    pub(crate) async fn release_all(&self, orders: &[Order]) {
+    pub(crate) async fn release_all(&self, orders: impl IntoIterator<Item = &Order>) {
         for order in orders {
             if let Err(error) = self.ports.cache.release_if_reserved(order.entry_token()).await {
                 tracing::warn!(order_no = %order.order_no, %error, "release failed; the reservation check will do it");

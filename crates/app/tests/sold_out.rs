@@ -29,6 +29,20 @@ async fn when_one_shop_is_sold_out_the_other_shops_reservation_is_released() {
     settle_and_audit(&orderly, &clock).await;
 }
 
+/// The cart's orders reserve together: whichever shop's order is refused, every other order's units come
+/// back, and only what was reserved is released (the refused order's token is not turned into a refusal
+/// a retry would meet).
+#[tokio::test]
+async fn a_refused_first_shop_gives_back_what_the_others_reserved_beside_it() {
+    let Harness { orderly, ports, clock, .. } = harness(10).await;
+    orderly.place_orders(&body(5, false, &[(1, 10)]), None).await.expect("takes all of commodity 1");
+    let refused = orderly.place_orders(&body(6, false, &[(1, 1), (2, 4)]), None).await;
+    assert!(matches!(refused, Err(PlaceError::SoldOut { commodity_id: CommodityId(1) })));
+    assert_eq!(stock(&ports, 2).await, (10, Some(10)), "commodity 2 was reserved beside it, then released");
+    orderly.place_orders(&body(7, false, &[(2, 10)]), None).await.expect("all of commodity 2 is for sale");
+    settle_and_audit(&orderly, &clock).await;
+}
+
 #[tokio::test]
 async fn exactly_the_stock_is_sold_under_concurrent_buyers() {
     let Harness { orderly, ports, clock, .. } = harness(50).await;
