@@ -182,11 +182,20 @@ impl Orderly {
         });
         let reserved = futures_util::future::join_all(reserves).await;
         if let Some(refusal) = reserved.iter().position(|result| !held(result)) {
-            // Only what this call reserved: releasing a token it did not reserve would record an empty
-            // rollback, and a reserve cut off by its deadline is the reservation check's.
-            let taken: Vec<&Order> =
-                orders.iter().zip(&reserved).filter(|(_, result)| held(result)).map(|(order, _)| order).collect();
-            self.release_all(taken).await;
+            // Given back: only what this call reserved (a token it did not reserve would be recorded as an
+            // empty rollback; one held already is an earlier attempt's; one whose reserve was cut off by its
+            // deadline is the reservation check's). Not when the cart has a key and the answer is an error:
+            // its retry re-runs the same numbers and must find their units held (the reservation checks give
+            // them back if it never comes) — released, they would be accepted holding nothing.
+            if idempotency_key.is_none() || matches!(reserved.get(refusal), Some(Ok(_))) {
+                let taken: Vec<&Order> = orders
+                    .iter()
+                    .zip(&reserved)
+                    .filter(|(_, result)| matches!(result, Ok(Reserve::Reserved)))
+                    .map(|(order, _)| order)
+                    .collect();
+                self.release_all(taken).await;
+            }
             return match reserved.into_iter().nth(refusal) {
                 Some(Ok(Reserve::Insufficient { commodity_id, available })) => {
                     if available == 0 {

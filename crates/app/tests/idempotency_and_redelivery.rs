@@ -117,3 +117,26 @@ async fn a_reservation_without_a_create_is_released_by_its_check() {
     assert_eq!(again, Ok(orderly_app::ports::Reserve::AlreadyHeld(orderly_app::model::TokenState::Released)));
     settle_and_audit(&orderly, &clock).await;
 }
+
+/// A keyed cart answered 503 because one shop's reserve failed keeps the units its other orders reserved:
+/// its retry re-runs the same numbers and finds them held. Released, another buyer could take them and
+/// the retry would be accepted holding nothing — its order then `rejected` behind a 200.
+#[tokio::test]
+async fn a_keyed_cart_refused_by_a_cache_error_keeps_its_reservations_for_the_retry() {
+    let mut h = harness(10).await;
+    let cache = LosableCache::install(&mut h.orderly, &mut h.ports);
+    let Harness { orderly, ports, clock, .. } = h;
+    let cart = body(5, false, &[(1, 10), (2, 1)]);
+    cache.fail_reserves_of(Some(orderly_domain::ShopId(100_002)));
+    let refused = orderly.place_orders(&cart, Some("k")).await;
+    assert!(matches!(refused, Err(PlaceError::Unavailable(_))), "{refused:?}");
+    cache.fail_reserves_of(None);
+    let other = orderly.place_orders(&body(6, false, &[(1, 10)]), None).await;
+    assert!(matches!(other, Err(PlaceError::SoldOut { .. })), "the keyed cart's units stay held: {other:?}");
+    let order_nos = orderly.place_orders(&cart, Some("k")).await.expect("the retry is accepted");
+    orderly.drain().await.expect("workers run");
+    for order_no in order_nos {
+        assert_eq!(state(&ports, order_no).await, OrderState::ToPay, "created, not rejected");
+    }
+    settle_and_audit(&orderly, &clock).await;
+}

@@ -178,7 +178,8 @@ pub async fn settle_and_audit(orderly: &Orderly, clock: &ManualClock) {
 /// The profile's stock cache, which a test can lose the way Redis loses it (FLUSHALL, a restart): an
 /// empty cache takes its place and counters reload from the store on demand. `lose_at_next_claim` loses
 /// it right after a worker claims a reservation and reloads every counter from the store at once: a
-/// reload racing a creation in flight, whose reservation is gone with the old cache.
+/// reload racing a creation in flight, whose reservation is gone with the old cache. `fail_reserves_of`
+/// makes one shop's reserves answer an error (a cache that did not answer in time).
 #[derive(Debug)]
 pub struct LosableCache {
     current: std::sync::RwLock<Arc<dyn StockCache>>,
@@ -187,6 +188,7 @@ pub struct LosableCache {
     at_next_claim: AtomicBool,
     /// Loads still to be lost right after they are made (a flush racing each load).
     after_loads: std::sync::atomic::AtomicUsize,
+    failing_shop: std::sync::Mutex<Option<ShopId>>,
 }
 
 impl LosableCache {
@@ -198,6 +200,7 @@ impl LosableCache {
             clock: Arc::clone(&ports.clock),
             at_next_claim: AtomicBool::new(false),
             after_loads: std::sync::atomic::AtomicUsize::new(0),
+            failing_shop: std::sync::Mutex::new(None),
         });
         rewire(orderly, ports, |ports| ports.cache = Arc::clone(&cache) as Arc<dyn StockCache>);
         cache
@@ -216,6 +219,11 @@ impl LosableCache {
         self.at_next_claim.store(true, Ordering::SeqCst);
     }
 
+    /// Reserves for `shop`'s orders answer an error (`None`: none do).
+    pub fn fail_reserves_of(&self, shop: Option<ShopId>) {
+        *self.failing_shop.lock().expect("lock") = shop;
+    }
+
     /// Loses the cache right after each of the next `loads` loads.
     pub fn lose_after_loads(&self, loads: usize) {
         self.after_loads.store(loads, Ordering::SeqCst);
@@ -232,6 +240,9 @@ impl StockCache for LosableCache {
         Ok(())
     }
     async fn reserve(&self, token: Token, lines: &[(CommodityId, u32)], claimed: bool) -> PortResult<Reserve> {
+        if *self.failing_shop.lock().expect("lock") == Some(token.shop_id) {
+            return Err(orderly_app::ports::PortError::unavailable("stock cache", "no answer in time (test)"));
+        }
         self.now().reserve(token, lines, claimed).await
     }
     async fn claim(&self, token: Token) -> PortResult<Claim> {
