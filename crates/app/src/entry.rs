@@ -174,7 +174,8 @@ impl Orderly {
 
         // Remark 2: fail early on stock. All orders of the cart or none: every order reserves at once (one
         // round trip for the cart, not one per shop), and if any cannot, those that did give their units
-        // back. The first order of the cart that could not says why.
+        // back (below: all but a keyed cart's after an error). The first order of the cart that could not
+        // says why.
         let started_ms = self.ports.clock.now_ms();
         let reserves = orders.iter().map(|order| async move {
             let lines = order.stock_lines();
