@@ -687,46 +687,26 @@ impl KafkaBus {
     }
 }
 
-/// How many times the topics a broker refused to create are asked for again, half a second apart: a
-/// broker can refuse one of many at once with a passing error (seen: tansu's `Unknown` for one topic of a
-/// batch, the next request creating it).
-const TOPIC_CREATE_ATTEMPTS: usize = 5;
-
 /// Creates every topic the bus uses; those that exist are left as they are.
 async fn create_topics(config: &KafkaBusConfig) -> PortResult<()> {
     let admin: AdminClient<DefaultClientContext> = config.client().create().map_err(unavailable)?;
+    let names = config.topics();
     let min_insync = config.replication.clamp(1, 2).to_string();
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|(name, partitions)| {
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(config.replication))
+                .set("min.insync.replicas", &min_insync)
+        })
+        .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let mut missing = config.topics();
-    let mut refused = String::new();
-    for attempt in 0..TOPIC_CREATE_ATTEMPTS {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+    for result in admin.create_topics(&topics, &options).await.map_err(unavailable)? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(BusError::Setup(format!("creating topic {name}: {code}")).into()),
         }
-        let topics: Vec<NewTopic<'_>> = missing
-            .iter()
-            .map(|(name, partitions)| {
-                NewTopic::new(name, *partitions, TopicReplication::Fixed(config.replication))
-                    .set("min.insync.replicas", &min_insync)
-            })
-            .collect();
-        let mut failed = HashSet::new();
-        for result in admin.create_topics(&topics, &options).await.map_err(unavailable)? {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => {
-                    refused = format!("creating topic {name}: {code}");
-                    failed.insert(name);
-                }
-            }
-        }
-        missing.retain(|(name, _)| failed.contains(name));
-        if missing.is_empty() {
-            return Ok(());
-        }
-        tracing::debug!(topics = missing.len(), %refused, "topics not created; asking again");
     }
-    Err(BusError::Setup(refused).into())
+    Ok(())
 }
 
 /// Waits (10 s at most) until the brokers' metadata lists every topic with its partitions.
