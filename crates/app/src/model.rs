@@ -28,11 +28,11 @@ pub struct Order {
     pub token_generation: Option<u8>,
     /// Per line, the stock version its deduction made in the store; empty until created. A cache that
     /// lost the reservation uses it to tell whether a counter it reloaded already counts the deduction.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub stock_versions: Vec<u64>,
     /// The trace context (`traceparent`) of the request that placed it: its steps in every process log
     /// under it ([`crate::trace`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub trace: Option<String>,
 }
 

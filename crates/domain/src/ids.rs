@@ -95,14 +95,26 @@ impl FromStr for OrderNo {
     }
 }
 
+/// Its text, as the API shows it; in a binary format (not human-readable: the standalone database's
+/// records) the id and the shard as two integers.
 impl Serialize for OrderNo {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        match serializer.is_human_readable() {
+            true => serializer.collect_str(self),
+            false => (self.id.0, self.buyer_shard).serialize(serializer),
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for OrderNo {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if !deserializer.is_human_readable() {
+            let (id, buyer_shard) = <(u64, u16)>::deserialize(deserializer)?;
+            if u64::from(buyer_shard) >= BUYER_SHARDS {
+                return Err(serde::de::Error::custom(OrderNoParseError::Malformed));
+            }
+            return Ok(OrderNo { id: SnowflakeId(id), buyer_shard });
+        }
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
         text.parse().map_err(serde::de::Error::custom)
     }

@@ -135,10 +135,14 @@ impl FromStr for Money {
 }
 
 /// Serialised as a JSON number (`29.99`), like the seed. Exact: `cents / 100` rounds to the same f64 as
-/// the literal, and f64 printing is shortest round-trip.
+/// the literal, and f64 printing is shortest round-trip. A binary format (not human-readable: the
+/// standalone database's records) gets the cents as an integer.
 impl Serialize for Money {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_f64(self.0 as f64 / 100.0)
+        match serializer.is_human_readable() {
+            true => serializer.serialize_f64(self.0 as f64 / 100.0),
+            false => serializer.serialize_i64(self.0),
+        }
     }
 }
 
@@ -163,7 +167,10 @@ impl<'de> Deserialize<'de> for Money {
                 Money::parse_decimal(v).map_err(E::custom)
             }
         }
-        deserializer.deserialize_any(MoneyVisitor)
+        match deserializer.is_human_readable() {
+            true => deserializer.deserialize_any(MoneyVisitor),
+            false => i64::deserialize(deserializer).map(Money),
+        }
     }
 }
 

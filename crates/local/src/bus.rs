@@ -50,11 +50,11 @@ impl Cursor {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Stored {
-    message: Message,
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Stored {
+    pub(crate) message: Message,
     /// Deliveries that ended in a retry.
-    retries: u32,
+    pub(crate) retries: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -12,9 +12,12 @@ pub enum LocalError {
     #[error("group commit stopped")]
     GroupCommitStopped,
     #[error("undecodable record: {0}")]
-    Undecodable(serde_json::Error),
+    Undecodable(String),
     #[error("unencodable record: {0}")]
-    Unencodable(serde_json::Error),
+    Unencodable(String),
+    /// A record in a format this build cannot read: written by a later build.
+    #[error("a record in format {0}, which this build does not know: the data directory was written by a later build")]
+    UnknownFormat(u8),
     /// A key that does not have its keyspace's layout.
     #[error("bad {0} key")]
     BadKey(&'static str),
@@ -33,7 +36,13 @@ impl LocalError {
     }
 
     fn is_corrupt(&self) -> bool {
-        matches!(self, LocalError::Undecodable(_) | LocalError::BadKey(_) | LocalError::StockWithoutCatalog(_))
+        matches!(
+            self,
+            LocalError::Undecodable(_)
+                | LocalError::UnknownFormat(_)
+                | LocalError::BadKey(_)
+                | LocalError::StockWithoutCatalog(_)
+        )
     }
 }
 

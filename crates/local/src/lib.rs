@@ -1,6 +1,8 @@
 //! The standalone profile: every port in one process, durable on one embedded LSM-tree (fjall).
 //!
 //! # Layout
+//! - [`codec`]: how records and messages are written (a format byte, then postcard; JSON of earlier
+//!   builds still read).
 //! - [`db`]: the fjall database, its keyspaces, and group commit (one fsync serves every writer that
 //!   wrote before it started).
 //! - [`store`]: [`LocalStore`], the `Store` port — catalog, stock ledger, orders, outbox, safe-pay set,
@@ -16,6 +18,7 @@
 
 pub mod bus;
 pub mod cache;
+mod codec;
 pub mod db;
 pub mod error;
 pub mod holdings;
@@ -40,10 +43,4 @@ pub(crate) fn storage_error(error: impl std::fmt::Display) -> PortError {
     LocalError::Storage(error.to_string()).into()
 }
 
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, PortError> {
-    serde_json::from_slice(bytes).map_err(|e| LocalError::Undecodable(e).into())
-}
-
-pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, PortError> {
-    serde_json::to_vec(value).map_err(|e| LocalError::Unencodable(e).into())
-}
+pub(crate) use codec::{decode, encode};
