@@ -67,11 +67,13 @@ const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// The journal on disk, at most, before the memtables it covers are flushed (fjall's default: 512 MiB).
 const JOURNAL_BYTES: u64 = 128 * 1024 * 1024;
 
-/// fjall's background threads (flushes, compactions): two, fjall's default on this machine. One was
-/// tried (with two, fjall 3.1's first worker re-queues every compaction message in a loop while the other
-/// compacts: 9 % of the server's CPU under load), but a lone worker let memtable rotations starve under
-/// sustained load — a 450 MB journal and RSS rising ~15 MB/s within a minute (docs/BENCHMARKS.md).
-const FJALL_WORKERS: usize = 2;
+/// fjall's background threads (flushes, compactions): three. fjall 3.1's first worker hands every
+/// compaction message back to the queue and takes it again while the others are busy (`worker_pool.rs`:
+/// it keeps itself free for flushes), a busy loop as long as every other worker compacts: with two
+/// workers (fjall's default on this machine) that was 5–9 % of the server's CPU under load, with three
+/// 1.3 %. One worker was tried too, and let memtable rotations starve under sustained load — a 450 MB
+/// journal and RSS rising ~15 MB/s within a minute (docs/BENCHMARKS.md).
+const FJALL_WORKERS: usize = 3;
 
 impl LocalDb {
     /// Opens (or recovers) the database under `path`. Must run inside a tokio runtime.
