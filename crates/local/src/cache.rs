@@ -78,6 +78,8 @@ impl Counter {
 #[derive(Debug, Clone)]
 struct TokenRecord {
     state: TokenState,
+    /// What it holds while RESERVED or CLAIMED; nothing once settled (kept for the TTL, its lines are
+    /// never read again, and under load most tokens the cache remembers are settled ones).
     lines: Vec<(CommodityId, u32)>,
     expires_ms: u64,
 }
@@ -179,7 +181,7 @@ impl Inner {
         match self.tokens.get(&token).map(|t| (t.state, t.lines.clone())) {
             Some((state, lines)) if allowed.contains(&state) => {
                 self.give_back(&lines);
-                self.set_token(token, TokenState::Released, lines, expires_ms);
+                self.set_token(token, TokenState::Released, Vec::new(), expires_ms);
                 Some(state)
             }
             Some((state, _)) => Some(state),
@@ -270,6 +272,7 @@ impl StockCache for LocalStockCache {
             let lost = match inner.tokens.get_mut(&token) {
                 Some(record) if matches!(record.state, TokenState::Reserved | TokenState::Claimed) => {
                     record.state = TokenState::Confirmed;
+                    record.lines = Vec::new();
                     // Counted when it reserved: its versions are, from now on, by the counter itself.
                     for (id, _, version) in deductions {
                         if let Some(counter) = inner.stock.get_mut(id) {
