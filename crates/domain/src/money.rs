@@ -2,8 +2,9 @@
 //!
 //! Amounts are `i64` minor units (cents). A request body's amounts are read from the JSON number's own
 //! text ([`deserialize_exact`]): `29.99` is 2 999 cents, and `29.990000000000000001` has a third decimal
-//! and is refused, never rounded. Stored records and messages read them through `f64`, whose shortest
-//! round-trip text (`29.99`) is exact for every amount they hold.
+//! and is refused, never rounded. JSON records and messages (the cluster's) read them through `f64`, whose
+//! shortest round-trip text (`29.99`) is exact for every amount they hold; a binary format (the
+//! standalone database's records) carries the cents as an integer.
 
 use std::fmt;
 use std::str::FromStr;
@@ -169,7 +170,11 @@ impl<'de> Deserialize<'de> for Money {
         }
         match deserializer.is_human_readable() {
             true => deserializer.deserialize_any(MoneyVisitor),
-            false => i64::deserialize(deserializer).map(Money),
+            false => match i64::deserialize(deserializer)? {
+                cents @ 0..=MONEY_CENTS_MAX => Ok(Money(cents)),
+                cents if cents < 0 => Err(de::Error::custom(MoneyParseError::Negative)),
+                _ => Err(de::Error::custom(MoneyParseError::TooLarge)),
+            },
         }
     }
 }

@@ -58,11 +58,11 @@ pub(crate) struct Stored {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct DeadLetter {
-    topic: Topic,
-    message: Message,
-    reason: String,
-    at_ms: u64,
+pub(crate) struct DeadLetter {
+    pub(crate) topic: Topic,
+    pub(crate) message: Message,
+    pub(crate) reason: String,
+    pub(crate) at_ms: u64,
 }
 
 fn topic_byte(topic: Topic) -> u8 {

@@ -7,10 +7,11 @@
 //!   or `"`). Still read, so a data directory of an earlier build opens as it is; a record is written
 //!   again in format 1 by its next change.
 //!
-//! A value whose first byte names a format this build does not know (a later build's) is refused with
-//! its number. Postcard reads fields by position: a change to a stored type's fields (one added,
-//! removed or reordered) needs a new format number and a reader for the old one. `the_formats_bytes_are_pinned`
-//! fails on such a change.
+//! A value whose first byte names a format this build does not know (a later build's), or with bytes
+//! past its end, is refused. Postcard reads fields and enum variants by position: a change to a stored
+//! type (a field or variant added, removed or reordered) needs a new format number and a reader for the
+//! old one. `the_formats_bytes_are_pinned` holds one value of every stored type and every variant, and
+//! fails on such a change. The way is one way: a build before format 1 cannot read it.
 
 use orderly_app::PortError;
 use serde::Serialize;
@@ -31,7 +32,12 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PortError> {
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PortError> {
     let undecodable = |e: &dyn std::fmt::Display| PortError::from(LocalError::Undecodable(e.to_string()));
     match bytes.first() {
-        Some(&POSTCARD) => postcard::from_bytes(&bytes[1..]).map_err(|e| undecodable(&e)),
+        Some(&POSTCARD) => match postcard::take_from_bytes(&bytes[1..]) {
+            Ok((value, [])) => Ok(value),
+            // More than this build's type holds: a later build's field, written without a new format.
+            Ok((_, rest)) => Err(undecodable(&format_args!("{} more bytes than this build reads", rest.len()))),
+            Err(e) => Err(undecodable(&e)),
+        },
         Some(b'{' | b'[' | b'"') => serde_json::from_slice(bytes).map_err(|e| undecodable(&e)),
         Some(&format) => Err(LocalError::UnknownFormat(format).into()),
         None => Err(undecodable(&"an empty value")),
@@ -175,16 +181,28 @@ mod tests {
             decode::<OrderNo>(&encode(&(1u64, 9_999u16)).expect("encodes")).ok(),
             Some(OrderNo { id: SnowflakeId(1), buyer_shard: 9_999 })
         );
-        // A truncated record is undecodable, not a default.
+        // A truncated record is undecodable, not a default; one with bytes past its end (a later
+        // build's field) is refused, not read without them.
         let bytes = encode(&full_order()).expect("encodes");
         assert!(decode::<Order>(&bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let error = decode::<Order>(&longer).expect_err("a byte past the end");
+        assert!(error.to_string().contains("1 more bytes than this build reads"), "{error}");
+        assert_eq!(decode::<Order>(&bytes).ok(), Some(full_order()));
+        // Amounts keep their bounds in the binary format too.
+        assert!(decode::<Money>(&encode(&-1i64).expect("encodes")).is_err());
+        assert!(decode::<Money>(&encode(&(orderly_domain::MONEY_CENTS_MAX + 1)).expect("encodes")).is_err());
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Postcard reads fields by position: this fails when a stored type's fields change, which needs a
     /// new format number (and a reader of format 1) rather than a new expected value here.
     #[test]
     fn the_formats_bytes_are_pinned() {
-        let hex: String = encode(&full_order()).expect("encodes").iter().map(|b| format!("{b:02x}")).collect();
         let expected = concat!(
             "01", // format 1
             "d285d8cc04",
@@ -212,7 +230,107 @@ mod tests {
             "30302d30616637363531393136636434336464383434386562323131633830333139632d62376164",
             "3662373136393230333333312d3031", // trace
         );
-        assert_eq!(hex, expected);
+        assert_eq!(hex(&encode(&full_order()).expect("encodes")), expected);
+    }
+
+    /// One value of every other stored type and every variant of the enums they hold, as bytes: a
+    /// variant added in the middle, or a field anywhere, changes a line here.
+    #[test]
+    fn every_stored_type_and_variant_is_pinned() {
+        let order = |state| Order { state, ..earlier_order() };
+        let ledger = |state| LedgerEntry {
+            amount: Money::from_cents(5998),
+            idempotency_key: "k".to_owned(),
+            state,
+            processing_until_ms: 9,
+            refunds: vec![("r".to_owned(), Money::from_cents(1))],
+        };
+        let capture = |outcome| CaptureRecord { order_no: NO, amount: Money::from_cents(1), outcome };
+        let stored = |message| crate::bus::Stored { message, retries: 1 };
+        let idempotency = |answer| IdempotencyRecord { request: "{}".to_owned(), order_nos: vec![NO], answer };
+        let restock = Restock { key: "k".to_owned(), shop_id: ShopId(9), lines: vec![(CommodityId(1), 2, 3)] };
+        let dead = |topic| crate::bus::DeadLetter {
+            topic,
+            message: Message::Charge { order_no: NO },
+            reason: "r".to_owned(),
+            at_ms: 5,
+        };
+        let mut encoded: Vec<(&str, String)> = Vec::new();
+        let mut put = |name, bytes: Result<Vec<u8>, PortError>| encoded.push((name, hex(&bytes.expect("encodes"))));
+        for (name, state) in [
+            ("order pending", OrderState::Pending),
+            ("order to_pay", OrderState::ToPay),
+            ("order paid", OrderState::Paid),
+            ("order cancelled", OrderState::Cancelled),
+            ("order closed", OrderState::Closed),
+            ("order rejected", OrderState::Rejected),
+        ] {
+            put(name, encode(&order(state)));
+        }
+        put("stock", encode(&StockLevel { shop_id: ShopId(9), initial: 10, available: 7, version: 4 }));
+        put(
+            "catalog",
+            encode(&CatalogEntry {
+                commodity_id: CommodityId(1),
+                shop_id: ShopId(9),
+                unit_price: Money::from_cents(2999),
+            }),
+        );
+        put("outbox restock", encode(&OutboxEvent::RestockCache(restock)));
+        put("outbox timeout", encode(&OutboxEvent::ScheduleUnpaidTimeout { order_no: NO, at_ms: 7 }));
+        put("outbox charge", encode(&OutboxEvent::Charge { order_no: NO }));
+        put("idempotency open", encode(&idempotency(None)));
+        put("idempotency accepted", encode(&idempotency(Some(StoredAnswer::Accepted))));
+        put("idempotency sold out", encode(&idempotency(Some(StoredAnswer::SoldOut { commodity_id: CommodityId(2) }))));
+        put("ledger processing", encode(&ledger(LedgerState::Processing)));
+        put("ledger succeeded", encode(&ledger(LedgerState::Succeeded { payment_id: "p".to_owned() })));
+        put("ledger declined", encode(&ledger(LedgerState::Declined { reason: "d".to_owned() })));
+        put("capture captured", encode(&capture(CaptureOutcome::Captured)));
+        put("capture declined", encode(&capture(CaptureOutcome::Declined { reason: "d".to_owned() })));
+        put("capture voided", encode(&capture(CaptureOutcome::Voided)));
+        put("message create", encode(&stored(Message::CreateOrder(Box::new(earlier_order())))));
+        put("message check", encode(&stored(Message::ReservationCheck { token: Token::worker(NO, ShopId(9)) })));
+        put("message timeout", encode(&stored(Message::UnpaidTimeout { order_no: NO })));
+        put("message charge", encode(&stored(Message::Charge { order_no: NO })));
+        for (name, topic) in [
+            ("dead letter create", Topic::CreateOrder),
+            ("dead letter check", Topic::ReservationCheck),
+            ("dead letter timeout", Topic::UnpaidTimeout),
+            ("dead letter charge", Topic::Charge),
+        ] {
+            put(name, encode(&dead(topic)));
+        }
+        let expected: &[(&str, &str)] = &[
+            ("order pending", "01d285d8cc04070707a18d0600010102ee2edc5d00e807e8070000000001000000"),
+            ("order to_pay", "01d285d8cc04070707a18d0600010102ee2edc5d01e807e8070000000001000000"),
+            ("order paid", "01d285d8cc04070707a18d0600010102ee2edc5d02e807e8070000000001000000"),
+            ("order cancelled", "01d285d8cc04070707a18d0600010102ee2edc5d03e807e8070000000001000000"),
+            ("order closed", "01d285d8cc04070707a18d0600010102ee2edc5d04e807e8070000000001000000"),
+            ("order rejected", "01d285d8cc04070707a18d0600010102ee2edc5d05e807e8070000000001000000"),
+            ("stock", "01090a0704"),
+            ("catalog", "010109ee2e"),
+            ("outbox restock", "0100016b0901010203"),
+            ("outbox timeout", "0101d285d8cc040707"),
+            ("outbox charge", "0102d285d8cc0407"),
+            ("idempotency open", "01027b7d01d285d8cc040700"),
+            ("idempotency accepted", "01027b7d01d285d8cc04070100"),
+            ("idempotency sold out", "01027b7d01d285d8cc0407010102"),
+            ("ledger processing", "01dc5d016b000901017202"),
+            ("ledger succeeded", "01dc5d016b0101700901017202"),
+            ("ledger declined", "01dc5d016b0201640901017202"),
+            ("capture captured", "01d285d8cc04070200"),
+            ("capture declined", "01d285d8cc040702010164"),
+            ("capture voided", "01d285d8cc04070202"),
+            ("message create", "0100d285d8cc04070707a18d0600010102ee2edc5d01e807e807000000000100000001"),
+            ("message check", "0101d285d8cc0407090101"),
+            ("message timeout", "0102d285d8cc040701"),
+            ("message charge", "0103d285d8cc040701"),
+            ("dead letter create", "010003d285d8cc0407017205"),
+            ("dead letter check", "010103d285d8cc0407017205"),
+            ("dead letter timeout", "010203d285d8cc0407017205"),
+            ("dead letter charge", "010303d285d8cc0407017205"),
+        ];
+        assert_eq!(encoded, expected.iter().map(|(n, h)| (*n, (*h).to_owned())).collect::<Vec<_>>());
     }
 
     /// A data directory an earlier build wrote (JSON records and messages) opens: its order is read,
