@@ -11,7 +11,7 @@ import re
 import sys
 
 PARTS = [
-    ("store: journal persist (fsync), group commit", r"Database::persist|fjall::journal"),
+    ("store: journal persist (fsync), group commit", r"Database::persist|fjall::journal|JournalSync"),
     ("store and bus: LSM reads and writes (memtables, trees)", r"crossbeam_skiplist|lsm_tree|fjall::|byteview"),
     ("JSON encode and decode (records, messages, HTTP bodies)", r"serde_json"),
     ("stock cache (LocalStockCache)", r"orderly_local::cache"),
@@ -24,6 +24,7 @@ PARTS = [
     ("HTTP (hyper, axum)", r"hyper|axum|h1::|http::"),
     ("entry: pricing, split, ids", r"orderly_app::entry|orderly_domain|orderly_app::catalog|orderly_app::ids"),
     ("workers (create, pay, timeouts, relay)", r"orderly_app::workers"),
+    ("HTTP: socket reads and writes (the kernel's loopback TCP)", r"mio::net::tcp"),
     ("tokio (scheduling, timers, I/O driver)", r"tokio::|mio::"),
 ]
 PARTS = [(name, re.compile(pattern)) for name, pattern in PARTS]
