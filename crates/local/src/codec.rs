@@ -10,8 +10,9 @@
 //! A value whose first byte names a format this build does not know (a later build's), or with bytes
 //! past its end, is refused. Postcard reads fields and enum variants by position: a change to a stored
 //! type (a field or variant added, removed or reordered) needs a new format number and a reader for the
-//! old one. `the_formats_bytes_are_pinned` holds one value of every stored type and every variant, and
-//! fails on such a change. The way is one way: a build before format 1 cannot read it.
+//! old one. The tests `the_formats_bytes_are_pinned` and `every_stored_type_and_variant_is_pinned` hold
+//! the bytes of one value of every stored type and every variant, and fail on such a change. The
+//! upgrade is one way: a build before format 1 cannot read a record written in it.
 
 use orderly_app::PortError;
 use serde::Serialize;

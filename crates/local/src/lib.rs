@@ -1,7 +1,7 @@
 //! The standalone profile: every port in one process, durable on one embedded LSM-tree (fjall).
 //!
 //! # Layout
-//! - [`codec`]: how records and messages are written (a format byte, then postcard; JSON of earlier
+//! - `codec`: how records and messages are written (a format byte, then postcard; JSON of earlier
 //!   builds still read).
 //! - [`db`]: the fjall database, its keyspaces, and group commit (one fsync serves every writer that
 //!   wrote before it started).
