@@ -178,13 +178,14 @@ impl Inner {
 
     /// Releases from the states `from` allows; unknown tokens are remembered as RELEASED.
     fn release(&mut self, token: Token, expires_ms: u64, allowed: &[TokenState]) -> Option<TokenState> {
-        match self.tokens.get(&token).map(|t| (t.state, t.lines.clone())) {
-            Some((state, lines)) if allowed.contains(&state) => {
+        match self.tokens.get_mut(&token) {
+            Some(record) if allowed.contains(&record.state) => {
+                let (state, lines) = (record.state, std::mem::take(&mut record.lines));
                 self.give_back(&lines);
                 self.set_token(token, TokenState::Released, Vec::new(), expires_ms);
                 Some(state)
             }
-            Some((state, _)) => Some(state),
+            Some(record) => Some(record.state),
             None => {
                 self.set_token(token, TokenState::Released, Vec::new(), expires_ms);
                 None
