@@ -204,33 +204,21 @@ mod tests {
     /// new format number (and a reader of format 1) rather than a new expected value here.
     #[test]
     fn the_formats_bytes_are_pinned() {
-        let expected = concat!(
-            "01", // format 1
-            "d285d8cc04",
-            "07", // order number: id, shard
-            "07",
-            "08",
-            "a18d06",
-            "01", // buyer, to_uid, shop, pay at once
-            "02",
-            "0102ee2e",
-            "02018e4e", // two lines: commodity, quantity, cents (zigzag)
-            "eaab01",
-            "02",
-            "e807",
-            "d00f",         // total, state (paid), created, updated
-            "01dc0b8cf601", // payment attempt
-            "0105",
-            "7061792d31", // payment id
-            "0112",
-            "696e73756666696369656e742066756e6473", // last decline
-            "0102",
-            "0101",
-            "020309", // rejected for, token generation, stock versions
-            "0137",
-            "30302d30616637363531393136636434336464383434386562323131633830333139632d62376164",
-            "3662373136393230333333312d3031", // trace
-        );
+        let fields = [
+            ("format", "01"),
+            ("order number: id, shard", "d285d8cc0407"),
+            ("buyer, to_uid, shop, pay at once", "0708a18d0601"),
+            ("two lines: commodity, quantity, cents (zigzag)", "020102ee2e02018e4e"),
+            ("total, state (paid), created, updated", "eaab0102e807d00f"),
+            ("payment attempt", "01dc0b8cf601"),
+            ("payment id", "01057061792d31"),
+            ("last decline", "0112696e73756666696369656e742066756e6473"),
+            ("rejected for, token generation, stock versions", "01020101020309"),
+            ("trace", "0137"),
+            ("trace", "30302d30616637363531393136636434336464383434386562323131633830333139632d62376164"),
+            ("trace", "3662373136393230333333312d3031"),
+        ];
+        let expected: String = fields.iter().map(|(_, bytes)| *bytes).collect();
         assert_eq!(hex(&encode(&full_order()).expect("encodes")), expected);
     }
 
