@@ -8,7 +8,7 @@ use orderly_domain::{
 
 use crate::caps::Admit;
 use crate::model::{IdempotencyRecord, Message, Order, Outgoing, StoredAnswer, TokenState};
-use crate::orderly::Orderly;
+use crate::orderly::{Orderly, Reserving};
 use crate::ports::{CreateOutcome, CreateRequest, IdempotencyBegin, PortError, Reserve};
 use crate::sold_out::Known;
 use crate::trace::{TARGET as TRACE, TraceParent, order_span};
@@ -159,18 +159,22 @@ impl Orderly {
         now_ms: u64,
     ) -> Result<(), PlaceError> {
         // Remark 1: the check is armed before the reservation, so a crash right after reserving still
-        // gets the stock back.
+        // gets the stock back — by the cache in the reserve's own atomic step where it keeps the checks
+        // (no broker message, no round trip), else published on the bus first.
         let check_at_ms = now_ms + self.config().reservation_check_delay_ms;
-        let checks = orders
-            .iter()
-            .map(|o| Outgoing {
-                message: Message::ReservationCheck { token: o.entry_token() },
-                deliver_at_ms: check_at_ms,
-            })
-            .collect();
-        let started_ms = self.ports.clock.now_ms();
-        self.bounded("bus", self.ports.bus.publish_guards(checks)).await?;
-        self.step_took("guards", started_ms);
+        let kept_check = self.ports.cache.keeps_checks().then_some(check_at_ms);
+        if kept_check.is_none() {
+            let checks = orders
+                .iter()
+                .map(|o| Outgoing {
+                    message: Message::ReservationCheck { token: o.entry_token() },
+                    deliver_at_ms: check_at_ms,
+                })
+                .collect();
+            let started_ms = self.ports.clock.now_ms();
+            self.bounded("bus", self.ports.bus.publish_guards(checks)).await?;
+            self.step_took("guards", started_ms);
+        }
 
         // Remark 2: fail early on stock. All orders of the cart or none: every order reserves at once (one
         // round trip for the cart, not one per shop), and if any cannot, those that did give their units
@@ -179,7 +183,8 @@ impl Orderly {
         let started_ms = self.ports.clock.now_ms();
         let reserves = orders.iter().map(|order| async move {
             let lines = order.stock_lines();
-            self.bounded("stock cache", self.reserve(order.entry_token(), &lines, false)).await
+            let by = Reserving::Entry { check_at_ms: kept_check };
+            self.bounded("stock cache", self.reserve(order.entry_token(), &lines, by)).await
         });
         let reserved = futures_util::future::join_all(reserves).await;
         if let Some(refusal) = reserved.iter().position(|result| !held(result)) {

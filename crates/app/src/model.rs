@@ -73,7 +73,7 @@ pub struct PaymentAttempt {
 /// worker that finds it released or lost reserves generation 1 instead (the seed's token carried a
 /// timestamp for the same purpose: to tell a retried reservation from the first). It names the order's
 /// shop, whose commodities it reserves: a cache sharded by shop keeps the token beside that stock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Token {
     pub order_no: OrderNo,
     pub shop_id: ShopId,

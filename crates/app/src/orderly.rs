@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use orderly_domain::{CatalogEntry, CommodityId, OrderNo};
+use orderly_domain::{CatalogEntry, CommodityId, OrderNo, ShopId};
 
 use crate::catalog::CatalogCache;
 use crate::config::FlowConfig;
@@ -47,6 +47,8 @@ pub struct Orderly {
     /// One counter load at a time in this process: after the cache is lost, every request finds its
     /// counters missing at once, and one load (which reads the pending orders) serves them all.
     pub(crate) loading: Arc<tokio::sync::Mutex<()>>,
+    /// When this process looks next for the reservation checks the cache keeps, and the shops it looks in.
+    pub(crate) kept_checks: Arc<Mutex<KeptChecks>>,
     /// Where the roles that run once in the system are elected ([`Orderly::elected_through`]); none:
     /// by leases in the store.
     pub(crate) registry: Option<Arc<dyn Registry>>,
@@ -101,6 +103,7 @@ impl Orderly {
             sold_out: Arc::default(),
             leases: Arc::default(),
             loading: Arc::default(),
+            kept_checks: Arc::default(),
             registry: None,
         }
     }
@@ -154,14 +157,24 @@ impl Orderly {
     /// `NotLoaded` only for a commodity the store has no stock for; a cache emptied again between the
     /// load and the reserve (a flush racing it) is loaded again, and after [`RELOAD_ATTEMPTS`] it is
     /// "unavailable" — never taken for "no stock".
+    ///
+    /// `Entry(check)` reserves an entry token (RESERVED), arming its reservation check at `check` where
+    /// the cache keeps the checks; `Worker` a worker's own token (CLAIMED).
     pub(crate) async fn reserve(
         &self,
         token: Token,
         lines: &[(CommodityId, u32)],
-        claimed: bool,
+        by: Reserving,
     ) -> Result<Reserve, PortError> {
         for _ in 0..RELOAD_ATTEMPTS {
-            match self.ports.cache.reserve(token, lines, claimed).await? {
+            let reserved = match by {
+                Reserving::Entry { check_at_ms: Some(check_at_ms) } => {
+                    self.ports.cache.reserve_checked(token, lines, check_at_ms).await?
+                }
+                Reserving::Entry { check_at_ms: None } => self.ports.cache.reserve(token, lines, false).await?,
+                Reserving::Worker => self.ports.cache.reserve(token, lines, true).await?,
+            };
+            match reserved {
                 Reserve::NotLoaded(ids) => {
                     if !self.load_into_cache(&ids).await? {
                         return Ok(Reserve::NotLoaded(ids));
@@ -195,12 +208,13 @@ impl Orderly {
         }
         let before = self.ports.store.pending_orders().await?;
         let levels = self.ports.store.all_stock().await?;
+        let check_at_ms = self.ports.clock.now_ms() + self.config().reservation_check_delay_ms;
         let still: HashSet<OrderNo> =
             self.ports.store.pending_orders().await?.iter().map(|order| order.order_no).collect();
         let held: Vec<Held> = before
             .iter()
             .filter(|order| still.contains(&order.order_no))
-            .map(|order| Held { token: order.entry_token(), lines: order.stock_lines() })
+            .map(|order| Held { token: order.entry_token(), lines: order.stock_lines(), check_at_ms })
             .collect();
         self.ports.cache.init(&levels, &held).await?;
         Ok(true)
@@ -258,3 +272,26 @@ impl Orderly {
 
 /// How often a reserve loads counters that a flush keeps emptying before it answers "unavailable".
 const RELOAD_ATTEMPTS: usize = 3;
+
+/// Where the workers stand in their sweep of the reservation checks a cache keeps
+/// ([`crate::ports::StockCache::keeps_checks`]).
+#[derive(Debug, Default)]
+pub(crate) struct KeptChecks {
+    /// Not before this (the Clock port's milliseconds).
+    pub(crate) next_sweep_ms: u64,
+    /// The shops that have stock, read from the store at `shops_read_ms`: a reservation (and so its
+    /// check) can only be on one of them.
+    pub(crate) shops: Vec<ShopId>,
+    pub(crate) shops_read_ms: Option<u64>,
+    /// Not before this, the look at the pending views left longer than [`crate::workers`]' stale age.
+    pub(crate) next_stale_look_ms: u64,
+}
+
+/// Whose reservation [`Orderly::reserve`] makes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reserving {
+    /// The entry's token, RESERVED; with the time its check is due where the cache keeps the checks.
+    Entry { check_at_ms: Option<u64> },
+    /// A worker's own token, CLAIMED from the start.
+    Worker,
+}

@@ -4,7 +4,7 @@
 //! [`PortError`]. Every adapter of a port passes the same contract suite.
 
 use async_trait::async_trait;
-use orderly_domain::{CatalogEntry, CommodityId, OrderAction, OrderNo, SnowflakeId, TransitionRejection, Uid};
+use orderly_domain::{CatalogEntry, CommodityId, OrderAction, OrderNo, ShopId, SnowflakeId, TransitionRejection, Uid};
 
 use crate::caps::{Admission, Admit};
 use crate::model::{
@@ -98,6 +98,9 @@ pub enum Claim {
 pub struct Held {
     pub token: Token,
     pub lines: Vec<(CommodityId, u32)>,
+    /// When its reservation check is due, for a cache that keeps the checks
+    /// ([`StockCache::keeps_checks`]): a reservation made again is checked like one the entry made.
+    pub check_at_ms: u64,
 }
 
 /// The stock cache: the seed's Redis + Lua role. Every operation is atomic and idempotent per token.
@@ -109,10 +112,43 @@ pub trait StockCache: Send + Sync + std::fmt::Debug {
     /// know and all of whose counters this call loads; any other is skipped whole. So accepted orders
     /// whose reservations died with the cache keep their units, instead of the reloaded counters selling
     /// them a second time.
+    /// A cache that keeps the reservation checks arms each remade reservation's at its `check_at_ms`.
     async fn init(&self, levels: &[(CommodityId, StockLevel)], held: &[Held]) -> PortResult<()>;
     /// All lines or none. With `claimed`, the token starts CLAIMED (the worker's own reservation).
     /// A token the cache remembers as RELEASED is refused as `AlreadyHeld(Released)` (no hanging reserve).
     async fn reserve(&self, token: Token, lines: &[(CommodityId, u32)], claimed: bool) -> PortResult<Reserve>;
+    /// Whether the cache keeps the entry's reservation checks itself (remark 1): then the entry reserves
+    /// with [`StockCache::reserve_checked`] and publishes no check, and the workers take the checks due
+    /// from [`StockCache::due_checks`]. Otherwise the entry publishes them ([`Bus::publish_guards`]).
+    fn keeps_checks(&self) -> bool {
+        false
+    }
+    /// [`StockCache::reserve`] of an entry token (RESERVED) that, when it reserves, arms the reservation's
+    /// check due at `check_at_ms` in the same atomic step: the check lives exactly as long as the
+    /// reservation (a cache that loses one loses both, and a reload makes both again from the pending
+    /// views). `AlreadyHeld` arms nothing (the first reserve did). A cache that does not keep checks
+    /// refuses the call.
+    async fn reserve_checked(
+        &self,
+        token: Token,
+        lines: &[(CommodityId, u32)],
+        check_at_ms: u64,
+    ) -> PortResult<Reserve> {
+        let _ = (token, lines, check_at_ms);
+        Err(PortError::failed("stock cache", "this cache does not keep reservation checks"))
+    }
+    /// Up to `max` reservation checks due by `now_ms`, of the tokens of `shops` (a cache sharded by shop
+    /// looks only there). Each is handed out again at `retry_at_ms` unless [`StockCache::checks_done`]
+    /// forgets it first, so a worker that dies holding one delays it, never loses it.
+    async fn due_checks(&self, shops: &[ShopId], now_ms: u64, retry_at_ms: u64, max: usize) -> PortResult<Vec<Token>> {
+        let _ = (shops, now_ms, retry_at_ms, max);
+        Ok(Vec::new())
+    }
+    /// Forgets the checks of `tokens` (done). A confirmation forgets its token's check by itself.
+    async fn checks_done(&self, tokens: &[Token]) -> PortResult<()> {
+        let _ = tokens;
+        Ok(())
+    }
     /// RESERVED → CLAIMED.
     async fn claim(&self, token: Token) -> PortResult<Claim>;
     /// RESERVED or CLAIMED → CONFIRMED: the stock now lives in the store as sold.

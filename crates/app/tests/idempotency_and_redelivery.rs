@@ -118,6 +118,34 @@ async fn a_reservation_without_a_create_is_released_by_its_check() {
     settle_and_audit(&orderly, &clock).await;
 }
 
+/// The same with the check kept by the cache, as the entry arms it: the reservation and its check made in
+/// one step, the entry gone before any pending view or create — the check, due a delay later, gives the
+/// units back, and not before.
+#[tokio::test]
+async fn a_reservation_without_a_create_is_released_by_the_check_its_cache_keeps() {
+    let Harness { orderly, ports, clock, .. } = harness(10).await;
+    assert!(ports.cache.keeps_checks(), "the standalone cache keeps the checks");
+    let token = Token::entry(
+        orderly_domain::OrderNo::new(orderly_domain::SnowflakeId(77), orderly_domain::Uid(5)),
+        orderly_domain::ShopId(100_001),
+    );
+    let delay_ms = orderly.config().reservation_check_delay_ms;
+    let check_at_ms = orderly_app::Clock::now_ms(&*ports.clock) + delay_ms;
+    let lines = [(orderly_domain::CommodityId(1), 2)];
+    orderly.commodity(orderly_domain::CommodityId(1)).await.expect("loads the counter");
+    let reserved = ports.cache.reserve_checked(token, &lines, check_at_ms).await;
+    assert_eq!(reserved, Ok(orderly_app::ports::Reserve::Reserved));
+    clock.advance_ms(delay_ms - 1);
+    orderly.drain().await.expect("workers run");
+    assert_eq!(stock(&ports, 1).await, (10, Some(8)), "not due yet: still held");
+    clock.advance_ms(1);
+    orderly.drain().await.expect("workers run");
+    assert_eq!(stock(&ports, 1).await, (10, Some(10)), "the orphan reservation was returned");
+    let again = ports.cache.reserve(token, &lines, false).await;
+    assert_eq!(again, Ok(orderly_app::ports::Reserve::AlreadyHeld(orderly_app::model::TokenState::Released)));
+    settle_and_audit(&orderly, &clock).await;
+}
+
 /// A keyed cart answered 503 because one shop's reserve failed keeps the units its other orders reserved:
 /// its retry re-runs the same numbers and finds them held. Released, another buyer could take them and
 /// the retry would be accepted holding nothing — its order then `rejected` behind a 200.

@@ -100,7 +100,8 @@ pub async fn redis_reserve(url: &str, callers: usize, duration: Duration) -> any
                 shop_id: ShopId(id % SHOPS + 1),
                 generation: 0,
             };
-            match cache.reserve(token, &[(CommodityId(id), 1)], false).await? {
+            // As the entry reserves: with the reservation's check armed in the same script (never due here).
+            match cache.reserve_checked(token, &[(CommodityId(id), 1)], u64::MAX >> 12).await? {
                 Reserve::Reserved => Ok(()),
                 other => anyhow::bail!("the ceiling's reserve answered {other:?}"),
             }
@@ -111,7 +112,7 @@ pub async fn redis_reserve(url: &str, callers: usize, duration: Duration) -> any
     let (operations, elapsed_s) = measured?;
     Ok(Ceiling {
         name: "redis reserve",
-        what: "one-line reserves/s through the stock cache's script and client, no HTTP",
+        what: "one-line reserves/s (each arming its check) through the stock cache's script and client, no HTTP",
         operations,
         elapsed_s,
         per_s: operations as f64 / elapsed_s.max(0.001),

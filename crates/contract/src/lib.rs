@@ -55,6 +55,9 @@ macro_rules! stock_cache_contract {
             a_counter_that_sold_lost_units_again_goes_below_zero_and_back,
             racing_buyers_never_get_more_than_the_stock,
             shops_are_kept_apart,
+            a_kept_check_is_armed_with_its_reservation_and_handed_out_until_done,
+            a_confirmation_forgets_its_kept_check,
+            a_load_arms_the_checks_of_the_reservations_it_makes_again,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -17,6 +17,9 @@ fn token(n: u64) -> Token {
     Token::entry(OrderNo::new(SnowflakeId(n), Uid(7)), SHOP)
 }
 
+/// When the reservation checks of the cases are due (a cache that keeps them).
+const CHECK_AT_MS: u64 = 1_000;
+
 fn level(available: u64, version: u64) -> StockLevel {
     StockLevel { shop_id: SHOP, initial: available, available, version }
 }
@@ -179,7 +182,7 @@ pub async fn confirm_of_a_lost_token_follows_the_stores_deduction_once(cache: Ar
 /// pending view, the reservation check released it (it was RESERVED again), and the worker's create
 /// then confirmed on a RELEASED token: the counter stayed the order's units above the store.
 pub async fn confirm_after_a_release_takes_the_stores_deduction_once(cache: Arc<dyn StockCache>) {
-    let held = Held { token: token(1), lines: vec![(A, 3)] };
+    let held = Held { token: token(1), lines: vec![(A, 3)], check_at_ms: CHECK_AT_MS };
     cache.init(&[(A, level(10, 1))], std::slice::from_ref(&held)).await.expect("init");
     assert_eq!(available(&cache, &[A]).await, vec![Some(7)], "made again from the pending view");
     assert_eq!(cache.release_if_reserved(token(1)).await.expect("release"), Some(TokenState::Reserved));
@@ -301,7 +304,11 @@ pub async fn shops_are_kept_apart(cache: Arc<dyn StockCache>) {
 /// second time): each whose token is unknown and all of whose counters that load sets; any other whole
 /// reservation is skipped. A remade reservation is a live one: its confirmation takes nothing more.
 pub async fn init_makes_held_reservations_again_once(cache: Arc<dyn StockCache>) {
-    let held = |n: u64, lines: &[(CommodityId, u32)]| Held { token: token(n), lines: lines.to_vec() };
+    let held = |n: u64, lines: &[(CommodityId, u32)]| Held {
+        token: token(n),
+        lines: lines.to_vec(),
+        check_at_ms: CHECK_AT_MS,
+    };
     // Token 9 is known already (released): not made again.
     loaded(&cache, &[(C, 1)]).await;
     cache.release(token(9)).await.expect("release");
@@ -341,8 +348,95 @@ pub async fn keep_if_reserved_keeps_only_a_reserved_token(cache: Arc<dyn StockCa
     assert_eq!(cache.keep_if_reserved(token(2)).await.expect("keep"), Some(TokenState::Released));
     // A load that would hold token 3 for its pending view, after the keep found it unknown: not made.
     assert_eq!(cache.keep_if_reserved(token(3)).await.expect("keep"), None);
-    let held = Held { token: token(3), lines: vec![(B, 2)] };
+    let held = Held { token: token(3), lines: vec![(B, 2)], check_at_ms: CHECK_AT_MS };
     cache.init(&[(B, level(5, 1))], &[held]).await.expect("init");
     assert_eq!(available(&cache, &[A, B]).await, vec![Some(8), Some(5)], "nothing held for token 3");
     assert_eq!(cache.claim(token(3)).await.expect("claim"), Claim::Released);
+}
+
+/// The reservation checks a cache keeps (remark 1): armed by a reserve that reserves, in the same step;
+/// handed out when due, only those of the shops asked about, at most `max`; handed out again at the retry
+/// time until done; a refused or repeated reserve arms nothing. A cache that does not keep checks refuses
+/// to reserve with one.
+pub async fn a_kept_check_is_armed_with_its_reservation_and_handed_out_until_done(cache: Arc<dyn StockCache>) {
+    let other = |n: u64| Token::entry(OrderNo::new(SnowflakeId(n), Uid(7)), OTHER_SHOP);
+    loaded(&cache, &[(A, 10)]).await;
+    cache
+        .init(&[(C, StockLevel { shop_id: OTHER_SHOP, initial: 5, available: 5, version: 1 })], &[])
+        .await
+        .expect("init");
+    if !cache.keeps_checks() {
+        assert!(cache.reserve_checked(token(1), &[(A, 2)], CHECK_AT_MS).await.is_err());
+        assert_eq!(available(&cache, &[A]).await, vec![Some(10)], "nothing reserved");
+        return;
+    }
+    let reserve = |t: Token, lines: Vec<(CommodityId, u32)>, at_ms: u64| {
+        let cache = Arc::clone(&cache);
+        async move { cache.reserve_checked(t, &lines, at_ms).await.expect("reserve") }
+    };
+    assert_eq!(reserve(token(1), vec![(A, 2)], CHECK_AT_MS).await, Reserve::Reserved);
+    assert_eq!(available(&cache, &[A]).await, vec![Some(8)]);
+    assert!(matches!(reserve(token(2), vec![(A, 20)], CHECK_AT_MS).await, Reserve::Insufficient { .. }));
+    // A retry of the first: nothing more held, its check not moved.
+    assert_eq!(reserve(token(1), vec![(A, 2)], CHECK_AT_MS + 5_000).await, Reserve::AlreadyHeld(TokenState::Reserved));
+    assert_eq!(reserve(other(3), vec![(C, 1)], CHECK_AT_MS).await, Reserve::Reserved);
+
+    let due = |shops: Vec<ShopId>, now_ms: u64, max: usize| {
+        let cache = Arc::clone(&cache);
+        async move { cache.due_checks(&shops, now_ms, now_ms + 1_000, max).await.expect("due checks") }
+    };
+    assert_eq!(due(vec![SHOP, OTHER_SHOP], CHECK_AT_MS - 1, 10).await, Vec::<Token>::new(), "not due yet");
+    assert_eq!(due(vec![SHOP], CHECK_AT_MS, 10).await, vec![token(1)], "the refused reserve armed nothing");
+    assert_eq!(due(vec![SHOP], CHECK_AT_MS + 500, 10).await, Vec::<Token>::new(), "handed out: back at the retry");
+    assert_eq!(due(vec![SHOP], CHECK_AT_MS + 1_000, 10).await, vec![token(1)], "not done: handed out again");
+    cache.checks_done(&[token(1)]).await.expect("done");
+    assert_eq!(due(vec![SHOP], CHECK_AT_MS + 10_000, 10).await, Vec::<Token>::new(), "done: forgotten");
+    assert_eq!(due(vec![OTHER_SHOP], CHECK_AT_MS + 10_000, 10).await, vec![other(3)], "the other shop's, asked there");
+
+    // At most `max`, the earliest first.
+    for n in 4..=6 {
+        assert_eq!(reserve(token(n), vec![(A, 1)], CHECK_AT_MS + 20_000 + n).await, Reserve::Reserved);
+    }
+    assert_eq!(due(vec![SHOP], CHECK_AT_MS + 30_000, 2).await, vec![token(4), token(5)]);
+    assert_eq!(due(vec![SHOP], CHECK_AT_MS + 30_000, 2).await, vec![token(6)]);
+    // A check changes no stock by itself.
+    assert_eq!(available(&cache, &[A, C]).await, vec![Some(5), Some(4)]);
+}
+
+/// A confirmation settles its reservation, and with it forgets its check; a release does not (its check
+/// still has a pending view to look after, if any).
+pub async fn a_confirmation_forgets_its_kept_check(cache: Arc<dyn StockCache>) {
+    if !cache.keeps_checks() {
+        return;
+    }
+    loaded(&cache, &[(A, 10)]).await;
+    for n in 1..=2 {
+        assert_eq!(cache.reserve_checked(token(n), &[(A, 1)], CHECK_AT_MS).await.expect("reserve"), Reserve::Reserved);
+    }
+    assert_eq!(cache.claim(token(1)).await.expect("claim"), Claim::Claimed);
+    cache.confirm(token(1), &[(A, 1, 2)]).await.expect("confirm");
+    assert_eq!(cache.release(token(2)).await.expect("release"), Some(TokenState::Reserved));
+    let due = cache.due_checks(&[SHOP], CHECK_AT_MS, CHECK_AT_MS + 1_000, 10).await.expect("due");
+    assert_eq!(due, vec![token(2)]);
+}
+
+/// A load that makes a reservation again arms its check at the time it is given, so a reservation the
+/// cache lost and remade is looked after like the entry's; one it skips arms nothing.
+pub async fn a_load_arms_the_checks_of_the_reservations_it_makes_again(cache: Arc<dyn StockCache>) {
+    if !cache.keeps_checks() {
+        return;
+    }
+    loaded(&cache, &[(C, 1)]).await;
+    let held = |n: u64, lines: &[(CommodityId, u32)], check_at_ms: u64| Held {
+        token: token(n),
+        lines: lines.to_vec(),
+        check_at_ms,
+    };
+    let made =
+        [held(1, &[(A, 1)], CHECK_AT_MS), held(2, &[(A, 1)], CHECK_AT_MS + 100), held(3, &[(C, 1)], CHECK_AT_MS)];
+    cache.init(&[(A, level(10, 1))], &made).await.expect("init");
+    let due = cache.due_checks(&[SHOP], CHECK_AT_MS, CHECK_AT_MS + 1_000, 10).await.expect("due");
+    assert_eq!(due, vec![token(1)], "token 2 not due yet; token 3 skipped (C was loaded before)");
+    let due = cache.due_checks(&[SHOP], CHECK_AT_MS + 100, CHECK_AT_MS + 1_000, 10).await.expect("due");
+    assert_eq!(due, vec![token(2)]);
 }

@@ -8,6 +8,10 @@
 //! it expires (nobody will consume it); a CLAIMED one does not expire — its create is on the bus and
 //! settles it however long the backlog, so the accepted order consumes the units it was given.
 //!
+//! It keeps the entry's reservation checks too (remark 1), armed by `reserve_checked` under the same lock
+//! as the reservation: both live in this process, die with it, and are made again together by the
+//! restart's load.
+//!
 //! A counter may go below zero: a lost reservation's deduction applied to a counter that sold the same
 //! units again meanwhile (the store refuses those orders, and their release brings it back).
 //!
@@ -22,7 +26,7 @@ use async_trait::async_trait;
 use orderly_app::model::{Restock, StockChange, StockLevel, Token, TokenState};
 use orderly_app::ports::{Claim, Held, PortResult, Reserve, StockCache};
 use orderly_app::{Clock, PortError};
-use orderly_domain::CommodityId;
+use orderly_domain::{CommodityId, ShopId};
 
 #[derive(Debug)]
 pub struct LocalStockCache {
@@ -40,6 +44,9 @@ struct Inner {
     parked: HashMap<CommodityId, Vec<(u64, i64)>>,
     /// (expiry, what) in insertion order; the TTL is constant, so the front expires first.
     expiries: VecDeque<(u64, Expiring)>,
+    /// The reservation checks this cache keeps (remark 1), by when they are due, and each token's.
+    checks: BTreeSet<(u64, Token)>,
+    check_due: HashMap<Token, u64>,
 }
 
 #[derive(Debug)]
@@ -146,6 +153,45 @@ impl Inner {
         }
     }
 
+    /// Arms (or moves) `token`'s reservation check to `at_ms`.
+    fn arm_check(&mut self, token: Token, at_ms: u64) {
+        if let Some(was_ms) = self.check_due.insert(token, at_ms) {
+            self.checks.remove(&(was_ms, token));
+        }
+        self.checks.insert((at_ms, token));
+    }
+
+    fn disarm_check(&mut self, token: Token) {
+        if let Some(was_ms) = self.check_due.remove(&token) {
+            self.checks.remove(&(was_ms, token));
+        }
+    }
+
+    /// All lines or none; checks every line first, then writes: no rollback needed (the Lua rule).
+    fn reserve(&mut self, token: Token, lines: &[(CommodityId, u32)], state: TokenState, expires_ms: u64) -> Reserve {
+        if let Some(existing) = self.tokens.get(&token) {
+            return Reserve::AlreadyHeld(existing.state);
+        }
+        let missing: Vec<CommodityId> =
+            lines.iter().map(|(id, _)| *id).filter(|id| !self.stock.contains_key(id)).collect();
+        if !missing.is_empty() {
+            return Reserve::NotLoaded(missing);
+        }
+        for (id, quantity) in lines {
+            let available = self.stock.get(id).map_or(0, |c| c.available);
+            if available < i64::from(*quantity) {
+                return Reserve::Insufficient { commodity_id: *id, available: available.max(0).unsigned_abs() };
+            }
+        }
+        for (id, quantity) in lines {
+            if let Some(counter) = self.stock.get_mut(id) {
+                counter.available -= i64::from(*quantity);
+            }
+        }
+        self.set_token(token, state, lines.to_vec(), expires_ms);
+        Reserve::Reserved
+    }
+
     fn set_token(&mut self, token: Token, state: TokenState, lines: Vec<(CommodityId, u32)>, expires_ms: u64) {
         self.tokens.insert(token, TokenRecord { state, lines, expires_ms });
         self.expiries.push_back((expires_ms, Expiring::Token(token)));
@@ -222,35 +268,60 @@ impl StockCache for LocalStockCache {
                     }
                 }
                 inner.set_token(held.token, TokenState::Reserved, held.lines.clone(), expires_ms);
+                inner.arm_check(held.token, held.check_at_ms);
             }
         })
     }
 
     async fn reserve(&self, token: Token, lines: &[(CommodityId, u32)], claimed: bool) -> PortResult<Reserve> {
+        let state = if claimed { TokenState::Claimed } else { TokenState::Reserved };
+        self.with(|inner, _, expires_ms| inner.reserve(token, lines, state, expires_ms))
+    }
+
+    /// The checks live in this process, as the reservations do: a crash loses both, and the restart's
+    /// load makes both again from the pending views.
+    fn keeps_checks(&self) -> bool {
+        true
+    }
+
+    async fn reserve_checked(
+        &self,
+        token: Token,
+        lines: &[(CommodityId, u32)],
+        check_at_ms: u64,
+    ) -> PortResult<Reserve> {
         self.with(|inner, _, expires_ms| {
-            if let Some(existing) = inner.tokens.get(&token) {
-                return Reserve::AlreadyHeld(existing.state);
+            let reserved = inner.reserve(token, lines, TokenState::Reserved, expires_ms);
+            if reserved == Reserve::Reserved {
+                inner.arm_check(token, check_at_ms);
             }
-            let missing: Vec<CommodityId> =
-                lines.iter().map(|(id, _)| *id).filter(|id| !inner.stock.contains_key(id)).collect();
-            if !missing.is_empty() {
-                return Reserve::NotLoaded(missing);
+            reserved
+        })
+    }
+
+    async fn due_checks(&self, shops: &[ShopId], now_ms: u64, retry_at_ms: u64, max: usize) -> PortResult<Vec<Token>> {
+        let shops: HashSet<ShopId> = shops.iter().copied().collect();
+        self.with(|inner, _, _| {
+            let due: Vec<Token> = inner
+                .checks
+                .iter()
+                .take_while(|(at_ms, _)| *at_ms <= now_ms)
+                .filter(|(_, token)| shops.contains(&token.shop_id))
+                .take(max)
+                .map(|(_, token)| *token)
+                .collect();
+            for token in &due {
+                inner.arm_check(*token, retry_at_ms);
             }
-            // Check every line first, then write: no rollback needed (the Lua rule).
-            for (id, quantity) in lines {
-                let available = inner.stock.get(id).map_or(0, |c| c.available);
-                if available < i64::from(*quantity) {
-                    return Reserve::Insufficient { commodity_id: *id, available: available.max(0).unsigned_abs() };
-                }
+            due
+        })
+    }
+
+    async fn checks_done(&self, tokens: &[Token]) -> PortResult<()> {
+        self.with(|inner, _, _| {
+            for token in tokens {
+                inner.disarm_check(*token);
             }
-            for (id, quantity) in lines {
-                if let Some(counter) = inner.stock.get_mut(id) {
-                    counter.available -= i64::from(*quantity);
-                }
-            }
-            let state = if claimed { TokenState::Claimed } else { TokenState::Reserved };
-            inner.set_token(token, state, lines.to_vec(), expires_ms);
-            Reserve::Reserved
         })
     }
 
@@ -270,6 +341,8 @@ impl StockCache for LocalStockCache {
 
     async fn confirm(&self, token: Token, deductions: &[StockChange]) -> PortResult<()> {
         self.with(|inner, _, expires_ms| {
+            // Settled: its check would find the order created and settle it again.
+            inner.disarm_check(token);
             let lost = match inner.tokens.get_mut(&token) {
                 Some(record) if matches!(record.state, TokenState::Reserved | TokenState::Claimed) => {
                     record.state = TokenState::Confirmed;

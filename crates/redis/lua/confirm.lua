@@ -4,8 +4,11 @@
 -- counted by the counters loaded since, and a released one gave its units back while the store sold
 -- them (a reload made it again and a check released it, the worker's claim lost with the old master):
 -- either way the store's deductions are followed once, and the token is remembered as CONFIRMED.
--- KEYS[1]: the token; KEYS[2j], KEYS[2j+1]: counter and parked list of deduction j
--- ARGV[1]: token time to live (ms); ARGV[2j], ARGV[2j+1]: quantity of deduction j and its store version
+-- KEYS[1]: the token; KEYS[2j], KEYS[2j+1]: counter and parked list of deduction j; last: the shop's checks
+-- ARGV[1]: token time to live (ms); ARGV[2j], ARGV[2j+1]: quantity of deduction j and its store version;
+-- last: the token's member in the checks
+-- Settled: the token's reservation check (if the cache keeps one) would only settle it again.
+redis.call('ZREM', table.remove(KEYS), table.remove(ARGV))
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'reserved' or state == 'claimed' then
   redis.call('HSET', KEYS[1], 'state', 'confirmed')

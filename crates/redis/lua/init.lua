@@ -7,7 +7,9 @@
 -- then KEYS[2n+j]: the token of held reservation j
 -- ARGV[1]: n; ARGV[2i], ARGV[2i+1]: available units of commodity i and the store version they were read
 -- at; then ARGV[2n+2]: token time to live (ms); then per held reservation: its lines encoded, its number
--- of lines k, and k pairs (commodity index i, quantity)
+-- of lines k, k pairs (commodity index i, quantity), when its check is due and its member in the checks
+-- then, last: the shop's reservation checks (a remade reservation's is armed with it)
+local checks = table.remove(KEYS)
 local n = tonumber(ARGV[1])
 local loaded = {}
 for i = 1, n do
@@ -41,7 +43,8 @@ for j = 2 * n + 1, #KEYS do
     end
     redis.call('HSET', token, 'state', 'reserved', 'lines', encoded)
     redis.call('PEXPIRE', token, ttl)
+    redis.call('ZADD', checks, ARGV[a + 2 + 2 * k], ARGV[a + 3 + 2 * k])
   end
-  a = a + 2 + 2 * k
+  a = a + 4 + 2 * k
 end
 return 'ok'

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `<ns>:{s:<shop>}:stock:<commodity>` | hash `available`, `version`, `c:<version>`… | what can still be sold; every store change up to `version` is counted (at load: the version read), and so is each `c:<version>` above it |
 //! | `<ns>:{s:<shop>}:token:<order_no>:<generation>` | hash `state`, `lines` | a reservation, with a time to live |
+//! | `<ns>:{s:<shop>}:checks` | sorted set `<order_no>:<generation>` by due time | the reservation checks (remark 1), armed by the reserve in the same script, forgotten by the confirmation or when done (`due.lua` hands out the due ones) |
 //! | `<ns>:{s:<shop>}:restock:<event key>` | string | a restock already applied, with a time to live |
 //! | `<ns>:{s:<shop>}:parked:<commodity>` | list `version:delta` | changes for a counter not loaded yet, with a time to live |
 //! | `<ns>:{s:<shop>}:master` | string | the replication id of the master the shop's keys were written on (`guard.lua`, `master_id.lua`) |
@@ -30,6 +31,7 @@
 //! rare, and it blocks the server for that scan).
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use orderly_app::PortError;
 use orderly_app::model::{Restock, StockChange, StockLevel, Token, TokenState};
 use orderly_app::ports::{Claim, Held, PortResult, Reserve, StockCache};
@@ -51,6 +53,8 @@ pub struct RedisCacheConfig {
 struct Scripts {
     init: Script,
     reserve: Script,
+    reserve_checked: Script,
+    due: Script,
     claim: Script,
     keep: Script,
     confirm: Script,
@@ -96,6 +100,21 @@ pub(crate) fn encode_lines(lines: &[(CommodityId, u32)]) -> String {
     lines.iter().map(|(id, quantity)| format!("{}:{quantity}", id.0)).collect::<Vec<_>>().join(";")
 }
 
+/// How many shops [`StockCache::due_checks`] asks at once.
+const DUE_CALLS_AT_ONCE: usize = 16;
+
+/// A token's name in its shop's keys: `<order_no>:<generation>`.
+fn check_member(token: Token) -> String {
+    format!("{}:{}", token.order_no, token.generation)
+}
+
+fn token_of(shop: ShopId, member: &str) -> PortResult<Token> {
+    let (order_no, generation) = member.rsplit_once(':').ok_or_else(|| crate::bad_answer("bad check member"))?;
+    let order_no = order_no.parse().map_err(|_| crate::bad_answer("bad order number in a check"))?;
+    let generation = generation.parse().map_err(|_| crate::bad_answer("bad generation in a check"))?;
+    Ok(Token { order_no, shop_id: shop, generation })
+}
+
 fn decode_lines(text: &str) -> PortResult<Vec<(CommodityId, u32)>> {
     if text.is_empty() {
         return Ok(Vec::new());
@@ -125,7 +144,9 @@ impl RedisStockCache {
         let follow = include_str!("../lua/follow.lua");
         let scripts = Scripts {
             init: guarded(&[follow, include_str!("../lua/init.lua")]),
-            reserve: guarded(&[include_str!("../lua/reserve.lua")]),
+            reserve: guarded(&[include_str!("../lua/unchecked.lua"), include_str!("../lua/reserve.lua")]),
+            reserve_checked: guarded(&[include_str!("../lua/checked.lua"), include_str!("../lua/reserve.lua")]),
+            due: guarded(&[include_str!("../lua/due.lua")]),
             claim: guarded(&[include_str!("../lua/claim.lua")]),
             keep: guarded(&[include_str!("../lua/keep.lua")]),
             confirm: guarded(&[follow, include_str!("../lua/confirm.lua")]),
@@ -142,7 +163,12 @@ impl RedisStockCache {
     }
 
     fn token_key(&self, token: Token) -> String {
-        format!("{}token:{}:{}", self.shop_prefix(token.shop_id), token.order_no, token.generation)
+        format!("{}token:{}", self.shop_prefix(token.shop_id), check_member(token))
+    }
+
+    /// The shop's reservation checks: a sorted set of [`check_member`]s by when each is due.
+    fn checks_key(&self, shop: ShopId) -> String {
+        format!("{}checks", self.shop_prefix(shop))
     }
 
     /// Runs a script whose one key is `token`, answering a word.
@@ -220,6 +246,47 @@ impl RedisStockCache {
         self.connection.clone()
     }
 
+    /// A reserve, arming its check at `check_at_ms` when given (`checked.lua`).
+    async fn reserve_with(
+        &self,
+        token: Token,
+        lines: &[(CommodityId, u32)],
+        claimed: bool,
+        check_at_ms: Option<u64>,
+    ) -> PortResult<Reserve> {
+        let script = if check_at_ms.is_some() { &self.scripts.reserve_checked } else { &self.scripts.reserve };
+        let mut invocation = script.key(self.token_key(token));
+        for (id, _) in lines {
+            invocation.key(self.stock_key(token.shop_id, *id));
+        }
+        let state = if claimed { TokenState::Claimed } else { TokenState::Reserved };
+        invocation.arg(state_name(state)).arg(self.config.token_ttl_ms).arg(encode_lines(lines));
+        for (_, quantity) in lines {
+            invocation.arg(*quantity);
+        }
+        if let Some(check_at_ms) = check_at_ms {
+            invocation.key(self.checks_key(token.shop_id)).arg(check_at_ms).arg(check_member(token));
+        }
+        let answer: Vec<String> = self.run(token.shop_id, invocation).await?;
+        let line = |index: &str| -> PortResult<CommodityId> {
+            let index: usize = index.parse().map_err(|_| crate::bad_answer("bad line index"))?;
+            lines.get(index.wrapping_sub(1)).map(|(id, _)| *id).ok_or_else(|| crate::bad_answer("line index"))
+        };
+        match answer.first().map(String::as_str) {
+            Some("reserved") => Ok(Reserve::Reserved),
+            Some("held") => Ok(Reserve::AlreadyHeld(state_of(answer.get(1).map_or("", String::as_str))?)),
+            Some("not_loaded") => {
+                Ok(Reserve::NotLoaded(answer[1..].iter().map(|i| line(i)).collect::<PortResult<_>>()?))
+            }
+            Some("insufficient") => {
+                let commodity_id = line(answer.get(1).map_or("", String::as_str))?;
+                let available = answer.get(2).and_then(|a| a.parse().ok()).unwrap_or(0);
+                Ok(Reserve::Insufficient { commodity_id, available })
+            }
+            other => Err(crate::bad_answer(format!("reserve answered {other:?}"))),
+        }
+    }
+
     /// Releases from `allowed` states. The token's lines are read first (the script must name every key
     /// it touches); the script checks they are still the token's and otherwise asks to read again.
     async fn release_from(&self, token: Token, allowed: &[TokenState]) -> PortResult<Option<TokenState>> {
@@ -284,40 +351,63 @@ impl StockCache for RedisStockCache {
                 for (i, (_, quantity)) in indices.into_iter().zip(&held.lines) {
                     invocation.arg(i).arg(*quantity);
                 }
+                invocation.arg(held.check_at_ms).arg(check_member(held.token));
             }
+            // Last (before the marker `run` adds): `init.lua` takes it off the end.
+            invocation.key(self.checks_key(shop));
             let _: String = self.run(shop, invocation).await?;
         }
         Ok(())
     }
 
     async fn reserve(&self, token: Token, lines: &[(CommodityId, u32)], claimed: bool) -> PortResult<Reserve> {
-        let mut invocation = self.scripts.reserve.key(self.token_key(token));
-        for (id, _) in lines {
-            invocation.key(self.stock_key(token.shop_id, *id));
-        }
-        let state = if claimed { TokenState::Claimed } else { TokenState::Reserved };
-        invocation.arg(state_name(state)).arg(self.config.token_ttl_ms).arg(encode_lines(lines));
-        for (_, quantity) in lines {
-            invocation.arg(*quantity);
-        }
-        let answer: Vec<String> = self.run(token.shop_id, invocation).await?;
-        let line = |index: &str| -> PortResult<CommodityId> {
-            let index: usize = index.parse().map_err(|_| crate::bad_answer("bad line index"))?;
-            lines.get(index.wrapping_sub(1)).map(|(id, _)| *id).ok_or_else(|| crate::bad_answer("line index"))
-        };
-        match answer.first().map(String::as_str) {
-            Some("reserved") => Ok(Reserve::Reserved),
-            Some("held") => Ok(Reserve::AlreadyHeld(state_of(answer.get(1).map_or("", String::as_str))?)),
-            Some("not_loaded") => {
-                Ok(Reserve::NotLoaded(answer[1..].iter().map(|i| line(i)).collect::<PortResult<_>>()?))
+        self.reserve_with(token, lines, claimed, None).await
+    }
+
+    /// The checks live in Redis beside the reservations, in the shop's slot: lost only with them (a flush,
+    /// a failover that loses the shop's last writes), and then made again with them by the reload.
+    fn keeps_checks(&self) -> bool {
+        true
+    }
+
+    async fn reserve_checked(
+        &self,
+        token: Token,
+        lines: &[(CommodityId, u32)],
+        check_at_ms: u64,
+    ) -> PortResult<Reserve> {
+        self.reserve_with(token, lines, false, Some(check_at_ms)).await
+    }
+
+    async fn due_checks(&self, shops: &[ShopId], now_ms: u64, retry_at_ms: u64, max: usize) -> PortResult<Vec<Token>> {
+        let mut due = Vec::new();
+        // A guarded call per shop (each its own slot), a few at a time.
+        let mut calls = futures_util::stream::iter(shops.iter().copied())
+            .map(|shop| async move {
+                let mut invocation = self.scripts.due.key(self.checks_key(shop));
+                invocation.arg(now_ms).arg(retry_at_ms).arg(max);
+                let members: Vec<String> = self.run(shop, invocation).await?;
+                members.iter().map(|member| token_of(shop, member)).collect::<PortResult<Vec<Token>>>()
+            })
+            .buffer_unordered(DUE_CALLS_AT_ONCE);
+        while let Some(tokens) = calls.next().await {
+            due.extend(tokens?);
+            if due.len() >= max {
+                break;
             }
-            Some("insufficient") => {
-                let commodity_id = line(answer.get(1).map_or("", String::as_str))?;
-                let available = answer.get(2).and_then(|a| a.parse().ok()).unwrap_or(0);
-                Ok(Reserve::Insufficient { commodity_id, available })
-            }
-            other => Err(crate::bad_answer(format!("reserve answered {other:?}"))),
         }
+        Ok(due)
+    }
+
+    async fn checks_done(&self, tokens: &[Token]) -> PortResult<()> {
+        let mut by_shop: std::collections::BTreeMap<ShopId, Vec<String>> = Default::default();
+        for token in tokens {
+            by_shop.entry(token.shop_id).or_default().push(check_member(*token));
+        }
+        for (shop, members) in by_shop {
+            let _: u64 = self.connection().zrem(self.checks_key(shop), members).await.map_err(port_error)?;
+        }
+        Ok(())
     }
 
     async fn claim(&self, token: Token) -> PortResult<Claim> {
@@ -335,6 +425,7 @@ impl StockCache for RedisStockCache {
         let mut invocation = self.scripts.confirm.key(self.token_key(token));
         invocation.arg(self.config.token_ttl_ms);
         self.follow_args(&mut invocation, token.shop_id, deductions);
+        invocation.key(self.checks_key(token.shop_id)).arg(check_member(token));
         let _: String = self.run(token.shop_id, invocation).await?;
         Ok(())
     }

@@ -50,6 +50,92 @@ impl Orderly {
         Ok(outcome)
     }
 
+    /// The reservation checks the cache keeps ([`crate::ports::StockCache::keeps_checks`]): those due,
+    /// each run as a published one is, then forgotten. One that fails, or whose worker stops, is handed
+    /// out again a check delay later. Looked for every [`SWEEP_EVERY_MS`] at most (a cache sharded by
+    /// shop is asked shop by shop), at once again while the last look found a full batch.
+    pub(super) async fn sweep_kept_checks(&self) -> Result<Outcome, PortError> {
+        if !self.ports.cache.keeps_checks() {
+            return Ok(Outcome::default());
+        }
+        let now_ms = self.ports.clock.now_ms();
+        let shops = {
+            let kept = self.kept_checks.lock().map_err(|_| PortError::failed("worker", "check sweep lock poisoned"))?;
+            if now_ms < kept.next_sweep_ms {
+                return Ok(Outcome::default());
+            }
+            kept.shops_read_ms.filter(|read_ms| now_ms < read_ms + SHOPS_READ_EVERY_MS).map(|_| kept.shops.clone())
+        };
+        let shops = match shops {
+            Some(shops) => shops,
+            None => {
+                let mut shops: Vec<_> = self.ports.store.all_stock().await?.iter().map(|(_, l)| l.shop_id).collect();
+                shops.sort_unstable();
+                shops.dedup();
+                if let Ok(mut kept) = self.kept_checks.lock() {
+                    kept.shops.clone_from(&shops);
+                    kept.shops_read_ms = Some(now_ms);
+                }
+                shops
+            }
+        };
+        let config = self.config();
+        let max = config.worker_batch_max.max(1);
+        let retry_at_ms = now_ms + config.reservation_check_delay_ms.max(1);
+        let mut due = self.ports.cache.due_checks(&shops, now_ms, retry_at_ms, max).await?;
+        due.extend(self.stale_views(now_ms).await?);
+        if let Ok(mut kept) = self.kept_checks.lock() {
+            kept.next_sweep_ms = if due.len() >= max { now_ms } else { now_ms + SWEEP_EVERY_MS };
+        }
+        let checked: Vec<(Token, Result<Handled, PortError>)> = futures_util::stream::iter(due)
+            .map(|token| async move { (token, self.check_reservation(token).await) })
+            .buffer_unordered(config.worker_concurrency_max.max(1))
+            .collect()
+            .await;
+        let mut outcome = Outcome::default();
+        let mut done = Vec::new();
+        for (token, result) in checked {
+            match result {
+                Ok(_) => done.push(token),
+                Err(error) => {
+                    tracing::warn!(order_no = %token.order_no, %error, "reservation check failed; it comes back later");
+                    outcome.retried += 1;
+                }
+            }
+        }
+        outcome.done = done.len();
+        if !done.is_empty() {
+            self.ports.cache.checks_done(&done).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// The entry tokens of pending views older than [`STALE_VIEW_MS`], every [`STALE_LOOK_EVERY_MS`]: the
+    /// backstop of the checks a cache keeps. A cache that loses its data loses the checks with the
+    /// reservations and makes both again from the pending views when it reloads; a view written after
+    /// that reload by an entry that then stopped before publishing its create has neither — and no
+    /// create. Its check, run here, publishes the create again, so no view stays `pending` for ever.
+    async fn stale_views(&self, now_ms: u64) -> Result<Vec<Token>, PortError> {
+        {
+            let mut kept =
+                self.kept_checks.lock().map_err(|_| PortError::failed("worker", "check sweep lock poisoned"))?;
+            if now_ms < kept.next_stale_look_ms {
+                return Ok(Vec::new());
+            }
+            kept.next_stale_look_ms = now_ms + STALE_LOOK_EVERY_MS;
+        }
+        let views = self.ports.store.pending_orders().await?;
+        let stale: Vec<Token> = views
+            .iter()
+            .filter(|view| view.created_ms.saturating_add(STALE_VIEW_MS) <= now_ms)
+            .map(|view| view.entry_token())
+            .collect();
+        if !stale.is_empty() {
+            tracing::info!(views = stale.len(), "pending views older than {STALE_VIEW_MS} ms; checked again");
+        }
+        Ok(stale)
+    }
+
     async fn handle(&self, message: &Message) -> Result<Handled, PortError> {
         match message {
             Message::ReservationCheck { token } => self.check_reservation(*token).await,
@@ -152,6 +238,14 @@ impl Orderly {
         Ok(Handled::Done)
     }
 }
+
+/// How often a worker looks for the reservation checks the cache keeps, at most.
+const SWEEP_EVERY_MS: u64 = 500;
+/// How long a worker uses the shops it read for that look.
+const SHOPS_READ_EVERY_MS: u64 = 10_000;
+/// A pending view this old is checked again (see [`Orderly::stale_views`]), looked for this often.
+const STALE_VIEW_MS: u64 = 300_000;
+const STALE_LOOK_EVERY_MS: u64 = 60_000;
 
 enum Handled {
     Done,

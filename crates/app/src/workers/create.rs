@@ -4,7 +4,7 @@ use orderly_domain::{CommodityId, OrderState};
 
 use super::{Fate, Outcome};
 use crate::model::{Message, Order, Token, TokenState, Topic};
-use crate::orderly::Orderly;
+use crate::orderly::{Orderly, Reserving};
 use crate::ports::{Claim, CreateOutcome, CreateRequest, PortError, Reserve};
 
 impl Orderly {
@@ -135,7 +135,7 @@ impl Orderly {
             Claim::Released | Claim::Missing => {}
         }
         let token = order.worker_token();
-        match self.reserve(token, &order.stock_lines(), true).await? {
+        match self.reserve(token, &order.stock_lines(), Reserving::Worker).await? {
             Reserve::Reserved | Reserve::AlreadyHeld(TokenState::Reserved | TokenState::Claimed) => Ok(Ok(token)),
             Reserve::Insufficient { commodity_id, .. } => Ok(Err(Some(commodity_id))),
             // A commodity the store has no stock ledger for.

@@ -245,17 +245,38 @@ impl StockCache for LosableCache {
         }
         self.now().reserve(token, lines, claimed).await
     }
+    fn keeps_checks(&self) -> bool {
+        self.now().keeps_checks()
+    }
+    async fn reserve_checked(
+        &self,
+        token: Token,
+        lines: &[(CommodityId, u32)],
+        check_at_ms: u64,
+    ) -> PortResult<Reserve> {
+        if *self.failing_shop.lock().expect("lock") == Some(token.shop_id) {
+            return Err(orderly_app::ports::PortError::unavailable("stock cache", "no answer in time (test)"));
+        }
+        self.now().reserve_checked(token, lines, check_at_ms).await
+    }
+    async fn due_checks(&self, shops: &[ShopId], now_ms: u64, retry_at_ms: u64, max: usize) -> PortResult<Vec<Token>> {
+        self.now().due_checks(shops, now_ms, retry_at_ms, max).await
+    }
+    async fn checks_done(&self, tokens: &[Token]) -> PortResult<()> {
+        self.now().checks_done(tokens).await
+    }
     async fn claim(&self, token: Token) -> PortResult<Claim> {
         let claim = self.now().claim(token).await?;
         if self.at_next_claim.swap(false, Ordering::SeqCst) {
             self.lose();
             // As a reload does: the accepted orders not created yet keep their units.
+            let check_at_ms = self.clock.now_ms() + orderly_app::FlowConfig::default().reservation_check_delay_ms;
             let held: Vec<Held> = self
                 .store
                 .pending_orders()
                 .await?
                 .iter()
-                .map(|order| Held { token: order.entry_token(), lines: order.stock_lines() })
+                .map(|order| Held { token: order.entry_token(), lines: order.stock_lines(), check_at_ms })
                 .collect();
             self.now().init(&self.store.all_stock().await?, &held).await?;
         }
