@@ -137,7 +137,8 @@ pub struct StockAdded {
 /// `GET /api/admin/bus`: work still to do.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Work {
-    /// `[topic, messages waiting]` per topic, delayed ones included.
+    /// `[topic, messages waiting]` per topic, delayed ones included; `reservation_check` counts the checks
+    /// the stock cache keeps too (armed with each reservation, not published).
     #[schema(value_type = Vec<Vec<Value>>)]
     pub queued: Vec<(Topic, usize)>,
     pub dead_letters: usize,

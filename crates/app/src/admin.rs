@@ -67,7 +67,8 @@ pub struct HotStock {
 /// Work still to do: zero everywhere (dead letters aside) means quiet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkToDo {
-    /// Messages waiting per topic, delayed ones included.
+    /// Messages waiting per topic, delayed ones included; `reservation_check` counts the checks the stock
+    /// cache keeps too.
     pub queued: Vec<(Topic, usize)>,
     pub dead_letters: usize,
     /// Outbox events not relayed yet, up to [`OUTBOX_COUNT_MAX`].
@@ -179,7 +180,15 @@ impl Orderly {
     }
 
     pub async fn work_to_do(&self) -> Result<WorkToDo, PortError> {
-        let depth = self.ports.bus.depth().await?;
+        let mut depth = self.ports.bus.depth().await?;
+        // The reservation checks the cache keeps wait like those on the bus: counted with them.
+        if self.ports.cache.keeps_checks() {
+            let armed = self.ports.cache.checks_armed(&self.shops_with_stock().await?).await?;
+            match depth.queued.iter_mut().find(|(topic, _)| *topic == Topic::ReservationCheck) {
+                Some((_, waiting)) => *waiting += armed,
+                None => depth.queued.push((Topic::ReservationCheck, armed)),
+            }
+        }
         Ok(WorkToDo {
             queued: depth.queued,
             dead_letters: depth.dead_letters,

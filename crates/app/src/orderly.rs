@@ -214,10 +214,22 @@ impl Orderly {
         let held: Vec<Held> = before
             .iter()
             .filter(|order| still.contains(&order.order_no))
-            .map(|order| Held { token: order.entry_token(), lines: order.stock_lines(), check_at_ms })
+            .map(|order| Held {
+                token: order.entry_token(),
+                lines: order.stock_lines(),
+                check_at_ms: Some(check_at_ms),
+            })
             .collect();
         self.ports.cache.init(&levels, &held).await?;
         Ok(true)
+    }
+
+    /// The shops that have a stock ledger, each once: a reservation (and its check) can only be on one.
+    pub(crate) async fn shops_with_stock(&self) -> Result<Vec<ShopId>, PortError> {
+        let mut shops: Vec<ShopId> = self.ports.store.all_stock().await?.iter().map(|(_, l)| l.shop_id).collect();
+        shops.sort_unstable();
+        shops.dedup();
+        Ok(shops)
     }
 
     /// The entry's reservations of a cart it refuses, given back. Only from RESERVED: a CLAIMED token is

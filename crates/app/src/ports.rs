@@ -99,8 +99,10 @@ pub struct Held {
     pub token: Token,
     pub lines: Vec<(CommodityId, u32)>,
     /// When its reservation check is due, for a cache that keeps the checks
-    /// ([`StockCache::keeps_checks`]): a reservation made again is checked like one the entry made.
-    pub check_at_ms: u64,
+    /// ([`StockCache::keeps_checks`]): a reservation made again is checked like one the entry made. None:
+    /// no check (its create is known to be on the bus: the standalone store writes a view and its create
+    /// in one write).
+    pub check_at_ms: Option<u64>,
 }
 
 /// The stock cache: the seed's Redis + Lua role. Every operation is atomic and idempotent per token.
@@ -144,10 +146,17 @@ pub trait StockCache: Send + Sync + std::fmt::Debug {
         let _ = (shops, now_ms, retry_at_ms, max);
         Ok(Vec::new())
     }
-    /// Forgets the checks of `tokens` (done). A confirmation forgets its token's check by itself.
-    async fn checks_done(&self, tokens: &[Token]) -> PortResult<()> {
-        let _ = tokens;
+    /// Forgets the checks of `tokens` (done) that are still as [`StockCache::due_checks`] handed them out,
+    /// due at `handed_out_at_ms` (its `retry_at_ms`): one armed again meanwhile (a reload made its
+    /// reservation again) stays. A confirmation forgets its token's check by itself.
+    async fn checks_done(&self, tokens: &[Token], handed_out_at_ms: u64) -> PortResult<()> {
+        let _ = (tokens, handed_out_at_ms);
         Ok(())
+    }
+    /// How many checks are armed (due or not) for the tokens of `shops`: work still to do.
+    async fn checks_armed(&self, shops: &[ShopId]) -> PortResult<usize> {
+        let _ = shops;
+        Ok(0)
     }
     /// RESERVED → CLAIMED.
     async fn claim(&self, token: Token) -> PortResult<Claim>;

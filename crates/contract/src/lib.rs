@@ -58,6 +58,7 @@ macro_rules! stock_cache_contract {
             a_kept_check_is_armed_with_its_reservation_and_handed_out_until_done,
             a_confirmation_forgets_its_kept_check,
             a_load_arms_the_checks_of_the_reservations_it_makes_again,
+            a_check_handed_out_again_is_not_forgotten_by_its_first_taker,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

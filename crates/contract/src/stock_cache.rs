@@ -182,7 +182,7 @@ pub async fn confirm_of_a_lost_token_follows_the_stores_deduction_once(cache: Ar
 /// pending view, the reservation check released it (it was RESERVED again), and the worker's create
 /// then confirmed on a RELEASED token: the counter stayed the order's units above the store.
 pub async fn confirm_after_a_release_takes_the_stores_deduction_once(cache: Arc<dyn StockCache>) {
-    let held = Held { token: token(1), lines: vec![(A, 3)], check_at_ms: CHECK_AT_MS };
+    let held = Held { token: token(1), lines: vec![(A, 3)], check_at_ms: Some(CHECK_AT_MS) };
     cache.init(&[(A, level(10, 1))], std::slice::from_ref(&held)).await.expect("init");
     assert_eq!(available(&cache, &[A]).await, vec![Some(7)], "made again from the pending view");
     assert_eq!(cache.release_if_reserved(token(1)).await.expect("release"), Some(TokenState::Reserved));
@@ -304,11 +304,8 @@ pub async fn shops_are_kept_apart(cache: Arc<dyn StockCache>) {
 /// second time): each whose token is unknown and all of whose counters that load sets; any other whole
 /// reservation is skipped. A remade reservation is a live one: its confirmation takes nothing more.
 pub async fn init_makes_held_reservations_again_once(cache: Arc<dyn StockCache>) {
-    let held = |n: u64, lines: &[(CommodityId, u32)]| Held {
-        token: token(n),
-        lines: lines.to_vec(),
-        check_at_ms: CHECK_AT_MS,
-    };
+    let held =
+        |n: u64, lines: &[(CommodityId, u32)]| Held { token: token(n), lines: lines.to_vec(), check_at_ms: None };
     // Token 9 is known already (released): not made again.
     loaded(&cache, &[(C, 1)]).await;
     cache.release(token(9)).await.expect("release");
@@ -348,7 +345,7 @@ pub async fn keep_if_reserved_keeps_only_a_reserved_token(cache: Arc<dyn StockCa
     assert_eq!(cache.keep_if_reserved(token(2)).await.expect("keep"), Some(TokenState::Released));
     // A load that would hold token 3 for its pending view, after the keep found it unknown: not made.
     assert_eq!(cache.keep_if_reserved(token(3)).await.expect("keep"), None);
-    let held = Held { token: token(3), lines: vec![(B, 2)], check_at_ms: CHECK_AT_MS };
+    let held = Held { token: token(3), lines: vec![(B, 2)], check_at_ms: Some(CHECK_AT_MS) };
     cache.init(&[(B, level(5, 1))], &[held]).await.expect("init");
     assert_eq!(available(&cache, &[A, B]).await, vec![Some(8), Some(5)], "nothing held for token 3");
     assert_eq!(cache.claim(token(3)).await.expect("claim"), Claim::Released);
@@ -389,7 +386,8 @@ pub async fn a_kept_check_is_armed_with_its_reservation_and_handed_out_until_don
     assert_eq!(due(vec![SHOP], CHECK_AT_MS, 10).await, vec![token(1)], "the refused reserve armed nothing");
     assert_eq!(due(vec![SHOP], CHECK_AT_MS + 500, 10).await, Vec::<Token>::new(), "handed out: back at the retry");
     assert_eq!(due(vec![SHOP], CHECK_AT_MS + 1_000, 10).await, vec![token(1)], "not done: handed out again");
-    cache.checks_done(&[token(1)]).await.expect("done");
+    // Done as handed out (moved to the retry time, CHECK_AT_MS + 2 000): forgotten.
+    cache.checks_done(&[token(1)], CHECK_AT_MS + 2_000).await.expect("done");
     assert_eq!(due(vec![SHOP], CHECK_AT_MS + 10_000, 10).await, Vec::<Token>::new(), "done: forgotten");
     assert_eq!(due(vec![OTHER_SHOP], CHECK_AT_MS + 10_000, 10).await, vec![other(3)], "the other shop's, asked there");
 
@@ -427,16 +425,48 @@ pub async fn a_load_arms_the_checks_of_the_reservations_it_makes_again(cache: Ar
         return;
     }
     loaded(&cache, &[(C, 1)]).await;
-    let held = |n: u64, lines: &[(CommodityId, u32)], check_at_ms: u64| Held {
+    let held = |n: u64, lines: &[(CommodityId, u32)], check_at_ms: Option<u64>| Held {
         token: token(n),
         lines: lines.to_vec(),
         check_at_ms,
     };
-    let made =
-        [held(1, &[(A, 1)], CHECK_AT_MS), held(2, &[(A, 1)], CHECK_AT_MS + 100), held(3, &[(C, 1)], CHECK_AT_MS)];
+    let made = [
+        held(1, &[(A, 1)], Some(CHECK_AT_MS)),
+        held(2, &[(A, 1)], Some(CHECK_AT_MS + 100)),
+        held(3, &[(C, 1)], Some(CHECK_AT_MS)),
+        held(4, &[(A, 1)], None),
+    ];
     cache.init(&[(A, level(10, 1))], &made).await.expect("init");
+    assert_eq!(available(&cache, &[A]).await, vec![Some(7)], "1, 2 and 4 made again");
+    assert_eq!(cache.checks_armed(&[SHOP]).await.expect("armed"), 2, "token 4 made again without a check");
     let due = cache.due_checks(&[SHOP], CHECK_AT_MS, CHECK_AT_MS + 1_000, 10).await.expect("due");
     assert_eq!(due, vec![token(1)], "token 2 not due yet; token 3 skipped (C was loaded before)");
     let due = cache.due_checks(&[SHOP], CHECK_AT_MS + 100, CHECK_AT_MS + 1_000, 10).await.expect("due");
     assert_eq!(due, vec![token(2)]);
+}
+
+/// A check is forgotten by `checks_done` only as it was handed out: a worker slower than the retry time
+/// (the check handed out again, to another worker) does not forget it under the second one, and neither
+/// would one armed again by a reload meanwhile. Armed checks are counted per shop.
+pub async fn a_check_handed_out_again_is_not_forgotten_by_its_first_taker(cache: Arc<dyn StockCache>) {
+    if !cache.keeps_checks() {
+        return;
+    }
+    loaded(&cache, &[(A, 10)]).await;
+    for n in 1..=2 {
+        assert_eq!(cache.reserve_checked(token(n), &[(A, 1)], CHECK_AT_MS).await.expect("reserve"), Reserve::Reserved);
+    }
+    assert_eq!(cache.checks_armed(&[SHOP]).await.expect("armed"), 2);
+    assert_eq!(cache.checks_armed(&[OTHER_SHOP]).await.expect("armed"), 0);
+    let first_retry_ms = CHECK_AT_MS + 1_000;
+    let due = cache.due_checks(&[SHOP], CHECK_AT_MS, first_retry_ms, 10).await.expect("due");
+    assert_eq!(due, vec![token(1), token(2)]);
+    // The first taker is slow: token 1 is handed out again at its retry time, to another worker.
+    let second_retry_ms = first_retry_ms + 1_000;
+    let again = cache.due_checks(&[SHOP], first_retry_ms, second_retry_ms, 1).await.expect("due");
+    assert_eq!(again, vec![token(1)], "the earliest first, at most one");
+    cache.checks_done(&[token(1), token(2)], first_retry_ms).await.expect("done");
+    assert_eq!(cache.checks_armed(&[SHOP]).await.expect("armed"), 1, "token 1 is the second taker's now");
+    cache.checks_done(&[token(1)], second_retry_ms).await.expect("done");
+    assert_eq!(cache.checks_armed(&[SHOP]).await.expect("armed"), 0);
 }

@@ -268,7 +268,9 @@ impl StockCache for LocalStockCache {
                     }
                 }
                 inner.set_token(held.token, TokenState::Reserved, held.lines.clone(), expires_ms);
-                inner.arm_check(held.token, held.check_at_ms);
+                if let Some(check_at_ms) = held.check_at_ms {
+                    inner.arm_check(held.token, check_at_ms);
+                }
             }
         })
     }
@@ -317,12 +319,19 @@ impl StockCache for LocalStockCache {
         })
     }
 
-    async fn checks_done(&self, tokens: &[Token]) -> PortResult<()> {
+    async fn checks_done(&self, tokens: &[Token], handed_out_at_ms: u64) -> PortResult<()> {
         self.with(|inner, _, _| {
             for token in tokens {
-                inner.disarm_check(*token);
+                if inner.check_due.get(token) == Some(&handed_out_at_ms) {
+                    inner.disarm_check(*token);
+                }
             }
         })
+    }
+
+    async fn checks_armed(&self, shops: &[ShopId]) -> PortResult<usize> {
+        let shops: HashSet<ShopId> = shops.iter().copied().collect();
+        self.with(|inner, _, _| inner.check_due.keys().filter(|token| shops.contains(&token.shop_id)).count())
     }
 
     async fn claim(&self, token: Token) -> PortResult<Claim> {

@@ -62,12 +62,6 @@ pub fn open_payment_ledger(
     Ok(local_payments(db, local.acquirer.clone(), clock, local.ledger.clone()))
 }
 
-/// When the reservation checks of the reservations made again at start are due. Here a pending view and
-/// its create are one write, so each create is on the bus and settles its reservation; the check only
-/// backs it up, later than an entry's (whose delay is the flow's setting, not known here) so that a
-/// backlog left by the crash is not published a second time.
-const RELOADED_CHECK_DELAY_MS: u64 = 60_000;
-
 /// Opens (or recovers) the standalone adapters under `data_dir` and rebuilds the cache from the store:
 /// after a crash the store is the authority, and in-flight orders re-reserve against it. The payment
 /// service is in process on the same database, or `payments` (over gRPC) when given.
@@ -96,12 +90,12 @@ pub async fn open_with_registry(
     // Nothing else runs yet: the levels and the pending orders are one moment's. Accepted orders not
     // created yet keep their units (their reservations are made again), so the rebuilt counters do not
     // sell them a second time.
-    let check_at_ms = clock.now_ms() + RELOADED_CHECK_DELAY_MS;
+    // No reservation checks for them: each view's create was written with it (one write) and settles it.
     let held: Vec<Held> = store
         .pending_orders()
         .await?
         .iter()
-        .map(|order| Held { token: order.entry_token(), lines: order.stock_lines(), check_at_ms })
+        .map(|order| Held { token: order.entry_token(), lines: order.stock_lines(), check_at_ms: None })
         .collect();
     cache.init(&store.all_stock().await?, &held).await?;
     let registry = LocalRegistry::open(Some(db.clone()))?;

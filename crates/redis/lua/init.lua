@@ -7,7 +7,8 @@
 -- then KEYS[2n+j]: the token of held reservation j
 -- ARGV[1]: n; ARGV[2i], ARGV[2i+1]: available units of commodity i and the store version they were read
 -- at; then ARGV[2n+2]: token time to live (ms); then per held reservation: its lines encoded, its number
--- of lines k, k pairs (commodity index i, quantity), when its check is due and its member in the checks
+-- of lines k, k pairs (commodity index i, quantity), when its check is due ('': none) and its member in
+-- the checks
 -- then, last: the shop's reservation checks (a remade reservation's is armed with it)
 local checks = table.remove(KEYS)
 local n = tonumber(ARGV[1])
@@ -43,7 +44,9 @@ for j = 2 * n + 1, #KEYS do
     end
     redis.call('HSET', token, 'state', 'reserved', 'lines', encoded)
     redis.call('PEXPIRE', token, ttl)
-    redis.call('ZADD', checks, ARGV[a + 2 + 2 * k], ARGV[a + 3 + 2 * k])
+    if ARGV[a + 2 + 2 * k] ~= '' then
+      redis.call('ZADD', checks, ARGV[a + 2 + 2 * k], ARGV[a + 3 + 2 * k])
+    end
   end
   a = a + 4 + 2 * k
 end

@@ -55,6 +55,7 @@ struct Scripts {
     reserve: Script,
     reserve_checked: Script,
     due: Script,
+    done: Script,
     claim: Script,
     keep: Script,
     confirm: Script,
@@ -147,6 +148,7 @@ impl RedisStockCache {
             reserve: guarded(&[include_str!("../lua/unchecked.lua"), include_str!("../lua/reserve.lua")]),
             reserve_checked: guarded(&[include_str!("../lua/checked.lua"), include_str!("../lua/reserve.lua")]),
             due: guarded(&[include_str!("../lua/due.lua")]),
+            done: Script::new(include_str!("../lua/done.lua")),
             claim: guarded(&[include_str!("../lua/claim.lua")]),
             keep: guarded(&[include_str!("../lua/keep.lua")]),
             confirm: guarded(&[follow, include_str!("../lua/confirm.lua")]),
@@ -351,7 +353,8 @@ impl StockCache for RedisStockCache {
                 for (i, (_, quantity)) in indices.into_iter().zip(&held.lines) {
                     invocation.arg(i).arg(*quantity);
                 }
-                invocation.arg(held.check_at_ms).arg(check_member(held.token));
+                let check_at = held.check_at_ms.map(|at_ms| at_ms.to_string()).unwrap_or_default();
+                invocation.arg(check_at).arg(check_member(held.token));
             }
             // Last (before the marker `run` adds): `init.lua` takes it off the end.
             invocation.key(self.checks_key(shop));
@@ -381,7 +384,9 @@ impl StockCache for RedisStockCache {
 
     async fn due_checks(&self, shops: &[ShopId], now_ms: u64, retry_at_ms: u64, max: usize) -> PortResult<Vec<Token>> {
         let mut due = Vec::new();
-        // A guarded call per shop (each its own slot), a few at a time.
+        let (mut answered, mut failed) = (0, None);
+        // A guarded call per shop (each its own slot), a few at a time. A shop that does not answer (its
+        // master down, no failover yet) holds up only its own checks.
         let mut calls = futures_util::stream::iter(shops.iter().copied())
             .map(|shop| async move {
                 let mut invocation = self.scripts.due.key(self.checks_key(shop));
@@ -391,23 +396,53 @@ impl StockCache for RedisStockCache {
             })
             .buffer_unordered(DUE_CALLS_AT_ONCE);
         while let Some(tokens) = calls.next().await {
-            due.extend(tokens?);
+            match tokens {
+                Ok(tokens) => {
+                    answered += 1;
+                    due.extend(tokens);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "a shop's reservation checks not read; looked at again next time");
+                    failed.get_or_insert(error);
+                }
+            }
+            // The rest are handed out next time (those of shops already asked here come back at the retry).
             if due.len() >= max {
                 break;
             }
         }
-        Ok(due)
+        match failed {
+            Some(error) if answered == 0 => Err(error),
+            _ => Ok(due),
+        }
     }
 
-    async fn checks_done(&self, tokens: &[Token]) -> PortResult<()> {
+    async fn checks_done(&self, tokens: &[Token], handed_out_at_ms: u64) -> PortResult<()> {
         let mut by_shop: std::collections::BTreeMap<ShopId, Vec<String>> = Default::default();
         for token in tokens {
             by_shop.entry(token.shop_id).or_default().push(check_member(*token));
         }
         for (shop, members) in by_shop {
-            let _: u64 = self.connection().zrem(self.checks_key(shop), members).await.map_err(port_error)?;
+            let mut invocation = self.scripts.done.key(self.checks_key(shop));
+            invocation.arg(handed_out_at_ms).arg(members);
+            let _: u64 = invocation.invoke_async(&mut self.connection()).await.map_err(port_error)?;
         }
         Ok(())
+    }
+
+    async fn checks_armed(&self, shops: &[ShopId]) -> PortResult<usize> {
+        let counts = futures_util::stream::iter(shops.iter().copied())
+            .map(|shop| async move {
+                let count: usize = self.connection().zcard(self.checks_key(shop)).await.map_err(port_error)?;
+                PortResult::Ok(count)
+            })
+            .buffer_unordered(DUE_CALLS_AT_ONCE);
+        let mut counts = counts;
+        let mut armed = 0;
+        while let Some(count) = counts.next().await {
+            armed += count?;
+        }
+        Ok(armed)
     }
 
     async fn claim(&self, token: Token) -> PortResult<Claim> {

@@ -69,9 +69,7 @@ impl Orderly {
         let shops = match shops {
             Some(shops) => shops,
             None => {
-                let mut shops: Vec<_> = self.ports.store.all_stock().await?.iter().map(|(_, l)| l.shop_id).collect();
-                shops.sort_unstable();
-                shops.dedup();
+                let shops = self.shops_with_stock().await?;
                 if let Ok(mut kept) = self.kept_checks.lock() {
                     kept.shops.clone_from(&shops);
                     kept.shops_read_ms = Some(now_ms);
@@ -82,8 +80,22 @@ impl Orderly {
         let config = self.config();
         let max = config.worker_batch_max.max(1);
         let retry_at_ms = now_ms + config.reservation_check_delay_ms.max(1);
-        let mut due = self.ports.cache.due_checks(&shops, now_ms, retry_at_ms, max).await?;
-        due.extend(self.stale_views(now_ms).await?);
+        // The two looks fail apart: a cache that does not answer leaves the backstop's views checked.
+        let (due, stale) =
+            (self.ports.cache.due_checks(&shops, now_ms, retry_at_ms, max).await, self.stale_views(now_ms, max).await);
+        let mut due = match (due, stale) {
+            (Ok(mut due), Ok(stale)) => {
+                due.extend(stale);
+                due
+            }
+            (Err(error), Ok(stale)) if !stale.is_empty() => {
+                tracing::warn!(%error, "the cache's reservation checks not read; only stale views checked");
+                stale
+            }
+            (Err(error), _) | (_, Err(error)) => return Err(error),
+        };
+        due.sort_unstable();
+        due.dedup();
         if let Ok(mut kept) = self.kept_checks.lock() {
             kept.next_sweep_ms = if due.len() >= max { now_ms } else { now_ms + SWEEP_EVERY_MS };
         }
@@ -105,17 +117,17 @@ impl Orderly {
         }
         outcome.done = done.len();
         if !done.is_empty() {
-            self.ports.cache.checks_done(&done).await?;
+            self.ports.cache.checks_done(&done, retry_at_ms).await?;
         }
         Ok(outcome)
     }
 
-    /// The entry tokens of pending views older than [`STALE_VIEW_MS`], every [`STALE_LOOK_EVERY_MS`]: the
-    /// backstop of the checks a cache keeps. A cache that loses its data loses the checks with the
+    /// The entry tokens of up to `max` pending views older than [`STALE_VIEW_MS`], every
+    /// [`STALE_LOOK_EVERY_MS`]: the backstop of the checks a cache keeps. A cache that loses its data loses the checks with the
     /// reservations and makes both again from the pending views when it reloads; a view written after
     /// that reload by an entry that then stopped before publishing its create has neither — and no
     /// create. Its check, run here, publishes the create again, so no view stays `pending` for ever.
-    async fn stale_views(&self, now_ms: u64) -> Result<Vec<Token>, PortError> {
+    async fn stale_views(&self, now_ms: u64, max: usize) -> Result<Vec<Token>, PortError> {
         {
             let mut kept =
                 self.kept_checks.lock().map_err(|_| PortError::failed("worker", "check sweep lock poisoned"))?;
@@ -129,6 +141,7 @@ impl Orderly {
             .iter()
             .filter(|view| view.created_ms.saturating_add(STALE_VIEW_MS) <= now_ms)
             .map(|view| view.entry_token())
+            .take(max)
             .collect();
         if !stale.is_empty() {
             tracing::info!(views = stale.len(), "pending views older than {STALE_VIEW_MS} ms; checked again");

@@ -262,8 +262,11 @@ impl StockCache for LosableCache {
     async fn due_checks(&self, shops: &[ShopId], now_ms: u64, retry_at_ms: u64, max: usize) -> PortResult<Vec<Token>> {
         self.now().due_checks(shops, now_ms, retry_at_ms, max).await
     }
-    async fn checks_done(&self, tokens: &[Token]) -> PortResult<()> {
-        self.now().checks_done(tokens).await
+    async fn checks_done(&self, tokens: &[Token], handed_out_at_ms: u64) -> PortResult<()> {
+        self.now().checks_done(tokens, handed_out_at_ms).await
+    }
+    async fn checks_armed(&self, shops: &[ShopId]) -> PortResult<usize> {
+        self.now().checks_armed(shops).await
     }
     async fn claim(&self, token: Token) -> PortResult<Claim> {
         let claim = self.now().claim(token).await?;
@@ -276,7 +279,11 @@ impl StockCache for LosableCache {
                 .pending_orders()
                 .await?
                 .iter()
-                .map(|order| Held { token: order.entry_token(), lines: order.stock_lines(), check_at_ms })
+                .map(|order| Held {
+                    token: order.entry_token(),
+                    lines: order.stock_lines(),
+                    check_at_ms: Some(check_at_ms),
+                })
                 .collect();
             self.now().init(&self.store.all_stock().await?, &held).await?;
         }
