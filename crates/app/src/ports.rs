@@ -383,9 +383,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 pub trait Bus: Send + Sync + std::fmt::Debug {
     /// Durable when it returns.
     async fn publish(&self, messages: Vec<Outgoing>) -> PortResult<()>;
-    /// Publishes messages that guard state held only in the stock cache (the reservation checks). They
-    /// must be exactly as durable as the cache's reservations: a profile whose cache dies with the
-    /// process may lose them in the same crash. By default as durable as [`Bus::publish`].
+    /// Publishes messages that guard state held only in the stock cache (the reservation checks, for a
+    /// cache that does not keep them itself: [`StockCache::keeps_checks`]). They must be exactly as
+    /// durable as the cache's reservations: a profile whose cache dies with the process may lose them in
+    /// the same crash. By default as durable as [`Bus::publish`].
     async fn publish_guards(&self, messages: Vec<Outgoing>) -> PortResult<()> {
         self.publish(messages).await
     }
