@@ -297,6 +297,8 @@ pub(crate) struct KeptChecks {
     pub(crate) shops_read_ms: Option<u64>,
     /// Not before this, the look at the pending views left longer than [`crate::workers`]' stale age.
     pub(crate) next_stale_look_ms: u64,
+    /// The last of those the previous look took (more than a batch are taken in turns).
+    pub(crate) stale_looked_through: Option<OrderNo>,
 }
 
 /// Whose reservation [`Orderly::reserve`] makes.

@@ -153,3 +153,31 @@ async fn a_cache_emptied_again_after_each_load_is_unavailable_not_out_of_stock()
     assert_eq!(state(&ports, accepted[0]).await, OrderState::ToPay);
     settle_and_audit(&orderly, &clock).await;
 }
+
+/// A pending view left with neither its create nor a reservation check — written after a lost cache's
+/// reload by an entry that then stopped before publishing, the check the cache kept lost with the cache —
+/// is found by the workers' backstop once it is five minutes old: its create is published again and the
+/// order is created (no view stays `pending` for ever), not before.
+#[tokio::test]
+async fn a_pending_view_left_without_create_or_check_is_created_by_the_backstop() {
+    let h = harness(10).await;
+    let placed = h.orderly.place_orders(&body(1, false, &[(1, 1)]), None).await.expect("accepted")[0];
+    h.orderly.drain().await.expect("drain");
+    let mut orphan = order(&h.ports, placed).await;
+    orphan.order_no = orderly_domain::OrderNo::new(orderly_domain::SnowflakeId(12_345), orphan.buyer);
+    orphan.state = OrderState::Pending;
+    orphan.token_generation = None;
+    orphan.stock_versions = Vec::new();
+    orphan.created_ms = orderly_app::Clock::now_ms(&*h.ports.clock);
+    h.ports.store.insert_pending(std::slice::from_ref(&orphan)).await.expect("the view alone");
+
+    h.clock.advance_ms(4 * 60_000);
+    h.orderly.drain().await.expect("drain");
+    assert_eq!(state(&h.ports, orphan.order_no).await, OrderState::Pending, "not five minutes old yet");
+    assert_eq!(stock(&h.ports, 1).await, (9, Some(9)));
+    h.clock.advance_ms(2 * 60_000);
+    h.orderly.drain().await.expect("drain");
+    assert_eq!(state(&h.ports, orphan.order_no).await, OrderState::ToPay, "created by the backstop");
+    assert_eq!(stock(&h.ports, 1).await, (8, Some(8)));
+    settle_and_audit(&h.orderly, &h.clock).await;
+}

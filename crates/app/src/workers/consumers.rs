@@ -123,26 +123,39 @@ impl Orderly {
     }
 
     /// The entry tokens of up to `max` pending views older than [`STALE_VIEW_MS`], every
-    /// [`STALE_LOOK_EVERY_MS`]: the backstop of the checks a cache keeps. A cache that loses its data loses the checks with the
-    /// reservations and makes both again from the pending views when it reloads; a view written after
-    /// that reload by an entry that then stopped before publishing its create has neither — and no
-    /// create. Its check, run here, publishes the create again, so no view stays `pending` for ever.
+    /// [`STALE_LOOK_EVERY_MS`]: the backstop of the checks a cache keeps. A cache that loses its data
+    /// loses the checks with the reservations and makes both again from the pending views when it
+    /// reloads; a view written after that reload by an entry that then stopped before publishing its
+    /// create has neither — and no create. Its check, run here, publishes the create again, so no view
+    /// stays `pending` for ever. More than `max` stale views (a long outage's backlog) are taken in turns,
+    /// by order number from where the last look stopped, so each is reached.
     async fn stale_views(&self, now_ms: u64, max: usize) -> Result<Vec<Token>, PortError> {
-        {
+        let after = {
             let mut kept =
                 self.kept_checks.lock().map_err(|_| PortError::failed("worker", "check sweep lock poisoned"))?;
             if now_ms < kept.next_stale_look_ms {
                 return Ok(Vec::new());
             }
             kept.next_stale_look_ms = now_ms + STALE_LOOK_EVERY_MS;
-        }
-        let views = self.ports.store.pending_orders().await?;
-        let stale: Vec<Token> = views
+            kept.stale_looked_through
+        };
+        let mut stale: Vec<Token> = self
+            .ports
+            .store
+            .pending_orders()
+            .await?
             .iter()
             .filter(|view| view.created_ms.saturating_add(STALE_VIEW_MS) <= now_ms)
             .map(|view| view.entry_token())
-            .take(max)
             .collect();
+        stale.sort_unstable();
+        // From after the last one looked at, then from the start again.
+        let start = after.map_or(0, |last| stale.partition_point(|token| token.order_no <= last));
+        stale.rotate_left(start);
+        stale.truncate(max);
+        if let Ok(mut kept) = self.kept_checks.lock() {
+            kept.stale_looked_through = stale.last().map(|token| token.order_no);
+        }
         if !stale.is_empty() {
             tracing::info!(views = stale.len(), "pending views older than {STALE_VIEW_MS} ms; checked again");
         }
