@@ -3,6 +3,8 @@
 //!
 //! - `price_and_split`: a three-line cart over two shops priced against the catalog and split.
 //! - `reserve_and_release`: a two-line reservation in the in-process stock cache, and its release.
+//! - `reserve_checked_and_confirm`: the entry's reservation, arming its check, and the worker's
+//!   confirmation, which forgets the check (the path of every accepted order).
 //! - `create_batch/64`: 64 pending orders created by one store write (order, stock, outbox), written to
 //!   the OS without `fdatasync` (the disk is not what this measures).
 
@@ -80,6 +82,16 @@ fn reserve(c: &mut Criterion) {
             let lines = [(CommodityId(n % 1_000 + 1), 1), (CommodityId((n + 500) % 1_000 + 1), 2)];
             cache.reserve(token, &lines, false).await.expect("reserved");
             cache.release(token).await.expect("released");
+        })
+    });
+    c.bench_function("reserve_checked_and_confirm", |b| {
+        b.to_async(&rt).iter(|| async {
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            let token = Token::entry(OrderNo::new(SnowflakeId(n << 22), Uid(7)), ShopId(100_001));
+            let lines = [(CommodityId(n % 1_000 + 1), 1), (CommodityId((n + 500) % 1_000 + 1), 2)];
+            let reserved = cache.reserve_checked(token, &lines, NOW_MS + 10_000).await.expect("reserved");
+            assert_eq!(reserved, orderly_app::ports::Reserve::Reserved);
+            cache.confirm(token, &[]).await.expect("confirmed");
         })
     });
 }
