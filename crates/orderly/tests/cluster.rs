@@ -865,22 +865,37 @@ async fn processes_register_and_settings_apply_everywhere_within_a_second() {
     }
 
     // A commodity rule holds across the APIs (rate_limit.shared, buckets in Redis): 2 a second, burst 2.
-    // Six carts of that commodity in quick turns over both APIs: 2 pass (3 if a token came back
-    // meanwhile), where each API on its own would have passed 2.
+    // Six carts of that commodity at once over both APIs: 2 pass (3 if a token came back meanwhile),
+    // where each API on its own would have passed 2 — 4 in all. Sent together, so a slow machine does not
+    // spread them over the refills; the bound still counts the tokens that came back while they ran.
     for key in ["rate_limit.commodity.per_second", "rate_limit.commodity.burst"] {
         assert_eq!(cluster.set_setting(0, key, Some("2")).await["status"], 200);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let buyers: Vec<Buyer> = (0..6_u64).map(|turn| Buyer::new(&cluster, 30 + turn)).collect();
+    let carts: Vec<Value> = (0..6_u64).map(|turn| one_line(30 + turn, 2, 1, false)).collect();
+    let started = Instant::now();
+    let answers = futures_util::future::join_all(
+        buyers
+            .iter()
+            .zip(&carts)
+            .enumerate()
+            .map(|(turn, (buyer, cart))| buyer.post(turn % APIS, "/api/orders", cart, None)),
+    )
+    .await;
+    let took_s = started.elapsed().as_secs_f64();
     let mut passed = 0;
-    for turn in 0..6_u64 {
-        let buyer = Buyer::new(&cluster, 30 + turn);
-        let answer = buyer.post(turn as usize % APIS, "/api/orders", &one_line(30 + turn, 2, 1, false), None).await;
+    for answer in answers {
         match answer["status"].as_u64() {
             Some(200) => passed += 1,
             _ => assert_eq!(answer["code"], "rate_limited_commodity", "{answer}"),
         }
     }
-    assert!((2..=3).contains(&passed), "{passed} of 6 carts passed a shared rule of 2 a second, burst 2");
+    let most = 3 + (2.0 * took_s).floor() as usize;
+    assert!(
+        (2..=most).contains(&passed),
+        "{passed} of 6 carts sent together passed a shared rule of 2 a second, burst 2 (in {took_s:.2} s)"
+    );
     for via in 0..APIS {
         let limits = cluster.admin_get_via(via, "/api/admin/limits").await;
         let rule = limits["rules"].as_array().and_then(|r| r.iter().find(|r| r["rule"] == "commodity").cloned());
