@@ -431,13 +431,12 @@ impl StockCache for RedisStockCache {
     }
 
     async fn checks_armed(&self, shops: &[ShopId]) -> PortResult<usize> {
-        let counts = futures_util::stream::iter(shops.iter().copied())
+        let mut counts = futures_util::stream::iter(shops.iter().copied())
             .map(|shop| async move {
                 let count: usize = self.connection().zcard(self.checks_key(shop)).await.map_err(port_error)?;
                 PortResult::Ok(count)
             })
             .buffer_unordered(DUE_CALLS_AT_ONCE);
-        let mut counts = counts;
         let mut armed = 0;
         while let Some(count) = counts.next().await {
             armed += count?;

@@ -224,6 +224,14 @@ impl LosableCache {
         *self.failing_shop.lock().expect("lock") = shop;
     }
 
+    /// An error for a reserve of a failing shop's token ([`LosableCache::fail_reserves_of`]).
+    fn answer_reserve_of(&self, token: Token) -> PortResult<()> {
+        if *self.failing_shop.lock().expect("lock") == Some(token.shop_id) {
+            return Err(orderly_app::ports::PortError::unavailable("stock cache", "no answer in time (test)"));
+        }
+        Ok(())
+    }
+
     /// Loses the cache right after each of the next `loads` loads.
     pub fn lose_after_loads(&self, loads: usize) {
         self.after_loads.store(loads, Ordering::SeqCst);
@@ -240,9 +248,7 @@ impl StockCache for LosableCache {
         Ok(())
     }
     async fn reserve(&self, token: Token, lines: &[(CommodityId, u32)], claimed: bool) -> PortResult<Reserve> {
-        if *self.failing_shop.lock().expect("lock") == Some(token.shop_id) {
-            return Err(orderly_app::ports::PortError::unavailable("stock cache", "no answer in time (test)"));
-        }
+        self.answer_reserve_of(token)?;
         self.now().reserve(token, lines, claimed).await
     }
     fn keeps_checks(&self) -> bool {
@@ -254,9 +260,7 @@ impl StockCache for LosableCache {
         lines: &[(CommodityId, u32)],
         check_at_ms: u64,
     ) -> PortResult<Reserve> {
-        if *self.failing_shop.lock().expect("lock") == Some(token.shop_id) {
-            return Err(orderly_app::ports::PortError::unavailable("stock cache", "no answer in time (test)"));
-        }
+        self.answer_reserve_of(token)?;
         self.now().reserve_checked(token, lines, check_at_ms).await
     }
     async fn due_checks(&self, shops: &[ShopId], now_ms: u64, retry_at_ms: u64, max: usize) -> PortResult<Vec<Token>> {
