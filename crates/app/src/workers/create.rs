@@ -1,5 +1,6 @@
 //! Worker: creates accepted orders, a batch per step (remarks 3–5).
 
+use futures_util::StreamExt;
 use orderly_domain::{CommodityId, OrderState};
 
 use super::{Fate, Outcome};
@@ -29,18 +30,37 @@ impl Orderly {
             .collect();
         let stored = self.ports.store.orders(&order_nos).await;
         let mut created = stored.iter().flatten().map(|o| o.as_ref().is_some_and(|o| o.state != OrderState::Pending));
+        let mut orders = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             let Message::CreateOrder(order) = &delivery.message else {
                 self.ports.bus.dead_letter(&delivery.receipt, "not a create-order message").await?;
                 continue;
             };
             let order = (**order).clone();
-            let held = match &stored {
-                Err(error) => Err(error.clone()),
-                // A redelivery of a finished creation reserves nothing: the store reports it as done.
-                Ok(_) if created.next().unwrap_or(false) => Ok(Err(None)),
-                Ok(_) => self.hold_stock_for(&order).await,
-            };
+            orders.push((delivery, order, created.next().unwrap_or(false)));
+        }
+        // Each order's reservation, asked for concurrently: the batch waits for about one round trip to
+        // the cache, not one per order (the cache's calls are atomic each; a duplicate of the same order
+        // in the batch claims the same token twice, which is idempotent).
+        // (The futures are made first: a stream's closure over borrowed items trips the spawned task's
+        // lifetime inference.)
+        let holds: Vec<_> = orders
+            .iter()
+            .map(|(_, order, created)| {
+                let stored = &stored;
+                async move {
+                    match stored {
+                        Err(error) => Err(error.clone()),
+                        // A redelivery of a finished creation reserves nothing: the store reports it as done.
+                        Ok(_) if *created => Ok(Err(None)),
+                        Ok(_) => self.hold_stock_for(order).await,
+                    }
+                }
+            })
+            .collect();
+        let held: Vec<_> =
+            futures_util::stream::iter(holds).buffered(self.config().worker_concurrency_max.max(1)).collect().await;
+        for ((delivery, order, _), held) in orders.into_iter().zip(held) {
             match held {
                 Ok(held) => {
                     let (token, short_of) = match held {
@@ -84,36 +104,49 @@ impl Orderly {
         };
         // Also on a redelivery: the worker that created it may have died before deleting the copies.
         self.orders_changed(batch.iter().map(|r| r.order.order_no).collect()).await;
-        for (request, result) in batch.iter().zip(results) {
-            let order_no = request.order.order_no;
-            let token = request.token;
-            match result {
-                CreateOutcome::Created(order) => {
-                    crate::meters::order_events("created", 1);
-                    if let Some(token) = token {
-                        self.ports.cache.confirm(token, &order.deductions()).await?;
-                    }
-                    self.release_entry_token_if_unused(&request.order, token).await?;
-                    crate::trace::order_span(order_no, request.order.trace.as_deref()).in_scope(|| {
-                        tracing::debug!(target: crate::trace::TARGET, "order created; buyer notified");
-                    });
-                }
-                CreateOutcome::Rejected { commodity_id } => {
-                    crate::meters::order_events("rejected", 1);
-                    if let Some(token) = token {
-                        self.ports.cache.release(token).await?;
-                    }
-                    self.release_entry_token_if_unused(&request.order, token).await?;
-                    crate::trace::order_span(order_no, request.order.trace.as_deref()).in_scope(|| {
-                        tracing::info!(%order_no, %commodity_id, "order rejected: stock ran out after acceptance");
-                    });
-                }
-                CreateOutcome::AlreadyDone(existing) => self.settle_tokens(&existing).await?,
-            }
-        }
+        // Each order's reservation settled, concurrently (as they were taken); any failure leaves the
+        // batch unacked, and its redelivery settles them again (idempotent).
+        let settles: Vec<_> =
+            batch.iter().zip(results).map(|(request, result)| self.settle_created(request, result)).collect();
+        let settled: Vec<Result<(), PortError>> = futures_util::stream::iter(settles)
+            .buffer_unordered(self.config().worker_concurrency_max.max(1))
+            .collect()
+            .await;
+        settled.into_iter().collect::<Result<(), PortError>>()?;
         self.ports.bus.ack(&receipts).await?;
         outcome.done += receipts.len();
         Ok(outcome)
+    }
+
+    /// What a create batch decided for one order, told to the cache: the reservation it consumed
+    /// confirmed (a rejected order's given back), and the buyer's trace told.
+    async fn settle_created(&self, request: &CreateRequest, result: CreateOutcome) -> Result<(), PortError> {
+        let order_no = request.order.order_no;
+        let token = request.token;
+        match result {
+            CreateOutcome::Created(order) => {
+                crate::meters::order_events("created", 1);
+                if let Some(token) = token {
+                    self.ports.cache.confirm(token, &order.deductions()).await?;
+                }
+                self.release_entry_token_if_unused(&request.order, token).await?;
+                crate::trace::order_span(order_no, request.order.trace.as_deref()).in_scope(|| {
+                    tracing::debug!(target: crate::trace::TARGET, "order created; buyer notified");
+                });
+            }
+            CreateOutcome::Rejected { commodity_id } => {
+                crate::meters::order_events("rejected", 1);
+                if let Some(token) = token {
+                    self.ports.cache.release(token).await?;
+                }
+                self.release_entry_token_if_unused(&request.order, token).await?;
+                crate::trace::order_span(order_no, request.order.trace.as_deref()).in_scope(|| {
+                    tracing::info!(%order_no, %commodity_id, "order rejected: stock ran out after acceptance");
+                });
+            }
+            CreateOutcome::AlreadyDone(existing) => self.settle_tokens(&existing).await?,
+        }
+        Ok(())
     }
 
     /// The reservation this order's creation will consume: its entry token claimed, or a fresh one if
