@@ -3,7 +3,8 @@
 //! Every read-check-write is one transaction that locks what it checks (`SELECT … FOR UPDATE`), so two
 //! processes racing on an order or a commodity serialise on its rows. The batched create locks the
 //! batch's stock rows once, in commodity order (no deadlock between batches), decides every order in
-//! memory, and writes one update per commodity, the orders and their outbox events, in one commit.
+//! memory, and writes one update per commodity, the orders and their outbox events by one statement, in
+//! one commit.
 //! The stock table refuses `available < 0` itself: the last guard against an oversell.
 //!
 //! [`payments`]: the payment service's ledger, in a schema of its own.
@@ -239,10 +240,8 @@ async fn change_orders_in_one(pool: &PgPool, batch: &[&Change]) -> PortResult<Ve
     }
     let stock: Vec<(CommodityId, StockLevel)> = stock.iter().map(|id| (*id, levels[id])).collect();
     let changed: Vec<Order> = changed.iter().map(|n| orders[n].clone()).collect();
-    PgStore::write_stock(&mut tx, &stock).await?;
-    PgStore::put_outbox(&mut tx, &events).await?;
-    PgStore::write_safe_pay(&mut tx, &safe_pay).await?;
-    PgStore::put_orders(&mut tx, &changed).await?;
+    let writes = BatchWrites { orders: &changed, events: &events, stock: &stock, safe_pay: Some(&safe_pay) };
+    PgStore::write_batch(&mut tx, writes).await?;
     PgStore::commit(tx).await?;
     Ok(results)
 }
@@ -287,6 +286,43 @@ fn level_of(row: &sqlx::postgres::PgRow) -> PortResult<(CommodityId, StockLevel)
 }
 
 type Tx = Transaction<'static, Postgres>;
+
+/// What an atomic batch writes ([`PgStore::write_batch`]).
+#[derive(Debug, Default)]
+struct BatchWrites<'a> {
+    /// Orders written (each number once), whatever was stored under their numbers.
+    orders: &'a [Order],
+    /// Outbox events appended, in their order.
+    events: &'a [OutboxEvent],
+    /// Stock levels (each commodity once).
+    stock: &'a [(CommodityId, StockLevel)],
+    /// Each order's safe-pay entry entered (or moved), or removed.
+    safe_pay: Option<&'a BTreeMap<OrderNo, SafePay>>,
+}
+
+/// [`BatchWrites`] as one statement: a data-modifying CTE per table, each run once whether or not the
+/// query reads it, each a no-op on empty arrays (every session plans each statement for its own
+/// parameters: see [`session_options`]). No two parts touch the same row: each order, commodity and
+/// safe-pay entry appears once, and an order either enters safe pay or leaves it.
+const WRITE_BATCH: &str = "WITH
+    written_orders AS (
+        INSERT INTO orders (order_id, shard, buyer, state, body)
+        SELECT * FROM UNNEST($1::bigint[], $2::smallint[], $3::bigint[], $4::text[], $5::text[])
+        ON CONFLICT (order_id, shard) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body),
+    appended_events AS (
+        INSERT INTO outbox (event) SELECT e FROM UNNEST($6::text[]) WITH ORDINALITY AS u(e, n) ORDER BY n),
+    written_stock AS (
+        UPDATE stock SET available = u.available, version = u.version
+        FROM UNNEST($7::bigint[], $8::bigint[], $9::bigint[]) AS u(id, available, version)
+        WHERE stock.commodity_id = u.id),
+    entered_safe_pay AS (
+        INSERT INTO safe_pay (order_id, shard, due_ms)
+        SELECT * FROM UNNEST($10::bigint[], $11::smallint[], $12::bigint[])
+        ON CONFLICT (order_id, shard) DO UPDATE SET due_ms = EXCLUDED.due_ms),
+    left_safe_pay AS (
+        DELETE FROM safe_pay USING UNNEST($13::bigint[], $14::smallint[]) AS u(id, shard)
+        WHERE safe_pay.order_id = u.id AND safe_pay.shard = u.shard)
+SELECT 1";
 
 /// What every session of ours sets: each statement planned for its own parameters
 /// (`plan_cache_mode = force_custom_plan`). A prepared statement's generic plan is picked after five
@@ -389,52 +425,6 @@ impl PgStore {
             .collect()
     }
 
-    /// Writes orders (each number once), by one statement.
-    async fn put_orders(tx: &mut Tx, orders: &[Order]) -> PortResult<()> {
-        if orders.is_empty() {
-            return Ok(());
-        }
-        let (mut ids, mut shards, mut buyers, mut states, mut bodies) = (vec![], vec![], vec![], vec![], vec![]);
-        for order in orders {
-            let (id, shard) = key(order.order_no)?;
-            ids.push(id);
-            shards.push(shard);
-            buyers.push(signed(order.buyer.0)?);
-            states.push(order.state.as_str());
-            bodies.push(encode(order)?);
-        }
-        sqlx::query(
-            "INSERT INTO orders (order_id, shard, buyer, state, body)
-             SELECT * FROM UNNEST($1::bigint[], $2::smallint[], $3::bigint[], $4::text[], $5::text[])
-             ON CONFLICT (order_id, shard) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body",
-        )
-        .bind(ids)
-        .bind(shards)
-        .bind(buyers)
-        .bind(states)
-        .bind(bodies)
-        .execute(&mut **tx)
-        .await
-        .map_err(database_error)?;
-        Ok(())
-    }
-
-    /// Appends outbox events, in their order, by one statement.
-    async fn put_outbox(tx: &mut Tx, events: &[OutboxEvent]) -> PortResult<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let events = events.iter().map(encode).collect::<PortResult<Vec<_>>>()?;
-        sqlx::query(
-            "INSERT INTO outbox (event) SELECT e FROM UNNEST($1::text[]) WITH ORDINALITY AS u(e, n) ORDER BY n",
-        )
-        .bind(events)
-        .execute(&mut **tx)
-        .await
-        .map_err(database_error)?;
-        Ok(())
-    }
-
     async fn lock_stock(tx: &mut Tx, ids: &[CommodityId]) -> PortResult<Levels> {
         if ids.is_empty() {
             return Ok(Levels::new());
@@ -453,35 +443,28 @@ impl PgStore {
         rows.iter().map(level_of).collect()
     }
 
-    /// Writes stock levels (each commodity once), by one statement.
-    async fn write_stock(tx: &mut Tx, levels: &[(CommodityId, StockLevel)]) -> PortResult<()> {
-        if levels.is_empty() {
-            return Ok(());
+    /// Everything an atomic batch leaves (a create batch, a round of order changes), by one statement:
+    /// one round trip while the batch's stock and order rows are locked, where a statement per table was
+    /// four (see [`WRITE_BATCH`]).
+    async fn write_batch(tx: &mut Tx, writes: BatchWrites<'_>) -> PortResult<()> {
+        let (mut ids, mut shards, mut buyers, mut states, mut bodies) = (vec![], vec![], vec![], vec![], vec![]);
+        for order in writes.orders {
+            let (id, shard) = key(order.order_no)?;
+            ids.push(id);
+            shards.push(shard);
+            buyers.push(signed(order.buyer.0)?);
+            states.push(order.state.as_str());
+            bodies.push(encode(order)?);
         }
-        let (mut ids, mut available, mut versions) = (vec![], vec![], vec![]);
-        for (id, level) in levels {
-            ids.push(signed(id.0)?);
+        let events = writes.events.iter().map(encode).collect::<PortResult<Vec<_>>>()?;
+        let (mut commodities, mut available, mut versions) = (vec![], vec![], vec![]);
+        for (id, level) in writes.stock {
+            commodities.push(signed(id.0)?);
             available.push(signed(level.available)?);
             versions.push(signed(level.version)?);
         }
-        sqlx::query(
-            "UPDATE stock SET available = u.available, version = u.version
-             FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, available, version)
-             WHERE stock.commodity_id = u.id",
-        )
-        .bind(ids)
-        .bind(available)
-        .bind(versions)
-        .execute(&mut **tx)
-        .await
-        .map_err(database_error)?;
-        Ok(())
-    }
-
-    /// Applies the safe-pay changes of a batch: each order's entry entered (or moved), or removed.
-    async fn write_safe_pay(tx: &mut Tx, changes: &BTreeMap<OrderNo, SafePay>) -> PortResult<()> {
         let (mut entered, mut left) = ((vec![], vec![], vec![]), (vec![], vec![]));
-        for (&order_no, safe_pay) in changes {
+        for (&order_no, safe_pay) in writes.safe_pay.into_iter().flatten() {
             let (id, shard) = key(order_no)?;
             match *safe_pay {
                 SafePay::Untouched => {}
@@ -496,29 +479,24 @@ impl PgStore {
                 }
             }
         }
-        if !entered.0.is_empty() {
-            sqlx::query(
-                "INSERT INTO safe_pay (order_id, shard, due_ms)
-                 SELECT * FROM UNNEST($1::bigint[], $2::smallint[], $3::bigint[])
-                 ON CONFLICT (order_id, shard) DO UPDATE SET due_ms = EXCLUDED.due_ms",
-            )
+        sqlx::query(WRITE_BATCH)
+            .bind(ids)
+            .bind(shards)
+            .bind(buyers)
+            .bind(states)
+            .bind(bodies)
+            .bind(events)
+            .bind(commodities)
+            .bind(available)
+            .bind(versions)
             .bind(entered.0)
             .bind(entered.1)
             .bind(entered.2)
-            .execute(&mut **tx)
-            .await
-            .map_err(database_error)?;
-        }
-        if !left.0.is_empty() {
-            sqlx::query(
-                "DELETE FROM safe_pay WHERE (order_id, shard) IN (SELECT * FROM UNNEST($1::bigint[], $2::smallint[]))",
-            )
             .bind(left.0)
             .bind(left.1)
             .execute(&mut **tx)
             .await
             .map_err(database_error)?;
-        }
         Ok(())
     }
 
@@ -628,9 +606,8 @@ impl Store for PgStore {
         let levels = Self::lock_stock(&mut tx, &commodities).await?;
         let stored = Self::orders_by_keys(&mut *tx, &order_nos, true).await?;
         let plan = plan_create(requests, stored, levels, now_ms)?;
-        Self::put_orders(&mut tx, &plan.orders).await?;
-        Self::put_outbox(&mut tx, &plan.events).await?;
-        Self::write_stock(&mut tx, &plan.stock).await?;
+        let writes = BatchWrites { orders: &plan.orders, events: &plan.events, stock: &plan.stock, safe_pay: None };
+        Self::write_batch(&mut tx, writes).await?;
         Self::commit(tx).await?;
         Ok(plan.outcomes)
     }
