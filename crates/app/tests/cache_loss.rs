@@ -53,6 +53,23 @@ async fn accepted_orders_keep_their_units_across_a_loss() {
     settle_and_audit(&h.orderly, &h.clock).await;
 }
 
+/// The cache is lost, and reloaded (by another process, or another order of the worker's batch) between
+/// the worker's claim, which found the token missing, and its look at the counters: the reload made the
+/// order's reservation again, so the worker claims that one. Reserving afresh instead would hold the
+/// units twice — with none to spare, the accepted order would be rejected while its own units waited.
+#[tokio::test]
+async fn a_reservation_remade_after_its_claim_found_it_missing_is_claimed() {
+    let mut h = harness(5).await;
+    let cache = LosableCache::install(&mut h.orderly, &mut h.ports);
+    let accepted = h.orderly.place_orders(&body(1, false, &[(1, 5)]), None).await.expect("accepted");
+    cache.lose();
+    cache.reload_at_next_missing_claim();
+    h.orderly.drain().await.expect("drain");
+    assert_eq!(state(&h.ports, accepted[0]).await, OrderState::ToPay, "created on its remade reservation");
+    assert_eq!(stock(&h.ports, 1).await, (0, Some(0)));
+    settle_and_audit(&h.orderly, &h.clock).await;
+}
+
 /// An order whose reservation died with the cache, and whose units another buyer took meanwhile, is
 /// rejected for the commodity that ran out — not for its first line, which had stock to spare.
 #[tokio::test]

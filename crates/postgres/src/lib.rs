@@ -479,6 +479,10 @@ impl PgStore {
                 }
             }
         }
+        if ids.is_empty() && events.is_empty() && commodities.is_empty() && entered.0.is_empty() && left.0.is_empty() {
+            // A batch that changed nothing (every create done already, every change refused).
+            return Ok(());
+        }
         sqlx::query(WRITE_BATCH)
             .bind(ids)
             .bind(shards)

@@ -156,12 +156,14 @@ impl Orderly {
         let mut claim = self.ports.cache.claim(order.entry_token()).await?;
         if claim == Claim::Missing {
             // The cache lost it. Loading the counters again makes it again (held for the order's pending
-            // view) unless they were loaded since.
+            // view), and so did a load since the claim (by another order of the batch, claimed beside this
+            // one, or another process): claimed again either way, or the order would reserve a second
+            // time what its remade token holds.
             let ids: Vec<CommodityId> = order.lines.iter().map(|line| line.commodity_id).collect();
             if self.ports.cache.available(&ids).await?.contains(&None) {
                 self.load_into_cache(&ids).await?;
-                claim = self.ports.cache.claim(order.entry_token()).await?;
             }
+            claim = self.ports.cache.claim(order.entry_token()).await?;
         }
         match claim {
             Claim::Claimed | Claim::Confirmed => return Ok(Ok(order.entry_token())),

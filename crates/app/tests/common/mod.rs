@@ -186,6 +186,9 @@ pub struct LosableCache {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     at_next_claim: AtomicBool,
+    /// The next claim that finds its token missing reloads the counters before it answers, as another
+    /// process's load would between that claim and what its caller does next.
+    reload_at_missing_claim: AtomicBool,
     /// Loads still to be lost right after they are made (a flush racing each load).
     after_loads: std::sync::atomic::AtomicUsize,
     failing_shop: std::sync::Mutex<Option<ShopId>>,
@@ -199,6 +202,7 @@ impl LosableCache {
             store: Arc::clone(&ports.store),
             clock: Arc::clone(&ports.clock),
             at_next_claim: AtomicBool::new(false),
+            reload_at_missing_claim: AtomicBool::new(false),
             after_loads: std::sync::atomic::AtomicUsize::new(0),
             failing_shop: std::sync::Mutex::new(None),
         });
@@ -217,6 +221,28 @@ impl LosableCache {
 
     pub fn lose_at_next_claim(&self) {
         self.at_next_claim.store(true, Ordering::SeqCst);
+    }
+
+    pub fn reload_at_next_missing_claim(&self) {
+        self.reload_at_missing_claim.store(true, Ordering::SeqCst);
+    }
+
+    /// Loads the counters from the store, as a reload does: the accepted orders not created yet keep
+    /// their units.
+    async fn reload(&self) -> PortResult<()> {
+        let check_at_ms = self.clock.now_ms() + orderly_app::FlowConfig::default().reservation_check_delay_ms;
+        let held: Vec<Held> = self
+            .store
+            .pending_orders()
+            .await?
+            .iter()
+            .map(|order| Held {
+                token: order.entry_token(),
+                lines: order.stock_lines(),
+                check_at_ms: Some(check_at_ms),
+            })
+            .collect();
+        self.now().init(&self.store.all_stock().await?, &held).await
     }
 
     /// Reserves for `shop`'s orders answer an error (`None`: none do).
@@ -276,20 +302,10 @@ impl StockCache for LosableCache {
         let claim = self.now().claim(token).await?;
         if self.at_next_claim.swap(false, Ordering::SeqCst) {
             self.lose();
-            // As a reload does: the accepted orders not created yet keep their units.
-            let check_at_ms = self.clock.now_ms() + orderly_app::FlowConfig::default().reservation_check_delay_ms;
-            let held: Vec<Held> = self
-                .store
-                .pending_orders()
-                .await?
-                .iter()
-                .map(|order| Held {
-                    token: order.entry_token(),
-                    lines: order.stock_lines(),
-                    check_at_ms: Some(check_at_ms),
-                })
-                .collect();
-            self.now().init(&self.store.all_stock().await?, &held).await?;
+            self.reload().await?;
+        }
+        if claim == Claim::Missing && self.reload_at_missing_claim.swap(false, Ordering::SeqCst) {
+            self.reload().await?;
         }
         Ok(claim)
     }
