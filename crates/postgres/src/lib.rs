@@ -144,7 +144,7 @@ async fn read_commodities(pool: PgPool, batch: Vec<CommodityId>) -> Vec<PortResu
 
 /// Makes concurrent callers' order changes in one transaction: each decided in arrival order on the
 /// order and stock as the changes before it left them, exactly as one transaction per change would, and
-/// written by one statement per table. A refused change (or one whose order cannot be read) writes
+/// written by one statement ([`WRITE_BATCH`]). A refused change (or one whose order cannot be read) writes
 /// nothing and does not hold up the others; a failed transaction fails them all (nothing was done).
 ///
 /// Locks are taken in the create batch's order, stock rows (by commodity) before order rows (by key),
