@@ -288,7 +288,7 @@ fn level_of(row: &sqlx::postgres::PgRow) -> PortResult<(CommodityId, StockLevel)
 type Tx = Transaction<'static, Postgres>;
 
 /// What an atomic batch writes ([`PgStore::write_batch`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct BatchWrites<'a> {
     /// Orders written (each number once), whatever was stored under their numbers.
     orders: &'a [Order],
