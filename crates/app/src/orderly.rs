@@ -243,10 +243,11 @@ impl Orderly {
         }
     }
 
-    /// The cache is a copy: when it fails, the store answers.
+    /// The cache is a copy: when it fails, or does not answer within `entry_call_timeout_ms` (a Redis
+    /// Cluster failing over retries for longer), the store answers.
     pub(crate) async fn cached_order(&self, order_no: OrderNo) -> Option<Order> {
         let orders = self.ports.orders.as_ref()?;
-        orders.get(order_no).await.unwrap_or_else(|error| {
+        self.bounded("order cache", orders.get(order_no)).await.unwrap_or_else(|error| {
             tracing::debug!(%order_no, %error, "order cache unavailable; reading the store");
             None
         })
@@ -254,7 +255,7 @@ impl Orderly {
 
     pub(crate) async fn cache_order(&self, order: &Order) {
         if let Some(orders) = &self.ports.orders
-            && let Err(error) = orders.put(order).await
+            && let Err(error) = self.bounded("order cache", orders.put(order)).await
         {
             tracing::debug!(order_no = %order.order_no, %error, "order cache unavailable");
         }
@@ -262,13 +263,14 @@ impl Orderly {
 
     /// After a change of an order in the store: its cached copy is deleted now and again after
     /// `order_cache_second_delete_ms` (a query that read the store before the change may have put the
-    /// old order back). A failed delete leaves the copy to its expiry.
+    /// old order back). A failed delete leaves the copy to its expiry; the first is waited for no longer
+    /// than `entry_call_timeout_ms` (the second tries again).
     pub(crate) async fn orders_changed(&self, order_nos: Vec<OrderNo>) {
         let Some(orders) = &self.ports.orders else { return };
         if order_nos.is_empty() {
             return;
         }
-        if let Err(error) = orders.forget(&order_nos).await {
+        if let Err(error) = self.bounded("order cache", orders.forget(&order_nos)).await {
             tracing::warn!(orders = order_nos.len(), %error, "order cache: delete failed; the copies expire on their own");
         }
         let (orders, second_delete) =

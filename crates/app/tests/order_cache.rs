@@ -1,7 +1,8 @@
 //! The order cache (the seed's order queries cached in Redis with a delayed double delete), here with an
 //! in-memory copy: a buyer's query is served from the copy, every change deletes it (the worker's create,
 //! a payment, a cancel, a timeout), and a stale copy put back by a query that read the store just before
-//! a change is gone after the second delete.
+//! a change is gone after the second delete. The system's pay-at-once charge neither reads nor fills the
+//! copy, and a cache that does not answer holds a buyer's query no longer than the entry's call bound.
 
 mod common;
 
@@ -13,18 +14,21 @@ use async_trait::async_trait;
 use common::*;
 use orderly_app::model::Order;
 use orderly_app::ports::PortResult;
-use orderly_app::{Actor, FlowConfig, OrderCache, Orderly};
+use orderly_app::{Actor, Clock, FlowConfig, OrderCache, Orderly};
 use orderly_domain::{OrderNo, OrderState, Uid};
 
 #[derive(Debug, Default)]
 struct MemoryOrders {
     copies: Mutex<HashMap<OrderNo, Order>>,
     hits: AtomicUsize,
+    reads: AtomicUsize,
+    writes: AtomicUsize,
 }
 
 #[async_trait]
 impl OrderCache for MemoryOrders {
     async fn get(&self, order_no: OrderNo) -> PortResult<Option<Order>> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
         let copy = self.copies.lock().expect("lock").get(&order_no).cloned();
         if copy.is_some() {
             self.hits.fetch_add(1, Ordering::SeqCst);
@@ -32,6 +36,7 @@ impl OrderCache for MemoryOrders {
         Ok(copy)
     }
     async fn put(&self, order: &Order) -> PortResult<()> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
         self.copies.lock().expect("lock").insert(order.order_no, order.clone());
         Ok(())
     }
@@ -101,4 +106,68 @@ async fn a_timeout_closing_an_order_deletes_its_copy() {
     h.clock.advance_ms(orderly_app::FlowConfig::default().unpaid_timeout_ms + 1);
     h.orderly.drain().await.expect("drain");
     assert_eq!(seen(&h, order_no).await, OrderState::Closed);
+}
+
+/// The worker's pay-at-once charge acts on the store's order: it neither reads nor fills the copy (a
+/// cache failing over would hold its message where no queue counts it). It still deletes the copy.
+#[tokio::test]
+async fn the_systems_charge_neither_reads_nor_fills_the_copy() {
+    let (h, copies) = with_order_cache(10).await;
+    let order_no = h.orderly.place_orders(&body(1, true, &[(1, 1)]), None).await.expect("accepted")[0];
+    h.orderly.drain().await.expect("drain");
+    assert_eq!(order(&h.ports, order_no).await.state, OrderState::Paid, "charged at once");
+    assert_eq!(copies.reads.load(Ordering::SeqCst), 0, "no copy read");
+    assert_eq!(copies.writes.load(Ordering::SeqCst), 0, "no copy written");
+    assert_eq!(seen(&h, order_no).await, OrderState::Paid);
+    assert_eq!(copies.reads.load(Ordering::SeqCst), 1, "the buyer's query reads it");
+}
+
+/// A cache that never answers (a Redis Cluster shard failing over retries for seconds).
+#[derive(Debug, Default)]
+struct SilentOrders;
+
+#[async_trait]
+impl OrderCache for SilentOrders {
+    async fn get(&self, _: OrderNo) -> PortResult<Option<Order>> {
+        std::future::pending().await
+    }
+    async fn put(&self, _: &Order) -> PortResult<()> {
+        std::future::pending().await
+    }
+    async fn forget(&self, _: &[OrderNo]) -> PortResult<()> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_cache_that_does_not_answer_holds_a_query_no_longer_than_the_call_bound() {
+    let mut h = harness(10).await;
+    let order_no = h.orderly.place_orders(&body(1, false, &[(1, 1)]), None).await.expect("accepted")[0];
+    h.orderly.drain().await.expect("drain");
+    h.ports.orders = Some(Arc::new(SilentOrders) as Arc<dyn OrderCache>);
+    h.orderly = Orderly::new(h.ports.clone(), FlowConfig::default());
+    let bound_ms = FlowConfig::default().entry_call_timeout_ms;
+    let orderly = h.orderly.clone();
+    let query = tokio::spawn(async move { orderly.order(Actor::Buyer(Uid(1)), order_no).await });
+    // The read waits out the bound, then the store answers; the copy's put waits out another. The clock
+    // moves only while the query waits on it.
+    let start_ms = h.clock.now_ms();
+    let mut turns = 0;
+    while !query.is_finished() {
+        turns += 1;
+        assert!(turns < 1_000_000, "the query still waits on the cache");
+        if h.clock.sleepers() > 0 {
+            h.clock.advance_ms(bound_ms);
+            for _ in 0..10_000 {
+                if h.clock.sleepers() == 0 || query.is_finished() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(h.clock.now_ms() - start_ms, 2 * bound_ms, "the read and the copy's put each waited out the bound");
+    let order = query.await.expect("the query ends").expect("the store answers");
+    assert_eq!(order.state, OrderState::ToPay);
 }

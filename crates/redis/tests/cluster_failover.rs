@@ -1,16 +1,17 @@
 //! A Redis Cluster failover that loses writes on one shard: a private cluster of 3 masters and 3
 //! replicas (Debian's `redis-server`, on free ports), a replica stopped while its master takes writes,
 //! then the master killed and the replica promoted without them. The shop on that shard must be forgotten
-//! whole (reloaded from the store, as after a loss) and the shop on another shard must keep everything.
+//! whole (reloaded from the store, as after a loss) and the shop on another shard must keep everything;
+//! an order's copy whose delete was lost must not be read.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use orderly_app::StockCache;
-use orderly_app::model::{StockLevel, Token};
+use orderly_app::model::{Order, StockLevel, Token};
 use orderly_app::ports::{Claim, Reserve};
-use orderly_domain::{CommodityId, OrderNo, ShopId, SnowflakeId, Uid};
-use orderly_redis::{RedisCacheConfig, RedisStockCache, RedisTarget};
+use orderly_app::{OrderCache, StockCache};
+use orderly_domain::{CommodityId, Money, OrderLine, OrderNo, OrderState, ShopId, SnowflakeId, Uid};
+use orderly_redis::{RedisCacheConfig, RedisOrderCache, RedisStockCache, RedisTarget};
 
 const NAMESPACE: &str = "orderly-failover-test";
 
@@ -115,7 +116,12 @@ impl PrivateCluster {
 
     /// The master serving `shop`'s slot, and its replica.
     fn shard_of(&self, shop: ShopId) -> (u16, u16) {
-        let slot = cli(self.base, &["cluster", "keyslot", &format!("{{s:{}}}", shop.0)]);
+        self.shard_of_key(&format!("{{s:{}}}", shop.0))
+    }
+
+    /// The master serving `key`'s slot, and its replica.
+    fn shard_of_key(&self, key: &str) -> (u16, u16) {
+        let slot = cli(self.base, &["cluster", "keyslot", key]);
         let slot: u16 = slot.parse().expect("a slot");
         let nodes = cli(self.base, &["cluster", "nodes"]);
         let port_of = |address: &str| -> u16 {
@@ -251,4 +257,63 @@ async fn a_shard_that_failed_over_and_back_is_reloaded_too() {
     assert_eq!(cli(master, &["cluster", "myid"]), master_id, "the same node leads the shard again");
     assert_eq!(cache.claim(here).await.expect("claim"), Claim::Missing, "the shard changed masters twice: reloaded");
     assert_eq!(cache.claim(elsewhere).await.expect("claim"), Claim::Claimed, "the other shard keeps its token");
+}
+
+/// The order cache across a failover that loses a delete: a copy of an order "to pay" is written and
+/// replicated, the order changes (paid) and its copy is deleted on the master only, the master dies and
+/// its replica — still holding the old copy — takes over. The buyer must not be shown the old copy for
+/// its time to live: it is a miss (the store answers), and a copy written after the failover is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_copy_whose_delete_a_failover_lost_is_not_read() {
+    let mut cluster = PrivateCluster::start();
+    let namespace = "orderly-failover-orders";
+    let nodes = cluster.ports().map(|p| format!("redis://127.0.0.1:{p}")).collect();
+    let cache = RedisOrderCache::connect(&RedisTarget::Cluster(nodes), namespace.to_owned(), 600_000)
+        .await
+        .expect("connect to the private cluster");
+    let mut order = Order {
+        order_no: OrderNo::new(SnowflakeId(1), Uid(7)),
+        buyer: Uid(7),
+        to_uid: Uid(7),
+        shop_id: ShopId(1),
+        pay_at_once: true,
+        lines: vec![OrderLine { commodity_id: CommodityId(1), quantity: 1, unit_price: Money::from_cents(100) }],
+        total: Money::from_cents(100),
+        state: OrderState::ToPay,
+        created_ms: 1,
+        updated_ms: 1,
+        payment_attempt: None,
+        payment_id: None,
+        last_decline: None,
+        rejected_for: None,
+        token_generation: Some(0),
+        stock_versions: vec![1],
+        trace: None,
+    };
+    let key = format!("{namespace}:order:{}", order.order_no);
+    let (master, replica) = cluster.shard_of_key(&key);
+    cache.put(&order).await.expect("put");
+    assert_eq!(cache.get(order.order_no).await.expect("get"), Some(order.clone()));
+    wait_for("the replica has every write", Duration::from_secs(10), || {
+        info_field(master, "replication", "master_repl_offset")
+            == info_field(replica, "replication", "slave_repl_offset")
+    });
+
+    // The replica stops hearing its master; the order is paid and its copy deleted there only.
+    signal(cluster.child(replica), "-STOP");
+    assert_eq!(cli(master, &["client", "kill", "type", "replica"]), "1");
+    cache.forget(&[order.order_no]).await.expect("forget");
+    let _ = cluster.child(master).kill();
+    signal(cluster.child(replica), "-CONT");
+    wait_for("the replica takes over", Duration::from_secs(30), || {
+        info_field(replica, "replication", "role").as_deref() == Some("master")
+            && cli(replica, &["cluster", "info"]).contains("cluster_state:ok")
+    });
+
+    assert_eq!(cli(replica, &["exists", &key]), "1", "the promoted replica still holds the old copy");
+    assert_eq!(cache.get(order.order_no).await.expect("get"), None, "a copy from before the failover is a miss");
+    assert_eq!(cli(replica, &["exists", &key]), "0", "and is dropped");
+    order.state = OrderState::Paid;
+    cache.put(&order).await.expect("put on the new master");
+    assert_eq!(cache.get(order.order_no).await.expect("get"), Some(order), "copies written since are read");
 }

@@ -1,5 +1,6 @@
 //! `RedisOrderCache` against Redis (`TEST_REDIS_URL`, default database 15), each test in a namespace
-//! of its own: a copy round-trips, a delete removes it, and it expires on its own.
+//! of its own: a copy round-trips, a delete removes it, it expires on its own, and one written on another
+//! master (or by an earlier build, unstamped) is not read.
 
 use orderly_app::OrderCache;
 use orderly_app::model::Order;
@@ -12,12 +13,18 @@ fn url() -> String {
 }
 
 async fn cache(ttl_ms: u64) -> RedisOrderCache {
+    cache_in(ttl_ms).await.0
+}
+
+/// A cache in a namespace of its own, and the namespace.
+async fn cache_in(ttl_ms: u64) -> (RedisOrderCache, String) {
     let mut bytes = [0u8; 8];
     rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("randomness");
     let namespace = format!("orderly-test-{}", u64::from_le_bytes(bytes));
-    RedisOrderCache::connect(&RedisTarget::Single(url()), namespace, ttl_ms)
+    let cache = RedisOrderCache::connect(&RedisTarget::Single(url()), namespace.clone(), ttl_ms)
         .await
-        .expect("Redis is up (CI starts it; see .ci/run)")
+        .expect("Redis is up (CI starts it; see .ci/run)");
+    (cache, namespace)
 }
 
 fn order(n: u64) -> Order {
@@ -87,4 +94,27 @@ async fn a_delete_of_many_removes_each_on_a_cluster() {
     for number in numbers {
         assert_eq!(cache.get(number).await.expect("get"), None, "{number} deleted");
     }
+}
+
+/// A copy is read only on the master that wrote it (a failover may have lost its deletes; the real
+/// failover is in `cluster_failover.rs`): one stamped with another master's replication id, or unstamped
+/// (an earlier build's), is a miss and is dropped.
+#[tokio::test]
+async fn a_copy_written_on_another_master_is_not_read() {
+    let (cache, namespace) = cache_in(60_000).await;
+    let order = order(1);
+    cache.put(&order).await.expect("put");
+    let key = format!("{namespace}:order:{}", order.order_no);
+    let mut raw = redis::Client::open(url()).expect("url").get_multiplexed_async_connection().await.expect("Redis");
+    let copy: String = redis::cmd("GET").arg(&key).query_async(&mut raw).await.expect("get");
+    let (stamp, json) = copy.split_once(' ').expect("a stamped copy");
+    assert_eq!(stamp.len(), 40, "a replication id: {stamp}");
+    for stale in [format!("{} {json}", "0".repeat(40)), json.to_owned()] {
+        let () = redis::cmd("SET").arg(&key).arg(&stale).query_async(&mut raw).await.expect("set");
+        assert_eq!(cache.get(order.order_no).await.expect("get"), None, "{stale}");
+        let exists: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut raw).await.expect("exists");
+        assert!(!exists, "a stale copy is dropped");
+    }
+    cache.put(&order).await.expect("put");
+    assert_eq!(cache.get(order.order_no).await.expect("get"), Some(order));
 }
