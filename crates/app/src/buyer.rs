@@ -60,14 +60,16 @@ impl Orderly {
         };
         let cached = match buyer {
             Some(_) => self.cached_order(order_no).await,
-            None => None,
+            None => Ok(None),
         };
+        // A copy is put back after a buyer's miss, not after the cache failed (that would wait again).
+        let put_back = buyer.is_some() && cached.is_ok();
         let order = match cached {
-            Some(order) => order,
-            None => {
+            Ok(Some(order)) => order,
+            _ => {
                 let order =
                     self.bounded("store", self.ports.store.order(order_no)).await?.ok_or(OrderError::NOT_FOUND)?;
-                if buyer.is_some() {
+                if put_back {
                     self.cache_order(&order).await;
                 }
                 order

@@ -244,12 +244,13 @@ impl Orderly {
     }
 
     /// The cache is a copy: when it fails, or does not answer within `entry_call_timeout_ms` (a Redis
-    /// Cluster failing over retries for longer), the store answers.
-    pub(crate) async fn cached_order(&self, order_no: OrderNo) -> Option<Order> {
-        let orders = self.ports.orders.as_ref()?;
-        self.bounded("order cache", orders.get(order_no)).await.unwrap_or_else(|error| {
+    /// Cluster failing over retries for longer), the store answers. `Err`: the cache failed (a caller
+    /// does not put a copy back then, so a failing cache costs a query one bound, not two); `Ok(None)`:
+    /// a miss, or no cache.
+    pub(crate) async fn cached_order(&self, order_no: OrderNo) -> Result<Option<Order>, PortError> {
+        let Some(orders) = self.ports.orders.as_ref() else { return Ok(None) };
+        self.bounded("order cache", orders.get(order_no)).await.inspect_err(|error| {
             tracing::debug!(%order_no, %error, "order cache unavailable; reading the store");
-            None
         })
     }
 

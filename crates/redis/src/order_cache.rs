@@ -2,10 +2,12 @@
 //! order, `<ns>:order:<order_no>`, holding the order as JSON with a time to live; the flow deletes it on
 //! every change, and again a moment later (the delayed double delete).
 //!
-//! Each copy is stamped with the replication id of the master that wrote it (`order_put.lua`) and read
-//! only on that master (`order_get.lua`): after a failover — the promoted replica may lack the last
-//! deletes, or hold a copy whose deletes failed while its master was down — every copy of that shard is
-//! a miss, so a buyer never sees an order as it was before a change for the copy's time to live.
+//! Each copy is stamped with the replication id of the master that wrote it — stored as `<replid>
+//! <json>` (`order_put.lua`) — and read only on that master (`order_get.lua`): after a failover — the
+//! promoted replica may lack the last deletes, or hold a copy whose deletes failed while its master was
+//! down — every copy of that shard is a miss, so a failover does not show a buyer an order as it was
+//! before a change. Left: on a master that stays up but fails both deletes of a change (each cut off at
+//! the flow's call bound), the old copy is read until its time to live.
 
 use async_trait::async_trait;
 use orderly_app::PortError;
