@@ -48,6 +48,6 @@ pub mod workers;
 pub use buyer::{Actor, OrderError, PayOutcome};
 pub use config::FlowConfig;
 pub use entry::PlaceError;
-pub use orderly::{Orderly, Ports};
+pub use orderly::{Orderly, Ports, SECOND_DELETE_WINDOW_MS};
 pub use ports::{Bus, Clock, Holdings, IdGen, OrderCache, Payments, PortError, SharedRates, StockCache, Store};
 pub use registry::{Member, Registry, Role, Settings};

@@ -49,6 +49,8 @@ pub struct Orderly {
     pub(crate) loading: Arc<tokio::sync::Mutex<()>>,
     /// When this process looks next for the reservation checks the cache keeps, and the shops it looks in.
     pub(crate) kept_checks: Arc<Mutex<KeptChecks>>,
+    /// The order-cache copies changed in the last [`SECOND_DELETE_WINDOW_MS`], deleted again together.
+    pub(crate) second_deletes: Arc<Mutex<Option<Vec<OrderNo>>>>,
     /// Where the roles that run once in the system are elected ([`Orderly::elected_through`]); none:
     /// by leases in the store.
     pub(crate) registry: Option<Arc<dyn Registry>>,
@@ -104,6 +106,7 @@ impl Orderly {
             leases: Arc::default(),
             loading: Arc::default(),
             kept_checks: Arc::default(),
+            second_deletes: Arc::default(),
             registry: None,
         }
     }
@@ -266,6 +269,11 @@ impl Orderly {
     /// `order_cache_second_delete_ms` (a query that read the store before the change may have put the
     /// old order back). A failed delete leaves the copy to its expiry; the first is waited for no longer
     /// than `entry_call_timeout_ms` (the second tries again).
+    ///
+    /// The second deletes of the changes in one [`SECOND_DELETE_WINDOW_MS`] go together, as one call,
+    /// once the window has closed and the delay has passed since: each comes between the delay and the
+    /// delay plus the window after its change, and a process makes one call per window instead of one per
+    /// change (they were a seventh of the cluster's Redis commands).
     pub(crate) async fn orders_changed(&self, order_nos: Vec<OrderNo>) {
         let Some(orders) = &self.ports.orders else { return };
         if order_nos.is_empty() {
@@ -274,16 +282,44 @@ impl Orderly {
         if let Err(error) = self.bounded("order cache", orders.forget(&order_nos)).await {
             tracing::warn!(orders = order_nos.len(), %error, "order cache: delete failed; the copies expire on their own");
         }
-        let (orders, second_delete) =
-            (Arc::clone(orders), self.ports.clock.sleep_ms(self.config().order_cache_second_delete_ms));
+        let opened = {
+            let mut open = self.second_deletes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match open.as_mut() {
+                Some(window) => {
+                    window.extend(order_nos);
+                    false
+                }
+                None => {
+                    *open = Some(order_nos);
+                    true
+                }
+            }
+        };
+        if !opened {
+            return;
+        }
+        // Both waits start now, the window's opening.
+        let clock = &self.ports.clock;
+        let window = clock.sleep_ms(SECOND_DELETE_WINDOW_MS);
+        let second_delete = clock.sleep_ms(SECOND_DELETE_WINDOW_MS + self.config().order_cache_second_delete_ms);
+        let (orders, windows) = (Arc::clone(orders), Arc::clone(&self.second_deletes));
         tokio::spawn(async move {
+            window.await;
+            // Closed: a change from now on opens the next window.
+            let mut closed =
+                windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take().unwrap_or_default();
+            closed.sort_unstable();
+            closed.dedup();
             second_delete.await;
-            if let Err(error) = orders.forget(&order_nos).await {
-                tracing::warn!(orders = order_nos.len(), %error, "order cache: second delete failed; the copies expire on their own");
+            if let Err(error) = orders.forget(&closed).await {
+                tracing::warn!(orders = closed.len(), %error, "order cache: second delete failed; the copies expire on their own");
             }
         });
     }
 }
+
+/// How long the second deletes of an order cache's changes gather before they go as one call.
+pub const SECOND_DELETE_WINDOW_MS: u64 = 20;
 
 /// How often a reserve loads counters that a flush keeps emptying before it answers "unavailable".
 const RELOAD_ATTEMPTS: usize = 3;

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use common::*;
 use orderly_app::model::Order;
 use orderly_app::ports::PortResult;
-use orderly_app::{Actor, Clock, FlowConfig, OrderCache, Orderly};
+use orderly_app::{Actor, Clock, FlowConfig, OrderCache, Orderly, SECOND_DELETE_WINDOW_MS};
 use orderly_domain::{OrderNo, OrderState, Uid};
 
 #[derive(Debug, Default)]
@@ -23,6 +23,8 @@ struct MemoryOrders {
     hits: AtomicUsize,
     reads: AtomicUsize,
     writes: AtomicUsize,
+    /// The calls that deleted copies, each with its orders.
+    deletes: Mutex<Vec<Vec<OrderNo>>>,
 }
 
 #[async_trait]
@@ -41,6 +43,7 @@ impl OrderCache for MemoryOrders {
         Ok(())
     }
     async fn forget(&self, order_nos: &[OrderNo]) -> PortResult<()> {
+        self.deletes.lock().expect("lock").push(order_nos.to_vec());
         let mut copies = self.copies.lock().expect("lock");
         for order_no in order_nos {
             copies.remove(order_no);
@@ -92,7 +95,9 @@ async fn a_stale_copy_put_back_after_a_change_is_gone_after_the_second_delete() 
     h.clock.advance_ms(49);
     tokio::task::yield_now().await;
     assert_eq!(seen(&h, order_no).await, OrderState::ToPay, "not before the second delete's time");
-    h.clock.advance_ms(1);
+    // The second deletes of the changes in one window go together, the delay after it closes (the
+    // create's change opened it, the cancel joined it).
+    h.clock.advance_ms(1 + SECOND_DELETE_WINDOW_MS);
     sleeps_ended(&h.clock).await;
     assert_eq!(seen(&h, order_no).await, OrderState::Cancelled);
 }
@@ -170,4 +175,40 @@ async fn a_cache_that_does_not_answer_holds_a_query_no_longer_than_the_call_boun
     assert_eq!(h.clock.now_ms() - start_ms, bound_ms, "one bound: the read's");
     let order = query.await.expect("the query ends").expect("the store answers");
     assert_eq!(order.state, OrderState::ToPay);
+}
+
+/// The second deletes of changes made within one window go as one call: after the window closes and the
+/// delay has passed, never before the delay after each change; a change after the window opens the next.
+#[tokio::test]
+async fn second_deletes_within_a_window_go_together() {
+    let (h, copies) = with_order_cache(10).await;
+    let first = h.orderly.place_orders(&body(1, false, &[(1, 1)]), None).await.expect("accepted")[0];
+    let second = h.orderly.place_orders(&body(1, false, &[(1, 1)]), None).await.expect("accepted")[0];
+    h.orderly.drain().await.expect("drain");
+    sleeps_ended_after(&h, 50 + SECOND_DELETE_WINDOW_MS).await;
+    copies.deletes.lock().expect("lock").clear();
+
+    h.orderly.cancel(Actor::Buyer(Uid(1)), first).await.expect("cancelled");
+    h.clock.advance_ms(SECOND_DELETE_WINDOW_MS - 1);
+    tokio::task::yield_now().await;
+    h.orderly.cancel(Actor::Buyer(Uid(1)), second).await.expect("cancelled");
+    let firsts = vec![vec![first], vec![second]];
+    assert_eq!(*copies.deletes.lock().expect("lock"), firsts, "each change deletes its copy at once");
+    // 49 ms after the second change, 50 ms after the window closed: both, in one call.
+    h.clock.advance_ms(1);
+    tokio::task::yield_now().await;
+    h.clock.advance_ms(49);
+    tokio::task::yield_now().await;
+    assert_eq!(copies.deletes.lock().expect("lock").len(), 2, "not before the delay after the window");
+    h.clock.advance_ms(1);
+    sleeps_ended(&h.clock).await;
+    let mut together = vec![first, second];
+    together.sort_unstable();
+    assert_eq!(copies.deletes.lock().expect("lock")[2..], [together], "one call for the window");
+}
+
+/// Moves the clock by `ms` and waits for the sleeps it ended (the windows opened before).
+async fn sleeps_ended_after(h: &Harness, ms: u64) {
+    h.clock.advance_ms(ms);
+    sleeps_ended(&h.clock).await;
 }
