@@ -271,9 +271,9 @@ impl Orderly {
     /// than `entry_call_timeout_ms` (the second tries again).
     ///
     /// The second deletes of the changes in one [`SECOND_DELETE_WINDOW_MS`] go together, as one call,
-    /// once the window has closed and the delay has passed since: each comes between the delay and the
-    /// delay plus the window after its change, and a process makes one call per window instead of one per
-    /// change (they were a seventh of the cluster's Redis commands).
+    /// once the window has closed and the delay has passed since: each comes at least the delay after its
+    /// change (about the delay plus the window at most), and a process makes one call per window instead
+    /// of one per change (they were a seventh of the cluster's Redis commands).
     pub(crate) async fn orders_changed(&self, order_nos: Vec<OrderNo>) {
         let Some(orders) = &self.ports.orders else { return };
         if order_nos.is_empty() {
@@ -298,23 +298,41 @@ impl Orderly {
         if !opened {
             return;
         }
-        // Both waits start now, the window's opening.
-        let clock = &self.ports.clock;
-        let window = clock.sleep_ms(SECOND_DELETE_WINDOW_MS);
-        let second_delete = clock.sleep_ms(SECOND_DELETE_WINDOW_MS + self.config().order_cache_second_delete_ms);
-        let (orders, windows) = (Arc::clone(orders), Arc::clone(&self.second_deletes));
+        // The window's wait starts now, at its opening; the delay once it is closed, so a change that
+        // joined it late (the task scheduled late) still gets the whole delay, read from the settings then.
+        let window = self.ports.clock.sleep_ms(SECOND_DELETE_WINDOW_MS);
+        let (orders, clock, config) = (Arc::clone(orders), Arc::clone(&self.ports.clock), Arc::clone(&self.config));
+        let mut closing = CloseWindow(Some(Arc::clone(&self.second_deletes)));
         tokio::spawn(async move {
             window.await;
             // Closed: a change from now on opens the next window.
-            let mut closed =
-                windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take().unwrap_or_default();
+            let mut closed = closing.close();
             closed.sort_unstable();
             closed.dedup();
-            second_delete.await;
+            clock.sleep_ms(config.load().order_cache_second_delete_ms).await;
             if let Err(error) = orders.forget(&closed).await {
                 tracing::warn!(orders = closed.len(), %error, "order cache: second delete failed; the copies expire on their own");
             }
         });
+    }
+}
+
+/// Closes a window of second deletes: when its task does, or when the task is dropped before (a runtime
+/// shutting down), so that no window stays open with nothing to close it.
+struct CloseWindow(Option<Arc<Mutex<Option<Vec<OrderNo>>>>>);
+
+impl CloseWindow {
+    fn close(&mut self) -> Vec<OrderNo> {
+        self.0
+            .take()
+            .and_then(|window| window.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for CloseWindow {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
