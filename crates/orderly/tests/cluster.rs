@@ -270,27 +270,31 @@ impl Cluster {
 
     /// The processes registered in etcd for this cluster, by role: (instance, address).
     async fn registered(&self, role: &str) -> Vec<(String, String)> {
-        let status = self.admin_get("/api/admin/cluster").await;
-        let members = status["members"].as_array().expect("members").iter();
-        members
-            .filter(|m| m["role"] == role)
-            .map(|m| (m["instance"].as_str().unwrap_or("").to_owned(), m["address"].as_str().unwrap_or("").to_owned()))
-            .collect()
+        members_of(&self.admin_get("/api/admin/cluster").await, role)
     }
 
-    /// Waits (up to `within`) until the payment instances registered are exactly at `addresses`.
+    /// Waits (up to `within`) until the payment instances registered are exactly at `addresses`. The
+    /// registry's status may answer 503 ("retry") for a moment while etcd is slow under load: asked again.
     async fn wait_payments_registered(&self, addresses: &[String], within: Duration) {
         let deadline = Instant::now() + within;
         let mut want: Vec<&String> = addresses.iter().collect();
         want.sort();
         loop {
-            let registered = self.registered("payment").await;
-            let mut seen: Vec<&String> = registered.iter().map(|(_, address)| address).collect();
-            seen.sort();
-            if seen == want {
-                return;
-            }
-            assert!(Instant::now() < deadline, "payment instances {seen:?}, want {want:?}, not within {within:?}");
+            let answer = self.http.get(format!("{}/api/admin/cluster", self.api(0))).bearer_auth(&self.admin).send();
+            let answer: Value = answer.await.expect("admin request").json().await.expect("json");
+            let seen = if answer["status"] == 200 {
+                let mut seen: Vec<String> =
+                    members_of(&answer["data"], "payment").into_iter().map(|(_, address)| address).collect();
+                seen.sort();
+                if seen.iter().eq(want.iter().copied()) {
+                    return;
+                }
+                format!("{seen:?}")
+            } else {
+                assert_eq!(answer["status"], 503, "only a retry is expected: {answer}");
+                answer.to_string()
+            };
+            assert!(Instant::now() < deadline, "payment instances {seen}, want {want:?}, not within {within:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -1032,4 +1036,13 @@ async fn orders_keep_being_accepted_while_etcd_is_down() {
     let accepted = running.await.expect("load");
     assert!(accepted.len() > 20, "the load got going ({} accepted)", accepted.len());
     every_accepted_order_is_definite(&cluster, &accepted).await;
+}
+
+/// The members of `role` in a `/api/admin/cluster` answer's data: (instance, address).
+fn members_of(status: &Value, role: &str) -> Vec<(String, String)> {
+    let members = status["members"].as_array().expect("members").iter();
+    members
+        .filter(|m| m["role"] == role)
+        .map(|m| (m["instance"].as_str().unwrap_or("").to_owned(), m["address"].as_str().unwrap_or("").to_owned()))
+        .collect()
 }
