@@ -183,12 +183,7 @@ async fn a_cache_that_does_not_answer_holds_a_query_no_longer_than_the_call_boun
 /// delay has passed, never before the delay after each change; a change after the window opens the next.
 #[tokio::test]
 async fn second_deletes_within_a_window_go_together() {
-    let (h, copies) = with_order_cache(10).await;
-    let first = h.orderly.place_orders(&body(1, false, &[(1, 1)]), None).await.expect("accepted")[0];
-    let second = h.orderly.place_orders(&body(1, false, &[(1, 1)]), None).await.expect("accepted")[0];
-    h.orderly.drain().await.expect("drain");
-    second_deletes_done(&h).await;
-    copies.deletes.lock().expect("lock").clear();
+    let (h, copies, first, second) = two_orders_created().await;
 
     h.orderly.cancel(Actor::Buyer(Uid(1)), first).await.expect("cancelled");
     h.clock.advance_ms(SECOND_DELETE_WINDOW_MS - 1);
@@ -215,12 +210,7 @@ async fn second_deletes_within_a_window_go_together() {
 /// its second delete is not early.)
 #[tokio::test]
 async fn a_change_joining_a_window_closed_late_gets_the_whole_delay() {
-    let (h, copies) = with_order_cache(10).await;
-    let first = h.orderly.place_orders(&body(1, false, &[(1, 1)]), None).await.expect("accepted")[0];
-    let second = h.orderly.place_orders(&body(1, false, &[(1, 1)]), None).await.expect("accepted")[0];
-    h.orderly.drain().await.expect("drain");
-    second_deletes_done(&h).await;
-    copies.deletes.lock().expect("lock").clear();
+    let (h, copies, first, second) = two_orders_created().await;
 
     h.orderly.cancel(Actor::Buyer(Uid(1)), first).await.expect("cancelled");
     // Past the window's end before its task has run.
@@ -233,6 +223,17 @@ async fn a_change_joining_a_window_closed_late_gets_the_whole_delay() {
     second_deletes_done(&h).await;
     let again: Vec<OrderNo> = copies.deletes.lock().expect("lock")[2..].concat();
     assert!(again.contains(&first) && again.contains(&second), "both deleted again: {again:?}");
+}
+
+/// Two orders of buyer 1 created, their changes' second deletes done, and the deletes seen so far forgotten.
+async fn two_orders_created() -> (Harness, Arc<MemoryOrders>, OrderNo, OrderNo) {
+    let (h, copies) = with_order_cache(10).await;
+    let first = h.orderly.place_orders(&body(1, false, &[(1, 1)]), None).await.expect("accepted")[0];
+    let second = h.orderly.place_orders(&body(1, false, &[(1, 1)]), None).await.expect("accepted")[0];
+    h.orderly.drain().await.expect("drain");
+    second_deletes_done(&h).await;
+    copies.deletes.lock().expect("lock").clear();
+    (h, copies, first, second)
 }
 
 /// Lets the spawned tasks run (none of them waits on anything but the clock here).
