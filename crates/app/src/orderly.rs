@@ -50,7 +50,7 @@ pub struct Orderly {
     /// When this process looks next for the reservation checks the cache keeps, and the shops it looks in.
     pub(crate) kept_checks: Arc<Mutex<KeptChecks>>,
     /// The order-cache copies changed in the last [`SECOND_DELETE_WINDOW_MS`], deleted again together.
-    pub(crate) second_deletes: Arc<Mutex<Option<Vec<OrderNo>>>>,
+    pub(crate) second_deletes: SecondDeletes,
     /// Where the roles that run once in the system are elected ([`Orderly::elected_through`]); none:
     /// by leases in the store.
     pub(crate) registry: Option<Arc<dyn Registry>>,
@@ -319,7 +319,7 @@ impl Orderly {
 
 /// Closes a window of second deletes: when its task does, or when the task is dropped before (a runtime
 /// shutting down), so that no window stays open with nothing to close it.
-struct CloseWindow(Option<Arc<Mutex<Option<Vec<OrderNo>>>>>);
+struct CloseWindow(Option<SecondDeletes>);
 
 impl CloseWindow {
     fn close(&mut self) -> Vec<OrderNo> {
@@ -335,6 +335,9 @@ impl Drop for CloseWindow {
         self.close();
     }
 }
+
+/// The open window of a process's second deletes (`None`: none open), shared with the task closing it.
+pub(crate) type SecondDeletes = Arc<Mutex<Option<Vec<OrderNo>>>>;
 
 /// How long the second deletes of an order cache's changes gather before they go as one call.
 pub const SECOND_DELETE_WINDOW_MS: u64 = 20;

@@ -280,8 +280,7 @@ impl Cluster {
         let mut want: Vec<&String> = addresses.iter().collect();
         want.sort();
         loop {
-            let answer = self.http.get(format!("{}/api/admin/cluster", self.api(0))).bearer_auth(&self.admin).send();
-            let answer: Value = answer.await.expect("admin request").json().await.expect("json");
+            let answer = self.admin_answer_via(0, "/api/admin/cluster").await;
             let seen = if answer["status"] == 200 {
                 let mut seen: Vec<String> =
                     members_of(&answer["data"], "payment").into_iter().map(|(_, address)| address).collect();
@@ -326,10 +325,15 @@ impl Cluster {
     }
 
     async fn admin_get_via(&self, via: usize, path: &str) -> Value {
-        let answer = self.http.get(format!("{}{path}", self.api(via))).bearer_auth(&self.admin).send().await;
-        let answer: Value = answer.expect("admin request").json().await.expect("json");
+        let answer = self.admin_answer_via(via, path).await;
         assert_eq!(answer["status"], 200, "{path}: {answer}");
         answer["data"].clone()
+    }
+
+    /// The whole answer (envelope and status, whatever it is) of an admin `GET` through API `via`.
+    async fn admin_answer_via(&self, via: usize, path: &str) -> Value {
+        let answer = self.http.get(format!("{}{path}", self.api(via))).bearer_auth(&self.admin).send().await;
+        answer.expect("admin request").json().await.expect("json")
     }
 
     async fn load_catalog(&self, stock: &[(u64, u64, f64, u64)]) {
@@ -1023,8 +1027,7 @@ async fn orders_keep_being_accepted_while_etcd_is_down() {
     // Back: every process is registered (its lease outlived the outage, or it registered again).
     let deadline = Instant::now() + Duration::from_secs(REGISTRY_TTL_S * 3);
     loop {
-        let answer = cluster.http.get(format!("{}/api/admin/cluster", cluster.api(0))).bearer_auth(&cluster.admin);
-        let status: Value = answer.send().await.expect("request").json().await.expect("json");
+        let status = cluster.admin_answer_via(0, "/api/admin/cluster").await;
         let members = status["data"]["members"].as_array().map_or(0, Vec::len);
         if status["status"] == 200 && members == APIS + WORKERS + 2 {
             break;
