@@ -85,6 +85,20 @@ async fn created(store: &Arc<dyn Store>, order: &Order) -> Order {
     stored
 }
 
+/// Orders `1..=n` of the suite's buyer created (one unit of `A` each, from stock of its own) and each
+/// with a payment attempt begun: `n` payments without an answer.
+pub async fn orders_paying(store: &Arc<dyn Store>, n: u64) -> Vec<OrderNo> {
+    with_stock(store, &[(A, n)]).await;
+    let attempt = PaymentAttempt { started_ms: T0_MS, charge_deadline_ms: T0_MS + 2_000 };
+    let mut paying = Vec::new();
+    for i in 1..=n {
+        let order = created(store, &order(i, &[(A, 1)], false)).await;
+        store.begin_payment(order.order_no, attempt).await.expect("io").expect("allowed");
+        paying.push(order.order_no);
+    }
+    paying
+}
+
 pub async fn catalog_and_stock_ledger(store: Arc<dyn Store>) {
     assert_eq!(store.commodity(A).await.expect("read"), None);
     with_stock(&store, &[(A, 10)]).await;
@@ -201,6 +215,7 @@ pub async fn a_payment_attempt_blocks_cancel_and_settles_through_the_safe_pay_se
     assert!(store.payments_due(T0_MS + 1_999, 10).await.expect("due").is_empty(), "not due before the deadline");
     assert_eq!(store.payments_due(T0_MS + 2_000, 10).await.expect("due"), vec![order.order_no]);
     store.postpone_payment_check(order.order_no, T0_MS + 5_000).await.expect("postpone");
+    assert_eq!(store.payments_pending().await.expect("count"), 1, "postponed, still one payment without an answer");
     assert!(store.payments_due(T0_MS + 4_999, 10).await.expect("due").is_empty());
     assert_eq!(store.payments_due(T0_MS + 5_000, 10).await.expect("due"), vec![order.order_no]);
 

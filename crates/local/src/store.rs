@@ -10,7 +10,7 @@
 //! in memory) go through the outbox and its relay.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use orderly_app::PortError;
@@ -39,6 +39,11 @@ pub struct LocalStore {
     outbox_low_water: AtomicU64,
     /// No safe-pay entry is due before this (ms); read and written under the writer lock.
     safe_pay_low_water_ms: AtomicU64,
+    /// How many orders the safe-pay set holds (`payments_pending`): counted once at open, then kept by the
+    /// sections that enter and leave it, after their batch commits. fjall's `len()` walks the whole
+    /// keyspace, tombstones of every settled payment included: 30 ms on a runtime thread after a minute of
+    /// load, at every `/metrics` scrape, `/api/admin/bus` and dashboard refresh (docs/BENCHMARKS.md).
+    payments_pending: AtomicUsize,
     /// The bus on the same database: outbox events that are messages go straight to it.
     bus: Option<Arc<LocalBus>>,
 }
@@ -79,12 +84,14 @@ fn idempotency_key(buyer: Uid, key: &str) -> Vec<u8> {
 impl LocalStore {
     pub fn new(db: LocalDb) -> Result<LocalStore, PortError> {
         let outbox_sequence = AtomicU64::new(last_sequence(&db.outbox)?);
+        let payments_pending = AtomicUsize::new(db.safe_pay.len().map_err(storage_error)?);
         Ok(LocalStore {
             db,
             writer: tokio::sync::Mutex::new(()),
             outbox_sequence,
             outbox_low_water: AtomicU64::new(0),
             safe_pay_low_water_ms: AtomicU64::new(0),
+            payments_pending,
             bus: None,
         })
     }
@@ -172,13 +179,13 @@ impl LocalStore {
         self.safe_pay_low_water_ms.fetch_min(due_ms, Ordering::SeqCst);
     }
 
-    fn remove_safe_pay(&self, batch: &mut fjall::OwnedWriteBatch, order_no: OrderNo) -> PortResult<()> {
-        if let Some(due) = self.db.safe_pay.get(order_no.to_key()).map_err(storage_error)? {
-            let due_ms = key_u64(&due).unwrap_or(0);
-            batch.remove(&self.db.safe_pay_due, due_key(due_ms, order_no));
-            batch.remove(&self.db.safe_pay, order_no.to_key());
-        }
-        Ok(())
+    /// Takes `order_no` out of the safe-pay set; whether it was in.
+    fn remove_safe_pay(&self, batch: &mut fjall::OwnedWriteBatch, order_no: OrderNo) -> PortResult<bool> {
+        let Some(due) = self.db.safe_pay.get(order_no.to_key()).map_err(storage_error)? else { return Ok(false) };
+        let due_ms = key_u64(&due).unwrap_or(0);
+        batch.remove(&self.db.safe_pay_due, due_key(due_ms, order_no));
+        batch.remove(&self.db.safe_pay, order_no.to_key());
+        Ok(true)
     }
 }
 
@@ -381,14 +388,23 @@ impl Store for LocalStore {
             if let Some(event) = &plan.event {
                 self.put_outbox(&mut write, event, now_ms)?;
             }
-            match plan.safe_pay {
-                SafePay::Untouched => {}
-                SafePay::Enter { due_ms } => self.enter_safe_pay(&mut write.batch, order_no, due_ms),
-                SafePay::Leave => self.remove_safe_pay(&mut write.batch, order_no)?,
-            }
+            let entered = match plan.safe_pay {
+                SafePay::Untouched => None,
+                SafePay::Enter { due_ms } => {
+                    let new = !self.db.safe_pay.contains_key(order_no.to_key()).map_err(storage_error)?;
+                    self.enter_safe_pay(&mut write.batch, order_no, due_ms);
+                    new.then_some(true)
+                }
+                SafePay::Leave => self.remove_safe_pay(&mut write.batch, order_no)?.then_some(false),
+            };
             // It was read above: the buyer's index names it.
             self.put_order(&mut write.batch, &plan.order, true)?;
             self.commit(write)?;
+            match entered {
+                Some(true) => self.payments_pending.fetch_add(1, Ordering::SeqCst),
+                Some(false) => self.payments_pending.fetch_sub(1, Ordering::SeqCst),
+                None => 0,
+            };
             plan.order
         };
         self.db.sync().await?;
@@ -429,7 +445,7 @@ impl Store for LocalStore {
     }
 
     async fn payments_pending(&self) -> PortResult<usize> {
-        self.db.safe_pay.len().map_err(storage_error)
+        Ok(self.payments_pending.load(Ordering::SeqCst))
     }
 
     async fn outbox(&self, limit: usize) -> PortResult<Vec<(u64, OutboxEvent)>> {
