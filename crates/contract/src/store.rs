@@ -109,6 +109,9 @@ pub async fn catalog_and_stock_ledger(store: Arc<dyn Store>) {
     assert!(level.version >= 2, "every increase bumps the version");
     assert_eq!(store.stock(&[A, B]).await.expect("stock")[1], None);
     assert_eq!(store.all_stock().await.expect("all").len(), 1);
+    let without_stock = CatalogEntry { commodity_id: B, shop_id: SHOP, unit_price: Money::from_cents(100) };
+    store.put_commodities(&[without_stock]).await.expect("catalog");
+    assert_eq!(store.all_stock().await.expect("all"), vec![(A, level)], "a commodity without stock has no ledger");
 }
 
 pub async fn create_deducts_stock_once_and_a_redelivery_changes_nothing(store: Arc<dyn Store>) {

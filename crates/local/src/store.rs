@@ -129,12 +129,18 @@ impl LocalStore {
         self.db.stock.get(u64_key(id.0)).map_err(storage_error)?.map(|bytes| decode(&bytes)).transpose()
     }
 
+    /// Every stock ledger, by commodity. Found through the catalog (every ledger is a catalog entry's,
+    /// and the catalog is written once) and read one by one: a walk of the stock keyspace itself passes
+    /// every version of every row its memtables hold — each create and close writes its commodities'
+    /// rows again — where a point read finds the newest at once.
     fn read_all_stock(&self) -> PortResult<Vec<(CommodityId, StockLevel)>> {
         let mut all = Vec::new();
-        for guard in self.db.stock.iter() {
-            let (key, value) = guard.into_inner().map_err(storage_error)?;
-            let id = key_u64(&key).ok_or_else(|| PortError::from(LocalError::BadKey("stock")))?;
-            all.push((CommodityId(id), decode(&value)?));
+        for guard in self.db.catalog.iter() {
+            let key = guard.key().map_err(storage_error)?;
+            let id = key_u64(&key).ok_or_else(|| PortError::from(LocalError::BadKey("catalog")))?;
+            if let Some(level) = self.read_stock(CommodityId(id))? {
+                all.push((CommodityId(id), level));
+            }
         }
         Ok(all)
     }
