@@ -246,8 +246,16 @@ pub async fn a_declined_payment_goes_back_to_to_pay(store: Arc<dyn Store>) {
     assert_eq!(declined.state, OrderState::ToPay);
     assert_eq!(declined.payment_attempt, None);
     assert_eq!(declined.last_decline.as_deref(), Some("insufficient_funds"));
+    // A second answer for the same attempt (the reconciler's beside the charge's) finds it out of the set.
+    store
+        .finish_payment(order.order_no, PaymentResult::Declined { reason: "insufficient_funds".into() }, T0_MS + 2)
+        .await
+        .expect("io")
+        .expect("allowed");
+    assert_eq!(store.payments_pending().await.expect("count"), 0, "out of the set once");
     // Free to cancel again, and to try paying again.
     store.begin_payment(order.order_no, attempt).await.expect("io").expect("a new attempt");
+    assert_eq!(store.payments_pending().await.expect("count"), 1);
 }
 
 pub async fn outbox_events_come_oldest_first_until_done(store: Arc<dyn Store>) {

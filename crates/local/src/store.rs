@@ -48,10 +48,20 @@ pub struct LocalStore {
     bus: Option<Arc<LocalBus>>,
 }
 
-/// One section's atomic write: its batch, and the bus messages staged in it.
+/// One section's atomic write: its batch, the bus messages staged in it, and what it does to the
+/// safe-pay set's count (applied once the batch is committed).
 struct Write {
     batch: fjall::OwnedWriteBatch,
     messages: Vec<Vec<u8>>,
+    safe_pay: SafePayCount,
+}
+
+/// A write's change to the number of payments without an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SafePayCount {
+    Same,
+    Entered,
+    Left,
 }
 
 impl Write {
@@ -103,11 +113,20 @@ impl LocalStore {
     }
 
     fn write(&self) -> Write {
-        Write { batch: self.db.batch(), messages: Vec::new() }
+        Write { batch: self.db.batch(), messages: Vec::new(), safe_pay: SafePayCount::Same }
     }
 
     fn commit(&self, write: Write) -> PortResult<()> {
         write.batch.commit().map_err(storage_error)?;
+        match write.safe_pay {
+            SafePayCount::Same => {}
+            SafePayCount::Entered => {
+                self.payments_pending.fetch_add(1, Ordering::SeqCst);
+            }
+            SafePayCount::Left => {
+                self.payments_pending.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         match &self.bus {
             Some(bus) if !write.messages.is_empty() => bus.landed(&write.messages),
             _ => Ok(()),
@@ -130,7 +149,7 @@ impl LocalStore {
     }
 
     /// Every stock ledger, by commodity. Found through the catalog (every ledger is a catalog entry's,
-    /// and the catalog is written once) and read one by one: a walk of the stock keyspace itself passes
+    /// and the catalog is rarely rewritten) and read one by one: a walk of the stock keyspace itself passes
     /// every version of every row its memtables hold — each create and close writes its commodities'
     /// rows again — where a point read finds the newest at once.
     fn read_all_stock(&self) -> PortResult<Vec<(CommodityId, StockLevel)>> {
@@ -394,23 +413,26 @@ impl Store for LocalStore {
             if let Some(event) = &plan.event {
                 self.put_outbox(&mut write, event, now_ms)?;
             }
-            let entered = match plan.safe_pay {
-                SafePay::Untouched => None,
+            match plan.safe_pay {
+                SafePay::Untouched => {}
                 SafePay::Enter { due_ms } => {
-                    let new = !self.db.safe_pay.contains_key(order_no.to_key()).map_err(storage_error)?;
+                    // An entry it has is replaced, not counted again (none: an attempt in flight refuses
+                    // another).
+                    if !self.remove_safe_pay(&mut write.batch, order_no)? {
+                        write.safe_pay = SafePayCount::Entered;
+                    }
                     self.enter_safe_pay(&mut write.batch, order_no, due_ms);
-                    new.then_some(true)
                 }
-                SafePay::Leave => self.remove_safe_pay(&mut write.batch, order_no)?.then_some(false),
-            };
+                // A late answer for an order settled already finds it out of the set: nothing to count.
+                SafePay::Leave => {
+                    if self.remove_safe_pay(&mut write.batch, order_no)? {
+                        write.safe_pay = SafePayCount::Left;
+                    }
+                }
+            }
             // It was read above: the buyer's index names it.
             self.put_order(&mut write.batch, &plan.order, true)?;
             self.commit(write)?;
-            match entered {
-                Some(true) => self.payments_pending.fetch_add(1, Ordering::SeqCst),
-                Some(false) => self.payments_pending.fetch_sub(1, Ordering::SeqCst),
-                None => 0,
-            };
             plan.order
         };
         self.db.sync().await?;
@@ -440,11 +462,10 @@ impl Store for LocalStore {
 
     async fn postpone_payment_check(&self, order_no: OrderNo, at_ms: u64) -> PortResult<()> {
         let _writer = self.lock().await;
-        if self.db.safe_pay.get(order_no.to_key()).map_err(storage_error)?.is_none() {
+        let mut batch = self.db.batch();
+        if !self.remove_safe_pay(&mut batch, order_no)? {
             return Ok(());
         }
-        let mut batch = self.db.batch();
-        self.remove_safe_pay(&mut batch, order_no)?;
         self.enter_safe_pay(&mut batch, order_no, at_ms);
         // Not synced: a lost postponement only makes the check come sooner.
         batch.commit().map_err(storage_error)
