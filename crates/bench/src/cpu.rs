@@ -89,6 +89,43 @@ pub fn spent_ms(before: &Snapshot, after: &Snapshot) -> BTreeMap<String, f64> {
     spent
 }
 
+/// The whole machine's CPU time from the first line of `/proc/stat`: ticks spent on work (user, nice,
+/// system, irq, softirq) and in all (idle, I/O wait and time stolen by a hypervisor too), summed over the
+/// cores, and how many cores there are. Every process counts, the kernel's own work too: what a phase left
+/// the buyers' requests to wait for, whichever process it went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Machine {
+    busy: u64,
+    total: u64,
+    cores: usize,
+}
+
+/// The machine's CPU time now; `None` where `/proc/stat` cannot be read (another OS).
+pub fn machine() -> Option<Machine> {
+    parse_machine(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_machine(stat: &str) -> Option<Machine> {
+    let fields: Vec<u64> =
+        stat.lines().next()?.strip_prefix("cpu ")?.split_whitespace().map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice: already counted in user and nice]
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = *fields.get(..8)? else { return None };
+    let cores = stat
+        .lines()
+        .filter(|l| l.strip_prefix("cpu").is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit())))
+        .count();
+    let busy = user + nice + system + irq + softirq;
+    Some(Machine { busy, total: busy + idle + iowait + steal, cores })
+}
+
+/// How many of the machine's cores were busy between two looks, on average (0 to the core count), and the
+/// core count; `None` when no time passed between them.
+pub fn cores_busy(before: &Machine, after: &Machine) -> Option<(f64, usize)> {
+    let total = after.total.checked_sub(before.total).filter(|t| *t > 0)?;
+    let busy = after.busy.saturating_sub(before.busy).min(total);
+    Some((busy as f64 / total as f64 * after.cores as f64, after.cores))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +164,17 @@ mod tests {
         let spent = spent_ms(&before, &after);
         assert_eq!(spent.get("redis"), Some(&300.0), "30 ticks of pid 1; pid 2 ended and is lost");
         assert_eq!(spent.get("postgresql"), Some(&200.0));
+    }
+
+    #[test]
+    fn the_machine_line_gives_busy_and_all_time_and_the_cores() {
+        let stat = "cpu  100 10 40 800 20 5 25 0 7 0\ncpu0 50 5 20 400 10 3 12 0 0 0\ncpu1 50 5 20 400 10 2 13 0 0 0\nintr 1 2\n";
+        let before = parse_machine(stat).expect("a machine line");
+        assert_eq!(before, Machine { busy: 180, total: 1000, cores: 2 });
+        let after = Machine { busy: 180 + 150, total: 1000 + 200, cores: 2 };
+        assert_eq!(cores_busy(&before, &after), Some((1.5, 2)), "150 of 200 ticks over two cores");
+        assert_eq!(cores_busy(&before, &before), None, "no time passed");
+        assert_eq!(parse_machine("cpu  1 2 x\n"), None);
+        assert_eq!(parse_machine("intr 1 2\n"), None);
     }
 }

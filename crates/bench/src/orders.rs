@@ -85,6 +85,10 @@ pub struct BenchArgs {
     /// `abuse`: leave the buyer's caps off (the rate rules only), to measure what the caps cost.
     #[arg(long)]
     no_caps: bool,
+    /// `mixed`: after the 70 % phase, fixed-rate phases at these shares of the capacity too (each from
+    /// quiet), e.g. `0.35,0.5`: latency against load, and how busy the machine was at each
+    #[arg(long, value_delimiter = ',')]
+    also_at: Vec<f64>,
 }
 
 /// The server under test, and how to talk to it.
@@ -533,6 +537,18 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
                     let recorder =
                         run_with_progress(&spec, &target, &workload, seed, &follow_ups, engines, Measure::ALL).await?;
                     phases.push((spec, recorder));
+                    let also_at = if args.scenario == Scenario::Mixed { args.also_at.as_slice() } else { &[] };
+                    for (n, share) in also_at.iter().copied().filter(|s| s.is_finite() && *s > 0.0).enumerate() {
+                        let before = phases.last().map_or_else(String::new, |(spec, _)| spec.name.clone());
+                        let settled = wait_for(&target, Instant::now(), settle, quiet).await;
+                        settles.insert(before, settled.map(|d| d.as_millis() as u64));
+                        let spec = at_rate(&format!("at_{:.0}_percent", share * 100.0), share);
+                        let seed = seed + 1 + n as u64;
+                        let recorder =
+                            run_with_progress(&spec, &target, &workload, seed, &follow_ups, engines, Measure::ALL)
+                                .await?;
+                        phases.push((spec, recorder));
+                    }
                     if args.scenario == Scenario::Overload {
                         let settled = wait_for(&target, Instant::now(), settle, quiet).await;
                         settles.insert("at_70_percent".into(), settled.map(|d| d.as_millis() as u64));
@@ -682,10 +698,13 @@ async fn run_with_progress(
             }
         })
     });
-    let cpu_before = crate::cpu::snapshot();
+    let (cpu_before, machine_before) = (crate::cpu::snapshot(), crate::cpu::machine());
     let mut recorder = load::run_phase(spec, target, workload, seed, live, follow_ups.clone()).await;
     if measure.cost {
         recorder.cpu_ms = crate::cpu::spent_ms(&cpu_before, &crate::cpu::snapshot());
+        recorder.cores_busy = machine_before
+            .zip(crate::cpu::machine())
+            .and_then(|(before, after)| crate::cpu::cores_busy(&before, &after));
     }
     if let Some(sampler) = sampler {
         sampler.abort();

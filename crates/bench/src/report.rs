@@ -57,12 +57,21 @@ pub struct PhaseReport {
     /// CPU milliseconds per 200 answer (accepted order, or healthz answer), by process group: what one
     /// costs the API, the workers, the payment service, each engine and the load generator.
     pub cpu_ms_per_ok: BTreeMap<String, f64>,
+    /// The machine's cores busy during the phase, on average over it (every process and the kernel), and
+    /// how many it has: how much of the machine the phase's load left for its requests to wait on.
+    pub cores_busy: Option<CoresBusy>,
     /// Calls each engine served per 200 answer (`--engine-calls`), by counter.
     pub engine_calls_per_ok: BTreeMap<String, f64>,
     /// Answers in each second of the phase, by outcome (what `throughput.svg` draws).
     pub per_second: Vec<SecondCounts>,
     /// The APIs' concurrency limits over the phase (what `concurrency.svg` draws); none when not looked at.
     pub concurrency: Option<ConcurrencySpan>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CoresBusy {
+    pub busy: f64,
+    pub of: usize,
 }
 
 /// What the APIs' concurrency limits did during a phase (every API's looks together).
@@ -121,6 +130,7 @@ impl PhaseReport {
                 0 => BTreeMap::new(),
                 ok => recorder.cpu_ms.iter().map(|(group, ms)| (group.clone(), ms / ok as f64)).collect(),
             },
+            cores_busy: recorder.cores_busy.map(|(busy, of)| CoresBusy { busy, of }),
             engine_calls_per_ok: match count("ok") {
                 0 => BTreeMap::new(),
                 ok => recorder.engine_calls.iter().map(|(name, n)| (name.clone(), *n as f64 / ok as f64)).collect(),
@@ -658,6 +668,20 @@ fn concurrency_table(md: &mut String, phases: &[PhaseReport]) {
 fn cpu_table(md: &mut String, phases: &[PhaseReport]) {
     let title = "\nCPU ms per 200 answer (accepted order or healthz answer), by process (`/proc/<pid>/stat`):";
     per_ok_table(md, title, phases, |p| &p.cpu_ms_per_ok, 3, true);
+    let busy: Vec<String> = phases
+        .iter()
+        .filter_map(|p| {
+            p.cores_busy
+                .map(|c| format!("{} {:.2} of {} ({:.0} %)", p.name, c.busy, c.of, c.busy * 100.0 / c.of.max(1) as f64))
+        })
+        .collect();
+    if !busy.is_empty() {
+        let _ = writeln!(
+            md,
+            "The machine's cores busy during each phase, on average (`/proc/stat`: every process and the kernel): {}.\n",
+            busy.join("; ")
+        );
+    }
 }
 
 /// Engine calls per 200 answer, a row per phase and a column per counter (none without
@@ -818,12 +842,14 @@ mod tests {
         recorder.outcomes.insert("ok".into(), 2);
         recorder.cpu_ms = BTreeMap::from([("api".to_owned(), 1.0), ("redis".to_owned(), 3.0)]);
         recorder.engine_calls = BTreeMap::from([("redis script calls".to_owned(), 9)]);
+        recorder.cores_busy = Some((1.5, 2));
         let phases = vec![PhaseReport::new(&spec, &recorder)];
         let mut md = String::new();
         cpu_table(&mut md, &phases);
         engine_calls_table(&mut md, &phases);
         let cpu = "| phase | api | redis | total |\n|---|---|---|---|\n| capacity | 0.500 | 1.500 | 2.000 |\n";
         assert!(md.contains(cpu), "{md}");
+        assert!(md.contains("(`/proc/stat`: every process and the kernel): capacity 1.50 of 2 (75 %).\n"), "{md}");
         assert!(md.contains("| phase | redis script calls |\n|---|---|\n| capacity | 4.50 |\n"), "{md}");
     }
 
