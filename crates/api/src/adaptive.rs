@@ -115,6 +115,30 @@ fn gradient2(config: &AdaptiveConfig, max: usize, initial: usize) -> Gradient2 {
         .build()
 }
 
+/// The algorithm after one window of mean latency `mean` with at most `in_flight` requests at once.
+///
+/// Gradient2 leaves its limit alone after a lightly loaded window (fewer than half the limit in flight:
+/// whether that latency is queueing says little), so a limit cut by a moment of slowness — a stall of
+/// the store under a burst — stayed cut at any lower load and shed the next stall's requests at a
+/// fraction of the capacity (docs/BENCHMARKS.md, "Latency against load"). Such a window is now weighed
+/// as if the limit were in use: taken when that does not lower the limit (a window as fast as the
+/// long-term latency, within the tolerance, raises it by the algorithm's own step), else the window
+/// only updates the latencies, as before. A light window never lowers the limit; a loaded one is
+/// Gradient2's as it is.
+fn next_estimate(algorithm: &Gradient2, mean: Duration, in_flight: usize) -> Gradient2 {
+    let limit = algorithm.max_concurrency();
+    if in_flight * 2 < limit {
+        let mut weighed = algorithm.clone();
+        weighed.update(mean, limit, false, false);
+        if weighed.max_concurrency() >= limit {
+            return weighed;
+        }
+    }
+    let mut next = algorithm.clone();
+    next.update(mean, in_flight, false, false);
+    next
+}
+
 /// The limit and the slots in use, shared by every buyer route of a process.
 #[derive(Debug)]
 pub struct ConcurrencyLimit {
@@ -214,7 +238,7 @@ impl ConcurrencyLimit {
             let mean =
                 Duration::from_nanos(u64::try_from(state.window_ns / state.window_count as u128).unwrap_or(u64::MAX));
             let in_flight = state.window_in_flight;
-            state.algorithm.update(mean, in_flight, false, false);
+            state.algorithm = next_estimate(&state.algorithm, mean, in_flight);
             state.window_start = None;
             state.window_ns = 0;
             state.window_count = 0;
@@ -317,6 +341,25 @@ mod tests {
         }
         let recovered = limit.view().limit;
         assert!(recovered > loaded * 2, "fast requests let it grow back: {loaded} → {recovered}");
+    }
+
+    /// A limit cut by slow windows grows back while the load is light and fast, and a light window
+    /// that is slow does not cut it further: a stall's cut does not outlive it at a lower load.
+    #[test]
+    fn a_cut_limit_grows_back_under_a_light_fast_load() {
+        let limit = Arc::new(ConcurrencyLimit::new(&limits(200, 10)));
+        let clock = &mut Instant::now();
+        serve(&limit, clock, 150, Duration::from_millis(2), 20);
+        serve(&limit, clock, 150, Duration::from_millis(8), 30);
+        let cut = limit.view().limit;
+        assert!(cut < 100, "slower requests cut it: {cut}");
+        // A light load (a few requests at a time, well under half the limit) as fast as before.
+        serve(&limit, clock, 3, Duration::from_millis(2), 100);
+        let light = limit.view().limit;
+        assert!(light > cut + 10, "fast light windows let it grow back: {cut} → {light}");
+        // Light but slow windows (a stall's aftermath) leave it where it is.
+        serve(&limit, clock, 3, Duration::from_millis(40), 30);
+        assert!(limit.view().limit >= light, "a light window never cuts it: {light} → {}", limit.view().limit);
     }
 
     #[test]
