@@ -79,6 +79,8 @@ struct State {
     window_ns: u128,
     window_count: usize,
     window_in_flight: usize,
+    /// Whether a request was shed during the window: then the limit was what held the load back.
+    window_shed: bool,
 }
 
 impl State {
@@ -115,7 +117,8 @@ fn gradient2(config: &AdaptiveConfig, max: usize, initial: usize) -> Gradient2 {
         .build()
 }
 
-/// The algorithm after one window of mean latency `mean` with at most `in_flight` requests at once.
+/// The algorithm after one window of mean latency `mean` with at most `in_flight` requests at once, and
+/// `shed` whether any request was shed during it.
 ///
 /// Gradient2 leaves its limit alone after a lightly loaded window (fewer than half the limit in flight:
 /// whether that latency is queueing says little), so a limit cut by a moment of slowness — a stall of
@@ -124,10 +127,11 @@ fn gradient2(config: &AdaptiveConfig, max: usize, initial: usize) -> Gradient2 {
 /// as if the limit were in use: taken when that does not lower the limit (a window as fast as the
 /// long-term latency, within the tolerance, raises it by the algorithm's own step), else the window
 /// only updates the latencies, as before. A light window never lowers the limit; a loaded one is
-/// Gradient2's as it is.
-fn next_estimate(algorithm: &Gradient2, mean: Duration, in_flight: usize) -> Gradient2 {
+/// Gradient2's as it is. A window that shed a request is not light whatever its count in flight (a kind
+/// is shed at its part of the limit, which a setting may put below half): the limit held the load back.
+fn next_estimate(algorithm: &Gradient2, mean: Duration, in_flight: usize, shed: bool) -> Gradient2 {
     let limit = algorithm.max_concurrency();
-    if in_flight * 2 < limit {
+    if !shed && in_flight * 2 < limit {
         let mut weighed = algorithm.clone();
         weighed.update(mean, limit, false, false);
         if weighed.max_concurrency() >= limit {
@@ -184,6 +188,7 @@ impl ConcurrencyLimit {
                 window_ns: 0,
                 window_count: 0,
                 window_in_flight: 0,
+                window_shed: false,
             }),
         }
     }
@@ -209,6 +214,7 @@ impl ConcurrencyLimit {
         state.window_ns = 0;
         state.window_count = 0;
         state.window_in_flight = 0;
+        state.window_shed = false;
     }
 
     /// A slot for a request of `priority`, or `None`: shed it.
@@ -219,6 +225,7 @@ impl ConcurrencyLimit {
         let index = priority as usize;
         if total >= state.admitted_below(priority, limit) && state.in_flight[index] >= state.guaranteed(limit) {
             state.shed[index] += 1;
+            state.window_shed = true;
             return None;
         }
         state.in_flight[index] += 1;
@@ -237,12 +244,13 @@ impl ConcurrencyLimit {
         if long_enough && state.window_count >= state.config.window_requests.max(1) {
             let mean =
                 Duration::from_nanos(u64::try_from(state.window_ns / state.window_count as u128).unwrap_or(u64::MAX));
-            let in_flight = state.window_in_flight;
-            state.algorithm = next_estimate(&state.algorithm, mean, in_flight);
+            let (in_flight, shed) = (state.window_in_flight, state.window_shed);
+            state.algorithm = next_estimate(&state.algorithm, mean, in_flight, shed);
             state.window_start = None;
             state.window_ns = 0;
             state.window_count = 0;
             state.window_in_flight = state.in_flight.iter().sum();
+            state.window_shed = false;
         }
     }
 
@@ -353,13 +361,40 @@ mod tests {
         serve(&limit, clock, 150, Duration::from_millis(8), 30);
         let cut = limit.view().limit;
         assert!(cut < 100, "slower requests cut it: {cut}");
-        // A light load (a few requests at a time, well under half the limit) as fast as before.
-        serve(&limit, clock, 3, Duration::from_millis(2), 100);
+        // A light load (a few requests at a time, under half the limit) as fast as before: 8 requests
+        // per 100 ms, so a window (10 requests, 100 ms) closes every 200 ms — 100 windows.
+        serve(&limit, clock, 8, Duration::from_millis(2), 200);
         let light = limit.view().limit;
-        assert!(light > cut + 10, "fast light windows let it grow back: {cut} → {light}");
+        assert!(light > cut + 20, "fast light windows let it grow back: {cut} → {light}");
         // Light but slow windows (a stall's aftermath) leave it where it is.
-        serve(&limit, clock, 3, Duration::from_millis(40), 30);
+        serve(&limit, clock, 8, Duration::from_millis(40), 60);
         assert!(limit.view().limit >= light, "a light window never cuts it: {light} → {}", limit.view().limit);
+    }
+
+    /// A window that shed requests held the load back, however few were in flight (queries are shed at
+    /// their part of the limit, here set below half): it does not count as light, and fast answers to
+    /// the few admitted do not raise the limit.
+    #[test]
+    fn a_window_that_shed_is_not_light() {
+        let mut config = limits(200, 10);
+        config.adaptive.priorities.queries_below = 0.3;
+        let limit = Arc::new(ConcurrencyLimit::new(&config));
+        let clock = &mut Instant::now();
+        serve(&limit, clock, 150, Duration::from_millis(2), 20);
+        serve(&limit, clock, 150, Duration::from_millis(8), 30);
+        let cut = limit.view().limit;
+        for _ in 0..200 {
+            // Queries arrive beyond their part: some are shed, the admitted ones stay under half.
+            let permits: Vec<Permit> = (0..cut).filter_map(|_| limit.try_acquire(Priority::Queries)).collect();
+            assert!(permits.len() * 2 < cut, "{} admitted of {cut}", permits.len());
+            let count = permits.len().max(1) as u32;
+            for (index, permit) in permits.into_iter().enumerate() {
+                permit
+                    .served(Duration::from_millis(2), *clock + Duration::from_millis(100) * (index as u32 + 1) / count);
+            }
+            *clock += Duration::from_millis(100);
+        }
+        assert!(limit.view().limit <= cut, "shedding windows do not raise it: {cut} → {}", limit.view().limit);
     }
 
     #[test]

@@ -86,9 +86,20 @@ pub struct BenchArgs {
     #[arg(long)]
     no_caps: bool,
     /// `mixed`: after the 70 % phase, fixed-rate phases at these shares of the capacity too (each from
-    /// quiet), e.g. `0.35,0.5`: latency against load, and how busy the machine was at each
-    #[arg(long, value_delimiter = ',')]
+    /// quiet; each share above 0 and below 1, one phase per whole percent), e.g. `0.35,0.5`: latency
+    /// against load, and how busy the machine was at each
+    #[arg(long, value_delimiter = ',', value_parser = share_below_one)]
     also_at: Vec<f64>,
+}
+
+/// A share of the capacity for `--also-at`: above 0 and below 1 (more is the `overload` scenario's).
+fn share_below_one(text: &str) -> Result<f64, String> {
+    let share: f64 = text.trim().parse().map_err(|e| format!("{text:?} is not a number: {e}"))?;
+    if share > 0.0 && share < 1.0 {
+        Ok(share)
+    } else {
+        Err(format!("{share} is not a share of the capacity above 0 and below 1"))
+    }
 }
 
 /// The server under test, and how to talk to it.
@@ -538,11 +549,15 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
                         run_with_progress(&spec, &target, &workload, seed, &follow_ups, engines, Measure::ALL).await?;
                     phases.push((spec, recorder));
                     let also_at = if args.scenario == Scenario::Mixed { args.also_at.as_slice() } else { &[] };
-                    for (n, share) in also_at.iter().copied().filter(|s| s.is_finite() && *s > 0.0).enumerate() {
+                    for (n, share) in also_at.iter().copied().enumerate() {
+                        let name = format!("at_{:.0}_percent", share * 100.0);
+                        if phases.iter().any(|(spec, _)| spec.name == name) {
+                            continue;
+                        }
                         let before = phases.last().map_or_else(String::new, |(spec, _)| spec.name.clone());
                         let settled = wait_for(&target, Instant::now(), settle, quiet).await;
                         settles.insert(before, settled.map(|d| d.as_millis() as u64));
-                        let spec = at_rate(&format!("at_{:.0}_percent", share * 100.0), share);
+                        let spec = at_rate(&name, share);
                         let seed = seed + 1 + n as u64;
                         let recorder =
                             run_with_progress(&spec, &target, &workload, seed, &follow_ups, engines, Measure::ALL)
@@ -942,4 +957,18 @@ async fn ask_state(target: &Target, order: &load::Accepted) -> (String, Value) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     (state, seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn also_at_takes_shares_above_zero_and_below_one() {
+        assert_eq!(share_below_one("0.35"), Ok(0.35));
+        assert_eq!(share_below_one(" 0.5"), Ok(0.5));
+        for bad in ["0", "1", "1.5", "-0.2", "NaN", "inf", "x", ""] {
+            assert!(share_below_one(bad).is_err(), "{bad:?} was taken");
+        }
+    }
 }

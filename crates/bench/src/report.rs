@@ -666,7 +666,7 @@ fn concurrency_table(md: &mut String, phases: &[PhaseReport]) {
 /// CPU milliseconds per 200 answer, a row per phase and a column per process group (none when `/proc`
 /// could not be read).
 fn cpu_table(md: &mut String, phases: &[PhaseReport]) {
-    let title = "\nCPU ms per 200 answer (accepted order or healthz answer), by process (`/proc/<pid>/stat`):";
+    let title = "\nCPU ms per 200 answer (an accepted cart — one order per shop in it — or a healthz answer), by process (`/proc/<pid>/stat`):";
     per_ok_table(md, title, phases, |p| &p.cpu_ms_per_ok, 3, true);
     let busy: Vec<String> = phases
         .iter()
