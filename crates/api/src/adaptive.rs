@@ -114,7 +114,17 @@ fn gradient2(config: &AdaptiveConfig, max: usize, initial: usize) -> Gradient2 {
         .rtt_tolerance(if config.rtt_tolerance.is_finite() { config.rtt_tolerance.max(1.0) } else { 1.0 })
         .smoothing(if config.smoothing > 0.0 && config.smoothing <= 1.0 { config.smoothing } else { 0.2 })
         .long_window(config.long_window.max(1))
+        .queue_size(growth_step)
         .build()
+}
+
+/// What a window as fast as the long-term latency adds to the limit before smoothing: √limit, not
+/// tower-acc's ⌈log10 limit⌉, under which a limit cut by a burst took minutes of load to come back and
+/// meanwhile shed requests at half the capacity and less (docs/BENCHMARKS.md, "Latency against load").
+/// Under the overload scenario's three times the capacity the limit still fell to its floor (measured
+/// there): a window twice as slow as the tolerance halves it, which no step of a small limit makes up.
+fn growth_step(limit: usize) -> usize {
+    ((limit as f64).sqrt().ceil() as usize).max(1)
 }
 
 /// The algorithm after one window of mean latency `mean` with at most `in_flight` requests at once, and
@@ -395,6 +405,25 @@ mod tests {
             *clock += Duration::from_millis(100);
         }
         assert!(limit.view().limit <= cut, "shedding windows do not raise it: {cut} → {}", limit.view().limit);
+    }
+
+    /// Once the load is served fast again the limit comes back within seconds of windows (√limit a
+    /// window before smoothing), not minutes: from its floor of 10 past 150 in 100 windows (by
+    /// ⌈log10 limit⌉ a window it reached about 45).
+    #[test]
+    fn a_cut_limit_comes_back_within_seconds_once_requests_are_fast() {
+        let limit = Arc::new(ConcurrencyLimit::new(&limits(500, 10)));
+        let clock = &mut Instant::now();
+        serve(&limit, clock, 400, Duration::from_millis(2), 20);
+        serve(&limit, clock, 400, Duration::from_millis(20), 60);
+        let cut = limit.view().limit;
+        assert!(cut <= 20, "much slower requests cut it to about its floor: {cut}");
+        for _ in 0..100 {
+            let in_flight = limit.view().limit;
+            serve(&limit, clock, in_flight, Duration::from_millis(2), 1);
+        }
+        let back = limit.view().limit;
+        assert!(back >= 150, "ten seconds of fast windows bring it back: {cut} → {back}");
     }
 
     #[test]
