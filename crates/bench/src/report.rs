@@ -54,7 +54,7 @@ pub struct PhaseReport {
     pub ok_latency: Latency,
     pub sold_out_latency: Latency,
     pub all_latency: Latency,
-    /// CPU milliseconds per 200 answer (accepted order, or healthz answer), by process group: what one
+    /// CPU milliseconds per 200 answer (an accepted cart, or a healthz answer), by process group: what one
     /// costs the API, the workers, the payment service, each engine and the load generator.
     pub cpu_ms_per_ok: BTreeMap<String, f64>,
     /// The machine's cores busy during the phase, on average over it (every process and the kernel), and
