@@ -122,7 +122,8 @@ fn gradient2(config: &AdaptiveConfig, max: usize, initial: usize) -> Gradient2 {
 /// tower-acc's ⌈log10 limit⌉, under which a limit cut by a burst took minutes of load to come back and
 /// meanwhile shed requests at half the capacity and less (docs/BENCHMARKS.md, "Latency against load").
 /// Under the overload scenario's three times the capacity the limit still fell to its floor (measured
-/// there): a window twice as slow as the tolerance halves it, which no step of a small limit makes up.
+/// there): a window twice as slow as the tolerance allows, or slower, weighs it at half before smoothing
+/// (a tenth off after it), which the step of a small limit does not make up.
 fn growth_step(limit: usize) -> usize {
     ((limit as f64).sqrt().ceil() as usize).max(1)
 }
