@@ -329,8 +329,23 @@ mod tests {
     /// Serves `windows` windows of requests (100 ms each, on the test's own `clock`), `in_flight` at a
     /// time, each taking `latency`.
     fn serve(limit: &Arc<ConcurrencyLimit>, clock: &mut Instant, in_flight: usize, latency: Duration, windows: usize) {
+        serve_as(limit, clock, Priority::Orders, in_flight, latency, windows);
+    }
+
+    /// [`serve`] for requests of `priority`, `asked` a window, those admitted served; answers the most
+    /// admitted in one window.
+    fn serve_as(
+        limit: &Arc<ConcurrencyLimit>,
+        clock: &mut Instant,
+        priority: Priority,
+        asked: usize,
+        latency: Duration,
+        windows: usize,
+    ) -> usize {
+        let mut most = 0;
         for _ in 0..windows {
-            let permits: Vec<Permit> = (0..in_flight).filter_map(|_| limit.try_acquire(Priority::Orders)).collect();
+            let permits: Vec<Permit> = (0..asked).filter_map(|_| limit.try_acquire(priority)).collect();
+            most = most.max(permits.len());
             let count = permits.len().max(1) as u32;
             for (index, permit) in permits.into_iter().enumerate() {
                 // Spread over the window; the last one ends it.
@@ -338,6 +353,15 @@ mod tests {
             }
             *clock += Duration::from_millis(100);
         }
+        most
+    }
+
+    /// Steady windows, then slower ones (four times the long-term latency) that cut the limit: the limit
+    /// after them.
+    fn cut_by_slow_windows(limit: &Arc<ConcurrencyLimit>, clock: &mut Instant) -> usize {
+        serve(limit, clock, 150, Duration::from_millis(2), 20);
+        serve(limit, clock, 150, Duration::from_millis(8), 30);
+        limit.view().limit
     }
 
     #[test]
@@ -368,9 +392,7 @@ mod tests {
     fn a_cut_limit_grows_back_under_a_light_fast_load() {
         let limit = Arc::new(ConcurrencyLimit::new(&limits(200, 10)));
         let clock = &mut Instant::now();
-        serve(&limit, clock, 150, Duration::from_millis(2), 20);
-        serve(&limit, clock, 150, Duration::from_millis(8), 30);
-        let cut = limit.view().limit;
+        let cut = cut_by_slow_windows(&limit, clock);
         assert!(cut < 100, "slower requests cut it: {cut}");
         // A light load (a few requests at a time, under half the limit) as fast as before: 8 requests
         // per 100 ms, so a window (10 requests, 100 ms) closes every 200 ms — 100 windows.
@@ -391,20 +413,10 @@ mod tests {
         config.adaptive.priorities.queries_below = 0.3;
         let limit = Arc::new(ConcurrencyLimit::new(&config));
         let clock = &mut Instant::now();
-        serve(&limit, clock, 150, Duration::from_millis(2), 20);
-        serve(&limit, clock, 150, Duration::from_millis(8), 30);
-        let cut = limit.view().limit;
-        for _ in 0..200 {
-            // Queries arrive beyond their part: some are shed, the admitted ones stay under half.
-            let permits: Vec<Permit> = (0..cut).filter_map(|_| limit.try_acquire(Priority::Queries)).collect();
-            assert!(permits.len() * 2 < cut, "{} admitted of {cut}", permits.len());
-            let count = permits.len().max(1) as u32;
-            for (index, permit) in permits.into_iter().enumerate() {
-                permit
-                    .served(Duration::from_millis(2), *clock + Duration::from_millis(100) * (index as u32 + 1) / count);
-            }
-            *clock += Duration::from_millis(100);
-        }
+        let cut = cut_by_slow_windows(&limit, clock);
+        // Queries arrive beyond their part: some are shed, the admitted ones stay under half.
+        let admitted = serve_as(&limit, clock, Priority::Queries, cut, Duration::from_millis(2), 200);
+        assert!(admitted * 2 < cut, "{admitted} admitted of {cut}");
         assert!(limit.view().limit <= cut, "shedding windows do not raise it: {cut} → {}", limit.view().limit);
     }
 

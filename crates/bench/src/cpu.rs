@@ -118,12 +118,19 @@ fn parse_machine(stat: &str) -> Option<Machine> {
     Some(Machine { busy, total: busy + idle + iowait + steal, cores })
 }
 
-/// How many of the machine's cores were busy between two looks, on average (0 to the core count), and the
-/// core count; `None` when no time passed between them.
-pub fn cores_busy(before: &Machine, after: &Machine) -> Option<(f64, usize)> {
+/// How many of the machine's cores were busy over a span, on average, and how many it has.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct CoresBusy {
+    /// 0 to `of`.
+    pub busy: f64,
+    pub of: usize,
+}
+
+/// The cores busy between two looks; `None` when no time passed between them.
+pub fn cores_busy(before: &Machine, after: &Machine) -> Option<CoresBusy> {
     let total = after.total.checked_sub(before.total).filter(|t| *t > 0)?;
     let busy = after.busy.saturating_sub(before.busy).min(total);
-    Some((busy as f64 / total as f64 * after.cores as f64, after.cores))
+    Some(CoresBusy { busy: busy as f64 / total as f64 * after.cores as f64, of: after.cores })
 }
 
 #[cfg(test)]
@@ -172,7 +179,11 @@ mod tests {
         let before = parse_machine(stat).expect("a machine line");
         assert_eq!(before, Machine { busy: 180, total: 1000, cores: 2 });
         let after = Machine { busy: 180 + 150, total: 1000 + 200, cores: 2 };
-        assert_eq!(cores_busy(&before, &after), Some((1.5, 2)), "150 of 200 ticks over two cores");
+        assert_eq!(
+            cores_busy(&before, &after),
+            Some(CoresBusy { busy: 1.5, of: 2 }),
+            "150 of 200 ticks over two cores"
+        );
         assert_eq!(cores_busy(&before, &before), None, "no time passed");
         assert_eq!(parse_machine("cpu  1 2 x\n"), None);
         assert_eq!(parse_machine("intr 1 2\n"), None);

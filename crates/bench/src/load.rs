@@ -142,8 +142,8 @@ pub struct Recorder {
     pub elapsed: Duration,
     /// CPU milliseconds each process group of the run spent during the phase ([`crate::cpu`]).
     pub cpu_ms: BTreeMap<String, f64>,
-    /// The machine's cores busy during the phase on average, and its core count ([`crate::cpu::cores_busy`]).
-    pub cores_busy: Option<(f64, usize)>,
+    /// The machine's cores busy during the phase ([`crate::cpu::cores_busy`]).
+    pub cores_busy: Option<crate::cpu::CoresBusy>,
     /// Calls each engine served during the phase (`--engine-calls`), by counter.
     pub engine_calls: BTreeMap<String, u64>,
     /// The APIs' concurrency limits, looked at every 250 ms.

@@ -59,19 +59,13 @@ pub struct PhaseReport {
     pub cpu_ms_per_ok: BTreeMap<String, f64>,
     /// The machine's cores busy during the phase, on average over it (every process and the kernel), and
     /// how many it has: how much of the machine the phase's load left for its requests to wait on.
-    pub cores_busy: Option<CoresBusy>,
+    pub cores_busy: Option<crate::cpu::CoresBusy>,
     /// Calls each engine served per 200 answer (`--engine-calls`), by counter.
     pub engine_calls_per_ok: BTreeMap<String, f64>,
     /// Answers in each second of the phase, by outcome (what `throughput.svg` draws).
     pub per_second: Vec<SecondCounts>,
     /// The APIs' concurrency limits over the phase (what `concurrency.svg` draws); none when not looked at.
     pub concurrency: Option<ConcurrencySpan>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct CoresBusy {
-    pub busy: f64,
-    pub of: usize,
 }
 
 /// What the APIs' concurrency limits did during a phase (every API's looks together).
@@ -130,7 +124,7 @@ impl PhaseReport {
                 0 => BTreeMap::new(),
                 ok => recorder.cpu_ms.iter().map(|(group, ms)| (group.clone(), ms / ok as f64)).collect(),
             },
-            cores_busy: recorder.cores_busy.map(|(busy, of)| CoresBusy { busy, of }),
+            cores_busy: recorder.cores_busy,
             engine_calls_per_ok: match count("ok") {
                 0 => BTreeMap::new(),
                 ok => recorder.engine_calls.iter().map(|(name, n)| (name.clone(), *n as f64 / ok as f64)).collect(),
@@ -842,7 +836,7 @@ mod tests {
         recorder.outcomes.insert("ok".into(), 2);
         recorder.cpu_ms = BTreeMap::from([("api".to_owned(), 1.0), ("redis".to_owned(), 3.0)]);
         recorder.engine_calls = BTreeMap::from([("redis script calls".to_owned(), 9)]);
-        recorder.cores_busy = Some((1.5, 2));
+        recorder.cores_busy = Some(crate::cpu::CoresBusy { busy: 1.5, of: 2 });
         let phases = vec![PhaseReport::new(&spec, &recorder)];
         let mut md = String::new();
         cpu_table(&mut md, &phases);
