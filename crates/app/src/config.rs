@@ -34,8 +34,9 @@ pub struct FlowConfig {
     pub entry_call_timeout_ms: u64,
     /// Orders listed per page, at most.
     pub page_size_max: usize,
-    /// How long a process keeps a catalog entry it read (0: read the store every time). A price
-    /// change made through another process applies here within this.
+    /// How often a process reads the store's catalog version to learn whether the entries it keeps
+    /// changed (0: keep none, read the store every time). A price change made through another process
+    /// applies here within this.
     pub catalog_cache_ms: u64,
     /// How long a process answers "sold out" from memory after it saw a commodity's counter at zero
     /// (0: never from memory). Stock that comes back is sold again within this.

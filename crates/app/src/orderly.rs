@@ -38,7 +38,7 @@ pub struct Orderly {
     pub(crate) ports: Ports,
     /// The flow's settings, replaced whole when they change at run time ([`Orderly::set_config`]).
     pub(crate) config: Arc<arc_swap::ArcSwap<FlowConfig>>,
-    /// Catalog entries this process read lately (`config.catalog_cache_ms`).
+    /// Catalog entries this process read, kept while the store's catalog version stays (`crate::catalog`).
     pub(crate) catalog: Arc<CatalogCache>,
     /// Commodities this process saw sold out lately (`config.sold_out_memory_ms`).
     pub(crate) sold_out: Arc<SoldOutMemory>,
@@ -128,17 +128,47 @@ impl Orderly {
         self.config.store(Arc::new(config));
     }
 
-    /// A catalog entry, from this process's recent reads or the store.
+    /// A catalog entry, from this process's copies or the store (`crate::catalog`).
     pub(crate) async fn catalog_entry(&self, id: CommodityId) -> Result<Option<CatalogEntry>, PortError> {
-        let now_ms = self.ports.clock.now_ms();
-        if let Some(entry) = self.catalog.get(id, now_ms, self.config().catalog_cache_ms) {
+        let period_ms = self.config().catalog_cache_ms;
+        if period_ms == 0 {
+            return self.bounded("store", self.ports.store.commodity(id)).await;
+        }
+        if !self.catalog_version_fresh(period_ms) {
+            let failures = self.catalog.version_failures();
+            let _turn = self.catalog.version_turn().await;
+            // A caller that waited for the turn finds the version just read, or that read failed.
+            if !self.catalog_version_fresh(period_ms) {
+                if self.catalog.version_failures() != failures {
+                    return Err(PortError::unavailable("store", "the catalog version could not be read"));
+                }
+                let read_ms = self.ports.clock.steady_ms();
+                match self.bounded("store", self.ports.store.catalog_version()).await {
+                    Ok(version) => self.catalog.version_read(version, read_ms),
+                    Err(error) => {
+                        self.catalog.version_failed();
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        if let Some(entry) = self.catalog.get(id) {
             return Ok(Some(entry));
         }
+        let epoch = self.catalog.epoch();
         let entry = self.bounded("store", self.ports.store.commodity(id)).await?;
         if let Some(entry) = entry {
-            self.catalog.put(entry, now_ms);
+            self.catalog.put(entry, epoch);
         }
         Ok(entry)
+    }
+
+    /// The catalog version was read less than `period_ms` ago (steady time: a step of the wall clock
+    /// neither keeps it longer nor drops it early).
+    fn catalog_version_fresh(&self, period_ms: u64) -> bool {
+        self.catalog
+            .version_read_ms()
+            .is_some_and(|read_ms| self.ports.clock.steady_ms().saturating_sub(read_ms) < period_ms)
     }
 
     /// One dependency call of a buyer's request, bounded by `entry_call_timeout_ms`: a dependency that is

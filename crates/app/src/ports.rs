@@ -279,8 +279,12 @@ pub enum IdempotencyBegin {
 /// Every method that returns has made its writes durable unless its doc says otherwise.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Writes catalog entries and changes [`Store::catalog_version`] in the same atomic write.
     async fn put_commodities(&self, entries: &[CatalogEntry]) -> PortResult<()>;
     async fn commodity(&self, id: CommodityId) -> PortResult<Option<CatalogEntry>>;
+    /// A number that changes with every catalog write (0 before the first): a process keeping catalog
+    /// entries learns by one small read whether any of them may have changed.
+    async fn catalog_version(&self) -> PortResult<u64>;
     /// Adds stock: `initial` and `available` grow by `quantity`, `version` is bumped.
     async fn add_stock(&self, id: CommodityId, quantity: u64) -> PortResult<StockLevel>;
     async fn stock(&self, ids: &[CommodityId]) -> PortResult<Vec<Option<StockLevel>>>;

@@ -11,6 +11,9 @@ use crate::ports::{
     ChangeRejection, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PaymentResult, PortError,
 };
 
+/// The `meta` key under which a store keeps its [`crate::ports::Store::catalog_version`].
+pub const CATALOG_VERSION: &str = "catalog_version";
+
 /// Stock as a write leaves it, by commodity.
 pub type Levels = BTreeMap<CommodityId, StockLevel>;
 

@@ -16,6 +16,12 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn jump_ms(&self) -> i64 {
         0
     }
+    /// This process's steady time: the wall clock less the step [`Clock::jump_ms`] reports, so a step
+    /// either way moves it by at most [`CLOCK_JUMP_TOLERANCE_MS`]. For intervals measured within the
+    /// process (how long ago something was read), never stored or sent.
+    fn steady_ms(&self) -> u64 {
+        self.now_ms().saturating_add_signed(self.jump_ms().saturating_neg())
+    }
     /// The time a deadline counted from `stamp_ms` (a wall stamp: an order's acceptance, a charge's
     /// start) is judged by: the wall clock, less every forward step this process saw it take after the
     /// stamp was made ([`WallSteps`]). So a clock stepped forward cannot make a deadline fire early, and a

@@ -101,7 +101,10 @@ pub async fn orders_paying(store: &Arc<dyn Store>, n: u64) -> Vec<OrderNo> {
 
 pub async fn catalog_and_stock_ledger(store: Arc<dyn Store>) {
     assert_eq!(store.commodity(A).await.expect("read"), None);
+    let version = store.catalog_version().await.expect("version");
     with_stock(&store, &[(A, 10)]).await;
+    let version_after = store.catalog_version().await.expect("version");
+    assert_ne!(version_after, version, "a catalog write changes the version");
     let entry = store.commodity(A).await.expect("read").expect("entry");
     assert_eq!((entry.shop_id, entry.unit_price), (SHOP, Money::from_cents(100)));
     let level = store.add_stock(A, 5).await.expect("add");
@@ -109,8 +112,11 @@ pub async fn catalog_and_stock_ledger(store: Arc<dyn Store>) {
     assert!(level.version >= 2, "every increase bumps the version");
     assert_eq!(store.stock(&[A, B]).await.expect("stock")[1], None);
     assert_eq!(store.all_stock().await.expect("all").len(), 1);
+    assert_eq!(store.catalog_version().await.expect("version"), version_after, "stock is not the catalog");
     let without_stock = CatalogEntry { commodity_id: B, shop_id: SHOP, unit_price: Money::from_cents(100) };
     store.put_commodities(&[without_stock]).await.expect("catalog");
+    let version_last = store.catalog_version().await.expect("version");
+    assert!(![version, version_after].contains(&version_last), "every catalog write changes the version");
     assert_eq!(store.all_stock().await.expect("all"), vec![(A, level)], "a commodity without stock has no ledger");
 }
 

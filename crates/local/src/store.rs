@@ -19,7 +19,7 @@ use orderly_app::ports::{
     ChangeRejection, ChangeResult, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PortResult, Store,
 };
 use orderly_app::store_rules::{
-    Levels, SafePay, create_batch_keys, idempotency_seen, plan_change, plan_create, stock_to_lock,
+    CATALOG_VERSION, Levels, SafePay, create_batch_keys, idempotency_seen, plan_change, plan_create, stock_to_lock,
 };
 use orderly_domain::{CatalogEntry, CommodityId, OrderNo, OrderState, Uid};
 
@@ -217,16 +217,26 @@ impl LocalStore {
 #[async_trait]
 impl Store for LocalStore {
     async fn put_commodities(&self, entries: &[CatalogEntry]) -> PortResult<()> {
-        let mut batch = self.db.batch();
-        for entry in entries {
-            batch.insert(&self.db.catalog, u64_key(entry.commodity_id.0), encode(entry)?);
+        {
+            // Under the writer lock: two catalog writes never read the same version.
+            let _writer = self.lock().await;
+            let version = self.catalog_version().await?;
+            let mut batch = self.db.batch();
+            for entry in entries {
+                batch.insert(&self.db.catalog, u64_key(entry.commodity_id.0), encode(entry)?);
+            }
+            batch.insert(&self.db.meta, CATALOG_VERSION, u64_key(version + 1));
+            batch.commit().map_err(storage_error)?;
         }
-        batch.commit().map_err(storage_error)?;
         self.db.sync().await
     }
 
     async fn commodity(&self, id: CommodityId) -> PortResult<Option<CatalogEntry>> {
         self.db.catalog.get(u64_key(id.0)).map_err(storage_error)?.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    async fn catalog_version(&self) -> PortResult<u64> {
+        Ok(self.meta(CATALOG_VERSION).await?.unwrap_or(0))
     }
 
     async fn add_stock(&self, id: CommodityId, quantity: u64) -> PortResult<StockLevel> {

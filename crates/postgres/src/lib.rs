@@ -33,7 +33,8 @@ use orderly_app::ports::{
     ChangeRejection, ChangeResult, CreateOutcome, CreateRequest, IdempotencyBegin, OrderChange, PortResult, Store,
 };
 use orderly_app::store_rules::{
-    Levels, SafePay, create_batch_keys, idempotency_seen, may_return_stock, plan_change, plan_create, stock_to_lock,
+    CATALOG_VERSION, Levels, SafePay, create_batch_keys, idempotency_seen, may_return_stock, plan_change, plan_create,
+    stock_to_lock,
 };
 use orderly_domain::{CatalogEntry, CommodityId, Money, OrderNo, ShopId, SnowflakeId, Uid};
 use sqlx::postgres::PgConnectOptions;
@@ -513,6 +514,15 @@ impl PgStore {
 impl Store for PgStore {
     async fn put_commodities(&self, entries: &[CatalogEntry]) -> PortResult<()> {
         let mut tx = self.begin().await?;
+        // First: the version's row lock orders concurrent catalog writes, so they cannot deadlock on
+        // the entries they share.
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ($1, 1) ON CONFLICT (key) DO UPDATE SET value = meta.value + 1",
+        )
+        .bind(CATALOG_VERSION)
+        .execute(&mut *tx)
+        .await
+        .map_err(database_error)?;
         for entry in entries {
             sqlx::query(
                 "INSERT INTO commodities (commodity_id, shop_id, unit_price_cents) VALUES ($1, $2, $3)
@@ -532,6 +542,10 @@ impl Store for PgStore {
     async fn commodity(&self, id: CommodityId) -> PortResult<Option<CatalogEntry>> {
         let pool = self.pool.clone();
         self.commodities.send(id, |batch| read_commodities(pool, batch)).await
+    }
+
+    async fn catalog_version(&self) -> PortResult<u64> {
+        Ok(self.meta(CATALOG_VERSION).await?.unwrap_or(0))
     }
 
     async fn add_stock(&self, id: CommodityId, quantity: u64) -> PortResult<StockLevel> {

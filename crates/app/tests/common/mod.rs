@@ -4,13 +4,19 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use orderly_app::model::{Order, Restock, StockChange, StockLevel, Token, TokenState};
-use orderly_app::ports::{Claim, Held, PortResult, Reserve};
+use async_trait::async_trait;
+use orderly_app::model::{
+    IdempotencyRecord, Order, OutboxEvent, Outgoing, Restock, StockChange, StockLevel, StoredAnswer, Token, TokenState,
+};
+use orderly_app::ports::{
+    ChangeResult, Claim, CreateOutcome, CreateRequest, Held, IdempotencyBegin, OrderChange, PortError, PortResult,
+    Reserve,
+};
 use orderly_app::time::ManualClock;
 use orderly_app::{Clock, FlowConfig, Orderly, Ports, StockCache, Store};
-use orderly_domain::{CatalogEntry, CommodityId, Money, OrderNo, OrderState, PlaceOrderBody, ShopId};
+use orderly_domain::{CatalogEntry, CommodityId, Money, OrderNo, OrderState, PlaceOrderBody, ShopId, Uid};
 use orderly_local::{AcquirerConfig, Durability, LocalConfig, LocalStockCache};
 
 pub const T0_MS: u64 = 1_800_000_000_000;
@@ -326,5 +332,163 @@ impl StockCache for LosableCache {
     }
     async fn available(&self, ids: &[CommodityId]) -> PortResult<Vec<Option<u64>>> {
         self.now().available(ids).await
+    }
+}
+
+/// A store whose writes fail while their flag is set: the pending view, the idempotency answer (the
+/// one store write after the publish), the deletion of pending views; and that counts its catalog reads.
+#[derive(Debug)]
+pub struct FaultyStore {
+    pub inner: Arc<dyn Store>,
+    pub pending_down: AtomicBool,
+    /// The pending view's write answers an error but lands after the entry's clean-up (a write cut
+    /// off by the entry's deadline that the database still carries out).
+    pub pending_lands_late: AtomicBool,
+    pub late_views: std::sync::Mutex<Vec<Order>>,
+    pub answer_down: AtomicBool,
+    pub forget_down: AtomicBool,
+    /// The entry's views and creates go to the inner store as one write (the standalone store's), and
+    /// with `one_write_fails_after` the write lands but answers an error (its sync cut off).
+    pub one_write: AtomicBool,
+    pub one_write_fails_after: AtomicBool,
+    /// Catalog entries read (`Store::commodity`), and catalog versions read.
+    pub commodity_reads: AtomicUsize,
+    pub catalog_version_reads: AtomicUsize,
+    /// A catalog version read never answers (its caller's time limit ends it).
+    pub catalog_version_hangs: AtomicBool,
+}
+
+impl FaultyStore {
+    pub fn install(orderly: &mut Orderly, ports: &mut Ports) -> Arc<FaultyStore> {
+        let store = Arc::new(FaultyStore {
+            inner: Arc::clone(&ports.store),
+            pending_down: AtomicBool::new(false),
+            pending_lands_late: AtomicBool::new(false),
+            late_views: std::sync::Mutex::new(Vec::new()),
+            answer_down: AtomicBool::new(false),
+            forget_down: AtomicBool::new(false),
+            one_write: AtomicBool::new(false),
+            one_write_fails_after: AtomicBool::new(false),
+            commodity_reads: AtomicUsize::new(0),
+            catalog_version_reads: AtomicUsize::new(0),
+            catalog_version_hangs: AtomicBool::new(false),
+        });
+        rewire(orderly, ports, |ports| ports.store = Arc::clone(&store) as Arc<dyn Store>);
+        store
+    }
+}
+
+fn fails_if(flag: &AtomicBool) -> PortResult<()> {
+    if flag.load(Ordering::SeqCst) {
+        return Err(PortError::unavailable("store", "injected: down"));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn put_commodities(&self, entries: &[CatalogEntry]) -> PortResult<()> {
+        self.inner.put_commodities(entries).await
+    }
+    async fn commodity(&self, id: CommodityId) -> PortResult<Option<CatalogEntry>> {
+        self.commodity_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.commodity(id).await
+    }
+    async fn catalog_version(&self) -> PortResult<u64> {
+        self.catalog_version_reads.fetch_add(1, Ordering::SeqCst);
+        if self.catalog_version_hangs.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.catalog_version().await
+    }
+    async fn add_stock(&self, id: CommodityId, quantity: u64) -> PortResult<StockLevel> {
+        self.inner.add_stock(id, quantity).await
+    }
+    async fn stock(&self, ids: &[CommodityId]) -> PortResult<Vec<Option<StockLevel>>> {
+        self.inner.stock(ids).await
+    }
+    async fn all_stock(&self) -> PortResult<Vec<(CommodityId, StockLevel)>> {
+        self.inner.all_stock().await
+    }
+    async fn insert_pending(&self, orders: &[Order]) -> PortResult<()> {
+        fails_if(&self.pending_down)?;
+        if self.pending_lands_late.load(Ordering::SeqCst) {
+            self.late_views.lock().expect("lock").extend_from_slice(orders);
+            return Err(PortError::unavailable("store", "injected: cut off by the deadline"));
+        }
+        self.inner.insert_pending(orders).await
+    }
+    async fn insert_pending_publishing(
+        &self,
+        orders: &[Order],
+        creates: Vec<Outgoing>,
+    ) -> PortResult<Option<Vec<Outgoing>>> {
+        if !self.one_write.load(Ordering::SeqCst) {
+            return self.insert_pending(orders).await.map(|()| Some(creates));
+        }
+        let published = self.inner.insert_pending_publishing(orders, creates).await?;
+        fails_if(&self.one_write_fails_after)?;
+        Ok(published)
+    }
+    async fn forget_pending(&self, order_nos: &[OrderNo]) -> PortResult<()> {
+        fails_if(&self.forget_down)?;
+        self.inner.forget_pending(order_nos).await
+    }
+    async fn pending_orders(&self) -> PortResult<Vec<Order>> {
+        self.inner.pending_orders().await
+    }
+    async fn create_orders(&self, batch: &[CreateRequest], now_ms: u64) -> PortResult<Vec<CreateOutcome>> {
+        self.inner.create_orders(batch, now_ms).await
+    }
+    async fn order(&self, order_no: OrderNo) -> PortResult<Option<Order>> {
+        self.inner.order(order_no).await
+    }
+    async fn orders_of(&self, buyer: Uid, before: Option<OrderNo>, limit: usize) -> PortResult<Vec<Order>> {
+        self.inner.orders_of(buyer, before, limit).await
+    }
+    async fn audit_view(&self) -> PortResult<(Vec<Order>, Vec<(CommodityId, StockLevel)>)> {
+        self.inner.audit_view().await
+    }
+    async fn change_order(&self, order_no: OrderNo, change: OrderChange, now_ms: u64) -> ChangeResult {
+        self.inner.change_order(order_no, change, now_ms).await
+    }
+    async fn payments_due(&self, now_ms: u64, limit: usize) -> PortResult<Vec<OrderNo>> {
+        self.inner.payments_due(now_ms, limit).await
+    }
+    async fn postpone_payment_check(&self, order_no: OrderNo, at_ms: u64) -> PortResult<()> {
+        self.inner.postpone_payment_check(order_no, at_ms).await
+    }
+    async fn payments_pending(&self) -> PortResult<usize> {
+        self.inner.payments_pending().await
+    }
+    async fn outbox(&self, limit: usize) -> PortResult<Vec<(u64, OutboxEvent)>> {
+        self.inner.outbox(limit).await
+    }
+    async fn outbox_done(&self, ids: &[u64]) -> PortResult<()> {
+        self.inner.outbox_done(ids).await
+    }
+    async fn idempotency_begin(
+        &self,
+        buyer: Uid,
+        key: &str,
+        record: &IdempotencyRecord,
+    ) -> PortResult<IdempotencyBegin> {
+        self.inner.idempotency_begin(buyer, key, record).await
+    }
+    async fn idempotency_answer(&self, buyer: Uid, key: &str, answer: StoredAnswer) -> PortResult<()> {
+        fails_if(&self.answer_down)?;
+        self.inner.idempotency_answer(buyer, key, answer).await
+    }
+    async fn meta(&self, key: &str) -> PortResult<Option<u64>> {
+        self.inner.meta(key).await
+    }
+    async fn replace_meta(&self, key: &str, expected: Option<u64>, value: u64) -> PortResult<bool> {
+        self.inner.replace_meta(key, expected, value).await
+    }
+    async fn fence(&self, name: &str, fence: u64) -> PortResult<bool> {
+        self.inner.fence(name, fence).await
+    }
+    async fn lease(&self, name: &str, holder: u64, now_ms: u64, until_ms: u64) -> PortResult<bool> {
+        self.inner.lease(name, holder, now_ms, until_ms).await
     }
 }
