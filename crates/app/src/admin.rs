@@ -124,8 +124,12 @@ impl Orderly {
 
     /// Entries checked, and any known commodity's shop unchanged: written, and their stock added.
     async fn write_catalog(&self, entries: &[CatalogEntry], stock: &[(CommodityId, u32)]) -> Result<(), CatalogError> {
-        self.ports.store.put_commodities(entries).await?;
-        self.catalog.forget_all();
+        // Nothing to write (a catalog file loaded again at a start): the catalog's version stays, and with
+        // it every process's copies.
+        if !entries.is_empty() {
+            self.ports.store.put_commodities(entries).await?;
+            self.catalog.forget_all();
+        }
         for &(id, quantity) in stock {
             self.stock_added(id, quantity).await?;
         }

@@ -58,11 +58,12 @@ impl CatalogCache {
         self.kept().version.map(|(_, read_ms)| read_ms)
     }
 
-    /// The store's catalog version as read at `read_ms`, a read that began then: the entries kept are
-    /// dropped if it is not the version they belong to.
+    /// The store's catalog version as read by a read that began at `read_ms`: the entries kept are
+    /// dropped unless it is the version they belong to — after [`CatalogCache::forget_all`] too, since
+    /// an entry read then may be older than this version.
     pub fn version_read(&self, version: u64, read_ms: u64) {
         let mut kept = self.kept();
-        if kept.version.is_some_and(|(known, _)| known != version) {
+        if kept.version.map(|(known, _)| known) != Some(version) {
             kept.drop_entries();
         }
         kept.version = Some((version, read_ms));
@@ -142,5 +143,17 @@ mod tests {
         cache.forget_all();
         cache.put(entry(5), before);
         assert_eq!((cache.get(CommodityId(1)), cache.version_read_ms()), (None, None));
+    }
+
+    #[test]
+    fn a_version_read_after_forget_all_drops_what_was_read_in_between() {
+        let cache = CatalogCache::default();
+        cache.version_read(3, 1_000);
+        cache.forget_all();
+        let between = cache.epoch();
+        // Read between the forgetting and the next version read: it may be older than that version.
+        cache.version_read(5, 1_500);
+        cache.put(entry(5), between);
+        assert_eq!(cache.get(CommodityId(1)), None);
     }
 }

@@ -134,23 +134,9 @@ impl Orderly {
         if period_ms == 0 {
             return self.bounded("store", self.ports.store.commodity(id)).await;
         }
-        if !self.catalog_version_fresh(period_ms) {
-            let failures = self.catalog.version_failures();
-            let _turn = self.catalog.version_turn().await;
-            // A caller that waited for the turn finds the version just read, or that read failed.
-            if !self.catalog_version_fresh(period_ms) {
-                if self.catalog.version_failures() != failures {
-                    return Err(PortError::unavailable("store", "the catalog version could not be read"));
-                }
-                let read_ms = self.ports.clock.steady_ms();
-                match self.bounded("store", self.ports.store.catalog_version()).await {
-                    Ok(version) => self.catalog.version_read(version, read_ms),
-                    Err(error) => {
-                        self.catalog.version_failed();
-                        return Err(error);
-                    }
-                }
-            }
+        let arrived_ms = self.ports.clock.steady_ms();
+        if !self.catalog_version_fresh(arrived_ms, period_ms) {
+            self.bounded("store", self.read_catalog_version(arrived_ms, period_ms)).await?;
         }
         if let Some(entry) = self.catalog.get(id) {
             return Ok(Some(entry));
@@ -163,12 +149,36 @@ impl Orderly {
         Ok(entry)
     }
 
-    /// The catalog version was read less than `period_ms` ago (steady time: a step of the wall clock
-    /// neither keeps it longer nor drops it early).
-    fn catalog_version_fresh(&self, period_ms: u64) -> bool {
-        self.catalog
-            .version_read_ms()
-            .is_some_and(|read_ms| self.ports.clock.steady_ms().saturating_sub(read_ms) < period_ms)
+    /// Reads the store's catalog version for a caller that arrived at `arrived_ms`, one read at a time:
+    /// a caller that waited for the turn takes the read it waited for if that began within the period
+    /// before the caller arrived (a change committed before then is in it), and its failure if it failed,
+    /// so none queues behind more than one read of another's.
+    async fn read_catalog_version(&self, arrived_ms: u64, period_ms: u64) -> Result<(), PortError> {
+        let failures = self.catalog.version_failures();
+        let _turn = self.catalog.version_turn().await;
+        if self.catalog_version_fresh(arrived_ms, period_ms) {
+            return Ok(());
+        }
+        if self.catalog.version_failures() != failures {
+            return Err(PortError::unavailable("store", "the catalog version could not be read"));
+        }
+        let read_ms = self.ports.clock.steady_ms();
+        match self.ports.store.catalog_version().await {
+            Ok(version) => {
+                self.catalog.version_read(version, read_ms);
+                Ok(())
+            }
+            Err(error) => {
+                self.catalog.version_failed();
+                Err(error)
+            }
+        }
+    }
+
+    /// The catalog version was read by a read that began less than `period_ms` before `at_ms` (steady
+    /// time: a step of the wall clock neither keeps it longer nor drops it early).
+    fn catalog_version_fresh(&self, at_ms: u64, period_ms: u64) -> bool {
+        self.catalog.version_read_ms().is_some_and(|read_ms| at_ms.saturating_sub(read_ms) < period_ms)
     }
 
     /// One dependency call of a buyer's request, bounded by `entry_call_timeout_ms`: a dependency that is

@@ -16,12 +16,10 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn jump_ms(&self) -> i64 {
         0
     }
-    /// This process's steady time: the wall clock less the step [`Clock::jump_ms`] reports, so a step
-    /// either way moves it by at most [`CLOCK_JUMP_TOLERANCE_MS`]. For intervals measured within the
-    /// process (how long ago something was read), never stored or sent.
-    fn steady_ms(&self) -> u64 {
-        self.now_ms().saturating_add_signed(self.jump_ms().saturating_neg())
-    }
+    /// This process's monotonic time, in ms from an origin of its own: a step of the wall clock does
+    /// not move it. For intervals measured within the process (how long ago something was read), never
+    /// stored or sent.
+    fn steady_ms(&self) -> u64;
     /// The time a deadline counted from `stamp_ms` (a wall stamp: an order's acceptance, a charge's
     /// start) is judged by: the wall clock, less every forward step this process saw it take after the
     /// stamp was made ([`WallSteps`]). So a clock stepped forward cannot make a deadline fire early, and a
@@ -159,6 +157,9 @@ impl Clock for ManualClock {
     }
     fn jump_ms(&self) -> i64 {
         jump_of(self.read().1)
+    }
+    fn steady_ms(&self) -> u64 {
+        *self.monotonic.borrow()
     }
     fn judged_now_ms(&self, stamp_ms: u64) -> u64 {
         self.steps.judged_now_ms(self.read().0, stamp_ms)

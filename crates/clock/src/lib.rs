@@ -47,6 +47,11 @@ impl Clock for SystemClock {
         jump_of(read_system().1)
     }
 
+    fn steady_ms(&self) -> u64 {
+        let (start, _) = *BASELINE.get_or_init(|| (Instant::now(), wall_ms()));
+        u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn judged_now_ms(&self, stamp_ms: u64) -> u64 {
         STEPS.judged_now_ms(read_system().0, stamp_ms)
     }
@@ -66,6 +71,14 @@ mod tests {
         let before = clock.now_ms();
         assert_eq!(clock.jump_ms(), 0);
         assert!(clock.judged_now_ms(before) >= before);
+    }
+
+    #[test]
+    fn steady_time_moves_forward_with_the_monotonic_clock() {
+        let clock = SystemClock;
+        let before = clock.steady_ms();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(clock.steady_ms() >= before + 5);
     }
 
     #[tokio::test]

@@ -354,8 +354,11 @@ pub struct FaultyStore {
     /// Catalog entries read (`Store::commodity`), and catalog versions read.
     pub commodity_reads: AtomicUsize,
     pub catalog_version_reads: AtomicUsize,
-    /// A catalog version read never answers (its caller's time limit ends it).
-    pub catalog_version_hangs: AtomicBool,
+    /// A catalog version read waits for `catalog_version_release`, then fails if
+    /// `catalog_version_fails`.
+    pub catalog_version_held: AtomicBool,
+    pub catalog_version_release: tokio::sync::Notify,
+    pub catalog_version_fails: AtomicBool,
 }
 
 impl FaultyStore {
@@ -371,7 +374,9 @@ impl FaultyStore {
             one_write_fails_after: AtomicBool::new(false),
             commodity_reads: AtomicUsize::new(0),
             catalog_version_reads: AtomicUsize::new(0),
-            catalog_version_hangs: AtomicBool::new(false),
+            catalog_version_held: AtomicBool::new(false),
+            catalog_version_release: tokio::sync::Notify::new(),
+            catalog_version_fails: AtomicBool::new(false),
         });
         rewire(orderly, ports, |ports| ports.store = Arc::clone(&store) as Arc<dyn Store>);
         store
@@ -396,9 +401,10 @@ impl Store for FaultyStore {
     }
     async fn catalog_version(&self) -> PortResult<u64> {
         self.catalog_version_reads.fetch_add(1, Ordering::SeqCst);
-        if self.catalog_version_hangs.load(Ordering::SeqCst) {
-            std::future::pending::<()>().await;
+        if self.catalog_version_held.load(Ordering::SeqCst) {
+            self.catalog_version_release.notified().await;
         }
+        fails_if(&self.catalog_version_fails)?;
         self.inner.catalog_version().await
     }
     async fn add_stock(&self, id: CommodityId, quantity: u64) -> PortResult<StockLevel> {
