@@ -3,8 +3,9 @@
 //! names the stock rows to lock) and its locked read needs stock rows the batch did not lock: it is
 //! decided by the batch's next round, whose unlocked read sees the order created.
 
+mod common;
+
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::time::Duration;
 
 use orderly_app::Store;
@@ -13,30 +14,7 @@ use orderly_app::ports::CreateRequest;
 use orderly_app::store_rules::{Levels, plan_create};
 use orderly_contract::store::{A, SHOP, T0_MS, order};
 use orderly_domain::{CatalogEntry, Money, OrderAction, OrderNo, OrderState};
-use orderly_postgres::PgStore;
-use rand::TryRngCore;
 use sqlx::Row;
-use sqlx::postgres::PgConnectOptions;
-
-fn url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// A store in a fresh schema, and a plain pool on the same schema for the test's own transaction.
-async fn fresh() -> (PgStore, sqlx::PgPool) {
-    let mut bytes = [0u8; 8];
-    rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("randomness");
-    let schema = format!("orderly_test_{}", u64::from_le_bytes(bytes));
-    let options = PgConnectOptions::from_str(&url()).expect("a database URL");
-    let admin = sqlx::PgPool::connect_with(options.clone()).await.expect("PostgreSQL is up (see .ci/run)");
-    // The name is ours (digits after a fixed prefix): nothing to inject.
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.expect("schema");
-    admin.close().await;
-    let options = options.options([("search_path", schema.as_str())]);
-    let store = PgStore::connect(options.clone(), 4, &orderly_postgres::Primary::new()).await.expect("store");
-    let pool = sqlx::PgPool::connect_with(options).await.expect("pool");
-    (store, pool)
-}
 
 fn key(order_no: OrderNo) -> (i64, i16) {
     (i64::try_from(order_no.id.0).expect("small id"), i16::try_from(order_no.buyer_shard).expect("a shard"))
@@ -44,7 +22,7 @@ fn key(order_no: OrderNo) -> (i64, i16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_of_an_order_created_mid_batch_is_decided_by_the_next_round() {
-    let (store, pool) = fresh().await;
+    let (store, pool) = common::fresh().await;
     store
         .put_commodities(&[CatalogEntry { commodity_id: A, shop_id: SHOP, unit_price: Money::from_cents(100) }])
         .await
@@ -136,7 +114,7 @@ async fn a_change_of_an_order_created_mid_batch_is_decided_by_the_next_round() {
 /// the tables were empty went on scanning them whole for every batch as they grew (issue 12).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stores_sessions_plan_each_statement_for_its_parameters() {
-    let (store, _pool) = fresh().await;
+    let (store, _pool) = common::fresh().await;
     let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(store.pool()).await.expect("show");
     assert_eq!(mode, "force_custom_plan");
 }
