@@ -302,8 +302,8 @@ struct BatchWrites<'a> {
 }
 
 /// [`BatchWrites`] as one statement: a data-modifying CTE per table, each run once whether or not the
-/// query reads it, each a no-op on empty arrays (every session plans each statement for its own
-/// parameters: see [`session_options`]). No two parts touch the same row: each order, commodity and
+/// query reads it, each a no-op on empty arrays (planned once per connection, by index: see
+/// [`session_options`]). No two parts touch the same row: each order, commodity and
 /// safe-pay entry appears once, and an order either enters safe pay or leaves it.
 const WRITE_BATCH: &str = "WITH
     written_orders AS (
@@ -325,18 +325,41 @@ const WRITE_BATCH: &str = "WITH
         WHERE safe_pay.order_id = u.id AND safe_pay.shard = u.shard)
 SELECT 1";
 
-/// What every session of ours sets: each statement planned for its own parameters
-/// (`plan_cache_mode = force_custom_plan`). A prepared statement's generic plan is picked after five
-/// executions from the statistics of that moment and kept for the connection's life until an `ANALYZE`
-/// of its tables invalidates it. On a fresh database (tables empty; never analyzed at all where
-/// autovacuum is off) the batched reads and updates keyed by `UNNEST` arrays got hash joins over
-/// sequential scans and kept them while the tables grew: one 20 s bench read 109 M ledger rows in 2 338
-/// sequential scans and 68 M order rows in 679 (docs/BENCHMARKS.md, issue 12). A custom plan sees the
-/// table's current size and the array's length every time. PostgreSQL's CPU per order fell by a quarter;
-/// against plans kept fresh by an `ANALYZE` every 5 s the planning did not show at capacity and cost
-/// 9–12 % at 70 % load (single runs).
+/// What every session of ours sets: each statement planned once per connection, by index.
+///
+/// Every statement of the flow reads or writes rows by key (orders by number, stock by commodity, the
+/// ledger by order), most of them a batch of keys bound as `UNNEST` arrays. Two ways of planning them
+/// went wrong here (docs/BENCHMARKS.md, issue 12):
+/// - PostgreSQL's own choice (`plan_cache_mode = auto`): after five executions a prepared statement keeps
+///   a generic plan picked from the statistics of that moment, until an `ANALYZE` invalidates it. On a
+///   fresh database (tables empty; never analyzed at all where autovacuum is off) the batched reads and
+///   updates got hash joins over sequential scans and kept them while the tables grew: one 20 s bench
+///   read 109 M ledger rows in 2 338 sequential scans and 68 M order rows in 679.
+/// - A custom plan for every execution (`force_custom_plan`, what came next): right plans, but planned
+///   again each time — a fifth of PostgreSQL's statement time (11.3 s of planning against 44.9 s of
+///   execution, 20.6 s of it waiting for stock locks, in one mixed run), more than the grouped order
+///   read's execution itself.
+///
+/// So the plan is generic (`force_generic_plan`: made at a statement's first execution on a connection,
+/// kept for the connection's life) and may not be a sequential scan, a hash join or a merge join
+/// (`enable_* = off`: the planner charges them so much that any index path wins): whatever the tables held
+/// when it was made, a statement by key stays an index lookup per key as they grow. The few reads of a
+/// whole table (the audit, the acquirer's captured records) turn sequential scans back on for their own
+/// transaction ([`whole_table_reads`]). Test: `the_stores_statements_are_planned_once_by_index`.
 pub fn session_options(options: PgConnectOptions) -> PgConnectOptions {
-    options.options([("plan_cache_mode", "force_custom_plan")])
+    options.options([
+        ("plan_cache_mode", "force_generic_plan"),
+        ("enable_seqscan", "off"),
+        ("enable_hashjoin", "off"),
+        ("enable_mergejoin", "off"),
+    ])
+}
+
+/// Turns sequential scans back on for the rest of `tx` (see [`session_options`]): for a read of a whole
+/// table, which an index would only slow down.
+async fn whole_table_reads(tx: &mut Tx) -> PortResult<()> {
+    sqlx::query("SET LOCAL enable_seqscan = on").execute(&mut **tx).await.map_err(database_error)?;
+    Ok(())
 }
 
 /// Says so when the server does not run autovacuum: nothing reclaims dead rows (every order change leaves
@@ -666,6 +689,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(database_error)?;
+        whole_table_reads(&mut tx).await?;
         let rows = sqlx::query("SELECT body FROM orders").fetch_all(&mut *tx).await.map_err(database_error)?;
         let orders = rows
             .iter()

@@ -21,6 +21,11 @@ pub fn schema_name(prefix: &str) -> String {
 
 /// A store in a fresh schema, and a plain pool on the same schema for the test's own statements.
 pub async fn fresh() -> (PgStore, sqlx::PgPool) {
+    fresh_with(4).await
+}
+
+/// [`fresh`] with a store of at most `connections` connections.
+pub async fn fresh_with(connections: u32) -> (PgStore, sqlx::PgPool) {
     let schema = schema_name("orderly_test");
     let options = PgConnectOptions::from_str(&url()).expect("a database URL");
     let admin =
@@ -29,7 +34,7 @@ pub async fn fresh() -> (PgStore, sqlx::PgPool) {
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.expect("schema");
     admin.close().await;
     let options = options.options([("search_path", schema.as_str())]);
-    let store = PgStore::connect(options.clone(), 4, &orderly_postgres::Primary::new()).await.expect("store");
+    let store = PgStore::connect(options.clone(), connections, &orderly_postgres::Primary::new()).await.expect("store");
     // Lazy: connects when a test first uses it.
     let pool = sqlx::PgPool::connect_lazy_with(options);
     (store, pool)
