@@ -24,7 +24,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 
 use crate::error::PgError;
-use crate::{Tx, database_error, decode, encode, whole_table_reads};
+use crate::{Tx, database_error, decode, encode};
 
 /// The payment ledger's migrations, embedded in the binary.
 pub static PAYMENT_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./payment-migrations");
@@ -280,13 +280,10 @@ impl CaptureBook for PgCaptureBook {
     }
 
     async fn captured(&self) -> PortResult<Vec<(OrderNo, String)>> {
-        let mut tx = self.pool.begin().await.map_err(database_error)?;
-        whole_table_reads(&mut tx).await?;
         let rows = sqlx::query("SELECT capture_id, body FROM acquirer_records WHERE outcome = 'captured'")
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await
             .map_err(database_error)?;
-        tx.commit().await.map_err(database_error)?;
         rows.iter()
             .map(|row| {
                 let record: CaptureRecord = decode(&row.try_get::<String, _>("body").map_err(database_error)?)?;
