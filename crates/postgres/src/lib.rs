@@ -349,12 +349,13 @@ SELECT 1";
 /// table such as `safe_pay` near empty, or an `ANALYZE` by hand) make the table the outer side of a
 /// nested loop over the keys, a walk of its whole key index, until the next `ANALYZE` plans it again
 /// (autovacuum's next, after 50 changed rows; never, where autovacuum is off). So the order reads, the
-/// most frequent, name their keys by `= ANY` alone, with no join ([`PgStore::orders_by_keys`]); so do
-/// the stock lock and the catalog reads. The batch write (stock, `safe_pay`) and the ledger's answers
+/// most frequent, name the order ids by `= ANY` alone, with no join ([`PgStore::orders_by_keys`]); so
+/// do the stock lock and the catalog reads. The batch write (stock, `safe_pay`) and the ledger's answers
 /// still join `UNNEST` arrays: naming the keys again as `= ANY` there gives the table an index condition,
 /// but the nested loop then compares every row with every key (44 ms for 256 stock rows, where today's
-/// plan takes 2); the tables they update only grow, except `safe_pay`, a queue, the one exposed.
-/// Test: `the_stores_statements_are_planned_once_by_index`.
+/// plan takes 2), and without the join each row's values would be found by array position (2.0–6.2 ms
+/// for 256, no better); the tables they update only grow, except `safe_pay`, a queue, the one exposed.
+/// Tests: `crates/postgres/tests/grouped_changes.rs`, `plans_made_*` and `reads_by_any_*`.
 pub fn session_options(options: PgConnectOptions) -> PgConnectOptions {
     options.options([
         ("plan_cache_mode", "force_generic_plan"),
@@ -425,8 +426,8 @@ impl PgStore {
     /// Read by their ids alone (`= ANY`): an index condition in every plan PostgreSQL may keep, and half
     /// the time of joining the (id, shard) pairs unnested (0.36 against 0.73 ms for 256 numbers, the
     /// locking read 0.46 against 0.93; see [`session_options`]). Ids are unique across shards (snowflake
-    /// ids from leased workers); an order of another shard under one of them — none is ever written — would
-    /// be read (or locked) too and is left out here.
+    /// ids from leased workers); a row of another shard under one of them — none is ever written — would be
+    /// read (or locked) too, and is left out here by its key columns, before its body is decoded.
     async fn orders_by_keys<'e>(
         executor: impl sqlx::PgExecutor<'e>,
         order_nos: &[OrderNo],
@@ -435,22 +436,24 @@ impl PgStore {
         if order_nos.is_empty() {
             return Ok(HashMap::new());
         }
-        let ids = order_nos.iter().map(|&n| key(n).map(|(id, _)| id)).collect::<PortResult<Vec<_>>>()?;
+        let keys = order_nos.iter().map(|&n| key(n)).collect::<PortResult<HashSet<_>>>()?;
         let sql = if lock {
-            "SELECT body FROM orders WHERE order_id = ANY($1) ORDER BY order_id, shard FOR UPDATE"
+            "SELECT order_id, shard, body FROM orders WHERE order_id = ANY($1) ORDER BY order_id, shard FOR UPDATE"
         } else {
-            "SELECT body FROM orders WHERE order_id = ANY($1)"
+            "SELECT order_id, shard, body FROM orders WHERE order_id = ANY($1)"
         };
+        let ids: Vec<i64> = keys.iter().map(|(id, _)| *id).collect();
         let rows = sqlx::query(sql).bind(ids).fetch_all(executor).await.map_err(database_error)?;
-        let wanted: HashSet<OrderNo> = order_nos.iter().copied().collect();
-        rows.iter()
-            .map(|row| decode::<Order>(&row.try_get::<String, _>("body").map_err(database_error)?))
-            .filter(|order| match order {
-                Ok(order) => wanted.contains(&order.order_no),
-                Err(_) => true,
-            })
-            .map(|order| order.map(|order| (order.order_no, order)))
-            .collect()
+        let mut found = HashMap::with_capacity(keys.len());
+        for row in &rows {
+            let id: i64 = row.try_get("order_id").map_err(database_error)?;
+            let shard: i16 = row.try_get("shard").map_err(database_error)?;
+            if keys.contains(&(id, shard)) {
+                let order: Order = decode(&row.try_get::<String, _>("body").map_err(database_error)?)?;
+                found.insert(order.order_no, order);
+            }
+        }
+        Ok(found)
     }
 
     async fn lock_stock(tx: &mut Tx, ids: &[CommodityId]) -> PortResult<Levels> {

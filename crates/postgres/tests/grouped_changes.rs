@@ -14,6 +14,7 @@ use orderly_app::ports::CreateRequest;
 use orderly_app::store_rules::{Levels, plan_create};
 use orderly_contract::store::{A, SHOP, T0_MS, order};
 use orderly_domain::{CatalogEntry, Money, OrderAction, OrderNo, OrderState};
+use orderly_postgres::PgStore;
 use sqlx::Row;
 
 fn key(order_no: OrderNo) -> (i64, i16) {
@@ -110,16 +111,57 @@ async fn a_change_of_an_order_created_mid_batch_is_decided_by_the_next_round() {
     assert_eq!(available, 10, "deducted by the create, returned once by the cancel");
 }
 
-/// The store's statements by key are planned once per connection (a generic plan) and read only the rows
-/// of their keys: plans made on never-analyzed tables, then from autovacuum's first statistics (60 rows),
-/// still look each key up in the index once the tables hold tens of thousands, with no `ANALYZE` in
-/// between (issue 12: planning every execution was a fifth of PostgreSQL's statement time; plans
-/// PostgreSQL kept from empty tables scanned them whole for every batch). Statistics of a table of fewer
-/// than about ten rows are the case left (see `orderly_postgres::session_options`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stores_statements_are_planned_once_by_index() {
-    // One connection: every statement the store prepares is on it, for the look at the end.
+/// An order's life through the store's grouped statements: its create batch, a read, a change.
+async fn life(store: &PgStore, n: u64) {
+    let order = order(n, &[(A, 1)], false);
+    let request = CreateRequest {
+        token: Some(order.entry_token()),
+        short_of: None,
+        unpaid_deadline_ms: T0_MS + 900_000,
+        order: order.clone(),
+    };
+    store.create_orders(&[request], T0_MS).await.expect("created");
+    assert!(store.order(order.order_no).await.expect("read").is_some());
+    let cancelled = store.transition(order.order_no, OrderAction::Cancel, T0_MS + 1).await.expect("changed");
+    assert_eq!(cancelled.expect("allowed").state, OrderState::Cancelled);
+}
+
+/// Rows of orders (and as many `safe_pay` entries) and of commodities (with their stock) under ids from
+/// `from`, written around the store.
+async fn grow(pool: &sqlx::PgPool, from: i64, orders: i64, commodities: i64) {
+    sqlx::query(
+        "WITH grown AS (
+             INSERT INTO orders (order_id, shard, buyer, state, body)
+             SELECT g, 0, 1, 'closed', '{}' FROM generate_series($1::bigint, $1 + $2 - 1) g RETURNING order_id)
+         INSERT INTO safe_pay (order_id, shard, due_ms) SELECT order_id, 0, order_id FROM grown",
+    )
+    .bind(from)
+    .bind(orders)
+    .execute(pool)
+    .await
+    .expect("orders");
+    sqlx::query(
+        "WITH catalog AS (
+             INSERT INTO commodities (commodity_id, shop_id, unit_price_cents)
+             SELECT g, 1, 100 FROM generate_series($1::bigint, $1 + $2 - 1) g RETURNING commodity_id)
+         INSERT INTO stock (commodity_id, shop_id, initial, available, version)
+         SELECT commodity_id, 1, 1, 1, 0 FROM catalog",
+    )
+    .bind(from)
+    .bind(commodities)
+    .execute(pool)
+    .await
+    .expect("stock");
+}
+
+/// A store on one connection (every statement it prepares is on it) whose plans were made on tables of
+/// a few rows — never analyzed, or analyzed once they held `analyzed_at` more — and kept while the tables
+/// grew by 50 000 orders and 20 000 commodities with no `ANALYZE`. Returns the store and its connection's
+/// backend.
+async fn plans_kept_while_the_tables_grew(analyzed_at: Option<i64>) -> (PgStore, i32) {
     let (store, pool) = common::fresh_with(1).await;
+    let backend: i32 =
+        sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(store.pool()).await.expect("the store's backend");
     // Statistics only when the test takes them, even on a server with autovacuum on.
     for table in ["orders", "stock", "commodities", "safe_pay"] {
         // A fixed name of ours: nothing to inject.
@@ -133,104 +175,134 @@ async fn the_stores_statements_are_planned_once_by_index() {
         .await
         .expect("catalog");
     store.add_stock(A, 1_000).await.expect("stock");
-    // An order's life through the grouped statements: its create batch, a read, a change.
-    let life = |n: u64| {
-        let store = &store;
-        async move {
-            let order = order(n, &[(A, 1)], false);
-            let request = CreateRequest {
-                token: Some(order.entry_token()),
-                short_of: None,
-                unpaid_deadline_ms: T0_MS + 900_000,
-                order: order.clone(),
-            };
-            store.create_orders(&[request], T0_MS).await.expect("created");
-            assert!(store.order(order.order_no).await.expect("read").is_some());
-            let cancelled = store.transition(order.order_no, OrderAction::Cancel, T0_MS + 1).await.expect("changed");
-            assert_eq!(cancelled.expect("allowed").state, OrderState::Cancelled);
-        }
-    };
     for n in 1..=3 {
-        life(n).await;
+        life(&store, n).await;
     }
-    // The first statistics autovacuum takes (at 50 changed rows and more), then plans made from them: the
-    // statements' next executions plan again.
-    sqlx::query(
-        "WITH grown AS (
-             INSERT INTO orders (order_id, shard, buyer, state, body)
-             SELECT g, 0, 1, 'closed', '{}' FROM generate_series(900000, 900059) g RETURNING order_id)
-         INSERT INTO safe_pay (order_id, shard, due_ms) SELECT order_id, 0, order_id FROM grown",
-    )
-    .execute(&pool)
-    .await
-    .expect("orders");
-    sqlx::query(
-        "WITH catalog AS (
-             INSERT INTO commodities (commodity_id, shop_id, unit_price_cents)
-             SELECT g, 1, 100 FROM generate_series(900000, 900059) g RETURNING commodity_id)
-         INSERT INTO stock (commodity_id, shop_id, initial, available, version)
-         SELECT commodity_id, 1, 1, 1, 0 FROM catalog",
-    )
-    .execute(&pool)
-    .await
-    .expect("stock");
-    sqlx::query("ANALYZE orders, stock, commodities, safe_pay").execute(&pool).await.expect("analyzed");
-    life(4).await;
-    // The tables grow; nothing analyzes them again.
-    sqlx::query(
-        "WITH grown AS (
-             INSERT INTO orders (order_id, shard, buyer, state, body)
-             SELECT g, 0, 1, 'closed', '{}' FROM generate_series(1000000, 1049999) g RETURNING order_id)
-         INSERT INTO safe_pay (order_id, shard, due_ms) SELECT order_id, 0, order_id FROM grown",
-    )
-    .execute(&pool)
-    .await
-    .expect("orders");
-    sqlx::query(
-        "WITH catalog AS (
-             INSERT INTO commodities (commodity_id, shop_id, unit_price_cents)
-             SELECT g, 1, 100 FROM generate_series(1000000, 1019999) g RETURNING commodity_id)
-         INSERT INTO stock (commodity_id, shop_id, initial, available, version)
-         SELECT commodity_id, 1, 1, 1, 0 FROM catalog",
-    )
-    .execute(&pool)
-    .await
-    .expect("stock");
+    if let Some(rows) = analyzed_at {
+        grow(&pool, 900_000, rows, rows).await;
+        // Plans made from these statistics: the statements' next executions plan again.
+        sqlx::query("ANALYZE orders, stock, commodities, safe_pay").execute(&pool).await.expect("analyzed");
+        life(&store, 4).await;
+    }
+    grow(&pool, 1_000_000, 50_000, 20_000).await;
     for n in 5..=6 {
-        life(n).await;
+        life(&store, n).await;
     }
+    (store, backend)
+}
 
+/// Each prepared statement of the store's connection that contains one of `statements` (all of which
+/// must be there) has a generic plan only, no sequential scan, and — run with no keys (NULL arrays),
+/// then undone — reads no row: a scan by key finds nothing, a walk of a table's index reads the table.
+async fn assert_planned_once_by_index(store: &PgStore, backend: i32, statements: &[&str]) {
     let mut connection = store.pool().acquire().await.expect("the store's connection");
-    let prepared: Vec<(String, String, i64, i32)> = sqlx::query_as(
-        "SELECT name, statement, custom_plans, coalesce(cardinality(parameter_types), 0) FROM pg_prepared_statements",
+    let now: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *connection).await.expect("backend");
+    assert_eq!(now, backend, "the connection whose plans are looked at is the one that made them");
+    let prepared: Vec<(String, String, i64, i64, i32)> = sqlx::query_as(
+        "SELECT name, statement, generic_plans, custom_plans, coalesce(cardinality(parameter_types), 0)
+         FROM pg_prepared_statements",
     )
     .fetch_all(&mut *connection)
     .await
     .expect("the connection's prepared statements");
-    let keyed: Vec<_> = prepared.iter().filter(|(_, sql, ..)| sql.contains("UNNEST") || sql.contains("ANY(")).collect();
-    // The unlocked and the locking order reads, the stock lock, the batch's write.
-    assert!(keyed.len() >= 4, "the flow's statements by key: {prepared:#?}");
-    for (name, sql, custom, parameters) in keyed {
-        assert_eq!(*custom, 0, "planned again for an execution: {sql}");
-        // The plan kept, run with no keys (NULL arrays) and undone: a scan by key finds nothing, a walk
-        // of a table's index reads the table.
-        let arguments = vec!["NULL"; usize::try_from(*parameters).expect("a count")].join(", ");
-        let mut tx = sqlx::Connection::begin(&mut *connection).await.expect("begin");
-        // `name` is the server's name for a statement the store prepared: nothing to inject.
-        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) EXECUTE {name}({arguments})"
-        )))
-        .fetch_all(&mut *tx)
-        .await
-        .expect("explained");
-        tx.rollback().await.expect("undone");
-        let most = plan
-            .iter()
-            .filter_map(|line| line.split("actual rows=").nth(1))
-            .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
-            .max();
-        let plan = plan.join("\n");
-        assert!(most.is_some_and(|rows| rows <= 1), "rows read without a key by the plan kept for\n{sql}\n{plan}");
-        assert!(!plan.contains("Seq Scan"), "a sequential scan in the plan kept for\n{sql}\n{plan}");
+    for statement in statements {
+        let mut matching = prepared.iter().filter(|(_, sql, ..)| sql.contains(statement)).peekable();
+        assert!(matching.peek().is_some(), "{statement} not prepared: {prepared:#?}");
+        for (name, sql, generic, custom, parameters) in matching {
+            assert!(*generic > 0 && *custom == 0, "not one generic plan: {sql}");
+            let arguments = vec!["NULL"; usize::try_from(*parameters).expect("a count")].join(", ");
+            let mut tx = sqlx::Connection::begin(&mut *connection).await.expect("begin");
+            // `name` is the server's name for a statement the store prepared: nothing to inject.
+            let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) EXECUTE {name}({arguments})"
+            )))
+            .fetch_all(&mut *tx)
+            .await
+            .expect("explained");
+            tx.rollback().await.expect("undone");
+            // Rows each node put out, and those its filters read and dropped.
+            let read = plan
+                .iter()
+                .flat_map(|line| {
+                    ["actual rows=", "Rows Removed by Filter: ", "Rows Removed by Join Filter: "]
+                        .into_iter()
+                        .filter_map(|label| line.split(label).nth(1)?.split(' ').next()?.parse::<u64>().ok())
+                })
+                .max();
+            let plan = plan.join("\n");
+            assert!(read.is_some_and(|rows| rows <= 1), "rows read without a key by the plan kept for\n{sql}\n{plan}");
+            assert!(!plan.contains("Seq Scan"), "a sequential scan in the plan kept for\n{sql}\n{plan}");
+        }
     }
+}
+
+/// Every statement of an order's life that names keys.
+const KEYED: [&str; 4] = [
+    "FROM orders WHERE order_id = ANY($1) ORDER BY order_id, shard FOR UPDATE",
+    "FROM orders WHERE order_id = ANY($1)",
+    "WHERE commodity_id = ANY($1) ORDER BY commodity_id FOR UPDATE",
+    "written_orders AS (",
+];
+
+/// The store's statements by key are planned once per connection (a generic plan) and read only the rows
+/// of their keys: plans made on never-analyzed tables still look each key up in the index once the tables
+/// hold tens of thousands of rows (issue 12: planning every execution was a fifth of PostgreSQL's
+/// statement time; plans PostgreSQL kept from empty tables scanned them whole for every batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_made_on_never_analyzed_tables_look_each_key_up() {
+    let (store, backend) = plans_kept_while_the_tables_grew(None).await;
+    assert_planned_once_by_index(&store, backend, &KEYED).await;
+}
+
+/// The same from autovacuum's first statistics (it analyzes a table at 50 changed rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_made_from_autovacuums_first_statistics_look_each_key_up() {
+    let (store, backend) = plans_kept_while_the_tables_grew(Some(60)).await;
+    assert_planned_once_by_index(&store, backend, &KEYED).await;
+}
+
+/// From statistics of tables of three orders and one commodity, the order reads and the stock lock, which
+/// name their keys by `= ANY` alone, still look each key up. (The batch write, which joins its keys'
+/// arrays, does not: the case left, see `orderly_postgres::session_options`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_by_any_planned_from_near_empty_tables_look_each_key_up() {
+    let (store, backend) = plans_kept_while_the_tables_grew(Some(0)).await;
+    assert_planned_once_by_index(&store, backend, &KEYED[..3]).await;
+}
+
+/// The order reads name the ids alone (`= ANY`): a row of another shard under a requested id — which the
+/// unique snowflake ids never make — is left out by its key, before its body is decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_of_another_shard_under_a_read_id_is_left_out() {
+    let (store, pool) = common::fresh().await;
+    store
+        .put_commodities(&[CatalogEntry { commodity_id: A, shop_id: SHOP, unit_price: Money::from_cents(100) }])
+        .await
+        .expect("catalog");
+    store.add_stock(A, 10).await.expect("stock");
+    let order = order(1, &[(A, 1)], false);
+    let request = CreateRequest {
+        token: Some(order.entry_token()),
+        short_of: None,
+        unpaid_deadline_ms: T0_MS + 900_000,
+        order: order.clone(),
+    };
+    store.create_orders(&[request], T0_MS).await.expect("created");
+    let (id, shard) = key(order.order_no);
+    sqlx::query("INSERT INTO orders (order_id, shard, buyer, state, body) VALUES ($1, $2, 1, 'closed', 'no order')")
+        .bind(id)
+        .bind(shard + 1)
+        .execute(&pool)
+        .await
+        .expect("a row of another shard under the same id");
+
+    let read = store.order(order.order_no).await.expect("read").expect("the order");
+    assert_eq!((read.order_no, read.state), (order.order_no, OrderState::ToPay));
+    let read = store.orders(&[order.order_no]).await.expect("read");
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].as_ref().map(|o| o.order_no), Some(order.order_no));
+    let cancelled = store.transition(order.order_no, OrderAction::Cancel, T0_MS + 1).await.expect("changed");
+    assert_eq!(cancelled.expect("allowed").state, OrderState::Cancelled);
+    let stock = store.stock(&[A]).await.expect("stock")[0].expect("a ledger");
+    assert_eq!(stock.available, 10, "deducted by the create, returned by the cancel");
 }
