@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use orderly_app::Store;
-use orderly_app::model::StockLevel;
+use orderly_app::model::{Order, StockLevel};
 use orderly_app::ports::CreateRequest;
 use orderly_app::store_rules::{Levels, plan_create};
 use orderly_contract::store::{A, SHOP, T0_MS, order};
@@ -21,14 +21,30 @@ fn key(order_no: OrderNo) -> (i64, i16) {
     (i64::try_from(order_no.id.0).expect("small id"), i16::try_from(order_no.buyer_shard).expect("a shard"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_of_an_order_created_mid_batch_is_decided_by_the_next_round() {
-    let (store, pool) = common::fresh().await;
+/// A store in a fresh schema (of at most `connections`) selling commodity A, `units` of it.
+async fn selling_a(connections: u32, units: u64) -> (PgStore, sqlx::PgPool) {
+    let (store, pool) = common::fresh_with(connections).await;
     store
         .put_commodities(&[CatalogEntry { commodity_id: A, shop_id: SHOP, unit_price: Money::from_cents(100) }])
         .await
         .expect("catalog");
-    store.add_stock(A, 10).await.expect("stock");
+    store.add_stock(A, units).await.expect("stock");
+    (store, pool)
+}
+
+/// The create of `order` on its entry reservation.
+fn create_request(order: &Order) -> CreateRequest {
+    CreateRequest {
+        token: Some(order.entry_token()),
+        short_of: None,
+        unpaid_deadline_ms: T0_MS + 900_000,
+        order: order.clone(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_an_order_created_mid_batch_is_decided_by_the_next_round() {
+    let (store, pool) = selling_a(4, 10).await;
     let order = order(1, &[(A, 4)], false);
     store.insert_pending(std::slice::from_ref(&order)).await.expect("pending view");
     let (id, shard) = key(order.order_no);
@@ -57,12 +73,7 @@ async fn a_change_of_an_order_created_mid_batch_is_decided_by_the_next_round() {
         },
     )]
     .into();
-    let request = CreateRequest {
-        token: Some(order.entry_token()),
-        short_of: None,
-        unpaid_deadline_ms: T0_MS + 900_000,
-        order: order.clone(),
-    };
+    let request = create_request(&order);
     let plan = plan_create(&[request], HashMap::new(), levels, T0_MS).expect("a plan");
     let created = &plan.orders[0];
     assert_eq!(created.state, OrderState::ToPay);
@@ -114,12 +125,7 @@ async fn a_change_of_an_order_created_mid_batch_is_decided_by_the_next_round() {
 /// An order's life through the store's grouped statements: its create batch, a read, a change.
 async fn life(store: &PgStore, n: u64) {
     let order = order(n, &[(A, 1)], false);
-    let request = CreateRequest {
-        token: Some(order.entry_token()),
-        short_of: None,
-        unpaid_deadline_ms: T0_MS + 900_000,
-        order: order.clone(),
-    };
+    let request = create_request(&order);
     store.create_orders(&[request], T0_MS).await.expect("created");
     assert!(store.order(order.order_no).await.expect("read").is_some());
     let cancelled = store.transition(order.order_no, OrderAction::Cancel, T0_MS + 1).await.expect("changed");
@@ -159,7 +165,7 @@ async fn grow(pool: &sqlx::PgPool, from: i64, orders: i64, commodities: i64) {
 /// grew by 50 000 orders and 20 000 commodities with no `ANALYZE`. Returns the store and its connection's
 /// backend.
 async fn plans_kept_while_the_tables_grew(analyzed_at: Option<i64>) -> (PgStore, i32) {
-    let (store, pool) = common::fresh_with(1).await;
+    let (store, pool) = selling_a(1, 1_000).await;
     let backend: i32 =
         sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(store.pool()).await.expect("the store's backend");
     // Statistics only when the test takes them, even on a server with autovacuum on.
@@ -170,11 +176,6 @@ async fn plans_kept_while_the_tables_grew(analyzed_at: Option<i64>) -> (PgStore,
             .await
             .expect("autovacuum off for the table");
     }
-    store
-        .put_commodities(&[CatalogEntry { commodity_id: A, shop_id: SHOP, unit_price: Money::from_cents(100) }])
-        .await
-        .expect("catalog");
-    store.add_stock(A, 1_000).await.expect("stock");
     for n in 1..=3 {
         life(&store, n).await;
     }
@@ -274,19 +275,9 @@ async fn reads_by_any_planned_from_near_empty_tables_look_each_key_up() {
 /// unique snowflake ids never make — is left out by its key, before its body is decoded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_of_another_shard_under_a_read_id_is_left_out() {
-    let (store, pool) = common::fresh().await;
-    store
-        .put_commodities(&[CatalogEntry { commodity_id: A, shop_id: SHOP, unit_price: Money::from_cents(100) }])
-        .await
-        .expect("catalog");
-    store.add_stock(A, 10).await.expect("stock");
+    let (store, pool) = selling_a(4, 10).await;
     let order = order(1, &[(A, 1)], false);
-    let request = CreateRequest {
-        token: Some(order.entry_token()),
-        short_of: None,
-        unpaid_deadline_ms: T0_MS + 900_000,
-        order: order.clone(),
-    };
+    let request = create_request(&order);
     store.create_orders(&[request], T0_MS).await.expect("created");
     let (id, shard) = key(order.order_no);
     sqlx::query("INSERT INTO orders (order_id, shard, buyer, state, body) VALUES ($1, $2, 1, 'closed', 'no order')")
