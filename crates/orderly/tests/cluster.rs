@@ -463,8 +463,8 @@ impl Buyer<'_> {
     /// 3 s unpaid timeout's close took from 15 s to just over 60 s in runs of 2026-12-06 (the delay tiers
     /// and their mover on tansu), against about 3 s on RabbitMQ; on 2026-12-07, on a slower machine and a
     /// fresh tansu storage, the scenario took 117 s in one CI run and a close outlasted this wait's then
-    /// 120 s in another (15–19 s on a storage used before), with no warning from any orderly process. That latency is noted on issue 12, and this
-    /// bound is for liveness, not speed.
+    /// 120 s in another (15–19 s on a storage used before), with no warning from any orderly process.
+    /// That latency is noted on issue 12, and this bound is for liveness, not speed.
     async fn wait_state(&self, order_no: &str, state: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(240);
         let mut turn = 0;
