@@ -2,9 +2,9 @@
 //!
 //! Every read-check-write is one transaction that locks what it checks (`SELECT … FOR UPDATE`), so two
 //! processes racing on an order or a commodity serialise on its rows. The batched create locks the
-//! batch's stock rows once, in commodity order (no deadlock between batches), decides every order in
-//! memory, and writes one update per commodity, the orders and their outbox events by one statement, in
-//! one commit.
+//! batch's stock rows in commodity order, then its orders' rows, by one statement (no deadlock between
+//! batches), decides every order in memory, and writes the stock levels, the orders and their outbox
+//! events by one statement, in one commit.
 //! The stock table refuses `available < 0` itself: the last guard against an oversell.
 //!
 //! [`payments`]: the payment service's ledger, in a schema of its own.
@@ -108,7 +108,7 @@ async fn insert_pending_rows(pool: PgPool, batch: Vec<Vec<PendingRow>>) -> Vec<P
 
 /// Reads orders for concurrent callers, by one statement.
 async fn read_orders(pool: PgPool, batch: Vec<OrderNo>) -> Vec<PortResult<Option<Order>>> {
-    match PgStore::orders_by_keys(&pool, &batch, false).await {
+    match PgStore::orders_by_keys(&pool, &batch).await {
         Ok(found) => batch.iter().map(|n| Ok(found.get(n).cloned())).collect(),
         Err(error) => batch.iter().map(|_| Err(error.clone())).collect(),
     }
@@ -192,15 +192,15 @@ async fn change_orders_in_one(pool: &PgPool, batch: &[&Change]) -> PortResult<Ve
     let mut tx = pool.begin().await.map_err(database_error)?;
     let returning: Vec<OrderNo> =
         batch.iter().filter(|(_, change, _)| may_return_stock(change)).map(|(n, _, _)| *n).collect();
-    let unlocked = PgStore::orders_by_keys(&mut *tx, &returning, false).await?;
+    let unlocked = PgStore::orders_by_keys(&mut *tx, &returning).await?;
     let named: BTreeSet<CommodityId> = batch
         .iter()
         .filter_map(|(n, change, _)| unlocked.get(n).map(|order| stock_to_lock(order, change)))
         .flatten()
         .collect();
-    let mut levels = PgStore::lock_stock(&mut tx, &named.into_iter().collect::<Vec<_>>()).await?;
     let order_nos: Vec<OrderNo> = batch.iter().map(|(n, _, _)| *n).collect::<BTreeSet<_>>().into_iter().collect();
-    let mut orders = PgStore::orders_by_keys(&mut *tx, &order_nos, true).await?;
+    let (mut levels, mut orders) =
+        PgStore::lock_batch(&mut tx, &named.into_iter().collect::<Vec<_>>(), &order_nos).await?;
     let (mut results, mut events) = (Vec::with_capacity(batch.len()), Vec::new());
     let (mut changed, mut stock, mut safe_pay, mut deferred) =
         (BTreeSet::new(), BTreeSet::new(), BTreeMap::new(), BTreeSet::new());
@@ -265,6 +265,28 @@ fn key(order_no: OrderNo) -> PortResult<(i64, i16)> {
     Ok((signed(order_no.id.0)?, shard))
 }
 
+/// The (id, shard) keys of these order numbers.
+fn order_keys(order_nos: &[OrderNo]) -> PortResult<HashSet<(i64, i16)>> {
+    order_nos.iter().map(|&n| key(n)).collect()
+}
+
+/// Keeps an order row read by its id alone if it is one of `keys`. Ids are unique across shards
+/// (snowflake ids from leased workers); a row of another shard under a read id — none is ever written —
+/// is left out by its key columns, before its body is decoded.
+fn keep_order(
+    row: &sqlx::postgres::PgRow,
+    keys: &HashSet<(i64, i16)>,
+    found: &mut HashMap<OrderNo, Order>,
+) -> PortResult<()> {
+    let id: i64 = row.try_get("order_id").map_err(database_error)?;
+    let shard: i16 = row.try_get("shard").map_err(database_error)?;
+    if keys.contains(&(id, shard)) {
+        let order: Order = decode(&row.try_get::<String, _>("body").map_err(database_error)?)?;
+        found.insert(order.order_no, order);
+    }
+    Ok(())
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> PortResult<String> {
     serde_json::to_string(value).map_err(|e| PgError::Unencodable(e).into())
 }
@@ -300,6 +322,24 @@ struct BatchWrites<'a> {
     /// Each order's safe-pay entry entered (or moved), or removed.
     safe_pay: Option<&'a BTreeMap<OrderNo, SafePay>>,
 }
+
+/// The rows a batch decides on, locked and read by one statement ([`PgStore::lock_batch`]): the stock rows
+/// (`$1`, commodity ids) in commodity order, then the orders (`$2`, order ids) in key order — never a
+/// stock row after an order row, as every batch locks them, so two batches cannot deadlock. Each part is
+/// a `MATERIALIZED` CTE locking as its sorted rows come out (`ORDER BY … FOR UPDATE`), and the
+/// `UNION ALL` reads the first to its end before it starts the second (an `Append`, never parallel for a
+/// statement that locks rows). Both name their keys by `= ANY` alone (see [`session_options`]).
+const LOCK_BATCH: &str = "WITH
+    locked_stock AS MATERIALIZED (
+        SELECT commodity_id, shop_id, initial, available, version FROM stock
+        WHERE commodity_id = ANY($1) ORDER BY commodity_id FOR UPDATE),
+    locked_orders AS MATERIALIZED (
+        SELECT order_id, shard, body FROM orders
+        WHERE order_id = ANY($2) ORDER BY order_id, shard FOR UPDATE)
+SELECT commodity_id, shop_id, initial, available, version,
+    NULL::bigint AS order_id, NULL::smallint AS shard, NULL::text AS body FROM locked_stock
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, order_id, shard, body FROM locked_orders";
 
 /// [`BatchWrites`] as one statement: a data-modifying CTE per table, each run once whether or not the
 /// query reads it, each a no-op on empty arrays (planned once per connection, by index: see
@@ -350,11 +390,12 @@ SELECT 1";
 /// nested loop over the keys, a walk of its whole key index, until the next `ANALYZE` plans it again
 /// (autovacuum's next, after 50 changed rows; never, where autovacuum is off). So the order reads, the
 /// most frequent, name the order ids by `= ANY` alone, with no join ([`PgStore::orders_by_keys`]); so
-/// do the stock lock and the catalog reads. The batch write (stock, `safe_pay`) and the ledger's answers
-/// still join `UNNEST` arrays: naming the keys again as `= ANY` there gives the table an index condition,
-/// but the nested loop then compares every row with every key (44 ms for 256 stock rows, where today's
-/// plan takes 2), and without the join each row's values would be found by array position (2.0–6.2 ms
-/// for 256, no better); the tables they update only grow, except `safe_pay`, a queue, the one exposed.
+/// do the batch's lock ([`LOCK_BATCH`]) and the catalog reads. The batch write (stock, `safe_pay`) and
+/// the ledger's answers still join `UNNEST` arrays: naming the keys again as `= ANY` there gives the
+/// table an index condition, but the nested loop then compares every row with every key (44 ms for 256
+/// stock rows, where today's plan takes 2), and without the join each row's values would be found by
+/// array position (2.0–6.2 ms for 256, no better); the tables they update only grow, except `safe_pay`,
+/// a queue, the one exposed.
 /// Tests: `crates/postgres/tests/grouped_changes.rs`, `plans_made_*` and `reads_by_any_*`.
 pub fn session_options(options: PgConnectOptions) -> PgConnectOptions {
     options.options([
@@ -421,57 +462,60 @@ impl PgStore {
         self.pool.begin().await.map_err(database_error)
     }
 
-    /// The orders stored under these numbers, by one statement; with `lock`, locked in key order.
+    /// The orders stored under these numbers, by one statement.
     ///
     /// Read by their ids alone (`= ANY`): an index condition in every plan PostgreSQL may keep, and half
-    /// the time of joining the (id, shard) pairs unnested (0.36 against 0.73 ms for 256 numbers, the
-    /// locking read 0.46 against 0.93; see [`session_options`]). Ids are unique across shards (snowflake
-    /// ids from leased workers); a row of another shard under one of them — none is ever written — would be
-    /// read (or locked) too, and is left out here by its key columns, before its body is decoded.
+    /// the time of joining the (id, shard) pairs unnested (0.36 against 0.73 ms for 256 numbers; see
+    /// [`session_options`]).
     async fn orders_by_keys<'e>(
         executor: impl sqlx::PgExecutor<'e>,
         order_nos: &[OrderNo],
-        lock: bool,
     ) -> PortResult<HashMap<OrderNo, Order>> {
         if order_nos.is_empty() {
             return Ok(HashMap::new());
         }
-        let keys = order_nos.iter().map(|&n| key(n)).collect::<PortResult<HashSet<_>>>()?;
-        let sql = if lock {
-            "SELECT order_id, shard, body FROM orders WHERE order_id = ANY($1) ORDER BY order_id, shard FOR UPDATE"
-        } else {
-            "SELECT order_id, shard, body FROM orders WHERE order_id = ANY($1)"
-        };
+        let keys = order_keys(order_nos)?;
         let ids: Vec<i64> = keys.iter().map(|(id, _)| *id).collect();
-        let rows = sqlx::query(sql).bind(ids).fetch_all(executor).await.map_err(database_error)?;
+        let rows = sqlx::query("SELECT order_id, shard, body FROM orders WHERE order_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(executor)
+            .await
+            .map_err(database_error)?;
         let mut found = HashMap::with_capacity(keys.len());
         for row in &rows {
-            let id: i64 = row.try_get("order_id").map_err(database_error)?;
-            let shard: i16 = row.try_get("shard").map_err(database_error)?;
-            if keys.contains(&(id, shard)) {
-                let order: Order = decode(&row.try_get::<String, _>("body").map_err(database_error)?)?;
-                found.insert(order.order_no, order);
-            }
+            keep_order(row, &keys, &mut found)?;
         }
         Ok(found)
     }
 
-    async fn lock_stock(tx: &mut Tx, ids: &[CommodityId]) -> PortResult<Levels> {
-        if ids.is_empty() {
-            return Ok(Levels::new());
+    /// Locks a batch's stock rows and its orders' rows and reads them, by one statement ([`LOCK_BATCH`]):
+    /// the stock rows, taken first, are held one round trip less than by a statement for each (the
+    /// stock lock's wait was the largest figure of PostgreSQL's statement time; docs/BENCHMARKS.md,
+    /// "Stock and orders locked by one statement").
+    async fn lock_batch(
+        tx: &mut Tx,
+        commodities: &[CommodityId],
+        order_nos: &[OrderNo],
+    ) -> PortResult<(Levels, HashMap<OrderNo, Order>)> {
+        if commodities.is_empty() && order_nos.is_empty() {
+            return Ok((Levels::new(), HashMap::new()));
         }
-        let mut raw: Vec<i64> = ids.iter().map(|id| signed(id.0)).collect::<PortResult<_>>()?;
+        let mut raw: Vec<i64> = commodities.iter().map(|id| signed(id.0)).collect::<PortResult<_>>()?;
         raw.sort_unstable();
         raw.dedup();
-        let rows = sqlx::query(
-            "SELECT commodity_id, shop_id, initial, available, version FROM stock
-             WHERE commodity_id = ANY($1) ORDER BY commodity_id FOR UPDATE",
-        )
-        .bind(&raw)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(database_error)?;
-        rows.iter().map(level_of).collect()
+        let keys = order_keys(order_nos)?;
+        let ids: Vec<i64> = keys.iter().map(|(id, _)| *id).collect();
+        let rows = sqlx::query(LOCK_BATCH).bind(&raw).bind(ids).fetch_all(&mut **tx).await.map_err(database_error)?;
+        let (mut levels, mut orders) = (Levels::new(), HashMap::with_capacity(keys.len()));
+        for row in &rows {
+            if row.try_get::<Option<i64>, _>("commodity_id").map_err(database_error)?.is_some() {
+                let (id, level) = level_of(row)?;
+                levels.insert(id, level);
+            } else {
+                keep_order(row, &keys, &mut orders)?;
+            }
+        }
+        Ok((levels, orders))
     }
 
     /// Everything an atomic batch leaves (a create batch, a round of order changes), by one statement:
@@ -651,8 +695,7 @@ impl Store for PgStore {
     async fn create_orders(&self, requests: &[CreateRequest], now_ms: u64) -> PortResult<Vec<CreateOutcome>> {
         let mut tx = self.begin().await?;
         let (order_nos, commodities) = create_batch_keys(requests);
-        let levels = Self::lock_stock(&mut tx, &commodities).await?;
-        let stored = Self::orders_by_keys(&mut *tx, &order_nos, true).await?;
+        let (levels, stored) = Self::lock_batch(&mut tx, &commodities, &order_nos).await?;
         let plan = plan_create(requests, stored, levels, now_ms)?;
         let writes = BatchWrites { orders: &plan.orders, events: &plan.events, stock: &plan.stock, safe_pay: None };
         Self::write_batch(&mut tx, writes).await?;
@@ -661,7 +704,7 @@ impl Store for PgStore {
     }
 
     async fn orders(&self, order_nos: &[OrderNo]) -> PortResult<Vec<Option<Order>>> {
-        let found = Self::orders_by_keys(&self.pool, order_nos, false).await?;
+        let found = Self::orders_by_keys(&self.pool, order_nos).await?;
         Ok(order_nos.iter().map(|n| found.get(n).cloned()).collect())
     }
 
