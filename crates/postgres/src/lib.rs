@@ -327,8 +327,14 @@ struct BatchWrites<'a> {
 /// (`$1`, commodity ids) in commodity order, then the orders (`$2`, order ids) in key order — never a
 /// stock row after an order row, as every batch locks them, so two batches cannot deadlock. Each part is
 /// a `MATERIALIZED` CTE locking as its sorted rows come out (`ORDER BY … FOR UPDATE`), and the
-/// `UNION ALL` reads the first to its end before it starts the second (an `Append`, never parallel for a
-/// statement that locks rows). Both name their keys by `= ANY` alone (see [`session_options`]).
+/// `UNION ALL` reads its first branch to the end before it starts the second (an `Append`, never
+/// parallel for a statement that locks rows). Both name their keys by `= ANY` alone (see
+/// [`session_options`]).
+///
+/// One statement sees one snapshot, taken before it waits for the stock rows: an order row it finds is
+/// locked at its newest version (`FOR UPDATE` reads a row changed meanwhile again), but an order row
+/// inserted while it waited — by the batch holding the stock, creating the same order — is not there
+/// for it. [`PgStore::lock_batch`] reads the orders it did not find again, by a statement of its own.
 const LOCK_BATCH: &str = "WITH
     locked_stock AS MATERIALIZED (
         SELECT commodity_id, shop_id, initial, available, version FROM stock
@@ -492,6 +498,18 @@ impl PgStore {
     /// the stock rows, taken first, are held one round trip less than by a statement for each (the
     /// stock lock's wait was the largest figure of PostgreSQL's statement time; docs/BENCHMARKS.md,
     /// "Stock and orders locked by one statement").
+    ///
+    /// The orders that statement did not find are looked for again, locked, by one more statement, whose
+    /// snapshot is taken with every stock row held: an order another batch created while this one waited
+    /// for the stock is found created, as when the orders were read after the stock lock by a statement
+    /// of their own (a create batch deciding such an order again would deduct its stock twice). Usually
+    /// nothing is missing (every accepted order's pending view is written before its create) and the
+    /// batch makes one statement. The orders found again are locked after the others, out of key order
+    /// with them. Two batches that hold the stock of every order they lock (create batches) cannot wait
+    /// for each other's order rows (an order they share is stock they share, taken first); a deadlock
+    /// needs a batch of changes holding an order whose stock it did not lock (a payment's change) to
+    /// meet an order created while the other batch waited for stock — PostgreSQL then fails one of
+    /// them, and a failed batch's changes are all retryable errors (nothing was done).
     async fn lock_batch(
         tx: &mut Tx,
         commodities: &[CommodityId],
@@ -513,6 +531,21 @@ impl PgStore {
                 levels.insert(id, level);
             } else {
                 keep_order(row, &keys, &mut orders)?;
+            }
+        }
+        let missing: HashSet<(i64, i16)> =
+            order_nos.iter().filter(|n| !orders.contains_key(n)).map(|&n| key(n)).collect::<PortResult<_>>()?;
+        if !missing.is_empty() {
+            let ids: Vec<i64> = missing.iter().map(|(id, _)| *id).collect();
+            let rows = sqlx::query(
+                "SELECT order_id, shard, body FROM orders WHERE order_id = ANY($1) ORDER BY order_id, shard FOR UPDATE",
+            )
+            .bind(ids)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(database_error)?;
+            for row in &rows {
+                keep_order(row, &missing, &mut orders)?;
             }
         }
         Ok((levels, orders))

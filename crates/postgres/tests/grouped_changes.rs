@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use orderly_app::Store;
 use orderly_app::model::{Order, StockLevel};
-use orderly_app::ports::CreateRequest;
+use orderly_app::ports::{CreateOutcome, CreateRequest};
 use orderly_app::store_rules::{Levels, plan_create};
 use orderly_contract::store::{A, SHOP, T0_MS, order};
 use orderly_domain::{CatalogEntry, Money, OrderAction, OrderNo, OrderState};
@@ -99,7 +99,8 @@ async fn a_change_of_an_order_created_mid_batch_is_decided_by_the_next_round() {
     let cancelling = std::sync::Arc::clone(&store);
     let cancel =
         tokio::spawn(async move { cancelling.transition(order.order_no, OrderAction::Cancel, T0_MS + 1).await });
-    assert!(a_lock_is_awaited(&pool).await, "the cancel waits for the create's lock on the order row");
+    let holder = backend_of(&mut create).await;
+    assert!(blocked_by(&pool, holder).await, "the cancel waits for the create's lock on the order row");
     create.commit().await.expect("the create commits");
 
     let cancelled = cancel.await.expect("task").expect("answered").expect("allowed");
@@ -108,15 +109,21 @@ async fn a_change_of_an_order_created_mid_batch_is_decided_by_the_next_round() {
     assert_eq!(available, 10, "deducted by the create, returned once by the cancel");
 }
 
-/// Whether a statement of ours that locks rows comes to wait for a lock within two seconds.
-async fn a_lock_is_awaited(pool: &sqlx::PgPool) -> bool {
+/// The backend serving `tx`.
+async fn backend_of(tx: &mut sqlx::PgConnection) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(tx).await.expect("backend")
+}
+
+/// Whether some session comes to wait for a lock that backend `holder` holds, within two seconds (only
+/// the holder's own waiters count: the tests of this server run side by side).
+async fn blocked_by(pool: &sqlx::PgPool, holder: i32) -> bool {
     for _ in 0..200 {
-        let waits: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'",
-        )
-        .fetch_one(pool)
-        .await
-        .expect("activity");
+        let waits: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))")
+                .bind(holder)
+                .fetch_one(pool)
+                .await
+                .expect("activity");
         if waits > 0 {
             return true;
         }
@@ -176,11 +183,12 @@ async fn a_batch_locks_its_stock_rows_before_its_order_rows() {
             if stock_held { (RowOf::StockOfA, order_row) } else { (order_row, RowOf::StockOfA) };
         let mut held = pool.begin().await.expect("begin");
         lock_now(&mut held, held_row).await.expect("held by hand");
+        let holder = backend_of(&mut held).await;
 
         let creating = std::sync::Arc::clone(&store);
         let request = create_request(&order);
         let create = tokio::spawn(async move { creating.create_orders(&[request], T0_MS).await });
-        assert!(a_lock_is_awaited(&pool).await, "the create batch waits for the {held_row:?} row held");
+        assert!(blocked_by(&pool, holder).await, "the create batch waits for the {held_row:?} row held");
         assert_eq!(
             locked_elsewhere(&pool, other_row).await,
             !stock_held,
@@ -192,6 +200,56 @@ async fn a_batch_locks_its_stock_rows_before_its_order_rows() {
         let read = store.order(order.order_no).await.expect("read").expect("the order");
         assert_eq!(read.state, OrderState::ToPay);
     }
+}
+
+/// An order created while a batch waits for its stock — by the transaction holding the stock, with no
+/// pending view before it — is found created once the batch has the stock, though its one statement for
+/// stock and orders took its snapshot before the wait: a redelivered create answers "already done" and
+/// deducts nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_created_while_a_batch_waits_for_its_stock_is_found_created() {
+    let (store, pool) = selling_a(4, 10).await;
+    let store = std::sync::Arc::new(store);
+    let order = order(1, &[(A, 3)], false);
+    let (id, shard) = key(order.order_no);
+
+    // The first delivery of the create, by hand: the stock row locked, the order written created.
+    let mut first = pool.begin().await.expect("begin");
+    lock_now(&mut first, RowOf::StockOfA).await.expect("the stock row");
+    let holder = backend_of(&mut first).await;
+    let creating = std::sync::Arc::clone(&store);
+    let request = create_request(&order);
+    let again = tokio::spawn(async move { creating.create_orders(&[request], T0_MS).await });
+    assert!(blocked_by(&pool, holder).await, "the second delivery's batch waits for the stock row");
+    let levels: Levels = [(A, StockLevel { shop_id: SHOP, initial: 10, available: 10, version: 1 })].into();
+    let plan = plan_create(&[create_request(&order)], HashMap::new(), levels, T0_MS).expect("a plan");
+    let created = &plan.orders[0];
+    assert_eq!(created.state, OrderState::ToPay);
+    sqlx::query("INSERT INTO orders (order_id, shard, buyer, state, body) VALUES ($1, $2, $3, $4, $5)")
+        .bind(id)
+        .bind(shard)
+        .bind(i64::try_from(created.buyer.0).expect("small"))
+        .bind(created.state.as_str())
+        .bind(serde_json::to_string(created).expect("encodes"))
+        .execute(&mut *first)
+        .await
+        .expect("the order");
+    let (_, deducted) = plan.stock[0];
+    sqlx::query("UPDATE stock SET available = $1, version = $2 WHERE commodity_id = 1")
+        .bind(i64::try_from(deducted.available).expect("small"))
+        .bind(i64::try_from(deducted.version).expect("small"))
+        .execute(&mut *first)
+        .await
+        .expect("the stock");
+    first.commit().await.expect("the first delivery commits");
+
+    let outcomes = again.await.expect("task").expect("answered");
+    assert!(
+        matches!(outcomes.as_slice(), [CreateOutcome::AlreadyDone(done)] if done.state == OrderState::ToPay),
+        "the order created meanwhile is found: {outcomes:?}"
+    );
+    let available = store.stock(&[A]).await.expect("stock")[0].expect("a ledger").available;
+    assert_eq!(available, 7, "three units deducted once");
 }
 
 /// An order's life through the store's grouped statements: its create batch, a read, a change.
