@@ -31,7 +31,7 @@ pub struct CreateDecision {
 
 /// What a create batch needs read (and, in a store that locks, locked) before [`plan_create`]: its
 /// distinct order numbers and commodities, each sorted — the order in which rows are locked, so two
-/// batches cannot deadlock.
+/// batches do not deadlock (PostgreSQL's one exception: `PgStore::lock_batch`).
 pub fn create_batch_keys(requests: &[CreateRequest]) -> (Vec<OrderNo>, Vec<CommodityId>) {
     let order_nos: BTreeSet<OrderNo> = requests.iter().map(|r| r.order.order_no).collect();
     let commodities: BTreeSet<CommodityId> =

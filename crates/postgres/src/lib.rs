@@ -2,9 +2,10 @@
 //!
 //! Every read-check-write is one transaction that locks what it checks (`SELECT … FOR UPDATE`), so two
 //! processes racing on an order or a commodity serialise on its rows. The batched create locks the
-//! batch's stock rows in commodity order, then its orders' rows, by one statement (no deadlock between
-//! batches), decides every order in memory, and writes the stock levels, the orders and their outbox
-//! events by one statement, in one commit.
+//! batch's stock rows in commodity order, then its orders' rows in key order, by one statement (an order
+//! created while it waited is read again, locked, by a second: [`PgStore::lock_batch`]), decides every
+//! order in memory, and writes the stock levels, the orders and their outbox events by one statement, in
+//! one commit.
 //! The stock table refuses `available < 0` itself: the last guard against an oversell.
 //!
 //! [`payments`]: the payment service's ledger, in a schema of its own.
@@ -149,8 +150,9 @@ async fn read_commodities(pool: PgPool, batch: Vec<CommodityId>) -> Vec<PortResu
 /// nothing and does not hold up the others; a failed transaction fails them all (nothing was done).
 ///
 /// Locks are taken in the create batch's order, stock rows (by commodity) before order rows (by key),
-/// and never a stock row after an order row, so a batch racing a create batch or another process's
-/// batch cannot deadlock with it. An order's lines never change: an unlocked read names the stock rows
+/// and never a stock row after an order row ([`PgStore::lock_batch`]; an order created while the batch's
+/// lock statement ran is locked after the others, the one way two batches may deadlock — rarely, and
+/// PostgreSQL then fails one of them). An order's lines never change: an unlocked read names the stock rows
 /// to lock; the locked read decides. An order created between the two reads needs stock rows the
 /// batch did not lock: its changes are decided by the next round, whose unlocked read sees it created.
 async fn change_orders(pool: PgPool, batch: Vec<Change>) -> Vec<ChangeResult> {
@@ -325,7 +327,7 @@ struct BatchWrites<'a> {
 
 /// The rows a batch decides on, locked and read by one statement ([`PgStore::lock_batch`]): the stock rows
 /// (`$1`, commodity ids) in commodity order, then the orders (`$2`, order ids) in key order — never a
-/// stock row after an order row, as every batch locks them, so two batches cannot deadlock. Each part is
+/// stock row after an order row, as every batch locks them. Each part is
 /// a `MATERIALIZED` CTE locking as its sorted rows come out (`ORDER BY … FOR UPDATE`), and the
 /// `UNION ALL` reads its first branch to the end before it starts the second (an `Append`, never
 /// parallel for a statement that locks rows). Both name their keys by `= ANY` alone (see
@@ -502,14 +504,15 @@ impl PgStore {
     /// The orders that statement did not find are looked for again, locked, by one more statement, whose
     /// snapshot is taken with every stock row held: an order another batch created while this one waited
     /// for the stock is found created, as when the orders were read after the stock lock by a statement
-    /// of their own (a create batch deciding such an order again would deduct its stock twice). Usually
-    /// nothing is missing (every accepted order's pending view is written before its create) and the
-    /// batch makes one statement. The orders found again are locked after the others, out of key order
-    /// with them. Two batches that hold the stock of every order they lock (create batches) cannot wait
-    /// for each other's order rows (an order they share is stock they share, taken first); a deadlock
-    /// needs a batch of changes holding an order whose stock it did not lock (a payment's change) to
-    /// meet an order created while the other batch waited for stock — PostgreSQL then fails one of
-    /// them, and a failed batch's changes are all retryable errors (nothing was done).
+    /// of their own (a create batch deciding such an order again would deduct its stock twice; a change
+    /// would answer "not found"). Usually nothing is missing — a create's pending view is written before
+    /// it is published, a change names an order that exists — and the batch makes one statement. The
+    /// orders found again are locked after the others, out of key order with them, so two batches can
+    /// deadlock where the two-statement design could not: one holding an order row above one created
+    /// while its statement ran, the other holding that new order and waiting for the first's row (a
+    /// payment's change holds an order without its stock, so stock shared does not keep them apart).
+    /// PostgreSQL fails one of them after its `deadlock_timeout` (1 s); a failed batch's changes are all
+    /// retryable errors, nothing done.
     async fn lock_batch(
         tx: &mut Tx,
         commodities: &[CommodityId],

@@ -170,7 +170,7 @@ async fn locked_elsewhere(pool: &sqlx::PgPool, row: RowOf) -> bool {
 
 /// A batch locks its stock rows and its orders' rows by one statement, stock first: waiting for a stock
 /// row it holds no order row, and waiting for an order row it holds its stock rows — the order every
-/// batch takes them in, so a create batch and a change batch never deadlock.
+/// batch takes them in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_locks_its_stock_rows_before_its_order_rows() {
     let (store, pool) = selling_a(4, 10).await;
