@@ -152,8 +152,8 @@ async fn read_commodities(pool: PgPool, batch: Vec<CommodityId>) -> Vec<PortResu
 /// Locks are taken in the create batch's order, stock rows (by commodity) before order rows (by key),
 /// and never a stock row after an order row ([`PgStore::lock_batch`]; an order created while the batch's
 /// lock statement ran is locked after the others, the one way two batches may deadlock — rarely, and
-/// PostgreSQL then fails one of them). An order's lines never change: an unlocked read names the stock rows
-/// to lock; the locked read decides. An order created between the two reads needs stock rows the
+/// PostgreSQL then fails one of them). An order's lines never change: an unlocked read names the stock
+/// rows to lock; the locked read decides. An order created between the two reads needs stock rows the
 /// batch did not lock: its changes are decided by the next round, whose unlocked read sees it created.
 async fn change_orders(pool: PgPool, batch: Vec<Change>) -> Vec<ChangeResult> {
     let mut results: Vec<Option<ChangeResult>> = vec![None; batch.len()];
@@ -327,11 +327,10 @@ struct BatchWrites<'a> {
 
 /// The rows a batch decides on, locked and read by one statement ([`PgStore::lock_batch`]): the stock rows
 /// (`$1`, commodity ids) in commodity order, then the orders (`$2`, order ids) in key order — never a
-/// stock row after an order row, as every batch locks them. Each part is
-/// a `MATERIALIZED` CTE locking as its sorted rows come out (`ORDER BY … FOR UPDATE`), and the
-/// `UNION ALL` reads its first branch to the end before it starts the second (an `Append`, never
-/// parallel for a statement that locks rows). Both name their keys by `= ANY` alone (see
-/// [`session_options`]).
+/// stock row after an order row, as every batch locks them. Each part is a `MATERIALIZED` CTE locking as
+/// its sorted rows come out (`ORDER BY … FOR UPDATE`), and the `UNION ALL` reads its first branch to the
+/// end before it starts the second (an `Append`, never parallel for a statement that locks rows). Both
+/// name their keys by `= ANY` alone (see [`session_options`]).
 ///
 /// One statement sees one snapshot, taken before it waits for the stock rows: an order row it finds is
 /// locked at its newest version (`FOR UPDATE` reads a row changed meanwhile again), but an order row
