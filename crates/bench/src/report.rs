@@ -434,18 +434,23 @@ pub fn targets(phases: &[PhaseReport], ceilings: &[Ceiling], rule_change: Option
     }
     // The naive design sells its own commodities, the same shape and stock: flash compares how fast each
     // got through the same requests (sold-out answers included), the others accepted orders per second.
+    // Issue 12's goals: flash ≥ 30×, the others ≥ 5×.
     if let Some(naive) = find("naive") {
-        let (ours, name, ratio) = match (find("flash"), find("capacity")) {
-            (Some(flash), _) => (flash.answered_per_s, "flash requests/s vs the naive design", naive.answered_per_s),
-            (None, Some(capacity)) => (capacity.ok_per_s, "accepted orders/s vs the naive design", naive.ok_per_s),
-            (None, None) => (0.0, "orders vs the naive design", 0.0),
+        let (ours, name, ratio, (goal, least)) = match (find("flash"), find("capacity")) {
+            (Some(flash), _) => {
+                (flash.answered_per_s, "flash requests/s vs the naive design", naive.answered_per_s, (">= 30x", 30.0))
+            }
+            (None, Some(capacity)) => {
+                (capacity.ok_per_s, "accepted orders/s vs the naive design", naive.ok_per_s, (">= 5x", 5.0))
+            }
+            (None, None) => (0.0, "orders vs the naive design", 0.0, (">= 5x", 5.0)),
         };
         let times = ours / ratio.max(0.001);
         targets.push(TargetResult {
             name,
-            goal: ">= 5x",
+            goal,
             measured: format!("{times:.2}x ({ours:.0} / {ratio:.0})"),
-            met: times >= 5.0,
+            met: times >= least,
         });
     }
     if let Some(at_70) = find("at_70_percent") {
@@ -845,6 +850,34 @@ mod tests {
         assert!(md.contains(cpu), "{md}");
         assert!(md.contains("(`/proc/stat`: every process and the kernel): capacity 1.50 of 2 (75 %).\n"), "{md}");
         assert!(md.contains("| phase | redis script calls |\n|---|---|\n| capacity | 4.50 |\n"), "{md}");
+    }
+
+    #[test]
+    fn flash_is_judged_against_thirty_times_the_naive_design_the_others_against_five() {
+        let phase = |name: &str, answered_per_s: f64, ok_per_s: f64| {
+            let spec = PhaseSpec {
+                name: name.into(),
+                kind: Kind::Order,
+                mode: Mode::Closed { connections: 1 },
+                duration: Duration::from_secs(1),
+                requests_max: None,
+            };
+            let mut report = PhaseReport::new(&spec, &Recorder::new());
+            (report.answered_per_s, report.ok_per_s) = (answered_per_s, ok_per_s);
+            report
+        };
+        let naive = || phase("naive", 100.0, 90.0);
+        let judged = |phases: Vec<PhaseReport>| {
+            let targets = targets(&phases, &[], None);
+            let naive = targets.into_iter().find(|t| t.name.contains("naive design")).expect("a naive target");
+            (naive.goal, naive.met)
+        };
+        // Flash: requests got through, sold-out answers included — 10× is short of 30×.
+        assert_eq!(judged(vec![naive(), phase("flash", 1_000.0, 200.0)]), (">= 30x", false));
+        assert_eq!(judged(vec![naive(), phase("flash", 3_000.0, 200.0)]), (">= 30x", true));
+        // The others: accepted orders — 6× meets 5×.
+        assert_eq!(judged(vec![naive(), phase("capacity", 700.0, 540.0)]), (">= 5x", true));
+        assert_eq!(judged(vec![naive(), phase("capacity", 700.0, 400.0)]), (">= 5x", false));
     }
 
     #[test]
