@@ -77,21 +77,7 @@ async fn a_change_of_an_order_created_mid_batch_is_decided_by_the_next_round() {
     let plan = plan_create(&[request], HashMap::new(), levels, T0_MS).expect("a plan");
     let created = &plan.orders[0];
     assert_eq!(created.state, OrderState::ToPay);
-    sqlx::query("UPDATE orders SET state = $3, body = $4 WHERE order_id = $1 AND shard = $2")
-        .bind(id)
-        .bind(shard)
-        .bind(created.state.as_str())
-        .bind(serde_json::to_string(created).expect("encodes"))
-        .execute(&mut *create)
-        .await
-        .expect("the order");
-    let (_, deducted) = plan.stock[0];
-    sqlx::query("UPDATE stock SET available = $1, version = $2 WHERE commodity_id = 1")
-        .bind(i64::try_from(deducted.available).expect("small"))
-        .bind(i64::try_from(deducted.version).expect("small"))
-        .execute(&mut *create)
-        .await
-        .expect("the stock");
+    write_created(&mut create, created, plan.stock[0].1).await;
 
     // The cancel's batch reads the order unlocked (pending: no stock row to lock), then waits for the
     // create's lock on the order row.
@@ -107,6 +93,30 @@ async fn a_change_of_an_order_created_mid_batch_is_decided_by_the_next_round() {
     assert_eq!(cancelled.state, OrderState::Cancelled);
     let available = store.stock(&[A]).await.expect("stock")[0].expect("a ledger").available;
     assert_eq!(available, 10, "deducted by the create, returned once by the cancel");
+}
+
+/// Writes a create by hand in `tx`: the order row as created (over its pending view, if there is one)
+/// and commodity A's stock row as the create left it.
+async fn write_created(tx: &mut sqlx::PgConnection, created: &Order, stock_of_a: StockLevel) {
+    let (id, shard) = key(created.order_no);
+    sqlx::query(
+        "INSERT INTO orders (order_id, shard, buyer, state, body) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (order_id, shard) DO UPDATE SET state = EXCLUDED.state, body = EXCLUDED.body",
+    )
+    .bind(id)
+    .bind(shard)
+    .bind(i64::try_from(created.buyer.0).expect("small"))
+    .bind(created.state.as_str())
+    .bind(serde_json::to_string(created).expect("encodes"))
+    .execute(&mut *tx)
+    .await
+    .expect("the order");
+    sqlx::query("UPDATE stock SET available = $1, version = $2 WHERE commodity_id = 1")
+        .bind(i64::try_from(stock_of_a.available).expect("small"))
+        .bind(i64::try_from(stock_of_a.version).expect("small"))
+        .execute(&mut *tx)
+        .await
+        .expect("the stock");
 }
 
 /// The backend serving `tx`.
@@ -211,7 +221,6 @@ async fn an_order_created_while_a_batch_waits_for_its_stock_is_found_created() {
     let (store, pool) = selling_a(4, 10).await;
     let store = std::sync::Arc::new(store);
     let order = order(1, &[(A, 3)], false);
-    let (id, shard) = key(order.order_no);
 
     // The first delivery of the create, by hand: the stock row locked, the order written created.
     let mut first = pool.begin().await.expect("begin");
@@ -225,22 +234,7 @@ async fn an_order_created_while_a_batch_waits_for_its_stock_is_found_created() {
     let plan = plan_create(&[create_request(&order)], HashMap::new(), levels, T0_MS).expect("a plan");
     let created = &plan.orders[0];
     assert_eq!(created.state, OrderState::ToPay);
-    sqlx::query("INSERT INTO orders (order_id, shard, buyer, state, body) VALUES ($1, $2, $3, $4, $5)")
-        .bind(id)
-        .bind(shard)
-        .bind(i64::try_from(created.buyer.0).expect("small"))
-        .bind(created.state.as_str())
-        .bind(serde_json::to_string(created).expect("encodes"))
-        .execute(&mut *first)
-        .await
-        .expect("the order");
-    let (_, deducted) = plan.stock[0];
-    sqlx::query("UPDATE stock SET available = $1, version = $2 WHERE commodity_id = 1")
-        .bind(i64::try_from(deducted.available).expect("small"))
-        .bind(i64::try_from(deducted.version).expect("small"))
-        .execute(&mut *first)
-        .await
-        .expect("the stock");
+    write_created(&mut first, created, plan.stock[0].1).await;
     first.commit().await.expect("the first delivery commits");
 
     let outcomes = again.await.expect("task").expect("answered");
