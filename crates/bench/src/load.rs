@@ -146,6 +146,8 @@ pub struct Recorder {
     pub cores_busy: Option<crate::cpu::CoresBusy>,
     /// Calls each engine served during the phase (`--engine-calls`), by counter.
     pub engine_calls: BTreeMap<String, u64>,
+    /// Where the APIs' carts waited during the phase ([`crate::waits`]).
+    pub entry_waits: crate::waits::Waits,
     /// The APIs' concurrency limits, looked at every 250 ms.
     pub limits: Vec<LimitSample>,
     /// When each outcome was first answered by each API (its index).
@@ -168,6 +170,7 @@ impl Recorder {
             cpu_ms: BTreeMap::new(),
             cores_busy: None,
             engine_calls: BTreeMap::new(),
+            entry_waits: crate::waits::Waits::new(),
             limits: Vec::new(),
             first_answered: BTreeMap::new(),
         }

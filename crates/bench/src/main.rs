@@ -7,6 +7,8 @@
 //! - [`workload`]: the catalog and the carts (seeded).
 //! - [`ceilings`]: the engines' own rates in the same run (Redis reserve, confirmed publish).
 //! - [`cpu`]: the CPU each process of a run spent, grouped by role (from `/proc`).
+//! - [`engines`]: the calls each engine of a cluster served (`--engine-calls`), as it counts them.
+//! - [`waits`]: where a cart waits at the entry, from the APIs' own timings (`GET /metrics`).
 //! - [`load`]: closed-loop and fixed-rate drivers, the recorder, buyers' follow-ups.
 //! - [`report`]: figures, ratios and targets; JSON, Markdown and charts.
 //! - [`payment`]: `orderly-bench payment`, the payment service's latency over gRPC.
@@ -18,6 +20,7 @@ mod load;
 mod orders;
 mod payment;
 mod report;
+mod waits;
 mod workload;
 
 use std::path::PathBuf;

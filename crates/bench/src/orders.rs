@@ -198,6 +198,18 @@ impl Target {
         Ok(())
     }
 
+    /// Where carts waited at every API so far ([`crate::waits`]), summed; an API that does not answer is
+    /// left out.
+    async fn entry_waits(&self) -> crate::waits::Waits {
+        let mut readings = Vec::new();
+        for base in self.bases.iter() {
+            let Ok(answer) = self.http.get(format!("{base}/metrics")).send().await else { continue };
+            let Ok(text) = answer.text().await else { continue };
+            readings.push(crate::waits::parse(&text));
+        }
+        crate::waits::sum(readings)
+    }
+
     /// Every API's concurrency limit and requests in flight now; an API that does not answer is skipped.
     async fn limits(&self, at_s: f64) -> Vec<load::LimitSample> {
         let mut samples = Vec::new();
@@ -398,7 +410,13 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
     let closed = Mode::Closed { connections: args.connections };
     let mut phases: Vec<(PhaseSpec, Recorder)> = Vec::new();
     let engines = match args.engine_calls {
-        true => Some(crate::engines::Engines::connect(&config.cluster.postgres_url, &config.cluster.redis_url).await?),
+        true => {
+            let broker = config.cluster.bus == orderly::cluster::BusKind::Rabbitmq;
+            Some(
+                crate::engines::Engines::connect(&config.cluster.postgres_url, &config.cluster.redis_url, broker)
+                    .await?,
+            )
+        }
         false => None,
     };
     let engines = engines.as_ref();
@@ -713,8 +731,15 @@ async fn run_with_progress(
             }
         })
     });
+    let waits_before = match measure.cost && spec.kind == Kind::Order {
+        true => Some(target.entry_waits().await),
+        false => None,
+    };
     let (cpu_before, machine_before) = (crate::cpu::snapshot(), crate::cpu::machine());
     let mut recorder = load::run_phase(spec, target, workload, seed, live, follow_ups.clone()).await;
+    if let Some(before) = waits_before {
+        recorder.entry_waits = crate::waits::spent(&before, &target.entry_waits().await);
+    }
     if measure.cost {
         recorder.cpu_ms = crate::cpu::spent_ms(&cpu_before, &crate::cpu::snapshot());
         recorder.cores_busy = machine_before

@@ -62,6 +62,9 @@ pub struct PhaseReport {
     pub cores_busy: Option<crate::cpu::CoresBusy>,
     /// Calls each engine served per 200 answer (`--engine-calls`), by counter.
     pub engine_calls_per_ok: BTreeMap<String, f64>,
+    /// Where a cart waited at the entry: mean milliseconds of each step, then of the server's answer
+    /// ([`crate::waits::means_ms`]).
+    pub entry_waits_ms: Vec<(String, f64)>,
     /// Answers in each second of the phase, by outcome (what `throughput.svg` draws).
     pub per_second: Vec<SecondCounts>,
     /// The APIs' concurrency limits over the phase (what `concurrency.svg` draws); none when not looked at.
@@ -129,6 +132,7 @@ impl PhaseReport {
                 0 => BTreeMap::new(),
                 ok => recorder.engine_calls.iter().map(|(name, n)| (name.clone(), *n as f64 / ok as f64)).collect(),
             },
+            entry_waits_ms: crate::waits::means_ms(&recorder.entry_waits),
             per_second: recorder
                 .seconds
                 .iter()
@@ -603,6 +607,7 @@ impl Report {
         concurrency_table(&mut md, &self.phases);
         cpu_table(&mut md, &self.phases);
         engine_calls_table(&mut md, &self.phases);
+        entry_waits_table(&mut md, &self.phases);
         if !self.ceilings.is_empty() {
             let ours =
                 self.phases.iter().find(|p| p.name == "capacity" || p.name == "flash").map_or(0.0, |p| p.ok_per_s);
@@ -688,6 +693,31 @@ fn cpu_table(md: &mut String, phases: &[PhaseReport]) {
 fn engine_calls_table(md: &mut String, phases: &[PhaseReport]) {
     let title = "Engine calls per 200 answer, as each engine counts them (`--engine-calls`):";
     per_ok_table(md, title, phases, |p| &p.engine_calls_per_ok, 2, false);
+}
+
+/// Where a cart waited at the entry, a row per order phase (none when the APIs' metrics were not read).
+fn entry_waits_table(md: &mut String, phases: &[PhaseReport]) {
+    let title = "Where a cart waits at the entry: mean ms of each step per cart that took it, summed over the APIs \
+                 (their `orderly_entry_step_seconds`; `claim` goes on beside the answer where the cache is \
+                 remote), and of the server's whole answer (`orderly_http_request_seconds`):";
+    let figures: Vec<(&str, BTreeMap<String, f64>)> =
+        phases.iter().map(|p| (p.name.as_str(), p.entry_waits_ms.iter().cloned().collect())).collect();
+    let mut names: Vec<&str> = Vec::new();
+    for (name, _) in phases.iter().flat_map(|p| &p.entry_waits_ms) {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    if names.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "{title}\n\n| phase | {} |\n|---|{}", names.join(" | "), "---|".repeat(names.len()));
+    for (phase, row) in figures.iter().filter(|(_, row)| !row.is_empty()) {
+        let cells: Vec<String> =
+            names.iter().map(|n| row.get(*n).map_or("-".to_owned(), |ms| format!("{ms:.2}"))).collect();
+        let _ = writeln!(md, "| {phase} | {} |", cells.join(" | "));
+    }
+    md.push('\n');
 }
 
 /// Figures per 200 answer: a row per phase that has them, a column per name, and with `total` a last
@@ -850,6 +880,43 @@ mod tests {
         assert!(md.contains(cpu), "{md}");
         assert!(md.contains("(`/proc/stat`: every process and the kernel): capacity 1.50 of 2 (75 %).\n"), "{md}");
         assert!(md.contains("| phase | redis script calls |\n|---|---|\n| capacity | 4.50 |\n"), "{md}");
+    }
+
+    #[test]
+    fn entry_waits_are_a_row_per_order_phase_with_the_steps_in_the_flows_order() {
+        let phase = |name: &str, waits: &[(&str, f64, u64)]| {
+            let spec = PhaseSpec {
+                name: name.into(),
+                kind: Kind::Order,
+                mode: Mode::Closed { connections: 1 },
+                duration: Duration::from_secs(1),
+                requests_max: None,
+            };
+            let mut recorder = Recorder::new();
+            recorder.entry_waits = waits
+                .iter()
+                .map(|(step, seconds, count)| {
+                    ((*step).to_owned(), crate::waits::Timed { seconds: *seconds, count: *count })
+                })
+                .collect();
+            PhaseReport::new(&spec, &recorder)
+        };
+        let answer = crate::waits::ANSWER;
+        let phases = vec![
+            phase("naive", &[]),
+            phase("capacity", &[(answer, 20.0, 1_000), ("reserve", 5.0, 1_000), ("pending", 2.5, 500)]),
+            phase("at_70_percent", &[("reserve", 1.0, 1_000), (answer, 3.0, 1_000)]),
+        ];
+        let mut md = String::new();
+        entry_waits_table(&mut md, &phases);
+        let table = format!(
+            "| phase | reserve | pending | {answer} |\n|---|---|---|---|\n| capacity | 5.00 | 5.00 | 20.00 |\n| at_70_percent | 1.00 | - | 3.00 |\n"
+        );
+        assert!(md.contains(&table), "{md}");
+        assert!(!md.contains("| naive |"), "a phase without the entry's timings has no row: {md}");
+        let mut none = String::new();
+        entry_waits_table(&mut none, &[phase("naive", &[])]);
+        assert_eq!(none, "", "no table without timings");
     }
 
     #[test]
