@@ -88,6 +88,14 @@ impl Orderly {
                 order.trace = Some(trace.clone());
             }
         }
+        if retry {
+            orders = self.not_created_yet(orders).await?;
+            if orders.is_empty() {
+                // Every create of the earlier attempt landed and ran: only its answer was missing.
+                self.after_publish(&[], body.uid, idempotency_key).await;
+                return Ok(order_nos);
+            }
+        }
         // Not for a retry: its own reservation may be what sold the commodity out.
         if !retry && let Some(commodity_id) = self.known_sold_out(&orders, now_ms).await {
             return self.sold_out(body.uid, idempotency_key, commodity_id).await;
@@ -114,6 +122,21 @@ impl Orderly {
             }
         }
         Ok(order_nos)
+    }
+
+    /// A keyed retry's orders that its earlier attempt did not get created. One the store holds past
+    /// `pending` had its create land and run, its reservation consumed and settled: reserving it again would
+    /// take units the store never sells once the cache forgot that settled reservation (it does, after
+    /// `settled_token_ttl_ms` in process), so it is left out — its number is answered as before.
+    async fn not_created_yet(&self, orders: Vec<Order>) -> Result<Vec<Order>, PlaceError> {
+        let order_nos: Vec<OrderNo> = orders.iter().map(|o| o.order_no).collect();
+        let stored = self.bounded("store", self.ports.store.orders(&order_nos)).await?;
+        Ok(orders
+            .into_iter()
+            .zip(stored)
+            .filter(|(_, stored)| stored.as_ref().is_none_or(|s| s.state == OrderState::Pending))
+            .map(|(order, _)| order)
+            .collect())
     }
 
     /// The buyer's caps, if any is on: the buyer's orders read from the store, then one call to the gate

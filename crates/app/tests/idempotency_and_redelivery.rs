@@ -168,3 +168,34 @@ async fn a_keyed_cart_refused_by_a_cache_error_keeps_its_reservations_for_the_re
     }
     settle_and_audit(&orderly, &clock).await;
 }
+
+/// A keyed cart accepted without its answer stored (the one store write after the publish failed) and
+/// retried after its orders were created and the cache forgot their settled reservations
+/// (`settled_token_ttl_ms`): the retry reserves nothing and is answered the same numbers. Reserved again,
+/// the units would stay held in the cache for orders the store had sold already — never sold again.
+#[tokio::test]
+async fn a_keyed_retry_after_its_orders_were_created_and_their_reservations_forgotten_reserves_nothing() {
+    let mut h = harness(10).await;
+    let store = FaultyStore::install(&mut h.orderly, &mut h.ports);
+    let Harness { orderly, ports, clock, .. } = h;
+    store.answer_down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let first = orderly.place_orders(&seed_body(), Some("k")).await.expect("accepted, its answer not stored");
+    store.answer_down.store(false, std::sync::atomic::Ordering::SeqCst);
+    orderly.drain().await.expect("workers run");
+    for &order_no in &first {
+        assert_ne!(state(&ports, order_no).await, OrderState::Pending, "created");
+    }
+    clock.advance_ms(orderly_local::LocalConfig::default().settled_token_ttl_ms);
+    let retry = orderly.place_orders(&seed_body(), Some("k")).await.expect("the retry is answered");
+    assert_eq!(retry, first, "the same numbers");
+    orderly.drain().await.expect("workers run");
+    for id in [1, 2] {
+        assert_eq!(stock(&ports, id).await, (9, Some(9)), "the cache holds what the store sold, once");
+    }
+    assert_eq!(
+        orderly.place_orders(&seed_body(), Some("k")).await.expect("replayed"),
+        first,
+        "the retry stored the answer"
+    );
+    settle_and_audit(&orderly, &clock).await;
+}
