@@ -66,7 +66,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn reserve(c: &mut Criterion) {
     let rt = runtime();
-    let cache = LocalStockCache::new(Arc::new(ManualClock::new(NOW_MS)), 60 * 60 * 1000);
+    let cache = LocalStockCache::new(Arc::new(ManualClock::new(NOW_MS)), 60 * 60 * 1000, 60 * 1000);
     let levels: Vec<(CommodityId, StockLevel)> = (1..=1_000)
         .map(|id| {
             let level = StockLevel { shop_id: ShopId(100_001), initial: 1 << 40, available: 1 << 40, version: 1 };

@@ -3,10 +3,17 @@
 //! One mutex guards all counters and tokens: a multi-commodity reservation checks every line, then
 //! decrements all, with nothing in between, exactly like the seed's Lua script. Critical sections are
 //! a few hash lookups; on two cores one lock beats sharding (measured by `orderly bench`).
-//! Tokens expire after `token_ttl_ms`: past that, a token is "missing", and every reader of a missing
-//! token re-reserves or releases, never assumes. A RESERVED token gives its units back to the counter as
-//! it expires (nobody will consume it); a CLAIMED one does not expire — its create is on the bus and
-//! settles it however long the backlog, so the accepted order consumes the units it was given.
+//! Tokens expire: past that, a token is "missing", and every reader of a missing token re-reserves or
+//! releases, never assumes. A RESERVED token gives its units back to the counter as it expires after
+//! `token_ttl_ms` (nobody will consume it); a CLAIMED one does not expire — its create is on the bus and
+//! settles it however long the backlog, so the accepted order consumes the units it was given. A refusal
+//! (a release or keep of a token the cache did not know: an error answer's late create must find it
+//! refused) is remembered for `token_ttl_ms` too. A token settled from a live reservation — confirmed,
+//! or released with its units given back — is forgotten after `settled_ttl_ms`, and so is a restock's
+//! marker: whoever reads them late is told as much by the store (a redelivered create finds its order
+//! created, and the counter counts a deduction's or a restock's version once however late it comes; a
+//! keyed retry re-runs only the orders not created yet), so keeping them longer only held memory — one
+//! record per order for an hour under load.
 //!
 //! It keeps the entry's reservation checks too (remark 1), armed by `reserve_checked` under the same lock
 //! as the reservation: both live in this process, die with it, and are made again together by the
@@ -33,6 +40,7 @@ pub struct LocalStockCache {
     inner: Mutex<Inner>,
     clock: Arc<dyn Clock>,
     token_ttl_ms: u64,
+    settled_ttl_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -42,8 +50,11 @@ struct Inner {
     restocks_applied: HashSet<String>,
     /// Changes for counters not loaded yet: (store version, delta), applied by the load if newer.
     parked: HashMap<CommodityId, Vec<(u64, i64)>>,
-    /// (expiry, what) in insertion order; the TTL is constant, so the front expires first.
+    /// (expiry, what) after `token_ttl_ms`, in insertion order: the TTL is constant, so the front expires
+    /// first. A token's entry is stale once the token is rewritten with another expiry (settled, say).
     expiries: VecDeque<(u64, Expiring)>,
+    /// The same after `settled_ttl_ms`: settled tokens and restock markers.
+    settled_expiries: VecDeque<(u64, Expiring)>,
     /// The reservation checks this cache keeps (remark 1), by when they are due, and each token's.
     checks: BTreeSet<(u64, Token)>,
     check_due: HashMap<Token, u64>,
@@ -91,31 +102,87 @@ struct TokenRecord {
     expires_ms: u64,
 }
 
+/// When what is written now expires: `open` after `token_ttl_ms`, `settled` after `settled_ttl_ms`.
+#[derive(Debug, Clone, Copy)]
+struct Expiry {
+    open: u64,
+    settled: u64,
+}
+
+/// The stale entries the expiry queue may hold before it is swept of them, beyond twice the records it
+/// stands for: a sweep is then paid for by as many pushes as it reads.
+const STALE_ENTRIES_SWEPT_AT: usize = 4_096;
+
 impl LocalStockCache {
-    pub fn new(clock: Arc<dyn Clock>, token_ttl_ms: u64) -> LocalStockCache {
-        LocalStockCache { inner: Mutex::new(Inner::default()), clock, token_ttl_ms }
+    /// `token_ttl_ms`: how long a RESERVED token holds its units unclaimed and a refusal is remembered;
+    /// `settled_ttl_ms`: how long a confirmed or released reservation and a restock's marker are
+    /// (at most `token_ttl_ms`).
+    pub fn new(clock: Arc<dyn Clock>, token_ttl_ms: u64, settled_ttl_ms: u64) -> LocalStockCache {
+        let settled_ttl_ms = settled_ttl_ms.min(token_ttl_ms);
+        LocalStockCache { inner: Mutex::new(Inner::default()), clock, token_ttl_ms, settled_ttl_ms }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Inner, u64, u64) -> T) -> PortResult<T> {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner, u64, Expiry) -> T) -> PortResult<T> {
         let now_ms = self.clock.now_ms();
         let mut inner = self
             .inner
             .lock()
             .map_err(|_| PortError::failed("stock cache", "lock poisoned: a holder panicked mid-change"))?;
-        let expires_ms = now_ms + self.token_ttl_ms;
-        inner.expire(now_ms, expires_ms);
-        Ok(f(&mut inner, now_ms, expires_ms))
+        let expiry = Expiry { open: now_ms + self.token_ttl_ms, settled: now_ms + self.settled_ttl_ms };
+        inner.expire(now_ms, expiry.open);
+        let result = f(&mut inner, now_ms, expiry);
+        inner.sweep_stale();
+        Ok(result)
     }
+
+    /// Records the cache holds (tokens, restock markers, parked changes) and the entries of its expiry
+    /// queues: what its memory grows with.
+    pub fn held(&self) -> PortResult<(usize, usize)> {
+        self.with(|inner, _, _| {
+            let records =
+                inner.tokens.len() + inner.restocks_applied.len() + inner.parked.values().map(Vec::len).sum::<usize>();
+            (records, inner.expiries.len() + inner.settled_expiries.len())
+        })
+    }
+}
+
+/// The front of `queue` if it is due by `now_ms`.
+fn pop_due(queue: &mut VecDeque<(u64, Expiring)>, now_ms: u64) -> Option<Expiring> {
+    if queue.front().is_some_and(|(expires_ms, _)| *expires_ms <= now_ms) {
+        return queue.pop_front().map(|(_, what)| what);
+    }
+    None
 }
 
 impl Inner {
     /// Forgets what has expired by `now_ms`; a token still owed to a create is kept until `rearm_ms`.
     fn expire(&mut self, now_ms: u64, rearm_ms: u64) {
-        while let Some((expires_ms, _)) = self.expiries.front() {
-            if *expires_ms > now_ms {
-                break;
-            }
-            let Some((_, what)) = self.expiries.pop_front() else { break };
+        while let Some(what) = pop_due(&mut self.expiries, now_ms) {
+            self.forget(what, now_ms, rearm_ms);
+        }
+        while let Some(what) = pop_due(&mut self.settled_expiries, now_ms) {
+            self.forget(what, now_ms, rearm_ms);
+        }
+    }
+
+    /// Drops the entries of the long queue whose token was rewritten with another expiry since (a token
+    /// settled early leaves one behind for `token_ttl_ms`), once there are many more entries than records:
+    /// so the queue holds about one entry per record, not one per order of the last `token_ttl_ms`.
+    fn sweep_stale(&mut self) {
+        let records = self.tokens.len() + self.parked.values().map(Vec::len).sum::<usize>();
+        if self.expiries.len() <= 2 * records + STALE_ENTRIES_SWEPT_AT {
+            return;
+        }
+        let tokens = &self.tokens;
+        self.expiries.retain(|(expires_ms, what)| match what {
+            Expiring::Token(token) => tokens.get(token).is_some_and(|t| t.expires_ms == *expires_ms),
+            Expiring::Restock(_) | Expiring::Parked(..) => true,
+        });
+    }
+
+    /// One expired entry: its record is forgotten unless it was rewritten with a later expiry since.
+    fn forget(&mut self, what: Expiring, now_ms: u64, rearm_ms: u64) {
+        {
             match what {
                 // Only if not rewritten since: a rewrite pushed a later expiry.
                 Expiring::Token(token) => match self.tokens.get(&token) {
@@ -192,9 +259,17 @@ impl Inner {
         Reserve::Reserved
     }
 
+    /// A token open (RESERVED, CLAIMED) or refused, until `expires_ms` (`token_ttl_ms` from now).
     fn set_token(&mut self, token: Token, state: TokenState, lines: Vec<(CommodityId, u32)>, expires_ms: u64) {
         self.tokens.insert(token, TokenRecord { state, lines, expires_ms });
         self.expiries.push_back((expires_ms, Expiring::Token(token)));
+    }
+
+    /// A reservation settled (CONFIRMED, or RELEASED with its units given back): remembered without its
+    /// lines until `expires_ms` (`settled_ttl_ms` from now).
+    fn settle_token(&mut self, token: Token, state: TokenState, expires_ms: u64) {
+        self.tokens.insert(token, TokenRecord { state, lines: Vec::new(), expires_ms });
+        self.settled_expiries.push_back((expires_ms, Expiring::Token(token)));
     }
 
     fn give_back(&mut self, lines: &[(CommodityId, u32)]) {
@@ -206,7 +281,7 @@ impl Inner {
     }
 
     /// A store change the counter may not count yet: applied once if it does not, kept for its load if
-    /// it is not loaded.
+    /// it is not loaded (until `expires_ms`).
     fn follow(&mut self, (id, quantity, version): StockChange, sign: i64, expires_ms: u64) {
         let delta = sign * i64::from(quantity);
         match self.stock.get_mut(&id) {
@@ -222,18 +297,19 @@ impl Inner {
         }
     }
 
-    /// Releases from the states `from` allows; unknown tokens are remembered as RELEASED.
-    fn release(&mut self, token: Token, expires_ms: u64, allowed: &[TokenState]) -> Option<TokenState> {
+    /// Releases from the states `from` allows; unknown tokens are remembered as RELEASED — a refusal,
+    /// kept as long as an open token.
+    fn release(&mut self, token: Token, expiry: Expiry, allowed: &[TokenState]) -> Option<TokenState> {
         match self.tokens.get_mut(&token) {
             Some(record) if allowed.contains(&record.state) => {
                 let (state, lines) = (record.state, std::mem::take(&mut record.lines));
                 self.give_back(&lines);
-                self.set_token(token, TokenState::Released, Vec::new(), expires_ms);
+                self.settle_token(token, TokenState::Released, expiry.settled);
                 Some(state)
             }
             Some(record) => Some(record.state),
             None => {
-                self.set_token(token, TokenState::Released, Vec::new(), expires_ms);
+                self.set_token(token, TokenState::Released, Vec::new(), expiry.open);
                 None
             }
         }
@@ -243,7 +319,7 @@ impl Inner {
 #[async_trait]
 impl StockCache for LocalStockCache {
     async fn init(&self, levels: &[(CommodityId, StockLevel)], held: &[Held]) -> PortResult<()> {
-        self.with(|inner, _, expires_ms| {
+        self.with(|inner, _, expiry| {
             let mut loaded = HashSet::new();
             for (id, level) in levels {
                 if inner.stock.contains_key(id) {
@@ -267,7 +343,7 @@ impl StockCache for LocalStockCache {
                         counter.available -= i64::from(*quantity);
                     }
                 }
-                inner.set_token(held.token, TokenState::Reserved, held.lines.clone(), expires_ms);
+                inner.set_token(held.token, TokenState::Reserved, held.lines.clone(), expiry.open);
                 if let Some(check_at_ms) = held.check_at_ms {
                     inner.arm_check(held.token, check_at_ms);
                 }
@@ -277,7 +353,7 @@ impl StockCache for LocalStockCache {
 
     async fn reserve(&self, token: Token, lines: &[(CommodityId, u32)], claimed: bool) -> PortResult<Reserve> {
         let state = if claimed { TokenState::Claimed } else { TokenState::Reserved };
-        self.with(|inner, _, expires_ms| inner.reserve(token, lines, state, expires_ms))
+        self.with(|inner, _, expiry| inner.reserve(token, lines, state, expiry.open))
     }
 
     /// The checks live in this process, as the reservations do: a crash loses both, and the restart's
@@ -292,8 +368,8 @@ impl StockCache for LocalStockCache {
         lines: &[(CommodityId, u32)],
         check_at_ms: u64,
     ) -> PortResult<Reserve> {
-        self.with(|inner, _, expires_ms| {
-            let reserved = inner.reserve(token, lines, TokenState::Reserved, expires_ms);
+        self.with(|inner, _, expiry| {
+            let reserved = inner.reserve(token, lines, TokenState::Reserved, expiry.open);
             if reserved == Reserve::Reserved {
                 inner.arm_check(token, check_at_ms);
             }
@@ -349,13 +425,12 @@ impl StockCache for LocalStockCache {
     }
 
     async fn confirm(&self, token: Token, deductions: &[StockChange]) -> PortResult<()> {
-        self.with(|inner, _, expires_ms| {
+        self.with(|inner, _, expiry| {
             // Settled: its check would find the order created and settle it again.
             inner.disarm_check(token);
-            let lost = match inner.tokens.get_mut(&token) {
+            let lost = match inner.tokens.get(&token) {
                 Some(record) if matches!(record.state, TokenState::Reserved | TokenState::Claimed) => {
-                    record.state = TokenState::Confirmed;
-                    record.lines = Vec::new();
+                    inner.settle_token(token, TokenState::Confirmed, expiry.settled);
                     // Counted when it reserved: its versions are, from now on, by the counter itself.
                     for (id, _, version) in deductions {
                         if let Some(counter) = inner.stock.get_mut(id) {
@@ -370,26 +445,26 @@ impl StockCache for LocalStockCache {
             };
             if lost && !deductions.is_empty() {
                 for change in deductions {
-                    inner.follow(*change, -1, expires_ms);
+                    inner.follow(*change, -1, expiry.open);
                 }
-                inner.set_token(token, TokenState::Confirmed, Vec::new(), expires_ms);
+                inner.settle_token(token, TokenState::Confirmed, expiry.settled);
             }
         })
     }
 
     async fn release(&self, token: Token) -> PortResult<Option<TokenState>> {
-        self.with(|inner, _, expires_ms| inner.release(token, expires_ms, &[TokenState::Reserved, TokenState::Claimed]))
+        self.with(|inner, _, expiry| inner.release(token, expiry, &[TokenState::Reserved, TokenState::Claimed]))
     }
 
     async fn release_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>> {
-        self.with(|inner, _, expires_ms| inner.release(token, expires_ms, &[TokenState::Reserved]))
+        self.with(|inner, _, expiry| inner.release(token, expiry, &[TokenState::Reserved]))
     }
 
     async fn keep_if_reserved(&self, token: Token) -> PortResult<Option<TokenState>> {
-        self.with(|inner, _, expires_ms| {
+        self.with(|inner, _, expiry| {
             let Some(record) = inner.tokens.get_mut(&token) else {
                 // Remembered as an empty rollback: no reservation is made for it afterwards.
-                inner.set_token(token, TokenState::Released, Vec::new(), expires_ms);
+                inner.set_token(token, TokenState::Released, Vec::new(), expiry.open);
                 return None;
             };
             let found = record.state;
@@ -402,13 +477,15 @@ impl StockCache for LocalStockCache {
     }
 
     async fn restock(&self, restock: &Restock) -> PortResult<()> {
-        self.with(|inner, _, expires_ms| {
+        self.with(|inner, _, expiry| {
             if !inner.restocks_applied.insert(restock.key.clone()) {
                 return;
             }
-            inner.expiries.push_back((expires_ms, Expiring::Restock(restock.key.clone())));
+            // Its lines' versions keep it from counting twice however late it comes again; the marker
+            // only saves the work of looking.
+            inner.settled_expiries.push_back((expiry.settled, Expiring::Restock(restock.key.clone())));
             for change in &restock.lines {
-                inner.follow(*change, 1, expires_ms);
+                inner.follow(*change, 1, expiry.open);
             }
         })
     }

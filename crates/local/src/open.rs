@@ -25,8 +25,13 @@ pub struct LocalConfig {
     /// How far ahead the id generator leases time; below the snowflake's drift bound (5 s), since after
     /// a restart ids start at the last lease.
     pub id_lease_ms: u64,
-    /// How long the cache remembers a token.
+    /// How long the cache keeps a reservation nobody claimed (its reservation check gives it back long
+    /// before) and remembers a refused token (an error answer's late create must find it refused).
     pub token_ttl_ms: u64,
+    /// How long the cache remembers a reservation once it is settled — confirmed, or released with its
+    /// units given back — and a restock's marker: past that the store says what the cache forgot (at most
+    /// `token_ttl_ms`). The cache's memory grows with the orders of this window, not of `token_ttl_ms`.
+    pub settled_token_ttl_ms: u64,
     /// How long a handed-out message stays hidden before it is delivered again.
     pub bus_lease_ms: u64,
     /// The simulated acquirer behind the payment ledger (in process, or `orderly payment`'s).
@@ -42,6 +47,7 @@ impl Default for LocalConfig {
             worker_id: 0,
             id_lease_ms: 2_000,
             token_ttl_ms: 60 * 60 * 1000,
+            settled_token_ttl_ms: 60 * 1000,
             bus_lease_ms: 30_000,
             acquirer: AcquirerConfig::default(),
             ledger: LedgerConfig::default(),
@@ -86,7 +92,8 @@ pub async fn open_with_registry(
     let db = LocalDb::open(data_dir, local.durability)?;
     let bus = Arc::new(LocalBus::new(db.clone(), Arc::clone(&clock), local.bus_lease_ms)?);
     let store: Arc<dyn Store> = Arc::new(LocalStore::with_bus(db.clone(), Arc::clone(&bus))?);
-    let cache: Arc<dyn StockCache> = Arc::new(LocalStockCache::new(Arc::clone(&clock), local.token_ttl_ms));
+    let cache: Arc<dyn StockCache> =
+        Arc::new(LocalStockCache::new(Arc::clone(&clock), local.token_ttl_ms, local.settled_token_ttl_ms));
     // Nothing else runs yet: the levels and the pending orders are one moment's. Accepted orders not
     // created yet keep their units (their reservations are made again), so the rebuilt counters do not
     // sell them a second time.

@@ -221,7 +221,8 @@ impl LosableCache {
     }
 
     pub fn lose(&self) {
-        let fresh = LocalStockCache::new(Arc::clone(&self.clock), LocalConfig::default().token_ttl_ms);
+        let defaults = LocalConfig::default();
+        let fresh = LocalStockCache::new(Arc::clone(&self.clock), defaults.token_ttl_ms, defaults.settled_token_ttl_ms);
         *self.current.write().expect("cache lock") = Arc::new(fresh);
     }
 
