@@ -36,7 +36,8 @@ impl Orderly {
     /// views, publish the creates.
     ///
     /// With an `idempotency_key`, the order numbers are pinned to the key before anything else, so a
-    /// retry (even racing the first attempt) re-runs the same idempotent steps on the same numbers.
+    /// retry (even racing the first attempt) re-runs the same idempotent steps on the same numbers — for
+    /// those of its orders not created yet.
     pub async fn place_orders(
         &self,
         body: &PlaceOrderBody,

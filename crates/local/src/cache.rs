@@ -2,18 +2,22 @@
 //!
 //! One mutex guards all counters and tokens: a multi-commodity reservation checks every line, then
 //! decrements all, with nothing in between, exactly like the seed's Lua script. Critical sections are
-//! a few hash lookups; on two cores one lock beats sharding (measured by `orderly bench`).
-//! Tokens expire: past that, a token is "missing", and every reader of a missing token re-reserves or
-//! releases, never assumes. A RESERVED token gives its units back to the counter as it expires after
-//! `token_ttl_ms` (nobody will consume it); a CLAIMED one does not expire — its create is on the bus and
-//! settles it however long the backlog, so the accepted order consumes the units it was given. A refusal
-//! (a release or keep of a token the cache did not know: an error answer's late create must find it
-//! refused) is remembered for `token_ttl_ms` too. A token settled from a live reservation — confirmed,
-//! or released with its units given back — is forgotten after `settled_ttl_ms`, and so is a restock's
-//! marker: whoever reads them late is told as much by the store (a redelivered create finds its order
-//! created, and the counter counts a deduction's or a restock's version once however late it comes; a
-//! keyed retry re-runs only the orders not created yet), so keeping them longer only held memory — one
-//! record per order for an hour under load.
+//! a few hash lookups (and, rarely, a sweep of the expiry queue: below); on two cores one lock beats
+//! sharding (measured by `orderly bench`).
+//! Tokens expire, by this process's steady clock (a step of the wall clock forgets nothing): past that, a
+//! token is "missing", and every reader of a missing token re-reserves or releases, never assumes. A
+//! RESERVED token gives its units back to the counter as it expires after `token_ttl_ms` (nobody will
+//! consume it); a CLAIMED one does not expire — its create is on the bus and settles it however long the
+//! backlog, so the accepted order consumes the units it was given. A RELEASED token (units given back, or
+//! a refusal: a release or keep of a token the cache did not know, which an error answer's late create
+//! must find refused) is remembered for `token_ttl_ms` too: a retry of its cart treats it as held. A
+//! CONFIRMED token — every created order's, the bulk of what the cache remembers — is forgotten after
+//! `settled_ttl_ms` (at least [`SETTLED_TTL_MIN_MS`]), and so is a restock's marker. Whoever reads them
+//! later is told as much by the store: a redelivered create finds its order created, the counter counts
+//! a deduction's or a restock's version once however late it comes, a keyed retry re-runs only the orders
+//! not created yet. What reads a confirmation from the cache alone does so within seconds of it (an
+//! entry's abort racing its own create, a duplicate delivery racing the first): the minute covers those.
+//! Kept for an hour, they held one record per order of the last hour under load.
 //!
 //! It keeps the entry's reservation checks too (remark 1), armed by `reserve_checked` under the same lock
 //! as the reservation: both live in this process, die with it, and are made again together by the
@@ -53,7 +57,7 @@ struct Inner {
     /// (expiry, what) after `token_ttl_ms`, in insertion order: the TTL is constant, so the front expires
     /// first. A token's entry is stale once the token is rewritten with another expiry (settled, say).
     expiries: VecDeque<(u64, Expiring)>,
-    /// The same after `settled_ttl_ms`: settled tokens and restock markers.
+    /// The same after `settled_ttl_ms`: CONFIRMED tokens and restock markers.
     settled_expiries: VecDeque<(u64, Expiring)>,
     /// The reservation checks this cache keeps (remark 1), by when they are due, and each token's.
     checks: BTreeSet<(u64, Token)>,
@@ -96,8 +100,7 @@ impl Counter {
 #[derive(Debug, Clone)]
 struct TokenRecord {
     state: TokenState,
-    /// What it holds while RESERVED or CLAIMED; nothing once settled (kept for the TTL, its lines are
-    /// never read again, and under load most tokens the cache remembers are settled ones).
+    /// What it holds while RESERVED or CLAIMED; nothing once settled (its lines are never read again).
     lines: Vec<(CommodityId, u32)>,
     expires_ms: u64,
 }
@@ -109,21 +112,27 @@ struct Expiry {
     settled: u64,
 }
 
-/// The stale entries the expiry queue may hold before it is swept of them, beyond twice the records it
-/// stands for: a sweep is then paid for by as many pushes as it reads.
+/// The stale entries the expiry queue may hold before it is swept of them whole, beyond twice the
+/// records it stands for: a sweep is then paid for by as many pushes as it reads. Stale entries at its
+/// front are dropped as they come; this is for those stuck behind a record kept long (a refusal, a
+/// reservation held through a long backlog).
 const STALE_ENTRIES_SWEPT_AT: usize = 4_096;
 
+/// The least `settled_ttl_ms`: far above the seconds within which a confirmation is read from the cache
+/// alone.
+pub const SETTLED_TTL_MIN_MS: u64 = 60_000;
+
 impl LocalStockCache {
-    /// `token_ttl_ms`: how long a RESERVED token holds its units unclaimed and a refusal is remembered;
-    /// `settled_ttl_ms`: how long a confirmed or released reservation and a restock's marker are
-    /// (at most `token_ttl_ms`).
+    /// `token_ttl_ms`: how long a RESERVED token holds its units unclaimed and a RELEASED one is
+    /// remembered; `settled_ttl_ms`: how long a CONFIRMED one and a restock's marker are — at least
+    /// [`SETTLED_TTL_MIN_MS`], at most `token_ttl_ms`.
     pub fn new(clock: Arc<dyn Clock>, token_ttl_ms: u64, settled_ttl_ms: u64) -> LocalStockCache {
-        let settled_ttl_ms = settled_ttl_ms.min(token_ttl_ms);
+        let settled_ttl_ms = settled_ttl_ms.max(SETTLED_TTL_MIN_MS).min(token_ttl_ms);
         LocalStockCache { inner: Mutex::new(Inner::default()), clock, token_ttl_ms, settled_ttl_ms }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner, u64, Expiry) -> T) -> PortResult<T> {
-        let now_ms = self.clock.now_ms();
+        let now_ms = self.clock.steady_ms();
         let mut inner = self
             .inner
             .lock()
@@ -156,28 +165,39 @@ fn pop_due(queue: &mut VecDeque<(u64, Expiring)>, now_ms: u64) -> Option<Expirin
 
 impl Inner {
     /// Forgets what has expired by `now_ms`; a token still owed to a create is kept until `rearm_ms`.
+    /// Stale entries at the long queue's front go too (a token confirmed since its reserve pushed it).
     fn expire(&mut self, now_ms: u64, rearm_ms: u64) {
         while let Some(what) = pop_due(&mut self.expiries, now_ms) {
             self.forget(what, now_ms, rearm_ms);
+        }
+        while self.expiries.front().is_some_and(|(expires_ms, what)| self.stale(*expires_ms, what)) {
+            self.expiries.pop_front();
         }
         while let Some(what) = pop_due(&mut self.settled_expiries, now_ms) {
             self.forget(what, now_ms, rearm_ms);
         }
     }
 
-    /// Drops the entries of the long queue whose token was rewritten with another expiry since (a token
-    /// settled early leaves one behind for `token_ttl_ms`), once there are many more entries than records:
-    /// so the queue holds about one entry per record, not one per order of the last `token_ttl_ms`.
+    /// Drops the stale entries of the long queue (a token confirmed leaves its reserve's behind), once
+    /// there are many more entries than records: so the queue holds at most about twice the records, not
+    /// one entry per order of the last `token_ttl_ms`, even behind a record kept long at its front.
     fn sweep_stale(&mut self) {
         let records = self.tokens.len() + self.parked.values().map(Vec::len).sum::<usize>();
         if self.expiries.len() <= 2 * records + STALE_ENTRIES_SWEPT_AT {
             return;
         }
-        let tokens = &self.tokens;
-        self.expiries.retain(|(expires_ms, what)| match what {
-            Expiring::Token(token) => tokens.get(token).is_some_and(|t| t.expires_ms == *expires_ms),
-            Expiring::Restock(_) | Expiring::Parked(..) => true,
-        });
+        let mut expiries = std::mem::take(&mut self.expiries);
+        expiries.retain(|(expires_ms, what)| !self.stale(*expires_ms, what));
+        self.expiries = expiries;
+    }
+
+    /// An entry of the long queue that no longer stands for its record: a token rewritten (settled, or
+    /// re-armed) with another expiry since, or forgotten.
+    fn stale(&self, expires_ms: u64, what: &Expiring) -> bool {
+        match what {
+            Expiring::Token(token) => self.tokens.get(token).is_none_or(|t| t.expires_ms != expires_ms),
+            Expiring::Restock(_) | Expiring::Parked(..) => false,
+        }
     }
 
     /// One expired entry: its record is forgotten unless it was rewritten with a later expiry since.
@@ -259,16 +279,16 @@ impl Inner {
         Reserve::Reserved
     }
 
-    /// A token open (RESERVED, CLAIMED) or refused, until `expires_ms` (`token_ttl_ms` from now).
+    /// A token open (RESERVED, CLAIMED) or RELEASED, until `expires_ms` (`token_ttl_ms` from now).
     fn set_token(&mut self, token: Token, state: TokenState, lines: Vec<(CommodityId, u32)>, expires_ms: u64) {
         self.tokens.insert(token, TokenRecord { state, lines, expires_ms });
         self.expiries.push_back((expires_ms, Expiring::Token(token)));
     }
 
-    /// A reservation settled (CONFIRMED, or RELEASED with its units given back): remembered without its
-    /// lines until `expires_ms` (`settled_ttl_ms` from now).
-    fn settle_token(&mut self, token: Token, state: TokenState, expires_ms: u64) {
-        self.tokens.insert(token, TokenRecord { state, lines: Vec::new(), expires_ms });
+    /// A reservation CONFIRMED: remembered without its lines until `expires_ms` (`settled_ttl_ms` from
+    /// now).
+    fn confirm_token(&mut self, token: Token, expires_ms: u64) {
+        self.tokens.insert(token, TokenRecord { state: TokenState::Confirmed, lines: Vec::new(), expires_ms });
         self.settled_expiries.push_back((expires_ms, Expiring::Token(token)));
     }
 
@@ -297,14 +317,14 @@ impl Inner {
         }
     }
 
-    /// Releases from the states `from` allows; unknown tokens are remembered as RELEASED — a refusal,
-    /// kept as long as an open token.
+    /// Releases from the states `from` allows; unknown tokens are remembered as RELEASED (a refusal).
+    /// Either is remembered for `token_ttl_ms`.
     fn release(&mut self, token: Token, expiry: Expiry, allowed: &[TokenState]) -> Option<TokenState> {
         match self.tokens.get_mut(&token) {
             Some(record) if allowed.contains(&record.state) => {
                 let (state, lines) = (record.state, std::mem::take(&mut record.lines));
                 self.give_back(&lines);
-                self.settle_token(token, TokenState::Released, expiry.settled);
+                self.set_token(token, TokenState::Released, Vec::new(), expiry.open);
                 Some(state)
             }
             Some(record) => Some(record.state),
@@ -430,7 +450,7 @@ impl StockCache for LocalStockCache {
             inner.disarm_check(token);
             let lost = match inner.tokens.get(&token) {
                 Some(record) if matches!(record.state, TokenState::Reserved | TokenState::Claimed) => {
-                    inner.settle_token(token, TokenState::Confirmed, expiry.settled);
+                    inner.confirm_token(token, expiry.settled);
                     // Counted when it reserved: its versions are, from now on, by the counter itself.
                     for (id, _, version) in deductions {
                         if let Some(counter) = inner.stock.get_mut(id) {
@@ -447,7 +467,7 @@ impl StockCache for LocalStockCache {
                 for change in deductions {
                     inner.follow(*change, -1, expiry.open);
                 }
-                inner.settle_token(token, TokenState::Confirmed, expiry.settled);
+                inner.confirm_token(token, expiry.settled);
             }
         })
     }

@@ -26,11 +26,12 @@ pub struct LocalConfig {
     /// a restart ids start at the last lease.
     pub id_lease_ms: u64,
     /// How long the cache keeps a reservation nobody claimed (its reservation check gives it back long
-    /// before) and remembers a refused token (an error answer's late create must find it refused).
+    /// before) and remembers a released or refused token (an error answer's late create must find it
+    /// refused).
     pub token_ttl_ms: u64,
-    /// How long the cache remembers a reservation once it is settled — confirmed, or released with its
-    /// units given back — and a restock's marker: past that the store says what the cache forgot (at most
-    /// `token_ttl_ms`). The cache's memory grows with the orders of this window, not of `token_ttl_ms`.
+    /// How long the cache remembers a confirmed reservation and a restock's marker: past that the store
+    /// says what the cache forgot (at least `cache::SETTLED_TTL_MIN_MS`, a minute; at most `token_ttl_ms`).
+    /// The cache's memory grows with the orders of this window, not of `token_ttl_ms`.
     pub settled_token_ttl_ms: u64,
     /// How long a handed-out message stays hidden before it is delivered again.
     pub bus_lease_ms: u64,

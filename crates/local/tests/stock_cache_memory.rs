@@ -35,7 +35,7 @@ async fn available(cache: &LocalStockCache) -> Option<u64> {
 }
 
 #[tokio::test]
-async fn a_settled_reservation_is_forgotten_after_a_minute_a_refusal_after_an_hour() {
+async fn a_confirmed_reservation_is_forgotten_after_a_minute_a_released_or_refused_one_after_an_hour() {
     let clock = Arc::new(ManualClock::new(T0_MS));
     let cache = cache_with(&clock, 10).await;
     let (confirmed, released, refused, open) = (entry(1), entry(2), entry(3), entry(4));
@@ -49,17 +49,18 @@ async fn a_settled_reservation_is_forgotten_after_a_minute_a_refusal_after_an_ho
     cache.restock(&Restock { key: "close:9".into(), shop_id: SHOP, lines: vec![(A, 1, 2)] }).await.expect("restock");
     assert_eq!(available(&cache).await, Some(7), "10 - 2 sold - 2 held + 1 back");
 
+    // A step of the wall clock is not time passing.
+    clock.step_wall_ms(2 * HOUR_MS as i64);
     clock.advance_ms(MINUTE_MS - 1);
     assert_eq!(cache.claim(confirmed).await, Ok(Claim::Confirmed), "remembered within the minute");
-    assert_eq!(cache.claim(released).await, Ok(Claim::Released));
 
     clock.advance_ms(1);
     assert_eq!(cache.claim(confirmed).await, Ok(Claim::Missing), "forgotten after it");
-    assert_eq!(cache.claim(released).await, Ok(Claim::Missing));
+    assert_eq!(cache.claim(released).await, Ok(Claim::Released), "a release is remembered longer");
     assert_eq!(
         cache.reserve(refused, &[(A, 1)], true).await,
         Ok(Reserve::AlreadyHeld(TokenState::Released)),
-        "a refusal stays: an error answer's late create must still find it refused"
+        "so is a refusal: an error answer's late create must still find it refused"
     );
     // What the store reports again, however late, is not counted twice: the versions are the counter's.
     cache.confirm(confirmed, &[(A, 2, 1)]).await.expect("confirm again");
@@ -67,9 +68,21 @@ async fn a_settled_reservation_is_forgotten_after_a_minute_a_refusal_after_an_ho
     assert_eq!(available(&cache).await, Some(7), "nothing counted twice");
 
     clock.advance_ms(HOUR_MS - MINUTE_MS);
+    assert_eq!(cache.claim(released).await, Ok(Claim::Missing), "the release after the hour");
     assert_eq!(cache.claim(refused).await, Ok(Claim::Missing), "the refusal after the hour");
     assert_eq!(cache.claim(open).await, Ok(Claim::Missing), "the unclaimed reservation after the hour");
     assert_eq!(available(&cache).await, Some(9), "its units back as it went");
+}
+
+#[tokio::test]
+async fn a_confirmed_token_is_kept_at_least_the_floor() {
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let cache = LocalStockCache::new(Arc::clone(&clock) as Arc<dyn Clock>, HOUR_MS, 0);
+    cache.init(&[(A, StockLevel { shop_id: SHOP, initial: 5, available: 5, version: 0 })], &[]).await.expect("init");
+    assert_eq!(cache.reserve(entry(1), &[(A, 1)], true).await, Ok(Reserve::Reserved));
+    cache.confirm(entry(1), &[(A, 1, 1)]).await.expect("confirm");
+    clock.advance_ms(orderly_local::cache::SETTLED_TTL_MIN_MS - 1);
+    assert_eq!(cache.claim(entry(1)).await, Ok(Claim::Confirmed), "a setting of 0 is raised to the floor");
 }
 
 /// A steady stream of orders, each reserved, claimed and confirmed, every other one's stock returned by
@@ -80,6 +93,11 @@ async fn memory_follows_the_last_minute_of_orders_not_the_last_hour() {
     let clock = Arc::new(ManualClock::new(T0_MS));
     let cache = cache_with(&clock, u64::MAX / 2).await;
     let (orders, per_ms) = (400_000u64, 1u64);
+    // Kept long at the queue's front, behind which the confirmed orders' stale entries pile up: an
+    // unclaimed reservation and a refusal, which the sweeps must keep.
+    let (open, refused) = (entry(u64::MAX - 1), entry(u64::MAX));
+    assert_eq!(cache.reserve(open, &[(A, 1)], false).await, Ok(Reserve::Reserved));
+    assert_eq!(cache.release(refused).await, Ok(None));
     let mut most = (0, 0);
     for n in 1..=orders {
         let token = entry(n);
@@ -96,7 +114,9 @@ async fn memory_follows_the_last_minute_of_orders_not_the_last_hour() {
             most = (most.0.max(records), most.1.max(entries));
         }
     }
-    let minute_of_records = (MINUTE_MS / per_ms) as usize * 3 / 2;
+    assert_eq!(cache.claim(open).await, Ok(Claim::Claimed), "the open reservation outlived every sweep");
+    assert_eq!(cache.reserve(refused, &[(A, 1)], true).await, Ok(Reserve::AlreadyHeld(TokenState::Released)));
+    let minute_of_records = (MINUTE_MS / per_ms) as usize * 3 / 2 + 2;
     assert!(most.0 <= minute_of_records + 1, "records {} for {minute_of_records} of a minute", most.0);
     assert!(most.1 <= 4 * minute_of_records + 4_096, "expiry entries {} for {minute_of_records}", most.1);
     let every_order = orders as usize * 3 / 2;
