@@ -54,9 +54,13 @@ struct Inner {
     restocks_applied: HashSet<String>,
     /// Changes for counters not loaded yet: (store version, delta), applied by the load if newer.
     parked: HashMap<CommodityId, Vec<(u64, i64)>>,
-    /// (expiry, what) after `token_ttl_ms`, in insertion order: the TTL is constant, so the front expires
-    /// first. A token's entry is stale once the token is rewritten with another expiry (settled, say).
+    /// (expiry, what) of the open reservations (RESERVED, CLAIMED), after `token_ttl_ms`, in insertion
+    /// order: the TTL is constant, so the front expires first. An entry is stale once its token settles
+    /// (it is rewritten with another expiry, in another queue): within seconds, for most.
     expiries: VecDeque<(u64, Expiring)>,
+    /// The same for what is kept `token_ttl_ms` once written — RELEASED tokens (refusals too) and parked
+    /// changes —, apart, so that they do not hold the open reservations' stale entries behind them.
+    kept_expiries: VecDeque<(u64, Expiring)>,
     /// The same after `settled_ttl_ms`: CONFIRMED tokens and restock markers.
     settled_expiries: VecDeque<(u64, Expiring)>,
     /// The reservation checks this cache keeps (remark 1), by when they are due, and each token's.
@@ -112,10 +116,10 @@ struct Expiry {
     settled: u64,
 }
 
-/// The stale entries the expiry queue may hold before it is swept of them whole, beyond twice the
-/// records it stands for: a sweep is then paid for by as many pushes as it reads. Stale entries at its
-/// front are dropped as they come; this is for those stuck behind a record kept long (a refusal, a
-/// reservation held through a long backlog).
+/// The stale entries the open reservations' expiry queue may hold before it is swept of them whole,
+/// beyond twice the records it stands for: a sweep is then paid for by as many pushes as it reads. Stale
+/// entries at its front are dropped as they come; this is for those stuck behind a reservation held open
+/// for long (a create waiting in a long backlog).
 const STALE_ENTRIES_SWEPT_AT: usize = 4_096;
 
 /// The least `settled_ttl_ms`: far above the seconds within which a confirmation is read from the cache
@@ -126,18 +130,24 @@ impl LocalStockCache {
     /// `token_ttl_ms`: how long a RESERVED token holds its units unclaimed and a RELEASED one is
     /// remembered; `settled_ttl_ms`: how long a CONFIRMED one and a restock's marker are — at least
     /// [`SETTLED_TTL_MIN_MS`], at most `token_ttl_ms`.
+    /// (`token_ttl_ms` at least 1 ms: a CLAIMED token is re-armed that far ahead.)
     pub fn new(clock: Arc<dyn Clock>, token_ttl_ms: u64, settled_ttl_ms: u64) -> LocalStockCache {
+        let token_ttl_ms = token_ttl_ms.max(1);
         let settled_ttl_ms = settled_ttl_ms.max(SETTLED_TTL_MIN_MS).min(token_ttl_ms);
         LocalStockCache { inner: Mutex::new(Inner::default()), clock, token_ttl_ms, settled_ttl_ms }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner, u64, Expiry) -> T) -> PortResult<T> {
-        let now_ms = self.clock.steady_ms();
         let mut inner = self
             .inner
             .lock()
             .map_err(|_| PortError::failed("stock cache", "lock poisoned: a holder panicked mid-change"))?;
-        let expiry = Expiry { open: now_ms + self.token_ttl_ms, settled: now_ms + self.settled_ttl_ms };
+        // Read under the lock: each queue's entries then go in the order of their expiries.
+        let now_ms = self.clock.steady_ms();
+        let expiry = Expiry {
+            open: now_ms.saturating_add(self.token_ttl_ms),
+            settled: now_ms.saturating_add(self.settled_ttl_ms),
+        };
         inner.expire(now_ms, expiry.open);
         let result = f(&mut inner, now_ms, expiry);
         inner.sweep_stale();
@@ -150,7 +160,7 @@ impl LocalStockCache {
         self.with(|inner, _, _| {
             let records =
                 inner.tokens.len() + inner.restocks_applied.len() + inner.parked.values().map(Vec::len).sum::<usize>();
-            (records, inner.expiries.len() + inner.settled_expiries.len())
+            (records, inner.expiries.len() + inner.kept_expiries.len() + inner.settled_expiries.len())
         })
     }
 }
@@ -165,7 +175,8 @@ fn pop_due(queue: &mut VecDeque<(u64, Expiring)>, now_ms: u64) -> Option<Expirin
 
 impl Inner {
     /// Forgets what has expired by `now_ms`; a token still owed to a create is kept until `rearm_ms`.
-    /// Stale entries at the long queue's front go too (a token confirmed since its reserve pushed it).
+    /// Stale entries at the open reservations' queue's front go too (a token settled since its reserve
+    /// pushed it).
     fn expire(&mut self, now_ms: u64, rearm_ms: u64) {
         while let Some(what) = pop_due(&mut self.expiries, now_ms) {
             self.forget(what, now_ms, rearm_ms);
@@ -173,14 +184,18 @@ impl Inner {
         while self.expiries.front().is_some_and(|(expires_ms, what)| self.stale(*expires_ms, what)) {
             self.expiries.pop_front();
         }
+        while let Some(what) = pop_due(&mut self.kept_expiries, now_ms) {
+            self.forget(what, now_ms, rearm_ms);
+        }
         while let Some(what) = pop_due(&mut self.settled_expiries, now_ms) {
             self.forget(what, now_ms, rearm_ms);
         }
     }
 
-    /// Drops the stale entries of the long queue (a token confirmed leaves its reserve's behind), once
-    /// there are many more entries than records: so the queue holds at most about twice the records, not
-    /// one entry per order of the last `token_ttl_ms`, even behind a record kept long at its front.
+    /// Drops the stale entries of the open reservations' queue (a settled token leaves its reserve's
+    /// behind), once there are many more entries than records: so the queue holds at most about twice the
+    /// records, not one entry per order of the last `token_ttl_ms`, even behind a reservation held open
+    /// for long at its front.
     fn sweep_stale(&mut self) {
         let records = self.tokens.len() + self.parked.values().map(Vec::len).sum::<usize>();
         if self.expiries.len() <= 2 * records + STALE_ENTRIES_SWEPT_AT {
@@ -282,7 +297,8 @@ impl Inner {
     /// A token open (RESERVED, CLAIMED) or RELEASED, until `expires_ms` (`token_ttl_ms` from now).
     fn set_token(&mut self, token: Token, state: TokenState, lines: Vec<(CommodityId, u32)>, expires_ms: u64) {
         self.tokens.insert(token, TokenRecord { state, lines, expires_ms });
-        self.expiries.push_back((expires_ms, Expiring::Token(token)));
+        let queue = if state == TokenState::Released { &mut self.kept_expiries } else { &mut self.expiries };
+        queue.push_back((expires_ms, Expiring::Token(token)));
     }
 
     /// A reservation CONFIRMED: remembered without its lines until `expires_ms` (`settled_ttl_ms` from
@@ -312,7 +328,7 @@ impl Inner {
             }
             None => {
                 self.parked.entry(id).or_default().push((version, delta));
-                self.expiries.push_back((expires_ms, Expiring::Parked(id, version)));
+                self.kept_expiries.push_back((expires_ms, Expiring::Parked(id, version)));
             }
         }
     }

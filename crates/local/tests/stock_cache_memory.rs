@@ -1,6 +1,6 @@
-//! What the in-process cache remembers, and for how long: a settled reservation and a restock's marker
-//! for `settled_ttl_ms`, an open reservation and a refusal for `token_ttl_ms` — so its memory follows
-//! the orders of the last minute under a steady load, not those of the last hour.
+//! What the in-process cache remembers, and for how long: a confirmed reservation and a restock's marker
+//! for `settled_ttl_ms`, an open reservation and a released or refused one for `token_ttl_ms` — so its
+//! memory follows the orders of the last minute under a steady load, not those of the last hour.
 
 use std::sync::Arc;
 
@@ -114,8 +114,13 @@ async fn memory_follows_the_last_minute_of_orders_not_the_last_hour() {
             most = (most.0.max(records), most.1.max(entries));
         }
     }
-    assert_eq!(cache.claim(open).await, Ok(Claim::Claimed), "the open reservation outlived every sweep");
     assert_eq!(cache.reserve(refused, &[(A, 1)], true).await, Ok(Reserve::AlreadyHeld(TokenState::Released)));
+    let before = available(&cache).await.expect("loaded");
+    // Their entries outlived every sweep: they still expire, the unclaimed reservation's unit coming back.
+    clock.advance_ms(HOUR_MS);
+    assert_eq!(cache.claim(refused).await, Ok(Claim::Missing), "the refusal went after its hour");
+    assert_eq!(cache.claim(open).await, Ok(Claim::Missing), "so did the unclaimed reservation");
+    assert_eq!(available(&cache).await, Some(before + 1), "its unit back");
     let minute_of_records = (MINUTE_MS / per_ms) as usize * 3 / 2 + 2;
     assert!(most.0 <= minute_of_records + 1, "records {} for {minute_of_records} of a minute", most.0);
     assert!(most.1 <= 4 * minute_of_records + 4_096, "expiry entries {} for {minute_of_records}", most.1);
