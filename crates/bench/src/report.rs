@@ -860,13 +860,7 @@ mod tests {
 
     #[test]
     fn per_order_tables_have_a_row_per_phase_and_a_total_where_asked() {
-        let spec = PhaseSpec {
-            name: "capacity".into(),
-            kind: Kind::Order,
-            mode: Mode::Closed { connections: 1 },
-            duration: Duration::from_secs(1),
-            requests_max: None,
-        };
+        let spec = order_spec("capacity");
         let mut recorder = Recorder::new();
         recorder.outcomes.insert("ok".into(), 2);
         recorder.cpu_ms = BTreeMap::from([("api".to_owned(), 1.0), ("redis".to_owned(), 3.0)]);
@@ -882,16 +876,21 @@ mod tests {
         assert!(md.contains("| phase | redis script calls |\n|---|---|\n| capacity | 4.50 |\n"), "{md}");
     }
 
+    /// A one-second closed order phase named `name`.
+    fn order_spec(name: &str) -> PhaseSpec {
+        PhaseSpec {
+            name: name.into(),
+            kind: Kind::Order,
+            mode: Mode::Closed { connections: 1 },
+            duration: Duration::from_secs(1),
+            requests_max: None,
+        }
+    }
+
     #[test]
     fn entry_waits_are_a_row_per_order_phase_with_the_steps_in_the_flows_order() {
         let phase = |name: &str, waits: &[(&str, f64, u64)]| {
-            let spec = PhaseSpec {
-                name: name.into(),
-                kind: Kind::Order,
-                mode: Mode::Closed { connections: 1 },
-                duration: Duration::from_secs(1),
-                requests_max: None,
-            };
+            let spec = order_spec(name);
             let mut recorder = Recorder::new();
             recorder.entry_waits = waits
                 .iter()
@@ -922,13 +921,7 @@ mod tests {
     #[test]
     fn flash_is_judged_against_thirty_times_the_naive_design_the_others_against_five() {
         let phase = |name: &str, answered_per_s: f64, ok_per_s: f64| {
-            let spec = PhaseSpec {
-                name: name.into(),
-                kind: Kind::Order,
-                mode: Mode::Closed { connections: 1 },
-                duration: Duration::from_secs(1),
-                requests_max: None,
-            };
+            let spec = order_spec(name);
             let mut report = PhaseReport::new(&spec, &Recorder::new());
             (report.answered_per_s, report.ok_per_s) = (answered_per_s, ok_per_s);
             report
