@@ -217,38 +217,36 @@ impl Inner {
 
     /// One expired entry: its record is forgotten unless it was rewritten with a later expiry since.
     fn forget(&mut self, what: Expiring, now_ms: u64, rearm_ms: u64) {
-        {
-            match what {
-                // Only if not rewritten since: a rewrite pushed a later expiry.
-                Expiring::Token(token) => match self.tokens.get(&token) {
-                    Some(t) if t.expires_ms <= now_ms => match t.state {
-                        // Its create is on the bus and settles it (confirm or release), however long
-                        // the backlog: kept, so the accepted order still consumes the units it holds.
-                        TokenState::Claimed => {
-                            let lines = t.lines.clone();
-                            self.set_token(token, TokenState::Claimed, lines, rearm_ms);
-                        }
-                        // Nobody will consume it: its units go back to the counter as it goes.
-                        TokenState::Reserved => {
-                            let lines = t.lines.clone();
-                            self.give_back(&lines);
-                            self.tokens.remove(&token);
-                        }
-                        TokenState::Confirmed | TokenState::Released => {
-                            self.tokens.remove(&token);
-                        }
-                    },
-                    _ => {}
+        match what {
+            // Only if not rewritten since: a rewrite pushed a later expiry.
+            Expiring::Token(token) => match self.tokens.get(&token) {
+                Some(t) if t.expires_ms <= now_ms => match t.state {
+                    // Its create is on the bus and settles it (confirm or release), however long
+                    // the backlog: kept, so the accepted order still consumes the units it holds.
+                    TokenState::Claimed => {
+                        let lines = t.lines.clone();
+                        self.set_token(token, TokenState::Claimed, lines, rearm_ms);
+                    }
+                    // Nobody will consume it: its units go back to the counter as it goes.
+                    TokenState::Reserved => {
+                        let lines = t.lines.clone();
+                        self.give_back(&lines);
+                        self.tokens.remove(&token);
+                    }
+                    TokenState::Confirmed | TokenState::Released => {
+                        self.tokens.remove(&token);
+                    }
                 },
-                Expiring::Restock(key) => {
-                    self.restocks_applied.remove(&key);
-                }
-                Expiring::Parked(id, version) => {
-                    if let Some(parked) = self.parked.get_mut(&id) {
-                        parked.retain(|(v, _)| *v != version);
-                        if parked.is_empty() {
-                            self.parked.remove(&id);
-                        }
+                _ => {}
+            },
+            Expiring::Restock(key) => {
+                self.restocks_applied.remove(&key);
+            }
+            Expiring::Parked(id, version) => {
+                if let Some(parked) = self.parked.get_mut(&id) {
+                    parked.retain(|(v, _)| *v != version);
+                    if parked.is_empty() {
+                        self.parked.remove(&id);
                     }
                 }
             }
