@@ -695,29 +695,22 @@ fn engine_calls_table(md: &mut String, phases: &[PhaseReport]) {
     per_ok_table(md, title, phases, |p| &p.engine_calls_per_ok, 2, false);
 }
 
-/// Where a cart waited at the entry, a row per order phase (none when the APIs' metrics were not read).
+/// Where a cart waited at the entry, a row per order phase (none when the APIs' metrics were not read),
+/// the steps in the flow's order.
 fn entry_waits_table(md: &mut String, phases: &[PhaseReport]) {
     let title = "Where a cart waits at the entry: mean ms of each step per cart that took it, summed over the APIs \
                  (their `orderly_entry_step_seconds`; `claim` goes on beside the answer where the cache is \
                  remote), and of the server's whole answer (`orderly_http_request_seconds`):";
-    let figures: Vec<(&str, BTreeMap<String, f64>)> =
-        phases.iter().map(|p| (p.name.as_str(), p.entry_waits_ms.iter().cloned().collect())).collect();
     let mut names: Vec<&str> = Vec::new();
     for (name, _) in phases.iter().flat_map(|p| &p.entry_waits_ms) {
         if !names.contains(&name.as_str()) {
             names.push(name);
         }
     }
-    if names.is_empty() {
-        return;
-    }
-    let _ = writeln!(md, "{title}\n\n| phase | {} |\n|---|{}", names.join(" | "), "---|".repeat(names.len()));
-    for (phase, row) in figures.iter().filter(|(_, row)| !row.is_empty()) {
-        let cells: Vec<String> =
-            names.iter().map(|n| row.get(*n).map_or("-".to_owned(), |ms| format!("{ms:.2}"))).collect();
-        let _ = writeln!(md, "| {phase} | {} |", cells.join(" | "));
-    }
-    md.push('\n');
+    let maps: Vec<(&str, BTreeMap<String, f64>)> =
+        phases.iter().map(|p| (p.name.as_str(), p.entry_waits_ms.iter().cloned().collect())).collect();
+    let rows: Vec<(&str, &BTreeMap<String, f64>)> = maps.iter().map(|(phase, row)| (*phase, row)).collect();
+    figures_table(md, title, &names, &rows, 2, false);
 }
 
 /// Figures per 200 answer: a row per phase that has them, a column per name, and with `total` a last
@@ -730,21 +723,35 @@ fn per_ok_table(
     decimals: usize,
     total: bool,
 ) {
-    let names: std::collections::BTreeSet<&String> = phases.iter().flat_map(|p| figures(p).keys()).collect();
+    let names: std::collections::BTreeSet<&str> =
+        phases.iter().flat_map(|p| figures(p).keys().map(String::as_str)).collect();
+    let names: Vec<&str> = names.into_iter().collect();
+    let rows: Vec<(&str, &BTreeMap<String, f64>)> = phases.iter().map(|p| (p.name.as_str(), figures(p))).collect();
+    figures_table(md, title, &names, &rows, decimals, total);
+}
+
+/// A table of figures: a column per name, in the order given, a row per phase that has any, and with
+/// `total` a last column summing the row. Nothing without names.
+fn figures_table(
+    md: &mut String,
+    title: &str,
+    names: &[&str],
+    rows: &[(&str, &BTreeMap<String, f64>)],
+    decimals: usize,
+    total: bool,
+) {
     if names.is_empty() {
         return;
     }
-    let header: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
     let (total_header, total_rule) = if total { (" total |", "---|") } else { ("", "") };
     let _ = writeln!(md, "{title}\n");
-    let _ = writeln!(md, "| phase | {} |{total_header}", header.join(" | "));
-    let _ = writeln!(md, "|---|{}{total_rule}", "---|".repeat(header.len()));
-    for phase in phases.iter().filter(|p| !figures(p).is_empty()) {
-        let row = figures(phase);
+    let _ = writeln!(md, "| phase | {} |{total_header}", names.join(" | "));
+    let _ = writeln!(md, "|---|{}{total_rule}", "---|".repeat(names.len()));
+    for (phase, row) in rows.iter().filter(|(_, row)| !row.is_empty()) {
         let cells: Vec<String> =
             names.iter().map(|n| row.get(*n).map_or("-".to_owned(), |x| format!("{x:.decimals$}"))).collect();
         let sum = if total { format!(" {:.decimals$} |", row.values().sum::<f64>()) } else { String::new() };
-        let _ = writeln!(md, "| {} | {} |{sum}", phase.name, cells.join(" | "));
+        let _ = writeln!(md, "| {phase} | {} |{sum}", cells.join(" | "));
     }
     md.push('\n');
 }
