@@ -85,7 +85,7 @@ pub struct BenchArgs {
     /// `abuse`: leave the buyer's caps off (the rate rules only), to measure what the caps cost.
     #[arg(long)]
     no_caps: bool,
-    /// `mixed`: after the 70 % phase, fixed-rate phases at these shares of the capacity too (each from
+    /// `mixed`, `one-line`: after the 70 % phase, fixed-rate phases at these shares of the capacity too (each from
     /// quiet; each share above 0 and below 1, one phase per whole percent), e.g. `0.35,0.5`: latency
     /// against load, and how busy the machine was at each
     #[arg(long, value_delimiter = ',', value_parser = share_below_one)]
@@ -466,7 +466,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
                 run_with_progress(&spec, &target, &workload, args.seed, &follow_ups, engines, Measure::ALL).await?;
             phases.push((spec, recorder));
         }
-        Scenario::Mixed | Scenario::Overload | Scenario::Abuse => {
+        Scenario::Mixed | Scenario::OneLine | Scenario::Overload | Scenario::Abuse => {
             let spec = order_phase("capacity", closed, args.requests);
             let recorder =
                 run_with_progress(&spec, &target, &workload, args.seed, &follow_ups, engines, Measure::ALL).await?;
@@ -566,7 +566,11 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
                     let recorder =
                         run_with_progress(&spec, &target, &workload, seed, &follow_ups, engines, Measure::ALL).await?;
                     phases.push((spec, recorder));
-                    let also_at = if args.scenario == Scenario::Mixed { args.also_at.as_slice() } else { &[] };
+                    let also_at = if matches!(args.scenario, Scenario::Mixed | Scenario::OneLine) {
+                        args.also_at.as_slice()
+                    } else {
+                        &[]
+                    };
                     for (n, share) in also_at.iter().copied().enumerate() {
                         let name = format!("at_{:.0}_percent", share * 100.0);
                         if phases.iter().any(|(spec, _)| spec.name == name) {
@@ -664,7 +668,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
         server: if spawned.is_some() { "standalone, started by the bench".into() } else { target.bases() },
         machine: machine(),
         workload: (*workload).clone(),
-        targets: report::targets(&phase_reports, &ceilings, rule_change.as_ref()),
+        targets: report::targets(args.scenario, &phase_reports, &ceilings, rule_change.as_ref()),
         rule_change,
         phases: phase_reports,
         ceilings,

@@ -21,6 +21,9 @@ pub enum Scenario {
     /// crowd hammering one commodity, each offering half the capacity) under per-buyer and per-commodity
     /// rules: the ordinary buyers' latency and success must not change.
     Abuse,
+    /// The cart issues 12 and 18 measure their first targets with: one line of one unit, on a commodity
+    /// drawn evenly from `mixed`'s catalog with none hot (nothing sells out), with `mixed`'s follow-ups.
+    OneLine,
 }
 
 impl Scenario {
@@ -30,6 +33,7 @@ impl Scenario {
             Scenario::Mixed => "mixed",
             Scenario::Overload => "overload",
             Scenario::Abuse => "abuse",
+            Scenario::OneLine => "one-line",
         }
     }
 }
@@ -108,31 +112,38 @@ impl Workload {
                 buyer_base: 0,
             },
             Scenario::Mixed | Scenario::Overload | Scenario::Abuse => {
-                let (sku_count, shop_count, hot) = (1_000usize, 50u64, 10usize);
-                let skus = (0..sku_count)
-                    .map(|index| Sku {
-                        commodity_id: id_base + index as u64,
-                        shop_id: SHOP_ID_BASE + (index as u64 % shop_count),
-                        price_cents: rng.random_range(100..=99_999),
-                        // Hot SKUs sell out during a run, so the sold-out path is exercised too.
-                        stock: if index < hot { 2_000 } else { 1_000_000 },
-                    })
-                    .collect();
-                Workload {
-                    skus,
-                    sku_count,
-                    shop_count,
-                    hot,
-                    hot_share: 0.3,
-                    lines_max: 3,
-                    quantity_max: 3,
-                    pay_at_once_share: 0.3,
-                    pay_later_share: 0.4,
-                    cancel_share: 0.15,
-                    buyers: 20_000,
-                    buyer_base: 0,
-                }
+                Workload { hot_share: 0.3, lines_max: 3, quantity_max: 3, ..Workload::spread(id_base, 10, rng) }
             }
+            // The issues' 200 buyers.
+            Scenario::OneLine => Workload { buyers: 200, ..Workload::spread(id_base, 0, rng) },
+        }
+    }
+
+    /// 1 000 SKUs over 50 shops, the first `hot` of them hot (with a stock that sells out during a run, so
+    /// the sold-out path is exercised too), one-line carts of one unit, and `mixed`'s buyers and follow-ups.
+    fn spread(id_base: u64, hot: usize, rng: &mut SmallRng) -> Workload {
+        let (sku_count, shop_count) = (1_000usize, 50u64);
+        let skus = (0..sku_count)
+            .map(|index| Sku {
+                commodity_id: id_base + index as u64,
+                shop_id: SHOP_ID_BASE + (index as u64 % shop_count),
+                price_cents: rng.random_range(100..=99_999),
+                stock: if index < hot { 2_000 } else { 1_000_000 },
+            })
+            .collect();
+        Workload {
+            skus,
+            sku_count,
+            shop_count,
+            hot,
+            hot_share: 0.0,
+            lines_max: 1,
+            quantity_max: 1,
+            pay_at_once_share: 0.3,
+            pay_later_share: 0.4,
+            cancel_share: 0.15,
+            buyers: 20_000,
+            buyer_base: 0,
         }
     }
 
@@ -241,6 +252,27 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+
+    /// `one-line`: every cart is one unit of one commodity, drawn evenly from a catalog with nothing hot,
+    /// so nothing sells out.
+    #[test]
+    fn one_line_carts_are_one_unit_of_any_commodity() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let workload = Workload::new(Scenario::OneLine, 5_000_000, 10, &mut rng);
+        assert_eq!((workload.skus.len(), workload.shop_count, workload.buyers), (1_000, 50, 200));
+        assert!(workload.skus.iter().all(|sku| sku.stock == 1_000_000), "no SKU sells out");
+        let mut drawn = std::collections::HashSet::new();
+        for _ in 0..5_000 {
+            let (uid, body, _) = workload.cart(&mut rng);
+            assert!((1..=200).contains(&uid));
+            let lines = body["commodity_details"].as_array().expect("lines");
+            assert_eq!(lines.len(), 1, "{body}");
+            assert_eq!(lines[0]["num"].as_u64(), Some(1), "{body}");
+            drawn.insert(lines[0]["commodity_id"].as_u64().expect("id"));
+        }
+        // 5 000 even draws over 1 000 SKUs miss each with a chance of e^-5: about 7 missed.
+        assert!(drawn.len() > 950, "drawn from the whole catalog, not a hot few: {} SKUs", drawn.len());
+    }
 
     #[test]
     fn carts_are_valid_and_reproducible() {
