@@ -420,6 +420,9 @@ pub fn targets(
 ) -> Vec<TargetResult> {
     let find = |name: &str| phases.iter().find(|p| p.name == name);
     let mut targets = Vec::new();
+    // Issues 12 and 18 set the first two goals for one-line carts; other scenarios are judged against
+    // them too, and the goal says so.
+    let one_line = |goal: &'static str, other: &'static str| if scenario == Scenario::OneLine { goal } else { other };
     // Issue 12: accepted orders as a share of what the cluster's Redis reserves on its own.
     if let (Some(redis), Some(ours)) =
         (ceilings.iter().find(|c| c.name == "redis reserve"), find("capacity").or_else(|| find("flash")))
@@ -427,7 +430,7 @@ pub fn targets(
         let share = ours.ok_per_s / redis.per_s.max(0.001);
         targets.push(TargetResult {
             name: "accepted orders/s vs the Redis reserve ceiling",
-            goal: ">= 0.25",
+            goal: one_line(">= 0.25", ">= 0.25 (set for one-line carts)"),
             measured: format!("{share:.3} ({:.0} / {:.0})", ours.ok_per_s, redis.per_s),
             met: share >= 0.25,
         });
@@ -436,15 +439,16 @@ pub fn targets(
         let ratio = capacity.ok_per_s / healthz.answered_per_s.max(0.001);
         targets.push(TargetResult {
             name: "accepted orders/s vs trivial endpoint req/s",
-            goal: ">= 0.50",
+            goal: one_line(">= 0.50", ">= 0.50 (set for one-line carts)"),
             measured: format!("{ratio:.2} ({:.0} / {:.0})", capacity.ok_per_s, healthz.answered_per_s),
             met: ratio >= 0.5,
         });
     }
     // The naive design sells its own commodities, the same shape and stock: flash compares how fast each
     // got through the same requests (sold-out answers included), the others accepted orders per second.
-    // Issue 12's goals: flash ≥ 30×, mixed ≥ 5×, and faster than the naive design on every scenario (for
-    // one-line carts, which have no goal of their own against it: more than 1×).
+    // Issue 12's goals: flash ≥ 30×, mixed ≥ 5× (overload and abuse measure their capacity with mixed's
+    // carts), and faster than the naive design on every scenario (one-line carts, which have no goal of
+    // their own against it: more than 1×).
     if let Some(naive) = find("naive") {
         let goal = if scenario == Scenario::OneLine { ("> 1x", 1.0 + f64::EPSILON) } else { (">= 5x", 5.0) };
         let (ours, name, ratio, (goal, least)) = match (find("flash"), find("capacity")) {

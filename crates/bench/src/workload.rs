@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 /// The load shapes of ARCHITECTURE.md's benchmark plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum Scenario {
     /// One hot SKU with a small stock and many buyers: exactly the stock is sold, the rest is sold out.
     Flash,
@@ -261,6 +261,10 @@ mod tests {
         let workload = Workload::new(Scenario::OneLine, 5_000_000, 10, &mut rng);
         assert_eq!((workload.skus.len(), workload.shop_count, workload.buyers), (1_000, 50, 200));
         assert!(workload.skus.iter().all(|sku| sku.stock == 1_000_000), "no SKU sells out");
+        assert_eq!((workload.hot, workload.hot_share), (0, 0.0), "no SKU drawn more than another");
+        let mixed = Workload::new(Scenario::Mixed, 5_000_000, 10, &mut SmallRng::seed_from_u64(7));
+        let shares = |w: &Workload| (w.pay_at_once_share, w.pay_later_share, w.cancel_share);
+        assert_eq!(shares(&workload), shares(&mixed), "mixed's follow-ups");
         let mut drawn = std::collections::HashSet::new();
         for _ in 0..5_000 {
             let (uid, body, _) = workload.cart(&mut rng);
@@ -271,7 +275,7 @@ mod tests {
             drawn.insert(lines[0]["commodity_id"].as_u64().expect("id"));
         }
         // 5 000 even draws over 1 000 SKUs miss each with a chance of e^-5: about 7 missed.
-        assert!(drawn.len() > 950, "drawn from the whole catalog, not a hot few: {} SKUs", drawn.len());
+        assert!(drawn.len() > 950, "drawn from the whole catalog: {} SKUs", drawn.len());
     }
 
     #[test]
