@@ -233,6 +233,32 @@ impl Shared {
         (api, self.target.http.post(url).bearer_auth(self.target.buyer_token(uid)).json(body).send().await)
     }
 
+    /// The orders an accepted cart's answer numbers, with what their buyer will do next (drawn once per
+    /// cart).
+    fn accepted(
+        &self,
+        rng: &mut SmallRng,
+        answer: &Value,
+        uid: u64,
+        pay_at_once: bool,
+        sent: Instant,
+    ) -> Vec<Accepted> {
+        let order_nos: Vec<String> = answer["data"]["order_no"]
+            .as_array()
+            .map(|nos| nos.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        let follow_up = (!pay_at_once).then(|| self.workload.follow_up(rng));
+        let at = Instant::now();
+        order_nos.into_iter().map(|order_no| Accepted { order_no, uid, follow_up, pay_at_once, sent, at }).collect()
+    }
+
+    /// Queues the buyers' pays and cancels of these orders.
+    fn follow_up(&self, accepted: &[Accepted]) {
+        for order in accepted.iter().filter(|a| a.follow_up.is_some_and(|f| f != FollowUp::Abandon)) {
+            self.follow_ups.send(order.clone());
+        }
+    }
+
     /// Sends one request and records it against `scheduled` (its intended start).
     async fn one(&self, rng: &mut SmallRng, scheduled: Instant) {
         let mut buyer = None;
@@ -243,9 +269,16 @@ impl Shared {
                 (api, classify(answer).await.0, None)
             }
             Kind::NaiveOrder => {
-                let (uid, body, _) = self.workload.cart(rng);
+                let (uid, body, pay_at_once) = self.workload.cart(rng);
+                let sent = Instant::now();
                 let (api, answer) = self.post_cart("/api/baseline/orders", uid, &body).await;
-                (api, classify(answer).await.0, None)
+                let (outcome, body) = classify(answer).await;
+                // Its buyers pay and cancel as the scenario's do, so both designs are measured doing the
+                // same work per cart; the naive design's orders are not judged by the checks.
+                if outcome == "ok" {
+                    self.follow_up(&self.accepted(rng, &body, uid, pay_at_once, sent));
+                }
+                (api, outcome, None)
             }
             Kind::Order => {
                 let (uid, body, pay_at_once) = self.workload.cart(rng);
@@ -253,18 +286,10 @@ impl Shared {
                 let sent = Instant::now();
                 let (api, answer) = self.post_cart("/api/orders", uid, &body).await;
                 let (outcome, body) = classify(answer).await;
-                let accepted = (outcome == "ok").then(|| {
-                    let order_nos: Vec<String> = body["data"]["order_no"]
-                        .as_array()
-                        .map(|nos| nos.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
-                        .unwrap_or_default();
-                    let follow_up = (!pay_at_once).then(|| self.workload.follow_up(rng));
-                    let at = Instant::now();
-                    order_nos
-                        .into_iter()
-                        .map(|order_no| Accepted { order_no, uid, follow_up, pay_at_once, sent, at })
-                        .collect::<Vec<_>>()
-                });
+                let accepted = (outcome == "ok").then(|| self.accepted(rng, &body, uid, pay_at_once, sent));
+                if let Some(accepted) = &accepted {
+                    self.follow_up(accepted);
+                }
                 (api, outcome, accepted)
             }
         };
@@ -278,11 +303,6 @@ impl Shared {
         self.live.answered.fetch_add(1, Ordering::Relaxed);
         if outcome == "ok" {
             self.live.accepted.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(accepted) = &accepted {
-            for order in accepted.iter().filter(|a| a.follow_up.is_some_and(|f| f != FollowUp::Abandon)) {
-                self.follow_ups.send(order.clone());
-            }
         }
         let mut recorder = lock(&self.recorder);
         recorder.record(at, latency, &outcome);
@@ -353,6 +373,9 @@ pub async fn run_phase(
                     let mut rng =
                         SmallRng::seed_from_u64(seed ^ (connection as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                     while Instant::now() < deadline && shared.budget_left() {
+                        // A new cart only while the buyers' follow-ups keep up: the server serves the
+                        // scenario's mix of carts and follow-ups, not more carts than it could follow up.
+                        shared.follow_ups.kept_up().await;
                         shared.one(&mut rng, Instant::now()).await;
                     }
                 }));
@@ -403,27 +426,99 @@ pub async fn run_phase(
 /// How long a buyer takes to pay or cancel after the order was accepted.
 const FOLLOW_UP_DELAY: Duration = Duration::from_millis(500);
 
-/// Buyers' later actions on accepted orders, sent during the load by their own pool of connections:
-/// pay or cancel [`FOLLOW_UP_DELAY`] after acceptance, asking again while the order is still being
-/// created. Outcomes are counted by `"action:outcome"`.
+/// Buyers' later actions on accepted orders, sent during the load ([`follow_up_pool`]): pay or cancel
+/// [`FOLLOW_UP_DELAY`] after acceptance, asking again while the order is still being created. Outcomes
+/// are counted by `"action:outcome"`.
 #[derive(Debug, Clone)]
 pub struct FollowUps {
     sender: tokio::sync::mpsc::UnboundedSender<Accepted>,
+    pending: Arc<Pending>,
+}
+
+/// What the follow-ups still have to do.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Queued and not yet answered.
+    queued: AtomicU64,
+    /// Due and not yet sent (waiting for a connection), and the news of none.
+    overdue: AtomicU64,
+    caught_up: tokio::sync::Notify,
+}
+
+impl Pending {
+    /// A follow-up is due and waits for a connection.
+    fn came_due(&self) {
+        self.overdue.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A follow-up that was due got its connection; the last one tells the waiting carts.
+    fn got_connection(&self) {
+        if self.overdue.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.caught_up.notify_waiters();
+        }
+    }
+
+    /// A queued follow-up has its answer (or will never be sent).
+    fn answered(&self) {
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl FollowUps {
     fn send(&self, order: Accepted) {
+        self.pending.queued.fetch_add(1, Ordering::SeqCst);
         // The pool outlives every phase; a closed pool only means the bench is ending.
-        let _ = self.sender.send(order);
+        if self.sender.send(order).is_err() {
+            self.pending.answered();
+        }
+    }
+
+    /// Returns once no follow-up is overdue (due and waiting for one of the pool's connections).
+    async fn kept_up(&self) {
+        loop {
+            let caught_up = self.pending.caught_up.notified();
+            tokio::pin!(caught_up);
+            caught_up.as_mut().enable();
+            if self.pending.overdue.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            caught_up.await;
+        }
+    }
+
+    /// Waits until every follow-up queued so far has its answer, or `timeout`; whether they all did. A
+    /// phase's follow-ups that fall behind its buyers are sent before the next phase starts, not into it.
+    pub async fn sent(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.pending.queued.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
     }
 }
 
-/// The running pool; [`FollowUpPool::finish`] waits for every queued action.
+/// The running follow-ups; [`FollowUpPool::finish`] waits for every queued action.
 #[derive(Debug)]
 pub struct FollowUpPool {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    counts: Arc<Mutex<BTreeMap<String, u64>>>,
-    told_final: Arc<Mutex<BTreeMap<String, Duration>>>,
+    dispatcher: tokio::task::JoinHandle<()>,
+    seen: Arc<Seen>,
+}
+
+/// What the follow-ups saw, as they go.
+#[derive(Debug)]
+struct Seen {
+    counts: Mutex<BTreeMap<String, u64>>,
+    told_final: Mutex<BTreeMap<String, Duration>>,
+    late_us: Mutex<Histogram<u64>>,
+}
+
+impl Default for Seen {
+    fn default() -> Seen {
+        Seen { counts: Mutex::default(), told_final: Mutex::default(), late_us: Mutex::new(histogram()) }
+    }
 }
 
 /// What the buyers' follow-ups saw: outcomes counted by `"action:outcome"`, and for each order a buyer
@@ -433,26 +528,57 @@ pub struct FollowUpPool {
 pub struct FollowUpsSeen {
     pub counts: BTreeMap<String, u64>,
     pub told_final: BTreeMap<String, Duration>,
+    /// How late the follow-ups were sent, after their [`FOLLOW_UP_DELAY`] (waiting for one of the pool's
+    /// connections).
+    pub late: FollowUpsLate,
 }
 
+/// How late the buyers' follow-ups were sent, in ms (p50, p99, max).
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct FollowUpsLate {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The buyers' follow-ups, at most `connections` at once. A closed phase sends a new cart only while none
+/// is overdue ([`FollowUps::kept_up`]), so its capacity is that of the scenario's mix: carts with their
+/// follow-ups. (Sent on time beside a closed loop of carts they overload the server, whose limit then sheds
+/// carts and follow-ups alike; left behind, they fall seconds late, past the unpaid timeout, and into
+/// the next phase.) How late they were sent is reported, and a phase's are all answered before the next
+/// phase starts ([`FollowUps::sent`]).
 pub fn follow_up_pool(target: &Target, connections: usize) -> (FollowUps, FollowUpPool) {
-    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
-    let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
-    let counts = Arc::new(Mutex::new(BTreeMap::new()));
-    let told_final = Arc::new(Mutex::new(BTreeMap::new()));
-    let mut tasks = Vec::new();
-    for _ in 0..connections.max(1) {
-        let (receiver, counts, target) = (Arc::clone(&receiver), Arc::clone(&counts), target.clone());
-        let told_final = Arc::clone(&told_final);
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let Some(order) = receiver.lock().await.recv().await else { return };
-                let action = match order.follow_up {
-                    Some(FollowUp::PayLater) => "pay",
-                    Some(FollowUp::Cancel) => "cancel",
-                    Some(FollowUp::Abandon) | None => continue,
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
+    let follow_ups = FollowUps { sender, pending: Arc::default() };
+    let seen = Arc::new(Seen::default());
+    let in_flight = Arc::new(Semaphore::new(connections.max(1)));
+    let (target, counted, pending) = (target.clone(), Arc::clone(&seen), Arc::clone(&follow_ups.pending));
+    let dispatcher = tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        while let Some(order) = receiver.recv().await {
+            let action = match order.follow_up {
+                Some(FollowUp::PayLater) => "pay",
+                Some(FollowUp::Cancel) => "cancel",
+                Some(FollowUp::Abandon) | None => {
+                    pending.answered();
+                    continue;
+                }
+            };
+            let (target, seen, in_flight) = (target.clone(), Arc::clone(&counted), Arc::clone(&in_flight));
+            let pending = Arc::clone(&pending);
+            tasks.spawn(async move {
+                let due = order.at + FOLLOW_UP_DELAY;
+                tokio::time::sleep_until(due.into()).await;
+                // Taken in the order they came due (tokio's semaphore is fair).
+                pending.came_due();
+                let permit = in_flight.acquire().await;
+                pending.got_connection();
+                let Ok(_permit) = permit else {
+                    pending.answered();
+                    return;
                 };
-                tokio::time::sleep_until((order.at + FOLLOW_UP_DELAY).into()).await;
+                let late = Instant::now().saturating_duration_since(due).as_micros() as u64;
+                lock(&seen.late_us).saturating_record(late.max(1));
                 let mut outcome = String::new();
                 for _ in 0..50 {
                     let answer = target
@@ -468,24 +594,86 @@ pub fn follow_up_pool(target: &Target, connections: usize) -> (FollowUps, Follow
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 if outcome == "order_already_final" {
-                    lock(&told_final).insert(order.order_no.clone(), order.sent.elapsed());
+                    lock(&seen.told_final).insert(order.order_no.clone(), order.sent.elapsed());
                 }
-                *lock(&counts).entry(format!("{action}:{outcome}")).or_insert(0) += 1;
-            }
-        }));
-    }
-    (FollowUps { sender }, FollowUpPool { tasks, counts, told_final })
+                *lock(&seen.counts).entry(format!("{action}:{outcome}")).or_insert(0) += 1;
+                pending.answered();
+            });
+            // Finished tasks reaped as they go: the set holds only those still to act.
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+    });
+    (follow_ups, FollowUpPool { dispatcher, seen })
 }
 
 impl FollowUpPool {
     pub async fn finish(self, follow_ups: FollowUps) -> FollowUpsSeen {
         drop(follow_ups);
-        for task in self.tasks {
-            let _ = task.await;
-        }
+        let _ = self.dispatcher.await;
         FollowUpsSeen {
-            counts: std::mem::take(&mut *lock(&self.counts)),
-            told_final: std::mem::take(&mut *lock(&self.told_final)),
+            counts: std::mem::take(&mut *lock(&self.seen.counts)),
+            told_final: std::mem::take(&mut *lock(&self.seen.told_final)),
+            late: {
+                let late_us = lock(&self.seen.late_us);
+                let ms = |us: u64| us as f64 / 1000.0;
+                FollowUpsLate {
+                    p50_ms: ms(late_us.value_at_quantile(0.5)),
+                    p99_ms: ms(late_us.value_at_quantile(0.99)),
+                    max_ms: ms(late_us.max()),
+                }
+            },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Follow-ups no pool sends; the receiver keeps the channel open.
+    fn follow_ups() -> (FollowUps, tokio::sync::mpsc::UnboundedReceiver<Accepted>) {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        (FollowUps { sender, pending: Arc::default() }, receiver)
+    }
+
+    #[tokio::test]
+    async fn a_closed_phase_sends_no_cart_while_a_follow_up_is_overdue() {
+        let (follow_ups, _queue) = follow_ups();
+        follow_ups.kept_up().await;
+        follow_ups.pending.came_due();
+        follow_ups.pending.came_due();
+        let waiting = tokio::spawn({
+            let follow_ups = follow_ups.clone();
+            async move { follow_ups.kept_up().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        follow_ups.pending.got_connection();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "one follow-up is still overdue");
+        follow_ups.pending.got_connection();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the cart goes once none is overdue")
+            .expect("the waiting task");
+    }
+
+    #[tokio::test]
+    async fn the_next_phase_waits_for_every_follow_up_to_be_answered() {
+        let (follow_ups, mut queue) = follow_ups();
+        assert!(follow_ups.sent(Duration::ZERO).await, "nothing queued");
+        let accepted = Accepted {
+            order_no: "1".into(),
+            uid: 1,
+            follow_up: Some(FollowUp::PayLater),
+            pay_at_once: false,
+            sent: Instant::now(),
+            at: Instant::now(),
+        };
+        follow_ups.send(accepted);
+        assert!(queue.try_recv().is_ok(), "queued for the pool");
+        assert!(!follow_ups.sent(Duration::from_millis(100)).await, "one queued, not answered");
+        follow_ups.pending.answered();
+        assert!(follow_ups.sent(Duration::from_millis(100)).await);
     }
 }

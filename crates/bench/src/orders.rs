@@ -57,7 +57,8 @@ pub struct BenchArgs {
     no_baseline: bool,
     /// Also measure the naive design on the same server (`POST /api/baseline/orders`, served when it runs
     /// with `ORDERLY_NAIVE_BASELINE=true`; a server the bench starts does): one synchronous store
-    /// transaction per cart, on commodities of its own. Reported as a ratio.
+    /// transaction per cart, on commodities of its own, its buyers paying and cancelling as the scenario's
+    /// do (the same work per cart). Reported as a ratio.
     #[arg(long)]
     naive_baseline: bool,
     /// Also measure the engines' own ceilings before the scenario, in the same run: one-line reserves/s
@@ -456,7 +457,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
             run_with_progress(&spec, &target, naive_workload, args.seed, &follow_ups, engines, Measure::ALL).await?;
         phases.push((spec, recorder));
         // Its outbox (timeouts, charges) is worked off before our phases start.
-        let settled = wait_for(&target, Instant::now(), settle, quiet).await;
+        let settled = settle_after_phase(&target, &follow_ups, settle).await;
         settles.insert("naive".into(), settled.map(|d| d.as_millis() as u64));
     }
     match args.scenario {
@@ -473,7 +474,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
             let capacity = recorder.answered() as f64 / recorder.elapsed.as_secs_f64().max(0.001);
             phases.push((spec, recorder));
             // The next phase starts from quiet, not with this one's backlog of creates and timers.
-            let settled = wait_for(&target, Instant::now(), settle, quiet).await;
+            let settled = settle_after_phase(&target, &follow_ups, settle).await;
             settles.insert("capacity".into(), settled.map(|d| d.as_millis() as u64));
             // Fixed-rate phases at a share of the capacity; the client must not be the bottleneck: room
             // for half a second of the offered load in flight.
@@ -498,7 +499,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
                     let recorder =
                         run_with_progress(&spec, &target, &workload, seed, &follow_ups, engines, Measure::ALL).await?;
                     phases.push((spec, recorder));
-                    let settled = wait_for(&target, Instant::now(), settle, quiet).await;
+                    let settled = settle_after_phase(&target, &follow_ups, settle).await;
                     settles.insert("ordinary".into(), settled.map(|d| d.as_millis() as u64));
                     // The same ordinary buyers, the same requests, while the abusers hammer beside them.
                     let ordinary = at_rate("ordinary_abused", ORDINARY_SHARE);
@@ -577,7 +578,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
                             continue;
                         }
                         let before = phases.last().map_or_else(String::new, |(spec, _)| spec.name.clone());
-                        let settled = wait_for(&target, Instant::now(), settle, quiet).await;
+                        let settled = settle_after_phase(&target, &follow_ups, settle).await;
                         settles.insert(before, settled.map(|d| d.as_millis() as u64));
                         let spec = at_rate(&name, share);
                         let seed = seed + 1 + n as u64;
@@ -587,7 +588,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
                         phases.push((spec, recorder));
                     }
                     if args.scenario == Scenario::Overload {
-                        let settled = wait_for(&target, Instant::now(), settle, quiet).await;
+                        let settled = settle_after_phase(&target, &follow_ups, settle).await;
                         settles.insert("at_70_percent".into(), settled.map(|d| d.as_millis() as u64));
                         let spec = at_rate("overload_3x", 3.0);
                         let recorder =
@@ -673,6 +674,7 @@ pub async fn bench(args: BenchArgs, config: Config) -> anyhow::Result<bool> {
         phases: phase_reports,
         ceilings,
         follow_ups: follow_ups.counts,
+        follow_ups_late: follow_ups.late,
         settled_between_phases_ms: settles,
         persisted_after_ms: persisted_after.map(|d| d.as_millis() as u64),
         quiet_after_ms: quiet_after.map(|d| d.as_millis() as u64),
@@ -828,6 +830,16 @@ fn queued(depth: &Value, topic: Option<&str>) -> u64 {
 /// holds unacked, so one empty look can fall between a take and its follow-up publish); the time since
 /// `since` of the first look, or `None` at the timeout. A server that does not answer for a moment
 /// (restarting under chaos) is asked again.
+/// The wait between two phases, from the end of the first: its buyers' follow-ups all answered, then the
+/// system quiet ([`wait_for`]); `None` when either did not happen within `settle`.
+async fn settle_after_phase(target: &Target, follow_ups: &load::FollowUps, settle: Duration) -> Option<Duration> {
+    let since = Instant::now();
+    if !follow_ups.sent(settle).await {
+        return None;
+    }
+    wait_for(target, since, settle.saturating_sub(since.elapsed()), quiet).await
+}
+
 async fn wait_for(
     target: &Target,
     since: Instant,

@@ -412,6 +412,19 @@ impl RuleChange {
     }
 }
 
+/// The p99 goal at 70 % of the profile that served the phase: issue 12 gives the cluster (`orderly api`
+/// processes) 20 ms, issue 18 the standalone server 10 ms. Which one served is read from the phase's CPU
+/// by process: the bench cannot tell a `--url` of one from the other. Neither, or both busy (another
+/// profile running beside the one benched), keeps the stricter goal and says why.
+fn p99_goal(phase: &PhaseReport) -> (&'static str, f64) {
+    let busy = |group: &str| phase.cpu_ms_per_ok.get(group).is_some_and(|&ms| ms > 0.0);
+    match (busy("orderly api"), busy("orderly serve")) {
+        (true, false) => ("<= 20 ms (cluster)", 20.0),
+        (false, true) => ("<= 10 ms (standalone)", 10.0),
+        _ => ("<= 10 ms (profile not told by the CPU table)", 10.0),
+    }
+}
+
 pub fn targets(
     scenario: Scenario,
     phases: &[PhaseReport],
@@ -470,16 +483,17 @@ pub fn targets(
     }
     if let Some(at_70) = find("at_70_percent") {
         let accepted = at_70.outcomes.get("ok").copied().unwrap_or(0);
+        let (goal, most_ms) = p99_goal(at_70);
         // Nothing accepted has no latency to judge: not met, whatever the (empty) histogram says.
         targets.push(TargetResult {
             name: "p99 accept latency at 70% of max load",
-            goal: "<= 10 ms",
+            goal,
             measured: if accepted == 0 {
                 "nothing accepted".to_owned()
             } else {
                 format!("{:.2} ms ({accepted} accepted)", at_70.ok_latency.p99_ms)
             },
-            met: accepted > 0 && at_70.ok_latency.p99_ms <= 10.0,
+            met: accepted > 0 && at_70.ok_latency.p99_ms <= most_ms,
         });
     }
     if let (Some(capacity), Some(overload)) = (find("capacity"), find("overload_3x")) {
@@ -553,7 +567,9 @@ pub struct Report {
     pub workload: Workload,
     pub phases: Vec<PhaseReport>,
     pub follow_ups: BTreeMap<String, u64>,
-    /// Time the system took to become quiet after a phase, before the next one started.
+    pub follow_ups_late: crate::load::FollowUpsLate,
+    /// Time from the end of a phase until its buyers' follow-ups were all answered and the system was
+    /// quiet, before the next one started.
     pub settled_between_phases_ms: BTreeMap<String, Option<u64>>,
     pub persisted_after_ms: Option<u64>,
     pub quiet_after_ms: Option<u64>,
@@ -635,10 +651,13 @@ impl Report {
         let ms = |v: Option<u64>| v.map_or("not reached".to_owned(), |ms| format!("{ms} ms"));
         let _ = writeln!(
             md,
-            "\nAfter the load: persisted after {}, quiet after {}. Buyers' follow-ups: {:?}. Orders by state: {}.\n",
+            "\nAfter the load: persisted after {}, quiet after {}. Buyers' follow-ups: {:?}, sent late by p50 {:.1} / p99 {:.1} / max {:.1} ms. Orders by state: {}.\n",
             ms(self.persisted_after_ms),
             ms(self.quiet_after_ms),
             self.follow_ups,
+            self.follow_ups_late.p50_ms,
+            self.follow_ups_late.p99_ms,
+            self.follow_ups_late.max_ms,
             self.orders_by_state
         );
         if !self.targets.is_empty() {
@@ -959,6 +978,29 @@ mod tests {
         // One-line carts: faster than the naive design, no more asked.
         assert_eq!(judged(Scenario::OneLine, vec![naive(), phase("capacity", 200.0, 100.0)]), ("> 1x", true));
         assert_eq!(judged(Scenario::OneLine, vec![naive(), phase("capacity", 200.0, 90.0)]), ("> 1x", false));
+    }
+
+    #[test]
+    fn the_p99_goal_at_70_percent_is_the_profile_that_served_it() {
+        let judged = |cpu: &[(&str, f64)], p99_ms: f64| {
+            let mut at_70 = PhaseReport::new(&order_spec("at_70_percent"), &Recorder::new());
+            at_70.outcomes.insert("ok".to_owned(), 1_000);
+            at_70.ok_latency.p99_ms = p99_ms;
+            at_70.cpu_ms_per_ok = cpu.iter().map(|&(group, ms)| (group.to_owned(), ms)).collect();
+            let targets = targets(Scenario::Mixed, &[at_70], &[], None);
+            let p99 = targets.into_iter().find(|t| t.name.contains("p99 accept latency at 70%")).expect("a p99 target");
+            (p99.goal, p99.met)
+        };
+        let cluster = [("orderly api", 0.25), ("orderly worker", 0.14), ("load generator", 0.07)];
+        assert_eq!(judged(&cluster, 15.0), ("<= 20 ms (cluster)", true));
+        assert_eq!(judged(&cluster, 25.0), ("<= 20 ms (cluster)", false));
+        let standalone = [("orderly serve", 0.11), ("orderly api", 0.0), ("load generator", 0.04)];
+        assert_eq!(judged(&standalone, 15.0), ("<= 10 ms (standalone)", false));
+        assert_eq!(judged(&standalone, 9.0), ("<= 10 ms (standalone)", true));
+        // Both busy (a cluster left running beside the server benched), or no CPU table: the stricter goal.
+        let both = [("orderly serve", 0.11), ("orderly api", 0.01)];
+        assert_eq!(judged(&both, 15.0), ("<= 10 ms (profile not told by the CPU table)", false));
+        assert_eq!(judged(&[], 9.0), ("<= 10 ms (profile not told by the CPU table)", true));
     }
 
     #[test]
