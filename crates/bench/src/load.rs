@@ -376,6 +376,9 @@ pub async fn run_phase(
                         // A new cart only while the buyers' follow-ups keep up: the server serves the
                         // scenario's mix of carts and follow-ups, not more carts than it could follow up.
                         shared.follow_ups.kept_up().await;
+                        if Instant::now() >= deadline {
+                            break;
+                        }
                         shared.one(&mut rng, Instant::now()).await;
                     }
                 }));

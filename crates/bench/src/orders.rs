@@ -826,10 +826,6 @@ fn queued(depth: &Value, topic: Option<&str>) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// Polls the bus until `done` holds twice in a row, 300 ms apart (a broker does not count what a worker
-/// holds unacked, so one empty look can fall between a take and its follow-up publish); the time since
-/// `since` of the first look, or `None` at the timeout. A server that does not answer for a moment
-/// (restarting under chaos) is asked again.
 /// The wait between two phases, from the end of the first: its buyers' follow-ups all answered, then the
 /// system quiet ([`wait_for`]); `None` when either did not happen within `settle`.
 async fn settle_after_phase(target: &Target, follow_ups: &load::FollowUps, settle: Duration) -> Option<Duration> {
@@ -840,6 +836,10 @@ async fn settle_after_phase(target: &Target, follow_ups: &load::FollowUps, settl
     wait_for(target, since, settle.saturating_sub(since.elapsed()), quiet).await
 }
 
+/// Polls the bus until `done` holds twice in a row, 300 ms apart (a broker does not count what a worker
+/// holds unacked, so one empty look can fall between a take and its follow-up publish); the time since
+/// `since` of the first look, or `None` at the timeout. A server that does not answer for a moment
+/// (restarting under chaos) is asked again.
 async fn wait_for(
     target: &Target,
     since: Instant,
