@@ -533,15 +533,7 @@ pub struct FollowUpsSeen {
     pub told_final: BTreeMap<String, Duration>,
     /// How late the follow-ups were sent, after their [`FOLLOW_UP_DELAY`] (waiting for one of the pool's
     /// connections).
-    pub late: FollowUpsLate,
-}
-
-/// How late the buyers' follow-ups were sent, in ms (p50, p99, max).
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-pub struct FollowUpsLate {
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
+    pub late: crate::report::Latency,
 }
 
 /// The buyers' follow-ups, at most `connections` at once. A closed phase sends a new cart only while none
@@ -617,15 +609,7 @@ impl FollowUpPool {
         FollowUpsSeen {
             counts: std::mem::take(&mut *lock(&self.seen.counts)),
             told_final: std::mem::take(&mut *lock(&self.seen.told_final)),
-            late: {
-                let late_us = lock(&self.seen.late_us);
-                let ms = |us: u64| us as f64 / 1000.0;
-                FollowUpsLate {
-                    p50_ms: ms(late_us.value_at_quantile(0.5)),
-                    p99_ms: ms(late_us.value_at_quantile(0.99)),
-                    max_ms: ms(late_us.max()),
-                }
-            },
+            late: crate::report::Latency::of(&lock(&self.seen.late_us)),
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::ceilings::Ceiling;
 use crate::load::{Accepted, Kind, Mode, PhaseSpec, Recorder};
 use crate::workload::{Scenario, Workload};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
     pub count: u64,
     pub p50_ms: f64,
@@ -568,7 +568,7 @@ pub struct Report {
     pub workload: Workload,
     pub phases: Vec<PhaseReport>,
     pub follow_ups: BTreeMap<String, u64>,
-    pub follow_ups_late: crate::load::FollowUpsLate,
+    pub follow_ups_late: Latency,
     /// Time from the end of a phase until its buyers' follow-ups were all answered and the system was
     /// quiet, before the next one started.
     pub settled_between_phases_ms: BTreeMap<String, Option<u64>>,
